@@ -1,0 +1,13 @@
+mod ffi;
+
+fn main() {
+    let (version, commit) = ffi::ggml_version();
+    println!(
+        "llorch-checkpoint-extractor {} (llama.cpp {}, {} tree, backend {}, ggml {version} {commit})",
+        env!("CARGO_PKG_VERSION"),
+        env!("LLORCH_PIN"),
+        env!("LLORCH_FLAVOUR"),
+        env!("LLORCH_BACKEND"),
+    );
+    println!("{}", ffi::system_info());
+}

@@ -1,0 +1,208 @@
+//! `cargo xtask build`: the pinned llama.cpp with CMake, then the extractor.
+//!
+//! Build directories are keyed by backend and pin
+//! (`target/llorch/llama/<backend>-<pin>`), so switching backends never mixes
+//! objects and switching back rebuilds nothing. CMake configures only when the
+//! defines change; ninja makes a no-op rebuild take well under a second.
+
+use std::path::{Path, PathBuf};
+
+use anyhow::{bail, Context, Result};
+use serde::Serialize;
+use xshell::cmd;
+
+use crate::pin::{Flavour, Pin};
+use crate::project::Project;
+use crate::{fetch, tools};
+
+#[derive(clap::Args)]
+pub struct Build {
+    /// Which ggml backend to build.
+    #[arg(long, value_enum, default_value_t = Backend::Cpu)]
+    backend: Backend,
+    /// Build the pristine tree (vendor/llama.cpp-unpatched) instead of the patched one.
+    #[arg(long)]
+    unpatched: bool,
+    /// Only build llama.cpp, not the extractor.
+    #[arg(long)]
+    llama_only: bool,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Backend {
+    Cpu,
+    Cuda,
+    Metal,
+}
+
+impl Backend {
+    pub fn name(self) -> &'static str {
+        match self {
+            Backend::Cpu => "cpu",
+            Backend::Cuda => "cuda",
+            Backend::Metal => "metal",
+        }
+    }
+
+    /// CMake defines on top of the common ones.
+    fn cmake_defines(self) -> &'static [&'static str] {
+        match self {
+            Backend::Cpu => &["GGML_METAL=OFF", "GGML_CUDA=OFF"],
+            Backend::Cuda => &["GGML_CUDA=ON", "GGML_METAL=OFF"],
+            Backend::Metal => &["GGML_METAL=ON", "GGML_CUDA=OFF"],
+        }
+    }
+
+    /// Fails fast, before any download or configure, when the toolchain is missing.
+    fn check_toolchain(self) -> Result<()> {
+        match self {
+            Backend::Cpu => Ok(()),
+            Backend::Cuda => match find_nvcc() {
+                Some(_) => Ok(()),
+                None => bail!(
+                    "--backend cuda needs nvcc (the CUDA toolkit), which is neither on PATH, nor in $CUDACXX, \
+                     nor at /usr/local/cuda/bin/nvcc.\nInstall the CUDA toolkit, or build with --backend cpu."
+                ),
+            },
+            Backend::Metal if cfg!(target_os = "macos") => Ok(()),
+            Backend::Metal => bail!(
+                "--backend metal needs a macOS host (Metal and its compiler exist only there); this host is {}.\n\
+                 On a Mac, run: cargo xtask build --backend metal",
+                std::env::consts::OS
+            ),
+        }
+    }
+}
+
+fn find_nvcc() -> Option<PathBuf> {
+    let from_env = std::env::var_os("CUDACXX").map(PathBuf::from);
+    let on_path = std::env::var_os("PATH")
+        .and_then(|paths| std::env::split_paths(&paths).map(|p| p.join("nvcc")).find(|p| p.is_file()));
+    let default = Some(PathBuf::from("/usr/local/cuda/bin/nvcc"));
+    [from_env, on_path, default].into_iter().flatten().find(|p| p.is_file())
+}
+
+/// The defines every build gets: upstream extras off, shared libraries, Release.
+const COMMON_DEFINES: &[&str] = &[
+    "CMAKE_BUILD_TYPE=Release",
+    "BUILD_SHARED_LIBS=ON",
+    "LLAMA_BUILD_TESTS=OFF",
+    "LLAMA_BUILD_EXAMPLES=OFF",
+    "LLAMA_BUILD_TOOLS=OFF",
+    "LLAMA_BUILD_SERVER=OFF",
+    "LLAMA_BUILD_APP=OFF",
+    "LLAMA_BUILD_COMMON=OFF",
+    "LLAMA_OPENSSL=OFF",
+    "LLAMA_CURL=OFF",
+    "GGML_NATIVE=ON",
+];
+
+/// What the extractor's build script reads to link against the active build.
+#[derive(Serialize)]
+struct ActiveBuild<'a> {
+    backend: Backend,
+    pin: &'a str,
+    flavour: &'a str,
+    lib_dir: &'a Path,
+    include_dirs: [PathBuf; 2],
+}
+
+impl Build {
+    pub fn run(self, project: &Project) -> Result<()> {
+        let flavour = if self.unpatched { Flavour::Unpatched } else { Flavour::Patched };
+        let lib_dir = build_llama(project, self.backend, flavour, None)?;
+        if !self.llama_only {
+            build_extractor(project, self.backend, flavour, &lib_dir)?;
+        }
+        Ok(())
+    }
+}
+
+/// Builds llama.cpp into its keyed build directory (or `build_dir` if given)
+/// and returns the directory holding its shared libraries.
+pub fn build_llama(project: &Project, backend: Backend, flavour: Flavour, build_dir: Option<PathBuf>) -> Result<PathBuf> {
+    backend.check_toolchain()?;
+    let pin = Pin::load(&project.pin_file())?;
+    let tree = fetch::ensure_tree(project, flavour, false)?;
+    let tools = tools::ensure(project)?;
+    let build_dir = build_dir.unwrap_or_else(|| default_build_dir(project, backend, flavour, &pin));
+    let sh = project.shell()?;
+
+    let cmake = &tools.cmake;
+    let ninja = &tools.ninja;
+    let defines: Vec<String> = COMMON_DEFINES
+        .iter()
+        .chain(backend.cmake_defines())
+        .map(|d| format!("-D{d}"))
+        .chain([format!("-DCMAKE_MAKE_PROGRAM={}", ninja.display())])
+        .collect();
+    let configured = build_dir.join("llorch-configure.txt");
+    let configure_key = format!("{}\n{}", tree.display(), defines.join("\n"));
+    if std::fs::read_to_string(&configured).ok().as_deref() != Some(configure_key.as_str()) {
+        eprintln!("build: configuring llama.cpp ({}, {}) in {}", backend.name(), pin.id(), build_dir.display());
+        cmd!(sh, "{cmake} -S {tree} -B {build_dir} -G Ninja {defines...}")
+            .quiet()
+            .run()
+            .with_context(|| format!("CMake could not configure llama.cpp for {}", backend.name()))?;
+        std::fs::write(&configured, &configure_key)?;
+    }
+    let jobs = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(2).to_string();
+    let started = std::time::Instant::now();
+    cmd!(sh, "{cmake} --build {build_dir} --config Release -j {jobs}")
+        .quiet()
+        .run()
+        .with_context(|| format!("building llama.cpp for {} failed (see the compiler output above)", backend.name()))?;
+    eprintln!("build: llama.cpp {} ready in {:.1?}", backend.name(), started.elapsed());
+    let lib_dir = build_dir.join("bin");
+    if !lib_dir.join(shared_lib("llama")).exists() {
+        bail!("the build finished but {} is missing", lib_dir.join(shared_lib("llama")).display());
+    }
+    Ok(lib_dir)
+}
+
+pub fn default_build_dir(project: &Project, backend: Backend, flavour: Flavour, pin: &Pin) -> PathBuf {
+    let suffix = match flavour {
+        Flavour::Patched => "",
+        Flavour::Unpatched => "-unpatched",
+    };
+    project.work_dir().join("llama").join(format!("{}-{}{}", backend.name(), pin.id(), suffix))
+}
+
+/// Points the extractor at `lib_dir` and builds it (release: it is what we measure).
+pub fn build_extractor(project: &Project, backend: Backend, flavour: Flavour, lib_dir: &Path) -> Result<PathBuf> {
+    let pin = Pin::load(&project.pin_file())?;
+    let tree = project.tree(flavour);
+    let active = ActiveBuild {
+        backend,
+        pin: &pin.id(),
+        flavour: match flavour {
+            Flavour::Patched => "patched",
+            Flavour::Unpatched => "unpatched",
+        },
+        lib_dir,
+        include_dirs: [tree.join("include"), tree.join("ggml/include")],
+    };
+    let json = serde_json::to_string_pretty(&active)?;
+    // Rewrite only on change, so the extractor's build script does not rerun for nothing.
+    if std::fs::read_to_string(project.active_build_file()).ok().as_deref() != Some(json.as_str()) {
+        std::fs::create_dir_all(project.work_dir())?;
+        fetch::write_atomically(&project.active_build_file(), json.as_bytes())?;
+    }
+    let sh = project.shell()?;
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    cmd!(sh, "{cargo} build --quiet --release --package llorch-checkpoint-extractor")
+        .run()
+        .context("building the extractor failed")?;
+    let exe = project.root().join("target/release/llorch-checkpoint-extractor");
+    eprintln!("build: extractor ready: {}", exe.display());
+    Ok(exe)
+}
+
+fn shared_lib(name: &str) -> String {
+    if cfg!(target_os = "macos") {
+        format!("lib{name}.dylib")
+    } else {
+        format!("lib{name}.so")
+    }
+}

@@ -1,0 +1,520 @@
+//! `cargo xtask fetch`: the pinned llama.cpp tree in `vendor/`, verified and patched.
+//!
+//! The tree is built in a staging directory (download, checksum, unpack, patch),
+//! hashed file by file, and only then renamed into place, so a refused download
+//! or a patch that does not apply never leaves a half-made tree behind. The
+//! stamp beside the tree records what was unpacked; every later run re-hashes
+//! the tree and refuses one that was edited by hand.
+
+use std::collections::BTreeMap;
+use std::fs;
+use std::io::Read;
+use std::path::{Path, PathBuf};
+
+use anyhow::{bail, ensure, Context, Result};
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+use xshell::cmd;
+
+use crate::pin::{CrateSource, Flavour, GitSource, Pin, SourceRef};
+use crate::project::Project;
+
+const RESTORE: &str = "cargo xtask fetch --force";
+
+#[derive(clap::Args)]
+pub struct Fetch {
+    /// Replace the vendor tree even if it was changed by hand (your edits are lost).
+    #[arg(long)]
+    force: bool,
+    /// Unpack the pristine tree into vendor/llama.cpp-unpatched, without vendor/patches.
+    #[arg(long)]
+    unpatched: bool,
+}
+
+impl Fetch {
+    pub fn run(self, project: &Project) -> Result<()> {
+        let flavour = if self.unpatched { Flavour::Unpatched } else { Flavour::Patched };
+        ensure_tree(project, flavour, self.force)?;
+        Ok(())
+    }
+}
+
+/// What fetch recorded about a tree it made.
+#[derive(Serialize, Deserialize, PartialEq, Debug)]
+struct Stamp {
+    pin: String,
+    patches: String,
+    /// Relative path -> sha256 of the content, for every file of the tree.
+    files: BTreeMap<String, String>,
+}
+
+/// Makes sure the tree of `flavour` matches the pin and the patch series,
+/// fetching it when missing or outdated. Returns the tree's path.
+pub fn ensure_tree(project: &Project, flavour: Flavour, force: bool) -> Result<PathBuf> {
+    ensure_tree_with(project, flavour, force, &download_crate)
+}
+
+fn ensure_tree_with(
+    project: &Project,
+    flavour: Flavour,
+    force: bool,
+    download: &dyn Fn(&Project, &CrateSource) -> Result<PathBuf>,
+) -> Result<PathBuf> {
+    let pin = Pin::load(&project.pin_file())?;
+    let patches = match flavour {
+        Flavour::Patched => patch_series(&project.patches_dir())?,
+        Flavour::Unpatched => Vec::new(),
+    };
+    let wanted_patches = patches_digest(&patches)?;
+    let tree = project.tree(flavour);
+    let stamp_path = project.tree_stamp(flavour);
+
+    if tree.exists() && !force {
+        let stamp: Stamp = match fs::read(&stamp_path) {
+            Ok(bytes) => serde_json::from_slice(&bytes)
+                .with_context(|| format!("{} is corrupt; restore with: {RESTORE}", stamp_path.display()))?,
+            Err(_) => bail!(
+                "{} exists but was not unpacked by `cargo xtask fetch` (no stamp).\n\
+                 Replace it with the pinned tree: {RESTORE}",
+                tree.display()
+            ),
+        };
+        let changes = compare(&stamp.files, &hash_tree(&tree)?);
+        if !changes.is_empty() {
+            bail!(
+                "{} was changed by hand since `cargo xtask fetch` unpacked it:\n{}\n\
+                 Restore the pinned tree with: {RESTORE}",
+                tree.display(),
+                changes.join("\n")
+            );
+        }
+        if stamp.pin == pin.id() && stamp.patches == wanted_patches {
+            eprintln!("fetch: {} is up to date ({}, {} patches)", tree.display(), pin.describe(), patches.len());
+            return Ok(tree);
+        }
+        eprintln!("fetch: pin or patches changed; replacing {}", tree.display());
+    }
+
+    let vendor = tree.parent().context("tree has no parent")?;
+    let staging = vendor.join(format!(".staging-{}", flavour.tree_dir_name()));
+    remove_dir_if_exists(&staging)?;
+
+    let made = (|| -> Result<Stamp> {
+        match pin.source()? {
+            SourceRef::Crate(src) => {
+                eprintln!("fetch: downloading {} {} with cargo", src.name, src.version);
+                let crate_file = download(project, src)?;
+                unpack_crate(&crate_file, src, &staging)?;
+            }
+            SourceRef::Git(src) => {
+                eprintln!("fetch: checking out {} at {}", src.url, src.commit);
+                checkout_git(project, src, &staging)?;
+            }
+        }
+        for patch in &patches {
+            apply_patch(project, patch, &staging, &pin)?;
+        }
+        Ok(Stamp { pin: pin.id(), patches: wanted_patches.clone(), files: hash_tree(&staging)? })
+    })();
+    let stamp = match made {
+        Ok(stamp) => stamp,
+        Err(err) => {
+            let _ = fs::remove_dir_all(&staging);
+            return Err(err);
+        }
+    };
+
+    let old = vendor.join(format!(".old-{}", flavour.tree_dir_name()));
+    remove_dir_if_exists(&old)?;
+    if tree.exists() {
+        fs::rename(&tree, &old).with_context(|| format!("cannot move {} aside", tree.display()))?;
+    }
+    fs::rename(&staging, &tree).with_context(|| format!("cannot move the new tree to {}", tree.display()))?;
+    write_atomically(&stamp_path, &serde_json::to_vec_pretty(&stamp)?)?;
+    remove_dir_if_exists(&old)?;
+    eprintln!(
+        "fetch: {} ready ({}, {} files, {} patches applied)",
+        tree.display(),
+        pin.describe(),
+        stamp.files.len(),
+        patches.len()
+    );
+    Ok(tree)
+}
+
+/// `vendor/patches/NNNN-*.patch`, in order.
+fn patch_series(dir: &Path) -> Result<Vec<PathBuf>> {
+    let mut patches = Vec::new();
+    for entry in fs::read_dir(dir).with_context(|| format!("cannot read {}", dir.display()))? {
+        let path = entry?.path();
+        let name = path.file_name().unwrap_or_default().to_string_lossy().into_owned();
+        if !name.ends_with(".patch") {
+            continue;
+        }
+        let numbered = name.len() > 5 && name[..4].bytes().all(|b| b.is_ascii_digit()) && &name[4..5] == "-";
+        ensure!(numbered, "patch {} must be named NNNN-description.patch", path.display());
+        patches.push(path);
+    }
+    patches.sort();
+    Ok(patches)
+}
+
+fn patches_digest(patches: &[PathBuf]) -> Result<String> {
+    if patches.is_empty() {
+        return Ok("none".to_string());
+    }
+    let mut hasher = Sha256::new();
+    for patch in patches {
+        hasher.update(patch.file_name().unwrap().as_encoded_bytes());
+        hasher.update([0]);
+        hasher.update(fs::read(patch)?);
+        hasher.update([0]);
+    }
+    Ok(hex::encode(hasher.finalize()))
+}
+
+/// Lets cargo download (and check against the registry index) the crate, and
+/// returns the `.crate` file in cargo's cache.
+fn download_crate(project: &Project, src: &CrateSource) -> Result<PathBuf> {
+    let dir = project.work_dir().join("fetch").join(format!("{}-{}", src.name, src.version));
+    fs::create_dir_all(dir.join("src"))?;
+    let manifest = format!(
+        "# Generated by `cargo xtask fetch`: only here to make cargo download the pinned crate.\n\
+         [package]\nname = \"llorch-fetch\"\nversion = \"0.0.0\"\nedition = \"2021\"\n\n\
+         [dependencies]\n{} = {{ version = \"={}\", default-features = false }}\n\n[workspace]\n",
+        src.name, src.version
+    );
+    fs::write(dir.join("Cargo.toml"), manifest)?;
+    fs::write(dir.join("src/lib.rs"), "")?;
+    let sh = project.shell()?;
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    let manifest_path = dir.join("Cargo.toml");
+    cmd!(sh, "{cargo} fetch --quiet --manifest-path {manifest_path}")
+        .quiet()
+        .run()
+        .with_context(|| format!("cargo could not download {} {} from crates.io", src.name, src.version))?;
+
+    let cache = home::cargo_home()?.join("registry/cache");
+    let file_name = format!("{}-{}.crate", src.name, src.version);
+    for registry in fs::read_dir(&cache).with_context(|| format!("no cargo cache at {}", cache.display()))? {
+        let candidate = registry?.path().join(&file_name);
+        if candidate.is_file() {
+            return Ok(candidate);
+        }
+    }
+    bail!("cargo fetched {} {} but {file_name} is not in {}", src.name, src.version, cache.display())
+}
+
+/// Checks the `.crate` against the pin, then unpacks only its llama.cpp subtree.
+fn unpack_crate(crate_file: &Path, src: &CrateSource, dest: &Path) -> Result<()> {
+    let bytes = fs::read(crate_file).with_context(|| format!("cannot read {}", crate_file.display()))?;
+    let actual = hex::encode(Sha256::digest(&bytes));
+    if !actual.eq_ignore_ascii_case(&src.sha256) {
+        bail!(
+            "checksum mismatch for {} {} ({}):\n  pinned   {}\n  download {}\n\
+             Refusing to unpack it. If you moved the pin on purpose, put the new sha256 in vendor/pin.yaml.",
+            src.name,
+            src.version,
+            crate_file.display(),
+            src.sha256,
+            actual
+        );
+    }
+    let prefix = PathBuf::from(format!("{}-{}", src.name, src.version)).join(&src.subdir);
+    let mut archive = tar::Archive::new(flate2::read::GzDecoder::new(&bytes[..]));
+    let mut unpacked = 0usize;
+    for entry in archive.entries()? {
+        let mut entry = entry?;
+        let path = entry.path()?.into_owned();
+        let Ok(relative) = path.strip_prefix(&prefix) else { continue };
+        if relative.as_os_str().is_empty() {
+            continue;
+        }
+        // `unpack_in` refuses paths that would escape `dest`.
+        fs::create_dir_all(dest)?;
+        let target = dest.join(relative);
+        if let Some(parent) = target.parent() {
+            fs::create_dir_all(parent)?;
+        }
+        entry.set_preserve_mtime(true);
+        entry.unpack(&target).with_context(|| format!("cannot unpack {}", relative.display()))?;
+        unpacked += 1;
+    }
+    ensure!(unpacked > 0, "{} has no {} directory", crate_file.display(), src.subdir);
+    Ok(())
+}
+
+fn checkout_git(project: &Project, src: &GitSource, dest: &Path) -> Result<()> {
+    let sh = project.shell()?;
+    let (url, commit) = (&src.url, &src.commit);
+    fs::create_dir_all(dest)?;
+    cmd!(sh, "git init --quiet {dest}").run()?;
+    let _dir = sh.push_dir(dest);
+    // A shallow fetch of the one commit where the server allows it, else the full history.
+    if cmd!(sh, "git fetch --quiet --depth 1 {url} {commit}").quiet().ignore_stderr().run().is_err() {
+        cmd!(sh, "git fetch --quiet {url}")
+            .run()
+            .with_context(|| format!("cannot fetch {url}"))?;
+    }
+    cmd!(sh, "git -c advice.detachedHead=false checkout --quiet {commit}")
+        .run()
+        .with_context(|| format!("commit {commit} is not in {url}"))?;
+    let head = cmd!(sh, "git rev-parse HEAD").read()?;
+    ensure!(head.trim() == commit.as_str(), "checked out {head} instead of the pinned {commit}");
+    fs::remove_dir_all(dest.join(".git"))?;
+    Ok(())
+}
+
+fn apply_patch(project: &Project, patch: &Path, tree: &Path, pin: &Pin) -> Result<()> {
+    let sh = project.shell()?;
+    let name = patch.file_name().unwrap().to_string_lossy();
+    let out = cmd!(sh, "patch -p1 --forward --batch --fuzz=0 --no-backup-if-mismatch -d {tree} -i {patch}")
+        .quiet()
+        .ignore_status()
+        .output()
+        .context("cannot run `patch` (install it with: apt-get install patch)")?;
+    if !out.status.success() {
+        bail!(
+            "patch {name} does not apply to {}:\n{}{}\nFix or regenerate {}.",
+            pin.describe(),
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr),
+            patch.display()
+        );
+    }
+    eprintln!("fetch: applied {name}");
+    Ok(())
+}
+
+/// sha256 of every file under `root`, by relative path.
+fn hash_tree(root: &Path) -> Result<BTreeMap<String, String>> {
+    let mut files = BTreeMap::new();
+    let mut buf = Vec::new();
+    for entry in walkdir::WalkDir::new(root).sort_by_file_name() {
+        let entry = entry?;
+        if entry.file_type().is_dir() {
+            continue;
+        }
+        let relative = entry.path().strip_prefix(root)?.to_string_lossy().replace('\\', "/");
+        buf.clear();
+        if entry.file_type().is_symlink() {
+            buf.extend_from_slice(fs::read_link(entry.path())?.as_os_str().as_encoded_bytes());
+        } else {
+            fs::File::open(entry.path())?.read_to_end(&mut buf)?;
+        }
+        files.insert(relative, hex::encode(Sha256::digest(&buf)));
+    }
+    Ok(files)
+}
+
+/// Human-readable differences between what was unpacked and what is there now.
+fn compare(recorded: &BTreeMap<String, String>, now: &BTreeMap<String, String>) -> Vec<String> {
+    let mut changes = Vec::new();
+    for (path, hash) in recorded {
+        match now.get(path) {
+            None => changes.push(format!("  removed:  {path}")),
+            Some(h) if h != hash => changes.push(format!("  modified: {path}")),
+            Some(_) => {}
+        }
+    }
+    for path in now.keys().filter(|p| !recorded.contains_key(*p)) {
+        changes.push(format!("  added:    {path}"));
+    }
+    changes
+}
+
+fn remove_dir_if_exists(dir: &Path) -> Result<()> {
+    match fs::remove_dir_all(dir) {
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+            Err(e).with_context(|| format!("cannot remove {}", dir.display()))
+        }
+        _ => Ok(()),
+    }
+}
+
+/// Temp file in the same directory, then rename: readers see the old or the new file, never half.
+pub fn write_atomically(path: &Path, bytes: &[u8]) -> Result<()> {
+    let tmp = path.with_extension(format!("tmp{}", std::process::id()));
+    fs::write(&tmp, bytes).with_context(|| format!("cannot write {}", tmp.display()))?;
+    fs::rename(&tmp, path).with_context(|| format!("cannot rename {} to {}", tmp.display(), path.display()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A project root with vendor/pin.yaml and vendor/patches, in a temp dir.
+    fn project_with(pin: &str, patches: &[(&str, &str)]) -> (tempfile::TempDir, Project) {
+        let dir = tempfile::tempdir().unwrap();
+        fs::create_dir_all(dir.path().join("vendor/patches")).unwrap();
+        fs::write(dir.path().join("vendor/pin.yaml"), pin).unwrap();
+        for (name, text) in patches {
+            fs::write(dir.path().join("vendor/patches").join(name), text).unwrap();
+        }
+        let project = Project::at(dir.path());
+        (dir, project)
+    }
+
+    /// A `.crate`-shaped archive: `fake-1.0/llama.cpp/...` plus a file outside the subtree.
+    fn fake_crate(dir: &Path) -> (PathBuf, String) {
+        let path = dir.join("fake-1.0.crate");
+        let mut builder = tar::Builder::new(flate2::write::GzEncoder::new(
+            fs::File::create(&path).unwrap(),
+            flate2::Compression::fast(),
+        ));
+        for (name, body) in [
+            ("fake-1.0/Cargo.toml", "[package]\n"),
+            ("fake-1.0/llama.cpp/src/graph.cpp", "int a = 1;\nint b = 2;\nint c = 3;\n"),
+            ("fake-1.0/llama.cpp/include/llama.h", "void llama(void);\n"),
+        ] {
+            let mut header = tar::Header::new_gnu();
+            header.set_size(body.len() as u64);
+            header.set_mode(0o644);
+            header.set_cksum();
+            builder.append_data(&mut header, name, body.as_bytes()).unwrap();
+        }
+        builder.into_inner().unwrap().finish().unwrap();
+        let sha = hex::encode(Sha256::digest(fs::read(&path).unwrap()));
+        (path, sha)
+    }
+
+    fn crate_pin(sha: &str) -> String {
+        format!("source:\n  crate:\n    name: fake\n    version: '1.0'\n    sha256: {sha}\n    subdir: llama.cpp\n")
+    }
+
+    const GOOD_PATCH: &str = "--- a/src/graph.cpp\n+++ b/src/graph.cpp\n@@ -1,3 +1,4 @@\n int a = 1;\n+int named = 1;\n int b = 2;\n int c = 3;\n";
+    const BAD_PATCH: &str = "--- a/src/graph.cpp\n+++ b/src/graph.cpp\n@@ -1,3 +1,4 @@\n int x = 1;\n+int named = 1;\n int y = 2;\n int z = 3;\n";
+
+    #[test]
+    fn unpacks_only_the_subtree_applies_patches_and_is_idempotent() {
+        let fixtures = tempfile::tempdir().unwrap();
+        let (crate_file, sha) = fake_crate(fixtures.path());
+        let (_dir, project) = project_with(&crate_pin(&sha), &[("0001-name.patch", GOOD_PATCH)]);
+        let download = |_: &Project, _: &CrateSource| Ok(crate_file.clone());
+
+        let tree = ensure_tree_with(&project, Flavour::Patched, false, &download).unwrap();
+        assert!(!tree.join("Cargo.toml").exists(), "only the llama.cpp subtree is unpacked");
+        let graph = fs::read_to_string(tree.join("src/graph.cpp")).unwrap();
+        assert_eq!(graph, "int a = 1;\nint named = 1;\nint b = 2;\nint c = 3;\n");
+
+        // Second run: nothing to do, so it must not even ask for the download.
+        let no_download = |_: &Project, _: &CrateSource| -> Result<PathBuf> { panic!("downloaded again") };
+        ensure_tree_with(&project, Flavour::Patched, false, &no_download).unwrap();
+
+        // The unpatched flavour is a separate, pristine tree.
+        let pristine = ensure_tree_with(&project, Flavour::Unpatched, false, &download).unwrap();
+        assert_eq!(fs::read_to_string(pristine.join("src/graph.cpp")).unwrap(), "int a = 1;\nint b = 2;\nint c = 3;\n");
+    }
+
+    #[test]
+    fn a_checksum_other_than_the_pin_is_refused_and_nothing_is_unpacked() {
+        let fixtures = tempfile::tempdir().unwrap();
+        let (crate_file, _) = fake_crate(fixtures.path());
+        let wrong = "0".repeat(64);
+        let (_dir, project) = project_with(&crate_pin(&wrong), &[]);
+        let download = |_: &Project, _: &CrateSource| Ok(crate_file.clone());
+
+        let err = ensure_tree_with(&project, Flavour::Patched, false, &download).unwrap_err();
+        let msg = format!("{err:#}");
+        assert!(msg.contains("checksum mismatch") && msg.contains(&wrong), "{msg}");
+        let mut vendor: Vec<_> = fs::read_dir(project.root().join("vendor"))
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        vendor.sort();
+        assert_eq!(vendor, ["patches", "pin.yaml"], "nothing unpacked, no staging left");
+    }
+
+    #[test]
+    fn the_real_crate_with_a_wrong_pinned_sha256_is_refused() {
+        let real = Pin::load(&Project::from_env().unwrap().pin_file()).unwrap();
+        let SourceRef::Crate(src) = real.source().unwrap() else { panic!("the committed pin is a crate") };
+        let wrong = "f".repeat(64);
+        let pin = format!(
+            "source:\n  crate:\n    name: {}\n    version: '{}'\n    sha256: {wrong}\n    subdir: {}\n",
+            src.name, src.version, src.subdir
+        );
+        let (_dir, project) = project_with(&pin, &[]);
+        let err = ensure_tree(&project, Flavour::Patched, false).unwrap_err();
+        let msg = format!("{err:#}");
+        assert!(msg.contains("checksum mismatch") && msg.contains(&src.sha256), "{msg}");
+        assert!(!project.tree(Flavour::Patched).exists());
+    }
+
+    #[test]
+    fn a_hand_edit_is_detected_with_the_restore_command() {
+        let fixtures = tempfile::tempdir().unwrap();
+        let (crate_file, sha) = fake_crate(fixtures.path());
+        let (_dir, project) = project_with(&crate_pin(&sha), &[]);
+        let download = |_: &Project, _: &CrateSource| Ok(crate_file.clone());
+        let tree = ensure_tree_with(&project, Flavour::Patched, false, &download).unwrap();
+
+        fs::write(tree.join("include/llama.h"), "void llama(int);\n").unwrap();
+        fs::write(tree.join("src/extra.c"), "").unwrap();
+        let err = ensure_tree_with(&project, Flavour::Patched, false, &download).unwrap_err();
+        let msg = format!("{err:#}");
+        assert!(msg.contains("modified: include/llama.h"), "{msg}");
+        assert!(msg.contains("added:    src/extra.c"), "{msg}");
+        assert!(msg.contains("cargo xtask fetch --force"), "{msg}");
+
+        // The restore command restores it.
+        ensure_tree_with(&project, Flavour::Patched, true, &download).unwrap();
+        assert_eq!(fs::read_to_string(tree.join("include/llama.h")).unwrap(), "void llama(void);\n");
+        assert!(!tree.join("src/extra.c").exists());
+        ensure_tree_with(&project, Flavour::Patched, false, &download).unwrap();
+    }
+
+    #[test]
+    fn a_patch_that_does_not_apply_names_itself_and_leaves_no_tree() {
+        let fixtures = tempfile::tempdir().unwrap();
+        let (crate_file, sha) = fake_crate(fixtures.path());
+        let (_dir, project) =
+            project_with(&crate_pin(&sha), &[("0001-good.patch", GOOD_PATCH), ("0002-stale.patch", BAD_PATCH)]);
+        let download = |_: &Project, _: &CrateSource| Ok(crate_file.clone());
+        let err = ensure_tree_with(&project, Flavour::Patched, false, &download).unwrap_err();
+        let msg = format!("{err:#}");
+        assert!(msg.contains("patch 0002-stale.patch does not apply"), "{msg}");
+        assert!(!project.tree(Flavour::Patched).exists());
+        assert!(!project.root().join("vendor/.staging-llama.cpp").exists());
+    }
+
+    #[test]
+    fn the_git_source_checks_out_the_pinned_commit_of_a_local_repository() {
+        let upstream = tempfile::tempdir().unwrap();
+        let sh = xshell::Shell::new().unwrap();
+        sh.change_dir(upstream.path());
+        let _env = [
+            sh.push_env("GIT_AUTHOR_NAME", "t"),
+            sh.push_env("GIT_AUTHOR_EMAIL", "t@t"),
+            sh.push_env("GIT_COMMITTER_NAME", "t"),
+            sh.push_env("GIT_COMMITTER_EMAIL", "t@t"),
+        ];
+        cmd!(sh, "git init --quiet .").run().unwrap();
+        fs::create_dir_all(upstream.path().join("src")).unwrap();
+        fs::write(upstream.path().join("src/graph.cpp"), "int a = 1;\nint b = 2;\nint c = 3;\n").unwrap();
+        cmd!(sh, "git add .").run().unwrap();
+        cmd!(sh, "git commit --quiet -m pinned").run().unwrap();
+        let pinned = cmd!(sh, "git rev-parse HEAD").read().unwrap();
+        fs::write(upstream.path().join("src/graph.cpp"), "int later = 1;\n").unwrap();
+        cmd!(sh, "git commit --quiet -am later").run().unwrap();
+
+        let url = upstream.path().display().to_string();
+        let pin = format!("source:\n  git:\n    url: {url}\n    commit: {pinned}\n");
+        let (_dir, project) = project_with(&pin, &[("0001-name.patch", GOOD_PATCH)]);
+        let never = |_: &Project, _: &CrateSource| -> Result<PathBuf> { unreachable!() };
+        let tree = ensure_tree_with(&project, Flavour::Patched, false, &never).unwrap();
+        assert_eq!(
+            fs::read_to_string(tree.join("src/graph.cpp")).unwrap(),
+            "int a = 1;\nint named = 1;\nint b = 2;\nint c = 3;\n"
+        );
+        assert!(!tree.join(".git").exists(), "the tree is a plain source tree");
+
+        // A commit the repository does not have is an error that names it.
+        let missing = "1234567890".repeat(4);
+        let pin = format!("source:\n  git:\n    url: {url}\n    commit: '{missing}'\n");
+        let (_dir2, project2) = project_with(&pin, &[]);
+        let err = ensure_tree_with(&project2, Flavour::Patched, false, &never).unwrap_err();
+        assert!(format!("{err:#}").contains(&missing), "{err:#}");
+        assert!(!project2.tree(Flavour::Patched).exists());
+    }
+}

@@ -1,0 +1,64 @@
+//! `cargo xtask`: the llorch-checkpoint pipeline, one module per step.
+//!
+//! ```text
+//! fetch    vendor/pin.yaml -> vendor/llama.cpp (checksum-verified, patched, tree-hashed)
+//! bindgen  vendor/llama.cpp headers -> extractor/src/ffi/bindings.rs
+//! build    vendor/llama.cpp -> target/llorch/llama/<backend>-<pin> (CMake) -> extractor binary
+//! ```
+//!
+//! Every step makes sure the steps before it are done, so `cargo xtask build`
+//! on a fresh clone does everything. Tools the steps need (cmake, ninja,
+//! libclang) come from PyPI into `target/llorch/tools` (see `tools.rs`).
+
+mod bindgen;
+mod build;
+mod fetch;
+mod pin;
+mod project;
+mod tools;
+
+use anyhow::Result;
+use clap::{Parser, Subcommand};
+
+use crate::project::Project;
+
+#[derive(Parser)]
+#[command(name = "cargo xtask", about = "Build and run llorch-checkpoint: pinned llama.cpp, bindings, extractor")]
+struct Cli {
+    #[command(subcommand)]
+    task: Task,
+}
+
+#[derive(Subcommand)]
+enum Task {
+    /// Fetch the pinned llama.cpp source into vendor/llama.cpp and apply vendor/patches.
+    Fetch(fetch::Fetch),
+    /// Regenerate extractor/src/ffi/bindings.rs from the pinned headers (or check it is fresh).
+    Bindgen(bindgen::Bindgen),
+    /// Build the pinned llama.cpp with CMake for a backend, then the extractor against it.
+    Build(build::Build),
+}
+
+fn main() -> std::process::ExitCode {
+    let cli = Cli::parse();
+    match run(cli.task) {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(err) => {
+            // The message and its causes, without a backtrace: errors here say what to do.
+            eprintln!("error: {err}");
+            for cause in err.chain().skip(1) {
+                eprintln!("  caused by: {cause}");
+            }
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(task: Task) -> Result<()> {
+    let project = Project::from_env()?;
+    match task {
+        Task::Fetch(task) => task.run(&project),
+        Task::Bindgen(task) => task.run(&project),
+        Task::Build(task) => task.run(&project),
+    }
+}

@@ -1,0 +1,74 @@
+//! Where everything lives. One place, so no task invents its own paths.
+
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, Result};
+use xshell::Shell;
+
+use crate::pin::Flavour;
+
+pub struct Project {
+    root: PathBuf,
+}
+
+impl Project {
+    /// The workspace root: xtask's own manifest sits one level below it.
+    pub fn from_env() -> Result<Project> {
+        let manifest_dir = std::env::var_os("CARGO_MANIFEST_DIR")
+            .map(PathBuf::from)
+            .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")));
+        let root = manifest_dir.parent().context("xtask has no parent directory")?.to_path_buf();
+        Ok(Project { root })
+    }
+
+    #[cfg(test)]
+    pub fn at(root: &Path) -> Project {
+        Project { root: root.to_path_buf() }
+    }
+
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
+    pub fn shell(&self) -> Result<Shell> {
+        let sh = Shell::new()?;
+        sh.change_dir(&self.root);
+        Ok(sh)
+    }
+
+    pub fn pin_file(&self) -> PathBuf {
+        self.root.join("vendor/pin.yaml")
+    }
+
+    pub fn patches_dir(&self) -> PathBuf {
+        self.root.join("vendor/patches")
+    }
+
+    /// The unpacked llama.cpp tree: patched (the default) or pristine.
+    pub fn tree(&self, flavour: Flavour) -> PathBuf {
+        self.root.join("vendor").join(flavour.tree_dir_name())
+    }
+
+    /// What `fetch` recorded about the tree it unpacked (pin, patches, file hashes).
+    pub fn tree_stamp(&self, flavour: Flavour) -> PathBuf {
+        self.root.join("vendor").join(format!("{}.stamp", flavour.tree_dir_name()))
+    }
+
+    /// Everything the pipeline generates: tools, builds, models, runs. Git-ignored.
+    pub fn work_dir(&self) -> PathBuf {
+        self.root.join("target/llorch")
+    }
+
+    pub fn tools_dir(&self) -> PathBuf {
+        self.work_dir().join("tools")
+    }
+
+    pub fn bindings_file(&self) -> PathBuf {
+        self.root.join("extractor/src/ffi/bindings.rs")
+    }
+
+    /// Written by `build`: which llama.cpp build the extractor links against.
+    pub fn active_build_file(&self) -> PathBuf {
+        self.work_dir().join("active-build.json")
+    }
+}

@@ -1,0 +1,56 @@
+//! cmake, ninja and libclang, from PyPI into a project-local virtual environment.
+//!
+//! None of them is on a fresh machine of the kind CI runs on, and root is not
+//! something a build should need. PyPI ships all three as wheels (the same way
+//! llama.cpp's own Python packaging gets cmake), so one `pip install` into
+//! `target/llorch/tools/venv` gives every machine the same pinned versions, which
+//! also keeps the generated bindings identical from machine to machine.
+
+use std::path::PathBuf;
+
+use anyhow::{Context, Result};
+use xshell::cmd;
+
+use crate::project::Project;
+
+/// Pinned: the bindings are checked byte for byte, so libclang must not drift.
+const REQUIREMENTS: &[&str] = &["cmake==4.4.5", "ninja==1.13.2", "libclang==18.1.1"];
+
+pub struct Tools {
+    pub cmake: PathBuf,
+    pub ninja: PathBuf,
+    /// The directory holding libclang.so, for bindgen's `LIBCLANG_PATH`.
+    pub libclang_dir: PathBuf,
+}
+
+pub fn ensure(project: &Project) -> Result<Tools> {
+    let venv = project.tools_dir().join("venv");
+    let bin = venv.join("bin");
+    let python = bin.join("python");
+    let stamp = venv.join("llorch-requirements.txt");
+    let wanted = REQUIREMENTS.join("\n");
+    let sh = project.shell()?;
+
+    if std::fs::read_to_string(&stamp).ok().as_deref() != Some(wanted.as_str()) {
+        eprintln!("tools: installing {} into {}", REQUIREMENTS.join(" "), venv.display());
+        let python3 = std::env::var("PYTHON").unwrap_or_else(|_| "python3".into());
+        cmd!(sh, "{python3} -m venv --clear {venv}").run().context(
+            "cannot create a Python virtual environment for cmake, ninja and libclang.\n\
+             Install Python 3 with venv (Debian: apt-get install python3 python3-venv), \
+             or point PYTHON at one",
+        )?;
+        let requirements = REQUIREMENTS;
+        cmd!(sh, "{python} -m pip install --quiet --disable-pip-version-check {requirements...}")
+            .run()
+            .context("pip could not install the build tools from PyPI (is PyPI reachable?)")?;
+        std::fs::write(&stamp, &wanted)?;
+    }
+
+    let libclang_dir = cmd!(
+        sh,
+        "{python} -c 'import clang, os; print(os.path.join(os.path.dirname(clang.__file__), \"native\"))'"
+    )
+    .read()
+    .context("the libclang wheel is missing from the tools venv: remove target/llorch/tools and retry")?;
+    Ok(Tools { cmake: bin.join("cmake"), ninja: bin.join("ninja"), libclang_dir: PathBuf::from(libclang_dir) })
+}

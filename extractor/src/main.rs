@@ -1,4 +1,4 @@
-mod ffi;
+use llorch_checkpoint_extractor::ffi;
 
 fn main() {
     let (version, commit) = ffi::ggml_version();

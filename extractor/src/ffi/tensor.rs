@@ -1,0 +1,131 @@
+//! A graph node as the eval callback sees it, and its copy to host f32.
+
+use std::ffi::CStr;
+
+use anyhow::{bail, ensure, Result};
+
+use super::sys;
+
+/// A borrowed graph node, valid only inside one eval-callback call.
+pub struct Node<'a> {
+    t: &'a sys::ggml_tensor,
+}
+
+impl<'a> Node<'a> {
+    /// # Safety
+    /// `t` must be a tensor of a graph being computed, valid for `'a`.
+    pub(super) unsafe fn from_raw(t: &'a sys::ggml_tensor) -> Node<'a> {
+        Node { t }
+    }
+
+    /// The node's name as bytes, without allocating.
+    pub fn name(&self) -> &'a [u8] {
+        // SAFETY: c_char and u8 have the same layout; the array lives as long as the tensor.
+        let bytes: &'a [u8] = unsafe { std::slice::from_raw_parts(self.t.name.as_ptr().cast(), self.t.name.len()) };
+        let end = bytes.iter().position(|&b| b == 0).unwrap_or(bytes.len());
+        &bytes[..end]
+    }
+
+    pub fn name_lossy(&self) -> String {
+        String::from_utf8_lossy(self.name()).into_owned()
+    }
+
+    /// ggml's op name ("MUL_MAT", "VIEW", ...).
+    pub fn op_name(&self) -> &'static str {
+        // SAFETY: ggml_op_name returns a static string for every op.
+        unsafe { CStr::from_ptr(sys::ggml_op_name(self.t.op)) }.to_str().unwrap_or("?")
+    }
+
+    pub fn ty(&self) -> sys::ggml_type {
+        self.t.type_
+    }
+
+    pub fn type_name(&self) -> &'static str {
+        super::type_name(self.t.type_)
+    }
+
+    /// Shape in ggml order (innermost first).
+    pub fn ne(&self) -> [i64; 4] {
+        self.t.ne
+    }
+
+    /// The backend buffer the node lives in ("CPU", "CUDA0", ...).
+    pub fn buffer_name(&self) -> String {
+        if self.t.buffer.is_null() {
+            return "none".into();
+        }
+        // SAFETY: non-null buffer of a live tensor; the name is a static string.
+        unsafe { CStr::from_ptr(sys::ggml_backend_buffer_name(self.t.buffer)) }.to_string_lossy().into_owned()
+    }
+
+    /// Copies the node to host memory as f32 in ggml order, keeping only the
+    /// first `keep[i]` indices of each dimension (to drop the padded KV cells).
+    /// Strides are respected (views into fused tensors, the transposed V cache);
+    /// any type ggml can convert to float (f16, bf16, quantized) is converted.
+    /// `scratch` is reused between calls to avoid an allocation per node.
+    pub fn copy_to_f32(&self, keep: [i64; 4], scratch: &mut Vec<u8>, out: &mut Vec<f32>) -> Result<()> {
+        let t = self.t;
+        for d in 0..4 {
+            ensure!(keep[d] >= 0 && keep[d] <= t.ne[d], "cannot keep {} of {} along dim {d}", keep[d], t.ne[d]);
+        }
+        ensure!(!t.buffer.is_null() && !t.data.is_null(), "node `{}` has no data yet", self.name_lossy());
+        // SAFETY: the tensor is live and allocated; ggml_nbytes covers its whole
+        // strided extent, which ggml_backend_tensor_get copies from any backend.
+        let nbytes = unsafe { sys::ggml_nbytes(t) };
+        scratch.resize(nbytes, 0);
+        unsafe { sys::ggml_backend_tensor_get(t, scratch.as_mut_ptr().cast(), 0, nbytes) };
+
+        // SAFETY: type traits are static per type.
+        let traits = unsafe { &*sys::ggml_get_type_traits(t.type_) };
+        let (blck, type_size) = (traits.blck_size as usize, traits.type_size);
+        let is_f32 = t.type_ == sys::ggml_type::GGML_TYPE_F32;
+        let to_float = traits.to_float;
+        if !is_f32 && to_float.is_none() {
+            bail!("node `{}` has type {}, which ggml cannot convert to float", self.name_lossy(), self.type_name());
+        }
+        let row_contiguous = t.nb[0] == type_size;
+        if blck > 1 {
+            ensure!(row_contiguous && keep[0] == t.ne[0], "quantized node `{}` is not row-contiguous", self.name_lossy());
+        }
+
+        let n = (keep[0] * keep[1] * keep[2] * keep[3]) as usize;
+        out.clear();
+        out.reserve(n);
+        let [n0, n1, n2, n3] = keep.map(|k| k as usize);
+        for i3 in 0..n3 {
+            for i2 in 0..n2 {
+                for i1 in 0..n1 {
+                    let row = i1 * t.nb[1] + i2 * t.nb[2] + i3 * t.nb[3];
+                    if row_contiguous {
+                        let start = out.len();
+                        out.resize(start + n0, 0.0);
+                        let bytes = &scratch[row..row + n0 / blck * type_size];
+                        convert(bytes, &mut out[start..], is_f32, to_float);
+                    } else {
+                        for i0 in 0..n0 {
+                            let at = row + i0 * t.nb[0];
+                            let start = out.len();
+                            out.push(0.0);
+                            convert(&scratch[at..at + type_size], &mut out[start..], is_f32, to_float);
+                        }
+                    }
+                }
+            }
+        }
+        debug_assert_eq!(out.len(), n);
+        Ok(())
+    }
+}
+
+/// Converts packed elements of one type to f32 (`out.len()` elements).
+fn convert(bytes: &[u8], out: &mut [f32], is_f32: bool, to_float: sys::ggml_to_float_t) {
+    if is_f32 {
+        for (dst, src) in out.iter_mut().zip(bytes.chunks_exact(4)) {
+            *dst = f32::from_ne_bytes([src[0], src[1], src[2], src[3]]);
+        }
+    } else if let Some(to_float) = to_float {
+        // SAFETY: `bytes` holds exactly the packed encoding of out.len() elements
+        // (whole blocks for quantized types), and `out` is writable for them.
+        unsafe { to_float(bytes.as_ptr().cast(), out.as_mut_ptr(), out.len() as i64) };
+    }
+}

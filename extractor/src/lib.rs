@@ -4,6 +4,13 @@
 //! - [`ffi`]: all `unsafe`: bindings, model/context owners, the callback trampoline.
 //! - [`manifest`]: the YAML checkpoint manifest, validated before inference.
 //! - [`capture`]: the eval-callback logic: which nodes, copied how, sent where.
-//! - [`format`]: checkpoint files (`.bin`, `.npy`) and the run record.
+//! - [`format`]: checkpoint files (`.bin`, `.npy`).
+//! - [`output`]: the locked, staged output directory and its writer thread.
+//! - [`run`]: one extraction run, from model load to `run.json`.
 
+pub mod capture;
 pub mod ffi;
+pub mod format;
+pub mod manifest;
+pub mod output;
+pub mod run;

@@ -1,13 +1,107 @@
-use llorch_checkpoint_extractor::ffi;
+//! `llorch-checkpoint-extractor`: runs a prompt through llama.cpp and writes the
+//! checkpoints a manifest names. Flags follow llama.cpp's habits.
 
-fn main() {
-    let (version, commit) = ffi::ggml_version();
-    println!(
-        "llorch-checkpoint-extractor {} (llama.cpp {}, {} tree, backend {}, ggml {version} {commit})",
-        env!("CARGO_PKG_VERSION"),
-        env!("LLORCH_PIN"),
-        env!("LLORCH_FLAVOUR"),
-        env!("LLORCH_BACKEND"),
-    );
-    println!("{}", ffi::system_info());
+use std::io::Write;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::Parser;
+use llorch_checkpoint_extractor::ffi::llama::KvType;
+use llorch_checkpoint_extractor::format::Format;
+use llorch_checkpoint_extractor::run::{self, Steps};
+
+#[derive(Parser)]
+#[command(
+    name = "llorch-checkpoint-extractor",
+    version,
+    about = "Capture intermediate tensors (checkpoints) of a llama.cpp inference through the eval callback",
+    long_about = "Runs PROMPT through MODEL with llama.cpp, captures the graph nodes that the checkpoint \
+manifest names (after the scheduler computed them, through the eval callback), and writes one file per \
+checkpoint plus run.json (settings, token ids, per-checkpoint shape, dtype and sha256, decode time) and \
+logits.bin into --out. Extraction only observes: logits are the same as with --no-extract.",
+    after_help = "Example:\n  llorch-checkpoint-extractor -m gpt2.gguf --manifest manifests/gpt2.yaml -p 'Hello world' --out checkpoints"
+)]
+struct Cli {
+    /// GGUF model file.
+    #[arg(short = 'm', long)]
+    model: PathBuf,
+    /// Checkpoint manifest (YAML); required unless --no-extract.
+    #[arg(long)]
+    manifest: Option<PathBuf>,
+    /// The prompt; its pass is the one captured.
+    #[arg(short = 'p', long, default_value = "Hello world")]
+    prompt: String,
+    /// Tokens to generate (greedy) and feed back after the prompt.
+    #[arg(short = 'n', long = "n-predict", default_value_t = 1)]
+    n_predict: usize,
+    /// CPU threads [default: all cores].
+    #[arg(short = 't', long)]
+    threads: Option<i32>,
+    /// Context size (KV-cache cells); raised to fit the prompt and generation.
+    #[arg(short = 'c', long = "ctx-size", default_value_t = 512)]
+    ctx_size: u32,
+    /// Layers offloaded to a GPU backend, if the build has one.
+    #[arg(long = "n-gpu-layers", visible_alias = "ngl", default_value_t = 0)]
+    n_gpu_layers: i32,
+    /// Output directory (created; locked while the run writes to it).
+    #[arg(long, default_value = "checkpoints")]
+    out: PathBuf,
+    /// Checkpoint file format.
+    #[arg(long, value_enum, default_value_t = Format::Bin)]
+    format: Format,
+    /// KV-cache type (llama.cpp's default is f16).
+    #[arg(long = "kv-type", value_enum, default_value_t = KvType::F16)]
+    kv_type: KvType,
+    /// Which passes to capture: the prompt's, or also each generated token's (files get `.stepN`).
+    #[arg(long, value_enum, default_value_t = Steps::Prompt)]
+    steps: Steps,
+    /// Register no eval callback at all (the baseline for overhead and non-interference checks).
+    #[arg(long)]
+    no_extract: bool,
+    /// Print every node of the prompt pass (name, op, type, ne) and exit.
+    #[arg(long)]
+    list_nodes: bool,
+    /// Show llama.cpp's own log.
+    #[arg(short = 'v', long)]
+    verbose: bool,
+    /// Test hook: panic inside the eval callback when observing this node.
+    #[arg(long, hide = true)]
+    inject_panic: Option<String>,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let llama_level = if cli.verbose { log::LevelFilter::Debug } else { log::LevelFilter::Off };
+    env_logger::Builder::new()
+        .filter_level(log::LevelFilter::Info)
+        .filter_module("llama.cpp", llama_level)
+        .format(|buf, record| writeln!(buf, "{}", record.args()))
+        .init();
+    let threads = cli.threads.unwrap_or_else(|| std::thread::available_parallelism().map_or(4, |n| n.get() as i32));
+    let cfg = run::Config {
+        model: cli.model,
+        manifest: cli.manifest,
+        prompt: cli.prompt,
+        n_predict: cli.n_predict,
+        threads,
+        n_ctx: cli.ctx_size,
+        n_gpu_layers: cli.n_gpu_layers,
+        out: cli.out,
+        format: cli.format,
+        kv_type: cli.kv_type,
+        steps: cli.steps,
+        extract: !cli.no_extract,
+        list_nodes: cli.list_nodes,
+        inject_panic: cli.inject_panic,
+    };
+    match run::run(&cfg) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(err) => {
+            eprintln!("error: {err}");
+            for cause in err.chain().skip(1) {
+                eprintln!("  caused by: {cause}");
+            }
+            ExitCode::FAILURE
+        }
+    }
 }

@@ -152,8 +152,9 @@ pub struct ContextParams {
     pub n_batch: u32,
     pub n_threads: i32,
     pub kv_type: KvType,
-    /// Flash attention fuses softmax into one op, so `kq_soft_max` never exists with it on.
-    pub flash_attn: bool,
+    /// Flash attention fuses softmax into one op, so `kq_soft_max` never exists
+    /// with it on. `None`: llama.cpp decides (auto).
+    pub flash_attn: Option<bool>,
 }
 
 /// An inference context over a borrowed model, with an optional eval hook.
@@ -185,10 +186,10 @@ impl<'m, O: Observer> Context<'m, O> {
             p.n_threads_batch = params.n_threads;
             p.type_k = kv;
             p.type_v = kv;
-            p.flash_attn_type = if params.flash_attn {
-                sys::llama_flash_attn_type::LLAMA_FLASH_ATTN_TYPE_ENABLED
-            } else {
-                sys::llama_flash_attn_type::LLAMA_FLASH_ATTN_TYPE_DISABLED
+            p.flash_attn_type = match params.flash_attn {
+                Some(true) => sys::llama_flash_attn_type::LLAMA_FLASH_ATTN_TYPE_ENABLED,
+                Some(false) => sys::llama_flash_attn_type::LLAMA_FLASH_ATTN_TYPE_DISABLED,
+                None => sys::llama_flash_attn_type::LLAMA_FLASH_ATTN_TYPE_AUTO,
             };
             p.no_perf = true;
             if let Some(hook) = hook.as_mut() {

@@ -1,0 +1,169 @@
+//! The eval-callback logic: which nodes to capture, checked and copied how,
+//! handed to whom.
+//!
+//! `wants` (ask = true) runs for each of the ~450 nodes of every pass: it is a
+//! hash lookup of the node's name bytes, allocation-free. `observe` (ask =
+//! false) runs only for the nodes we asked for: it checks the shape against the
+//! manifest, copies the node to f32 (strides and type respected, padded KV
+//! cells dropped) and sends it to the writer thread through a channel sized so
+//! that sending never blocks. It never touches the disk.
+
+use std::collections::HashMap;
+use std::sync::mpsc::{SyncSender, TrySendError};
+
+use anyhow::{anyhow, bail, Result};
+
+use crate::ffi::eval::Observer;
+use crate::ffi::tensor::Node;
+use crate::manifest::{fmt_ne, Checkpoint, Resolved, Symbols};
+
+/// One captured checkpoint on its way to the writer.
+pub struct Captured {
+    /// Index into the manifest's checkpoints.
+    pub index: usize,
+    pub step: usize,
+    pub ggml_ne: [i64; 4],
+    /// Row-major file shape (kept ne reversed).
+    pub shape: Vec<i64>,
+    pub source_dtype: &'static str,
+    pub op: &'static str,
+    pub buffer: String,
+    pub data: Vec<f32>,
+}
+
+pub struct Capture {
+    checkpoints: Vec<Checkpoint>,
+    /// Node name -> checkpoints with that name (several only when `op` disambiguates).
+    by_name: HashMap<Box<[u8]>, Vec<usize>>,
+    resolved: Vec<Resolved>,
+    seen: Vec<bool>,
+    /// Capturing this pass? Between passes, and for passes not captured, nothing is wanted.
+    active: bool,
+    step: usize,
+    scratch: Vec<u8>,
+    sink: SyncSender<Captured>,
+    /// Test hook: panic when observing this node (proves no panic crosses into C).
+    panic_on: Option<Vec<u8>>,
+}
+
+impl Capture {
+    pub fn new(checkpoints: Vec<Checkpoint>, sink: SyncSender<Captured>, panic_on: Option<String>) -> Capture {
+        let mut by_name: HashMap<Box<[u8]>, Vec<usize>> = HashMap::new();
+        for (i, cp) in checkpoints.iter().enumerate() {
+            by_name.entry(cp.tensor.as_bytes().into()).or_default().push(i);
+        }
+        let n = checkpoints.len();
+        let placeholder = Resolved { ne: [1; 4], n_dims: 1, kv_dims: [false; 4] };
+        Capture {
+            checkpoints,
+            by_name,
+            resolved: vec![placeholder; n],
+            seen: vec![false; n],
+            active: false,
+            step: 0,
+            scratch: Vec::new(),
+            sink,
+            panic_on: panic_on.map(String::into_bytes),
+        }
+    }
+
+    /// Arms the capture for one forward pass with that pass's symbol values.
+    pub fn begin_pass(&mut self, step: usize, symbols: &Symbols) {
+        for (r, cp) in self.resolved.iter_mut().zip(&self.checkpoints) {
+            *r = cp.resolve(symbols);
+        }
+        self.seen.fill(false);
+        self.step = step;
+        self.active = true;
+    }
+
+    /// Disarms; every checkpoint not seen in the pass is an error naming it
+    /// (a node renamed upstream must not go unnoticed).
+    pub fn end_pass(&mut self) -> Result<()> {
+        self.active = false;
+        let missing: Vec<String> = self
+            .checkpoints
+            .iter()
+            .zip(&self.seen)
+            .filter(|(_, seen)| !**seen)
+            .map(|(cp, _)| format!("{} (tensor `{}`)", cp.id, cp.tensor))
+            .collect();
+        if !missing.is_empty() {
+            bail!(
+                "{} checkpoint(s) not seen in pass {}: {}.\nThe graph has no node of that name: a typo in the manifest, \
+                 a node renamed upstream, or the patches not applied (see `cargo xtask fetch`). Run with \
+                 --list-nodes to see the graph's node names.",
+                missing.len(),
+                self.step,
+                missing.join(", ")
+            );
+        }
+        Ok(())
+    }
+
+    pub fn checkpoints(&self) -> &[Checkpoint] {
+        &self.checkpoints
+    }
+
+    fn find(&self, node: &Node<'_>) -> Option<usize> {
+        let candidates = self.by_name.get(node.name())?;
+        candidates.iter().copied().find(|&i| match &self.checkpoints[i].op {
+            None => true,
+            Some(op) => op == node.op_name(),
+        })
+    }
+}
+
+impl Observer for Capture {
+    fn wants(&mut self, node: &Node<'_>) -> bool {
+        self.active && self.find(node).is_some()
+    }
+
+    fn observe(&mut self, node: &Node<'_>) -> Result<()> {
+        if self.panic_on.as_deref() == Some(node.name()) {
+            panic!("injected panic (test hook) while observing `{}`", node.name_lossy());
+        }
+        let Some(index) = self.find(node) else { return Ok(()) };
+        let cp = &self.checkpoints[index];
+        if std::mem::replace(&mut self.seen[index], true) {
+            bail!(
+                "checkpoint {}: tensor `{}` matched two nodes in one pass; ggml gives this name to several nodes, \
+                 so add `op: {}` (or another op) to its manifest entry",
+                cp.id,
+                cp.tensor,
+                node.op_name()
+            );
+        }
+        let resolved = self.resolved[index];
+        let keep = resolved.keep(node.ne()).map_err(|mismatch| {
+            anyhow!(
+                "checkpoint {} (tensor `{}`, manifest shape {}): shape mismatch: {mismatch}",
+                cp.id,
+                cp.tensor,
+                cp.shape_text()
+            )
+        })?;
+        let mut data = Vec::new();
+        node.copy_to_f32(keep, &mut self.scratch, &mut data)?;
+        let captured = Captured {
+            index,
+            step: self.step,
+            ggml_ne: node.ne(),
+            shape: keep[..resolved.n_dims].iter().rev().copied().collect(),
+            source_dtype: node.type_name(),
+            op: node.op_name(),
+            buffer: node.buffer_name(),
+            data,
+        };
+        match self.sink.try_send(captured) {
+            Ok(()) => Ok(()),
+            Err(TrySendError::Full(_)) => bail!("the writer queue is full (it is sized for every checkpoint of the run)"),
+            Err(TrySendError::Disconnected(_)) => bail!("the writer thread stopped (see its error)"),
+        }
+    }
+}
+
+/// Shape text for messages, e.g. `[2, 768]`.
+pub fn shape_text(shape: &[i64]) -> String {
+    fmt_ne(shape)
+}

@@ -1,0 +1,176 @@
+//! Checkpoint files.
+//!
+//! `.bin` (the seed's format), little-endian:
+//! `[n_dims: i32][shape: i64 x n_dims][data: f32 x n_elements]`, shape row-major
+//! (outermost first, i.e. ggml's ne reversed), data row-major. `.npy` is
+//! standard NumPy v1.0 (`<f4`, C order), written and read with `npyz`.
+
+use std::io::{Read, Write};
+use std::path::Path;
+
+use anyhow::{bail, Context, Result};
+use npyz::WriterBuilder;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Format {
+    Bin,
+    Npy,
+}
+
+impl Format {
+    pub fn extension(self) -> &'static str {
+        match self {
+            Format::Bin => "bin",
+            Format::Npy => "npy",
+        }
+    }
+}
+
+/// A checkpoint read back from disk.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Tensor {
+    /// Row-major, outermost first.
+    pub shape: Vec<i64>,
+    pub data: Vec<f32>,
+}
+
+/// The most dimensions a `.bin` may declare (ggml has 4; leave room, refuse nonsense).
+const MAX_DIMS: i32 = 8;
+
+pub fn write(format: Format, out: &mut impl Write, shape: &[i64], data: &[f32]) -> Result<()> {
+    let n: i64 = shape.iter().product();
+    assert_eq!(n as usize, data.len(), "shape {shape:?} does not match {} elements", data.len());
+    match format {
+        Format::Bin => {
+            out.write_all(&(shape.len() as i32).to_le_bytes())?;
+            for d in shape {
+                out.write_all(&d.to_le_bytes())?;
+            }
+            let mut buf = Vec::with_capacity(data.len() * 4);
+            for v in data {
+                buf.extend_from_slice(&v.to_le_bytes());
+            }
+            out.write_all(&buf)?;
+        }
+        Format::Npy => {
+            let shape: Vec<u64> = shape.iter().map(|&d| d as u64).collect();
+            let mut writer = npyz::WriteOptions::<f32>::new().default_dtype().shape(&shape).writer(out).begin_nd()?;
+            writer.extend(data.iter().copied())?;
+            writer.finish()?;
+        }
+    }
+    Ok(())
+}
+
+/// Reads and validates a checkpoint file; the format follows the extension.
+/// Every defect names the file and what is wrong with it.
+pub fn read(path: &Path) -> Result<Tensor> {
+    let mut bytes = Vec::new();
+    std::fs::File::open(path)
+        .and_then(|mut f| f.read_to_end(&mut bytes))
+        .with_context(|| format!("cannot read {}", path.display()))?;
+    let parsed = match path.extension().and_then(|e| e.to_str()) {
+        Some("npy") => parse_npy(&bytes),
+        _ => parse_bin(&bytes),
+    };
+    parsed.with_context(|| format!("{} ({} bytes) is not a valid checkpoint", path.display(), bytes.len()))
+}
+
+pub fn parse_bin(bytes: &[u8]) -> Result<Tensor> {
+    if bytes.len() < 4 {
+        bail!("truncated header: {} bytes, need at least 4 for n_dims", bytes.len());
+    }
+    let n_dims = i32::from_le_bytes(bytes[0..4].try_into().unwrap());
+    if !(1..=MAX_DIMS).contains(&n_dims) {
+        bail!("n_dims is {n_dims}, expected 1 to {MAX_DIMS}");
+    }
+    let header = 4 + 8 * n_dims as usize;
+    if bytes.len() < header {
+        bail!("truncated header: {} bytes, need {header} for {n_dims} dimensions", bytes.len());
+    }
+    let shape: Vec<i64> = bytes[4..header].chunks_exact(8).map(|c| i64::from_le_bytes(c.try_into().unwrap())).collect();
+    if let Some((i, d)) = shape.iter().enumerate().find(|(_, &d)| d < 0) {
+        bail!("dimension {i} is negative ({d})");
+    }
+    let n = shape.iter().try_fold(1u64, |acc, &d| acc.checked_mul(d as u64)).context("shape overflows")?;
+    let expected = n.checked_mul(4).and_then(|b| b.checked_add(header as u64)).context("shape overflows")?;
+    let actual = bytes.len() as u64;
+    if actual < expected {
+        bail!("truncated data: shape {shape:?} needs {expected} bytes, the file has {actual}");
+    }
+    if actual > expected {
+        bail!("{} trailing bytes after the data of shape {shape:?}", actual - expected);
+    }
+    let data = bytes[header..].chunks_exact(4).map(|c| f32::from_le_bytes(c.try_into().unwrap())).collect();
+    Ok(Tensor { shape, data })
+}
+
+fn parse_npy(bytes: &[u8]) -> Result<Tensor> {
+    let npy = npyz::NpyFile::new(bytes).context("not a NumPy .npy file")?;
+    let shape: Vec<i64> = npy.shape().iter().map(|&d| d as i64).collect();
+    if npy.order() != npyz::Order::C {
+        bail!("Fortran-ordered arrays are not checkpoints");
+    }
+    let data: Vec<f32> = npy.into_vec().context("data is not f32 or is truncated")?;
+    Ok(Tensor { shape, data })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn bin(shape: &[i64], data: &[f32]) -> Vec<u8> {
+        let mut out = Vec::new();
+        write(Format::Bin, &mut out, shape, data).unwrap();
+        out
+    }
+
+    #[test]
+    fn bin_layout_is_the_seed_format() {
+        let bytes = bin(&[2, 3], &[1.0, 2.0, 3.0, 4.0, 5.0, 6.0]);
+        assert_eq!(&bytes[0..4], &2i32.to_le_bytes());
+        assert_eq!(&bytes[4..12], &2i64.to_le_bytes());
+        assert_eq!(&bytes[12..20], &3i64.to_le_bytes());
+        assert_eq!(&bytes[20..24], &1.0f32.to_le_bytes());
+        assert_eq!(bytes.len(), 4 + 16 + 24);
+        let back = parse_bin(&bytes).unwrap();
+        assert_eq!(back, Tensor { shape: vec![2, 3], data: vec![1.0, 2.0, 3.0, 4.0, 5.0, 6.0] });
+    }
+
+    #[test]
+    fn npy_round_trips() {
+        let mut bytes = Vec::new();
+        write(Format::Npy, &mut bytes, &[1, 2, 2], &[0.5, -1.0, 3.25, 8.0]).unwrap();
+        assert!(bytes.starts_with(b"\x93NUMPY\x01\x00"), "NPY v1.0 magic");
+        let back = parse_npy(&bytes).unwrap();
+        assert_eq!(back.shape, [1, 2, 2]);
+        assert_eq!(back.data, [0.5, -1.0, 3.25, 8.0]);
+    }
+
+    #[test]
+    fn corrupted_bin_files_are_rejected_with_their_defect() {
+        let good = bin(&[2, 3], &[0.0; 6]);
+        let cases: Vec<(Vec<u8>, &str)> = vec![
+            (good[..good.len() - 3].to_vec(), "truncated data"),
+            (good[..2].to_vec(), "truncated header"),
+            ([good.clone(), vec![0; 4]].concat(), "4 trailing bytes"),
+            ([&0i32.to_le_bytes()[..], &good[4..]].concat(), "n_dims is 0"),
+            ([&99i32.to_le_bytes()[..], &good[4..]].concat(), "n_dims is 99"),
+            ([&good[..4], &(-2i64).to_le_bytes()[..], &good[12..]].concat(), "dimension 0 is negative (-2)"),
+        ];
+        for (bytes, defect) in cases {
+            let msg = format!("{:#}", parse_bin(&bytes).unwrap_err());
+            assert!(msg.contains(defect), "expected `{defect}` in: {msg}");
+        }
+    }
+
+    #[test]
+    fn read_names_the_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("checkpoint_01.bin");
+        std::fs::write(&path, &bin(&[4], &[1.0; 4])[..10]).unwrap();
+        let msg = format!("{:#}", read(&path).unwrap_err());
+        assert!(msg.contains("checkpoint_01.bin (10 bytes) is not a valid checkpoint"), "{msg}");
+    }
+}

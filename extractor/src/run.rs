@@ -1,0 +1,230 @@
+//! One extraction run: load, decode the prompt (captured), generate, commit.
+
+use std::path::PathBuf;
+use std::sync::mpsc::sync_channel;
+use std::time::Instant;
+
+use anyhow::{bail, Context as _, Result};
+use serde_json::json;
+
+use crate::capture::Capture;
+use crate::ffi::eval::Observer;
+use crate::ffi::llama::{Context, ContextParams, KvType, Model, Token};
+use crate::ffi::tensor::Node;
+use crate::format::{self, Format};
+use crate::manifest::{Manifest, Symbols};
+use crate::output::{self, Output};
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum Steps {
+    /// Capture the prompt pass only.
+    Prompt,
+    /// Capture every pass: the prompt and each generated token's.
+    All,
+}
+
+pub struct Config {
+    pub model: PathBuf,
+    pub manifest: Option<PathBuf>,
+    pub prompt: String,
+    pub n_predict: usize,
+    pub threads: i32,
+    pub n_ctx: u32,
+    pub n_gpu_layers: i32,
+    pub out: PathBuf,
+    pub format: Format,
+    pub kv_type: KvType,
+    pub steps: Steps,
+    pub extract: bool,
+    pub list_nodes: bool,
+    pub inject_panic: Option<String>,
+}
+
+/// The settings of a run, decided before anything is loaded.
+pub fn run(cfg: &Config) -> Result<()> {
+    let manifest = match &cfg.manifest {
+        Some(path) => Some(Manifest::load(path)?),
+        None if cfg.extract && !cfg.list_nodes => bail!("--manifest is required (or pass --no-extract)"),
+        None => None,
+    };
+    // Scores (kq_soft_max) only exist with flash attention off. The decision
+    // depends on the manifest only, so runs with and without extraction match.
+    let flash_attn = !manifest.as_ref().is_some_and(Manifest::needs_attention_scores);
+
+    if cfg.list_nodes {
+        return list_nodes(cfg, flash_attn);
+    }
+    let output = Output::open(&cfg.out, cfg.format)?;
+    let model_path = cfg.model.clone();
+    let model_hash = std::thread::spawn(move || output::sha256_file(&model_path));
+
+    let model = Model::load(&cfg.model, cfg.n_gpu_layers)?;
+    let arch = model.meta("general.architecture").unwrap_or_else(|| "unknown".into());
+    let tokens = model.tokenize(&cfg.prompt)?;
+    if tokens.is_empty() {
+        bail!("the prompt {:?} gives no tokens", cfg.prompt);
+    }
+    let passes = 1 + cfg.n_predict;
+    let n_ctx = cfg.n_ctx.max((tokens.len() + passes) as u32);
+    let base = Symbols {
+        n_embd: model.n_embd(),
+        n_head: model.n_head(),
+        head_dim: model.n_embd() / model.n_head().max(1),
+        n_ff: model.meta(&format!("{arch}.feed_forward_length")).and_then(|v| v.parse().ok()).unwrap_or(0),
+        n_vocab: model.n_vocab(),
+        n_ctx: n_ctx as i64,
+        n_tokens: 0,
+        n_kv: 0,
+    };
+
+    log::info!("llorch-checkpoint-extractor: {}", describe_build());
+    log::info!("  model     {} ({arch}, {} layers)", cfg.model.display(), model.n_layer());
+    log::info!("  prompt    {:?} -> {} tokens {:?}", cfg.prompt, tokens.len(), tokens);
+    match (&manifest, cfg.extract) {
+        (Some(m), true) => log::info!(
+            "  manifest  {} ({} checkpoints), output {} ({:?})",
+            cfg.manifest.as_ref().unwrap().display(),
+            m.checkpoints.len(),
+            cfg.out.display(),
+            cfg.format
+        ),
+        _ => log::info!("  extraction disabled: no eval callback registered"),
+    }
+
+    // The writer's queue holds every checkpoint of the run, so sending never blocks.
+    let captured_passes = if cfg.steps == Steps::All { passes } else { 1 };
+    let checkpoints = manifest.as_ref().map(|m| m.checkpoints.clone()).unwrap_or_default();
+    let (tx, rx) = sync_channel(checkpoints.len() * captured_passes + 1);
+    let writer = output.spawn_writer(checkpoints.clone(), rx);
+    let capture = (cfg.extract && manifest.is_some()).then(|| Capture::new(checkpoints, tx, cfg.inject_panic.clone()));
+
+    let params = ContextParams {
+        n_ctx,
+        n_batch: n_ctx,
+        n_threads: cfg.threads,
+        kv_type: cfg.kv_type,
+        flash_attn: Some(flash_attn),
+    };
+    let decoded = (|| -> Result<Decoded> {
+        let mut ctx = Context::new(&model, &params, capture)?;
+        let mut decoded = Decoded::default();
+        let mut input: Vec<Token> = tokens.clone();
+        let mut n_past = 0usize;
+        for step in 0..passes {
+            let captured = step == 0 || cfg.steps == Steps::All;
+            let symbols = Symbols { n_tokens: input.len() as i64, n_kv: (n_past + input.len()) as i64, ..base };
+            if let Some(c) = ctx.observer_mut() {
+                if captured {
+                    c.begin_pass(step, &symbols);
+                }
+            }
+            let started = Instant::now();
+            ctx.decode(&input, n_past as i32, step == 0)?;
+            decoded.decode_ms.push(started.elapsed().as_secs_f64() * 1e3);
+            if let Some(c) = ctx.observer_mut() {
+                if captured {
+                    c.end_pass()?;
+                }
+            }
+            let logits = ctx.logits(-1)?;
+            let next = argmax(logits) as Token;
+            decoded.logits.extend_from_slice(logits);
+            decoded.next.push(next);
+            n_past += input.len();
+            input = vec![next];
+        }
+        Ok(decoded)
+    })();
+    // The context (and with it the capture's sender) is gone: the writer drains and stops.
+    let written = writer.join().map_err(|_| anyhow::anyhow!("the writer thread panicked"))?;
+    let decoded = decoded?;
+    let written = written?;
+
+    let n_vocab = model.n_vocab();
+    let mut logits_bytes = Vec::new();
+    format::write(Format::Bin, &mut logits_bytes, &[passes as i64, n_vocab], &decoded.logits)?;
+    let logits_sha = hex::encode(<sha2::Sha256 as sha2::Digest>::digest(&logits_bytes));
+    let (ggml_version, ggml_commit) = crate::ffi::ggml_version();
+    let model_sha = model_hash.join().map_err(|_| anyhow::anyhow!("hashing the model panicked"))??;
+    let generated: Vec<Token> = decoded.next[..cfg.n_predict].to_vec();
+    let record = json!({
+        "tool": format!("llorch-checkpoint-extractor {}", env!("CARGO_PKG_VERSION")),
+        "llama_cpp": { "pin": env!("LLORCH_PIN"), "tree": env!("LLORCH_FLAVOUR"), "ggml_version": ggml_version, "ggml_commit": ggml_commit },
+        "backend": env!("LLORCH_BACKEND"),
+        "system_info": crate::ffi::system_info().trim(),
+        "model": { "path": cfg.model, "sha256": model_sha, "architecture": arch, "n_layer": model.n_layer() },
+        "manifest": cfg.manifest.as_ref().map(|p| json!({ "path": p, "sha256": output::sha256_file(p).ok() })),
+        "extract": cfg.extract,
+        "prompt": cfg.prompt,
+        "tokens": tokens,
+        "generated": generated,
+        "next_token": decoded.next.last(),
+        "threads": cfg.threads,
+        "n_ctx": n_ctx,
+        "n_gpu_layers": cfg.n_gpu_layers,
+        "kv_type": cfg.kv_type,
+        "flash_attn": flash_attn,
+        "format": cfg.format,
+        "steps": format!("{:?}", cfg.steps).to_lowercase(),
+        "symbols": Symbols { n_tokens: tokens.len() as i64, n_kv: tokens.len() as i64, ..base },
+        "decode_ms": decoded.decode_ms,
+        "prompt_decode_ms": decoded.decode_ms[0],
+        "logits": { "file": "logits.bin", "shape": [passes, n_vocab], "sha256": logits_sha },
+        "checkpoints": written,
+    });
+    output.commit(&written, &record, &[("logits.bin", &logits_bytes)])?;
+    log::info!(
+        "wrote {} checkpoint file(s) and run.json to {}; prompt decode {:.1} ms; generated {:?}",
+        written.len(),
+        cfg.out.display(),
+        decoded.decode_ms[0],
+        generated.iter().map(|&t| model.token_to_piece(t)).collect::<Vec<_>>()
+    );
+    Ok(())
+}
+
+#[derive(Default)]
+struct Decoded {
+    decode_ms: Vec<f64>,
+    /// Last-row logits of every pass, concatenated.
+    logits: Vec<f32>,
+    /// Greedy next token after every pass.
+    next: Vec<Token>,
+}
+
+fn argmax(v: &[f32]) -> usize {
+    v.iter().enumerate().fold(0, |best, (i, &x)| if x > v[best] { i } else { best })
+}
+
+pub fn describe_build() -> String {
+    format!(
+        "llama.cpp {} ({} tree), backend {}",
+        env!("LLORCH_PIN"),
+        env!("LLORCH_FLAVOUR"),
+        env!("LLORCH_BACKEND")
+    )
+}
+
+/// `--list-nodes`: prints every node of the prompt pass as the ask path sees
+/// it (name, op, type, ne), computing nothing extra.
+struct Lister;
+
+impl Observer for Lister {
+    fn wants(&mut self, node: &Node<'_>) -> bool {
+        println!("{:<28} {:<10} {:<5} {}", node.name_lossy(), node.op_name(), node.type_name(), crate::manifest::fmt_ne(&node.ne()));
+        false
+    }
+    fn observe(&mut self, _: &Node<'_>) -> Result<()> {
+        Ok(())
+    }
+}
+
+fn list_nodes(cfg: &Config, flash_attn: bool) -> Result<()> {
+    let model = Model::load(&cfg.model, cfg.n_gpu_layers)?;
+    let tokens = model.tokenize(&cfg.prompt)?;
+    let n_ctx = cfg.n_ctx.max(tokens.len() as u32 + 1);
+    let params = ContextParams { n_ctx, n_batch: n_ctx, n_threads: cfg.threads, kv_type: cfg.kv_type, flash_attn: Some(flash_attn) };
+    let mut ctx = Context::new(&model, &params, Some(Lister))?;
+    ctx.decode(&tokens, 0, true).context("decoding the prompt")?;
+    Ok(())
+}

@@ -7,8 +7,10 @@
 //! - [`format`]: checkpoint files (`.bin`, `.npy`).
 //! - [`output`]: the locked, staged output directory and its writer thread.
 //! - [`run`]: one extraction run, from model load to `run.json`.
+//! - [`check`]: validation of a run directory's files.
 
 pub mod capture;
+pub mod check;
 pub mod ffi;
 pub mod format;
 pub mod manifest;

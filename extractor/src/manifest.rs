@@ -78,7 +78,7 @@ pub struct Manifest {
 }
 
 /// The values of the shape symbols for one forward pass.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Symbols {
     pub n_embd: i64,
     pub n_head: i64,

@@ -170,6 +170,7 @@ pub fn run(cfg: &Config) -> Result<()> {
         "decode_ms": decoded.decode_ms,
         "prompt_decode_ms": decoded.decode_ms[0],
         "logits": { "file": "logits.bin", "shape": [passes, n_vocab], "sha256": logits_sha },
+        "peak_rss_mb": peak_rss_mb(),
         "checkpoints": written,
     });
     output.commit(&written, &record, &[("logits.bin", &logits_bytes)])?;
@@ -190,6 +191,14 @@ struct Decoded {
     logits: Vec<f32>,
     /// Greedy next token after every pass.
     next: Vec<Token>,
+}
+
+/// The process's peak resident memory (Linux: VmHWM), for the verify report.
+fn peak_rss_mb() -> Option<f64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
+    let kb: f64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kb / 1024.0)
 }
 
 fn argmax(v: &[f32]) -> usize {

@@ -1,0 +1,42 @@
+//! `llorch-checkpoint-validate DIR --manifest FILE`: checks a run directory's
+//! checkpoint files (exist, parse, shape, finite, sha256). Exit 1 on any defect.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::Parser;
+use llorch_checkpoint_extractor::check::check_run;
+use llorch_checkpoint_extractor::manifest::Manifest;
+
+#[derive(Parser)]
+#[command(version, about = "Validate the checkpoint files of an extraction run against its manifest and run.json")]
+struct Cli {
+    /// The run's output directory (holds run.json).
+    dir: PathBuf,
+    /// The manifest the run used.
+    #[arg(long)]
+    manifest: PathBuf,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let verdicts = match Manifest::load(&cli.manifest).and_then(|m| check_run(&cli.dir, &m)) {
+        Ok(v) => v,
+        Err(err) => {
+            eprintln!("error: {err:#}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let mut failed = 0;
+    for v in &verdicts {
+        match &v.verdict {
+            Ok(what) => println!("ok    {}: {what}", v.file),
+            Err(defect) => {
+                failed += 1;
+                println!("FAIL  {defect}");
+            }
+        }
+    }
+    println!("{} files valid, {failed} invalid", verdicts.len() - failed);
+    if failed == 0 { ExitCode::SUCCESS } else { ExitCode::FAILURE }
+}

@@ -1,0 +1,81 @@
+//! Validates a run directory: every checkpoint the manifest names exists,
+//! parses, has the manifest's shape for that run, holds no NaN or Inf, and
+//! matches the sha256 in `run.json`. The same code serves the tests, `cargo
+//! xtask verify` and users (`llorch-checkpoint-validate`).
+
+use std::path::Path;
+
+use anyhow::{Context, Result};
+use serde::Deserialize;
+
+use crate::format::{self, Format};
+use crate::manifest::{fmt_ne, Manifest, Symbols};
+use crate::output::{file_name, sha256_file};
+
+#[derive(Deserialize)]
+struct RunRecord {
+    format: Format,
+    symbols: Symbols,
+    checkpoints: Vec<Recorded>,
+}
+
+#[derive(Deserialize)]
+struct Recorded {
+    file: String,
+    sha256: String,
+}
+
+/// The verdict on one file: `Ok(description)` or `Err(defect)`.
+pub struct FileVerdict {
+    pub file: String,
+    pub verdict: Result<String, String>,
+}
+
+/// Checks the prompt pass's checkpoint files of `dir` against `manifest`.
+pub fn check_run(dir: &Path, manifest: &Manifest) -> Result<Vec<FileVerdict>> {
+    let record_path = dir.join("run.json");
+    let record: RunRecord = serde_json::from_slice(
+        &std::fs::read(&record_path).with_context(|| format!("no run record at {}", record_path.display()))?,
+    )
+    .with_context(|| format!("{} is not a run record of this extractor", record_path.display()))?;
+
+    let mut verdicts = Vec::new();
+    for cp in &manifest.checkpoints {
+        let file = file_name(&cp.file_stem, 0, record.format);
+        let expected = cp.resolve(&record.symbols).file_shape();
+        let sha = record.checkpoints.iter().find(|r| r.file == file).map(|r| r.sha256.as_str());
+        let verdict = check_file(&dir.join(&file), &expected, sha);
+        verdicts.push(FileVerdict { file, verdict });
+    }
+    Ok(verdicts)
+}
+
+/// One file: parse, shape, finiteness, checksum. The error says what is wrong.
+pub fn check_file(path: &Path, expected_shape: &[i64], expected_sha256: Option<&str>) -> Result<String, String> {
+    if !path.exists() {
+        return Err(format!("{} is missing", path.display()));
+    }
+    let tensor = format::read(path).map_err(|e| format!("{e:#}"))?;
+    if tensor.shape != expected_shape {
+        return Err(format!(
+            "{}: shape {} differs from the manifest's {}",
+            path.display(),
+            fmt_ne(&tensor.shape),
+            fmt_ne(expected_shape)
+        ));
+    }
+    let bad = tensor.data.iter().filter(|v| !v.is_finite()).count();
+    if bad > 0 {
+        return Err(format!("{}: {bad} NaN or Inf values", path.display()));
+    }
+    match expected_sha256 {
+        None => return Err(format!("{}: not listed in run.json", path.display())),
+        Some(sha) => {
+            let actual = sha256_file(path).map_err(|e| format!("{e:#}"))?;
+            if actual != sha {
+                return Err(format!("{}: sha256 {actual} differs from run.json's {sha}", path.display()));
+            }
+        }
+    }
+    Ok(format!("shape {}, {} values, finite, sha256 matches run.json", fmt_ne(&tensor.shape), tensor.data.len()))
+}

@@ -4,6 +4,7 @@
 //! - [`tensor`]: a borrowed view of a graph node inside the eval callback,
 //!   copied out to f32 respecting strides and type.
 //! - [`eval`]: the panic-safe eval-callback trampoline.
+//! - [`gguf`]: GGUF files through ggml's gguf API: the model writer and a header reader.
 //!
 //! Everything outside this module is safe Rust.
 
@@ -13,6 +14,7 @@ pub mod sys {
 }
 
 pub mod eval;
+pub mod gguf;
 pub mod llama;
 pub mod tensor;
 

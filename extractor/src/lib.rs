@@ -13,6 +13,7 @@ pub mod capture;
 pub mod check;
 pub mod ffi;
 pub mod format;
+pub mod gpt2_model;
 pub mod manifest;
 pub mod output;
 pub mod run;

@@ -1,0 +1,134 @@
+//! llorch-checkpoint-model: writes the synthetic GPT-2 GGUF, checks a GGUF is a
+//! usable GPT-2, and measures a model's activations. `cargo xtask model` drives it.
+
+use std::io::Write as _;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Instant;
+
+use anyhow::Result;
+use clap::{Parser, Subcommand, ValueEnum};
+use llorch_checkpoint_extractor::ffi::gguf::Dtype;
+use llorch_checkpoint_extractor::gpt2_model::{self, stats, Hparams, Spec, Tokenizer};
+
+#[derive(Parser)]
+#[command(name = "llorch-checkpoint-model", version, about = "GPT-2 GGUF models for llorch-checkpoint")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+    /// Show llama.cpp's and ggml's own log.
+    #[arg(short = 'v', long, global = true)]
+    verbose: bool,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum DtypeArg {
+    F32,
+    F16,
+    #[value(name = "q8_0")]
+    Q8_0,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Write a GPT-2 small-shaped GGUF with the real GPT-2 tokenizer and seeded weights.
+    Generate {
+        /// Where to write the GGUF (atomically).
+        #[arg(long)]
+        out: PathBuf,
+        /// Number of transformer blocks (GPT-2 small has 12).
+        #[arg(long, default_value_t = 12)]
+        layers: u32,
+        #[arg(long, default_value_t = 0)]
+        seed: u64,
+        /// Type of the 2-D weights; norms and biases stay f32.
+        #[arg(long, value_enum, default_value_t = DtypeArg::F32)]
+        dtype: DtypeArg,
+        /// OpenAI's GPT-2 `encoder.json` (token -> id).
+        #[arg(long)]
+        encoder_json: PathBuf,
+        /// OpenAI's GPT-2 `vocab.bpe` (merges).
+        #[arg(long)]
+        vocab_bpe: PathBuf,
+        /// Skip the forward pass that measures the activations.
+        #[arg(long)]
+        no_stats: bool,
+    },
+    /// Check that a GGUF is a `gpt2` model with every tensor the manifests need.
+    Check { path: PathBuf },
+    /// Run a prompt through a model and print per-layer activation statistics.
+    Stats { path: PathBuf },
+}
+
+fn threads() -> i32 {
+    std::thread::available_parallelism().map_or(2, |n| n.get() as i32)
+}
+
+fn run(command: Command) -> Result<()> {
+    match command {
+        Command::Generate { out, layers, seed, dtype, encoder_json, vocab_bpe, no_stats } => {
+            let dtype = match dtype {
+                DtypeArg::F32 => Dtype::F32,
+                DtypeArg::F16 => Dtype::F16,
+                DtypeArg::Q8_0 => Dtype::Q8_0,
+            };
+            let spec = Spec { hparams: Hparams { n_layer: layers as i64, ..Hparams::GPT2_SMALL }, seed, dtype };
+            let started = Instant::now();
+            let tokenizer = Tokenizer::load(&encoder_json, &vocab_bpe)?;
+            gpt2_model::write(&spec, &tokenizer, &out)?;
+            println!("model: wrote {} ({}) in {:.2} s", out.display(), spec.name(), started.elapsed().as_secs_f64());
+            if !no_stats {
+                print_stats(&out)?;
+            }
+            Ok(())
+        }
+        Command::Check { path } => {
+            let checked = gpt2_model::check_gpt2(&path)?;
+            let h = checked.hparams;
+            let types: Vec<String> = checked.types.iter().map(|(t, n)| format!("{n} {t}")).collect();
+            println!(
+                "model: {} is a gpt2 model: n_vocab {} n_ctx {} n_embd {} n_head {} n_layer {} n_ff {} eps {:e}; {} tensors ({})",
+                path.display(),
+                h.n_vocab,
+                h.n_ctx,
+                h.n_embd,
+                h.n_head,
+                h.n_layer,
+                h.n_ff,
+                h.norm_eps,
+                checked.n_tensors,
+                types.join(", ")
+            );
+            Ok(())
+        }
+        Command::Stats { path } => print_stats(&path),
+    }
+}
+
+fn print_stats(path: &std::path::Path) -> Result<()> {
+    let started = Instant::now();
+    let layers = stats::measure(path, threads())?;
+    println!("model: activations for {:?} ({:.2} s):", stats::PROMPT, started.elapsed().as_secs_f64());
+    print!("{}", stats::table(&layers));
+    Ok(())
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let llama_level = if cli.verbose { log::LevelFilter::Debug } else { log::LevelFilter::Off };
+    env_logger::Builder::new()
+        .filter_level(log::LevelFilter::Info)
+        .filter_module("llama.cpp", llama_level)
+        .format(|buf, record| writeln!(buf, "{}", record.args()))
+        .init();
+    match run(cli.command) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(err) => {
+            eprintln!("error: {err}");
+            for cause in err.chain().skip(1) {
+                eprintln!("  caused by: {cause}");
+            }
+            ExitCode::FAILURE
+        }
+    }
+}

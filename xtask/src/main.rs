@@ -4,6 +4,9 @@
 //! fetch    vendor/pin.yaml -> vendor/llama.cpp (checksum-verified, patched, tree-hashed)
 //! bindgen  vendor/llama.cpp headers -> extractor/src/ffi/bindings.rs
 //! build    vendor/llama.cpp -> target/llorch/llama/<backend>-<pin> (CMake) -> extractor binary
+//! model    seeded GPT-2 (or your GGUF, or a Hugging Face GPT-2) -> target/llorch/models/*.gguf
+//! extract  extractor + manifest + model + prompt -> checkpoints/*.bin, run.json
+//! verify   tests, then build, runtime, format and performance checks (what CI runs)
 //! ```
 //!
 //! Every step makes sure the steps before it are done, so `cargo xtask build`
@@ -12,10 +15,14 @@
 
 mod bindgen;
 mod build;
+mod extract;
 mod fetch;
+mod model;
 mod pin;
 mod project;
+mod python;
 mod tools;
+mod verify;
 
 use anyhow::Result;
 use clap::{Parser, Subcommand};
@@ -37,6 +44,12 @@ enum Task {
     Bindgen(bindgen::Bindgen),
     /// Build the pinned llama.cpp with CMake for a backend, then the extractor against it.
     Build(build::Build),
+    /// Write the seeded synthetic GPT-2 GGUF (or check --gguf PATH, or convert --hf DIR).
+    Model(model::Model),
+    /// Run the extractor (default: manifests/gpt2.yaml, the default GPT-2, `Hello world`) and print a table.
+    Extract(extract::Extract),
+    /// The test command: cargo test, then build, runtime, format and performance checks.
+    Verify(verify::Verify),
 }
 
 fn main() -> std::process::ExitCode {
@@ -60,5 +73,8 @@ fn run(task: Task) -> Result<()> {
         Task::Fetch(task) => task.run(&project),
         Task::Bindgen(task) => task.run(&project),
         Task::Build(task) => task.run(&project),
+        Task::Model(task) => task.run(&project),
+        Task::Extract(task) => task.run(&project),
+        Task::Verify(task) => task.run(&project),
     }
 }

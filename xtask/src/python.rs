@@ -1,0 +1,143 @@
+//! The project's Python: a virtual environment in `target/llorch/pyenv` with
+//! pinned PyTorch, transformers and friends, for what only Python has: llama.cpp's
+//! Hugging Face converter now, a PyTorch GPT-2 reference later.
+//!
+//! Like `tools.rs`, one `pip install` of pinned versions, redone only when the
+//! list changes (a stamp in the venv records what was installed).
+//!
+//! The converter: the pinned tree has `convert_hf_to_gguf.py` but not the
+//! Python packages it imports (`conversion/`, `gguf-py/`: the crate leaves them
+//! out). PyPI's `llama-cpp-python` sdist carries a full llama.cpp tree whose
+//! `convert_hf_to_gguf.py` is byte-identical to the pinned one; its
+//! `conversion` and `gguf` packages are unpacked (sdist checked against a
+//! pinned sha256) and put on `PYTHONPATH`. If the pinned script ever differs
+//! from the sdist's, [`converter`] refuses and says which pin to move.
+
+use std::ffi::OsString;
+use std::path::{Path, PathBuf};
+
+use anyhow::{bail, ensure, Context, Result};
+use xshell::cmd;
+
+use crate::pin::Flavour;
+use crate::project::Project;
+use crate::{fetch, tools};
+
+/// Pinned, with what llama.cpp's converter asks for (its
+/// requirements-convert_hf_to_gguf.txt: torch 2.11.0, transformers 4.57.6,
+/// numpy ~2.2.6, sentencepiece, protobuf < 5; gguf-py: tqdm, pyyaml, requests).
+/// torch is PyPI's default wheel (with its CUDA libraries, ~5.6 GB).
+const REQUIREMENTS: &[&str] = &[
+    "torch==2.11.0",
+    "transformers==4.57.6",
+    "tokenizers==0.22.2",
+    "huggingface_hub==0.36.2",
+    "safetensors==0.8.0",
+    "numpy==2.2.6",
+    "sentencepiece==0.2.3",
+    "protobuf==4.25.9",
+    "tqdm==4.70.1",
+    "pyyaml==6.0.4",
+    "requests==2.34.2",
+    // Only to let pip read the llama-cpp-python sdist's metadata when downloading it.
+    "scikit-build-core==1.1.2",
+];
+
+/// The sdist that carries the converter's Python packages.
+const CONVERTER_SDIST: (&str, &str) = ("llama-cpp-python", "0.3.36");
+const CONVERTER_SDIST_SHA256: &str = "832db0699007f1be95a7e41ef12e88926b02ba836461e36a36372db2760c1a2e";
+
+fn venv_dir(project: &Project) -> PathBuf {
+    project.work_dir().join("pyenv")
+}
+
+/// Makes sure the venv exists with [`REQUIREMENTS`]; returns its python.
+pub fn ensure(project: &Project) -> Result<PathBuf> {
+    let venv = venv_dir(project);
+    let python = venv.join("bin/python");
+    let stamp = venv.join("llorch-requirements.txt");
+    let wanted = REQUIREMENTS.join("\n");
+    if std::fs::read_to_string(&stamp).ok().as_deref() == Some(wanted.as_str()) && python.is_file() {
+        return Ok(python);
+    }
+    let sh = project.shell()?;
+    eprintln!("python: installing {} into {} (torch is large: a few GB, a minute or more)", REQUIREMENTS.join(" "), venv.display());
+    let python3 = std::env::var("PYTHON").unwrap_or_else(|_| "python3".into());
+    cmd!(sh, "{python3} -m venv --clear {venv}").run().context(
+        "cannot create the Python virtual environment target/llorch/pyenv.\n\
+         Install Python 3 with venv (Debian: apt-get install python3 python3-venv), or point PYTHON at one",
+    )?;
+    let requirements = REQUIREMENTS;
+    cmd!(sh, "{python} -m pip install --quiet --disable-pip-version-check {requirements...}").run().context(
+        "pip could not install the pinned Python packages from PyPI (is PyPI reachable? is there disk space for torch?).\n\
+         Retry with: cargo xtask model --self-test-hf",
+    )?;
+    fetch::write_atomically(&stamp, wanted.as_bytes())?;
+    Ok(python)
+}
+
+/// How to run the pinned tree's `convert_hf_to_gguf.py`.
+pub struct Converter {
+    pub python: PathBuf,
+    pub script: PathBuf,
+    /// Where its `conversion` and `gguf` packages are.
+    pub pythonpath: OsString,
+}
+
+pub fn converter(project: &Project) -> Result<Converter> {
+    let python = ensure(project)?;
+    let script = fetch::ensure_tree(project, Flavour::Patched, false)?.join("convert_hf_to_gguf.py");
+    ensure!(script.is_file(), "the pinned tree has no {}", script.display());
+    let packages = venv_dir(project).join(format!("{}-{}", CONVERTER_SDIST.0, CONVERTER_SDIST.1));
+    let stamp = packages.join("llorch-sdist-sha256");
+    if std::fs::read_to_string(&stamp).ok().as_deref() != Some(CONVERTER_SDIST_SHA256) {
+        unpack_converter_packages(project, &python, &script, &packages)?;
+        fetch::write_atomically(&stamp, CONVERTER_SDIST_SHA256.as_bytes())?;
+    }
+    Ok(Converter { python, script, pythonpath: packages.into_os_string() })
+}
+
+fn unpack_converter_packages(project: &Project, python: &Path, script: &Path, packages: &Path) -> Result<()> {
+    let (name, version) = CONVERTER_SDIST;
+    let downloads = venv_dir(project).join("downloads");
+    std::fs::create_dir_all(&downloads)?;
+    let sh = project.shell()?;
+    // pip reads an sdist's metadata before it keeps it; scikit-build-core wants cmake for that.
+    let tools = tools::ensure(project)?;
+    let tools_bin = tools.cmake.parent().context("cmake has no directory")?.to_path_buf();
+    let path = std::env::join_paths(
+        std::iter::once(tools_bin).chain(std::env::split_paths(&std::env::var_os("PATH").unwrap_or_default())),
+    )?;
+    let _path = sh.push_env("PATH", path);
+    let spec = format!("{name}=={version}");
+    eprintln!("python: downloading the {spec} sdist for llama.cpp's converter packages");
+    cmd!(sh, "{python} -m pip download --quiet --disable-pip-version-check --no-deps --no-binary :all: --no-build-isolation -d {downloads} {spec}")
+        .run()
+        .with_context(|| format!("pip could not download {spec} from PyPI"))?;
+    let sdist = downloads.join(format!("{}-{version}.tar.gz", name.replace('-', "_")));
+    let bytes = std::fs::read(&sdist).with_context(|| format!("pip did not leave {}", sdist.display()))?;
+    fetch::check_sha256(&sdist, &bytes, &spec, CONVERTER_SDIST_SHA256, "xtask/src/python.rs")?;
+
+    let root = PathBuf::from(format!("{}-{version}/vendor/llama.cpp", name.replace('-', "_")));
+    let theirs = fetch::read_from_tar_gz(&bytes, &root.join("convert_hf_to_gguf.py"))?;
+    let ours = std::fs::read(script)?;
+    if theirs != ours {
+        bail!(
+            "the pinned tree's {} differs from the one in {spec}, whose `conversion` and `gguf` packages it would use.\n\
+             Move CONVERTER_SDIST in xtask/src/python.rs to a llama-cpp-python release whose vendored llama.cpp matches the pin.",
+            script.display()
+        );
+    }
+    if packages.exists() {
+        std::fs::remove_dir_all(packages)?;
+    }
+    let staging = packages.with_extension("staging");
+    if staging.exists() {
+        std::fs::remove_dir_all(&staging)?;
+    }
+    let n1 = fetch::unpack_tar_gz_subdir(&bytes, &root.join("conversion"), &staging.join("conversion"))?;
+    let n2 = fetch::unpack_tar_gz_subdir(&bytes, &root.join("gguf-py/gguf"), &staging.join("gguf"))?;
+    ensure!(n1 > 0 && n2 > 0, "{} lacks conversion/ or gguf-py/gguf/", sdist.display());
+    std::fs::rename(&staging, packages)?;
+    Ok(())
+}

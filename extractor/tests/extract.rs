@@ -14,7 +14,7 @@ fn model() -> PathBuf {
         return PathBuf::from(path);
     }
     let root = Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap();
-    let path = root.join("target/llorch/models/default.gguf");
+    let path = root.join("target/llorch/models/gpt2-synthetic-0-12l-f32.gguf");
     assert!(path.exists(), "no test model at {}: run `cargo xtask model` first (or set LLORCH_TEST_MODEL)", path.display());
     path
 }

@@ -31,6 +31,9 @@ impl Model {
         let ptr = unsafe {
             let mut params = sys::llama_model_default_params();
             params.n_gpu_layers = n_gpu_layers;
+            // Read the weights at load time: with mmap, the first decode pays
+            // for the page faults and its time says little about compute.
+            params.load_mode = sys::llama_load_mode::LLAMA_LOAD_MODE_NONE;
             sys::llama_model_load_from_file(c_path.as_ptr(), params)
         };
         match NonNull::new(ptr) {

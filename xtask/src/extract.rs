@@ -1,0 +1,106 @@
+//! `cargo xtask extract`: builds what is missing, runs the extractor, prints a table.
+
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, Result};
+use serde::Deserialize;
+use xshell::cmd;
+
+use crate::build::{self, Backend};
+use crate::pin::Flavour;
+use crate::project::Project;
+
+#[derive(clap::Args)]
+pub struct Extract {
+    /// Checkpoint manifest [default: manifests/gpt2.yaml].
+    #[arg(long)]
+    manifest: Option<PathBuf>,
+    /// GGUF model [default: the synthetic GPT-2 of `cargo xtask model`].
+    #[arg(long)]
+    model: Option<PathBuf>,
+    #[arg(long, default_value = "Hello world")]
+    prompt: String,
+    #[arg(long, value_enum, default_value_t = Backend::Cpu)]
+    backend: Backend,
+    /// Output directory [default: checkpoints/ in the project root].
+    #[arg(long)]
+    out: Option<PathBuf>,
+    /// Further flags for the extractor (after `--`), e.g. `-- --kv-type f32 --format npy`.
+    #[arg(last = true)]
+    extractor_args: Vec<String>,
+}
+
+impl Extract {
+    pub fn run(self, project: &Project) -> Result<()> {
+        // Paths given on the command line are the caller's; defaults are the project's.
+        let manifest = self.manifest.map(std::path::absolute).transpose()?.unwrap_or_else(|| project.root().join("manifests/gpt2.yaml"));
+        let out = self.out.map(std::path::absolute).transpose()?.unwrap_or_else(|| project.root().join("checkpoints"));
+        let model = self.model.map(std::path::absolute).transpose()?;
+        let exe = ensure_extractor(project, self.backend)?;
+        let model = match model {
+            Some(model) => model,
+            None => crate::model::default_model(project)?,
+        };
+        let sh = project.shell()?;
+        let (prompt, extra) = (&self.prompt, &self.extractor_args);
+        cmd!(sh, "{exe} -m {model} --manifest {manifest} -p {prompt} --out {out} {extra...}")
+            .quiet()
+            .run()
+            .context("the extractor failed (its message is above)")?;
+        print_table(&out)
+    }
+}
+
+/// Builds llama.cpp and the extractor for `backend` (a no-op when up to date).
+pub fn ensure_extractor(project: &Project, backend: Backend) -> Result<PathBuf> {
+    let lib_dir = build::build_llama(project, backend, Flavour::Patched, None)?;
+    build::build_extractor(project, backend, Flavour::Patched, &lib_dir)
+}
+
+#[derive(Deserialize)]
+pub struct RunRecord {
+    pub tokens: Vec<i64>,
+    pub prompt_decode_ms: f64,
+    pub peak_rss_mb: Option<f64>,
+    pub checkpoints: Vec<CheckpointRecord>,
+    pub logits: LogitsRecord,
+    pub generated: Vec<i64>,
+}
+
+#[derive(Deserialize)]
+pub struct CheckpointRecord {
+    pub id: String,
+    pub layer: Option<u32>,
+    pub tensor: String,
+    pub shape: Vec<i64>,
+    pub source_dtype: String,
+    pub file: String,
+    pub min: f32,
+    pub max: f32,
+    pub mean: f64,
+}
+
+#[derive(Deserialize)]
+pub struct LogitsRecord {
+    pub sha256: String,
+}
+
+pub fn read_record(dir: &Path) -> Result<RunRecord> {
+    let path = dir.join("run.json");
+    let bytes = std::fs::read(&path).with_context(|| format!("no run record at {}", path.display()))?;
+    serde_json::from_slice(&bytes).with_context(|| format!("{} is not a run record", path.display()))
+}
+
+fn print_table(dir: &Path) -> Result<()> {
+    let record = read_record(dir)?;
+    println!("\n{:<16} {:<16} {:<5} {:>16} {:>11} {:>11} {:>12}  file", "checkpoint", "tensor", "dtype", "shape", "min", "max", "mean");
+    for cp in &record.checkpoints {
+        let shape = format!("{:?}", cp.shape);
+        println!(
+            "{:<16} {:<16} {:<5} {:>16} {:>11.5} {:>11.5} {:>12.5e}  {}",
+            cp.id, cp.tensor, cp.source_dtype, shape, cp.min, cp.max, cp.mean, cp.file
+        );
+    }
+    println!("\n{} checkpoints in {} (tokens {:?}, prompt decode {:.1} ms)", record.checkpoints.len(), dir.display(), record.tokens, record.prompt_decode_ms);
+    Ok(())
+}

@@ -1,0 +1,334 @@
+//! `cargo xtask verify`: the project's test command (what CI runs).
+//!
+//! `cargo test --workspace`, then four groups of checks, one PASS/FAIL line
+//! each with its figures, and a closing `N passed, M failed`:
+//! build (clean build, unpatched build, bindings fresh), runtime (with and
+//! without extraction: same token, bitwise-equal logits, every checkpoint
+//! once), format (the validator on the run, and on corrupted copies), and
+//! performance (decode-time ratio with/without extraction, throughput and
+//! peak memory with the all-layers manifest).
+
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use anyhow::{bail, ensure, Context, Result};
+use xshell::{cmd, Shell};
+
+use crate::build::{self, Backend};
+use crate::extract::{ensure_extractor, read_record};
+use crate::pin::{Flavour, Pin};
+use crate::project::Project;
+
+#[derive(clap::Args)]
+pub struct Verify {
+    /// Skip the clean rebuilds (fresh build directory, unpatched tree): for day-to-day use.
+    #[arg(long)]
+    quick: bool,
+    /// Fail the performance check when decode time with extraction exceeds this multiple of the time without.
+    #[arg(long, default_value_t = 1.5)]
+    max_overhead_ratio: f64,
+    /// Alternating runs per side for the performance ratio (median taken).
+    #[arg(long, default_value_t = 7)]
+    perf_runs: usize,
+    /// Manifest for the runtime and format checks.
+    #[arg(long)]
+    manifest: Option<PathBuf>,
+    /// Skip `cargo test --workspace` (when it just ran).
+    #[arg(long)]
+    no_tests: bool,
+}
+
+/// ~120 tokens of ordinary English: long enough for stable timings.
+const PERF_PROMPT: &str = "The history of natural language processing generally started in the 1950s, although work can be \
+found from earlier periods. In 1950, Alan Turing published an article titled Computing Machinery and Intelligence which \
+proposed what is now called the Turing test as a criterion of intelligence. The Georgetown experiment in 1954 involved \
+fully automatic translation of more than sixty Russian sentences into English. The authors claimed that within three or \
+five years, machine translation would be a solved problem. However, real progress was much slower, and after a report \
+in 1966 found that ten years of research had failed to fulfill the expectations, funding was dramatically reduced.";
+
+struct Report {
+    passed: usize,
+    failed: usize,
+    lines: Vec<serde_json::Value>,
+    section: String,
+}
+
+impl Report {
+    fn section(&mut self, name: &str) {
+        self.section = name.to_string();
+        println!("\n== {name}");
+    }
+
+    fn check(&mut self, name: &str, started: Instant, result: Result<String>) -> bool {
+        let secs = started.elapsed().as_secs_f64();
+        let (ok, text) = match &result {
+            Ok(figures) => (true, figures.clone()),
+            Err(err) => (false, format!("{err:#}").replace('\n', "\n        ")),
+        };
+        println!("{} {name} ({secs:.1} s): {text}", if ok { "PASS" } else { "FAIL" });
+        if ok {
+            self.passed += 1;
+        } else {
+            self.failed += 1;
+        }
+        self.lines.push(serde_json::json!({ "section": self.section, "check": name, "pass": ok, "seconds": secs, "detail": text }));
+        ok
+    }
+}
+
+impl Verify {
+    pub fn run(self, project: &Project) -> Result<()> {
+        let started = Instant::now();
+        let mut report = Report { passed: 0, failed: 0, lines: Vec::new(), section: String::new() };
+        let work = project.work_dir().join("verify");
+        let _ = std::fs::remove_dir_all(&work);
+        std::fs::create_dir_all(&work)?;
+        let sh = project.shell()?;
+        let manifest = match &self.manifest {
+            Some(m) => std::path::absolute(m)?,
+            None => project.root().join("manifests/gpt2.yaml"),
+        };
+
+        println!("== setup: llama.cpp, extractor, default model");
+        let t = Instant::now();
+        let exe = ensure_extractor(project, Backend::Cpu)?;
+        let model = crate::model::default_model(project)?;
+        println!("ready in {:.1} s: {} and {}", t.elapsed().as_secs_f64(), exe.display(), model.display());
+        let validator = exe.with_file_name("llorch-checkpoint-validate");
+
+        if !self.no_tests {
+            report.section("tests");
+            let t = Instant::now();
+            let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+            let result = cmd!(sh, "{cargo} test --workspace").run().map(|()| "cargo test --workspace passed".to_string());
+            report.check("cargo test --workspace", t, result.context("some tests failed (see above)"));
+        }
+
+        report.section("build");
+        if self.quick {
+            println!("skip clean and unpatched builds (--quick)");
+        } else {
+            let t = Instant::now();
+            report.check("clean build of patched llama.cpp + extractor in a fresh directory", t, clean_build(project, &work));
+            let t = Instant::now();
+            let result = build::build_llama(project, Backend::Cpu, Flavour::Unpatched, None)
+                .map(|dir| format!("unpatched tree builds ({})", dir.display()));
+            report.check("unpatched llama.cpp builds", t, result);
+        }
+        let t = Instant::now();
+        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+        let result = cmd!(sh, "{cargo} xtask bindgen --check").quiet().run().map(|()| "bindings.rs equals bindgen's output for the pinned headers".into());
+        report.check("bindings match the pinned headers", t, result.context("run `cargo xtask bindgen`"));
+
+        report.section("runtime");
+        let with = work.join("with");
+        let without = work.join("without");
+        let prompt = "Hello world";
+        let run = |out: &Path, extra: &[&str]| -> Result<()> {
+            cmd!(sh, "{exe} -m {model} --manifest {manifest} -p {prompt} -n 1 -t 2 --out {out} {extra...}")
+                .quiet()
+                .ignore_stdout()
+                .run()
+                .context("the extractor failed (see its message above)")
+        };
+        let t = Instant::now();
+        let ran_with = report.check("extractor runs with extraction", t, run(&with, &[]).map(|()| format!("wrote {}", with.display())));
+        let t = Instant::now();
+        let ran_without = report.check("extractor runs with --no-extract", t, run(&without, &["--no-extract"]).map(|()| "ok".into()));
+        if ran_with && ran_without {
+            let t = Instant::now();
+            let (a, b) = (read_record(&with)?, read_record(&without)?);
+            let result = if a.generated == b.generated {
+                Ok(format!("both generate {:?}", a.generated))
+            } else {
+                Err(anyhow::anyhow!("with extraction {:?}, without {:?}", a.generated, b.generated))
+            };
+            report.check("same generated token", t, result);
+            let t = Instant::now();
+            let result = if a.logits.sha256 == b.logits.sha256 {
+                Ok(format!("logits.bin sha256 {} in both runs", &a.logits.sha256[..16]))
+            } else {
+                Err(anyhow::anyhow!("logits differ: {} vs {}", a.logits.sha256, b.logits.sha256))
+            };
+            report.check("bitwise-equal logits", t, result);
+            let t = Instant::now();
+            report.check("every manifest checkpoint seen exactly once", t, seen_once(&sh, &validator, &with, &manifest, &a));
+        }
+
+        report.section("format");
+        if ran_with {
+            let t = Instant::now();
+            let result = validate(&sh, &validator, &with, &manifest);
+            report.check("checkpoint files valid (exist, parse, manifest shape, finite, sha256)", t, result);
+            for (defect, expect) in CORRUPTIONS {
+                let t = Instant::now();
+                let result = corrupted_copy_rejected(&sh, &validator, &with, &manifest, &work, defect, expect);
+                report.check(&format!("validator rejects a copy with {defect}"), t, result);
+            }
+        } else {
+            println!("skip: no run to check");
+        }
+
+        report.section("performance");
+        let t = Instant::now();
+        let result = overhead_ratio(&sh, &exe, &model, &manifest, &work, self.perf_runs, self.max_overhead_ratio);
+        report.check(&format!("decode time with/without extraction <= {}", self.max_overhead_ratio), t, result);
+        let t = Instant::now();
+        let all_layers = project.root().join("manifests/gpt2-all-layers.yaml");
+        report.check("all-layers extraction throughput and peak memory", t, throughput(&sh, &exe, &model, &all_layers, &work));
+
+        let pin = Pin::load(&project.pin_file())?;
+        let summary = serde_json::json!({
+            "pin": pin.id(), "quick": self.quick, "seconds": started.elapsed().as_secs_f64(),
+            "passed": report.passed, "failed": report.failed, "checks": report.lines,
+        });
+        let report_path = work.join("report.json");
+        std::fs::write(&report_path, serde_json::to_vec_pretty(&summary)?)?;
+        println!("\nreport: {} ({:.0} s in all)", report_path.display(), started.elapsed().as_secs_f64());
+        println!("{} passed, {} failed", report.passed, report.failed);
+        if report.failed > 0 {
+            bail!("{} check(s) failed", report.failed);
+        }
+        Ok(())
+    }
+}
+
+/// A fresh CMake build directory and a fresh cargo target directory: nothing reused.
+fn clean_build(project: &Project, work: &Path) -> Result<String> {
+    let fresh = work.join("clean-build");
+    let t = Instant::now();
+    let lib_dir = build::build_llama(project, Backend::Cpu, Flavour::Patched, Some(fresh.join("llama")))?;
+    let llama_secs = t.elapsed().as_secs_f64();
+    let active = fresh.join("active-build.json");
+    let tree = project.tree(Flavour::Patched);
+    let json = serde_json::json!({
+        "backend": "cpu", "pin": Pin::load(&project.pin_file())?.id(), "flavour": "patched",
+        "lib_dir": lib_dir, "include_dirs": [tree.join("include"), tree.join("ggml/include")],
+    });
+    std::fs::write(&active, serde_json::to_vec_pretty(&json)?)?;
+    let sh = project.shell()?;
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    let target = fresh.join("target");
+    let t = Instant::now();
+    {
+        let _a = sh.push_env("LLORCH_ACTIVE_BUILD", &active);
+        let _b = sh.push_env("CARGO_TARGET_DIR", &target);
+        cmd!(sh, "{cargo} build --quiet --release --package llorch-checkpoint-extractor").run()?;
+    }
+    let extractor_secs = t.elapsed().as_secs_f64();
+    let exe = target.join("release/llorch-checkpoint-extractor");
+    let info = cmd!(sh, "{exe} --version").read()?;
+    let _ = std::fs::remove_dir_all(&fresh);
+    Ok(format!("llama.cpp {llama_secs:.0} s, extractor {extractor_secs:.0} s; {info} runs"))
+}
+
+fn validate(sh: &Shell, validator: &Path, dir: &Path, manifest: &Path) -> Result<String> {
+    let out = cmd!(sh, "{validator} {dir} --manifest {manifest}").quiet().ignore_status().output()?;
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    ensure!(out.status.success(), "{}{}", text, String::from_utf8_lossy(&out.stderr));
+    Ok(text.lines().last().unwrap_or_default().to_string())
+}
+
+fn seen_once(sh: &Shell, validator: &Path, dir: &Path, manifest: &Path, record: &crate::extract::RunRecord) -> Result<String> {
+    let listed = cmd!(sh, "{validator} {dir} --manifest {manifest}").quiet().ignore_status().read()?;
+    let expected = listed.lines().filter(|l| l.starts_with("ok ") || l.starts_with("FAIL ")).count();
+    let mut keys: Vec<(&str, Option<u32>)> = record.checkpoints.iter().map(|c| (c.id.as_str(), c.layer)).collect();
+    keys.sort();
+    keys.dedup();
+    ensure!(
+        keys.len() == record.checkpoints.len() && record.checkpoints.len() == expected,
+        "run.json lists {} checkpoints ({} distinct), the manifest {}",
+        record.checkpoints.len(),
+        keys.len(),
+        expected
+    );
+    Ok(format!("{expected} of {expected}, each once"))
+}
+
+/// The defects the validator must catch, and the words its message must use.
+const CORRUPTIONS: &[(&str, &str)] = &[
+    ("a truncated file", "truncated data"),
+    ("a wrong n_dims", "n_dims is"),
+    ("a negative dimension", "is negative"),
+    ("trailing bytes", "trailing bytes"),
+];
+
+fn corrupted_copy_rejected(sh: &Shell, validator: &Path, run: &Path, manifest: &Path, work: &Path, defect: &str, expect: &str) -> Result<String> {
+    let copy = work.join("corrupt");
+    let _ = std::fs::remove_dir_all(&copy);
+    std::fs::create_dir_all(&copy)?;
+    for entry in std::fs::read_dir(run)? {
+        let entry = entry?;
+        if entry.file_type()?.is_file() {
+            std::fs::copy(entry.path(), copy.join(entry.file_name()))?;
+        }
+    }
+    let record = read_record(run)?;
+    let victim = &record.checkpoints.first().context("the run has no checkpoint")?.file;
+    let path = copy.join(victim);
+    let mut bytes = std::fs::read(&path)?;
+    match defect {
+        "a truncated file" => bytes.truncate(bytes.len() - 7),
+        "a wrong n_dims" => bytes[0..4].copy_from_slice(&9i32.to_le_bytes()),
+        "a negative dimension" => bytes[4..12].copy_from_slice(&(-3i64).to_le_bytes()),
+        _ => bytes.extend_from_slice(&[0; 8]),
+    }
+    std::fs::write(&path, &bytes)?;
+    let out = cmd!(sh, "{validator} {copy} --manifest {manifest}").quiet().ignore_status().output()?;
+    let text = String::from_utf8_lossy(&out.stdout);
+    let line = text.lines().find(|l| l.starts_with("FAIL")).unwrap_or_default().to_string();
+    ensure!(!out.status.success(), "the validator accepted a copy with {defect}");
+    ensure!(line.contains(victim.as_str()) && line.contains(expect), "the message does not name {victim} and `{expect}`: {line}");
+    Ok(line.trim_start_matches("FAIL").trim().to_string())
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(|a, b| a.total_cmp(b));
+    let n = v.len();
+    if n % 2 == 1 { v[n / 2] } else { (v[n / 2 - 1] + v[n / 2]) / 2.0 }
+}
+
+fn overhead_ratio(sh: &Shell, exe: &Path, model: &Path, manifest: &Path, work: &Path, runs: usize, bound: f64) -> Result<String> {
+    let out = work.join("perf");
+    let (mut with, mut without) = (Vec::new(), Vec::new());
+    for i in 0..runs {
+        // Alternate, so that drifting machine load hits both sides alike.
+        for extract in [true, false] {
+            let flag: &[&str] = if extract { &[] } else { &["--no-extract"] };
+            cmd!(sh, "{exe} -m {model} --manifest {manifest} -p {PERF_PROMPT} -n 0 -t 2 --out {out} {flag...}")
+                .quiet()
+                .ignore_stdout()
+                .ignore_stderr()
+                .run()
+                .with_context(|| format!("performance run {i} failed"))?;
+            let ms = read_record(&out)?.prompt_decode_ms;
+            if extract { with.push(ms) } else { without.push(ms) }
+        }
+    }
+    let (w, wo) = (median(with), median(without));
+    let ratio = w / wo;
+    let figures = format!("median prompt decode {w:.1} ms with, {wo:.1} ms without ({runs} alternating runs each): ratio {ratio:.3}");
+    ensure!(ratio <= bound, "{figures}, above {bound}");
+    Ok(figures)
+}
+
+fn throughput(sh: &Shell, exe: &Path, model: &Path, manifest: &Path, work: &Path) -> Result<String> {
+    let out = work.join("all-layers");
+    cmd!(sh, "{exe} -m {model} --manifest {manifest} -p {PERF_PROMPT} -n 0 -t 2 --out {out}")
+        .quiet()
+        .ignore_stdout()
+        .ignore_stderr()
+        .run()
+        .context("the all-layers run failed")?;
+    let record = read_record(&out)?;
+    let bytes: u64 = record.checkpoints.iter().map(|c| std::fs::metadata(out.join(&c.file)).map(|m| m.len()).unwrap_or(0)).sum();
+    let mb = bytes as f64 / 1e6;
+    let secs = record.prompt_decode_ms / 1e3;
+    let rss = record.peak_rss_mb.unwrap_or(f64::NAN);
+    Ok(format!(
+        "{} checkpoints, {mb:.1} MB captured during a {:.0} ms decode: {:.0} MB/s; extractor peak RSS {rss:.0} MB",
+        record.checkpoints.len(),
+        record.prompt_decode_ms,
+        mb / secs
+    ))
+}

@@ -13,7 +13,7 @@ use llorch_checkpoint_extractor::run::{self, Steps};
 #[derive(Parser)]
 #[command(
     name = "llorch-checkpoint-extractor",
-    version,
+    version = concat!(env!("CARGO_PKG_VERSION"), " (llama.cpp ", env!("LLORCH_PIN"), ", ", env!("LLORCH_FLAVOUR"), " tree, backend ", env!("LLORCH_BACKEND"), ")"),
     about = "Capture intermediate tensors (checkpoints) of a llama.cpp inference through the eval callback",
     long_about = "Runs PROMPT through MODEL with llama.cpp, captures the graph nodes that the checkpoint \
 manifest names (after the scheduler computed them, through the eval callback), and writes one file per \
@@ -23,8 +23,8 @@ logits.bin into --out. Extraction only observes: logits are the same as with --n
 )]
 struct Cli {
     /// GGUF model file.
-    #[arg(short = 'm', long)]
-    model: PathBuf,
+    #[arg(short = 'm', long, required_unless_present = "system_info")]
+    model: Option<PathBuf>,
     /// Checkpoint manifest (YAML); required unless --no-extract.
     #[arg(long)]
     manifest: Option<PathBuf>,
@@ -61,6 +61,9 @@ struct Cli {
     /// Print every node of the prompt pass (name, op, type, ne) and exit.
     #[arg(long)]
     list_nodes: bool,
+    /// Print the llama.cpp build this binary links (version, CPU features, backends) and exit.
+    #[arg(long)]
+    system_info: bool,
     /// Show llama.cpp's own log.
     #[arg(short = 'v', long)]
     verbose: bool,
@@ -77,9 +80,15 @@ fn main() -> ExitCode {
         .filter_module("llama.cpp", llama_level)
         .format(|buf, record| writeln!(buf, "{}", record.args()))
         .init();
+    if cli.system_info {
+        let (version, commit) = llorch_checkpoint_extractor::ffi::ggml_version();
+        println!("{} (ggml {version}, commit {commit})", run::describe_build());
+        println!("{}", llorch_checkpoint_extractor::ffi::system_info());
+        return ExitCode::SUCCESS;
+    }
     let threads = cli.threads.unwrap_or_else(|| std::thread::available_parallelism().map_or(4, |n| n.get() as i32));
     let cfg = run::Config {
-        model: cli.model,
+        model: cli.model.expect("clap requires --model"),
         manifest: cli.manifest,
         prompt: cli.prompt,
         n_predict: cli.n_predict,

@@ -125,11 +125,7 @@ impl Verify {
         let without = work.join("without");
         let prompt = "Hello world";
         let run = |out: &Path, extra: &[&str]| -> Result<()> {
-            cmd!(sh, "{exe} -m {model} --manifest {manifest} -p {prompt} -n 1 -t 2 --out {out} {extra...}")
-                .quiet()
-                .ignore_stdout()
-                .run()
-                .context("the extractor failed (see its message above)")
+            quietly(cmd!(sh, "{exe} -m {model} --manifest {manifest} -p {prompt} -n 1 -t 2 --out {out} {extra...}"))
         };
         let t = Instant::now();
         let ran_with = report.check("extractor runs with extraction", t, run(&with, &[]).map(|()| format!("wrote {}", with.display())));
@@ -222,6 +218,13 @@ fn clean_build(project: &Project, work: &Path) -> Result<String> {
     Ok(format!("llama.cpp {llama_secs:.0} s, extractor {extractor_secs:.0} s; {info} runs"))
 }
 
+/// Runs the extractor; its log is shown only when it fails.
+fn quietly(cmd: xshell::Cmd<'_>) -> Result<()> {
+    let out = cmd.quiet().ignore_status().output()?;
+    ensure!(out.status.success(), "the extractor failed:\n{}", String::from_utf8_lossy(&out.stderr).trim_end());
+    Ok(())
+}
+
 fn validate(sh: &Shell, validator: &Path, dir: &Path, manifest: &Path) -> Result<String> {
     let out = cmd!(sh, "{validator} {dir} --manifest {manifest}").quiet().ignore_status().output()?;
     let text = String::from_utf8_lossy(&out.stdout).into_owned();
@@ -295,11 +298,7 @@ fn overhead_ratio(sh: &Shell, exe: &Path, model: &Path, manifest: &Path, work: &
         // Alternate, so that drifting machine load hits both sides alike.
         for extract in [true, false] {
             let flag: &[&str] = if extract { &[] } else { &["--no-extract"] };
-            cmd!(sh, "{exe} -m {model} --manifest {manifest} -p {PERF_PROMPT} -n 0 -t 2 --out {out} {flag...}")
-                .quiet()
-                .ignore_stdout()
-                .ignore_stderr()
-                .run()
+            quietly(cmd!(sh, "{exe} -m {model} --manifest {manifest} -p {PERF_PROMPT} -n 0 -t 2 --out {out} {flag...}"))
                 .with_context(|| format!("performance run {i} failed"))?;
             let ms = read_record(&out)?.prompt_decode_ms;
             if extract { with.push(ms) } else { without.push(ms) }
@@ -314,11 +313,7 @@ fn overhead_ratio(sh: &Shell, exe: &Path, model: &Path, manifest: &Path, work: &
 
 fn throughput(sh: &Shell, exe: &Path, model: &Path, manifest: &Path, work: &Path) -> Result<String> {
     let out = work.join("all-layers");
-    cmd!(sh, "{exe} -m {model} --manifest {manifest} -p {PERF_PROMPT} -n 0 -t 2 --out {out}")
-        .quiet()
-        .ignore_stdout()
-        .ignore_stderr()
-        .run()
+    quietly(cmd!(sh, "{exe} -m {model} --manifest {manifest} -p {PERF_PROMPT} -n 0 -t 2 --out {out}"))
         .context("the all-layers run failed")?;
     let record = read_record(&out)?;
     let bytes: u64 = record.checkpoints.iter().map(|c| std::fs::metadata(out.join(&c.file)).map(|m| m.len()).unwrap_or(0)).sum();

@@ -51,12 +51,22 @@ impl Dtype {
         ensure!(row_len > 0 && data.len() as i64 % row_len == 0, "{} values are not rows of {row_len}", data.len());
         let rows = data.len() as i64 / row_len;
         match self {
-            Dtype::F32 => Ok(data.iter().flat_map(|v| v.to_le_bytes()).collect()),
+            Dtype::F32 => {
+                let mut out = Vec::with_capacity(data.len() * 4);
+                for v in data {
+                    out.extend_from_slice(&v.to_le_bytes());
+                }
+                Ok(out)
+            }
             Dtype::F16 => {
                 let mut out = vec![0u16; data.len()];
                 // SAFETY: both buffers hold data.len() elements.
                 unsafe { sys::ggml_fp32_to_fp16_row(data.as_ptr(), out.as_mut_ptr().cast(), data.len() as i64) };
-                Ok(out.iter().flat_map(|v| v.to_le_bytes()).collect())
+                let mut bytes = Vec::with_capacity(out.len() * 2);
+                for v in out {
+                    bytes.extend_from_slice(&v.to_le_bytes());
+                }
+                Ok(bytes)
             }
             Dtype::Q8_0 => {
                 // SAFETY: block size of a valid type.
@@ -277,9 +287,10 @@ impl GgufFile {
             Some(ctx) => ctx,
             None => bail!(
                 "{} is not a readable GGUF file ({} bytes): bad magic, unsupported version, or a header cut short \
-                 (run with -v to see ggml's reason)",
+                 (ggml's reason: llorch-checkpoint-model -v check {})",
                 path.display(),
-                meta.len()
+                meta.len(),
+                path.display()
             ),
         };
         let file = GgufFile { ctx, path: path.to_path_buf(), file_len: meta.len() };

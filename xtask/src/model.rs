@@ -298,7 +298,8 @@ fn self_test_hf(project: &Project) -> Result<()> {
         r#"
 import torch, transformers
 torch.manual_seed(0)
-config = transformers.GPT2Config(vocab_size=50257, n_positions=128, n_embd=64, n_layer=2, n_head=4,
+# n_ctx: as in openai-community/gpt2's config.json, which the converter reads.
+config = transformers.GPT2Config(vocab_size=50257, n_positions=128, n_ctx=128, n_embd=64, n_layer=2, n_head=4,
                                  bos_token_id=50256, eos_token_id=50256)
 model = transformers.GPT2LMHeadModel(config)
 model.save_pretrained({hf:?}, safe_serialization=True)

@@ -77,7 +77,13 @@ pub fn run(cfg: &Config) -> Result<()> {
         n_kv: 0,
     };
 
+    let devices = crate::ffi::devices();
     log::info!("llorch-checkpoint-extractor: {}", describe_build());
+    log::info!(
+        "  devices   {} (--n-gpu-layers {})",
+        devices.iter().map(|(name, desc)| format!("{name} ({desc})")).collect::<Vec<_>>().join(", "),
+        cfg.n_gpu_layers
+    );
     log::info!("  model     {} ({arch}, {} layers)", cfg.model.display(), model.n_layer());
     log::info!("  prompt    {:?} -> {} tokens {:?}", cfg.prompt, tokens.len(), tokens);
     match (&manifest, cfg.extract) {
@@ -152,6 +158,7 @@ pub fn run(cfg: &Config) -> Result<()> {
         "llama_cpp": { "pin": env!("LLORCH_PIN"), "tree": env!("LLORCH_FLAVOUR"), "ggml_version": ggml_version, "ggml_commit": ggml_commit },
         "backend": env!("LLORCH_BACKEND"),
         "system_info": crate::ffi::system_info().trim(),
+        "devices": devices.iter().map(|(name, desc)| json!({ "name": name, "description": desc })).collect::<Vec<_>>(),
         "model": { "path": cfg.model, "sha256": model_sha, "architecture": arch, "n_layer": model.n_layer() },
         "manifest": cfg.manifest.as_ref().map(|p| json!({ "path": p, "sha256": output::sha256_file(p).ok() })),
         "extract": cfg.extract,
@@ -181,6 +188,17 @@ pub fn run(cfg: &Config) -> Result<()> {
         decoded.decode_ms[0],
         generated.iter().map(|&t| model.token_to_piece(t)).collect::<Vec<_>>()
     );
+    // Which backend buffer each checkpoint was read from ("CPU", "CUDA0", ...).
+    let mut by_buffer: Vec<(&str, Vec<&str>)> = Vec::new();
+    for w in &written {
+        match by_buffer.iter_mut().find(|(b, _)| *b == w.buffer) {
+            Some((_, ids)) => ids.push(&w.id),
+            None => by_buffer.push((&w.buffer, vec![&w.id])),
+        }
+    }
+    for (buffer, ids) in by_buffer {
+        log::info!("  read from {buffer}: {}", ids.join(" "));
+    }
     Ok(())
 }
 

@@ -74,6 +74,9 @@ pub struct CheckpointRecord {
     pub tensor: String,
     pub shape: Vec<i64>,
     pub source_dtype: String,
+    /// The backend buffer it was read from ("CPU", "CUDA0", ...).
+    #[serde(default)]
+    pub buffer: String,
     pub file: String,
     pub min: f32,
     pub max: f32,
@@ -93,12 +96,15 @@ pub fn read_record(dir: &Path) -> Result<RunRecord> {
 
 fn print_table(dir: &Path) -> Result<()> {
     let record = read_record(dir)?;
-    println!("\n{:<16} {:<16} {:<5} {:>16} {:>11} {:>11} {:>12}  file", "checkpoint", "tensor", "dtype", "shape", "min", "max", "mean");
+    println!(
+        "\n{:<16} {:<16} {:<5} {:<6} {:>16} {:>11} {:>11} {:>12}  file",
+        "checkpoint", "tensor", "dtype", "buffer", "shape", "min", "max", "mean"
+    );
     for cp in &record.checkpoints {
         let shape = format!("{:?}", cp.shape);
         println!(
-            "{:<16} {:<16} {:<5} {:>16} {:>11.5} {:>11.5} {:>12.5e}  {}",
-            cp.id, cp.tensor, cp.source_dtype, shape, cp.min, cp.max, cp.mean, cp.file
+            "{:<16} {:<16} {:<5} {:<6} {:>16} {:>11.5} {:>11.5} {:>12.5e}  {}",
+            cp.id, cp.tensor, cp.source_dtype, cp.buffer, shape, cp.min, cp.max, cp.mean, cp.file
         );
     }
     println!("\n{} checkpoints in {} (tokens {:?}, prompt decode {:.1} ms)", record.checkpoints.len(), dir.display(), record.tokens, record.prompt_decode_ms);

@@ -30,9 +30,12 @@ pub struct Verify {
     /// Alternating runs per side for the performance ratio (median taken).
     #[arg(long, default_value_t = 7)]
     perf_runs: usize,
-    /// Manifest for the runtime and format checks.
+    /// Manifest for the runtime and format checks [default: manifests/gpt2.yaml].
     #[arg(long)]
     manifest: Option<PathBuf>,
+    /// GGUF model to check [default: the synthetic GPT-2 of `cargo xtask model`].
+    #[arg(long)]
+    model: Option<PathBuf>,
     /// Skip `cargo test --workspace` (when it just ran).
     #[arg(long)]
     no_tests: bool,
@@ -92,7 +95,10 @@ impl Verify {
         println!("== setup: llama.cpp, extractor, default model");
         let t = Instant::now();
         let exe = ensure_extractor(project, Backend::Cpu)?;
-        let model = crate::model::default_model(project)?;
+        let model = match &self.model {
+            Some(m) => std::path::absolute(m)?,
+            None => crate::model::default_model(project)?,
+        };
         println!("ready in {:.1} s: {} and {}", t.elapsed().as_secs_f64(), exe.display(), model.display());
         let validator = exe.with_file_name("llorch-checkpoint-validate");
 
@@ -172,6 +178,11 @@ impl Verify {
         let t = Instant::now();
         let all_layers = project.root().join("manifests/gpt2-all-layers.yaml");
         report.check("all-layers extraction throughput and peak memory", t, throughput(&sh, &exe, &model, &all_layers, &work));
+
+        report.section("compare");
+        let t = Instant::now();
+        let result = crate::compare::self_test(project);
+        report.check("checkpoints match PyTorch GPT-2 (f64) within tolerance; a 1e-2 perturbation is caught", t, result);
 
         let pin = Pin::load(&project.pin_file())?;
         let summary = serde_json::json!({

@@ -1,0 +1,361 @@
+//! Two extraction runs of the same manifest and prompt, side by side: one on a
+//! reference backend (CPU), one on the backend under test (CUDA, Metal).
+//!
+//! For every checkpoint of the prompt pass: the backend buffer each run read it
+//! from, NMSE (`mean((test - ref)^2) / var(ref)`, the measure llama.cpp's own
+//! model-conversion checks use) and the largest absolute difference; the same
+//! for `logits.bin`, and whether the two are bitwise equal. Also the timing
+//! of several runs with and without extraction. `llorch-checkpoint-diff` is
+//! the command line; the device bundle's script runs it.
+
+use std::path::{Path, PathBuf};
+
+use anyhow::{bail, Context, Result};
+use serde::{Deserialize, Serialize};
+
+use crate::format::{self, Format};
+use crate::manifest::{fmt_ne, Checkpoint};
+use crate::output::file_name;
+
+/// How far `test` is from `reference`.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
+pub struct Stats {
+    pub n: usize,
+    /// `mean((test - ref)^2) / var(ref)`; 0 when equal, infinite when ref is constant and they differ.
+    pub nmse: f64,
+    pub max_abs: f64,
+    /// Every value has the same bits (so NaN == NaN, and -0.0 != 0.0).
+    pub bitwise_equal: bool,
+}
+
+pub fn stats(reference: &[f32], test: &[f32]) -> Stats {
+    assert_eq!(reference.len(), test.len(), "stats of tensors of different sizes");
+    let n = reference.len();
+    let bitwise_equal = reference.iter().zip(test).all(|(a, b)| a.to_bits() == b.to_bits());
+    if n == 0 {
+        return Stats { n, nmse: 0.0, max_abs: 0.0, bitwise_equal };
+    }
+    let mean = reference.iter().map(|&v| v as f64).sum::<f64>() / n as f64;
+    let var = reference.iter().map(|&v| (v as f64 - mean).powi(2)).sum::<f64>() / n as f64;
+    let (mut sq, mut max_abs) = (0f64, 0f64);
+    for (&r, &t) in reference.iter().zip(test) {
+        let d = (t as f64 - r as f64).abs();
+        sq += d * d;
+        // NaN never compares greater: make it win, so it cannot hide.
+        if d > max_abs || d.is_nan() {
+            max_abs = d;
+        }
+    }
+    let mse = sq / n as f64;
+    let nmse = if mse == 0.0 {
+        0.0
+    } else if var == 0.0 {
+        f64::INFINITY
+    } else {
+        mse / var
+    };
+    Stats { n, nmse, max_abs, bitwise_equal }
+}
+
+/// The parts of a `run.json` a comparison needs.
+#[derive(Deserialize)]
+struct RunRecord {
+    format: Format,
+    #[serde(default)]
+    n_gpu_layers: i64,
+    #[serde(default)]
+    devices: Vec<Device>,
+    checkpoints: Vec<Recorded>,
+    #[serde(default)]
+    decode_ms: Vec<f64>,
+}
+
+#[derive(Deserialize, Serialize, Clone)]
+pub struct Device {
+    pub name: String,
+    pub description: String,
+}
+
+#[derive(Deserialize)]
+struct Recorded {
+    file: String,
+    #[serde(default)]
+    buffer: String,
+}
+
+fn read_record(dir: &Path) -> Result<RunRecord> {
+    let path = dir.join("run.json");
+    let bytes = std::fs::read(&path).with_context(|| format!("no run record at {}", path.display()))?;
+    serde_json::from_slice(&bytes).with_context(|| format!("{} is not a run record of this extractor", path.display()))
+}
+
+/// One compared file.
+#[derive(Serialize)]
+pub struct Row {
+    pub id: String,
+    pub file: String,
+    pub shape: Vec<i64>,
+    /// The buffer each run read it from ("CPU", "CUDA0", ...).
+    pub buffer_a: String,
+    pub buffer_b: String,
+    pub stats: Stats,
+    pub pass: bool,
+}
+
+#[derive(Serialize)]
+pub struct Side {
+    pub dir: PathBuf,
+    pub n_gpu_layers: i64,
+    pub devices: Vec<Device>,
+}
+
+/// A whole comparison: `b` (under test) against `a` (the reference).
+#[derive(Serialize)]
+pub struct Comparison {
+    pub a: Side,
+    pub b: Side,
+    pub max_nmse: f64,
+    pub checkpoints: Vec<Row>,
+    pub logits: Row,
+    pub pass: bool,
+}
+
+/// Compares the prompt-pass files of `checkpoints` (a manifest's, or none for
+/// the logits alone) and the logits of run `b` against run `a`.
+/// A missing file or a shape that differs is an error naming it.
+pub fn compare_runs(a: &Path, b: &Path, checkpoints: &[Checkpoint], max_nmse: f64) -> Result<Comparison> {
+    let (ra, rb) = (read_record(a)?, read_record(b)?);
+    let buffer = |r: &RunRecord, file: &str| {
+        r.checkpoints.iter().find(|c| c.file == file).map(|c| c.buffer.clone()).unwrap_or_else(|| "?".into())
+    };
+    let mut rows = Vec::new();
+    for cp in checkpoints {
+        let (fa, fb) = (file_name(&cp.file_stem, 0, ra.format), file_name(&cp.file_stem, 0, rb.format));
+        let (s, shape) = compare_files(&a.join(&fa), &b.join(&fb))?;
+        rows.push(Row {
+            id: cp.id.clone(),
+            file: fb.clone(),
+            shape,
+            buffer_a: buffer(&ra, &fa),
+            buffer_b: buffer(&rb, &fb),
+            stats: s,
+            pass: s.nmse <= max_nmse,
+        });
+    }
+    let (s, shape) = compare_files(&a.join("logits.bin"), &b.join("logits.bin"))?;
+    let logits = Row {
+        id: "logits".into(),
+        file: "logits.bin".into(),
+        shape,
+        buffer_a: "-".into(),
+        buffer_b: "-".into(),
+        stats: s,
+        pass: s.nmse <= max_nmse,
+    };
+    let pass = rows.iter().all(|r| r.pass) && logits.pass;
+    let side = |dir: &Path, r: &RunRecord| Side { dir: dir.to_path_buf(), n_gpu_layers: r.n_gpu_layers, devices: r.devices.clone() };
+    Ok(Comparison { a: side(a, &ra), b: side(b, &rb), max_nmse, checkpoints: rows, logits, pass })
+}
+
+fn compare_files(a: &Path, b: &Path) -> Result<(Stats, Vec<i64>)> {
+    let (ta, tb) = (format::read(a)?, format::read(b)?);
+    if ta.shape != tb.shape {
+        bail!("{} has shape {} but {} has {}", b.display(), fmt_ne(&tb.shape), a.display(), fmt_ne(&ta.shape));
+    }
+    Ok((stats(&ta.data, &tb.data), ta.shape))
+}
+
+impl Comparison {
+    /// The table the command line prints.
+    pub fn table(&self) -> String {
+        let mut out = format!(
+            "{:<16} {:>16} {:<7} {:<7} {:>11} {:>11} {:<7} verdict (NMSE <= {:.0e})\n",
+            "checkpoint", "shape", "ref", "test", "NMSE", "max |diff|", "bitwise", self.max_nmse
+        );
+        for r in self.checkpoints.iter().chain([&self.logits]) {
+            out += &format!(
+                "{:<16} {:>16} {:<7} {:<7} {:>11.3e} {:>11.3e} {:<7} {}\n",
+                r.id,
+                fmt_ne(&r.shape),
+                r.buffer_a,
+                r.buffer_b,
+                r.stats.nmse,
+                r.stats.max_abs,
+                if r.stats.bitwise_equal { "yes" } else { "no" },
+                if r.pass { "ok" } else { "FAIL" }
+            );
+        }
+        let rows = || self.checkpoints.iter().chain([&self.logits]);
+        let failed = rows().filter(|r| !r.pass).count();
+        let worst = rows().map(|r| r.stats.nmse).fold(0f64, |a, b| if b > a || b.is_nan() { b } else { a });
+        let max_abs = rows().map(|r| r.stats.max_abs).fold(0f64, |a, b| if b > a || b.is_nan() { b } else { a });
+        out += &format!(
+            "{} compared, {failed} above the NMSE bound {:.0e}; largest NMSE {worst:.3e}, largest max |diff| {max_abs:.3e}\n",
+            self.checkpoints.len() + 1,
+            self.max_nmse
+        );
+        out
+    }
+}
+
+/// Decode times of runs with and without extraction (medians over runs).
+#[derive(Serialize)]
+pub struct Timing {
+    pub runs_with: usize,
+    pub runs_without: usize,
+    /// The prompt pass (the first decode of each process: includes one-time backend warm-up).
+    pub prompt_ms_with: f64,
+    pub prompt_ms_without: f64,
+    pub prompt_ratio: f64,
+    /// The generated-token passes (the median within a run, then across runs); absent with `-n 0`.
+    pub token_ms_with: Option<f64>,
+    pub token_ms_without: Option<f64>,
+    pub token_ratio: Option<f64>,
+}
+
+pub fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(|a, b| a.total_cmp(b));
+    let n = v.len();
+    match n {
+        0 => f64::NAN,
+        _ if n % 2 == 1 => v[n / 2],
+        _ => (v[n / 2 - 1] + v[n / 2]) / 2.0,
+    }
+}
+
+/// Reads `decode_ms` of every run directory and takes medians.
+pub fn timing(with: &[PathBuf], without: &[PathBuf]) -> Result<Timing> {
+    let side = |dirs: &[PathBuf]| -> Result<(f64, Option<f64>)> {
+        if dirs.is_empty() {
+            bail!("no run directories given");
+        }
+        let (mut prompt, mut token) = (Vec::new(), Vec::new());
+        for dir in dirs {
+            let record = read_record(dir)?;
+            let Some((&first, rest)) = record.decode_ms.split_first() else { bail!("{}: run.json has no decode_ms", dir.display()) };
+            prompt.push(first);
+            if !rest.is_empty() {
+                token.push(median(rest.to_vec()));
+            }
+        }
+        let token = (token.len() == dirs.len()).then(|| median(token));
+        Ok((median(prompt), token))
+    };
+    let (pw, tw) = side(with)?;
+    let (pwo, two) = side(without)?;
+    let token_ratio = match (tw, two) {
+        (Some(a), Some(b)) => Some(a / b),
+        _ => None,
+    };
+    Ok(Timing {
+        runs_with: with.len(),
+        runs_without: without.len(),
+        prompt_ms_with: pw,
+        prompt_ms_without: pwo,
+        prompt_ratio: pw / pwo,
+        token_ms_with: tw,
+        token_ms_without: two,
+        token_ratio,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::manifest::Manifest;
+
+    #[test]
+    fn nmse_and_max_abs_follow_their_definitions() {
+        let r = [1.0f32, 2.0, 3.0, 4.0]; // mean 2.5, var 1.25
+        let t = [1.0f32, 2.0, 3.5, 4.0]; // one difference of 0.5: mse 0.0625
+        let s = stats(&r, &t);
+        assert_eq!(s.n, 4);
+        assert!((s.nmse - 0.0625 / 1.25).abs() < 1e-12, "{s:?}");
+        assert_eq!(s.max_abs, 0.5);
+        assert!(!s.bitwise_equal);
+
+        let same = stats(&r, &r);
+        assert_eq!((same.nmse, same.max_abs, same.bitwise_equal), (0.0, 0.0, true));
+        // A constant reference: any difference is infinitely far.
+        assert_eq!(stats(&[2.0; 3], &[2.0, 2.0, 2.5]).nmse, f64::INFINITY);
+        // -0.0 and 0.0 are equal numbers but not equal bits.
+        let z = stats(&[0.0, 1.0], &[-0.0, 1.0]);
+        assert_eq!((z.nmse, z.bitwise_equal), (0.0, false));
+        // A NaN in the test run cannot pass unnoticed.
+        assert!(stats(&r, &[1.0, f32::NAN, 3.0, 4.0]).max_abs.is_nan());
+    }
+
+    const MANIFEST: &str = "layers: [0]\ncheckpoints:\n  - id: \"01_x\"\n    what: x\n    tensor: \"x-{layer}\"\n    shape: [n_embd, n_tokens]\n    file: checkpoint_01_x\n";
+
+    /// A run directory as the extractor writes it, with one checkpoint of shape [2, 2].
+    fn run_dir(dir: &Path, buffer: &str, data: &[f32], logits: &[f32], decode_ms: &[f64]) {
+        std::fs::create_dir_all(dir).unwrap();
+        let write = |name: &str, shape: &[i64], data: &[f32]| {
+            let mut bytes = Vec::new();
+            format::write(Format::Bin, &mut bytes, shape, data).unwrap();
+            std::fs::write(dir.join(name), bytes).unwrap();
+        };
+        write("checkpoint_01_x.bin", &[2, 2], data);
+        write("logits.bin", &[1, logits.len() as i64], logits);
+        let record = serde_json::json!({
+            "format": "bin", "n_gpu_layers": 99, "devices": [{ "name": buffer, "description": "test" }],
+            "checkpoints": [{ "file": "checkpoint_01_x.bin", "buffer": buffer }], "decode_ms": decode_ms,
+        });
+        std::fs::write(dir.join("run.json"), serde_json::to_vec(&record).unwrap()).unwrap();
+    }
+
+    #[test]
+    fn two_runs_are_compared_checkpoint_by_checkpoint_and_by_logits() {
+        let tmp = tempfile::tempdir().unwrap();
+        let (a, b) = (tmp.path().join("cpu"), tmp.path().join("gpu"));
+        run_dir(&a, "CPU", &[1.0, 2.0, 3.0, 4.0], &[0.5, 0.25], &[10.0]);
+        run_dir(&b, "CUDA0", &[1.0, 2.0, 3.0, 4.001], &[0.5, 0.25], &[5.0]);
+        let manifest = Manifest::parse(MANIFEST).unwrap();
+        let cps = &manifest.checkpoints;
+
+        let c = compare_runs(&a, &b, cps, 1e-4).unwrap();
+        let row = &c.checkpoints[0];
+        assert_eq!((row.id.as_str(), row.buffer_a.as_str(), row.buffer_b.as_str()), ("01_x", "CPU", "CUDA0"));
+        assert_eq!(row.shape, [2, 2]);
+        assert!(row.pass && !row.stats.bitwise_equal && (row.stats.max_abs - 0.001).abs() < 1e-6);
+        assert!(c.logits.stats.bitwise_equal && c.pass);
+        let table = c.table();
+        assert!(table.contains("01_x") && table.contains("CUDA0") && table.contains("2 compared, 0 above the NMSE bound 1e-4"), "{table}");
+
+        // Too far for a tighter bound: the verdict says so.
+        assert!(!compare_runs(&a, &b, cps, 1e-9).unwrap().pass);
+        // The logits alone.
+        let logits_only = compare_runs(&a, &b, &[], 1e-9).unwrap();
+        assert!(logits_only.checkpoints.is_empty() && logits_only.pass);
+
+        // A shape that differs is an error naming the file.
+        run_dir(&b, "CUDA0", &[1.0, 2.0, 3.0, 4.0], &[0.5, 0.25, 0.0], &[5.0]);
+        let msg = match compare_runs(&a, &b, cps, 1e-4) {
+            Ok(_) => panic!("logits of different shapes were compared"),
+            Err(err) => format!("{err:#}"),
+        };
+        assert!(msg.contains("logits.bin has shape [1, 3]"), "{msg}");
+    }
+
+    #[test]
+    fn timing_takes_medians_of_the_prompt_and_of_the_token_passes() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dirs = |name: &str, runs: &[&[f64]]| -> Vec<PathBuf> {
+            runs.iter()
+                .enumerate()
+                .map(|(i, ms)| {
+                    let d = tmp.path().join(format!("{name}{i}"));
+                    run_dir(&d, "CPU", &[0.0; 4], &[0.0], ms);
+                    d
+                })
+                .collect()
+        };
+        let with = dirs("with", &[&[12.0, 2.0, 3.0, 4.0], &[10.0, 3.0, 3.0], &[30.0, 3.0]]);
+        let without = dirs("without", &[&[10.0, 2.0], &[8.0, 2.0], &[9.0, 2.0, 2.0]]);
+        let t = timing(&with, &without).unwrap();
+        assert_eq!((t.prompt_ms_with, t.prompt_ms_without), (12.0, 9.0));
+        assert_eq!((t.token_ms_with, t.token_ms_without), (Some(3.0), Some(2.0)));
+        assert_eq!(t.token_ratio, Some(1.5));
+        assert_eq!(median(vec![4.0, 1.0, 3.0, 2.0]), 2.5);
+    }
+}

@@ -45,13 +45,23 @@ impl Backend {
         }
     }
 
-    /// CMake defines on top of the common ones.
+    /// CMake defines on top of the common ones. CUDA is for the GPU present at
+    /// build time (`native`; the device script may name one instead).
     fn cmake_defines(self) -> &'static [&'static str] {
         match self {
             Backend::Cpu => &["GGML_METAL=OFF", "GGML_CUDA=OFF"],
-            Backend::Cuda => &["GGML_CUDA=ON", "GGML_METAL=OFF"],
+            Backend::Cuda => &["GGML_CUDA=ON", "GGML_METAL=OFF", "CMAKE_CUDA_ARCHITECTURES=native"],
             Backend::Metal => &["GGML_METAL=ON", "GGML_CUDA=OFF"],
         }
+    }
+
+    /// Whether `cargo xtask build` makes the backends loadable modules
+    /// (`GGML_BACKEND_DL`): CUDA does, so its `libggml-cpu.so` and
+    /// `libggml-cuda.so` sit beside `libggml.so` and one extractor binary runs
+    /// on either (it loads them at startup: `extractor/src/ffi/mod.rs`, `init`).
+    /// CPU and Metal link their backend in, as before.
+    pub fn backend_dl(self) -> bool {
+        self == Backend::Cuda
     }
 
     /// Fails fast, before any download or configure, when the toolchain is missing.
@@ -98,6 +108,21 @@ const COMMON_DEFINES: &[&str] = &[
     "GGML_NATIVE=ON",
 ];
 
+/// Every define a build of `backend` gets (`NAME=VALUE`): the common ones,
+/// the backend's, and with `backend_dl` those of a loadable-module build.
+/// The device bundle (`bundle.rs`) writes the same lists for its script.
+pub fn cmake_defines(backend: Backend, backend_dl: bool) -> Vec<&'static str> {
+    let mut defines: Vec<&str> = COMMON_DEFINES.iter().chain(backend.cmake_defines()).copied().collect();
+    if backend_dl {
+        // ggml-cpu refuses GGML_NATIVE with GGML_BACKEND_DL (its loader checks the
+        // CPU features a module was built for, which `native` does not record):
+        // the CPU module gets ggml's non-native x86-64 set (SSE4.2, AVX, AVX2, BMI2, FMA, F16C).
+        defines.retain(|d| *d != "GGML_NATIVE=ON");
+        defines.extend(["GGML_NATIVE=OFF", "GGML_BACKEND_DL=ON"]);
+    }
+    defines
+}
+
 /// What the extractor's build script reads to link against the active build.
 #[derive(Serialize)]
 struct ActiveBuild<'a> {
@@ -131,9 +156,8 @@ pub fn build_llama(project: &Project, backend: Backend, flavour: Flavour, build_
 
     let cmake = &tools.cmake;
     let ninja = &tools.ninja;
-    let defines: Vec<String> = COMMON_DEFINES
+    let defines: Vec<String> = cmake_defines(backend, backend.backend_dl())
         .iter()
-        .chain(backend.cmake_defines())
         .map(|d| format!("-D{d}"))
         .chain([format!("-DCMAKE_MAKE_PROGRAM={}", ninja.display())])
         .collect();
@@ -155,8 +179,15 @@ pub fn build_llama(project: &Project, backend: Backend, flavour: Flavour, build_
         .with_context(|| format!("building llama.cpp for {} failed (see the compiler output above)", backend.name()))?;
     eprintln!("build: llama.cpp {} ready in {:.1?}", backend.name(), started.elapsed());
     let lib_dir = build_dir.join("bin");
-    if !lib_dir.join(shared_lib("llama")).exists() {
-        bail!("the build finished but {} is missing", lib_dir.join(shared_lib("llama")).display());
+    let mut expected = vec![shared_lib("llama")];
+    if backend.backend_dl() {
+        // GGML_BACKEND_DL: each backend is a module of its own, loaded at run time.
+        expected.extend([shared_lib("ggml-cpu"), shared_lib(&format!("ggml-{}", backend.name()))]);
+    }
+    for lib in expected {
+        if !lib_dir.join(&lib).exists() {
+            bail!("the build finished but {} is missing", lib_dir.join(lib).display());
+        }
     }
     Ok(lib_dir)
 }

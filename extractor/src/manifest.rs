@@ -47,6 +47,14 @@ struct RawCheckpoint {
     /// Layers for this checkpoint, overriding the manifest's.
     #[serde(default)]
     layers: Option<Vec<u32>>,
+    /// For `cargo xtask compare`: the PyTorch tensor this checkpoint corresponds
+    /// to and its layout ops (`{capture: ..., ops: [...]}`). Kept as YAML: the
+    /// extractor only checks its form, xtask interprets it.
+    #[serde(default)]
+    reference: Option<serde_yaml::Value>,
+    /// For `cargo xtask compare`: `{atol, rtol, nmse}`.
+    #[serde(default)]
+    tolerance: Option<serde_yaml::Value>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
@@ -212,6 +220,7 @@ impl Manifest {
                 }
             }
             check_file_name(&cp.file).map_err(|msg| at(msg))?;
+            check_compare_keys(cp).map_err(|msg| at(msg))?;
             let templated = cp.tensor.contains("{layer}");
             let layers: Vec<Option<u32>> = match (&cp.layers, templated) {
                 (_, false) => vec![None],
@@ -259,6 +268,33 @@ impl Manifest {
     pub fn needs_attention_scores(&self) -> bool {
         self.checkpoints.iter().any(|c| c.tensor.starts_with("kq_soft_max"))
     }
+}
+
+/// `reference:` needs a `capture` string and may have `ops` (a list);
+/// `tolerance:` has numbers for atol, rtol and nmse. xtask checks the rest.
+fn check_compare_keys(cp: &RawCheckpoint) -> Result<(), String> {
+    if let Some(r) = &cp.reference {
+        let map = r.as_mapping().ok_or("`reference` must be a mapping {capture, ops}")?;
+        if map.get("capture").and_then(|c| c.as_str()).is_none() {
+            return Err("`reference` needs `capture`, the PyTorch tensor (e.g. h.{layer}.ln_1)".into());
+        }
+        if let Some(key) = map.keys().find(|k| !matches!(k.as_str(), Some("capture" | "ops"))) {
+            return Err(format!("unknown key {key:?} in `reference` (capture, ops)"));
+        }
+        if map.get("ops").is_some_and(|o| !o.is_sequence()) {
+            return Err("`reference.ops` must be a list".into());
+        }
+    }
+    if let Some(t) = &cp.tolerance {
+        let map = t.as_mapping().ok_or("`tolerance` must be a mapping {atol, rtol, nmse}")?;
+        for (k, v) in map {
+            let known = matches!(k.as_str(), Some("atol" | "rtol" | "nmse"));
+            if !known || !v.as_f64().is_some_and(|x| x >= 0.0) {
+                return Err(format!("`tolerance` takes atol, rtol and nmse as non-negative numbers, not {k:?}: {v:?}"));
+            }
+        }
+    }
+    Ok(())
 }
 
 /// A plain file name inside the output directory: no separators, no `..`, no hidden files.
@@ -319,6 +355,18 @@ mod tests {
     fn unknown_keys_are_refused() {
         let msg = err("checkpoints:\n  - {id: a, tensor: t, shape: [1], file: f, colour: red}\n");
         assert!(msg.contains("unknown field `colour`") && msg.contains("line 2"), "{msg}");
+    }
+
+    #[test]
+    fn compare_keys_are_accepted_and_checked() {
+        let ok = "checkpoints:\n  - {id: a, tensor: t, shape: [1], file: f, reference: {capture: 'h.{layer}.ln_1', ops: [drop_batch]}, tolerance: {atol: 1.0e-5, rtol: 0, nmse: 1.0e-9}}\n";
+        assert_eq!(Manifest::parse(ok).unwrap().checkpoints.len(), 1);
+        let msg = err("checkpoints:\n  - {id: a, tensor: t, shape: [1], file: f, reference: {ops: []}}\n");
+        assert!(msg.contains("checkpoint `a`: `reference` needs `capture`"), "{msg}");
+        let msg = err("checkpoints:\n  - {id: a, tensor: t, shape: [1], file: f, tolerance: {atol: -1}}\n");
+        assert!(msg.contains("`tolerance` takes atol, rtol and nmse"), "{msg}");
+        let msg = err("checkpoints:\n  - {id: a, tensor: t, shape: [1], file: f, reference: {capture: x, op: []}}\n");
+        assert!(msg.contains("unknown key"), "{msg}");
     }
 
     #[test]

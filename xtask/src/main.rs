@@ -6,6 +6,7 @@
 //! build    vendor/llama.cpp -> target/llorch/llama/<backend>-<pin> (CMake) -> extractor binary
 //! model    seeded GPT-2 (or your GGUF, or a Hugging Face GPT-2) -> target/llorch/models/*.gguf
 //! extract  extractor + manifest + model + prompt -> checkpoints/*.bin, run.json
+//! compare  extractor run + PyTorch GPT2Model (f32, f64) -> per-checkpoint errors, report.json, errors.svg
 //! verify   tests, then build, runtime, format and performance checks (what CI runs)
 //! ```
 //!
@@ -15,6 +16,7 @@
 
 mod bindgen;
 mod build;
+mod compare;
 mod extract;
 mod fetch;
 mod model;
@@ -48,6 +50,8 @@ enum Task {
     Model(model::Model),
     /// Run the extractor (default: manifests/gpt2.yaml, the default GPT-2, `Hello world`) and print a table.
     Extract(extract::Extract),
+    /// Compare every checkpoint with a PyTorch GPT-2 (f32 and f64): table, report.json, picture; fails beyond tolerance.
+    Compare(compare::Compare),
     /// The test command: cargo test, then build, runtime, format and performance checks.
     Verify(verify::Verify),
 }
@@ -75,6 +79,7 @@ fn run(task: Task) -> Result<()> {
         Task::Build(task) => task.run(&project),
         Task::Model(task) => task.run(&project),
         Task::Extract(task) => task.run(&project),
+        Task::Compare(task) => task.run(&project),
         Task::Verify(task) => task.run(&project),
     }
 }

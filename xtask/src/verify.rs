@@ -179,6 +179,10 @@ impl Verify {
         let all_layers = project.root().join("manifests/gpt2-all-layers.yaml");
         report.check("all-layers extraction throughput and peak memory", t, throughput(&sh, &exe, &model, &all_layers, &work));
 
+        report.section("compare");
+        let t = Instant::now();
+        let result = crate::compare::self_test(project);
+        report.check("checkpoints match PyTorch GPT-2 (f64) within tolerance; a 1e-2 perturbation is caught", t, result);
 
         let pin = Pin::load(&project.pin_file())?;
         let summary = serde_json::json!({

@@ -16,6 +16,7 @@
 
 mod bindgen;
 mod build;
+mod bundle;
 mod compare;
 mod extract;
 mod fetch;
@@ -54,6 +55,8 @@ enum Task {
     Compare(compare::Compare),
     /// The test command: cargo test, then build, runtime, format and performance checks.
     Verify(verify::Verify),
+    /// Pack the GPU check (binaries, pinned source, patches, tokenizer, one script) for a machine without cargo.
+    DeviceBundle(bundle::DeviceBundle),
 }
 
 fn main() -> std::process::ExitCode {
@@ -81,5 +84,6 @@ fn run(task: Task) -> Result<()> {
         Task::Extract(task) => task.run(&project),
         Task::Compare(task) => task.run(&project),
         Task::Verify(task) => task.run(&project),
+        Task::DeviceBundle(task) => task.run(&project),
     }
 }

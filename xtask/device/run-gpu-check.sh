@@ -94,6 +94,9 @@ else
     GPU_NAME=$(nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader 2>/dev/null | head -1 || true)
     GPU_NAME=${GPU_NAME:-unknown (nvidia-smi gave nothing)}
 fi
+# The binaries were built elsewhere (glibc >= 2.34): find out now, not after the build.
+"$BIN/llorch-checkpoint-diff" --version >/dev/null \
+    || die "the bundled binaries do not run here (they need x86-64 Linux with glibc 2.34 or later; this has $(ldd --version | head -1))"
 echo "cmake:   $CMAKE ($("$CMAKE" --version | head -1))"
 echo "ninja:   ${NINJA:-none, Makefiles}"
 ((CPU_ONLY)) || echo "nvcc:    $NVCC ($("$NVCC" --version | tail -1))"

@@ -178,7 +178,8 @@ fn stats(data: &[f32]) -> (f32, f32, f64, usize) {
         max = max.max(v);
         sum += v as f64;
     }
-    let mean = if data.is_empty() { 0.0 } else { sum / data.len() as f64 };
+    let finite = data.len() - non_finite;
+    let mean = if finite == 0 { f64::NAN } else { sum / finite as f64 };
     (min, max, mean, non_finite)
 }
 

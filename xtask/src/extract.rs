@@ -78,9 +78,10 @@ pub struct CheckpointRecord {
     #[serde(default)]
     pub buffer: String,
     pub file: String,
-    pub min: f32,
-    pub max: f32,
-    pub mean: f64,
+    /// Over the finite values; null when there are none.
+    pub min: Option<f32>,
+    pub max: Option<f32>,
+    pub mean: Option<f64>,
 }
 
 #[derive(Deserialize)]
@@ -104,7 +105,15 @@ fn print_table(dir: &Path) -> Result<()> {
         let shape = format!("{:?}", cp.shape);
         println!(
             "{:<16} {:<16} {:<5} {:<6} {:>16} {:>11.5} {:>11.5} {:>12.5e}  {}",
-            cp.id, cp.tensor, cp.source_dtype, cp.buffer, shape, cp.min, cp.max, cp.mean, cp.file
+            cp.id,
+            cp.tensor,
+            cp.source_dtype,
+            cp.buffer,
+            shape,
+            cp.min.unwrap_or(f32::NAN),
+            cp.max.unwrap_or(f32::NAN),
+            cp.mean.unwrap_or(f64::NAN),
+            cp.file
         );
     }
     println!("\n{} checkpoints in {} (tokens {:?}, prompt decode {:.1} ms)", record.checkpoints.len(), dir.display(), record.tokens, record.prompt_decode_ms);

@@ -8,10 +8,12 @@
 //! - [`output`]: the locked, staged output directory and its writer thread.
 //! - [`run`]: one extraction run, from model load to `run.json`.
 //! - [`check`]: validation of a run directory's files.
+//! - [`cli`]: logging and exit codes shared by the binaries.
 //! - [`diff`]: two runs (CPU and GPU) compared checkpoint by checkpoint, and their timings.
 
 pub mod capture;
 pub mod check;
+pub mod cli;
 pub mod diff;
 pub mod ffi;
 pub mod format;

@@ -1,7 +1,6 @@
 //! `llorch-checkpoint-extractor`: runs a prompt through llama.cpp and writes the
 //! checkpoints a manifest names. Flags follow llama.cpp's habits.
 
-use std::io::Write;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
@@ -74,12 +73,7 @@ struct Cli {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    let llama_level = if cli.verbose { log::LevelFilter::Debug } else { log::LevelFilter::Off };
-    env_logger::Builder::new()
-        .filter_level(log::LevelFilter::Info)
-        .filter_module("llama.cpp", llama_level)
-        .format(|buf, record| writeln!(buf, "{}", record.args()))
-        .init();
+    llorch_checkpoint_extractor::cli::init_logging(cli.verbose);
     if cli.system_info {
         let (version, commit) = llorch_checkpoint_extractor::ffi::ggml_version();
         println!("{} (ggml {version}, commit {commit})", run::describe_build());
@@ -103,14 +97,5 @@ fn main() -> ExitCode {
         list_nodes: cli.list_nodes,
         inject_panic: cli.inject_panic,
     };
-    match run::run(&cfg) {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(err) => {
-            eprintln!("error: {err}");
-            for cause in err.chain().skip(1) {
-                eprintln!("  caused by: {cause}");
-            }
-            ExitCode::FAILURE
-        }
-    }
+    llorch_checkpoint_extractor::cli::exit_code(run::run(&cfg))
 }

@@ -219,8 +219,8 @@ impl Manifest {
                     _ => {}
                 }
             }
-            check_file_name(&cp.file).map_err(|msg| at(msg))?;
-            check_compare_keys(cp).map_err(|msg| at(msg))?;
+            check_file_name(&cp.file).map_err(&at)?;
+            check_compare_keys(cp).map_err(&at)?;
             let templated = cp.tensor.contains("{layer}");
             let layers: Vec<Option<u32>> = match (&cp.layers, templated) {
                 (_, false) => vec![None],

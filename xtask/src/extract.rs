@@ -36,11 +36,13 @@ impl Extract {
         let manifest = self.manifest.map(std::path::absolute).transpose()?.unwrap_or_else(|| project.root().join("manifests/gpt2.yaml"));
         let out = self.out.map(std::path::absolute).transpose()?.unwrap_or_else(|| project.root().join("checkpoints"));
         let model = self.model.map(std::path::absolute).transpose()?;
-        let exe = ensure_extractor(project, self.backend)?;
+        // The model first: writing it builds the CPU extractor, and the
+        // extractor we run must be the one for the requested backend.
         let model = match model {
             Some(model) => model,
             None => crate::model::default_model(project)?,
         };
+        let exe = ensure_extractor(project, self.backend)?;
         let sh = project.shell()?;
         let (prompt, extra) = (&self.prompt, &self.extractor_args);
         cmd!(sh, "{exe} -m {model} --manifest {manifest} -p {prompt} --out {out} {extra...}")

@@ -1,7 +1,6 @@
 //! llorch-checkpoint-model: writes the synthetic GPT-2 GGUF, checks a GGUF is a
 //! usable GPT-2, and measures a model's activations. `cargo xtask model` drives it.
 
-use std::io::Write as _;
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Instant;
@@ -115,20 +114,6 @@ fn print_stats(path: &std::path::Path) -> Result<()> {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    let llama_level = if cli.verbose { log::LevelFilter::Debug } else { log::LevelFilter::Off };
-    env_logger::Builder::new()
-        .filter_level(log::LevelFilter::Info)
-        .filter_module("llama.cpp", llama_level)
-        .format(|buf, record| writeln!(buf, "{}", record.args()))
-        .init();
-    match run(cli.command) {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(err) => {
-            eprintln!("error: {err}");
-            for cause in err.chain().skip(1) {
-                eprintln!("  caused by: {cause}");
-            }
-            ExitCode::FAILURE
-        }
-    }
+    llorch_checkpoint_extractor::cli::init_logging(cli.verbose);
+    llorch_checkpoint_extractor::cli::exit_code(run(cli.command))
 }

@@ -96,6 +96,10 @@ impl<O: Observer> EvalHook<O> {
 }
 
 /// Registered as `cb_eval`; `user_data` is the `EvalHook<O>` owned by the context.
+///
+/// # Safety
+/// `user_data` must point to a live `EvalHook<O>` of this very `O` that nothing
+/// else borrows during the call, and `t` to a tensor valid for the call.
 pub unsafe extern "C" fn eval_trampoline<O: Observer>(t: *mut sys::ggml_tensor, ask: bool, user_data: *mut c_void) -> bool {
     if t.is_null() || user_data.is_null() {
         return false;
@@ -111,6 +115,9 @@ pub unsafe extern "C" fn eval_trampoline<O: Observer>(t: *mut sys::ggml_tensor, 
 
 /// Registered as the abort callback: true once extraction failed, which stops
 /// the CPU backend between nodes.
+///
+/// # Safety
+/// `user_data` must point to a live `EvalHook<O>` of this very `O`.
 pub unsafe extern "C" fn abort_trampoline<O: Observer>(user_data: *mut c_void) -> bool {
     if user_data.is_null() {
         return false;

@@ -33,9 +33,9 @@ impl Dtype {
     /// llama.cpp's `general.file_type` (`enum llama_ftype`) for a model mostly of this type.
     pub fn llama_ftype(self) -> u32 {
         match self {
-            Dtype::F32 => sys::llama_ftype::LLAMA_FTYPE_ALL_F32.0 as u32,
-            Dtype::F16 => sys::llama_ftype::LLAMA_FTYPE_MOSTLY_F16.0 as u32,
-            Dtype::Q8_0 => sys::llama_ftype::LLAMA_FTYPE_MOSTLY_Q8_0.0 as u32,
+            Dtype::F32 => sys::llama_ftype::LLAMA_FTYPE_ALL_F32.0,
+            Dtype::F16 => sys::llama_ftype::LLAMA_FTYPE_MOSTLY_F16.0,
+            Dtype::Q8_0 => sys::llama_ftype::LLAMA_FTYPE_MOSTLY_Q8_0.0,
         }
     }
 
@@ -296,7 +296,7 @@ impl GgufFile {
         let file = GgufFile { ctx, path: path.to_path_buf(), file_len: meta.len() };
         for t in file.tensors() {
             let end = t.file_offset.checked_add(t.size);
-            if end.map_or(true, |end| end > file.file_len) {
+            if end.is_none_or(|end| end > file.file_len) {
                 bail!(
                     "{} is truncated: tensor {} ({} bytes at offset {}) ends past the end of the file ({} bytes)",
                     path.display(),

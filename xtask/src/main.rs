@@ -7,11 +7,12 @@
 //! model    seeded GPT-2 (or your GGUF, or a Hugging Face GPT-2) -> target/llorch/models/*.gguf
 //! extract  extractor + manifest + model + prompt -> checkpoints/*.bin, run.json
 //! compare  extractor run + PyTorch GPT2Model (f32, f64) -> per-checkpoint errors, report.json, errors.svg
-//! verify   tests, then build, runtime, format and performance checks (what CI runs)
+//! verify   tests, then build, runtime, format, performance and compare checks (what CI runs)
+//! device-bundle  binaries + pinned source + script -> a .tar.gz for a GPU machine without cargo
 //! ```
 //!
-//! Every step makes sure the steps before it are done, so `cargo xtask build`
-//! on a fresh clone does everything. Tools the steps need (cmake, ninja,
+//! Every step makes sure the steps before it are done, so `cargo xtask extract`
+//! (or `verify`) on a fresh clone does everything. Tools the steps need (cmake, ninja,
 //! libclang) come from PyPI into `target/llorch/tools` (see `tools.rs`).
 
 mod bindgen;
@@ -33,7 +34,7 @@ use clap::{Parser, Subcommand};
 use crate::project::Project;
 
 #[derive(Parser)]
-#[command(name = "cargo xtask", about = "Build and run llorch-checkpoint: pinned llama.cpp, bindings, extractor")]
+#[command(name = "cargo xtask", bin_name = "cargo xtask", about = "llorch-checkpoint: extract llama.cpp's GPT-2 checkpoints through the eval callback and check them against PyTorch")]
 struct Cli {
     #[command(subcommand)]
     task: Task,
@@ -53,7 +54,7 @@ enum Task {
     Extract(extract::Extract),
     /// Compare every checkpoint with a PyTorch GPT-2 (f32 and f64): table, report.json, picture; fails beyond tolerance.
     Compare(compare::Compare),
-    /// The test command: cargo test, then build, runtime, format and performance checks.
+    /// The test command: cargo test, then build, runtime, format, performance and compare checks.
     Verify(verify::Verify),
     /// Pack the GPU check (binaries, pinned source, patches, tokenizer, one script) for a machine without cargo.
     DeviceBundle(bundle::DeviceBundle),

@@ -1,12 +1,13 @@
 //! `cargo xtask verify`: the project's test command (what CI runs).
 //!
-//! `cargo test --workspace`, then four groups of checks, one PASS/FAIL line
+//! `cargo test --workspace`, then five groups of checks, one PASS/FAIL line
 //! each with its figures, and a closing `N passed, M failed`:
 //! build (clean build, unpatched build, bindings fresh), runtime (with and
 //! without extraction: same token, bitwise-equal logits, every checkpoint
 //! once), format (the validator on the run, and on corrupted copies), and
 //! performance (decode-time ratio with/without extraction, throughput and
-//! peak memory with the all-layers manifest).
+//! peak memory with the all-layers manifest), and compare (every checkpoint
+//! against the PyTorch GPT-2, and a deliberate 1e-2 error must be caught).
 
 use std::path::{Path, PathBuf};
 use std::time::Instant;

@@ -10,11 +10,15 @@
 //! - [`check`]: validation of a run directory's files.
 //! - [`cli`]: logging and exit codes shared by the binaries.
 //! - [`diff`]: two runs (CPU and GPU) compared checkpoint by checkpoint, and their timings.
+//! - [`gpt2_model`]: the seeded synthetic GPT-2 written through ggml's gguf API.
+
+#![deny(unsafe_code)]
 
 pub mod capture;
 pub mod check;
 pub mod cli;
 pub mod diff;
+#[allow(unsafe_code)]
 pub mod ffi;
 pub mod format;
 pub mod gpt2_model;

@@ -1,6 +1,8 @@
 //! `llorch-checkpoint-extractor`: runs a prompt through llama.cpp and writes the
 //! checkpoints a manifest names. Flags follow llama.cpp's habits.
 
+#![forbid(unsafe_code)]
+
 use std::path::PathBuf;
 use std::process::ExitCode;
 

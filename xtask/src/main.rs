@@ -15,6 +15,8 @@
 //! (or `verify`) on a fresh clone does everything. Tools the steps need (cmake, ninja,
 //! libclang) come from PyPI into `target/llorch/tools` (see `tools.rs`).
 
+#![forbid(unsafe_code)]
+
 mod bindgen;
 mod build;
 mod bundle;

@@ -3,6 +3,8 @@
 //! times of runs with and without extraction. Needs no cargo: the device
 //! bundle's script runs it.
 
+#![forbid(unsafe_code)]
+
 use std::path::PathBuf;
 use std::process::ExitCode;
 

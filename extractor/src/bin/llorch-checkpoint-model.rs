@@ -1,6 +1,8 @@
 //! llorch-checkpoint-model: writes the synthetic GPT-2 GGUF, checks a GGUF is a
 //! usable GPT-2, and measures a model's activations. `cargo xtask model` drives it.
 
+#![forbid(unsafe_code)]
+
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Instant;

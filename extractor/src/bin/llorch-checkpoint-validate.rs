@@ -1,6 +1,8 @@
 //! `llorch-checkpoint-validate DIR --manifest FILE`: checks a run directory's
 //! checkpoint files (exist, parse, shape, finite, sha256). Exit 1 on any defect.
 
+#![forbid(unsafe_code)]
+
 use std::path::PathBuf;
 use std::process::ExitCode;
 

@@ -335,17 +335,23 @@ fn overhead_ratio(sh: &Shell, exe: &Path, model: &Path, manifest: &Path, work: &
 
 fn throughput(sh: &Shell, exe: &Path, model: &Path, manifest: &Path, work: &Path) -> Result<String> {
     let out = work.join("all-layers");
+    let baseline = work.join("all-layers-baseline");
     quietly(cmd!(sh, "{exe} -m {model} --manifest {manifest} -p {PERF_PROMPT} -n 0 -t 2 --out {out}"))
         .context("the all-layers run failed")?;
+    quietly(cmd!(sh, "{exe} -m {model} --manifest {manifest} -p {PERF_PROMPT} -n 0 -t 2 --out {baseline} --no-extract"))
+        .context("the all-layers baseline run failed")?;
     let record = read_record(&out)?;
+    let without_ms = read_record(&baseline)?.prompt_decode_ms;
+    let without_rss = read_record(&baseline)?.peak_rss_mb.unwrap_or(f64::NAN);
     let bytes: u64 = record.checkpoints.iter().map(|c| std::fs::metadata(out.join(&c.file)).map(|m| m.len()).unwrap_or(0)).sum();
     let mb = bytes as f64 / 1e6;
-    let secs = record.prompt_decode_ms / 1e3;
+    let extra_secs = (record.prompt_decode_ms - without_ms).max(1.0) / 1e3;
     let rss = record.peak_rss_mb.unwrap_or(f64::NAN);
     Ok(format!(
-        "{} checkpoints, {mb:.1} MB captured during a {:.0} ms decode: {:.0} MB/s; extractor peak RSS {rss:.0} MB",
+        "{} checkpoints, {mb:.1} MB: decode {:.0} ms with, {without_ms:.0} ms without (one run each), \
+         {:.0} MB per extra second; peak RSS {rss:.0} MB with, {without_rss:.0} MB without",
         record.checkpoints.len(),
         record.prompt_decode_ms,
-        mb / secs
+        mb / extra_secs
     ))
 }

@@ -16,9 +16,12 @@ struct ActiveBuild {
 
 fn main() {
     println!("cargo:rerun-if-env-changed=LLORCH_ACTIVE_BUILD");
-    let path = std::env::var_os("LLORCH_ACTIVE_BUILD").map(PathBuf::from).unwrap_or_else(|| {
-        PathBuf::from(std::env::var("CARGO_MANIFEST_DIR").unwrap()).join("../target/llorch/active-build.json")
-    });
+    let path = std::env::var_os("LLORCH_ACTIVE_BUILD")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| {
+            PathBuf::from(std::env::var("CARGO_MANIFEST_DIR").unwrap())
+                .join("../target/llorch/active-build.json")
+        });
     println!("cargo:rerun-if-changed={}", path.display());
     let text = match std::fs::read_to_string(&path) {
         Ok(text) => text,
@@ -30,9 +33,13 @@ fn main() {
             std::process::exit(1);
         }
     };
-    let active: ActiveBuild = serde_json::from_str(&text).expect("active-build.json written by xtask");
+    let active: ActiveBuild =
+        serde_json::from_str(&text).expect("active-build.json written by xtask");
     let lib_dir = &active.lib_dir;
-    println!("cargo:rerun-if-changed={}", lib_dir.join("libllama.so").display());
+    println!(
+        "cargo:rerun-if-changed={}",
+        lib_dir.join("libllama.so").display()
+    );
     println!("cargo:rustc-link-search=native={}", lib_dir.display());
     for lib in ["llama", "ggml", "ggml-base"] {
         println!("cargo:rustc-link-lib=dylib={lib}");

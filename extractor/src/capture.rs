@@ -47,13 +47,24 @@ pub struct Capture {
 }
 
 impl Capture {
-    pub fn new(checkpoints: Vec<Checkpoint>, sink: SyncSender<Captured>, panic_on: Option<String>) -> Capture {
+    pub fn new(
+        checkpoints: Vec<Checkpoint>,
+        sink: SyncSender<Captured>,
+        panic_on: Option<String>,
+    ) -> Capture {
         let mut by_name: HashMap<Box<[u8]>, Vec<usize>> = HashMap::new();
         for (i, cp) in checkpoints.iter().enumerate() {
-            by_name.entry(cp.tensor.as_bytes().into()).or_default().push(i);
+            by_name
+                .entry(cp.tensor.as_bytes().into())
+                .or_default()
+                .push(i);
         }
         let n = checkpoints.len();
-        let placeholder = Resolved { ne: [1; 4], n_dims: 1, kv_dims: [false; 4] };
+        let placeholder = Resolved {
+            ne: [1; 4],
+            n_dims: 1,
+            kv_dims: [false; 4],
+        };
         Capture {
             checkpoints,
             by_name,
@@ -107,10 +118,13 @@ impl Capture {
 
     fn find(&self, node: &Node<'_>) -> Option<usize> {
         let candidates = self.by_name.get(node.name())?;
-        candidates.iter().copied().find(|&i| match &self.checkpoints[i].op {
-            None => true,
-            Some(op) => op == node.op_name(),
-        })
+        candidates
+            .iter()
+            .copied()
+            .find(|&i| match &self.checkpoints[i].op {
+                None => true,
+                Some(op) => op == node.op_name(),
+            })
     }
 }
 
@@ -121,9 +135,14 @@ impl Observer for Capture {
 
     fn observe(&mut self, node: &Node<'_>) -> Result<()> {
         if self.panic_on.as_deref() == Some(node.name()) {
-            panic!("injected panic (test hook) while observing `{}`", node.name_lossy());
+            panic!(
+                "injected panic (test hook) while observing `{}`",
+                node.name_lossy()
+            );
         }
-        let Some(index) = self.find(node) else { return Ok(()) };
+        let Some(index) = self.find(node) else {
+            return Ok(());
+        };
         let cp = &self.checkpoints[index];
         if std::mem::replace(&mut self.seen[index], true) {
             bail!(
@@ -157,8 +176,12 @@ impl Observer for Capture {
         };
         match self.sink.try_send(captured) {
             Ok(()) => Ok(()),
-            Err(TrySendError::Full(_)) => bail!("the writer queue is full (it is sized for every checkpoint of the run)"),
-            Err(TrySendError::Disconnected(_)) => bail!("the writer thread stopped (see its error)"),
+            Err(TrySendError::Full(_)) => {
+                bail!("the writer queue is full (it is sized for every checkpoint of the run)")
+            }
+            Err(TrySendError::Disconnected(_)) => {
+                bail!("the writer thread stopped (see its error)")
+            }
         }
     }
 }

@@ -35,15 +35,25 @@ pub struct FileVerdict {
 pub fn check_run(dir: &Path, manifest: &Manifest) -> Result<Vec<FileVerdict>> {
     let record_path = dir.join("run.json");
     let record: RunRecord = serde_json::from_slice(
-        &std::fs::read(&record_path).with_context(|| format!("no run record at {}", record_path.display()))?,
+        &std::fs::read(&record_path)
+            .with_context(|| format!("no run record at {}", record_path.display()))?,
     )
-    .with_context(|| format!("{} is not a run record of this extractor", record_path.display()))?;
+    .with_context(|| {
+        format!(
+            "{} is not a run record of this extractor",
+            record_path.display()
+        )
+    })?;
 
     let mut verdicts = Vec::new();
     for cp in &manifest.checkpoints {
         let file = file_name(&cp.file_stem, 0, record.format);
         let expected = cp.resolve(&record.symbols).file_shape();
-        let sha = record.checkpoints.iter().find(|r| r.file == file).map(|r| r.sha256.as_str());
+        let sha = record
+            .checkpoints
+            .iter()
+            .find(|r| r.file == file)
+            .map(|r| r.sha256.as_str());
         let verdict = check_file(&dir.join(&file), &expected, sha);
         verdicts.push(FileVerdict { file, verdict });
     }
@@ -51,7 +61,11 @@ pub fn check_run(dir: &Path, manifest: &Manifest) -> Result<Vec<FileVerdict>> {
 }
 
 /// One file: parse, shape, finiteness, checksum. The error says what is wrong.
-pub fn check_file(path: &Path, expected_shape: &[i64], expected_sha256: Option<&str>) -> Result<String, String> {
+pub fn check_file(
+    path: &Path,
+    expected_shape: &[i64],
+    expected_sha256: Option<&str>,
+) -> Result<String, String> {
     if !path.exists() {
         return Err(format!("{} is missing", path.display()));
     }
@@ -73,9 +87,16 @@ pub fn check_file(path: &Path, expected_shape: &[i64], expected_sha256: Option<&
         Some(sha) => {
             let actual = sha256_file(path).map_err(|e| format!("{e:#}"))?;
             if actual != sha {
-                return Err(format!("{}: sha256 {actual} differs from run.json's {sha}", path.display()));
+                return Err(format!(
+                    "{}: sha256 {actual} differs from run.json's {sha}",
+                    path.display()
+                ));
             }
         }
     }
-    Ok(format!("shape {}, {} values, finite, sha256 matches run.json", fmt_ne(&tensor.shape), tensor.data.len()))
+    Ok(format!(
+        "shape {}, {} values, finite, sha256 matches run.json",
+        fmt_ne(&tensor.shape),
+        tensor.data.len()
+    ))
 }

@@ -5,7 +5,11 @@ use std::process::ExitCode;
 
 /// Our messages at info level, plain; llama.cpp's own log only with `verbose`.
 pub fn init_logging(verbose: bool) {
-    let llama_level = if verbose { log::LevelFilter::Debug } else { log::LevelFilter::Off };
+    let llama_level = if verbose {
+        log::LevelFilter::Debug
+    } else {
+        log::LevelFilter::Off
+    };
     env_logger::Builder::new()
         .filter_level(log::LevelFilter::Info)
         .filter_module("llama.cpp", llama_level)

@@ -29,14 +29,30 @@ pub struct Stats {
 }
 
 pub fn stats(reference: &[f32], test: &[f32]) -> Stats {
-    assert_eq!(reference.len(), test.len(), "stats of tensors of different sizes");
+    assert_eq!(
+        reference.len(),
+        test.len(),
+        "stats of tensors of different sizes"
+    );
     let n = reference.len();
-    let bitwise_equal = reference.iter().zip(test).all(|(a, b)| a.to_bits() == b.to_bits());
+    let bitwise_equal = reference
+        .iter()
+        .zip(test)
+        .all(|(a, b)| a.to_bits() == b.to_bits());
     if n == 0 {
-        return Stats { n, nmse: 0.0, max_abs: 0.0, bitwise_equal };
+        return Stats {
+            n,
+            nmse: 0.0,
+            max_abs: 0.0,
+            bitwise_equal,
+        };
     }
     let mean = reference.iter().map(|&v| v as f64).sum::<f64>() / n as f64;
-    let var = reference.iter().map(|&v| (v as f64 - mean).powi(2)).sum::<f64>() / n as f64;
+    let var = reference
+        .iter()
+        .map(|&v| (v as f64 - mean).powi(2))
+        .sum::<f64>()
+        / n as f64;
     let (mut sq, mut max_abs) = (0f64, 0f64);
     for (&r, &t) in reference.iter().zip(test) {
         let d = (t as f64 - r as f64).abs();
@@ -54,7 +70,12 @@ pub fn stats(reference: &[f32], test: &[f32]) -> Stats {
     } else {
         mse / var
     };
-    Stats { n, nmse, max_abs, bitwise_equal }
+    Stats {
+        n,
+        nmse,
+        max_abs,
+        bitwise_equal,
+    }
 }
 
 /// The parts of a `run.json` a comparison needs.
@@ -85,8 +106,10 @@ struct Recorded {
 
 fn read_record(dir: &Path) -> Result<RunRecord> {
     let path = dir.join("run.json");
-    let bytes = std::fs::read(&path).with_context(|| format!("no run record at {}", path.display()))?;
-    serde_json::from_slice(&bytes).with_context(|| format!("{} is not a run record of this extractor", path.display()))
+    let bytes =
+        std::fs::read(&path).with_context(|| format!("no run record at {}", path.display()))?;
+    serde_json::from_slice(&bytes)
+        .with_context(|| format!("{} is not a run record of this extractor", path.display()))
 }
 
 /// One compared file.
@@ -123,14 +146,26 @@ pub struct Comparison {
 /// Compares the prompt-pass files of `checkpoints` (a manifest's, or none for
 /// the logits alone) and the logits of run `b` against run `a`.
 /// A missing file or a shape that differs is an error naming it.
-pub fn compare_runs(a: &Path, b: &Path, checkpoints: &[Checkpoint], max_nmse: f64) -> Result<Comparison> {
+pub fn compare_runs(
+    a: &Path,
+    b: &Path,
+    checkpoints: &[Checkpoint],
+    max_nmse: f64,
+) -> Result<Comparison> {
     let (ra, rb) = (read_record(a)?, read_record(b)?);
     let buffer = |r: &RunRecord, file: &str| {
-        r.checkpoints.iter().find(|c| c.file == file).map(|c| c.buffer.clone()).unwrap_or_else(|| "?".into())
+        r.checkpoints
+            .iter()
+            .find(|c| c.file == file)
+            .map(|c| c.buffer.clone())
+            .unwrap_or_else(|| "?".into())
     };
     let mut rows = Vec::new();
     for cp in checkpoints {
-        let (fa, fb) = (file_name(&cp.file_stem, 0, ra.format), file_name(&cp.file_stem, 0, rb.format));
+        let (fa, fb) = (
+            file_name(&cp.file_stem, 0, ra.format),
+            file_name(&cp.file_stem, 0, rb.format),
+        );
         let (s, shape) = compare_files(&a.join(&fa), &b.join(&fb))?;
         rows.push(Row {
             id: cp.id.clone(),
@@ -153,14 +188,31 @@ pub fn compare_runs(a: &Path, b: &Path, checkpoints: &[Checkpoint], max_nmse: f6
         pass: s.nmse <= max_nmse,
     };
     let pass = rows.iter().all(|r| r.pass) && logits.pass;
-    let side = |dir: &Path, r: &RunRecord| Side { dir: dir.to_path_buf(), n_gpu_layers: r.n_gpu_layers, devices: r.devices.clone() };
-    Ok(Comparison { a: side(a, &ra), b: side(b, &rb), max_nmse, checkpoints: rows, logits, pass })
+    let side = |dir: &Path, r: &RunRecord| Side {
+        dir: dir.to_path_buf(),
+        n_gpu_layers: r.n_gpu_layers,
+        devices: r.devices.clone(),
+    };
+    Ok(Comparison {
+        a: side(a, &ra),
+        b: side(b, &rb),
+        max_nmse,
+        checkpoints: rows,
+        logits,
+        pass,
+    })
 }
 
 fn compare_files(a: &Path, b: &Path) -> Result<(Stats, Vec<i64>)> {
     let (ta, tb) = (format::read(a)?, format::read(b)?);
     if ta.shape != tb.shape {
-        bail!("{} has shape {} but {} has {}", b.display(), fmt_ne(&tb.shape), a.display(), fmt_ne(&ta.shape));
+        bail!(
+            "{} has shape {} but {} has {}",
+            b.display(),
+            fmt_ne(&tb.shape),
+            a.display(),
+            fmt_ne(&ta.shape)
+        );
     }
     Ok((stats(&ta.data, &tb.data), ta.shape))
 }
@@ -187,8 +239,14 @@ impl Comparison {
         }
         let rows = || self.checkpoints.iter().chain([&self.logits]);
         let failed = rows().filter(|r| !r.pass).count();
-        let worst = rows().map(|r| r.stats.nmse).fold(0f64, |a, b| if b > a || b.is_nan() { b } else { a });
-        let max_abs = rows().map(|r| r.stats.max_abs).fold(0f64, |a, b| if b > a || b.is_nan() { b } else { a });
+        let worst =
+            rows()
+                .map(|r| r.stats.nmse)
+                .fold(0f64, |a, b| if b > a || b.is_nan() { b } else { a });
+        let max_abs =
+            rows()
+                .map(|r| r.stats.max_abs)
+                .fold(0f64, |a, b| if b > a || b.is_nan() { b } else { a });
         out += &format!(
             "{} compared, {failed} above the NMSE bound {:.0e}; largest NMSE {worst:.3e}, largest max |diff| {max_abs:.3e}\n",
             self.checkpoints.len() + 1,
@@ -232,7 +290,9 @@ pub fn timing(with: &[PathBuf], without: &[PathBuf]) -> Result<Timing> {
         let (mut prompt, mut token) = (Vec::new(), Vec::new());
         for dir in dirs {
             let record = read_record(dir)?;
-            let Some((&first, rest)) = record.decode_ms.split_first() else { bail!("{}: run.json has no decode_ms", dir.display()) };
+            let Some((&first, rest)) = record.decode_ms.split_first() else {
+                bail!("{}: run.json has no decode_ms", dir.display())
+            };
             prompt.push(first);
             if !rest.is_empty() {
                 token.push(median(rest.to_vec()));
@@ -275,7 +335,10 @@ mod tests {
         assert!(!s.bitwise_equal);
 
         let same = stats(&r, &r);
-        assert_eq!((same.nmse, same.max_abs, same.bitwise_equal), (0.0, 0.0, true));
+        assert_eq!(
+            (same.nmse, same.max_abs, same.bitwise_equal),
+            (0.0, 0.0, true)
+        );
         // A constant reference: any difference is infinitely far.
         assert_eq!(stats(&[2.0; 3], &[2.0, 2.0, 2.5]).nmse, f64::INFINITY);
         // -0.0 and 0.0 are equal numbers but not equal bits.
@@ -315,12 +378,24 @@ mod tests {
 
         let c = compare_runs(&a, &b, cps, 1e-4).unwrap();
         let row = &c.checkpoints[0];
-        assert_eq!((row.id.as_str(), row.buffer_a.as_str(), row.buffer_b.as_str()), ("01_x", "CPU", "CUDA0"));
+        assert_eq!(
+            (
+                row.id.as_str(),
+                row.buffer_a.as_str(),
+                row.buffer_b.as_str()
+            ),
+            ("01_x", "CPU", "CUDA0")
+        );
         assert_eq!(row.shape, [2, 2]);
         assert!(row.pass && !row.stats.bitwise_equal && (row.stats.max_abs - 0.001).abs() < 1e-6);
         assert!(c.logits.stats.bitwise_equal && c.pass);
         let table = c.table();
-        assert!(table.contains("01_x") && table.contains("CUDA0") && table.contains("2 compared, 0 above the NMSE bound 1e-4"), "{table}");
+        assert!(
+            table.contains("01_x")
+                && table.contains("CUDA0")
+                && table.contains("2 compared, 0 above the NMSE bound 1e-4"),
+            "{table}"
+        );
 
         // Too far for a tighter bound: the verdict says so.
         assert!(!compare_runs(&a, &b, cps, 1e-9).unwrap().pass);
@@ -329,7 +404,13 @@ mod tests {
         assert!(logits_only.checkpoints.is_empty() && logits_only.pass);
 
         // A shape that differs is an error naming the file.
-        run_dir(&b, "CUDA0", &[1.0, 2.0, 3.0, 4.0], &[0.5, 0.25, 0.0], &[5.0]);
+        run_dir(
+            &b,
+            "CUDA0",
+            &[1.0, 2.0, 3.0, 4.0],
+            &[0.5, 0.25, 0.0],
+            &[5.0],
+        );
         let msg = match compare_runs(&a, &b, cps, 1e-4) {
             Ok(_) => panic!("logits of different shapes were compared"),
             Err(err) => format!("{err:#}"),
@@ -350,11 +431,17 @@ mod tests {
                 })
                 .collect()
         };
-        let with = dirs("with", &[&[12.0, 2.0, 3.0, 4.0], &[10.0, 3.0, 3.0], &[30.0, 3.0]]);
+        let with = dirs(
+            "with",
+            &[&[12.0, 2.0, 3.0, 4.0], &[10.0, 3.0, 3.0], &[30.0, 3.0]],
+        );
         let without = dirs("without", &[&[10.0, 2.0], &[8.0, 2.0], &[9.0, 2.0, 2.0]]);
         let t = timing(&with, &without).unwrap();
         assert_eq!((t.prompt_ms_with, t.prompt_ms_without), (12.0, 9.0));
-        assert_eq!((t.token_ms_with, t.token_ms_without), (Some(3.0), Some(2.0)));
+        assert_eq!(
+            (t.token_ms_with, t.token_ms_without),
+            (Some(3.0), Some(2.0))
+        );
         assert_eq!(t.token_ratio, Some(1.5));
         assert_eq!(median(vec![4.0, 1.0, 3.0, 2.0]), 2.5);
     }

@@ -11,7 +11,9 @@ use std::path::Path;
 use anyhow::{bail, Context, Result};
 use npyz::WriterBuilder;
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum, serde::Serialize, serde::Deserialize)]
+#[derive(
+    Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum, serde::Serialize, serde::Deserialize,
+)]
 #[serde(rename_all = "lowercase")]
 pub enum Format {
     Bin,
@@ -40,7 +42,12 @@ const MAX_DIMS: i32 = 8;
 
 pub fn write(format: Format, out: &mut impl Write, shape: &[i64], data: &[f32]) -> Result<()> {
     let n: i64 = shape.iter().product();
-    assert_eq!(n as usize, data.len(), "shape {shape:?} does not match {} elements", data.len());
+    assert_eq!(
+        n as usize,
+        data.len(),
+        "shape {shape:?} does not match {} elements",
+        data.len()
+    );
     match format {
         Format::Bin => {
             out.write_all(&(shape.len() as i32).to_le_bytes())?;
@@ -55,7 +62,11 @@ pub fn write(format: Format, out: &mut impl Write, shape: &[i64], data: &[f32]) 
         }
         Format::Npy => {
             let shape: Vec<u64> = shape.iter().map(|&d| d as u64).collect();
-            let mut writer = npyz::WriteOptions::<f32>::new().default_dtype().shape(&shape).writer(out).begin_nd()?;
+            let mut writer = npyz::WriteOptions::<f32>::new()
+                .default_dtype()
+                .shape(&shape)
+                .writer(out)
+                .begin_nd()?;
             writer.extend(data.iter().copied())?;
             writer.finish()?;
         }
@@ -74,12 +85,21 @@ pub fn read(path: &Path) -> Result<Tensor> {
         Some("npy") => parse_npy(&bytes),
         _ => parse_bin(&bytes),
     };
-    parsed.with_context(|| format!("{} ({} bytes) is not a valid checkpoint", path.display(), bytes.len()))
+    parsed.with_context(|| {
+        format!(
+            "{} ({} bytes) is not a valid checkpoint",
+            path.display(),
+            bytes.len()
+        )
+    })
 }
 
 pub fn parse_bin(bytes: &[u8]) -> Result<Tensor> {
     if bytes.len() < 4 {
-        bail!("truncated header: {} bytes, need at least 4 for n_dims", bytes.len());
+        bail!(
+            "truncated header: {} bytes, need at least 4 for n_dims",
+            bytes.len()
+        );
     }
     let n_dims = i32::from_le_bytes(bytes[0..4].try_into().unwrap());
     if !(1..=MAX_DIMS).contains(&n_dims) {
@@ -87,22 +107,40 @@ pub fn parse_bin(bytes: &[u8]) -> Result<Tensor> {
     }
     let header = 4 + 8 * n_dims as usize;
     if bytes.len() < header {
-        bail!("truncated header: {} bytes, need {header} for {n_dims} dimensions", bytes.len());
+        bail!(
+            "truncated header: {} bytes, need {header} for {n_dims} dimensions",
+            bytes.len()
+        );
     }
-    let shape: Vec<i64> = bytes[4..header].chunks_exact(8).map(|c| i64::from_le_bytes(c.try_into().unwrap())).collect();
+    let shape: Vec<i64> = bytes[4..header]
+        .chunks_exact(8)
+        .map(|c| i64::from_le_bytes(c.try_into().unwrap()))
+        .collect();
     if let Some((i, d)) = shape.iter().enumerate().find(|(_, &d)| d < 0) {
         bail!("dimension {i} is negative ({d})");
     }
-    let n = shape.iter().try_fold(1u64, |acc, &d| acc.checked_mul(d as u64)).context("shape overflows")?;
-    let expected = n.checked_mul(4).and_then(|b| b.checked_add(header as u64)).context("shape overflows")?;
+    let n = shape
+        .iter()
+        .try_fold(1u64, |acc, &d| acc.checked_mul(d as u64))
+        .context("shape overflows")?;
+    let expected = n
+        .checked_mul(4)
+        .and_then(|b| b.checked_add(header as u64))
+        .context("shape overflows")?;
     let actual = bytes.len() as u64;
     if actual < expected {
         bail!("truncated data: shape {shape:?} needs {expected} bytes, the file has {actual}");
     }
     if actual > expected {
-        bail!("{} trailing bytes after the data of shape {shape:?}", actual - expected);
+        bail!(
+            "{} trailing bytes after the data of shape {shape:?}",
+            actual - expected
+        );
     }
-    let data = bytes[header..].chunks_exact(4).map(|c| f32::from_le_bytes(c.try_into().unwrap())).collect();
+    let data = bytes[header..]
+        .chunks_exact(4)
+        .map(|c| f32::from_le_bytes(c.try_into().unwrap()))
+        .collect();
     Ok(Tensor { shape, data })
 }
 
@@ -135,7 +173,13 @@ mod tests {
         assert_eq!(&bytes[20..24], &1.0f32.to_le_bytes());
         assert_eq!(bytes.len(), 4 + 16 + 24);
         let back = parse_bin(&bytes).unwrap();
-        assert_eq!(back, Tensor { shape: vec![2, 3], data: vec![1.0, 2.0, 3.0, 4.0, 5.0, 6.0] });
+        assert_eq!(
+            back,
+            Tensor {
+                shape: vec![2, 3],
+                data: vec![1.0, 2.0, 3.0, 4.0, 5.0, 6.0]
+            }
+        );
     }
 
     #[test]
@@ -155,9 +199,18 @@ mod tests {
             (good[..good.len() - 3].to_vec(), "truncated data"),
             (good[..2].to_vec(), "truncated header"),
             ([good.clone(), vec![0; 4]].concat(), "4 trailing bytes"),
-            ([&0i32.to_le_bytes()[..], &good[4..]].concat(), "n_dims is 0"),
-            ([&99i32.to_le_bytes()[..], &good[4..]].concat(), "n_dims is 99"),
-            ([&good[..4], &(-2i64).to_le_bytes()[..], &good[12..]].concat(), "dimension 0 is negative (-2)"),
+            (
+                [&0i32.to_le_bytes()[..], &good[4..]].concat(),
+                "n_dims is 0",
+            ),
+            (
+                [&99i32.to_le_bytes()[..], &good[4..]].concat(),
+                "n_dims is 99",
+            ),
+            (
+                [&good[..4], &(-2i64).to_le_bytes()[..], &good[12..]].concat(),
+                "dimension 0 is negative (-2)",
+            ),
         ];
         for (bytes, defect) in cases {
             let msg = format!("{:#}", parse_bin(&bytes).unwrap_err());
@@ -171,6 +224,9 @@ mod tests {
         let path = dir.path().join("checkpoint_01.bin");
         std::fs::write(&path, &bin(&[4], &[1.0; 4])[..10]).unwrap();
         let msg = format!("{:#}", read(&path).unwrap_err());
-        assert!(msg.contains("checkpoint_01.bin (10 bytes) is not a valid checkpoint"), "{msg}");
+        assert!(
+            msg.contains("checkpoint_01.bin (10 bytes) is not a valid checkpoint"),
+            "{msg}"
+        );
     }
 }

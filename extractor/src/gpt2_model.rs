@@ -37,14 +37,24 @@ pub struct Hparams {
 }
 
 impl Hparams {
-    pub const GPT2_SMALL: Hparams =
-        Hparams { n_vocab: 50257, n_ctx: 1024, n_embd: 768, n_head: 12, n_layer: 12, n_ff: 3072, norm_eps: 1e-5 };
+    pub const GPT2_SMALL: Hparams = Hparams {
+        n_vocab: 50257,
+        n_ctx: 1024,
+        n_embd: 768,
+        n_head: 12,
+        n_layer: 12,
+        n_ff: 3072,
+        norm_eps: 1e-5,
+    };
 
     /// Every tensor llama.cpp's GPT-2 graph reads, with its shape (ggml order).
     /// `output.weight` is absent: GPT-2 ties it to `token_embd.weight`.
     pub fn tensors(&self) -> Vec<(String, Vec<i64>)> {
         let (e, v, c, f) = (self.n_embd, self.n_vocab, self.n_ctx, self.n_ff);
-        let mut out = vec![("token_embd.weight".to_string(), vec![e, v]), ("position_embd.weight".to_string(), vec![e, c])];
+        let mut out = vec![
+            ("token_embd.weight".to_string(), vec![e, v]),
+            ("position_embd.weight".to_string(), vec![e, c]),
+        ];
         for l in 0..self.n_layer {
             for (name, ne) in [
                 ("attn_norm.weight", vec![e]),
@@ -81,24 +91,48 @@ pub const EOT: u32 = 50256;
 impl Tokenizer {
     /// Reads OpenAI's `encoder.json` (token -> id) and `vocab.bpe` (`#version` line, then merges).
     pub fn load(encoder_json: &Path, vocab_bpe: &Path) -> Result<Tokenizer> {
-        let text = std::fs::read_to_string(encoder_json).with_context(|| format!("cannot read {}", encoder_json.display()))?;
-        let map: HashMap<String, u32> =
-            serde_json::from_str(&text).with_context(|| format!("{} is not a token -> id JSON object", encoder_json.display()))?;
+        let text = std::fs::read_to_string(encoder_json)
+            .with_context(|| format!("cannot read {}", encoder_json.display()))?;
+        let map: HashMap<String, u32> = serde_json::from_str(&text).with_context(|| {
+            format!(
+                "{} is not a token -> id JSON object",
+                encoder_json.display()
+            )
+        })?;
         let mut tokens = vec![None; map.len()];
         for (token, id) in map {
             let slot = tokens.get_mut(id as usize).with_context(|| {
-                format!("{}: id {id} of {token:?} is out of range (ids must be 0..{})", encoder_json.display(), text.len())
+                format!(
+                    "{}: id {id} of {token:?} is out of range (ids must be 0..{})",
+                    encoder_json.display(),
+                    text.len()
+                )
             })?;
-            ensure!(slot.is_none(), "{}: id {id} is used twice", encoder_json.display());
+            ensure!(
+                slot.is_none(),
+                "{}: id {id} is used twice",
+                encoder_json.display()
+            );
             *slot = Some(token);
         }
-        let tokens: Vec<String> = tokens.into_iter().map(|t| t.expect("ids are a permutation")).collect();
+        let tokens: Vec<String> = tokens
+            .into_iter()
+            .map(|t| t.expect("ids are a permutation"))
+            .collect();
 
-        let text = std::fs::read_to_string(vocab_bpe).with_context(|| format!("cannot read {}", vocab_bpe.display()))?;
-        let merges: Vec<String> =
-            text.lines().filter(|l| !l.starts_with("#version") && !l.trim().is_empty()).map(str::to_string).collect();
+        let text = std::fs::read_to_string(vocab_bpe)
+            .with_context(|| format!("cannot read {}", vocab_bpe.display()))?;
+        let merges: Vec<String> = text
+            .lines()
+            .filter(|l| !l.starts_with("#version") && !l.trim().is_empty())
+            .map(str::to_string)
+            .collect();
         for m in &merges {
-            ensure!(m.split(' ').count() == 2, "{}: merge {m:?} is not two tokens", vocab_bpe.display());
+            ensure!(
+                m.split(' ').count() == 2,
+                "{}: merge {m:?} is not two tokens",
+                vocab_bpe.display()
+            );
         }
         ensure!(
             tokens.len() == Hparams::GPT2_SMALL.n_vocab as usize && merges.len() == 50000,
@@ -108,7 +142,11 @@ impl Tokenizer {
             encoder_json.display(),
             vocab_bpe.display()
         );
-        ensure!(tokens[EOT as usize] == "<|endoftext|>", "token {EOT} is {:?}, not <|endoftext|>", tokens[EOT as usize]);
+        ensure!(
+            tokens[EOT as usize] == "<|endoftext|>",
+            "token {EOT} is {:?}, not <|endoftext|>",
+            tokens[EOT as usize]
+        );
         Ok(Tokenizer { tokens, merges })
     }
 
@@ -117,7 +155,9 @@ impl Tokenizer {
     pub fn token_types(&self) -> Vec<i32> {
         const NORMAL: i32 = 1;
         const CONTROL: i32 = 3;
-        (0..self.tokens.len()).map(|i| if i as u32 == EOT { CONTROL } else { NORMAL }).collect()
+        (0..self.tokens.len())
+            .map(|i| if i as u32 == EOT { CONTROL } else { NORMAL })
+            .collect()
     }
 }
 
@@ -175,7 +215,10 @@ impl Spec {
             Dtype::F16 => "f16",
             Dtype::Q8_0 => "q8_0",
         };
-        format!("gpt2-synthetic-{}-{}l-{dtype}", self.seed, self.hparams.n_layer)
+        format!(
+            "gpt2-synthetic-{}-{}l-{dtype}",
+            self.seed, self.hparams.n_layer
+        )
     }
 }
 
@@ -212,7 +255,9 @@ pub fn write(spec: &Spec, tokenizer: &Tokenizer, out: &Path) -> Result<()> {
     w.set_bool("tokenizer.ggml.add_bos_token", false)?;
 
     // Tensors are independent: generate and convert them on every core.
-    let threads = std::thread::available_parallelism().map_or(2, |n| n.get()).min(8);
+    let threads = std::thread::available_parallelism()
+        .map_or(2, |n| n.get())
+        .min(8);
     let next = std::sync::atomic::AtomicUsize::new(0);
     let mut made: Vec<Option<Result<(Dtype, Vec<u8>)>>> = Vec::new();
     made.resize_with(tensors.len(), || None);
@@ -221,11 +266,17 @@ pub fn write(spec: &Spec, tokenizer: &Tokenizer, out: &Path) -> Result<()> {
         for _ in 0..threads {
             s.spawn(|| loop {
                 let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                let Some((name, ne)) = tensors.get(i) else { break };
+                let Some((name, ne)) = tensors.get(i) else {
+                    break;
+                };
                 let n: i64 = ne.iter().product();
                 let values = tensor_values(spec.seed, name, n as usize);
                 // Like llama.cpp's converters: 1-D tensors (norms, biases) stay f32.
-                let ty = if ne.len() == 1 { Dtype::F32 } else { spec.dtype };
+                let ty = if ne.len() == 1 {
+                    Dtype::F32
+                } else {
+                    spec.dtype
+                };
                 let bytes = ty.convert(&values, ne[0]).map(|b| (ty, b));
                 slots.lock().unwrap()[i] = Some(bytes);
             });
@@ -252,9 +303,17 @@ pub struct Checked {
 pub fn check_gpt2(path: &Path) -> Result<Checked> {
     let f = GgufFile::open(path)?;
     let p = path.display();
-    let arch = f.get_str("general.architecture").with_context(|| format!("{p} has no general.architecture: not a model GGUF"))?;
-    ensure!(arch == "gpt2", "{p} is a `{arch}` model, not `gpt2`: llorch-checkpoint's manifests describe GPT-2's graph");
-    let need = |key: &str| f.get_uint(key).with_context(|| format!("{p}: gpt2 model without the integer key {key}"));
+    let arch = f
+        .get_str("general.architecture")
+        .with_context(|| format!("{p} has no general.architecture: not a model GGUF"))?;
+    ensure!(
+        arch == "gpt2",
+        "{p} is a `{arch}` model, not `gpt2`: llorch-checkpoint's manifests describe GPT-2's graph"
+    );
+    let need = |key: &str| {
+        f.get_uint(key)
+            .with_context(|| format!("{p}: gpt2 model without the integer key {key}"))
+    };
     let n_vocab = match f.get("tokenizer.ggml.tokens") {
         Some(crate::ffi::gguf::Value::Array("str", n)) => n as i64,
         _ => bail!("{p}: no tokenizer.ggml.tokens string array (the vocabulary is missing)"),
@@ -268,16 +327,26 @@ pub fn check_gpt2(path: &Path) -> Result<Checked> {
         n_ff: need("gpt2.feed_forward_length")? as i64,
         norm_eps: f
             .get_float("gpt2.attention.layer_norm_epsilon")
-            .with_context(|| format!("{p}: no gpt2.attention.layer_norm_epsilon"))? as f32,
+            .with_context(|| format!("{p}: no gpt2.attention.layer_norm_epsilon"))?
+            as f32,
     };
-    ensure!(hparams.n_head > 0 && hparams.n_embd % hparams.n_head == 0, "{p}: n_embd {} is not a multiple of n_head {}", hparams.n_embd, hparams.n_head);
+    ensure!(
+        hparams.n_head > 0 && hparams.n_embd % hparams.n_head == 0,
+        "{p}: n_embd {} is not a multiple of n_head {}",
+        hparams.n_embd,
+        hparams.n_head
+    );
     let tensors = f.tensors();
-    let by_name: HashMap<&str, &crate::ffi::gguf::TensorInfo> = tensors.iter().map(|t| (t.name.as_str(), t)).collect();
+    let by_name: HashMap<&str, &crate::ffi::gguf::TensorInfo> =
+        tensors.iter().map(|t| (t.name.as_str(), t)).collect();
     let mut missing = Vec::new();
     for (name, ne) in hparams.tensors() {
         match by_name.get(name.as_str()) {
             None => missing.push(name),
-            Some(t) if t.ne != ne => bail!("{p}: tensor {name} has shape {:?}, expected {ne:?} for these hyper-parameters", t.ne),
+            Some(t) if t.ne != ne => bail!(
+                "{p}: tensor {name} has shape {:?}, expected {ne:?} for these hyper-parameters",
+                t.ne
+            ),
             Some(_) => {}
         }
     }
@@ -287,7 +356,11 @@ pub fn check_gpt2(path: &Path) -> Result<Checked> {
             "{p}: gpt2 model without {} of the tensors llama.cpp's GPT-2 graph needs: {}{}",
             missing.len(),
             shown.join(", "),
-            if missing.len() > shown.len() { ", ..." } else { "" }
+            if missing.len() > shown.len() {
+                ", ..."
+            } else {
+                ""
+            }
         );
     }
     let mut types: Vec<(String, usize)> = Vec::new();
@@ -297,7 +370,11 @@ pub fn check_gpt2(path: &Path) -> Result<Checked> {
             None => types.push((t.type_name().to_string(), 1)),
         }
     }
-    Ok(Checked { hparams, types, n_tensors: tensors.len() })
+    Ok(Checked {
+        hparams,
+        types,
+        n_tensors: tensors.len(),
+    })
 }
 
 pub mod stats {
@@ -385,7 +462,11 @@ pub mod stats {
                     }
                     counted += 1;
                     max_sum += keys.iter().fold(0f32, |a, &b| a.max(b)) as f64;
-                    let h: f64 = keys.iter().filter(|&&p| p > 0.0).map(|&p| -(p as f64) * (p as f64).ln()).sum();
+                    let h: f64 = keys
+                        .iter()
+                        .filter(|&&p| p > 0.0)
+                        .map(|&p| -(p as f64) * (p as f64).ln())
+                        .sum();
                     ent_sum += h / (keys.len() as f64).ln();
                 }
                 let layer = self.layer(l);
@@ -402,8 +483,12 @@ pub mod stats {
             } else if let Some(l) = layer_of(name, b"ffn_inp") {
                 self.layer(l).ffn_ln_in_std = sd;
             } else if let Some(l) = layer_of(name, b"ffn_up_b") {
-                let pos = self.buf.iter().filter(|&&x| x > 0.0).count() as f64 / self.buf.len() as f64;
-                let (lo, hi) = self.buf.iter().fold((f32::MAX, f32::MIN), |(lo, hi), &x| (lo.min(x), hi.max(x)));
+                let pos =
+                    self.buf.iter().filter(|&&x| x > 0.0).count() as f64 / self.buf.len() as f64;
+                let (lo, hi) = self
+                    .buf
+                    .iter()
+                    .fold((f32::MAX, f32::MIN), |(lo, hi), &x| (lo.min(x), hi.max(x)));
                 let layer = self.layer(l);
                 (layer.gelu_pos, layer.gelu_min, layer.gelu_max) = (pos, lo, hi);
             }
@@ -415,8 +500,17 @@ pub mod stats {
     pub fn measure(model_path: &Path, threads: i32) -> Result<Vec<Layer>> {
         let model = Model::load(model_path, 0)?;
         let tokens = model.tokenize(PROMPT)?;
-        let params = ContextParams { n_ctx: 256, n_batch: 256, n_threads: threads, kv_type: KvType::F32, flash_attn: Some(false) };
-        let collect = Collect { n_tokens: tokens.len() as i64, ..Collect::default() };
+        let params = ContextParams {
+            n_ctx: 256,
+            n_batch: 256,
+            n_threads: threads,
+            kv_type: KvType::F32,
+            flash_attn: Some(false),
+        };
+        let collect = Collect {
+            n_tokens: tokens.len() as i64,
+            ..Collect::default()
+        };
         let mut ctx = Context::new(&model, &params, Some(collect))?;
         // All logits: the last layer then keeps every row, so its statistics cover all positions.
         ctx.decode(&tokens, 0, true)?;

@@ -78,11 +78,16 @@ fn main() -> ExitCode {
     llorch_checkpoint_extractor::cli::init_logging(cli.verbose);
     if cli.system_info {
         let (version, commit) = llorch_checkpoint_extractor::ffi::ggml_version();
-        println!("{} (ggml {version}, commit {commit})", run::describe_build());
+        println!(
+            "{} (ggml {version}, commit {commit})",
+            run::describe_build()
+        );
         println!("{}", llorch_checkpoint_extractor::ffi::system_info());
         return ExitCode::SUCCESS;
     }
-    let threads = cli.threads.unwrap_or_else(|| std::thread::available_parallelism().map_or(4, |n| n.get() as i32));
+    let threads = cli
+        .threads
+        .unwrap_or_else(|| std::thread::available_parallelism().map_or(4, |n| n.get() as i32));
     let cfg = run::Config {
         model: cli.model.expect("clap requires --model"),
         manifest: cli.manifest,

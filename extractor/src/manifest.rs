@@ -19,7 +19,9 @@ use anyhow::{bail, Context, Result};
 use serde::Deserialize;
 
 /// Symbols a shape may use; resolved from the model and the pass at run time.
-pub const SYMBOLS: &[&str] = &["n_embd", "n_head", "head_dim", "n_ff", "n_vocab", "n_ctx", "n_tokens", "n_kv"];
+pub const SYMBOLS: &[&str] = &[
+    "n_embd", "n_head", "head_dim", "n_ff", "n_vocab", "n_ctx", "n_tokens", "n_kv",
+];
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -134,11 +136,17 @@ impl Checkpoint {
                 DimSpec::Fixed(n) => *n,
                 DimSpec::Symbol(s) => {
                     kv_dims[i] = s == "n_kv";
-                    symbols.get(s).expect("symbols are validated when the manifest is loaded")
+                    symbols
+                        .get(s)
+                        .expect("symbols are validated when the manifest is loaded")
                 }
             };
         }
-        Resolved { ne, n_dims: self.shape.len(), kv_dims }
+        Resolved {
+            ne,
+            n_dims: self.shape.len(),
+            kv_dims,
+        }
     }
 
     pub fn shape_text(&self) -> String {
@@ -160,9 +168,17 @@ impl Resolved {
     pub fn keep(&self, actual: [i64; 4]) -> Result<[i64; 4], String> {
         let mut keep = actual;
         for d in 0..4 {
-            let ok = if self.kv_dims[d] { actual[d] >= self.ne[d] } else { actual[d] == self.ne[d] };
+            let ok = if self.kv_dims[d] {
+                actual[d] >= self.ne[d]
+            } else {
+                actual[d] == self.ne[d]
+            };
             if !ok {
-                return Err(format!("expected ne {}, got {}", fmt_ne(&self.ne[..self.n_dims.max(1)]), fmt_ne(&trim(actual))));
+                return Err(format!(
+                    "expected ne {}, got {}",
+                    fmt_ne(&self.ne[..self.n_dims.max(1)]),
+                    fmt_ne(&trim(actual))
+                ));
             }
             keep[d] = self.ne[d];
         }
@@ -187,7 +203,8 @@ pub fn fmt_ne(ne: &[i64]) -> String {
 
 impl Manifest {
     pub fn load(path: &Path) -> Result<Manifest> {
-        let text = std::fs::read_to_string(path).with_context(|| format!("cannot read manifest {}", path.display()))?;
+        let text = std::fs::read_to_string(path)
+            .with_context(|| format!("cannot read manifest {}", path.display()))?;
         Manifest::parse(&text).with_context(|| format!("invalid manifest {}", path.display()))
     }
 
@@ -203,18 +220,32 @@ impl Manifest {
         let mut files = HashSet::new();
         let mut checkpoints = Vec::new();
         for cp in &raw.checkpoints {
-            let at = |msg: String| anyhow::anyhow!("line {}: checkpoint `{}`: {msg}", line_of(text, &cp.id), cp.id);
+            let at = |msg: String| {
+                anyhow::anyhow!(
+                    "line {}: checkpoint `{}`: {msg}",
+                    line_of(text, &cp.id),
+                    cp.id
+                )
+            };
             if !ids.insert(cp.id.as_str()) {
                 return Err(at("duplicate id".into()));
             }
             if cp.shape.is_empty() || cp.shape.len() > 4 {
-                return Err(at(format!("shape must have 1 to 4 dimensions (ggml ne order), not {}", cp.shape.len())));
+                return Err(at(format!(
+                    "shape must have 1 to 4 dimensions (ggml ne order), not {}",
+                    cp.shape.len()
+                )));
             }
             for dim in &cp.shape {
                 match dim {
-                    DimSpec::Fixed(n) if *n < 1 => return Err(at(format!("dimension {n} must be positive"))),
+                    DimSpec::Fixed(n) if *n < 1 => {
+                        return Err(at(format!("dimension {n} must be positive")))
+                    }
                     DimSpec::Symbol(s) if !SYMBOLS.contains(&s.as_str()) => {
-                        return Err(at(format!("unknown symbol `{s}` in shape; known: {}", SYMBOLS.join(", "))))
+                        return Err(at(format!(
+                            "unknown symbol `{s}` in shape; known: {}",
+                            SYMBOLS.join(", ")
+                        )))
                     }
                     _ => {}
                 }
@@ -237,7 +268,10 @@ impl Manifest {
                 };
                 let file_stem = expand(&cp.file);
                 if file_stem.contains('{') || file_stem.contains('}') {
-                    return Err(at(format!("unknown placeholder in file `{}`: only {{layer}} exists", cp.file)));
+                    return Err(at(format!(
+                        "unknown placeholder in file `{}`: only {{layer}} exists",
+                        cp.file
+                    )));
                 }
                 if !files.insert(file_stem.clone()) {
                     return Err(at(format!(
@@ -258,15 +292,24 @@ impl Manifest {
         let mut nodes = HashSet::new();
         for cp in &checkpoints {
             if !nodes.insert((cp.tensor.as_str(), cp.op.as_deref())) {
-                bail!("line {}: tensor `{}` is listed twice", line_of(text, &cp.tensor), cp.tensor);
+                bail!(
+                    "line {}: tensor `{}` is listed twice",
+                    line_of(text, &cp.tensor),
+                    cp.tensor
+                );
             }
         }
-        Ok(Manifest { description: raw.description, checkpoints })
+        Ok(Manifest {
+            description: raw.description,
+            checkpoints,
+        })
     }
 
     /// Attention scores only exist with flash attention off.
     pub fn needs_attention_scores(&self) -> bool {
-        self.checkpoints.iter().any(|c| c.tensor.starts_with("kq_soft_max"))
+        self.checkpoints
+            .iter()
+            .any(|c| c.tensor.starts_with("kq_soft_max"))
     }
 }
 
@@ -274,11 +317,18 @@ impl Manifest {
 /// `tolerance:` has numbers for atol, rtol and nmse. xtask checks the rest.
 fn check_compare_keys(cp: &RawCheckpoint) -> Result<(), String> {
     if let Some(r) = &cp.reference {
-        let map = r.as_mapping().ok_or("`reference` must be a mapping {capture, ops}")?;
+        let map = r
+            .as_mapping()
+            .ok_or("`reference` must be a mapping {capture, ops}")?;
         if map.get("capture").and_then(|c| c.as_str()).is_none() {
-            return Err("`reference` needs `capture`, the PyTorch tensor (e.g. h.{layer}.ln_1)".into());
+            return Err(
+                "`reference` needs `capture`, the PyTorch tensor (e.g. h.{layer}.ln_1)".into(),
+            );
         }
-        if let Some(key) = map.keys().find(|k| !matches!(k.as_str(), Some("capture" | "ops"))) {
+        if let Some(key) = map
+            .keys()
+            .find(|k| !matches!(k.as_str(), Some("capture" | "ops")))
+        {
             return Err(format!("unknown key {key:?} in `reference` (capture, ops)"));
         }
         if map.get("ops").is_some_and(|o| !o.is_sequence()) {
@@ -286,7 +336,9 @@ fn check_compare_keys(cp: &RawCheckpoint) -> Result<(), String> {
         }
     }
     if let Some(t) = &cp.tolerance {
-        let map = t.as_mapping().ok_or("`tolerance` must be a mapping {atol, rtol, nmse}")?;
+        let map = t
+            .as_mapping()
+            .ok_or("`tolerance` must be a mapping {atol, rtol, nmse}")?;
         for (k, v) in map {
             let known = matches!(k.as_str(), Some("atol" | "rtol" | "nmse"));
             if !known || !v.as_f64().is_some_and(|x| x >= 0.0) {
@@ -299,7 +351,9 @@ fn check_compare_keys(cp: &RawCheckpoint) -> Result<(), String> {
 
 /// A plain file name inside the output directory: no separators, no `..`, no hidden files.
 fn check_file_name(name: &str) -> Result<(), String> {
-    let plain = name.chars().all(|c| c.is_ascii_alphanumeric() || "_-.{}".contains(c));
+    let plain = name
+        .chars()
+        .all(|c| c.is_ascii_alphanumeric() || "_-.{}".contains(c));
     if name.is_empty() || name.starts_with('.') || name.contains("..") || !plain {
         return Err(format!(
             "file `{name}` must be a plain name inside the output directory (letters, digits, `_-.`, {{layer}}; no `/`, `..` or leading `.`)"
@@ -310,7 +364,9 @@ fn check_file_name(name: &str) -> Result<(), String> {
 
 /// The 1-based line where `needle` first appears, for error messages.
 fn line_of(text: &str, needle: &str) -> usize {
-    text.lines().position(|l| l.contains(needle)).map_or(0, |i| i + 1)
+    text.lines()
+        .position(|l| l.contains(needle))
+        .map_or(0, |i| i + 1)
 }
 
 #[cfg(test)]
@@ -326,22 +382,57 @@ mod tests {
     #[test]
     fn expands_layers_and_resolves_shapes() {
         let m = Manifest::parse(GOOD).unwrap();
-        let names: Vec<_> = m.checkpoints.iter().map(|c| (c.tensor.as_str(), c.file_stem.as_str())).collect();
-        assert_eq!(names, [("attn_norm-0", "ln1_l0"), ("attn_norm-1", "ln1_l1")]);
-        let s = Symbols { n_embd: 768, n_head: 12, head_dim: 64, n_ff: 3072, n_vocab: 50257, n_ctx: 512, n_tokens: 2, n_kv: 2 };
+        let names: Vec<_> = m
+            .checkpoints
+            .iter()
+            .map(|c| (c.tensor.as_str(), c.file_stem.as_str()))
+            .collect();
+        assert_eq!(
+            names,
+            [("attn_norm-0", "ln1_l0"), ("attn_norm-1", "ln1_l1")]
+        );
+        let s = Symbols {
+            n_embd: 768,
+            n_head: 12,
+            head_dim: 64,
+            n_ff: 3072,
+            n_vocab: 50257,
+            n_ctx: 512,
+            n_tokens: 2,
+            n_kv: 2,
+        };
         let r = m.checkpoints[0].resolve(&s);
         assert_eq!(r.file_shape(), [2, 768]);
         assert_eq!(r.keep([768, 2, 1, 1]), Ok([768, 2, 1, 1]));
-        assert_eq!(r.keep([768, 3, 1, 1]), Err("expected ne [768, 2], got [768, 3]".to_string()));
+        assert_eq!(
+            r.keep([768, 3, 1, 1]),
+            Err("expected ne [768, 2], got [768, 3]".to_string())
+        );
     }
 
     #[test]
     fn n_kv_dims_keep_only_the_filled_cells() {
         let m = Manifest::parse("checkpoints:\n  - {id: k, tensor: cache_k-0, shape: [head_dim, n_head, n_kv, 1], file: k}\n").unwrap();
-        let s = Symbols { n_embd: 768, n_head: 12, head_dim: 64, n_ff: 3072, n_vocab: 50257, n_ctx: 512, n_tokens: 2, n_kv: 2 };
+        let s = Symbols {
+            n_embd: 768,
+            n_head: 12,
+            head_dim: 64,
+            n_ff: 3072,
+            n_vocab: 50257,
+            n_ctx: 512,
+            n_tokens: 2,
+            n_kv: 2,
+        };
         let r = m.checkpoints[0].resolve(&s);
-        assert_eq!(r.keep([64, 12, 256, 1]), Ok([64, 12, 2, 1]), "padded cells are dropped");
-        assert!(r.keep([64, 12, 1, 1]).is_err(), "fewer cells than tokens is a mismatch");
+        assert_eq!(
+            r.keep([64, 12, 256, 1]),
+            Ok([64, 12, 2, 1]),
+            "padded cells are dropped"
+        );
+        assert!(
+            r.keep([64, 12, 1, 1]).is_err(),
+            "fewer cells than tokens is a mismatch"
+        );
         assert_eq!(r.file_shape(), [1, 2, 12, 64]);
     }
 
@@ -354,17 +445,30 @@ mod tests {
     #[test]
     fn unknown_keys_are_refused() {
         let msg = err("checkpoints:\n  - {id: a, tensor: t, shape: [1], file: f, colour: red}\n");
-        assert!(msg.contains("unknown field `colour`") && msg.contains("line 2"), "{msg}");
+        assert!(
+            msg.contains("unknown field `colour`") && msg.contains("line 2"),
+            "{msg}"
+        );
     }
 
     #[test]
     fn compare_keys_are_accepted_and_checked() {
         let ok = "checkpoints:\n  - {id: a, tensor: t, shape: [1], file: f, reference: {capture: 'h.{layer}.ln_1', ops: [drop_batch]}, tolerance: {atol: 1.0e-5, rtol: 0, nmse: 1.0e-9}}\n";
         assert_eq!(Manifest::parse(ok).unwrap().checkpoints.len(), 1);
-        let msg = err("checkpoints:\n  - {id: a, tensor: t, shape: [1], file: f, reference: {ops: []}}\n");
-        assert!(msg.contains("checkpoint `a`: `reference` needs `capture`"), "{msg}");
-        let msg = err("checkpoints:\n  - {id: a, tensor: t, shape: [1], file: f, tolerance: {atol: -1}}\n");
-        assert!(msg.contains("`tolerance` takes atol, rtol and nmse"), "{msg}");
+        let msg = err(
+            "checkpoints:\n  - {id: a, tensor: t, shape: [1], file: f, reference: {ops: []}}\n",
+        );
+        assert!(
+            msg.contains("checkpoint `a`: `reference` needs `capture`"),
+            "{msg}"
+        );
+        let msg = err(
+            "checkpoints:\n  - {id: a, tensor: t, shape: [1], file: f, tolerance: {atol: -1}}\n",
+        );
+        assert!(
+            msg.contains("`tolerance` takes atol, rtol and nmse"),
+            "{msg}"
+        );
         let msg = err("checkpoints:\n  - {id: a, tensor: t, shape: [1], file: f, reference: {capture: x, op: []}}\n");
         assert!(msg.contains("unknown key"), "{msg}");
     }
@@ -372,20 +476,31 @@ mod tests {
     #[test]
     fn unknown_symbols_are_refused_with_their_checkpoint() {
         let msg = err("checkpoints:\n  - id: q\n    tensor: Qcur-0\n    shape: [head_dim, n_heads]\n    file: q\n");
-        assert!(msg.contains("line 2: checkpoint `q`: unknown symbol `n_heads`"), "{msg}");
+        assert!(
+            msg.contains("line 2: checkpoint `q`: unknown symbol `n_heads`"),
+            "{msg}"
+        );
     }
 
     #[test]
     fn duplicate_files_are_refused() {
         let msg = err("layers: [0, 1]\ncheckpoints:\n  - {id: a, tensor: 'x-{layer}', shape: [1], file: same}\n");
-        assert!(msg.contains("file `same` is written by another checkpoint"), "{msg}");
+        assert!(
+            msg.contains("file `same` is written by another checkpoint"),
+            "{msg}"
+        );
     }
 
     #[test]
     fn file_names_cannot_escape_the_output_directory() {
         for bad in ["../evil", "sub/dir", "/abs", ".hidden", "a..b"] {
-            let msg = err(&format!("checkpoints:\n  - {{id: a, tensor: t, shape: [1], file: '{bad}'}}\n"));
-            assert!(msg.contains("plain name inside the output directory"), "{bad}: {msg}");
+            let msg = err(&format!(
+                "checkpoints:\n  - {{id: a, tensor: t, shape: [1], file: '{bad}'}}\n"
+            ));
+            assert!(
+                msg.contains("plain name inside the output directory"),
+                "{bad}: {msg}"
+            );
         }
     }
 }

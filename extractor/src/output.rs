@@ -59,7 +59,12 @@ impl Output {
             )
         };
         fs::create_dir_all(dir).with_context(unwritable)?;
-        let lock = File::options().create(true).truncate(false).write(true).open(dir.join(LOCK_FILE)).with_context(unwritable)?;
+        let lock = File::options()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(dir.join(LOCK_FILE))
+            .with_context(unwritable)?;
         match lock.try_lock() {
             Ok(()) => {}
             Err(fs::TryLockError::WouldBlock) => bail!(
@@ -72,13 +77,22 @@ impl Output {
         // Staging directories of runs that were killed: ours to clean, we hold the lock.
         for entry in fs::read_dir(dir).with_context(unwritable)? {
             let entry = entry?;
-            if entry.file_name().to_string_lossy().starts_with(STAGING_PREFIX) {
+            if entry
+                .file_name()
+                .to_string_lossy()
+                .starts_with(STAGING_PREFIX)
+            {
                 fs::remove_dir_all(entry.path()).with_context(unwritable)?;
             }
         }
         let staging = dir.join(format!("{STAGING_PREFIX}{}", std::process::id()));
         fs::create_dir(&staging).with_context(unwritable)?;
-        Ok(Output { dir: dir.to_path_buf(), staging, format, _lock: lock })
+        Ok(Output {
+            dir: dir.to_path_buf(),
+            staging,
+            format,
+            _lock: lock,
+        })
     }
 
     pub fn dir(&self) -> &Path {
@@ -86,7 +100,11 @@ impl Output {
     }
 
     /// Starts the writer thread: it drains `rx` until every sender is gone.
-    pub fn spawn_writer(&self, checkpoints: Vec<Checkpoint>, rx: Receiver<Captured>) -> JoinHandle<Result<Vec<Written>>> {
+    pub fn spawn_writer(
+        &self,
+        checkpoints: Vec<Checkpoint>,
+        rx: Receiver<Captured>,
+    ) -> JoinHandle<Result<Vec<Written>>> {
         let staging = self.staging.clone();
         let format = self.format;
         std::thread::Builder::new()
@@ -100,7 +118,10 @@ impl Output {
                     format::write(format, &mut bytes, &captured.shape, &captured.data)?;
                     let path = staging.join(&file);
                     fs::write(&path, &bytes).with_context(|| {
-                        format!("cannot write {} (disk full or directory removed?)", path.display())
+                        format!(
+                            "cannot write {} (disk full or directory removed?)",
+                            path.display()
+                        )
                     })?;
                     let (min, max, mean, non_finite) = stats(&captured.data);
                     log::info!(
@@ -134,12 +155,20 @@ impl Output {
     }
 
     /// Moves the staged files into the output directory, then writes the run record.
-    pub fn commit(self, written: &[Written], record: &serde_json::Value, extra: &[(&str, &[u8])]) -> Result<()> {
+    pub fn commit(
+        self,
+        written: &[Written],
+        record: &serde_json::Value,
+        extra: &[(&str, &[u8])],
+    ) -> Result<()> {
         for (name, bytes) in extra {
             fs::write(self.staging.join(name), bytes)
                 .with_context(|| format!("cannot write {} in {}", name, self.staging.display()))?;
         }
-        let names = written.iter().map(|w| w.file.as_str()).chain(extra.iter().map(|(n, _)| *n));
+        let names = written
+            .iter()
+            .map(|w| w.file.as_str())
+            .chain(extra.iter().map(|(n, _)| *n));
         for name in names {
             fs::rename(self.staging.join(name), self.dir.join(name))
                 .with_context(|| format!("cannot move {name} into {}", self.dir.display()))?;
@@ -168,7 +197,8 @@ pub fn file_name(stem: &str, step: usize, format: Format) -> String {
 }
 
 fn stats(data: &[f32]) -> (f32, f32, f64, usize) {
-    let (mut min, mut max, mut sum, mut non_finite) = (f32::INFINITY, f32::NEG_INFINITY, 0f64, 0usize);
+    let (mut min, mut max, mut sum, mut non_finite) =
+        (f32::INFINITY, f32::NEG_INFINITY, 0f64, 0usize);
     for &v in data {
         if !v.is_finite() {
             non_finite += 1;
@@ -179,7 +209,11 @@ fn stats(data: &[f32]) -> (f32, f32, f64, usize) {
         sum += v as f64;
     }
     let finite = data.len() - non_finite;
-    let mean = if finite == 0 { f64::NAN } else { sum / finite as f64 };
+    let mean = if finite == 0 {
+        f64::NAN
+    } else {
+        sum / finite as f64
+    };
     (min, max, mean, non_finite)
 }
 

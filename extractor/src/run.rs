@@ -44,12 +44,16 @@ pub struct Config {
 pub fn run(cfg: &Config) -> Result<()> {
     let manifest = match &cfg.manifest {
         Some(path) => Some(Manifest::load(path)?),
-        None if cfg.extract && !cfg.list_nodes => bail!("--manifest is required (or pass --no-extract)"),
+        None if cfg.extract && !cfg.list_nodes => {
+            bail!("--manifest is required (or pass --no-extract)")
+        }
         None => None,
     };
     // Scores (kq_soft_max) only exist with flash attention off. The decision
     // depends on the manifest only, so runs with and without extraction match.
-    let flash_attn = !manifest.as_ref().is_some_and(Manifest::needs_attention_scores);
+    let flash_attn = !manifest
+        .as_ref()
+        .is_some_and(Manifest::needs_attention_scores);
 
     if cfg.list_nodes {
         return list_nodes(cfg, flash_attn);
@@ -59,7 +63,9 @@ pub fn run(cfg: &Config) -> Result<()> {
     let model_hash = std::thread::spawn(move || output::sha256_file(&model_path));
 
     let model = Model::load(&cfg.model, cfg.n_gpu_layers)?;
-    let arch = model.meta("general.architecture").unwrap_or_else(|| "unknown".into());
+    let arch = model
+        .meta("general.architecture")
+        .unwrap_or_else(|| "unknown".into());
     let tokens = model.tokenize(&cfg.prompt)?;
     if tokens.is_empty() {
         bail!("the prompt {:?} gives no tokens", cfg.prompt);
@@ -70,7 +76,10 @@ pub fn run(cfg: &Config) -> Result<()> {
         n_embd: model.n_embd(),
         n_head: model.n_head(),
         head_dim: model.n_embd() / model.n_head().max(1),
-        n_ff: model.meta(&format!("{arch}.feed_forward_length")).and_then(|v| v.parse().ok()).unwrap_or(0),
+        n_ff: model
+            .meta(&format!("{arch}.feed_forward_length"))
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0),
         n_vocab: model.n_vocab(),
         n_ctx: n_ctx as i64,
         n_tokens: 0,
@@ -81,11 +90,24 @@ pub fn run(cfg: &Config) -> Result<()> {
     log::info!("llorch-checkpoint-extractor: {}", describe_build());
     log::info!(
         "  devices   {} (--n-gpu-layers {})",
-        devices.iter().map(|(name, desc)| format!("{name} ({desc})")).collect::<Vec<_>>().join(", "),
+        devices
+            .iter()
+            .map(|(name, desc)| format!("{name} ({desc})"))
+            .collect::<Vec<_>>()
+            .join(", "),
         cfg.n_gpu_layers
     );
-    log::info!("  model     {} ({arch}, {} layers)", cfg.model.display(), model.n_layer());
-    log::info!("  prompt    {:?} -> {} tokens {:?}", cfg.prompt, tokens.len(), tokens);
+    log::info!(
+        "  model     {} ({arch}, {} layers)",
+        cfg.model.display(),
+        model.n_layer()
+    );
+    log::info!(
+        "  prompt    {:?} -> {} tokens {:?}",
+        cfg.prompt,
+        tokens.len(),
+        tokens
+    );
     match (&manifest, cfg.extract) {
         (Some(m), true) => log::info!(
             "  manifest  {} ({} checkpoints), output {} ({:?})",
@@ -99,10 +121,14 @@ pub fn run(cfg: &Config) -> Result<()> {
 
     // The writer's queue holds every checkpoint of the run, so sending never blocks.
     let captured_passes = if cfg.steps == Steps::All { passes } else { 1 };
-    let checkpoints = manifest.as_ref().map(|m| m.checkpoints.clone()).unwrap_or_default();
+    let checkpoints = manifest
+        .as_ref()
+        .map(|m| m.checkpoints.clone())
+        .unwrap_or_default();
     let (tx, rx) = sync_channel(checkpoints.len() * captured_passes + 1);
     let writer = output.spawn_writer(checkpoints.clone(), rx);
-    let capture = (cfg.extract && manifest.is_some()).then(|| Capture::new(checkpoints, tx, cfg.inject_panic.clone()));
+    let capture = (cfg.extract && manifest.is_some())
+        .then(|| Capture::new(checkpoints, tx, cfg.inject_panic.clone()));
 
     let params = ContextParams {
         n_ctx,
@@ -118,7 +144,11 @@ pub fn run(cfg: &Config) -> Result<()> {
         let mut n_past = 0usize;
         for step in 0..passes {
             let captured = step == 0 || cfg.steps == Steps::All;
-            let symbols = Symbols { n_tokens: input.len() as i64, n_kv: (n_past + input.len()) as i64, ..base };
+            let symbols = Symbols {
+                n_tokens: input.len() as i64,
+                n_kv: (n_past + input.len()) as i64,
+                ..base
+            };
             if let Some(c) = ctx.observer_mut() {
                 if captured {
                     c.begin_pass(step, &symbols);
@@ -126,7 +156,9 @@ pub fn run(cfg: &Config) -> Result<()> {
             }
             let started = Instant::now();
             ctx.decode(&input, n_past as i32, step == 0)?;
-            decoded.decode_ms.push(started.elapsed().as_secs_f64() * 1e3);
+            decoded
+                .decode_ms
+                .push(started.elapsed().as_secs_f64() * 1e3);
             if let Some(c) = ctx.observer_mut() {
                 if captured {
                     c.end_pass()?;
@@ -142,16 +174,25 @@ pub fn run(cfg: &Config) -> Result<()> {
         Ok(decoded)
     })();
     // The context (and with it the capture's sender) is gone: the writer drains and stops.
-    let written = writer.join().map_err(|_| anyhow::anyhow!("the writer thread panicked"))?;
+    let written = writer
+        .join()
+        .map_err(|_| anyhow::anyhow!("the writer thread panicked"))?;
     let decoded = decoded?;
     let written = written?;
 
     let n_vocab = model.n_vocab();
     let mut logits_bytes = Vec::new();
-    format::write(Format::Bin, &mut logits_bytes, &[passes as i64, n_vocab], &decoded.logits)?;
+    format::write(
+        Format::Bin,
+        &mut logits_bytes,
+        &[passes as i64, n_vocab],
+        &decoded.logits,
+    )?;
     let logits_sha = hex::encode(<sha2::Sha256 as sha2::Digest>::digest(&logits_bytes));
     let (ggml_version, ggml_commit) = crate::ffi::ggml_version();
-    let model_sha = model_hash.join().map_err(|_| anyhow::anyhow!("hashing the model panicked"))??;
+    let model_sha = model_hash
+        .join()
+        .map_err(|_| anyhow::anyhow!("hashing the model panicked"))??;
     let generated: Vec<Token> = decoded.next[..cfg.n_predict].to_vec();
     let record = json!({
         "tool": format!("llorch-checkpoint-extractor {}", env!("CARGO_PKG_VERSION")),
@@ -186,7 +227,10 @@ pub fn run(cfg: &Config) -> Result<()> {
         written.len(),
         cfg.out.display(),
         decoded.decode_ms[0],
-        generated.iter().map(|&t| model.token_to_piece(t)).collect::<Vec<_>>()
+        generated
+            .iter()
+            .map(|&t| model.token_to_piece(t))
+            .collect::<Vec<_>>()
     );
     // Which backend buffer each checkpoint was read from ("CPU", "CUDA0", ...).
     let mut by_buffer: Vec<(&str, Vec<&str>)> = Vec::new();
@@ -220,7 +264,9 @@ fn peak_rss_mb() -> Option<f64> {
 }
 
 fn argmax(v: &[f32]) -> usize {
-    v.iter().enumerate().fold(0, |best, (i, &x)| if x > v[best] { i } else { best })
+    v.iter()
+        .enumerate()
+        .fold(0, |best, (i, &x)| if x > v[best] { i } else { best })
 }
 
 pub fn describe_build() -> String {
@@ -238,7 +284,13 @@ struct Lister;
 
 impl Observer for Lister {
     fn wants(&mut self, node: &Node<'_>) -> bool {
-        println!("{:<28} {:<10} {:<5} {}", node.name_lossy(), node.op_name(), node.type_name(), crate::manifest::fmt_ne(&node.ne()));
+        println!(
+            "{:<28} {:<10} {:<5} {}",
+            node.name_lossy(),
+            node.op_name(),
+            node.type_name(),
+            crate::manifest::fmt_ne(&node.ne())
+        );
         false
     }
     fn observe(&mut self, _: &Node<'_>) -> Result<()> {
@@ -250,8 +302,15 @@ fn list_nodes(cfg: &Config, flash_attn: bool) -> Result<()> {
     let model = Model::load(&cfg.model, cfg.n_gpu_layers)?;
     let tokens = model.tokenize(&cfg.prompt)?;
     let n_ctx = cfg.n_ctx.max(tokens.len() as u32 + 1);
-    let params = ContextParams { n_ctx, n_batch: n_ctx, n_threads: cfg.threads, kv_type: cfg.kv_type, flash_attn: Some(flash_attn) };
+    let params = ContextParams {
+        n_ctx,
+        n_batch: n_ctx,
+        n_threads: cfg.threads,
+        kv_type: cfg.kv_type,
+        flash_attn: Some(flash_attn),
+    };
     let mut ctx = Context::new(&model, &params, Some(Lister))?;
-    ctx.decode(&tokens, 0, true).context("decoding the prompt")?;
+    ctx.decode(&tokens, 0, true)
+        .context("decoding the prompt")?;
     Ok(())
 }

@@ -15,12 +15,19 @@ fn model() -> PathBuf {
     }
     let root = Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap();
     let path = root.join("target/llorch/models/gpt2-synthetic-0-12l-f32.gguf");
-    assert!(path.exists(), "no test model at {}: run `cargo xtask model` first (or set LLORCH_TEST_MODEL)", path.display());
+    assert!(
+        path.exists(),
+        "no test model at {}: run `cargo xtask model` first (or set LLORCH_TEST_MODEL)",
+        path.display()
+    );
     path
 }
 
 fn manifests() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap().join("manifests")
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .unwrap()
+        .join("manifests")
 }
 
 fn extractor(args: &[&str]) -> Output {
@@ -35,7 +42,11 @@ fn extractor(args: &[&str]) -> Output {
 
 fn run_ok(args: &[&str]) {
     let out = extractor(args);
-    assert!(out.status.success(), "extractor failed: {}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "extractor failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 }
 
 fn run_err(args: &[&str]) -> String {
@@ -47,7 +58,10 @@ fn run_err(args: &[&str]) -> String {
 /// Files in `dir` other than the lock (hidden files included: no staging may be left).
 fn files_in(dir: &Path) -> Vec<String> {
     let mut names: Vec<String> = std::fs::read_dir(dir)
-        .map(|rd| rd.map(|e| e.unwrap().file_name().to_string_lossy().into_owned()).collect())
+        .map(|rd| {
+            rd.map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+                .collect()
+        })
         .unwrap_or_default();
     names.retain(|n| n != ".llorch.lock");
     names.sort();
@@ -81,7 +95,16 @@ fn the_default_manifest_writes_the_seeds_nine_files_with_their_shapes() {
     let dir = out.path().join("run");
     let manifest = manifests().join("gpt2.yaml");
     let model = model();
-    run_ok(&["-m", model.to_str().unwrap(), "--manifest", manifest.to_str().unwrap(), "-p", "Hello world", "--out", dir.to_str().unwrap()]);
+    run_ok(&[
+        "-m",
+        model.to_str().unwrap(),
+        "--manifest",
+        manifest.to_str().unwrap(),
+        "-p",
+        "Hello world",
+        "--out",
+        dir.to_str().unwrap(),
+    ]);
 
     let expected: &[(&str, &[i64])] = &[
         ("checkpoint_01_ln1_output.bin", &[2, 768]),
@@ -97,19 +120,37 @@ fn the_default_manifest_writes_the_seeds_nine_files_with_their_shapes() {
     for (name, shape) in expected {
         let t = read(&dir, name);
         assert_eq!(&t.shape, shape, "{name}");
-        assert!(t.data.iter().all(|v| v.is_finite()), "{name} has NaN or Inf");
+        assert!(
+            t.data.iter().all(|v| v.is_finite()),
+            "{name} has NaN or Inf"
+        );
         assert!(t.data.iter().any(|&v| v != 0.0), "{name} is all zeros");
     }
-    let record: serde_json::Value = serde_json::from_slice(&std::fs::read(dir.join("run.json")).unwrap()).unwrap();
-    assert_eq!(record["tokens"], serde_json::json!([15496, 995]), "GPT-2 tokenizes `Hello world` as [15496, 995]");
+    let record: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(dir.join("run.json")).unwrap()).unwrap();
+    assert_eq!(
+        record["tokens"],
+        serde_json::json!([15496, 995]),
+        "GPT-2 tokenizes `Hello world` as [15496, 995]"
+    );
     let checkpoints = record["checkpoints"].as_array().unwrap();
     assert_eq!(checkpoints.len(), 9);
     for cp in checkpoints {
         let file = cp["file"].as_str().unwrap();
         let sha = llorch_checkpoint_extractor::output::sha256_file(&dir.join(file)).unwrap();
-        assert_eq!(cp["sha256"].as_str().unwrap(), sha, "{file}: the record's sha256 matches the file");
+        assert_eq!(
+            cp["sha256"].as_str().unwrap(),
+            sha,
+            "{file}: the record's sha256 matches the file"
+        );
     }
-    assert_eq!(checkpoints.iter().find(|c| c["id"] == "03_cache_k").unwrap()["source_dtype"], "f16");
+    assert_eq!(
+        checkpoints
+            .iter()
+            .find(|c| c["id"] == "03_cache_k")
+            .unwrap()["source_dtype"],
+        "f16"
+    );
 }
 
 #[test]
@@ -120,19 +161,42 @@ fn checkpoints_agree_with_their_neighbours_in_the_graph() {
     let dir = tmp.path().join("run");
     let model = model();
     run_ok(&[
-        "-m", model.to_str().unwrap(), "--manifest", manifest.to_str().unwrap(),
-        "-p", "The quick brown fox jumps", "--out", dir.to_str().unwrap(),
+        "-m",
+        model.to_str().unwrap(),
+        "--manifest",
+        manifest.to_str().unwrap(),
+        "-p",
+        "The quick brown fox jumps",
+        "--out",
+        dir.to_str().unwrap(),
     ]);
-    let (qkv, q, k, v) = (read(&dir, "qkv.bin"), read(&dir, "q.bin"), read(&dir, "k.bin"), read(&dir, "v.bin"));
+    let (qkv, q, k, v) = (
+        read(&dir, "qkv.bin"),
+        read(&dir, "q.bin"),
+        read(&dir, "k.bin"),
+        read(&dir, "v.bin"),
+    );
     let n_tokens = qkv.shape[0] as usize;
     assert!(n_tokens >= 5);
 
     // Q/K/V are exactly the three 768-wide slices of the fused QKV projection.
     for t in 0..n_tokens {
         let row = &qkv.data[t * 2304..(t + 1) * 2304];
-        assert_eq!(&q.data[t * 768..(t + 1) * 768], &row[0..768], "Q, token {t}");
-        assert_eq!(&k.data[t * 768..(t + 1) * 768], &row[768..1536], "K, token {t}");
-        assert_eq!(&v.data[t * 768..(t + 1) * 768], &row[1536..2304], "V, token {t}");
+        assert_eq!(
+            &q.data[t * 768..(t + 1) * 768],
+            &row[0..768],
+            "Q, token {t}"
+        );
+        assert_eq!(
+            &k.data[t * 768..(t + 1) * 768],
+            &row[768..1536],
+            "K, token {t}"
+        );
+        assert_eq!(
+            &v.data[t * 768..(t + 1) * 768],
+            &row[1536..2304],
+            "V, token {t}"
+        );
     }
 
     // The cache's filled cells hold this prompt's K and V, rounded to f16.
@@ -148,7 +212,11 @@ fn checkpoints_agree_with_their_neighbours_in_the_graph() {
             for d in 0..64 {
                 // V is stored transposed: file [1, head_dim, n_head, n_kv].
                 let cached = cache_v.data[(d * 12 + h) * n_tokens + cell];
-                assert_eq!(cached, f16(v.data[(cell * 12 + h) * 64 + d]), "V cell {cell} head {h} dim {d}");
+                assert_eq!(
+                    cached,
+                    f16(v.data[(cell * 12 + h) * 64 + d]),
+                    "V cell {cell} head {h} dim {d}"
+                );
             }
         }
     }
@@ -159,19 +227,37 @@ fn checkpoints_agree_with_their_neighbours_in_the_graph() {
     let mut non_uniform = false;
     for h in 0..12 {
         for i in 0..n_tokens {
-            let row = &scores.data[(h * n_tokens + i) * n_tokens..(h * n_tokens + i + 1) * n_tokens];
+            let row =
+                &scores.data[(h * n_tokens + i) * n_tokens..(h * n_tokens + i + 1) * n_tokens];
             let sum: f32 = row.iter().sum();
             assert!((sum - 1.0).abs() < 1e-5, "head {h} query {i}: sum {sum}");
-            assert!(row[i + 1..].iter().all(|&p| p == 0.0), "head {h} query {i} attends to the future: {row:?}");
-            non_uniform |= i > 0 && row[..=i].iter().any(|&p| (p - 1.0 / (i + 1) as f32).abs() > 1e-3);
+            assert!(
+                row[i + 1..].iter().all(|&p| p == 0.0),
+                "head {h} query {i} attends to the future: {row:?}"
+            );
+            non_uniform |= i > 0
+                && row[..=i]
+                    .iter()
+                    .any(|&p| (p - 1.0 / (i + 1) as f32).abs() > 1e-3);
         }
     }
-    assert!(non_uniform, "attention is uniform everywhere: the model's weights make no useful test");
+    assert!(
+        non_uniform,
+        "attention is uniform everywhere: the model's weights make no useful test"
+    );
 
     // The residual: attn_out + layer input = ffn_inp, bit for bit (one f32 add).
-    let (attn_out, layer_in, ffn_inp) = (read(&dir, "attn_out.bin"), read(&dir, "layer_in.bin"), read(&dir, "ffn_inp.bin"));
+    let (attn_out, layer_in, ffn_inp) = (
+        read(&dir, "attn_out.bin"),
+        read(&dir, "layer_in.bin"),
+        read(&dir, "ffn_inp.bin"),
+    );
     for i in 0..ffn_inp.data.len() {
-        assert_eq!(attn_out.data[i] + layer_in.data[i], ffn_inp.data[i], "element {i}");
+        assert_eq!(
+            attn_out.data[i] + layer_in.data[i],
+            ffn_inp.data[i],
+            "element {i}"
+        );
     }
 }
 
@@ -181,14 +267,33 @@ fn extraction_does_not_change_the_logits() {
     let manifest = manifests().join("gpt2.yaml");
     let model = model();
     let (with, without) = (tmp.path().join("with"), tmp.path().join("without"));
-    let common = ["-m", model.to_str().unwrap(), "--manifest", manifest.to_str().unwrap(), "-p", "Hello world", "-n", "2"];
+    let common = [
+        "-m",
+        model.to_str().unwrap(),
+        "--manifest",
+        manifest.to_str().unwrap(),
+        "-p",
+        "Hello world",
+        "-n",
+        "2",
+    ];
     run_ok(&[&common[..], &["--out", with.to_str().unwrap()]].concat());
-    run_ok(&[&common[..], &["--out", without.to_str().unwrap(), "--no-extract"]].concat());
+    run_ok(
+        &[
+            &common[..],
+            &["--out", without.to_str().unwrap(), "--no-extract"],
+        ]
+        .concat(),
+    );
     let a = std::fs::read(with.join("logits.bin")).unwrap();
     let b = std::fs::read(without.join("logits.bin")).unwrap();
     assert_eq!(a.len(), 4 + 16 + 3 * 50257 * 4, "logits of 3 passes");
     assert!(a == b, "logits differ with extraction on");
-    assert_eq!(files_in(&without), ["logits.bin", "run.json"], "--no-extract writes no checkpoint");
+    assert_eq!(
+        files_in(&without),
+        ["logits.bin", "run.json"],
+        "--no-extract writes no checkpoint"
+    );
 }
 
 #[test]
@@ -197,13 +302,38 @@ fn steps_all_captures_every_pass_under_its_own_name() {
     let manifest = manifests().join("gpt2.yaml");
     let model = model();
     let dir = tmp.path().join("run");
-    run_ok(&["-m", model.to_str().unwrap(), "--manifest", manifest.to_str().unwrap(), "-p", "Hello world", "-n", "2", "--steps", "all", "--out", dir.to_str().unwrap()]);
+    run_ok(&[
+        "-m",
+        model.to_str().unwrap(),
+        "--manifest",
+        manifest.to_str().unwrap(),
+        "-p",
+        "Hello world",
+        "-n",
+        "2",
+        "--steps",
+        "all",
+        "--out",
+        dir.to_str().unwrap(),
+    ]);
     // Pass 2 decodes one token with two earlier ones in the cache.
-    assert_eq!(read(&dir, "checkpoint_01_ln1_output.step2.bin").shape, [1, 768]);
-    assert_eq!(read(&dir, "checkpoint_03_cache_k.step2.bin").shape, [1, 4, 12, 64]);
-    assert_eq!(read(&dir, "checkpoint_04_scores.step2.bin").shape, [1, 12, 1, 4]);
+    assert_eq!(
+        read(&dir, "checkpoint_01_ln1_output.step2.bin").shape,
+        [1, 768]
+    );
+    assert_eq!(
+        read(&dir, "checkpoint_03_cache_k.step2.bin").shape,
+        [1, 4, 12, 64]
+    );
+    assert_eq!(
+        read(&dir, "checkpoint_04_scores.step2.bin").shape,
+        [1, 12, 1, 4]
+    );
     // The history in the cache is the prompt pass's.
-    let (k0, k2) = (read(&dir, "checkpoint_03_cache_k.bin"), read(&dir, "checkpoint_03_cache_k.step2.bin"));
+    let (k0, k2) = (
+        read(&dir, "checkpoint_03_cache_k.bin"),
+        read(&dir, "checkpoint_03_cache_k.step2.bin"),
+    );
     assert_eq!(&k2.data[..k0.data.len()], &k0.data[..]);
 }
 
@@ -213,10 +343,26 @@ fn npy_output_holds_the_same_numbers() {
     let manifest = manifests().join("gpt2.yaml");
     let model = model();
     let (bin, npy) = (tmp.path().join("bin"), tmp.path().join("npy"));
-    let common = ["-m", model.to_str().unwrap(), "--manifest", manifest.to_str().unwrap(), "-p", "Hello world"];
+    let common = [
+        "-m",
+        model.to_str().unwrap(),
+        "--manifest",
+        manifest.to_str().unwrap(),
+        "-p",
+        "Hello world",
+    ];
     run_ok(&[&common[..], &["--out", bin.to_str().unwrap()]].concat());
-    run_ok(&[&common[..], &["--out", npy.to_str().unwrap(), "--format", "npy"]].concat());
-    assert_eq!(read(&bin, "checkpoint_04_scores.bin"), read(&npy, "checkpoint_04_scores.npy"));
+    run_ok(
+        &[
+            &common[..],
+            &["--out", npy.to_str().unwrap(), "--format", "npy"],
+        ]
+        .concat(),
+    );
+    assert_eq!(
+        read(&bin, "checkpoint_04_scores.bin"),
+        read(&npy, "checkpoint_04_scores.npy")
+    );
 }
 
 fn failing_run(manifest_text: Option<&str>, extra: &[&str]) -> (String, Vec<String>) {
@@ -224,11 +370,28 @@ fn failing_run(manifest_text: Option<&str>, extra: &[&str]) -> (String, Vec<Stri
     let manifest = tmp.path().join("m.yaml");
     match manifest_text {
         Some(text) => std::fs::write(&manifest, text).unwrap(),
-        None => std::fs::copy(manifests().join("gpt2.yaml"), &manifest).map(|_| ()).unwrap(),
+        None => std::fs::copy(manifests().join("gpt2.yaml"), &manifest)
+            .map(|_| ())
+            .unwrap(),
     }
     let dir = tmp.path().join("run");
     let model = model();
-    let err = run_err(&[&["-m", model.to_str().unwrap(), "--manifest", manifest.to_str().unwrap(), "-p", "Hello world", "--out", dir.to_str().unwrap()][..], extra].concat());
+    let err = run_err(
+        &[
+            &[
+                "-m",
+                model.to_str().unwrap(),
+                "--manifest",
+                manifest.to_str().unwrap(),
+                "-p",
+                "Hello world",
+                "--out",
+                dir.to_str().unwrap(),
+            ][..],
+            extra,
+        ]
+        .concat(),
+    );
     (err, files_in(&dir))
 }
 
@@ -238,22 +401,37 @@ fn an_unknown_tensor_is_named_and_nothing_is_written() {
         Some("checkpoints:\n  - {id: ln1, tensor: attn_norm-0, shape: [n_embd, n_tokens], file: ln1}\n  - {id: typo, tensor: atn_norm-0, shape: [n_embd, n_tokens], file: typo}\n"),
         &[],
     );
-    assert!(err.contains("typo (tensor `atn_norm-0`)") && err.contains("not seen"), "{err}");
+    assert!(
+        err.contains("typo (tensor `atn_norm-0`)") && err.contains("not seen"),
+        "{err}"
+    );
     assert!(files.is_empty(), "left behind: {files:?}");
 }
 
 #[test]
 fn a_shape_mismatch_gives_expected_and_actual() {
-    let (err, files) = failing_run(Some("checkpoints:\n  - {id: ln1, tensor: attn_norm-0, shape: [n_embd, 7], file: ln1}\n"), &[]);
-    assert!(err.contains("checkpoint ln1") && err.contains("expected ne [768, 7], got [768, 2]"), "{err}");
+    let (err, files) = failing_run(
+        Some("checkpoints:\n  - {id: ln1, tensor: attn_norm-0, shape: [n_embd, 7], file: ln1}\n"),
+        &[],
+    );
+    assert!(
+        err.contains("checkpoint ln1") && err.contains("expected ne [768, 7], got [768, 2]"),
+        "{err}"
+    );
     assert!(files.is_empty(), "left behind: {files:?}");
 }
 
 #[test]
 fn a_file_name_with_dotdot_is_refused_before_inference() {
     let (err, files) = failing_run(Some("checkpoints:\n  - {id: ln1, tensor: attn_norm-0, shape: [n_embd, n_tokens], file: ../escape}\n"), &[]);
-    assert!(err.contains("plain name inside the output directory"), "{err}");
-    assert!(!err.contains("model"), "refused before the model is loaded: {err}");
+    assert!(
+        err.contains("plain name inside the output directory"),
+        "{err}"
+    );
+    assert!(
+        !err.contains("model"),
+        "refused before the model is loaded: {err}"
+    );
     assert!(files.is_empty());
 }
 
@@ -279,8 +457,18 @@ fn an_unwritable_output_directory_is_refused_with_the_fix() {
     let out = blocker.join("run");
     let model = model();
     let manifest = manifests().join("gpt2.yaml");
-    let err = run_err(&["-m", model.to_str().unwrap(), "--manifest", manifest.to_str().unwrap(), "--out", out.to_str().unwrap()]);
-    assert!(err.contains("cannot write to the output directory") && err.contains("--out"), "{err}");
+    let err = run_err(&[
+        "-m",
+        model.to_str().unwrap(),
+        "--manifest",
+        manifest.to_str().unwrap(),
+        "--out",
+        out.to_str().unwrap(),
+    ]);
+    assert!(
+        err.contains("cannot write to the output directory") && err.contains("--out"),
+        "{err}"
+    );
 }
 
 #[test]
@@ -292,7 +480,14 @@ fn two_runs_cannot_write_into_one_directory() {
     lock.try_lock().unwrap(); // another run holds the directory
     let model = model();
     let manifest = manifests().join("gpt2.yaml");
-    let err = run_err(&["-m", model.to_str().unwrap(), "--manifest", manifest.to_str().unwrap(), "--out", dir.to_str().unwrap()]);
+    let err = run_err(&[
+        "-m",
+        model.to_str().unwrap(),
+        "--manifest",
+        manifest.to_str().unwrap(),
+        "--out",
+        dir.to_str().unwrap(),
+    ]);
     assert!(err.contains("another extraction is writing to"), "{err}");
     assert!(files_in(&dir).is_empty());
 }
@@ -304,7 +499,17 @@ fn a_corrupt_model_is_a_clear_error() {
     std::fs::write(&bad, b"GGUF\x03\x00\x00\x00garbage").unwrap();
     let manifest = manifests().join("gpt2.yaml");
     let dir = tmp.path().join("run");
-    let err = run_err(&["-m", bad.to_str().unwrap(), "--manifest", manifest.to_str().unwrap(), "--out", dir.to_str().unwrap()]);
-    assert!(err.contains("could not load") && err.contains("bad.gguf"), "{err}");
+    let err = run_err(&[
+        "-m",
+        bad.to_str().unwrap(),
+        "--manifest",
+        manifest.to_str().unwrap(),
+        "--out",
+        dir.to_str().unwrap(),
+    ]);
+    assert!(
+        err.contains("could not load") && err.contains("bad.gguf"),
+        "{err}"
+    );
     assert!(files_in(&dir).is_empty());
 }

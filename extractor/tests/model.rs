@@ -20,7 +20,9 @@ fn tokenizer() -> &'static Tokenizer {
     TOKENIZER.get_or_init(|| {
         let cargo_home = std::env::var_os("CARGO_HOME")
             .map(PathBuf::from)
-            .unwrap_or_else(|| PathBuf::from(std::env::var_os("HOME").expect("HOME")).join(".cargo"));
+            .unwrap_or_else(|| {
+                PathBuf::from(std::env::var_os("HOME").expect("HOME")).join(".cargo")
+            });
         let src = cargo_home.join("registry/src");
         let assets = std::fs::read_dir(&src)
             .expect("cargo's registry sources")
@@ -32,7 +34,14 @@ fn tokenizer() -> &'static Tokenizer {
 }
 
 fn spec(layers: i64, seed: u64, dtype: Dtype) -> Spec {
-    Spec { hparams: Hparams { n_layer: layers, ..Hparams::GPT2_SMALL }, seed, dtype }
+    Spec {
+        hparams: Hparams {
+            n_layer: layers,
+            ..Hparams::GPT2_SMALL
+        },
+        seed,
+        dtype,
+    }
 }
 
 /// A 1-layer f32 model, written once per test run.
@@ -63,23 +72,53 @@ impl Observer for Nothing {
 fn llama_cpp_loads_it_as_gpt2_tokenizes_hello_world_and_computes_finite_logits() {
     let model = Model::load(small_model(), 0).unwrap();
     assert_eq!(model.meta("general.architecture").as_deref(), Some("gpt2"));
-    assert_eq!((model.n_vocab(), model.n_ctx_train(), model.n_embd(), model.n_head(), model.n_layer()), (50257, 1024, 768, 12, 1));
-    assert_eq!(model.meta("gpt2.feed_forward_length").as_deref(), Some("3072"));
+    assert_eq!(
+        (
+            model.n_vocab(),
+            model.n_ctx_train(),
+            model.n_embd(),
+            model.n_head(),
+            model.n_layer()
+        ),
+        (50257, 1024, 768, 12, 1)
+    );
+    assert_eq!(
+        model.meta("gpt2.feed_forward_length").as_deref(),
+        Some("3072")
+    );
     let tokens = model.tokenize("Hello world").unwrap();
     assert_eq!(tokens, [15496, 995]);
     assert_eq!(model.token_to_piece(50256), "<|endoftext|>");
 
-    let params = ContextParams { n_ctx: 64, n_batch: 64, n_threads: 2, kv_type: KvType::F32, flash_attn: Some(false) };
+    let params = ContextParams {
+        n_ctx: 64,
+        n_batch: 64,
+        n_threads: 2,
+        kv_type: KvType::F32,
+        flash_attn: Some(false),
+    };
     let mut ctx = Context::<Nothing>::new(&model, &params, None).unwrap();
     ctx.decode(&tokens, 0, true).unwrap();
     for row in 0..2 {
         let logits = ctx.logits(row).unwrap();
         assert_eq!(logits.len(), 50257);
-        assert!(logits.iter().all(|x| x.is_finite()), "row {row} has non-finite logits");
-        let (lo, hi) = logits.iter().fold((f32::MAX, f32::MIN), |(lo, hi), &x| (lo.min(x), hi.max(x)));
-        assert!(hi - lo > 1.0, "row {row}: logits span only [{lo}, {hi}]: the weights do nothing");
+        assert!(
+            logits.iter().all(|x| x.is_finite()),
+            "row {row} has non-finite logits"
+        );
+        let (lo, hi) = logits
+            .iter()
+            .fold((f32::MAX, f32::MIN), |(lo, hi), &x| (lo.min(x), hi.max(x)));
+        assert!(
+            hi - lo > 1.0,
+            "row {row}: logits span only [{lo}, {hi}]: the weights do nothing"
+        );
     }
-    assert_ne!(ctx.logits(0).unwrap(), ctx.logits(1).unwrap(), "two positions, two distributions");
+    assert_ne!(
+        ctx.logits(0).unwrap(),
+        ctx.logits(1).unwrap(),
+        "two positions, two distributions"
+    );
 }
 
 #[test]
@@ -104,16 +143,28 @@ fn llama_cpp_tokenizes_like_tiktoken_r50k_base() {
         "def f(x):\n    return x ** 2  # square\n",
     ];
     for text in texts {
-        let ours: Vec<u32> = model.tokenize(text).unwrap().into_iter().map(|t| t as u32).collect();
+        let ours: Vec<u32> = model
+            .tokenize(text)
+            .unwrap()
+            .into_iter()
+            .map(|t| t as u32)
+            .collect();
         let theirs = reference.encode_ordinary(text);
-        assert_eq!(ours, theirs, "llama.cpp and r50k_base tokenize {text:?} differently");
+        assert_eq!(
+            ours, theirs,
+            "llama.cpp and r50k_base tokenize {text:?} differently"
+        );
     }
 }
 
 #[test]
 fn the_same_seed_gives_the_same_bytes_and_another_seed_others() {
     let dir = tempfile::tempdir().unwrap();
-    let (a, b, c) = (small_model(), dir.path().join("b.gguf"), dir.path().join("c.gguf"));
+    let (a, b, c) = (
+        small_model(),
+        dir.path().join("b.gguf"),
+        dir.path().join("c.gguf"),
+    );
     gpt2_model::write(&spec(1, 0, Dtype::F32), tokenizer(), &b).unwrap();
     gpt2_model::write(&spec(1, 1, Dtype::F32), tokenizer(), &c).unwrap();
     let (sa, sb, sc) = (sha256(a), sha256(&b), sha256(&c));
@@ -121,10 +172,14 @@ fn the_same_seed_gives_the_same_bytes_and_another_seed_others() {
     assert_ne!(sa, sc);
     // Pinned: a different value means the generator (or rand, rand_chacha,
     // ggml's writer) changed, and every recorded model with it.
-    assert_eq!(sa, PINNED_1L_SEED0_F32, "the bytes of the 1-layer seed-0 f32 model moved");
+    assert_eq!(
+        sa, PINNED_1L_SEED0_F32,
+        "the bytes of the 1-layer seed-0 f32 model moved"
+    );
 }
 
-const PINNED_1L_SEED0_F32: &str = "d21e445a24358ae2a6e9ab5d8b175f062e6100287f6c8c43739b075a91479e9b";
+const PINNED_1L_SEED0_F32: &str =
+    "d21e445a24358ae2a6e9ab5d8b175f062e6100287f6c8c43739b075a91479e9b";
 
 #[test]
 fn f16_and_q8_0_models_load_and_compute() {
@@ -135,12 +190,25 @@ fn f16_and_q8_0_models_load_and_compute() {
         let checked = gpt2_model::check_gpt2(&path).unwrap();
         let expected = if dtype == Dtype::F16 { "f16" } else { "q8_0" };
         // token_embd, position_embd and the four 2-D weights of the layer.
-        assert!(checked.types.contains(&(expected.to_string(), 6)), "{dtype:?}: {:?}", checked.types);
+        assert!(
+            checked.types.contains(&(expected.to_string(), 6)),
+            "{dtype:?}: {:?}",
+            checked.types
+        );
         let model = Model::load(&path, 0).unwrap();
-        let params = ContextParams { n_ctx: 64, n_batch: 64, n_threads: 2, kv_type: KvType::F16, flash_attn: Some(false) };
+        let params = ContextParams {
+            n_ctx: 64,
+            n_batch: 64,
+            n_threads: 2,
+            kv_type: KvType::F16,
+            flash_attn: Some(false),
+        };
         let mut ctx = Context::<Nothing>::new(&model, &params, None).unwrap();
         ctx.decode(&[15496, 995], 0, false).unwrap();
-        assert!(ctx.logits(-1).unwrap().iter().all(|x| x.is_finite()), "{dtype:?}");
+        assert!(
+            ctx.logits(-1).unwrap().iter().all(|x| x.is_finite()),
+            "{dtype:?}"
+        );
     }
 }
 
@@ -149,17 +217,33 @@ fn the_activations_are_worth_comparing() {
     let layers = gpt2_model::stats::measure(small_model(), 2).unwrap();
     assert_eq!(layers.len(), 1);
     let l = &layers[0];
-    assert!(l.attn_entropy < 0.9 && l.attn_max > 0.2, "attention is nearly uniform: {l:?}");
-    assert!(l.gelu_pos > 0.3 && l.gelu_pos < 0.7 && l.gelu_min < -2.0 && l.gelu_max > 2.0, "GELU inputs one-sided: {l:?}");
-    assert!(l.ffn_ln_in_std > 2.0 * l.attn_ln_in_std, "LayerNorm inputs of one scale: {l:?}");
+    assert!(
+        l.attn_entropy < 0.9 && l.attn_max > 0.2,
+        "attention is nearly uniform: {l:?}"
+    );
+    assert!(
+        l.gelu_pos > 0.3 && l.gelu_pos < 0.7 && l.gelu_min < -2.0 && l.gelu_max > 2.0,
+        "GELU inputs one-sided: {l:?}"
+    );
+    assert!(
+        l.ffn_ln_in_std > 2.0 * l.attn_ln_in_std,
+        "LayerNorm inputs of one scale: {l:?}"
+    );
 }
 
 /// A GGUF with the given architecture, a vocabulary, and one small tensor.
 fn tiny_gguf(path: &Path, arch: &str) {
     let mut w = GgufWriter::new(1).unwrap();
     w.set_str("general.architecture", arch).unwrap();
-    w.set_arr_str("tokenizer.ggml.tokens", &["a".to_string(), "b".to_string()]).unwrap();
-    w.add_tensor("token_embd.weight", &[4, 2], Dtype::F32, Dtype::F32.convert(&[0.5; 8], 4).unwrap()).unwrap();
+    w.set_arr_str("tokenizer.ggml.tokens", &["a".to_string(), "b".to_string()])
+        .unwrap();
+    w.add_tensor(
+        "token_embd.weight",
+        &[4, 2],
+        Dtype::F32,
+        Dtype::F32.convert(&[0.5; 8], 4).unwrap(),
+    )
+    .unwrap();
     w.write(path).unwrap();
 }
 
@@ -182,15 +266,29 @@ fn a_gpt2_without_its_tensors_is_refused_with_their_names() {
     let path = dir.path().join("bare.gguf");
     let mut w = GgufWriter::new(1).unwrap();
     w.set_str("general.architecture", "gpt2").unwrap();
-    w.set_arr_str("tokenizer.ggml.tokens", &["a".to_string(), "b".to_string()]).unwrap();
-    for (k, v) in [("context_length", 16), ("embedding_length", 8), ("feed_forward_length", 32), ("block_count", 1), ("attention.head_count", 2)] {
+    w.set_arr_str("tokenizer.ggml.tokens", &["a".to_string(), "b".to_string()])
+        .unwrap();
+    for (k, v) in [
+        ("context_length", 16),
+        ("embedding_length", 8),
+        ("feed_forward_length", 32),
+        ("block_count", 1),
+        ("attention.head_count", 2),
+    ] {
         w.set_u32(&format!("gpt2.{k}"), v).unwrap();
     }
-    w.set_f32("gpt2.attention.layer_norm_epsilon", 1e-5).unwrap();
-    w.add_tensor("token_embd.weight", &[8, 2], Dtype::F32, vec![0; 64]).unwrap();
+    w.set_f32("gpt2.attention.layer_norm_epsilon", 1e-5)
+        .unwrap();
+    w.add_tensor("token_embd.weight", &[8, 2], Dtype::F32, vec![0; 64])
+        .unwrap();
     w.write(&path).unwrap();
     let msg = check_err(&path);
-    assert!(msg.contains("without 15 of the tensors") && msg.contains("position_embd.weight") && msg.contains("blk.0.attn_qkv.weight"), "{msg}");
+    assert!(
+        msg.contains("without 15 of the tensors")
+            && msg.contains("position_embd.weight")
+            && msg.contains("blk.0.attn_qkv.weight"),
+        "{msg}"
+    );
 }
 
 #[test]
@@ -201,15 +299,23 @@ fn truncated_and_random_files_are_refused_not_crashed_on() {
     let cut_data = dir.path().join("cut-in-data.gguf");
     std::fs::write(&cut_data, &full[..full.len() / 2]).unwrap();
     let msg = check_err(&cut_data);
-    assert!(msg.contains("is truncated") && msg.contains("ends past the end of the file"), "{msg}");
+    assert!(
+        msg.contains("is truncated") && msg.contains("ends past the end of the file"),
+        "{msg}"
+    );
 
     let cut_header = dir.path().join("cut-in-header.gguf");
     std::fs::write(&cut_header, &full[..100_000]).unwrap();
     let msg = check_err(&cut_header);
-    assert!(msg.contains("is not a readable GGUF file (100000 bytes)"), "{msg}");
+    assert!(
+        msg.contains("is not a readable GGUF file (100000 bytes)"),
+        "{msg}"
+    );
 
     let random = dir.path().join("random.gguf");
-    let bytes: Vec<u8> = (0..65536u32).map(|i| (i.wrapping_mul(2654435761) >> 13) as u8).collect();
+    let bytes: Vec<u8> = (0..65536u32)
+        .map(|i| (i.wrapping_mul(2654435761) >> 13) as u8)
+        .collect();
     std::fs::write(&random, bytes).unwrap();
     let msg = check_err(&random);
     assert!(msg.contains("is not a readable GGUF file"), "{msg}");
@@ -224,12 +330,22 @@ fn truncated_and_random_files_are_refused_not_crashed_on() {
         (&random, "not a readable GGUF"),
         (&llama, "not `gpt2`"),
     ] {
-        let out = std::process::Command::new(env!("CARGO_BIN_EXE_llorch-checkpoint-model")).arg("check").arg(path).output().unwrap();
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_llorch-checkpoint-model"))
+            .arg("check")
+            .arg(path)
+            .output()
+            .unwrap();
         let stderr = String::from_utf8_lossy(&out.stderr);
         assert_eq!(out.status.code(), Some(1), "{}: {stderr}", path.display());
         assert!(stderr.contains(expected), "{}: {stderr}", path.display());
     }
-    let ok = std::process::Command::new(env!("CARGO_BIN_EXE_llorch-checkpoint-model")).arg("check").arg(small_model()).output().unwrap();
+    let ok = std::process::Command::new(env!("CARGO_BIN_EXE_llorch-checkpoint-model"))
+        .arg("check")
+        .arg(small_model())
+        .output()
+        .unwrap();
     assert!(ok.status.success());
-    assert!(String::from_utf8_lossy(&ok.stdout).contains("is a gpt2 model: n_vocab 50257 n_ctx 1024 n_embd 768 n_head 12 n_layer 1 n_ff 3072"));
+    assert!(String::from_utf8_lossy(&ok.stdout).contains(
+        "is a gpt2 model: n_vocab 50257 n_ctx 1024 n_embd 768 n_head 12 n_layer 1 n_ff 3072"
+    ));
 }

@@ -57,9 +57,22 @@ const FUNCTIONS: &[&str] = &[
 ];
 /// C functions named like their return enum (`llama_vocab_type()` returns
 /// `enum llama_vocab_type`) clash with the enum's Rust newtype; none is needed.
-const CLASHING_FUNCTIONS: &[&str] = &["llama_vocab_type", "llama_pooling_type", "ggml_backend_dev_type"];
-const TYPES: &[&str] = &["ggml_backend_sched_eval_callback", "ggml_tensor", "ggml_type_traits"];
-const VARS: &[&str] = &["GGML_MAX_DIMS", "GGML_MAX_NAME", "LLAMA_DEFAULT_SEED", "LLAMA_TOKEN_NULL"];
+const CLASHING_FUNCTIONS: &[&str] = &[
+    "llama_vocab_type",
+    "llama_pooling_type",
+    "ggml_backend_dev_type",
+];
+const TYPES: &[&str] = &[
+    "ggml_backend_sched_eval_callback",
+    "ggml_tensor",
+    "ggml_type_traits",
+];
+const VARS: &[&str] = &[
+    "GGML_MAX_DIMS",
+    "GGML_MAX_NAME",
+    "LLAMA_DEFAULT_SEED",
+    "LLAMA_TOKEN_NULL",
+];
 
 impl Bindgen {
     pub fn run(self, project: &Project) -> Result<()> {
@@ -118,7 +131,9 @@ fn generate(project: &Project) -> Result<String> {
     for v in VARS {
         builder = builder.allowlist_var(v);
     }
-    let bindings = builder.generate().context("bindgen failed on the pinned headers")?;
+    let bindings = builder
+        .generate()
+        .context("bindgen failed on the pinned headers")?;
     Ok(bindings.to_string())
 }
 

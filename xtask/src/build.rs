@@ -50,7 +50,11 @@ impl Backend {
     fn cmake_defines(self) -> &'static [&'static str] {
         match self {
             Backend::Cpu => &["GGML_METAL=OFF", "GGML_CUDA=OFF"],
-            Backend::Cuda => &["GGML_CUDA=ON", "GGML_METAL=OFF", "CMAKE_CUDA_ARCHITECTURES=native"],
+            Backend::Cuda => &[
+                "GGML_CUDA=ON",
+                "GGML_METAL=OFF",
+                "CMAKE_CUDA_ARCHITECTURES=native",
+            ],
             Backend::Metal => &["GGML_METAL=ON", "GGML_CUDA=OFF"],
         }
     }
@@ -87,10 +91,16 @@ impl Backend {
 
 fn find_nvcc() -> Option<PathBuf> {
     let from_env = std::env::var_os("CUDACXX").map(PathBuf::from);
-    let on_path = std::env::var_os("PATH")
-        .and_then(|paths| std::env::split_paths(&paths).map(|p| p.join("nvcc")).find(|p| p.is_file()));
+    let on_path = std::env::var_os("PATH").and_then(|paths| {
+        std::env::split_paths(&paths)
+            .map(|p| p.join("nvcc"))
+            .find(|p| p.is_file())
+    });
     let default = Some(PathBuf::from("/usr/local/cuda/bin/nvcc"));
-    [from_env, on_path, default].into_iter().flatten().find(|p| p.is_file())
+    [from_env, on_path, default]
+        .into_iter()
+        .flatten()
+        .find(|p| p.is_file())
 }
 
 /// The defines every build gets: upstream extras off, shared libraries, Release.
@@ -112,7 +122,11 @@ const COMMON_DEFINES: &[&str] = &[
 /// the backend's, and with `backend_dl` those of a loadable-module build.
 /// The device bundle (`bundle.rs`) writes the same lists for its script.
 pub fn cmake_defines(backend: Backend, backend_dl: bool) -> Vec<&'static str> {
-    let mut defines: Vec<&str> = COMMON_DEFINES.iter().chain(backend.cmake_defines()).copied().collect();
+    let mut defines: Vec<&str> = COMMON_DEFINES
+        .iter()
+        .chain(backend.cmake_defines())
+        .copied()
+        .collect();
     if backend_dl {
         // ggml-cpu refuses GGML_NATIVE with GGML_BACKEND_DL (its loader checks the
         // CPU features a module was built for, which `native` does not record):
@@ -135,7 +149,11 @@ struct ActiveBuild<'a> {
 
 impl Build {
     pub fn run(self, project: &Project) -> Result<()> {
-        let flavour = if self.unpatched { Flavour::Unpatched } else { Flavour::Patched };
+        let flavour = if self.unpatched {
+            Flavour::Unpatched
+        } else {
+            Flavour::Patched
+        };
         let lib_dir = build_llama(project, self.backend, flavour, None)?;
         if !self.llama_only {
             build_extractor(project, self.backend, flavour, &lib_dir)?;
@@ -146,7 +164,12 @@ impl Build {
 
 /// Builds llama.cpp into its keyed build directory (or `build_dir` if given)
 /// and returns the directory holding its shared libraries.
-pub fn build_llama(project: &Project, backend: Backend, flavour: Flavour, build_dir: Option<PathBuf>) -> Result<PathBuf> {
+pub fn build_llama(
+    project: &Project,
+    backend: Backend,
+    flavour: Flavour,
+    build_dir: Option<PathBuf>,
+) -> Result<PathBuf> {
     backend.check_toolchain()?;
     let pin = Pin::load(&project.pin_file())?;
     let tree = fetch::ensure_tree(project, flavour, false)?;
@@ -164,44 +187,82 @@ pub fn build_llama(project: &Project, backend: Backend, flavour: Flavour, build_
     let configured = build_dir.join("llorch-configure.txt");
     let configure_key = format!("{}\n{}", tree.display(), defines.join("\n"));
     if std::fs::read_to_string(&configured).ok().as_deref() != Some(configure_key.as_str()) {
-        eprintln!("build: configuring llama.cpp ({}, {}) in {}", backend.name(), pin.id(), build_dir.display());
+        eprintln!(
+            "build: configuring llama.cpp ({}, {}) in {}",
+            backend.name(),
+            pin.id(),
+            build_dir.display()
+        );
         cmd!(sh, "{cmake} -S {tree} -B {build_dir} -G Ninja {defines...}")
             .quiet()
             .run()
-            .with_context(|| format!("CMake could not configure llama.cpp for {}", backend.name()))?;
+            .with_context(|| {
+                format!("CMake could not configure llama.cpp for {}", backend.name())
+            })?;
         std::fs::write(&configured, &configure_key)?;
     }
-    let jobs = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(2).to_string();
+    let jobs = std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(2)
+        .to_string();
     let started = std::time::Instant::now();
     cmd!(sh, "{cmake} --build {build_dir} --config Release -j {jobs}")
         .quiet()
         .run()
-        .with_context(|| format!("building llama.cpp for {} failed (see the compiler output above)", backend.name()))?;
-    eprintln!("build: llama.cpp {} ready in {:.1?}", backend.name(), started.elapsed());
+        .with_context(|| {
+            format!(
+                "building llama.cpp for {} failed (see the compiler output above)",
+                backend.name()
+            )
+        })?;
+    eprintln!(
+        "build: llama.cpp {} ready in {:.1?}",
+        backend.name(),
+        started.elapsed()
+    );
     let lib_dir = build_dir.join("bin");
     let mut expected = vec![shared_lib("llama")];
     if backend.backend_dl() {
         // GGML_BACKEND_DL: each backend is a module of its own, loaded at run time.
-        expected.extend([shared_lib("ggml-cpu"), shared_lib(&format!("ggml-{}", backend.name()))]);
+        expected.extend([
+            shared_lib("ggml-cpu"),
+            shared_lib(&format!("ggml-{}", backend.name())),
+        ]);
     }
     for lib in expected {
         if !lib_dir.join(&lib).exists() {
-            bail!("the build finished but {} is missing", lib_dir.join(lib).display());
+            bail!(
+                "the build finished but {} is missing",
+                lib_dir.join(lib).display()
+            );
         }
     }
     Ok(lib_dir)
 }
 
-pub fn default_build_dir(project: &Project, backend: Backend, flavour: Flavour, pin: &Pin) -> PathBuf {
+pub fn default_build_dir(
+    project: &Project,
+    backend: Backend,
+    flavour: Flavour,
+    pin: &Pin,
+) -> PathBuf {
     let suffix = match flavour {
         Flavour::Patched => "",
         Flavour::Unpatched => "-unpatched",
     };
-    project.work_dir().join("llama").join(format!("{}-{}{}", backend.name(), pin.id(), suffix))
+    project
+        .work_dir()
+        .join("llama")
+        .join(format!("{}-{}{}", backend.name(), pin.id(), suffix))
 }
 
 /// Points the extractor at `lib_dir` and builds it (release: it is what we measure).
-pub fn build_extractor(project: &Project, backend: Backend, flavour: Flavour, lib_dir: &Path) -> Result<PathBuf> {
+pub fn build_extractor(
+    project: &Project,
+    backend: Backend,
+    flavour: Flavour,
+    lib_dir: &Path,
+) -> Result<PathBuf> {
     let pin = Pin::load(&project.pin_file())?;
     let tree = project.tree(flavour);
     let active = ActiveBuild {
@@ -216,16 +277,25 @@ pub fn build_extractor(project: &Project, backend: Backend, flavour: Flavour, li
     };
     let json = serde_json::to_string_pretty(&active)?;
     // Rewrite only on change, so the extractor's build script does not rerun for nothing.
-    if std::fs::read_to_string(project.active_build_file()).ok().as_deref() != Some(json.as_str()) {
+    if std::fs::read_to_string(project.active_build_file())
+        .ok()
+        .as_deref()
+        != Some(json.as_str())
+    {
         std::fs::create_dir_all(project.work_dir())?;
         fetch::write_atomically(&project.active_build_file(), json.as_bytes())?;
     }
     let sh = project.shell()?;
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-    cmd!(sh, "{cargo} build --quiet --release --package llorch-checkpoint-extractor")
-        .run()
-        .context("building the extractor failed")?;
-    let exe = project.root().join("target/release/llorch-checkpoint-extractor");
+    cmd!(
+        sh,
+        "{cargo} build --quiet --release --package llorch-checkpoint-extractor"
+    )
+    .run()
+    .context("building the extractor failed")?;
+    let exe = project
+        .root()
+        .join("target/release/llorch-checkpoint-extractor");
     eprintln!("build: extractor ready: {}", exe.display());
     Ok(exe)
 }

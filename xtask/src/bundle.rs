@@ -27,19 +27,27 @@ use anyhow::{bail, ensure, Context, Result};
 use xshell::cmd;
 
 use crate::build::{self, Backend};
+use crate::fetch;
 use crate::model::{self, Dtype, Synthetic};
 use crate::pin::{Flavour, Pin, SourceRef};
 use crate::project::Project;
-use crate::fetch;
 
 /// The bundle must fit through the device machine's transfer limit.
 const MAX_BYTES: u64 = 64 << 20;
 const NAME: &str = "llorch-device-bundle";
 const SCRIPT: &str = "xtask/device/run-gpu-check.sh";
-const BINARIES: [&str; 4] =
-    ["llorch-checkpoint-extractor", "llorch-checkpoint-model", "llorch-checkpoint-validate", "llorch-checkpoint-diff"];
+const BINARIES: [&str; 4] = [
+    "llorch-checkpoint-extractor",
+    "llorch-checkpoint-model",
+    "llorch-checkpoint-validate",
+    "llorch-checkpoint-diff",
+];
 /// The model the script generates: the default of `extract` and `verify`.
-const MODEL: Synthetic = Synthetic { layers: 12, seed: 0, dtype: Dtype::F32 };
+const MODEL: Synthetic = Synthetic {
+    layers: 12,
+    seed: 0,
+    dtype: Dtype::F32,
+};
 const MODEL_ARGS: &str = "--layers 12 --seed 0 --dtype f32";
 
 #[derive(clap::Args)]
@@ -58,7 +66,8 @@ impl DeviceBundle {
         };
         let dir = out.join(NAME);
         if dir.exists() {
-            std::fs::remove_dir_all(&dir).with_context(|| format!("cannot replace {}", dir.display()))?;
+            std::fs::remove_dir_all(&dir)
+                .with_context(|| format!("cannot replace {}", dir.display()))?;
         }
         std::fs::create_dir_all(&dir)?;
         make(project, &dir)?;
@@ -70,7 +79,10 @@ impl DeviceBundle {
             bytes as f64 / (1u64 << 20) as f64,
             MAX_BYTES >> 20
         );
-        ensure!(bytes <= MAX_BYTES, "the bundle is {bytes} bytes, over the {MAX_BYTES}-byte limit");
+        ensure!(
+            bytes <= MAX_BYTES,
+            "the bundle is {bytes} bytes, over the {MAX_BYTES}-byte limit"
+        );
         println!("on the device: tar -xzf {NAME}.tar.gz && {NAME}/run-gpu-check.sh RESULTS_DIR   (--cpu-only without a GPU)");
         Ok(())
     }
@@ -89,11 +101,24 @@ fn make(project: &Project, dir: &Path) -> Result<()> {
     build::build_extractor(project, Backend::Cpu, Flavour::Patched, &lib_dir)?;
     let release = project.root().join("target/release");
     let xtask = std::env::current_exe().context("cannot find the running xtask binary")?;
-    for (src, name) in BINARIES.iter().map(|b| (release.join(b), *b)).chain([(xtask, "xtask")]) {
-        ensure!(src.is_file(), "{} is missing (the extractor build should have made it)", src.display());
+    for (src, name) in BINARIES
+        .iter()
+        .map(|b| (release.join(b), *b))
+        .chain([(xtask, "xtask")])
+    {
+        ensure!(
+            src.is_file(),
+            "{} is missing (the extractor build should have made it)",
+            src.display()
+        );
         let dest = dir.join("bin").join(name);
         // Debug info is most of the (debug) xtask binary; the bundle has a size limit.
-        if cmd!(sh, "strip --strip-debug -o {dest} {src}").quiet().ignore_stderr().run().is_err() {
+        if cmd!(sh, "strip --strip-debug -o {dest} {src}")
+            .quiet()
+            .ignore_stderr()
+            .run()
+            .is_err()
+        {
             std::fs::copy(&src, &dest)?;
         }
     }
@@ -104,12 +129,23 @@ fn make(project: &Project, dir: &Path) -> Result<()> {
         bail!("the device bundle carries a crates.io source; vendor/pin.yaml pins a git source")
     };
     let crate_file = fetch::download_crate_file(project, &src.name, &src.version)?;
-    let bytes = std::fs::read(&crate_file).with_context(|| format!("cannot read {}", crate_file.display()))?;
-    fetch::check_sha256(&crate_file, &bytes, &format!("{} {}", src.name, src.version), &src.sha256, "vendor/pin.yaml")?;
+    let bytes = std::fs::read(&crate_file)
+        .with_context(|| format!("cannot read {}", crate_file.display()))?;
+    fetch::check_sha256(
+        &crate_file,
+        &bytes,
+        &format!("{} {}", src.name, src.version),
+        &src.sha256,
+        "vendor/pin.yaml",
+    )?;
     let crate_name = format!("{}-{}.crate", src.name, src.version);
     std::fs::write(dir.join("src").join(&crate_name), &bytes)?;
     copy_matching(&project.patches_dir(), &dir.join("src/patches"), ".patch")?;
-    copy_matching(&project.root().join("manifests"), &dir.join("manifests"), ".yaml")?;
+    copy_matching(
+        &project.root().join("manifests"),
+        &dir.join("manifests"),
+        ".yaml",
+    )?;
 
     let [encoder, vocab] = model::tokenizer_files(project)?;
     std::fs::copy(&encoder, dir.join("tokenizer/encoder.json"))?;
@@ -118,19 +154,42 @@ fn make(project: &Project, dir: &Path) -> Result<()> {
     let (model_path, model_sha) = model::synthetic(project, &MODEL, false)?;
 
     // The CPU-only variant (--cpu-only) is laid out as the CUDA build is: backends as modules.
-    for (file, backend) in [("cuda.defines", Backend::Cuda), ("cpu-dl.defines", Backend::Cpu)] {
+    for (file, backend) in [
+        ("cuda.defines", Backend::Cuda),
+        ("cpu-dl.defines", Backend::Cpu),
+    ] {
         std::fs::write(dir.join("cmake").join(file), defines_file(backend))?;
     }
 
-    let commit = cmd!(sh, "git rev-parse --short=12 HEAD").quiet().read().unwrap_or_else(|_| "unknown".into());
-    let dirty = cmd!(sh, "git status --porcelain --untracked-files=no").quiet().read().map(|s| !s.trim().is_empty()).unwrap_or(false);
+    let commit = cmd!(sh, "git rev-parse --short=12 HEAD")
+        .quiet()
+        .read()
+        .unwrap_or_else(|_| "unknown".into());
+    let dirty = cmd!(sh, "git status --porcelain --untracked-files=no")
+        .quiet()
+        .read()
+        .map(|s| !s.trim().is_empty())
+        .unwrap_or(false);
     let env = [
-        ("PROJECT_COMMIT", format!("{commit}{}", if dirty { "-dirty" } else { "" })),
+        (
+            "PROJECT_COMMIT",
+            format!("{commit}{}", if dirty { "-dirty" } else { "" }),
+        ),
         ("LLAMA_PIN", pin.id()),
         ("LLAMA_CRATE", format!("src/{crate_name}")),
         ("LLAMA_CRATE_SHA256", src.sha256.clone()),
-        ("LLAMA_CRATE_SUBDIR", format!("{}-{}/{}", src.name, src.version, src.subdir)),
-        ("MODEL_FILE", model_path.file_name().unwrap().to_string_lossy().into_owned()),
+        (
+            "LLAMA_CRATE_SUBDIR",
+            format!("{}-{}/{}", src.name, src.version, src.subdir),
+        ),
+        (
+            "MODEL_FILE",
+            model_path
+                .file_name()
+                .unwrap()
+                .to_string_lossy()
+                .into_owned(),
+        ),
         ("MODEL_ARGS", MODEL_ARGS.to_string()),
         ("MODEL_SHA256", model_sha),
         ("ENCODER_JSON_SHA256", model::sha256_file(&encoder)?),
@@ -147,7 +206,10 @@ fn make(project: &Project, dir: &Path) -> Result<()> {
 
 /// `build.rs`'s defines for `backend` built as loadable modules, one `NAME=VALUE` a line.
 fn defines_file(backend: Backend) -> String {
-    let mut text = format!("# CMake defines of a {} build with GGML_BACKEND_DL (xtask/src/build.rs)\n", backend.name());
+    let mut text = format!(
+        "# CMake defines of a {} build with GGML_BACKEND_DL (xtask/src/build.rs)\n",
+        backend.name()
+    );
     for define in build::cmake_defines(backend, true) {
         text += define;
         text.push('\n');
@@ -157,16 +219,22 @@ fn defines_file(backend: Backend) -> String {
 
 /// `KEY='value'` lines for the script to `source`; values must need no escaping.
 fn env_file(vars: &[(&str, String)]) -> Result<String> {
-    let mut text = String::from("# Written by `cargo xtask device-bundle`; sourced by run-gpu-check.sh.\n");
+    let mut text =
+        String::from("# Written by `cargo xtask device-bundle`; sourced by run-gpu-check.sh.\n");
     for (key, value) in vars {
-        ensure!(!value.contains(['\'', '\n', '\\']), "{key} has a character bundle.env cannot hold: {value:?}");
+        ensure!(
+            !value.contains(['\'', '\n', '\\']),
+            "{key} has a character bundle.env cannot hold: {value:?}"
+        );
         text += &format!("{key}='{value}'\n");
     }
     Ok(text)
 }
 
 fn copy_matching(from: &Path, to: &Path, suffix: &str) -> Result<()> {
-    for entry in std::fs::read_dir(from).with_context(|| format!("cannot read {}", from.display()))? {
+    for entry in
+        std::fs::read_dir(from).with_context(|| format!("cannot read {}", from.display()))?
+    {
         let path = entry?.path();
         if path.is_file() && path.to_string_lossy().ends_with(suffix) {
             std::fs::copy(&path, to.join(path.file_name().unwrap()))?;
@@ -195,7 +263,11 @@ fn sha256sums(dir: &Path) -> Result<String> {
         if !entry.file_type().is_file() {
             continue;
         }
-        let relative = entry.path().strip_prefix(dir)?.to_string_lossy().replace('\\', "/");
+        let relative = entry
+            .path()
+            .strip_prefix(dir)?
+            .to_string_lossy()
+            .replace('\\', "/");
         if relative == "SHA256SUMS" {
             continue;
         }
@@ -207,8 +279,12 @@ fn sha256sums(dir: &Path) -> Result<String> {
 /// Writes `dir` as `NAME/...` into a .tar.gz (modes kept); returns its size.
 fn pack(dir: &Path, archive: &Path) -> Result<u64> {
     let tmp = archive.with_extension(format!("tmp{}", std::process::id()));
-    let file = std::fs::File::create(&tmp).with_context(|| format!("cannot write {}", tmp.display()))?;
-    let mut builder = tar::Builder::new(flate2::write::GzEncoder::new(file, flate2::Compression::best()));
+    let file =
+        std::fs::File::create(&tmp).with_context(|| format!("cannot write {}", tmp.display()))?;
+    let mut builder = tar::Builder::new(flate2::write::GzEncoder::new(
+        file,
+        flate2::Compression::best(),
+    ));
     builder.follow_symlinks(true);
     builder.append_dir_all(NAME, dir)?;
     builder.into_inner()?.finish()?.flush()?;
@@ -223,15 +299,31 @@ mod tests {
     #[test]
     fn the_cuda_defines_build_backends_as_modules() {
         let cuda = defines_file(Backend::Cuda);
-        for define in ["GGML_CUDA=ON", "GGML_BACKEND_DL=ON", "GGML_NATIVE=OFF", "BUILD_SHARED_LIBS=ON", "LLAMA_BUILD_TESTS=OFF"] {
-            assert!(cuda.lines().any(|l| l == define), "{define} missing from:\n{cuda}");
+        for define in [
+            "GGML_CUDA=ON",
+            "GGML_BACKEND_DL=ON",
+            "GGML_NATIVE=OFF",
+            "BUILD_SHARED_LIBS=ON",
+            "LLAMA_BUILD_TESTS=OFF",
+        ] {
+            assert!(
+                cuda.lines().any(|l| l == define),
+                "{define} missing from:\n{cuda}"
+            );
         }
         // ggml-cpu's CMakeLists refuses GGML_NATIVE together with GGML_BACKEND_DL.
         assert!(!cuda.contains("GGML_NATIVE=ON"), "{cuda}");
         let cpu = defines_file(Backend::Cpu);
-        assert!(cpu.contains("GGML_CUDA=OFF\n") && cpu.ends_with("GGML_NATIVE=OFF\nGGML_BACKEND_DL=ON\n"), "{cpu}");
+        assert!(
+            cpu.contains("GGML_CUDA=OFF\n")
+                && cpu.ends_with("GGML_NATIVE=OFF\nGGML_BACKEND_DL=ON\n"),
+            "{cpu}"
+        );
         // `cargo xtask build` keeps the CPU build native and linked in; CUDA is DL.
-        assert!(build::cmake_defines(Backend::Cpu, Backend::Cpu.backend_dl()).contains(&"GGML_NATIVE=ON"));
+        assert!(
+            build::cmake_defines(Backend::Cpu, Backend::Cpu.backend_dl())
+                .contains(&"GGML_NATIVE=ON")
+        );
         assert!(Backend::Cuda.backend_dl() && !Backend::Metal.backend_dl());
     }
 
@@ -249,14 +341,21 @@ mod tests {
         std::fs::write(dir.path().join("bin/a"), "a").unwrap();
         std::fs::write(dir.path().join("SHA256SUMS"), "old").unwrap();
         let sums = sha256sums(dir.path()).unwrap();
-        assert_eq!(sums, "ca978112ca1bbdcafac231b39a23dc4da786eff8147c4e72b9807785afee48bb  bin/a\n");
+        assert_eq!(
+            sums,
+            "ca978112ca1bbdcafac231b39a23dc4da786eff8147c4e72b9807785afee48bb  bin/a\n"
+        );
     }
 
     #[test]
     fn the_device_script_is_valid_bash() {
         let project = Project::from_env().unwrap();
         let script = project.root().join(SCRIPT);
-        let status = std::process::Command::new("bash").arg("-n").arg(&script).status().unwrap();
+        let status = std::process::Command::new("bash")
+            .arg("-n")
+            .arg(&script)
+            .status()
+            .unwrap();
         assert!(status.success(), "bash -n {} failed", script.display());
     }
 }

@@ -63,7 +63,11 @@ const F64_GGML: &str = "f64+gelu_table+f16_attn";
 const VARIANTS: &[&str] = &[F32, F64, F64_GELU, F64_GGML];
 
 /// Used where a checkpoint gives no `tolerance:`: f32 arithmetic on O(1) values.
-const DEFAULT_TOLERANCE: Tolerance = Tolerance { atol: 1e-4, rtol: 1e-3, nmse: 1e-6 };
+const DEFAULT_TOLERANCE: Tolerance = Tolerance {
+    atol: 1e-4,
+    rtol: 1e-3,
+    nmse: 1e-6,
+};
 
 // ---------------------------------------------------------------- manifest ---
 
@@ -105,7 +109,11 @@ struct Reference {
 enum Op {
     /// Remove the leading batch dimension (must be 1).
     DropBatch,
-    Slice { axis: i64, start: Dim, len: Dim },
+    Slice {
+        axis: i64,
+        start: Dim,
+        len: Dim,
+    },
     Reshape(Vec<Dim>),
     Permute(Vec<i64>),
 }
@@ -122,11 +130,15 @@ impl TryFrom<serde_yaml::Value> for Op {
     type Error = String;
 
     fn try_from(value: serde_yaml::Value) -> Result<Op, String> {
-        const KNOWN: &str = "drop_batch, {slice: {axis, start, len}}, {reshape: [dims]}, {permute: [axes]}";
+        const KNOWN: &str =
+            "drop_batch, {slice: {axis, start, len}}, {reshape: [dims]}, {permute: [axes]}";
         if value.as_str() == Some("drop_batch") {
             return Ok(Op::DropBatch);
         }
-        let single = value.as_mapping().filter(|m| m.len() == 1).and_then(|m| m.iter().next());
+        let single = value
+            .as_mapping()
+            .filter(|m| m.len() == 1)
+            .and_then(|m| m.iter().next());
         let Some((name, args)) = single.and_then(|(k, v)| Some((k.as_str()?, v.clone()))) else {
             return Err(format!("unknown op {value:?}; known: {KNOWN}"));
         };
@@ -134,7 +146,11 @@ impl TryFrom<serde_yaml::Value> for Op {
         Ok(match name {
             "slice" => {
                 let a: SliceArgs = serde_yaml::from_value(args).map_err(err)?;
-                Op::Slice { axis: a.axis, start: a.start, len: a.len }
+                Op::Slice {
+                    axis: a.axis,
+                    start: a.start,
+                    len: a.len,
+                }
             }
             "reshape" => Op::Reshape(serde_yaml::from_value(args).map_err(err)?),
             "permute" => Op::Permute(serde_yaml::from_value(args).map_err(err)?),
@@ -182,7 +198,8 @@ impl Entry {
 }
 
 fn load_manifest(path: &Path) -> Result<Vec<Entry>> {
-    let text = std::fs::read_to_string(path).with_context(|| format!("cannot read manifest {}", path.display()))?;
+    let text = std::fs::read_to_string(path)
+        .with_context(|| format!("cannot read manifest {}", path.display()))?;
     parse_manifest(&text).with_context(|| format!("manifest {}", path.display()))
 }
 
@@ -195,14 +212,25 @@ fn parse_manifest(text: &str) -> Result<Vec<Entry>> {
             format!("checkpoint `{}` has no `reference:` (which PyTorch tensor it corresponds to); add one to compare it", cp.id)
         })?;
         let layers: Vec<Option<u32>> = if cp.tensor.contains("{layer}") {
-            cp.layers.clone().unwrap_or_else(|| raw.layers.clone()).into_iter().map(Some).collect()
+            cp.layers
+                .clone()
+                .unwrap_or_else(|| raw.layers.clone())
+                .into_iter()
+                .map(Some)
+                .collect()
         } else {
             vec![None]
         };
         let tolerance = cp.tolerance.unwrap_or(DEFAULT_TOLERANCE);
-        ensure!(tolerance.atol >= 0.0 && tolerance.rtol >= 0.0 && tolerance.nmse >= 0.0, "checkpoint `{}`: negative tolerance", cp.id);
+        ensure!(
+            tolerance.atol >= 0.0 && tolerance.rtol >= 0.0 && tolerance.nmse >= 0.0,
+            "checkpoint `{}`: negative tolerance",
+            cp.id
+        );
         for layer in layers {
-            let expand = |s: &str| layer.map_or_else(|| s.to_string(), |l| s.replace("{layer}", &l.to_string()));
+            let expand = |s: &str| {
+                layer.map_or_else(|| s.to_string(), |l| s.replace("{layer}", &l.to_string()))
+            };
             entries.push((
                 layer,
                 index,
@@ -225,15 +253,21 @@ fn parse_manifest(text: &str) -> Result<Vec<Entry>> {
 fn resolve(dim: &Dim, symbols: &BTreeMap<String, i64>) -> Result<i64> {
     match dim {
         Dim::Fixed(n) => Ok(*n),
-        Dim::Expr(expr) => expr.split('*').map(str::trim).try_fold(1i64, |acc, factor| {
-            let v = match factor.parse::<i64>() {
-                Ok(n) => n,
-                Err(_) => *symbols.get(factor).with_context(|| {
-                    format!("unknown symbol `{factor}` in `{expr}`; known: {}", symbols.keys().cloned().collect::<Vec<_>>().join(", "))
-                })?,
-            };
-            Ok(acc * v)
-        }),
+        Dim::Expr(expr) => expr
+            .split('*')
+            .map(str::trim)
+            .try_fold(1i64, |acc, factor| {
+                let v = match factor.parse::<i64>() {
+                    Ok(n) => n,
+                    Err(_) => *symbols.get(factor).with_context(|| {
+                        format!(
+                            "unknown symbol `{factor}` in `{expr}`; known: {}",
+                            symbols.keys().cloned().collect::<Vec<_>>().join(", ")
+                        )
+                    })?,
+                };
+                Ok(acc * v)
+            }),
     }
 }
 
@@ -267,11 +301,21 @@ struct Tensor {
 
 /// The extractor's `.bin`: `[n_dims i32][shape i64 x n][f32 data]`, little-endian.
 fn read_bin(path: &Path) -> Result<Tensor> {
-    let bytes = std::fs::read(path).with_context(|| format!("cannot read checkpoint {}", path.display()))?;
-    let bad = |msg: &str| anyhow::anyhow!("{} ({} bytes) is not a checkpoint: {msg}", path.display(), bytes.len());
+    let bytes = std::fs::read(path)
+        .with_context(|| format!("cannot read checkpoint {}", path.display()))?;
+    let bad = |msg: &str| {
+        anyhow::anyhow!(
+            "{} ({} bytes) is not a checkpoint: {msg}",
+            path.display(),
+            bytes.len()
+        )
+    };
     ensure!(bytes.len() >= 4, bad("no header"));
     let n_dims = i32::from_le_bytes(bytes[0..4].try_into().unwrap());
-    ensure!((1..=8).contains(&n_dims), bad(&format!("n_dims is {n_dims}")));
+    ensure!(
+        (1..=8).contains(&n_dims),
+        bad(&format!("n_dims is {n_dims}"))
+    );
     let header = 4 + 8 * n_dims as usize;
     ensure!(bytes.len() >= header, bad("truncated header"));
     let shape: Vec<usize> = bytes[4..header]
@@ -280,8 +324,14 @@ fn read_bin(path: &Path) -> Result<Tensor> {
         .collect::<Result<_, _>>()
         .map_err(|_| bad("negative dimension"))?;
     let n: usize = shape.iter().product();
-    ensure!(bytes.len() == header + 4 * n, bad(&format!("shape {shape:?} needs {} bytes", header + 4 * n)));
-    let data = bytes[header..].chunks_exact(4).map(|c| f32::from_le_bytes(c.try_into().unwrap()) as f64).collect();
+    ensure!(
+        bytes.len() == header + 4 * n,
+        bad(&format!("shape {shape:?} needs {} bytes", header + 4 * n))
+    );
+    let data = bytes[header..]
+        .chunks_exact(4)
+        .map(|c| f32::from_le_bytes(c.try_into().unwrap()) as f64)
+        .collect();
     Ok(Tensor { shape, data })
 }
 
@@ -289,13 +339,30 @@ fn read_bin(path: &Path) -> Result<Tensor> {
 fn read_npy(path: &Path) -> Result<Tensor> {
     let bytes = std::fs::read(path).with_context(|| format!("cannot read {}", path.display()))?;
     let bad = |msg: &str| anyhow::anyhow!("{} is not a reference .npy: {msg}", path.display());
-    ensure!(bytes.len() >= 10 && bytes.starts_with(b"\x93NUMPY"), bad("no NUMPY magic"));
+    ensure!(
+        bytes.len() >= 10 && bytes.starts_with(b"\x93NUMPY"),
+        bad("no NUMPY magic")
+    );
     let (len, start) = match bytes[6] {
         1 => (u16::from_le_bytes([bytes[8], bytes[9]]) as usize, 10),
-        _ => (u32::from_le_bytes(bytes[8..12].try_into().unwrap()) as usize, 12),
+        _ => (
+            u32::from_le_bytes(bytes[8..12].try_into().unwrap()) as usize,
+            12,
+        ),
     };
-    let header = std::str::from_utf8(bytes.get(start..start + len).ok_or_else(|| bad("truncated header"))?).map_err(|_| bad("header"))?;
-    let field = |key: &str| header.split(&format!("'{key}':")).nth(1).map(str::trim).ok_or_else(|| bad(&format!("no {key}")));
+    let header = std::str::from_utf8(
+        bytes
+            .get(start..start + len)
+            .ok_or_else(|| bad("truncated header"))?,
+    )
+    .map_err(|_| bad("header"))?;
+    let field = |key: &str| {
+        header
+            .split(&format!("'{key}':"))
+            .nth(1)
+            .map(str::trim)
+            .ok_or_else(|| bad(&format!("no {key}")))
+    };
     let descr = field("descr")?;
     let width = if descr.starts_with("'<f8'") {
         8
@@ -304,17 +371,33 @@ fn read_npy(path: &Path) -> Result<Tensor> {
     } else {
         bail!(bad(&format!("dtype {descr}")))
     };
-    ensure!(field("fortran_order")?.starts_with("False"), bad("Fortran order"));
+    ensure!(
+        field("fortran_order")?.starts_with("False"),
+        bad("Fortran order")
+    );
     let dims = field("shape")?;
     let dims = &dims[1..dims.find(')').ok_or_else(|| bad("shape"))?];
-    let shape: Vec<usize> = dims.split(',').map(str::trim).filter(|s| !s.is_empty()).map(str::parse).collect::<Result<_, _>>().map_err(|_| bad("shape"))?;
+    let shape: Vec<usize> = dims
+        .split(',')
+        .map(str::trim)
+        .filter(|s| !s.is_empty())
+        .map(str::parse)
+        .collect::<Result<_, _>>()
+        .map_err(|_| bad("shape"))?;
     let data = &bytes[start + len..];
     let n: usize = shape.iter().product();
-    ensure!(data.len() == n * width, bad(&format!("{} data bytes for shape {shape:?}", data.len())));
+    ensure!(
+        data.len() == n * width,
+        bad(&format!("{} data bytes for shape {shape:?}", data.len()))
+    );
     let data = if width == 8 {
-        data.chunks_exact(8).map(|c| f64::from_le_bytes(c.try_into().unwrap())).collect()
+        data.chunks_exact(8)
+            .map(|c| f64::from_le_bytes(c.try_into().unwrap()))
+            .collect()
     } else {
-        data.chunks_exact(4).map(|c| f32::from_le_bytes(c.try_into().unwrap()) as f64).collect()
+        data.chunks_exact(4)
+            .map(|c| f32::from_le_bytes(c.try_into().unwrap()) as f64)
+            .collect()
     };
     Ok(Tensor { shape, data })
 }
@@ -344,7 +427,8 @@ pub fn metrics(test: &[f64], reference: &[f64], tol: &Tolerance) -> Metrics {
     assert_eq!(test.len(), reference.len());
     let n = test.len().max(1) as f64;
     let mean_ref = reference.iter().sum::<f64>() / n;
-    let (mut max_abs, mut max_rel, mut sq, mut var, mut dot, mut tt, mut rr) = (0f64, 0f64, 0f64, 0f64, 0f64, 0f64, 0f64);
+    let (mut max_abs, mut max_rel, mut sq, mut var, mut dot, mut tt, mut rr) =
+        (0f64, 0f64, 0f64, 0f64, 0f64, 0f64, 0f64);
     let (mut n_outside, mut worst_ratio, mut worst) = (0usize, 0f64, 0usize);
     for (i, (&t, &r)) in test.iter().zip(reference).enumerate() {
         let d = (t - r).abs();
@@ -360,7 +444,13 @@ pub fn metrics(test: &[f64], reference: &[f64], tol: &Tolerance) -> Metrics {
         tt += t * t;
         rr += r * r;
         let allowed = tol.atol + tol.rtol * r.abs();
-        let ratio = if allowed > 0.0 { d / allowed } else if d > 0.0 { f64::INFINITY } else { 0.0 };
+        let ratio = if allowed > 0.0 {
+            d / allowed
+        } else if d > 0.0 {
+            f64::INFINITY
+        } else {
+            0.0
+        };
         if d > allowed || d.is_nan() {
             n_outside += 1;
         }
@@ -369,8 +459,20 @@ pub fn metrics(test: &[f64], reference: &[f64], tol: &Tolerance) -> Metrics {
             worst = i;
         }
     }
-    let nmse = if var > 0.0 { sq / var } else if sq > 0.0 { f64::INFINITY } else { 0.0 };
-    let cosine = if tt > 0.0 && rr > 0.0 { dot / (tt.sqrt() * rr.sqrt()) } else if tt == rr { 1.0 } else { 0.0 };
+    let nmse = if var > 0.0 {
+        sq / var
+    } else if sq > 0.0 {
+        f64::INFINITY
+    } else {
+        0.0
+    };
+    let cosine = if tt > 0.0 && rr > 0.0 {
+        dot / (tt.sqrt() * rr.sqrt())
+    } else if tt == rr {
+        1.0
+    } else {
+        0.0
+    };
     Metrics {
         max_abs,
         max_rel,
@@ -416,8 +518,10 @@ struct RunRecord {
 
 fn read_run(dir: &Path) -> Result<RunRecord> {
     let path = dir.join("run.json");
-    let bytes = std::fs::read(&path).with_context(|| format!("no run record at {}", path.display()))?;
-    let record: RunRecord = serde_json::from_slice(&bytes).with_context(|| format!("{} is not a run record", path.display()))?;
+    let bytes =
+        std::fs::read(&path).with_context(|| format!("no run record at {}", path.display()))?;
+    let record: RunRecord = serde_json::from_slice(&bytes)
+        .with_context(|| format!("{} is not a run record", path.display()))?;
     ensure!(
         record.format.as_deref().unwrap_or("bin") == "bin",
         "{}: compare reads .bin checkpoints; rerun the extractor with --format bin",
@@ -459,7 +563,10 @@ fn score_run(run: &Path, reference: &Path, entries: &[Entry]) -> Result<Vec<Row>
                 test.shape,
                 e.id
             );
-            against.insert(variant.to_string(), metrics(&test.data, &r.data, &e.tolerance));
+            against.insert(
+                variant.to_string(),
+                metrics(&test.data, &r.data, &e.tolerance),
+            );
         }
         let m = against[F64];
         let r64 = read_npy(&reference.join(F64).join(format!("{}.npy", e.stem)))?;
@@ -518,12 +625,37 @@ impl Compare {
             println!("self-test passed: {line}");
             return Ok(());
         }
-        let out = self.out.clone().map(std::path::absolute).transpose()?.unwrap_or_else(|| project.work_dir().join("compare"));
-        let manifest = self.manifest.clone().map(std::path::absolute).transpose()?.unwrap_or_else(|| project.root().join("manifests/gpt2.yaml"));
+        let out = self
+            .out
+            .clone()
+            .map(std::path::absolute)
+            .transpose()?
+            .unwrap_or_else(|| project.work_dir().join("compare"));
+        let manifest = self
+            .manifest
+            .clone()
+            .map(std::path::absolute)
+            .transpose()?
+            .unwrap_or_else(|| project.root().join("manifests/gpt2.yaml"));
         let model = self.model.clone().map(std::path::absolute).transpose()?;
         let run = self.run.clone().map(std::path::absolute).transpose()?;
-        let outcome = compare(project, &Options { manifest, model, prompt: self.prompt, out, run, attribution: self.attribution, quiet: false })?;
-        println!("\nreport: {}\npicture: {}", outcome.report.display(), outcome.picture.display());
+        let outcome = compare(
+            project,
+            &Options {
+                manifest,
+                model,
+                prompt: self.prompt,
+                out,
+                run,
+                attribution: self.attribution,
+                quiet: false,
+            },
+        )?;
+        println!(
+            "\nreport: {}\npicture: {}",
+            outcome.report.display(),
+            outcome.picture.display()
+        );
         match outcome.failure {
             Some(why) => bail!("{why}"),
             None => Ok(()),
@@ -545,7 +677,8 @@ pub struct Options {
 /// The whole comparison; `Err` when it could not be made, `failure` when it was and a tolerance is exceeded.
 pub fn compare(project: &Project, opts: &Options) -> Result<Outcome> {
     let entries = load_manifest(&opts.manifest)?;
-    std::fs::create_dir_all(&opts.out).with_context(|| format!("cannot create {}", opts.out.display()))?;
+    std::fs::create_dir_all(&opts.out)
+        .with_context(|| format!("cannot create {}", opts.out.display()))?;
     let model = match &opts.model {
         Some(m) => m.clone(),
         None => crate::model::default_model(project)?,
@@ -561,8 +694,18 @@ pub fn compare(project: &Project, opts: &Options) -> Result<Outcome> {
     let (prompt, manifest) = (&opts.prompt, &opts.manifest);
     let extract = |dir: &Path, extra: &[&str]| -> Result<()> {
         let exe = extractor()?;
-        let out = cmd!(sh, "{exe} -m {model} --manifest {manifest} -p {prompt} -n 0 --out {dir} {extra...}").quiet().ignore_status().output()?;
-        ensure!(out.status.success(), "the extractor failed:\n{}", String::from_utf8_lossy(&out.stderr).trim_end());
+        let out = cmd!(
+            sh,
+            "{exe} -m {model} --manifest {manifest} -p {prompt} -n 0 --out {dir} {extra...}"
+        )
+        .quiet()
+        .ignore_status()
+        .output()?;
+        ensure!(
+            out.status.success(),
+            "the extractor failed:\n{}",
+            String::from_utf8_lossy(&out.stderr).trim_end()
+        );
         Ok(())
     };
     let default_run = match &opts.run {
@@ -578,13 +721,24 @@ pub fn compare(project: &Project, opts: &Options) -> Result<Outcome> {
     let t = Instant::now();
     build_reference(project, &model, &default_run, &record, &entries, &reference)?;
     if !opts.quiet {
-        eprintln!("compare: reference built in {:.1} s", t.elapsed().as_secs_f64());
+        eprintln!(
+            "compare: reference built in {:.1} s",
+            t.elapsed().as_secs_f64()
+        );
     }
     let rows = score_run(&default_run, &reference, &entries)?;
 
     let mut text = String::new();
-    let setting = format!("kv cache {}, {} threads", record.kv_type.as_deref().unwrap_or("?"), record.threads.unwrap_or(0));
-    writeln!(text, "\nllama.cpp ({setting}) vs PyTorch GPT2Model, tokens {:?}", record.tokens)?;
+    let setting = format!(
+        "kv cache {}, {} threads",
+        record.kv_type.as_deref().unwrap_or("?"),
+        record.threads.unwrap_or(0)
+    );
+    writeln!(
+        text,
+        "\nllama.cpp ({setting}) vs PyTorch GPT2Model, tokens {:?}",
+        record.tokens
+    )?;
     text.push_str(&table(&rows));
 
     let mut attribution = None;
@@ -608,7 +762,10 @@ pub fn compare(project: &Project, opts: &Options) -> Result<Outcome> {
     }
     let failure = first_failure(&rows);
     let passed = rows.iter().filter(|r| r.pass).count();
-    let summary = format!("{passed} of {} checkpoints within tolerance of the f64 reference", rows.len());
+    let summary = format!(
+        "{passed} of {} checkpoints within tolerance of the f64 reference",
+        rows.len()
+    );
     writeln!(text, "\n{summary}")?;
     if let Some(f) = &failure {
         writeln!(text, "FIRST FAILURE: {f}")?;
@@ -625,11 +782,23 @@ pub fn compare(project: &Project, opts: &Options) -> Result<Outcome> {
         "checkpoints": rows, "attribution": attribution, "picture": picture,
     });
     std::fs::write(&report, serde_json::to_vec_pretty(&json)?)?;
-    Ok(Outcome { report, picture, summary, failure })
+    Ok(Outcome {
+        report,
+        picture,
+        summary,
+        failure,
+    })
 }
 
 /// Runs the Python reference; a missing package or a broken venv ends in one paragraph with the fix.
-fn build_reference(project: &Project, model: &Path, run: &Path, record: &RunRecord, entries: &[Entry], out: &Path) -> Result<()> {
+fn build_reference(
+    project: &Project,
+    model: &Path,
+    run: &Path,
+    record: &RunRecord,
+    entries: &[Entry],
+    out: &Path,
+) -> Result<()> {
     let n_tokens = record.symbols.get("n_tokens").copied().unwrap_or(0);
     let n_kv = record.symbols.get("n_kv").copied().unwrap_or(0);
     ensure!(
@@ -663,14 +832,29 @@ fn build_reference(project: &Project, model: &Path, run: &Path, record: &RunReco
     )?;
     let script = project.root().join("xtask/python/gpt2_reference.py");
     let sh = project.shell()?;
-    let result = cmd!(sh, "{python} {script} {job}").quiet().ignore_status().output().context("cannot start the project's Python")?;
+    let result = cmd!(sh, "{python} {script} {job}")
+        .quiet()
+        .ignore_status()
+        .output()
+        .context("cannot start the project's Python")?;
     if !result.status.success() {
         let stderr = String::from_utf8_lossy(&result.stderr);
-        let message = stderr.lines().filter(|l| l.starts_with("gpt2_reference: ")).map(|l| l.trim_start_matches("gpt2_reference: ")).collect::<Vec<_>>();
+        let message = stderr
+            .lines()
+            .filter(|l| l.starts_with("gpt2_reference: "))
+            .map(|l| l.trim_start_matches("gpt2_reference: "))
+            .collect::<Vec<_>>();
         if message.is_empty() {
-            bail!("the PyTorch reference ({}) failed:\n{}", script.display(), stderr.trim_end());
+            bail!(
+                "the PyTorch reference ({}) failed:\n{}",
+                script.display(),
+                stderr.trim_end()
+            );
         }
-        bail!("the PyTorch reference could not be built: {}", message.join(" "));
+        bail!(
+            "the PyTorch reference could not be built: {}",
+            message.join(" ")
+        );
     }
     eprint!("{}", String::from_utf8_lossy(&result.stdout));
     Ok(())
@@ -718,9 +902,17 @@ fn table(rows: &[Row]) -> String {
 
 /// Per checkpoint: how the error against f64 moves with the settings llama.cpp
 /// controls, and against references that emulate llama.cpp's approximations.
-fn attribution_table(base: &[Row], kv32: &[Row], t1: &[Row], threads_equal: &[bool]) -> (String, serde_json::Value) {
+fn attribution_table(
+    base: &[Row],
+    kv32: &[Row],
+    t1: &[Row],
+    threads_equal: &[bool],
+) -> (String, serde_json::Value) {
     let mut s = String::new();
-    let _ = writeln!(s, "\nattribution: NMSE against the f64 reference (dB; lower is closer)");
+    let _ = writeln!(
+        s,
+        "\nattribution: NMSE against the f64 reference (dB; lower is closer)"
+    );
     let _ = writeln!(
         s,
         "{:<14} {:>3}  {:>9} {:>9} {:>9} {:>12} {:>12}  {:<9}  the error is mostly",
@@ -763,17 +955,26 @@ fn attribution_table(base: &[Row], kv32: &[Row], t1: &[Row], threads_equal: &[bo
 
 /// Which part of the error a checkpoint's numbers point at. A factor of 10 in
 /// NMSE (10 dB) counts as "explains".
-fn explain(default: &Metrics, kv32: &Metrics, emulated: &Metrics, kv32_vs_gelu: &Metrics) -> String {
+fn explain(
+    default: &Metrics,
+    kv32: &Metrics,
+    emulated: &Metrics,
+    kv32_vs_gelu: &Metrics,
+) -> String {
     const DB: f64 = 10.0;
     let storage = default.nmse_db - kv32.nmse_db >= DB;
     let gelu = kv32.nmse_db - kv32_vs_gelu.nmse_db >= DB;
     let emulation = default.nmse_db - emulated.nmse_db >= DB;
     match (storage, gelu) {
         (true, true) => "f16 KV cache (storage), then ggml's GELU f16 table (approximation)".into(),
-        (true, false) if emulation => "f16 KV cache: storage and the f16 attention products it implies".into(),
+        (true, false) if emulation => {
+            "f16 KV cache: storage and the f16 attention products it implies".into()
+        }
         (true, false) => "f16 KV cache (storage precision)".into(),
         (false, true) => "ggml's GELU f16 lookup table (llama.cpp's approximation)".into(),
-        (false, false) if emulation => "llama.cpp's f16 approximations (emulated reference agrees)".into(),
+        (false, false) if emulation => {
+            "llama.cpp's f16 approximations (emulated reference agrees)".into()
+        }
         (false, false) if default.nmse_db < -120.0 => "f32 rounding only".into(),
         (false, false) => "carried from earlier layers: no single setting explains 10 dB".into(),
     }
@@ -799,30 +1000,76 @@ fn svg(rows: &[Row], manifest: &Path) -> String {
     let width = left + 2.0 * panel_w + gap + 40.0;
     let height = top + ch * ids.len() as f64 + 90.0;
     let mut s = String::new();
-    let _ = writeln!(s, r#"<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" font-family="sans-serif" font-size="11">"#);
+    let _ = writeln!(
+        s,
+        r#"<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" font-family="sans-serif" font-size="11">"#
+    );
     let _ = writeln!(s, r#"<rect width="100%" height="100%" fill="white"/>"#);
-    let title = format!("llama.cpp vs PyTorch GPT-2 (f64), {}", manifest.file_name().map(|n| n.to_string_lossy()).unwrap_or_default());
-    let _ = writeln!(s, r#"<text x="10" y="20" font-size="14" font-weight="bold">{}</text>"#, xml(&title));
+    let title = format!(
+        "llama.cpp vs PyTorch GPT-2 (f64), {}",
+        manifest
+            .file_name()
+            .map(|n| n.to_string_lossy())
+            .unwrap_or_default()
+    );
+    let _ = writeln!(
+        s,
+        r#"<text x="10" y="20" font-size="14" font-weight="bold">{}</text>"#,
+        xml(&title)
+    );
     let panels: [(&str, Box<dyn Fn(&Row) -> f64>, f64, f64); 2] = [
-        ("NMSE, dB (llama.cpp practice: fail above -20 dB)", Box::new(|r: &Row| r.against[F64].nmse_db), -160.0, -20.0),
-        ("worst |diff| as % of its tolerance atol + rtol|ref| (log colour; >= 100% fails)", Box::new(|r: &Row| r.against[F64].worst_ratio.log10()), -4.0, 1.0),
+        (
+            "NMSE, dB (llama.cpp practice: fail above -20 dB)",
+            Box::new(|r: &Row| r.against[F64].nmse_db),
+            -160.0,
+            -20.0,
+        ),
+        (
+            "worst |diff| as % of its tolerance atol + rtol|ref| (log colour; >= 100% fails)",
+            Box::new(|r: &Row| r.against[F64].worst_ratio.log10()),
+            -4.0,
+            1.0,
+        ),
     ];
     for (p, (name, value, lo, hi)) in panels.iter().enumerate() {
         let x0 = left + p as f64 * (panel_w + gap);
-        let _ = writeln!(s, r#"<text x="{x0}" y="{}" font-size="12">{}</text>"#, top - 30.0, xml(name));
+        let _ = writeln!(
+            s,
+            r#"<text x="{x0}" y="{}" font-size="12">{}</text>"#,
+            top - 30.0,
+            xml(name)
+        );
         for (j, l) in layers.iter().enumerate() {
-            let _ = writeln!(s, r#"<text x="{}" y="{}" text-anchor="middle">{}</text>"#, x0 + cw * (j as f64 + 0.5), top - 8.0, layer_text(*l));
+            let _ = writeln!(
+                s,
+                r#"<text x="{}" y="{}" text-anchor="middle">{}</text>"#,
+                x0 + cw * (j as f64 + 0.5),
+                top - 8.0,
+                layer_text(*l)
+            );
         }
         for (i, id) in ids.iter().enumerate() {
             let y = top + ch * i as f64;
             if p == 0 {
-                let _ = writeln!(s, r#"<text x="{}" y="{}" text-anchor="end">{}</text>"#, left - 6.0, y + ch * 0.65, xml(id));
+                let _ = writeln!(
+                    s,
+                    r#"<text x="{}" y="{}" text-anchor="end">{}</text>"#,
+                    left - 6.0,
+                    y + ch * 0.65,
+                    xml(id)
+                );
             }
             for (j, l) in layers.iter().enumerate() {
-                let Some(r) = rows.iter().find(|r| r.id == *id && r.layer == *l) else { continue };
+                let Some(r) = rows.iter().find(|r| r.id == *id && r.layer == *l) else {
+                    continue;
+                };
                 let v = value(r);
                 let x = x0 + cw * j as f64;
-                let stroke = if r.pass { r#"stroke="white""# } else { r#"stroke="red" stroke-width="3""# };
+                let stroke = if r.pass {
+                    r#"stroke="white""#
+                } else {
+                    r#"stroke="red" stroke-width="3""#
+                };
                 let _ = writeln!(
                     s,
                     r#"<rect x="{x}" y="{y}" width="{cw}" height="{ch}" fill="{}" {stroke}><title>{} layer {}: {v:.2}</title></rect>"#,
@@ -830,21 +1077,44 @@ fn svg(rows: &[Row], manifest: &Path) -> String {
                     xml(id),
                     layer_text(*l)
                 );
-                let _ = writeln!(s, r#"<text x="{}" y="{}" text-anchor="middle" font-size="10">{}</text>"#, x + cw / 2.0, y + ch * 0.65, match (p, v.is_finite()) {
-                    (_, false) => "-inf".into(),
-                    (0, true) => format!("{v:.0}"),
-                    _ => format!("{:.0}%", 100.0 * 10f64.powf(v)),
-                });
+                let _ = writeln!(
+                    s,
+                    r#"<text x="{}" y="{}" text-anchor="middle" font-size="10">{}</text>"#,
+                    x + cw / 2.0,
+                    y + ch * 0.65,
+                    match (p, v.is_finite()) {
+                        (_, false) => "-inf".into(),
+                        (0, true) => format!("{v:.0}"),
+                        _ => format!("{:.0}%", 100.0 * 10f64.powf(v)),
+                    }
+                );
             }
         }
-        let _ = writeln!(s, r#"<text x="{}" y="{}" text-anchor="middle">layer</text>"#, x0 + panel_w / 2.0, top + ch * ids.len() as f64 + 16.0);
+        let _ = writeln!(
+            s,
+            r#"<text x="{}" y="{}" text-anchor="middle">layer</text>"#,
+            x0 + panel_w / 2.0,
+            top + ch * ids.len() as f64 + 16.0
+        );
         // Colour bar.
         let yb = top + ch * ids.len() as f64 + 30.0;
         for k in 0..20 {
             let f = k as f64 / 19.0;
-            let _ = writeln!(s, r#"<rect x="{}" y="{yb}" width="{}" height="10" fill="{}"/>"#, x0 + panel_w.max(200.0) * f * 0.95, panel_w.max(200.0) / 20.0 + 0.5, colour(f));
+            let _ = writeln!(
+                s,
+                r#"<rect x="{}" y="{yb}" width="{}" height="10" fill="{}"/>"#,
+                x0 + panel_w.max(200.0) * f * 0.95,
+                panel_w.max(200.0) / 20.0 + 0.5,
+                colour(f)
+            );
         }
-        let _ = writeln!(s, r#"<text x="{x0}" y="{}">{lo}</text><text x="{}" y="{}" text-anchor="end">{hi}</text>"#, yb + 24.0, x0 + panel_w.max(200.0), yb + 24.0);
+        let _ = writeln!(
+            s,
+            r#"<text x="{x0}" y="{}">{lo}</text><text x="{}" y="{}" text-anchor="end">{hi}</text>"#,
+            yb + 24.0,
+            x0 + panel_w.max(200.0),
+            yb + 24.0
+        );
     }
     s.push_str("</svg>\n");
     s
@@ -853,20 +1123,31 @@ fn svg(rows: &[Row], manifest: &Path) -> String {
 /// 0 -> dark blue (tiny error), 1 -> yellow/red (at the limit); clamped.
 fn colour(f: f64) -> String {
     let f = if f.is_nan() { 1.0 } else { f.clamp(0.0, 1.0) };
-    let stops = [(0.0, (40.0, 30.0, 110.0)), (0.4, (30.0, 140.0, 160.0)), (0.75, (250.0, 220.0, 60.0)), (1.0, (220.0, 40.0, 30.0))];
+    let stops = [
+        (0.0, (40.0, 30.0, 110.0)),
+        (0.4, (30.0, 140.0, 160.0)),
+        (0.75, (250.0, 220.0, 60.0)),
+        (1.0, (220.0, 40.0, 30.0)),
+    ];
     let mut c = stops[0].1;
     for w in stops.windows(2) {
         let ((a, ca), (b, cb)) = (w[0], w[1]);
         if f >= a && f <= b {
             let t = (f - a) / (b - a);
-            c = (ca.0 + t * (cb.0 - ca.0), ca.1 + t * (cb.1 - ca.1), ca.2 + t * (cb.2 - ca.2));
+            c = (
+                ca.0 + t * (cb.0 - ca.0),
+                ca.1 + t * (cb.1 - ca.1),
+                ca.2 + t * (cb.2 - ca.2),
+            );
         }
     }
     format!("rgb({:.0},{:.0},{:.0})", c.0, c.1, c.2)
 }
 
 fn xml(s: &str) -> String {
-    s.replace('&', "&amp;").replace('<', "&lt;").replace('>', "&gt;")
+    s.replace('&', "&amp;")
+        .replace('<', "&lt;")
+        .replace('>', "&gt;")
 }
 
 // --------------------------------------------------------------- self-test ---
@@ -877,7 +1158,15 @@ fn xml(s: &str) -> String {
 pub fn self_test(project: &Project) -> Result<String> {
     let out = project.work_dir().join("compare-self-test");
     let manifest = project.root().join("manifests/gpt2.yaml");
-    let opts = Options { manifest: manifest.clone(), model: None, prompt: "Hello world".into(), out: out.join("clean"), run: None, attribution: false, quiet: true };
+    let opts = Options {
+        manifest: manifest.clone(),
+        model: None,
+        prompt: "Hello world".into(),
+        out: out.join("clean"),
+        run: None,
+        attribution: false,
+        quiet: true,
+    };
     let clean = compare(project, &opts)?;
     if let Some(why) = clean.failure {
         bail!("the unmodified run fails: {why}");
@@ -902,23 +1191,36 @@ pub fn self_test(project: &Project) -> Result<String> {
     let v = f32::from_le_bytes(bytes[at..at + 4].try_into().unwrap()) + 1e-2;
     bytes[at..at + 4].copy_from_slice(&v.to_le_bytes());
     std::fs::write(&file, &bytes)?;
-    let opts = Options { out: out.join("perturbed"), run: Some(copy), ..opts };
+    let opts = Options {
+        out: out.join("perturbed"),
+        run: Some(copy),
+        ..opts
+    };
     let perturbed = compare(project, &opts)?;
-    let why = perturbed.failure.context("a checkpoint perturbed by 1e-2 passed the comparison")?;
+    let why = perturbed
+        .failure
+        .context("a checkpoint perturbed by 1e-2 passed the comparison")?;
     let index = format!("{:?}", unravel(element, &tensor.shape));
     ensure!(
         why.contains(&victim.id) && why.contains(&format!("element {index}")),
         "the failure does not name checkpoint {} element {index}: {why}",
         victim.id
     );
-    Ok(format!("{}; {} element {index} + 1e-2 is caught: {why}", clean.summary, victim.id))
+    Ok(format!(
+        "{}; {} element {index} + 1e-2 is caught: {why}",
+        clean.summary, victim.id
+    ))
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    const TOL: Tolerance = Tolerance { atol: 1e-3, rtol: 1e-2, nmse: 1e-4 };
+    const TOL: Tolerance = Tolerance {
+        atol: 1e-3,
+        rtol: 1e-2,
+        nmse: 1e-4,
+    };
 
     #[test]
     fn metrics_of_a_known_difference() {
@@ -943,7 +1245,10 @@ mod tests {
     fn identical_tensors_pass_with_zero_error() {
         let x = [0.5, 0.0, -1.5];
         let m = metrics(&x, &x, &TOL);
-        assert_eq!((m.max_abs, m.max_rel, m.nmse, m.n_outside), (0.0, 0.0, 0.0, 0));
+        assert_eq!(
+            (m.max_abs, m.max_rel, m.nmse, m.n_outside),
+            (0.0, 0.0, 0.0, 0)
+        );
         assert_eq!(m.nmse_db, f64::NEG_INFINITY);
         assert!((m.cosine - 1.0).abs() < 1e-15);
         assert!(m.passes(&TOL));
@@ -954,20 +1259,38 @@ mod tests {
         // Every element inside atol, but the reference barely varies: NMSE is large.
         let reference = [1.0, 1.0001, 1.0];
         let test = [1.0009, 1.0, 1.0009];
-        let m = metrics(&test, &reference, &Tolerance { atol: 1e-3, rtol: 0.0, nmse: 1.0 });
+        let m = metrics(
+            &test,
+            &reference,
+            &Tolerance {
+                atol: 1e-3,
+                rtol: 0.0,
+                nmse: 1.0,
+            },
+        );
         assert_eq!(m.n_outside, 0);
         assert!(m.nmse > 1.0, "{}", m.nmse);
-        assert!(!m.passes(&Tolerance { atol: 1e-3, rtol: 0.0, nmse: 1.0 }));
+        assert!(!m.passes(&Tolerance {
+            atol: 1e-3,
+            rtol: 0.0,
+            nmse: 1.0
+        }));
         let m = metrics(&[1e-9], &[0.0], &TOL);
         assert_eq!(m.max_rel, f64::INFINITY);
     }
 
     #[test]
     fn a_single_perturbed_element_is_found_and_named() {
-        let reference: Vec<f64> = (0..2 * 12 * 64).map(|i| ((i as f64) * 0.37).sin()).collect();
+        let reference: Vec<f64> = (0..2 * 12 * 64)
+            .map(|i| ((i as f64) * 0.37).sin())
+            .collect();
         let mut test: Vec<f64> = reference.iter().map(|r| r + 1e-7).collect();
         test[777] += 1e-2;
-        let tol = Tolerance { atol: 1e-5, rtol: 1e-4, nmse: 1e-6 };
+        let tol = Tolerance {
+            atol: 1e-5,
+            rtol: 1e-4,
+            nmse: 1e-6,
+        };
         let m = metrics(&test, &reference, &tol);
         assert_eq!((m.n_outside, m.worst), (1, 777));
         assert_eq!(unravel(777, &[2, 12, 64]), [1, 0, 9]);
@@ -983,9 +1306,20 @@ mod tests {
             worst_test: test[777],
             worst_ref: reference[777],
         };
-        let ok = Row { id: "01_ln1_output".into(), pass: true, ..Row { against: [(F64.to_string(), metrics(&reference, &reference, &tol))].into(), ..row_clone(&row) } };
+        let ok = Row {
+            id: "01_ln1_output".into(),
+            pass: true,
+            ..Row {
+                against: [(F64.to_string(), metrics(&reference, &reference, &tol))].into(),
+                ..row_clone(&row)
+            }
+        };
         let why = first_failure(&[ok, row]).unwrap();
-        assert!(why.starts_with("checkpoint 02_q layer 0 (checkpoint_02_q.bin)") && why.contains("element [1, 0, 9]"), "{why}");
+        assert!(
+            why.starts_with("checkpoint 02_q layer 0 (checkpoint_02_q.bin)")
+                && why.contains("element [1, 0, 9]"),
+            "{why}"
+        );
     }
 
     fn row_clone(r: &Row) -> Row {
@@ -1019,7 +1353,10 @@ checkpoints:
     reference: {capture: 'present.{layer}.value', ops: [{permute: [0, 3, 1, 2]}]}
 "#;
         let entries = parse_manifest(text).unwrap();
-        let order: Vec<_> = entries.iter().map(|e| (e.key(), e.stem.as_str(), e.capture.as_str())).collect();
+        let order: Vec<_> = entries
+            .iter()
+            .map(|e| (e.key(), e.stem.as_str(), e.capture.as_str()))
+            .collect();
         assert_eq!(
             order,
             [
@@ -1029,20 +1366,40 @@ checkpoints:
                 ("b@1".to_string(), "b_l1", "present.1.value"),
             ]
         );
-        assert_eq!(entries[0].tolerance, Tolerance { atol: 1e-5, rtol: 1e-4, nmse: 1e-8 });
+        assert_eq!(
+            entries[0].tolerance,
+            Tolerance {
+                atol: 1e-5,
+                rtol: 1e-4,
+                nmse: 1e-8
+            }
+        );
         assert_eq!(entries[1].tolerance, DEFAULT_TOLERANCE);
-        let symbols: BTreeMap<String, i64> = [("n_embd", 768), ("n_tokens", 2), ("n_head", 12), ("head_dim", 64)].map(|(k, v)| (k.to_string(), v)).into();
+        let symbols: BTreeMap<String, i64> = [
+            ("n_embd", 768),
+            ("n_tokens", 2),
+            ("n_head", 12),
+            ("head_dim", 64),
+        ]
+        .map(|(k, v)| (k.to_string(), v))
+        .into();
         let ops = resolve_ops(&entries[0].ops, &symbols).unwrap();
         assert_eq!(
             serde_json::Value::Array(ops),
             serde_json::json!([{"op": "drop_batch"}, {"op": "slice", "axis": -1, "start": 1536, "len": 768}, {"op": "reshape", "shape": [2, 12, 64]}])
         );
-        let err = resolve(&Dim::Expr("n_heads".into()), &symbols).unwrap_err().to_string();
+        let err = resolve(&Dim::Expr("n_heads".into()), &symbols)
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("unknown symbol `n_heads`"), "{err}");
         let err = parse_manifest("checkpoints:\n  - {id: c, tensor: t, file: f, reference: {capture: x, ops: [{transpose: [1, 0]}]}}\n").unwrap_err();
         assert!(format!("{err:#}").contains("transpose"), "{err:#}");
         let err = parse_manifest("checkpoints:\n  - {id: c, tensor: t, file: f}\n").unwrap_err();
-        assert!(err.to_string().contains("checkpoint `c` has no `reference:`"), "{err}");
+        assert!(
+            err.to_string()
+                .contains("checkpoint `c` has no `reference:`"),
+            "{err}"
+        );
     }
 
     #[test]
@@ -1057,9 +1414,18 @@ checkpoints:
             bytes.extend_from_slice(&v.to_le_bytes());
         }
         std::fs::write(&bin, &bytes).unwrap();
-        assert_eq!(read_bin(&bin).unwrap(), Tensor { shape: vec![2, 3], data: vec![1.0, 2.0, 3.0, 4.0, 5.0, 6.5] });
+        assert_eq!(
+            read_bin(&bin).unwrap(),
+            Tensor {
+                shape: vec![2, 3],
+                data: vec![1.0, 2.0, 3.0, 4.0, 5.0, 6.5]
+            }
+        );
         std::fs::write(&bin, &bytes[..bytes.len() - 1]).unwrap();
-        assert!(read_bin(&bin).unwrap_err().to_string().contains("needs 44 bytes"));
+        assert!(read_bin(&bin)
+            .unwrap_err()
+            .to_string()
+            .contains("needs 44 bytes"));
 
         let header = "{'descr': '<f8', 'fortran_order': False, 'shape': (3,), }";
         let mut npy = b"\x93NUMPY\x01\x00".to_vec();
@@ -1072,6 +1438,12 @@ checkpoints:
         }
         let path = dir.path().join("x.npy");
         std::fs::write(&path, &npy).unwrap();
-        assert_eq!(read_npy(&path).unwrap(), Tensor { shape: vec![3], data: vec![0.25, -1.0, 1e-300] });
+        assert_eq!(
+            read_npy(&path).unwrap(),
+            Tensor {
+                shape: vec![3],
+                data: vec![0.25, -1.0, 1e-300]
+            }
+        );
     }
 }

@@ -33,8 +33,16 @@ pub struct Extract {
 impl Extract {
     pub fn run(self, project: &Project) -> Result<()> {
         // Paths given on the command line are the caller's; defaults are the project's.
-        let manifest = self.manifest.map(std::path::absolute).transpose()?.unwrap_or_else(|| project.root().join("manifests/gpt2.yaml"));
-        let out = self.out.map(std::path::absolute).transpose()?.unwrap_or_else(|| project.root().join("checkpoints"));
+        let manifest = self
+            .manifest
+            .map(std::path::absolute)
+            .transpose()?
+            .unwrap_or_else(|| project.root().join("manifests/gpt2.yaml"));
+        let out = self
+            .out
+            .map(std::path::absolute)
+            .transpose()?
+            .unwrap_or_else(|| project.root().join("checkpoints"));
         let model = self.model.map(std::path::absolute).transpose()?;
         // The model first: writing it builds the CPU extractor, and the
         // extractor we run must be the one for the requested backend.
@@ -45,10 +53,13 @@ impl Extract {
         let exe = ensure_extractor(project, self.backend)?;
         let sh = project.shell()?;
         let (prompt, extra) = (&self.prompt, &self.extractor_args);
-        cmd!(sh, "{exe} -m {model} --manifest {manifest} -p {prompt} --out {out} {extra...}")
-            .quiet()
-            .run()
-            .context("the extractor failed (its message is above)")?;
+        cmd!(
+            sh,
+            "{exe} -m {model} --manifest {manifest} -p {prompt} --out {out} {extra...}"
+        )
+        .quiet()
+        .run()
+        .context("the extractor failed (its message is above)")?;
         print_table(&out)
     }
 }
@@ -93,8 +104,10 @@ pub struct LogitsRecord {
 
 pub fn read_record(dir: &Path) -> Result<RunRecord> {
     let path = dir.join("run.json");
-    let bytes = std::fs::read(&path).with_context(|| format!("no run record at {}", path.display()))?;
-    serde_json::from_slice(&bytes).with_context(|| format!("{} is not a run record", path.display()))
+    let bytes =
+        std::fs::read(&path).with_context(|| format!("no run record at {}", path.display()))?;
+    serde_json::from_slice(&bytes)
+        .with_context(|| format!("{} is not a run record", path.display()))
 }
 
 fn print_table(dir: &Path) -> Result<()> {
@@ -118,6 +131,12 @@ fn print_table(dir: &Path) -> Result<()> {
             cp.file
         );
     }
-    println!("\n{} checkpoints in {} (tokens {:?}, prompt decode {:.1} ms)", record.checkpoints.len(), dir.display(), record.tokens, record.prompt_decode_ms);
+    println!(
+        "\n{} checkpoints in {} (tokens {:?}, prompt decode {:.1} ms)",
+        record.checkpoints.len(),
+        dir.display(),
+        record.tokens,
+        record.prompt_decode_ms
+    );
     Ok(())
 }

@@ -36,7 +36,11 @@ use clap::{Parser, Subcommand};
 use crate::project::Project;
 
 #[derive(Parser)]
-#[command(name = "cargo xtask", bin_name = "cargo xtask", about = "llorch-checkpoint: extract llama.cpp's GPT-2 checkpoints through the eval callback and check them against PyTorch")]
+#[command(
+    name = "cargo xtask",
+    bin_name = "cargo xtask",
+    about = "llorch-checkpoint: extract llama.cpp's GPT-2 checkpoints through the eval callback and check them against PyTorch"
+)]
 struct Cli {
     #[command(subcommand)]
     task: Task,

@@ -28,11 +28,18 @@ use crate::python;
 
 /// Where GPT-2's tokenizer files come from.
 const TIKTOKEN: (&str, &str) = ("tiktoken-rs", "0.12.1");
-const TIKTOKEN_CRATE_SHA256: &str = "2aeff724640cfe13037336ddf35befdffd2909cbdb65cf041cc8a4cf8c584cfa";
+const TIKTOKEN_CRATE_SHA256: &str =
+    "2aeff724640cfe13037336ddf35befdffd2909cbdb65cf041cc8a4cf8c584cfa";
 /// The two files taken from it, and their sha256 (checked on every use).
 const TOKENIZER_FILES: [(&str, &str); 2] = [
-    ("encoder.json", "6401aa8aac4e480b02ed2713037078c26fab6fc9f1882012e746fe9bd87bc99b"),
-    ("vocab.bpe", "1ce1664773c50f3e0cc8842619a93edc4624525b728b188a9e0be33b7726adc5"),
+    (
+        "encoder.json",
+        "6401aa8aac4e480b02ed2713037078c26fab6fc9f1882012e746fe9bd87bc99b",
+    ),
+    (
+        "vocab.bpe",
+        "1ce1664773c50f3e0cc8842619a93edc4624525b728b188a9e0be33b7726adc5",
+    ),
 ];
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum, Serialize, Deserialize)]
@@ -109,7 +116,11 @@ impl Model {
         if self.self_test_hf {
             return self_test_hf(project);
         }
-        let spec = Synthetic { layers: self.layers, seed: self.seed, dtype: self.dtype };
+        let spec = Synthetic {
+            layers: self.layers,
+            seed: self.seed,
+            dtype: self.dtype,
+        };
         let (path, sha) = synthetic(project, &spec, self.force)?;
         println!("model: {} sha256 {sha}", path.display());
         Ok(())
@@ -120,7 +131,16 @@ impl Model {
 /// f32 12-layer GPT-2 of seed 0, made if missing.
 #[allow(dead_code)] // the default of `extract` and `verify`, which call it
 pub fn default_model(project: &Project) -> Result<PathBuf> {
-    synthetic(project, &Synthetic { layers: 12, seed: 0, dtype: Dtype::F32 }, false).map(|(path, _)| path)
+    synthetic(
+        project,
+        &Synthetic {
+            layers: 12,
+            seed: 0,
+            dtype: Dtype::F32,
+        },
+        false,
+    )
+    .map(|(path, _)| path)
 }
 
 pub struct Synthetic {
@@ -131,7 +151,12 @@ pub struct Synthetic {
 
 impl Synthetic {
     fn file_name(&self) -> String {
-        format!("gpt2-synthetic-{}-{}l-{}.gguf", self.seed, self.layers, self.dtype.name())
+        format!(
+            "gpt2-synthetic-{}-{}l-{}.gguf",
+            self.seed,
+            self.layers,
+            self.dtype.name()
+        )
     }
 }
 
@@ -157,7 +182,11 @@ pub fn synthetic(project: &Project, spec: &Synthetic, force: bool) -> Result<(Pa
     let exe = ensure_tools_built(project)?;
     let [encoder, vocab] = tokenizer_files(project)?;
     let sh = project.shell()?;
-    let (layers, seed, dtype) = (spec.layers.to_string(), spec.seed.to_string(), spec.dtype.name());
+    let (layers, seed, dtype) = (
+        spec.layers.to_string(),
+        spec.seed.to_string(),
+        spec.dtype.name(),
+    );
     let started = Instant::now();
     cmd!(
         sh,
@@ -171,35 +200,50 @@ pub fn synthetic(project: &Project, spec: &Synthetic, force: bool) -> Result<(Pa
         file: spec.file_name(),
         sha256: sha.clone(),
         bytes: std::fs::metadata(&path)?.len(),
-        source: format!("llorch-checkpoint-model generate (tokenizer from {} {})", TIKTOKEN.0, TIKTOKEN.1),
+        source: format!(
+            "llorch-checkpoint-model generate (tokenizer from {} {})",
+            TIKTOKEN.0, TIKTOKEN.1
+        ),
         seed: Some(spec.seed),
         layers: Some(spec.layers),
         dtype: spec.dtype,
     };
     fetch::write_atomically(&record_path(&path), &serde_json::to_vec_pretty(&record)?)?;
-    eprintln!("model: generated in {:.1} s (including the statistics pass)", elapsed.as_secs_f64());
+    eprintln!(
+        "model: generated in {:.1} s (including the statistics pass)",
+        elapsed.as_secs_f64()
+    );
     Ok((path, sha))
 }
 
 /// The recorded sha256 if the model exists and still has it.
 fn recorded_and_intact(path: &Path) -> Result<Option<String>> {
-    let Ok(bytes) = std::fs::read(record_path(path)) else { return Ok(None) };
-    let Ok(record) = serde_json::from_slice::<Record>(&bytes) else { return Ok(None) };
+    let Ok(bytes) = std::fs::read(record_path(path)) else {
+        return Ok(None);
+    };
+    let Ok(record) = serde_json::from_slice::<Record>(&bytes) else {
+        return Ok(None);
+    };
     if !path.is_file() {
         return Ok(None);
     }
     let actual = sha256_file(path)?;
     if actual != record.sha256 {
-        eprintln!("model: {} differs from its record (sha256 {actual}); regenerating", path.display());
+        eprintln!(
+            "model: {} differs from its record (sha256 {actual}); regenerating",
+            path.display()
+        );
         return Ok(None);
     }
     Ok(Some(actual))
 }
 
 pub fn sha256_file(path: &Path) -> Result<String> {
-    let mut file = std::fs::File::open(path).with_context(|| format!("cannot read {}", path.display()))?;
+    let mut file =
+        std::fs::File::open(path).with_context(|| format!("cannot read {}", path.display()))?;
     let mut hasher = Sha256::new();
-    std::io::copy(&mut file, &mut hasher).with_context(|| format!("cannot read {}", path.display()))?;
+    std::io::copy(&mut file, &mut hasher)
+        .with_context(|| format!("cannot read {}", path.display()))?;
     Ok(hex::encode(hasher.finalize()))
 }
 
@@ -207,30 +251,63 @@ pub fn sha256_file(path: &Path) -> Result<String> {
 fn ensure_tools_built(project: &Project) -> Result<PathBuf> {
     let lib_dir = build::build_llama(project, Backend::Cpu, Flavour::Patched, None)?;
     build::build_extractor(project, Backend::Cpu, Flavour::Patched, &lib_dir)?;
-    let exe = project.root().join("target/release/llorch-checkpoint-model");
-    ensure!(exe.is_file(), "the extractor build did not produce {}", exe.display());
+    let exe = project
+        .root()
+        .join("target/release/llorch-checkpoint-model");
+    ensure!(
+        exe.is_file(),
+        "the extractor build did not produce {}",
+        exe.display()
+    );
     Ok(exe)
 }
 
 /// `encoder.json` and `vocab.bpe` from the pinned tiktoken-rs crate, unpacked
 /// once into `target/llorch/tokenizer/`, checked on every use.
 pub fn tokenizer_files(project: &Project) -> Result<[PathBuf; 2]> {
-    let dir = project.work_dir().join("tokenizer").join(format!("{}-{}", TIKTOKEN.0, TIKTOKEN.1));
+    let dir = project
+        .work_dir()
+        .join("tokenizer")
+        .join(format!("{}-{}", TIKTOKEN.0, TIKTOKEN.1));
     let paths = TOKENIZER_FILES.map(|(name, _)| dir.join(name));
-    let intact = |p: &Path, sha: &str| std::fs::read(p).map(|b| hex::encode(Sha256::digest(&b)) == sha).unwrap_or(false);
-    if TOKENIZER_FILES.iter().zip(&paths).all(|((_, sha), p)| intact(p, sha)) {
+    let intact = |p: &Path, sha: &str| {
+        std::fs::read(p)
+            .map(|b| hex::encode(Sha256::digest(&b)) == sha)
+            .unwrap_or(false)
+    };
+    if TOKENIZER_FILES
+        .iter()
+        .zip(&paths)
+        .all(|((_, sha), p)| intact(p, sha))
+    {
         return Ok(paths);
     }
-    eprintln!("model: taking GPT-2's tokenizer from the {} {} crate", TIKTOKEN.0, TIKTOKEN.1);
+    eprintln!(
+        "model: taking GPT-2's tokenizer from the {} {} crate",
+        TIKTOKEN.0, TIKTOKEN.1
+    );
     let crate_file = fetch::download_crate_file(project, TIKTOKEN.0, TIKTOKEN.1)?;
-    let bytes = std::fs::read(&crate_file).with_context(|| format!("cannot read {}", crate_file.display()))?;
+    let bytes = std::fs::read(&crate_file)
+        .with_context(|| format!("cannot read {}", crate_file.display()))?;
     let what = format!("{} {}", TIKTOKEN.0, TIKTOKEN.1);
-    fetch::check_sha256(&crate_file, &bytes, &what, TIKTOKEN_CRATE_SHA256, "xtask/src/model.rs")?;
+    fetch::check_sha256(
+        &crate_file,
+        &bytes,
+        &what,
+        TIKTOKEN_CRATE_SHA256,
+        "xtask/src/model.rs",
+    )?;
     std::fs::create_dir_all(&dir)?;
     for ((name, sha), path) in TOKENIZER_FILES.iter().zip(&paths) {
         let inner = PathBuf::from(format!("{}-{}/assets/{name}", TIKTOKEN.0, TIKTOKEN.1));
         let content = fetch::read_from_tar_gz(&bytes, &inner)?;
-        fetch::check_sha256(path, &content, &format!("{what} assets/{name}"), sha, "xtask/src/model.rs")?;
+        fetch::check_sha256(
+            path,
+            &content,
+            &format!("{what} assets/{name}"),
+            sha,
+            "xtask/src/model.rs",
+        )?;
         fetch::write_atomically(path, &content)?;
     }
     Ok(paths)
@@ -238,26 +315,48 @@ pub fn tokenizer_files(project: &Project) -> Result<[PathBuf; 2]> {
 
 /// Checks a GGUF with `llorch-checkpoint-model check`; returns its one-line summary.
 fn check(project: &Project, path: &Path) -> Result<String> {
-    let exe = project.root().join("target/release/llorch-checkpoint-model");
+    let exe = project
+        .root()
+        .join("target/release/llorch-checkpoint-model");
     let sh = project.shell()?;
-    let out = cmd!(sh, "{exe} check {path}").quiet().ignore_status().output().context("cannot run llorch-checkpoint-model")?;
+    let out = cmd!(sh, "{exe} check {path}")
+        .quiet()
+        .ignore_status()
+        .output()
+        .context("cannot run llorch-checkpoint-model")?;
     let stdout = String::from_utf8_lossy(&out.stdout).trim().to_string();
     if !out.status.success() {
         let stderr = String::from_utf8_lossy(&out.stderr);
-        let reason = stderr.trim().strip_prefix("error: ").unwrap_or(stderr.trim());
-        bail!("{} cannot be used as the GPT-2 model:\n{reason}", path.display());
+        let reason = stderr
+            .trim()
+            .strip_prefix("error: ")
+            .unwrap_or(stderr.trim());
+        bail!(
+            "{} cannot be used as the GPT-2 model:\n{reason}",
+            path.display()
+        );
     }
     Ok(stdout)
 }
 
 /// Converts a Hugging Face GPT-2 directory; returns the GGUF's path.
 pub fn from_hf(project: &Project, dir: &Path, dtype: Dtype, force: bool) -> Result<PathBuf> {
-    ensure!(dir.join("config.json").is_file(), "{} has no config.json: not a Hugging Face model directory", dir.display());
+    ensure!(
+        dir.join("config.json").is_file(),
+        "{} has no config.json: not a Hugging Face model directory",
+        dir.display()
+    );
     let dir = dir.canonicalize()?;
-    let stem = dir.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_else(|| "hf".into());
+    let stem = dir
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_else(|| "hf".into());
     let out = models_dir(project).join(format!("{stem}-hf-{}.gguf", dtype.name()));
     if !force && out.is_file() {
-        eprintln!("model: {} exists (pass --force to reconvert)", out.display());
+        eprintln!(
+            "model: {} exists (pass --force to reconvert)",
+            out.display()
+        );
     } else {
         let converter = python::converter(project)?;
         std::fs::create_dir_all(models_dir(project))?;
@@ -268,13 +367,22 @@ pub fn from_hf(project: &Project, dir: &Path, dtype: Dtype, force: bool) -> Resu
         let _local = sh.push_env("NO_LOCAL_GGUF", "1");
         let (py, script) = (&converter.python, &converter.script);
         let started = Instant::now();
-        let result = cmd!(sh, "{py} {script} --outfile {tmp} --outtype {outtype} {dir}").run();
+        let result = cmd!(
+            sh,
+            "{py} {script} --outfile {tmp} --outtype {outtype} {dir}"
+        )
+        .run();
         if let Err(err) = result {
             let _ = std::fs::remove_file(&tmp);
-            return Err(err).with_context(|| format!("convert_hf_to_gguf.py could not convert {}", dir.display()));
+            return Err(err).with_context(|| {
+                format!("convert_hf_to_gguf.py could not convert {}", dir.display())
+            });
         }
         std::fs::rename(&tmp, &out)?;
-        eprintln!("model: converted in {:.1} s", started.elapsed().as_secs_f64());
+        eprintln!(
+            "model: converted in {:.1} s",
+            started.elapsed().as_secs_f64()
+        );
     }
     ensure_tools_built(project)?;
     println!("{}", check(project, &out)?);
@@ -313,11 +421,20 @@ print("self-test-hf: wrote a 2-layer, 64-wide random GPT-2 to", {hf:?})
         encoder = encoder.display().to_string(),
         vocab = vocab.display().to_string(),
     );
-    cmd!(sh, "{py} -c {script}").run().context("transformers could not write the tiny GPT-2")?;
+    cmd!(sh, "{py} -c {script}")
+        .run()
+        .context("transformers could not write the tiny GPT-2")?;
     let out = from_hf(project, &hf, Dtype::F32, true)?;
-    let exe = project.root().join("target/release/llorch-checkpoint-model");
-    cmd!(sh, "{exe} stats {out}").run().context("llama.cpp could not run the converted model")?;
-    println!("self-test-hf: passed ({} converts, loads and runs)", hf.display());
+    let exe = project
+        .root()
+        .join("target/release/llorch-checkpoint-model");
+    cmd!(sh, "{exe} stats {out}")
+        .run()
+        .context("llama.cpp could not run the converted model")?;
+    println!(
+        "self-test-hf: passed ({} converts, loads and runs)",
+        hf.display()
+    );
     Ok(())
 }
 
@@ -327,13 +444,24 @@ mod tests {
 
     #[test]
     fn names_and_records_follow_the_spec() {
-        let spec = Synthetic { layers: 2, seed: 7, dtype: Dtype::Q8_0 };
+        let spec = Synthetic {
+            layers: 2,
+            seed: 7,
+            dtype: Dtype::Q8_0,
+        };
         assert_eq!(spec.file_name(), "gpt2-synthetic-7-2l-q8_0.gguf");
-        assert_eq!(record_path(Path::new("/m/a.gguf")), Path::new("/m/a.gguf.json"));
+        assert_eq!(
+            record_path(Path::new("/m/a.gguf")),
+            Path::new("/m/a.gguf.json")
+        );
         let dir = tempfile::tempdir().unwrap();
         let model = dir.path().join("m.gguf");
         std::fs::write(&model, b"GGUF...").unwrap();
-        assert_eq!(recorded_and_intact(&model).unwrap(), None, "no record: must be (re)generated");
+        assert_eq!(
+            recorded_and_intact(&model).unwrap(),
+            None,
+            "no record: must be (re)generated"
+        );
         let sha = sha256_file(&model).unwrap();
         let record = Record {
             file: "m.gguf".into(),
@@ -347,7 +475,11 @@ mod tests {
         std::fs::write(record_path(&model), serde_json::to_vec(&record).unwrap()).unwrap();
         assert_eq!(recorded_and_intact(&model).unwrap(), Some(sha));
         std::fs::write(&model, b"GGUF!!!").unwrap();
-        assert_eq!(recorded_and_intact(&model).unwrap(), None, "a changed file is regenerated");
+        assert_eq!(
+            recorded_and_intact(&model).unwrap(),
+            None,
+            "a changed file is regenerated"
+        );
     }
 
     #[test]
@@ -355,10 +487,16 @@ mod tests {
         let project = Project::from_env().unwrap();
         let [encoder, vocab] = tokenizer_files(&project).unwrap();
         let encoder = std::fs::read_to_string(encoder).unwrap();
-        assert!(encoder.contains("\"<|endoftext|>\": 50256"), "encoder.json maps <|endoftext|> to 50256");
+        assert!(
+            encoder.contains("\"<|endoftext|>\": 50256"),
+            "encoder.json maps <|endoftext|> to 50256"
+        );
         let vocab = std::fs::read_to_string(vocab).unwrap();
         assert!(vocab.starts_with("#version: 0.2"));
         // After the version line, 50000 merges (some of them merge `#`s).
-        assert_eq!(vocab.lines().skip(1).filter(|l| !l.is_empty()).count(), 50000);
+        assert_eq!(
+            vocab.lines().skip(1).filter(|l| !l.is_empty()).count(),
+            50000
+        );
     }
 }

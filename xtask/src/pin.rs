@@ -78,7 +78,11 @@ impl Pin {
         pin.source()?;
         if let SourceRef::Git(git) = pin.source()? {
             if git.commit.len() != 40 || !git.commit.bytes().all(|b| b.is_ascii_hexdigit()) {
-                bail!("{}: git commit must be a full 40-digit hex hash, not {:?}", path.display(), git.commit);
+                bail!(
+                    "{}: git commit must be a full 40-digit hex hash, not {:?}",
+                    path.display(),
+                    git.commit
+                );
             }
         }
         Ok(pin)

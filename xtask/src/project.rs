@@ -17,13 +17,18 @@ impl Project {
         let manifest_dir = std::env::var_os("CARGO_MANIFEST_DIR")
             .map(PathBuf::from)
             .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")));
-        let root = manifest_dir.parent().context("xtask has no parent directory")?.to_path_buf();
+        let root = manifest_dir
+            .parent()
+            .context("xtask has no parent directory")?
+            .to_path_buf();
         Ok(Project { root })
     }
 
     #[cfg(test)]
     pub fn at(root: &Path) -> Project {
-        Project { root: root.to_path_buf() }
+        Project {
+            root: root.to_path_buf(),
+        }
     }
 
     pub fn root(&self) -> &Path {
@@ -51,7 +56,9 @@ impl Project {
 
     /// What `fetch` recorded about the tree it unpacked (pin, patches, file hashes).
     pub fn tree_stamp(&self, flavour: Flavour) -> PathBuf {
-        self.root.join("vendor").join(format!("{}.stamp", flavour.tree_dir_name()))
+        self.root
+            .join("vendor")
+            .join(format!("{}.stamp", flavour.tree_dir_name()))
     }
 
     /// Everything the pipeline generates: tools, builds, models, runs. Git-ignored.

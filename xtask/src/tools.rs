@@ -32,7 +32,11 @@ pub fn ensure(project: &Project) -> Result<Tools> {
     let sh = project.shell()?;
 
     if std::fs::read_to_string(&stamp).ok().as_deref() != Some(wanted.as_str()) {
-        eprintln!("tools: installing {} into {}", REQUIREMENTS.join(" "), venv.display());
+        eprintln!(
+            "tools: installing {} into {}",
+            REQUIREMENTS.join(" "),
+            venv.display()
+        );
         let python3 = std::env::var("PYTHON").unwrap_or_else(|_| "python3".into());
         cmd!(sh, "{python3} -m venv --clear {venv}").run().context(
             "cannot create a Python virtual environment for cmake, ninja and libclang.\n\
@@ -40,9 +44,12 @@ pub fn ensure(project: &Project) -> Result<Tools> {
              or point PYTHON at one",
         )?;
         let requirements = REQUIREMENTS;
-        cmd!(sh, "{python} -m pip install --quiet --disable-pip-version-check {requirements...}")
-            .run()
-            .context("pip could not install the build tools from PyPI (is PyPI reachable?)")?;
+        cmd!(
+            sh,
+            "{python} -m pip install --quiet --disable-pip-version-check {requirements...}"
+        )
+        .run()
+        .context("pip could not install the build tools from PyPI (is PyPI reachable?)")?;
         std::fs::write(&stamp, &wanted)?;
     }
 
@@ -52,5 +59,9 @@ pub fn ensure(project: &Project) -> Result<Tools> {
     )
     .read()
     .context("the libclang wheel is missing from the tools venv: remove target/llorch/tools and retry")?;
-    Ok(Tools { cmake: bin.join("cmake"), ninja: bin.join("ninja"), libclang_dir: PathBuf::from(libclang_dir) })
+    Ok(Tools {
+        cmake: bin.join("cmake"),
+        ninja: bin.join("ninja"),
+        libclang_dir: PathBuf::from(libclang_dir),
+    })
 }

@@ -69,7 +69,10 @@ impl Report {
             Ok(figures) => (true, figures.clone()),
             Err(err) => (false, format!("{err:#}").replace('\n', "\n        ")),
         };
-        println!("{} {name} ({secs:.1} s): {text}", if ok { "PASS" } else { "FAIL" });
+        println!(
+            "{} {name} ({secs:.1} s): {text}",
+            if ok { "PASS" } else { "FAIL" }
+        );
         if ok {
             self.passed += 1;
         } else {
@@ -83,7 +86,12 @@ impl Report {
 impl Verify {
     pub fn run(self, project: &Project) -> Result<()> {
         let started = Instant::now();
-        let mut report = Report { passed: 0, failed: 0, lines: Vec::new(), section: String::new() };
+        let mut report = Report {
+            passed: 0,
+            failed: 0,
+            lines: Vec::new(),
+            section: String::new(),
+        };
         let work = project.work_dir().join("verify");
         let _ = std::fs::remove_dir_all(&work);
         std::fs::create_dir_all(&work)?;
@@ -100,15 +108,26 @@ impl Verify {
             Some(m) => std::path::absolute(m)?,
             None => crate::model::default_model(project)?,
         };
-        println!("ready in {:.1} s: {} and {}", t.elapsed().as_secs_f64(), exe.display(), model.display());
+        println!(
+            "ready in {:.1} s: {} and {}",
+            t.elapsed().as_secs_f64(),
+            exe.display(),
+            model.display()
+        );
         let validator = exe.with_file_name("llorch-checkpoint-validate");
 
         if !self.no_tests {
             report.section("tests");
             let t = Instant::now();
             let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-            let result = cmd!(sh, "{cargo} test --workspace").run().map(|()| "cargo test --workspace passed".to_string());
-            report.check("cargo test --workspace", t, result.context("some tests failed (see above)"));
+            let result = cmd!(sh, "{cargo} test --workspace")
+                .run()
+                .map(|()| "cargo test --workspace passed".to_string());
+            report.check(
+                "cargo test --workspace",
+                t,
+                result.context("some tests failed (see above)"),
+            );
         }
 
         report.section("build");
@@ -116,7 +135,11 @@ impl Verify {
             println!("skip clean and unpatched builds (--quick)");
         } else {
             let t = Instant::now();
-            report.check("clean build of patched llama.cpp + extractor in a fresh directory", t, clean_build(project, &work));
+            report.check(
+                "clean build of patched llama.cpp + extractor in a fresh directory",
+                t,
+                clean_build(project, &work),
+            );
             let t = Instant::now();
             let result = build::build_llama(project, Backend::Cpu, Flavour::Unpatched, None)
                 .map(|dir| format!("unpatched tree builds ({})", dir.display()));
@@ -124,7 +147,10 @@ impl Verify {
         }
         let t = Instant::now();
         let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-        let result = cmd!(sh, "{cargo} xtask bindgen --check").quiet().run().map(|()| "bindings.rs equals bindgen's output for the pinned headers".into());
+        let result = cmd!(sh, "{cargo} xtask bindgen --check")
+            .quiet()
+            .run()
+            .map(|()| "bindings.rs equals bindgen's output for the pinned headers".into());
         report.check(
             "bindings match the pinned headers",
             t,
@@ -139,9 +165,17 @@ impl Verify {
             quietly(cmd!(sh, "{exe} -m {model} --manifest {manifest} -p {prompt} -n 1 -t 2 --out {out} {extra...}"))
         };
         let t = Instant::now();
-        let ran_with = report.check("extractor runs with extraction", t, run(&with, &[]).map(|()| format!("wrote {}", with.display())));
+        let ran_with = report.check(
+            "extractor runs with extraction",
+            t,
+            run(&with, &[]).map(|()| format!("wrote {}", with.display())),
+        );
         let t = Instant::now();
-        let ran_without = report.check("extractor runs with --no-extract", t, run(&without, &["--no-extract"]).map(|()| "ok".into()));
+        let ran_without = report.check(
+            "extractor runs with --no-extract",
+            t,
+            run(&without, &["--no-extract"]).map(|()| "ok".into()),
+        );
         if ran_with && ran_without {
             let t = Instant::now();
             match (read_record(&with), read_record(&without)) {
@@ -149,18 +183,33 @@ impl Verify {
                     let result = if a.generated == b.generated {
                         Ok(format!("both generate {:?}", a.generated))
                     } else {
-                        Err(anyhow::anyhow!("with extraction {:?}, without {:?}", a.generated, b.generated))
+                        Err(anyhow::anyhow!(
+                            "with extraction {:?}, without {:?}",
+                            a.generated,
+                            b.generated
+                        ))
                     };
                     report.check("same generated token", t, result);
                     let t = Instant::now();
                     let result = if a.logits.sha256 == b.logits.sha256 {
-                        Ok(format!("logits.bin sha256 {} in both runs", &a.logits.sha256[..16]))
+                        Ok(format!(
+                            "logits.bin sha256 {} in both runs",
+                            &a.logits.sha256[..16]
+                        ))
                     } else {
-                        Err(anyhow::anyhow!("logits differ: {} vs {}", a.logits.sha256, b.logits.sha256))
+                        Err(anyhow::anyhow!(
+                            "logits differ: {} vs {}",
+                            a.logits.sha256,
+                            b.logits.sha256
+                        ))
                     };
                     report.check("bitwise-equal logits", t, result);
                     let t = Instant::now();
-                    report.check("every manifest checkpoint seen exactly once", t, seen_once(&sh, &validator, &with, &manifest, &a));
+                    report.check(
+                        "every manifest checkpoint seen exactly once",
+                        t,
+                        seen_once(&sh, &validator, &with, &manifest, &a),
+                    );
                 }
                 (Err(err), _) | (_, Err(err)) => {
                     report.check("run records readable", t, Err(err));
@@ -172,11 +221,21 @@ impl Verify {
         if ran_with {
             let t = Instant::now();
             let result = validate(&sh, &validator, &with, &manifest);
-            report.check("checkpoint files valid (exist, parse, manifest shape, finite, sha256)", t, result);
+            report.check(
+                "checkpoint files valid (exist, parse, manifest shape, finite, sha256)",
+                t,
+                result,
+            );
             for (defect, expect) in CORRUPTIONS {
                 let t = Instant::now();
-                let result = corrupted_copy_rejected(&sh, &validator, &with, &manifest, &work, defect, expect);
-                report.check(&format!("validator rejects a copy with {defect}"), t, result);
+                let result = corrupted_copy_rejected(
+                    &sh, &validator, &with, &manifest, &work, defect, expect,
+                );
+                report.check(
+                    &format!("validator rejects a copy with {defect}"),
+                    t,
+                    result,
+                );
             }
         } else {
             println!("skip: no run to check");
@@ -184,16 +243,39 @@ impl Verify {
 
         report.section("performance");
         let t = Instant::now();
-        let result = overhead_ratio(&sh, &exe, &model, &manifest, &work, self.perf_runs, self.max_overhead_ratio);
-        report.check(&format!("decode time with/without extraction <= {}", self.max_overhead_ratio), t, result);
+        let result = overhead_ratio(
+            &sh,
+            &exe,
+            &model,
+            &manifest,
+            &work,
+            self.perf_runs,
+            self.max_overhead_ratio,
+        );
+        report.check(
+            &format!(
+                "decode time with/without extraction <= {}",
+                self.max_overhead_ratio
+            ),
+            t,
+            result,
+        );
         let t = Instant::now();
         let all_layers = project.root().join("manifests/gpt2-all-layers.yaml");
-        report.check("all-layers extraction throughput and peak memory", t, throughput(&sh, &exe, &model, &all_layers, &work));
+        report.check(
+            "all-layers extraction throughput and peak memory",
+            t,
+            throughput(&sh, &exe, &model, &all_layers, &work),
+        );
 
         report.section("compare");
         let t = Instant::now();
         let result = crate::compare::self_test(project);
-        report.check("checkpoints match PyTorch GPT-2 (f64) within tolerance; a 1e-2 perturbation is caught", t, result);
+        report.check(
+            "checkpoints match PyTorch GPT-2 (f64) within tolerance; a 1e-2 perturbation is caught",
+            t,
+            result,
+        );
 
         let pin = Pin::load(&project.pin_file())?;
         let summary = serde_json::json!({
@@ -202,7 +284,11 @@ impl Verify {
         });
         let report_path = work.join("report.json");
         std::fs::write(&report_path, serde_json::to_vec_pretty(&summary)?)?;
-        println!("\nreport: {} ({:.0} s in all)", report_path.display(), started.elapsed().as_secs_f64());
+        println!(
+            "\nreport: {} ({:.0} s in all)",
+            report_path.display(),
+            started.elapsed().as_secs_f64()
+        );
         println!("{} passed, {} failed", report.passed, report.failed);
         if report.failed > 0 {
             bail!("{} check(s) failed", report.failed);
@@ -215,7 +301,12 @@ impl Verify {
 fn clean_build(project: &Project, work: &Path) -> Result<String> {
     let fresh = work.join("clean-build");
     let t = Instant::now();
-    let lib_dir = build::build_llama(project, Backend::Cpu, Flavour::Patched, Some(fresh.join("llama")))?;
+    let lib_dir = build::build_llama(
+        project,
+        Backend::Cpu,
+        Flavour::Patched,
+        Some(fresh.join("llama")),
+    )?;
     let llama_secs = t.elapsed().as_secs_f64();
     let active = fresh.join("active-build.json");
     let tree = project.tree(Flavour::Patched);
@@ -231,33 +322,67 @@ fn clean_build(project: &Project, work: &Path) -> Result<String> {
     {
         let _a = sh.push_env("LLORCH_ACTIVE_BUILD", &active);
         let _b = sh.push_env("CARGO_TARGET_DIR", &target);
-        cmd!(sh, "{cargo} build --quiet --release --package llorch-checkpoint-extractor").run()?;
+        cmd!(
+            sh,
+            "{cargo} build --quiet --release --package llorch-checkpoint-extractor"
+        )
+        .run()?;
     }
     let extractor_secs = t.elapsed().as_secs_f64();
     let exe = target.join("release/llorch-checkpoint-extractor");
     let info = cmd!(sh, "{exe} --version").read()?;
     let _ = std::fs::remove_dir_all(&fresh);
-    Ok(format!("llama.cpp {llama_secs:.0} s, extractor {extractor_secs:.0} s; {info} runs"))
+    Ok(format!(
+        "llama.cpp {llama_secs:.0} s, extractor {extractor_secs:.0} s; {info} runs"
+    ))
 }
 
 /// Runs the extractor; its log is shown only when it fails.
 fn quietly(cmd: xshell::Cmd<'_>) -> Result<()> {
     let out = cmd.quiet().ignore_status().output()?;
-    ensure!(out.status.success(), "the extractor failed:\n{}", String::from_utf8_lossy(&out.stderr).trim_end());
+    ensure!(
+        out.status.success(),
+        "the extractor failed:\n{}",
+        String::from_utf8_lossy(&out.stderr).trim_end()
+    );
     Ok(())
 }
 
 fn validate(sh: &Shell, validator: &Path, dir: &Path, manifest: &Path) -> Result<String> {
-    let out = cmd!(sh, "{validator} {dir} --manifest {manifest}").quiet().ignore_status().output()?;
+    let out = cmd!(sh, "{validator} {dir} --manifest {manifest}")
+        .quiet()
+        .ignore_status()
+        .output()?;
     let text = String::from_utf8_lossy(&out.stdout).into_owned();
-    ensure!(out.status.success(), "{}{}", text, String::from_utf8_lossy(&out.stderr));
+    ensure!(
+        out.status.success(),
+        "{}{}",
+        text,
+        String::from_utf8_lossy(&out.stderr)
+    );
     Ok(text.lines().last().unwrap_or_default().to_string())
 }
 
-fn seen_once(sh: &Shell, validator: &Path, dir: &Path, manifest: &Path, record: &crate::extract::RunRecord) -> Result<String> {
-    let listed = cmd!(sh, "{validator} {dir} --manifest {manifest}").quiet().ignore_status().read()?;
-    let expected = listed.lines().filter(|l| l.starts_with("ok ") || l.starts_with("FAIL ")).count();
-    let mut keys: Vec<(&str, Option<u32>)> = record.checkpoints.iter().map(|c| (c.id.as_str(), c.layer)).collect();
+fn seen_once(
+    sh: &Shell,
+    validator: &Path,
+    dir: &Path,
+    manifest: &Path,
+    record: &crate::extract::RunRecord,
+) -> Result<String> {
+    let listed = cmd!(sh, "{validator} {dir} --manifest {manifest}")
+        .quiet()
+        .ignore_status()
+        .read()?;
+    let expected = listed
+        .lines()
+        .filter(|l| l.starts_with("ok ") || l.starts_with("FAIL "))
+        .count();
+    let mut keys: Vec<(&str, Option<u32>)> = record
+        .checkpoints
+        .iter()
+        .map(|c| (c.id.as_str(), c.layer))
+        .collect();
     keys.sort();
     keys.dedup();
     ensure!(
@@ -278,7 +403,15 @@ const CORRUPTIONS: &[(&str, &str)] = &[
     ("trailing bytes", "trailing bytes"),
 ];
 
-fn corrupted_copy_rejected(sh: &Shell, validator: &Path, run: &Path, manifest: &Path, work: &Path, defect: &str, expect: &str) -> Result<String> {
+fn corrupted_copy_rejected(
+    sh: &Shell,
+    validator: &Path,
+    run: &Path,
+    manifest: &Path,
+    work: &Path,
+    defect: &str,
+    expect: &str,
+) -> Result<String> {
     let copy = work.join("corrupt");
     let _ = std::fs::remove_dir_all(&copy);
     std::fs::create_dir_all(&copy)?;
@@ -289,7 +422,11 @@ fn corrupted_copy_rejected(sh: &Shell, validator: &Path, run: &Path, manifest: &
         }
     }
     let record = read_record(run)?;
-    let victim = &record.checkpoints.first().context("the run has no checkpoint")?.file;
+    let victim = &record
+        .checkpoints
+        .first()
+        .context("the run has no checkpoint")?
+        .file;
     let path = copy.join(victim);
     let mut bytes = std::fs::read(&path)?;
     match defect {
@@ -299,21 +436,46 @@ fn corrupted_copy_rejected(sh: &Shell, validator: &Path, run: &Path, manifest: &
         _ => bytes.extend_from_slice(&[0; 8]),
     }
     std::fs::write(&path, &bytes)?;
-    let out = cmd!(sh, "{validator} {copy} --manifest {manifest}").quiet().ignore_status().output()?;
+    let out = cmd!(sh, "{validator} {copy} --manifest {manifest}")
+        .quiet()
+        .ignore_status()
+        .output()?;
     let text = String::from_utf8_lossy(&out.stdout);
-    let line = text.lines().find(|l| l.starts_with("FAIL")).unwrap_or_default().to_string();
-    ensure!(!out.status.success(), "the validator accepted a copy with {defect}");
-    ensure!(line.contains(victim.as_str()) && line.contains(expect), "the message does not name {victim} and `{expect}`: {line}");
+    let line = text
+        .lines()
+        .find(|l| l.starts_with("FAIL"))
+        .unwrap_or_default()
+        .to_string();
+    ensure!(
+        !out.status.success(),
+        "the validator accepted a copy with {defect}"
+    );
+    ensure!(
+        line.contains(victim.as_str()) && line.contains(expect),
+        "the message does not name {victim} and `{expect}`: {line}"
+    );
     Ok(line.trim_start_matches("FAIL").trim().to_string())
 }
 
 fn median(mut v: Vec<f64>) -> f64 {
     v.sort_by(|a, b| a.total_cmp(b));
     let n = v.len();
-    if n % 2 == 1 { v[n / 2] } else { (v[n / 2 - 1] + v[n / 2]) / 2.0 }
+    if n % 2 == 1 {
+        v[n / 2]
+    } else {
+        (v[n / 2 - 1] + v[n / 2]) / 2.0
+    }
 }
 
-fn overhead_ratio(sh: &Shell, exe: &Path, model: &Path, manifest: &Path, work: &Path, runs: usize, bound: f64) -> Result<String> {
+fn overhead_ratio(
+    sh: &Shell,
+    exe: &Path,
+    model: &Path,
+    manifest: &Path,
+    work: &Path,
+    runs: usize,
+    bound: f64,
+) -> Result<String> {
     let out = work.join("perf");
     let (mut with, mut without) = (Vec::new(), Vec::new());
     for i in 0..runs {
@@ -323,7 +485,11 @@ fn overhead_ratio(sh: &Shell, exe: &Path, model: &Path, manifest: &Path, work: &
             quietly(cmd!(sh, "{exe} -m {model} --manifest {manifest} -p {PERF_PROMPT} -n 0 -t 2 --out {out} {flag...}"))
                 .with_context(|| format!("performance run {i} failed"))?;
             let ms = read_record(&out)?.prompt_decode_ms;
-            if extract { with.push(ms) } else { without.push(ms) }
+            if extract {
+                with.push(ms)
+            } else {
+                without.push(ms)
+            }
         }
     }
     let (w, wo) = (median(with), median(without));
@@ -333,17 +499,34 @@ fn overhead_ratio(sh: &Shell, exe: &Path, model: &Path, manifest: &Path, work: &
     Ok(figures)
 }
 
-fn throughput(sh: &Shell, exe: &Path, model: &Path, manifest: &Path, work: &Path) -> Result<String> {
+fn throughput(
+    sh: &Shell,
+    exe: &Path,
+    model: &Path,
+    manifest: &Path,
+    work: &Path,
+) -> Result<String> {
     let out = work.join("all-layers");
     let baseline = work.join("all-layers-baseline");
-    quietly(cmd!(sh, "{exe} -m {model} --manifest {manifest} -p {PERF_PROMPT} -n 0 -t 2 --out {out}"))
-        .context("the all-layers run failed")?;
+    quietly(cmd!(
+        sh,
+        "{exe} -m {model} --manifest {manifest} -p {PERF_PROMPT} -n 0 -t 2 --out {out}"
+    ))
+    .context("the all-layers run failed")?;
     quietly(cmd!(sh, "{exe} -m {model} --manifest {manifest} -p {PERF_PROMPT} -n 0 -t 2 --out {baseline} --no-extract"))
         .context("the all-layers baseline run failed")?;
     let record = read_record(&out)?;
     let without_ms = read_record(&baseline)?.prompt_decode_ms;
     let without_rss = read_record(&baseline)?.peak_rss_mb.unwrap_or(f64::NAN);
-    let bytes: u64 = record.checkpoints.iter().map(|c| std::fs::metadata(out.join(&c.file)).map(|m| m.len()).unwrap_or(0)).sum();
+    let bytes: u64 = record
+        .checkpoints
+        .iter()
+        .map(|c| {
+            std::fs::metadata(out.join(&c.file))
+                .map(|m| m.len())
+                .unwrap_or(0)
+        })
+        .sum();
     let mb = bytes as f64 / 1e6;
     let extra_secs = (record.prompt_decode_ms - without_ms).max(1.0) / 1e3;
     let rss = record.peak_rss_mb.unwrap_or(f64::NAN);

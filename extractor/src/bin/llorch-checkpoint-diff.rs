@@ -14,7 +14,10 @@ use llorch_checkpoint_extractor::diff::{compare_runs, timing};
 use llorch_checkpoint_extractor::manifest::Manifest;
 
 #[derive(Parser)]
-#[command(version, about = "Compare two extraction runs (NMSE, max abs error, buffers, logits), or summarise timings")]
+#[command(
+    version,
+    about = "Compare two extraction runs (NMSE, max abs error, buffers, logits), or summarise timings"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -57,14 +60,22 @@ enum Command {
 
 fn write_json(path: &Option<PathBuf>, value: &impl serde::Serialize) -> Result<()> {
     if let Some(path) = path {
-        std::fs::write(path, serde_json::to_vec_pretty(value)?).with_context(|| format!("cannot write {}", path.display()))?;
+        std::fs::write(path, serde_json::to_vec_pretty(value)?)
+            .with_context(|| format!("cannot write {}", path.display()))?;
     }
     Ok(())
 }
 
 fn run(command: Command) -> Result<bool> {
     match command {
-        Command::Compare { a, b, manifest, logits_only: _, max_nmse, json } => {
+        Command::Compare {
+            a,
+            b,
+            manifest,
+            logits_only: _,
+            max_nmse,
+            json,
+        } => {
             let checkpoints = match manifest {
                 Some(path) => Manifest::load(&path)?.checkpoints,
                 None => Vec::new(),
@@ -74,18 +85,30 @@ fn run(command: Command) -> Result<bool> {
             write_json(&json, &comparison)?;
             Ok(comparison.pass)
         }
-        Command::Timing { with, without, json } => {
+        Command::Timing {
+            with,
+            without,
+            json,
+        } => {
             let t = timing(&with, &without)?;
             println!(
                 "prompt pass:    median {:.2} ms with extraction, {:.2} ms without ({} and {} runs): ratio {:.3}",
                 t.prompt_ms_with, t.prompt_ms_without, t.runs_with, t.runs_without, t.prompt_ratio
             );
-            if let (Some(w), Some(wo), Some(r)) = (t.token_ms_with, t.token_ms_without, t.token_ratio) {
+            if let (Some(w), Some(wo), Some(r)) =
+                (t.token_ms_with, t.token_ms_without, t.token_ratio)
+            {
                 println!("token passes:   median {w:.2} ms with extraction, {wo:.2} ms without: ratio {r:.3}");
             }
             match t.token_ratio {
-                Some(r) => println!("ratio with/without extraction: prompt {:.3}, per token {r:.3}", t.prompt_ratio),
-                None => println!("ratio with/without extraction: prompt {:.3}", t.prompt_ratio),
+                Some(r) => println!(
+                    "ratio with/without extraction: prompt {:.3}, per token {r:.3}",
+                    t.prompt_ratio
+                ),
+                None => println!(
+                    "ratio with/without extraction: prompt {:.3}",
+                    t.prompt_ratio
+                ),
             }
             write_json(&json, &t)?;
             Ok(true)

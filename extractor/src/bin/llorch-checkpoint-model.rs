@@ -13,7 +13,11 @@ use llorch_checkpoint_extractor::ffi::gguf::Dtype;
 use llorch_checkpoint_extractor::gpt2_model::{self, stats, Hparams, Spec, Tokenizer};
 
 #[derive(Parser)]
-#[command(name = "llorch-checkpoint-model", version, about = "GPT-2 GGUF models for llorch-checkpoint")]
+#[command(
+    name = "llorch-checkpoint-model",
+    version,
+    about = "GPT-2 GGUF models for llorch-checkpoint"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -67,17 +71,37 @@ fn threads() -> i32 {
 
 fn run(command: Command) -> Result<()> {
     match command {
-        Command::Generate { out, layers, seed, dtype, encoder_json, vocab_bpe, no_stats } => {
+        Command::Generate {
+            out,
+            layers,
+            seed,
+            dtype,
+            encoder_json,
+            vocab_bpe,
+            no_stats,
+        } => {
             let dtype = match dtype {
                 DtypeArg::F32 => Dtype::F32,
                 DtypeArg::F16 => Dtype::F16,
                 DtypeArg::Q8_0 => Dtype::Q8_0,
             };
-            let spec = Spec { hparams: Hparams { n_layer: layers as i64, ..Hparams::GPT2_SMALL }, seed, dtype };
+            let spec = Spec {
+                hparams: Hparams {
+                    n_layer: layers as i64,
+                    ..Hparams::GPT2_SMALL
+                },
+                seed,
+                dtype,
+            };
             let started = Instant::now();
             let tokenizer = Tokenizer::load(&encoder_json, &vocab_bpe)?;
             gpt2_model::write(&spec, &tokenizer, &out)?;
-            println!("model: wrote {} ({}) in {:.2} s", out.display(), spec.name(), started.elapsed().as_secs_f64());
+            println!(
+                "model: wrote {} ({}) in {:.2} s",
+                out.display(),
+                spec.name(),
+                started.elapsed().as_secs_f64()
+            );
             if !no_stats {
                 print_stats(&out)?;
             }
@@ -86,7 +110,11 @@ fn run(command: Command) -> Result<()> {
         Command::Check { path } => {
             let checked = gpt2_model::check_gpt2(&path)?;
             let h = checked.hparams;
-            let types: Vec<String> = checked.types.iter().map(|(t, n)| format!("{n} {t}")).collect();
+            let types: Vec<String> = checked
+                .types
+                .iter()
+                .map(|(t, n)| format!("{n} {t}"))
+                .collect();
             println!(
                 "model: {} is a gpt2 model: n_vocab {} n_ctx {} n_embd {} n_head {} n_layer {} n_ff {} eps {:e}; {} tensors ({})",
                 path.display(),
@@ -109,7 +137,11 @@ fn run(command: Command) -> Result<()> {
 fn print_stats(path: &std::path::Path) -> Result<()> {
     let started = Instant::now();
     let layers = stats::measure(path, threads())?;
-    println!("model: activations for {:?} ({:.2} s):", stats::PROMPT, started.elapsed().as_secs_f64());
+    println!(
+        "model: activations for {:?} ({:.2} s):",
+        stats::PROMPT,
+        started.elapsed().as_secs_f64()
+    );
     print!("{}", stats::table(&layers));
     Ok(())
 }

@@ -11,7 +11,10 @@ use llorch_checkpoint_extractor::check::check_run;
 use llorch_checkpoint_extractor::manifest::Manifest;
 
 #[derive(Parser)]
-#[command(version, about = "Validate the checkpoint files of an extraction run against its manifest and run.json")]
+#[command(
+    version,
+    about = "Validate the checkpoint files of an extraction run against its manifest and run.json"
+)]
 struct Cli {
     /// The run's output directory (holds run.json).
     dir: PathBuf,
@@ -40,5 +43,9 @@ fn main() -> ExitCode {
         }
     }
     println!("{} files valid, {failed} invalid", verdicts.len() - failed);
-    if failed == 0 { ExitCode::SUCCESS } else { ExitCode::FAILURE }
+    if failed == 0 {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    }
 }

@@ -37,7 +37,11 @@ pub struct EvalHook<O> {
 
 impl<O: Observer> EvalHook<O> {
     pub fn new(observer: O) -> EvalHook<O> {
-        EvalHook { observer, error: None, stopped: AtomicBool::new(false) }
+        EvalHook {
+            observer,
+            error: None,
+            stopped: AtomicBool::new(false),
+        }
     }
 
     pub fn observer(&self) -> &O {
@@ -88,7 +92,9 @@ impl<O: Observer> EvalHook<O> {
                     .or_else(|| panic.downcast_ref::<String>().cloned())
                     .unwrap_or_else(|| "a non-string panic".into());
                 let name = String::from_utf8_lossy(node.name()).into_owned();
-                self.fail(anyhow!("the eval callback panicked on node `{name}`: {what}"));
+                self.fail(anyhow!(
+                    "the eval callback panicked on node `{name}`: {what}"
+                ));
                 ask
             }
         }
@@ -100,7 +106,11 @@ impl<O: Observer> EvalHook<O> {
 /// # Safety
 /// `user_data` must point to a live `EvalHook<O>` of this very `O` that nothing
 /// else borrows during the call, and `t` to a tensor valid for the call.
-pub unsafe extern "C" fn eval_trampoline<O: Observer>(t: *mut sys::ggml_tensor, ask: bool, user_data: *mut c_void) -> bool {
+pub unsafe extern "C" fn eval_trampoline<O: Observer>(
+    t: *mut sys::ggml_tensor,
+    ask: bool,
+    user_data: *mut c_void,
+) -> bool {
     if t.is_null() || user_data.is_null() {
         return false;
     }
@@ -152,7 +162,8 @@ mod tests {
             if node.name() == b"boom" {
                 panic!("injected");
             }
-            self.seen.push(String::from_utf8_lossy(node.name()).into_owned());
+            self.seen
+                .push(String::from_utf8_lossy(node.name()).into_owned());
             Ok(())
         }
     }
@@ -168,7 +179,10 @@ mod tests {
         let (mut wanted, mut other) = (node("attn_norm-0"), node("norm-0"));
         assert!(call(&mut hook, &mut wanted, true));
         assert!(!call(&mut hook, &mut other, true));
-        assert!(call(&mut hook, &mut wanted, false), "a successful observe lets the compute go on");
+        assert!(
+            call(&mut hook, &mut wanted, false),
+            "a successful observe lets the compute go on"
+        );
         assert_eq!(hook.observer().seen, ["attn_norm-0"]);
         assert!(hook.take_error().is_none());
     }
@@ -179,14 +193,26 @@ mod tests {
         let user = (&mut *hook as *mut EvalHook<Panicky>).cast::<c_void>();
         let mut boom = node("boom");
         assert!(call(&mut hook, &mut boom, true));
-        assert!(!call(&mut hook, &mut boom, false), "observe must return false to stop the scheduler");
-        assert!(unsafe { abort_trampoline::<Panicky>(user) }, "the abort callback fires from now on");
+        assert!(
+            !call(&mut hook, &mut boom, false),
+            "observe must return false to stop the scheduler"
+        );
+        assert!(
+            unsafe { abort_trampoline::<Panicky>(user) },
+            "the abort callback fires from now on"
+        );
         // After the failure, every node is wanted and every observe refused.
         let mut later = node("ffn_out-0");
         assert!(call(&mut hook, &mut later, true));
         assert!(!call(&mut hook, &mut later, false));
         let err = hook.take_error().expect("the panic is recorded");
-        assert!(format!("{err}").contains("panicked on node `boom`: injected"), "{err}");
-        assert!(!unsafe { abort_trampoline::<Panicky>(user) }, "taking the error re-arms the hook");
+        assert!(
+            format!("{err}").contains("panicked on node `boom`: injected"),
+            "{err}"
+        );
+        assert!(
+            !unsafe { abort_trampoline::<Panicky>(user) },
+            "taking the error re-arms the hook"
+        );
     }
 }

@@ -48,7 +48,11 @@ impl Dtype {
     /// Converts f32 rows of `row_len` elements to this type with ggml's own
     /// conversion (the same code llama.cpp's quantizer uses).
     pub fn convert(self, data: &[f32], row_len: i64) -> Result<Vec<u8>> {
-        ensure!(row_len > 0 && data.len() as i64 % row_len == 0, "{} values are not rows of {row_len}", data.len());
+        ensure!(
+            row_len > 0 && data.len() as i64 % row_len == 0,
+            "{} values are not rows of {row_len}",
+            data.len()
+        );
         let rows = data.len() as i64 / row_len;
         match self {
             Dtype::F32 => {
@@ -61,7 +65,13 @@ impl Dtype {
             Dtype::F16 => {
                 let mut out = vec![0u16; data.len()];
                 // SAFETY: both buffers hold data.len() elements.
-                unsafe { sys::ggml_fp32_to_fp16_row(data.as_ptr(), out.as_mut_ptr().cast(), data.len() as i64) };
+                unsafe {
+                    sys::ggml_fp32_to_fp16_row(
+                        data.as_ptr(),
+                        out.as_mut_ptr().cast(),
+                        data.len() as i64,
+                    )
+                };
                 let mut bytes = Vec::with_capacity(out.len() * 2);
                 for v in out {
                     bytes.extend_from_slice(&v.to_le_bytes());
@@ -71,7 +81,10 @@ impl Dtype {
             Dtype::Q8_0 => {
                 // SAFETY: block size of a valid type.
                 let blck = unsafe { sys::ggml_blck_size(self.ggml()) };
-                ensure!(row_len % blck == 0, "q8_0 needs rows that are a multiple of {blck}, not {row_len}");
+                ensure!(
+                    row_len % blck == 0,
+                    "q8_0 needs rows that are a multiple of {blck}, not {row_len}"
+                );
                 let mut out = vec![0u8; self.row_size(row_len) * rows as usize];
                 // SAFETY: `data` holds rows*row_len floats and `out` rows full q8_0 rows;
                 // q8_0 needs no importance matrix.
@@ -86,7 +99,11 @@ impl Dtype {
                         std::ptr::null(),
                     )
                 };
-                ensure!(written == out.len(), "ggml_quantize_chunk wrote {written} bytes, expected {}", out.len());
+                ensure!(
+                    written == out.len(),
+                    "ggml_quantize_chunk wrote {written} bytes, expected {}",
+                    out.len()
+                );
                 Ok(out)
             }
         }
@@ -116,7 +133,11 @@ impl GgufWriter {
         let mem_size = max_tensors * (std::mem::size_of::<sys::ggml_tensor>() + 256) + 4096;
         // SAFETY: plain constructors; no_alloc means ggml allocates only metadata.
         unsafe {
-            let meta = sys::ggml_init(sys::ggml_init_params { mem_size, mem_buffer: std::ptr::null_mut(), no_alloc: true });
+            let meta = sys::ggml_init(sys::ggml_init_params {
+                mem_size,
+                mem_buffer: std::ptr::null_mut(),
+                no_alloc: true,
+            });
             let meta = NonNull::new(meta).context("ggml_init failed")?;
             let gguf = match NonNull::new(sys::gguf_init_empty()) {
                 Some(g) => g,
@@ -125,7 +146,13 @@ impl GgufWriter {
                     bail!("gguf_init_empty failed");
                 }
             };
-            Ok(GgufWriter { gguf, meta, data: Vec::new(), names: HashSet::new(), capacity: max_tensors })
+            Ok(GgufWriter {
+                gguf,
+                meta,
+                data: Vec::new(),
+                names: HashSet::new(),
+                capacity: max_tensors,
+            })
         }
     }
 
@@ -174,29 +201,58 @@ impl GgufWriter {
 
     pub fn set_arr_str(&mut self, key: &str, values: &[String]) -> Result<()> {
         let k = c_string(key)?;
-        let owned = values.iter().map(|v| c_string(v)).collect::<Result<Vec<_>>>()?;
+        let owned = values
+            .iter()
+            .map(|v| c_string(v))
+            .collect::<Result<Vec<_>>>()?;
         let mut ptrs: Vec<*const c_char> = owned.iter().map(|c| c.as_ptr()).collect();
         // SAFETY: every pointer is a live NUL-terminated string; gguf copies them.
-        unsafe { sys::gguf_set_arr_str(self.gguf.as_ptr(), k.as_ptr(), ptrs.as_mut_ptr(), ptrs.len()) };
+        unsafe {
+            sys::gguf_set_arr_str(
+                self.gguf.as_ptr(),
+                k.as_ptr(),
+                ptrs.as_mut_ptr(),
+                ptrs.len(),
+            )
+        };
         Ok(())
     }
 
     /// Adds a tensor of shape `ne` (ggml order, innermost first) whose bytes
     /// are already in type `ty` (see [`Dtype::convert`]).
     pub fn add_tensor(&mut self, name: &str, ne: &[i64], ty: Dtype, bytes: Vec<u8>) -> Result<()> {
-        ensure!(!ne.is_empty() && ne.len() <= 4, "tensor {name}: {} dimensions", ne.len());
-        ensure!(name.len() < sys::GGML_MAX_NAME as usize, "tensor name {name} is longer than ggml allows");
-        ensure!(self.names.insert(name.to_string()), "duplicate tensor {name}");
-        ensure!(self.names.len() <= self.capacity, "more than {} tensors", self.capacity);
+        ensure!(
+            !ne.is_empty() && ne.len() <= 4,
+            "tensor {name}: {} dimensions",
+            ne.len()
+        );
+        ensure!(
+            name.len() < sys::GGML_MAX_NAME as usize,
+            "tensor name {name} is longer than ggml allows"
+        );
+        ensure!(
+            self.names.insert(name.to_string()),
+            "duplicate tensor {name}"
+        );
+        ensure!(
+            self.names.len() <= self.capacity,
+            "more than {} tensors",
+            self.capacity
+        );
         let rows: i64 = ne[1..].iter().product();
         let expected = ty.row_size(ne[0]) * rows as usize;
-        ensure!(bytes.len() == expected, "tensor {name}: {} bytes, shape {ne:?} in {ty:?} needs {expected}", bytes.len());
+        ensure!(
+            bytes.len() == expected,
+            "tensor {name}: {} bytes, shape {ne:?} in {ty:?} needs {expected}",
+            bytes.len()
+        );
         let c_name = c_string(name)?;
         // SAFETY: the metadata context has room (checked above); ne has
         // ne.len() elements. gguf copies the tensor struct and keeps the data
         // pointer, whose Vec we own until drop (moving the Vec keeps its heap buffer).
         unsafe {
-            let t = sys::ggml_new_tensor(self.meta.as_ptr(), ty.ggml(), ne.len() as i32, ne.as_ptr());
+            let t =
+                sys::ggml_new_tensor(self.meta.as_ptr(), ty.ggml(), ne.len() as i32, ne.as_ptr());
             ensure!(!t.is_null(), "ggml could not create tensor {name}");
             sys::ggml_set_name(t, c_name.as_ptr());
             sys::gguf_add_tensor(self.gguf.as_ptr(), t);
@@ -208,18 +264,29 @@ impl GgufWriter {
 
     /// Writes the file atomically: to a temporary file beside it, then renamed.
     pub fn write(&self, path: &Path) -> Result<()> {
-        let dir = path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
+        let dir = path
+            .parent()
+            .filter(|p| !p.as_os_str().is_empty())
+            .unwrap_or(Path::new("."));
         std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
-        let file_name = path.file_name().context("output path has no file name")?.to_string_lossy();
+        let file_name = path
+            .file_name()
+            .context("output path has no file name")?
+            .to_string_lossy();
         let tmp: PathBuf = dir.join(format!(".{file_name}.tmp-{}", std::process::id()));
-        let c_tmp = CString::new(tmp.as_os_str().as_encoded_bytes()).context("path contains a NUL byte")?;
+        let c_tmp =
+            CString::new(tmp.as_os_str().as_encoded_bytes()).context("path contains a NUL byte")?;
         // SAFETY: valid context; all tensor data pointers are alive (self.data).
         let ok = unsafe { sys::gguf_write_to_file(self.gguf.as_ptr(), c_tmp.as_ptr(), false) };
         if !ok {
             let _ = std::fs::remove_file(&tmp);
-            bail!("ggml could not write {} (disk full or not writable?)", tmp.display());
+            bail!(
+                "ggml could not write {} (disk full or not writable?)",
+                tmp.display()
+            );
         }
-        std::fs::rename(&tmp, path).with_context(|| format!("cannot move {} to {}", tmp.display(), path.display()))
+        std::fs::rename(&tmp, path)
+            .with_context(|| format!("cannot move {} to {}", tmp.display(), path.display()))
     }
 }
 
@@ -275,13 +342,21 @@ impl GgufFile {
     /// tensors point past its end, is an error naming the file.
     pub fn open(path: &Path) -> Result<GgufFile> {
         super::init();
-        let meta = std::fs::metadata(path).with_context(|| format!("cannot read {}", path.display()))?;
+        let meta =
+            std::fs::metadata(path).with_context(|| format!("cannot read {}", path.display()))?;
         ensure!(meta.is_file(), "{} is not a file", path.display());
-        let c_path = CString::new(path.as_os_str().as_encoded_bytes()).context("path contains a NUL byte")?;
+        let c_path = CString::new(path.as_os_str().as_encoded_bytes())
+            .context("path contains a NUL byte")?;
         // SAFETY: metadata only (ctx = NULL, no tensor data). gguf_init_from_file
         // returns NULL on any malformed or truncated header.
         let ctx = unsafe {
-            sys::gguf_init_from_file(c_path.as_ptr(), sys::gguf_init_params { no_alloc: true, ctx: std::ptr::null_mut() })
+            sys::gguf_init_from_file(
+                c_path.as_ptr(),
+                sys::gguf_init_params {
+                    no_alloc: true,
+                    ctx: std::ptr::null_mut(),
+                },
+            )
         };
         let ctx = match NonNull::new(ctx) {
             Some(ctx) => ctx,
@@ -293,7 +368,11 @@ impl GgufFile {
                 path.display()
             ),
         };
-        let file = GgufFile { ctx, path: path.to_path_buf(), file_len: meta.len() };
+        let file = GgufFile {
+            ctx,
+            path: path.to_path_buf(),
+            file_len: meta.len(),
+        };
         for t in file.tensors() {
             let end = t.file_offset.checked_add(t.size);
             if end.is_none_or(|end| end > file.file_len) {
@@ -329,7 +408,11 @@ impl GgufFile {
     pub fn keys(&self) -> Vec<String> {
         // SAFETY: ids in 0..n_kv are valid.
         (0..unsafe { sys::gguf_get_n_kv(self.raw()) })
-            .map(|i| unsafe { CStr::from_ptr(sys::gguf_get_key(self.raw(), i)) }.to_string_lossy().into_owned())
+            .map(|i| {
+                unsafe { CStr::from_ptr(sys::gguf_get_key(self.raw(), i)) }
+                    .to_string_lossy()
+                    .into_owned()
+            })
             .collect()
     }
 
@@ -342,7 +425,11 @@ impl GgufFile {
         unsafe {
             let ty = sys::gguf_get_kv_type(self.raw(), id);
             Some(match ty {
-                T::GGUF_TYPE_STRING => Value::Str(CStr::from_ptr(sys::gguf_get_val_str(self.raw(), id)).to_string_lossy().into_owned()),
+                T::GGUF_TYPE_STRING => Value::Str(
+                    CStr::from_ptr(sys::gguf_get_val_str(self.raw(), id))
+                        .to_string_lossy()
+                        .into_owned(),
+                ),
                 T::GGUF_TYPE_UINT8 => Value::Uint(sys::gguf_get_val_u8(self.raw(), id) as u64),
                 T::GGUF_TYPE_UINT16 => Value::Uint(sys::gguf_get_val_u16(self.raw(), id) as u64),
                 T::GGUF_TYPE_UINT32 => Value::Uint(sys::gguf_get_val_u32(self.raw(), id) as u64),
@@ -357,7 +444,11 @@ impl GgufFile {
                 T::GGUF_TYPE_ARRAY => {
                     let elem = sys::gguf_get_arr_type(self.raw(), id);
                     let name = sys::gguf_type_name(elem);
-                    let name = if name.is_null() { "?" } else { CStr::from_ptr(name).to_str().unwrap_or("?") };
+                    let name = if name.is_null() {
+                        "?"
+                    } else {
+                        CStr::from_ptr(name).to_str().unwrap_or("?")
+                    };
                     Value::Array(name, sys::gguf_get_arr_n(self.raw(), id))
                 }
                 _ => return None,
@@ -399,7 +490,11 @@ impl GgufFile {
             {
                 return None;
             }
-            Some(CStr::from_ptr(sys::gguf_get_arr_str(self.raw(), id, i)).to_string_lossy().into_owned())
+            Some(
+                CStr::from_ptr(sys::gguf_get_arr_str(self.raw(), id, i))
+                    .to_string_lossy()
+                    .into_owned(),
+            )
         }
     }
 
@@ -410,9 +505,12 @@ impl GgufFile {
             let data_offset = sys::gguf_get_data_offset(self.raw()) as u64;
             (0..sys::gguf_get_n_tensors(self.raw()))
                 .map(|i| {
-                    let name = CStr::from_ptr(sys::gguf_get_tensor_name(self.raw(), i)).to_string_lossy().into_owned();
+                    let name = CStr::from_ptr(sys::gguf_get_tensor_name(self.raw(), i))
+                        .to_string_lossy()
+                        .into_owned();
                     let ne_ptr = sys::gguf_get_tensor_ne(self.raw(), i);
-                    let mut ne = std::slice::from_raw_parts(ne_ptr, sys::GGML_MAX_DIMS as usize).to_vec();
+                    let mut ne =
+                        std::slice::from_raw_parts(ne_ptr, sys::GGML_MAX_DIMS as usize).to_vec();
                     while ne.len() > 1 && ne.last() == Some(&1) {
                         ne.pop();
                     }
@@ -420,7 +518,8 @@ impl GgufFile {
                         name,
                         ne,
                         ty: sys::gguf_get_tensor_type(self.raw(), i),
-                        file_offset: data_offset + sys::gguf_get_tensor_offset(self.raw(), i) as u64,
+                        file_offset: data_offset
+                            + sys::gguf_get_tensor_offset(self.raw(), i) as u64,
                         size: sys::gguf_get_tensor_size(self.raw(), i) as u64,
                     }
                 })

@@ -25,8 +25,13 @@ impl Model {
     /// Loads a GGUF model; `n_gpu_layers` layers are offloaded to a GPU backend if one exists.
     pub fn load(path: &Path, n_gpu_layers: i32) -> Result<Model> {
         super::init();
-        ensure!(path.is_file(), "model file {} does not exist", path.display());
-        let c_path = CString::new(path.as_os_str().as_encoded_bytes()).context("model path contains a NUL byte")?;
+        ensure!(
+            path.is_file(),
+            "model file {} does not exist",
+            path.display()
+        );
+        let c_path = CString::new(path.as_os_str().as_encoded_bytes())
+            .context("model path contains a NUL byte")?;
         // SAFETY: default params are plain data; the path outlives the call.
         let ptr = unsafe {
             let mut params = sys::llama_model_default_params();
@@ -86,7 +91,14 @@ impl Model {
         let mut buf = vec![0u8; 256];
         loop {
             // SAFETY: buf is writable for buf.len() bytes; the key outlives the call.
-            let n = unsafe { sys::llama_model_meta_val_str(self.raw(), key.as_ptr(), buf.as_mut_ptr().cast(), buf.len()) };
+            let n = unsafe {
+                sys::llama_model_meta_val_str(
+                    self.raw(),
+                    key.as_ptr(),
+                    buf.as_mut_ptr().cast(),
+                    buf.len(),
+                )
+            };
             if n < 0 {
                 return None;
             }
@@ -104,13 +116,29 @@ impl Model {
         let mut tokens = vec![0 as Token; text.len() + 8];
         // SAFETY: text is valid for len bytes; tokens is writable for its length.
         let n = unsafe {
-            sys::llama_tokenize(self.vocab(), text.as_ptr().cast(), len, tokens.as_mut_ptr(), tokens.len() as i32, true, false)
+            sys::llama_tokenize(
+                self.vocab(),
+                text.as_ptr().cast(),
+                len,
+                tokens.as_mut_ptr(),
+                tokens.len() as i32,
+                true,
+                false,
+            )
         };
         if n < 0 {
             tokens.resize((-n) as usize, 0);
             // SAFETY: as above, with the size llama.cpp asked for.
             let n2 = unsafe {
-                sys::llama_tokenize(self.vocab(), text.as_ptr().cast(), len, tokens.as_mut_ptr(), tokens.len() as i32, true, false)
+                sys::llama_tokenize(
+                    self.vocab(),
+                    text.as_ptr().cast(),
+                    len,
+                    tokens.as_mut_ptr(),
+                    tokens.len() as i32,
+                    true,
+                    false,
+                )
             };
             ensure!(n2 >= 0, "llama.cpp could not tokenize the prompt");
             tokens.truncate(n2 as usize);
@@ -125,7 +153,16 @@ impl Model {
         let mut buf = vec![0u8; 64];
         loop {
             // SAFETY: buf is writable for its length.
-            let n = unsafe { sys::llama_token_to_piece(self.vocab(), token, buf.as_mut_ptr().cast(), buf.len() as i32, 0, true) };
+            let n = unsafe {
+                sys::llama_token_to_piece(
+                    self.vocab(),
+                    token,
+                    buf.as_mut_ptr().cast(),
+                    buf.len() as i32,
+                    0,
+                    true,
+                )
+            };
             if n >= 0 {
                 buf.truncate(n as usize);
                 return String::from_utf8_lossy(&buf).into_owned();
@@ -172,7 +209,11 @@ pub struct Context<'m, O: Observer> {
 impl<'m, O: Observer> Context<'m, O> {
     /// Creates a context. With `observer = None` no callback is registered at
     /// all, so disabled extraction costs nothing.
-    pub fn new(model: &'m Model, params: &ContextParams, observer: Option<O>) -> Result<Context<'m, O>> {
+    pub fn new(
+        model: &'m Model,
+        params: &ContextParams,
+        observer: Option<O>,
+    ) -> Result<Context<'m, O>> {
         let mut hook = observer.map(|o| Box::new(EvalHook::new(o)));
         let kv = match params.kv_type {
             KvType::F16 => sys::ggml_type::GGML_TYPE_F16,
@@ -204,8 +245,14 @@ impl<'m, O: Observer> Context<'m, O> {
             }
             sys::llama_init_from_model(model.ptr.as_ptr(), p)
         };
-        let ptr = NonNull::new(ptr).context("llama.cpp could not create a context (out of memory, or n_ctx too large?)")?;
-        Ok(Context { ptr, hook, n_vocab: model.n_vocab() as usize, _model: std::marker::PhantomData })
+        let ptr = NonNull::new(ptr)
+            .context("llama.cpp could not create a context (out of memory, or n_ctx too large?)")?;
+        Ok(Context {
+            ptr,
+            hook,
+            n_vocab: model.n_vocab() as usize,
+            _model: std::marker::PhantomData,
+        })
     }
 
     /// Runs one forward pass over `tokens` at positions `pos0..`. With

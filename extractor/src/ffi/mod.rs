@@ -8,7 +8,14 @@
 //!
 //! Everything outside this module is safe Rust.
 
-#[allow(non_upper_case_globals, non_camel_case_types, non_snake_case, dead_code, unused_imports, clippy::all)]
+#[allow(
+    non_upper_case_globals,
+    non_camel_case_types,
+    non_snake_case,
+    dead_code,
+    unused_imports,
+    clippy::all
+)]
 pub mod sys {
     include!("bindings.rs");
 }
@@ -54,12 +61,16 @@ pub fn init() {
 
 /// Loads every backend module of a `GGML_BACKEND_DL` build; says where it looked if none loads.
 fn load_backend_modules() {
-    let dir = std::env::var_os(BACKEND_DIR_ENV).map(PathBuf::from).or_else(loaded_ggml_dir);
+    let dir = std::env::var_os(BACKEND_DIR_ENV)
+        .map(PathBuf::from)
+        .or_else(loaded_ggml_dir);
     let Some(dir) = dir else {
         log::error!("llama.cpp was built with GGML_BACKEND_DL, but where libggml lives is unknown: set {BACKEND_DIR_ENV}");
         return;
     };
-    let Ok(c_dir) = CString::new(dir.as_os_str().as_encoded_bytes()) else { return };
+    let Ok(c_dir) = CString::new(dir.as_os_str().as_encoded_bytes()) else {
+        return;
+    };
     // SAFETY: a NUL-terminated path valid for the call.
     unsafe { sys::ggml_backend_load_all_from_path(c_dir.as_ptr()) };
     if unsafe { sys::ggml_backend_reg_count() } == 0 {
@@ -85,28 +96,47 @@ fn loaded_ggml_dir() -> Option<PathBuf> {
     unsafe extern "C" {
         fn dladdr(addr: *const c_void, info: *mut DlInfo) -> c_int;
     }
-    let mut info = DlInfo { fname: std::ptr::null(), fbase: std::ptr::null_mut(), sname: std::ptr::null(), saddr: std::ptr::null_mut() };
+    let mut info = DlInfo {
+        fname: std::ptr::null(),
+        fbase: std::ptr::null_mut(),
+        sname: std::ptr::null(),
+        saddr: std::ptr::null_mut(),
+    };
     let symbol = sys::ggml_backend_load_all_from_path as *const c_void;
     // SAFETY: dladdr only reads the address and fills `info` (glibc and macOS share this layout).
     if unsafe { dladdr(symbol, &mut info) } == 0 || info.fname.is_null() {
         return None;
     }
     // SAFETY: dladdr's file name is a NUL-terminated string owned by the loader.
-    let file = unsafe { CStr::from_ptr(info.fname) }.to_string_lossy().into_owned();
-    std::fs::canonicalize(file).ok()?.parent().map(PathBuf::from)
+    let file = unsafe { CStr::from_ptr(info.fname) }
+        .to_string_lossy()
+        .into_owned();
+    std::fs::canonicalize(file)
+        .ok()?
+        .parent()
+        .map(PathBuf::from)
 }
 
 /// The backend devices llama.cpp can use in this process, as `(name, description)`
 /// (e.g. `("CPU", "AMD EPYC ...")`, `("CUDA0", "NVIDIA H100 80GB HBM3")`).
 pub fn devices() -> Vec<(String, String)> {
     init();
-    let text = |p: *const c_char| if p.is_null() { String::new() } else { unsafe { CStr::from_ptr(p) }.to_string_lossy().into_owned() };
+    let text = |p: *const c_char| {
+        if p.is_null() {
+            String::new()
+        } else {
+            unsafe { CStr::from_ptr(p) }.to_string_lossy().into_owned()
+        }
+    };
     // SAFETY: indices below ggml_backend_dev_count are valid devices; their
     // names and descriptions are static strings owned by the backend.
     (0..unsafe { sys::ggml_backend_dev_count() })
         .map(|i| unsafe {
             let dev = sys::ggml_backend_dev_get(i);
-            (text(sys::ggml_backend_dev_name(dev)), text(sys::ggml_backend_dev_description(dev)))
+            (
+                text(sys::ggml_backend_dev_name(dev)),
+                text(sys::ggml_backend_dev_description(dev)),
+            )
         })
         .collect()
 }
@@ -114,7 +144,11 @@ pub fn devices() -> Vec<(String, String)> {
 /// llama.cpp logs line fragments; they go to the `llama.cpp` log target
 /// (shown with `-v`). Never unwinds into C: logging cannot panic here, and if
 /// it did, `catch_unwind` swallows it.
-unsafe extern "C" fn log_trampoline(level: sys::ggml_log_level, text: *const c_char, _user: *mut c_void) {
+unsafe extern "C" fn log_trampoline(
+    level: sys::ggml_log_level,
+    text: *const c_char,
+    _user: *mut c_void,
+) {
     if text.is_null() {
         return;
     }
@@ -138,7 +172,9 @@ unsafe extern "C" fn log_trampoline(level: sys::ggml_log_level, text: *const c_c
 /// llama.cpp's description of the CPU features and backends it was built with.
 pub fn system_info() -> String {
     // SAFETY: returns a pointer to a static, NUL-terminated buffer owned by llama.cpp.
-    unsafe { CStr::from_ptr(sys::llama_print_system_info()) }.to_string_lossy().into_owned()
+    unsafe { CStr::from_ptr(sys::llama_print_system_info()) }
+        .to_string_lossy()
+        .into_owned()
 }
 
 /// ggml's version string (e.g. "0.26.0") and the commit it was built from, if known.
@@ -146,8 +182,12 @@ pub fn ggml_version() -> (String, String) {
     // SAFETY: both return static NUL-terminated strings.
     unsafe {
         (
-            CStr::from_ptr(sys::ggml_version()).to_string_lossy().into_owned(),
-            CStr::from_ptr(sys::ggml_commit()).to_string_lossy().into_owned(),
+            CStr::from_ptr(sys::ggml_version())
+                .to_string_lossy()
+                .into_owned(),
+            CStr::from_ptr(sys::ggml_commit())
+                .to_string_lossy()
+                .into_owned(),
         )
     }
 }
@@ -160,5 +200,7 @@ pub fn type_name(ty: sys::ggml_type) -> &'static str {
         return "unknown";
     }
     // SAFETY: checked non-null; static lifetime per ggml.
-    unsafe { CStr::from_ptr(name) }.to_str().unwrap_or("unknown")
+    unsafe { CStr::from_ptr(name) }
+        .to_str()
+        .unwrap_or("unknown")
 }

@@ -21,7 +21,8 @@ impl<'a> Node<'a> {
     /// The node's name as bytes, without allocating.
     pub fn name(&self) -> &'a [u8] {
         // SAFETY: c_char and u8 have the same layout; the array lives as long as the tensor.
-        let bytes: &'a [u8] = unsafe { std::slice::from_raw_parts(self.t.name.as_ptr().cast(), self.t.name.len()) };
+        let bytes: &'a [u8] =
+            unsafe { std::slice::from_raw_parts(self.t.name.as_ptr().cast(), self.t.name.len()) };
         let end = bytes.iter().position(|&b| b == 0).unwrap_or(bytes.len());
         &bytes[..end]
     }
@@ -33,7 +34,9 @@ impl<'a> Node<'a> {
     /// ggml's op name ("MUL_MAT", "VIEW", ...).
     pub fn op_name(&self) -> &'static str {
         // SAFETY: ggml_op_name returns a static string for every op.
-        unsafe { CStr::from_ptr(sys::ggml_op_name(self.t.op)) }.to_str().unwrap_or("?")
+        unsafe { CStr::from_ptr(sys::ggml_op_name(self.t.op)) }
+            .to_str()
+            .unwrap_or("?")
     }
 
     pub fn ty(&self) -> sys::ggml_type {
@@ -55,7 +58,9 @@ impl<'a> Node<'a> {
             return "none".into();
         }
         // SAFETY: non-null buffer of a live tensor; the name is a static string.
-        unsafe { CStr::from_ptr(sys::ggml_backend_buffer_name(self.t.buffer)) }.to_string_lossy().into_owned()
+        unsafe { CStr::from_ptr(sys::ggml_backend_buffer_name(self.t.buffer)) }
+            .to_string_lossy()
+            .into_owned()
     }
 
     /// Copies the node to host memory as f32 in ggml order, keeping only the
@@ -63,12 +68,26 @@ impl<'a> Node<'a> {
     /// Strides are respected (views into fused tensors, the transposed V cache);
     /// any type ggml can convert to float (f16, bf16, quantized) is converted.
     /// `scratch` is reused between calls to avoid an allocation per node.
-    pub fn copy_to_f32(&self, keep: [i64; 4], scratch: &mut Vec<u8>, out: &mut Vec<f32>) -> Result<()> {
+    pub fn copy_to_f32(
+        &self,
+        keep: [i64; 4],
+        scratch: &mut Vec<u8>,
+        out: &mut Vec<f32>,
+    ) -> Result<()> {
         let t = self.t;
         for d in 0..4 {
-            ensure!(keep[d] >= 0 && keep[d] <= t.ne[d], "cannot keep {} of {} along dim {d}", keep[d], t.ne[d]);
+            ensure!(
+                keep[d] >= 0 && keep[d] <= t.ne[d],
+                "cannot keep {} of {} along dim {d}",
+                keep[d],
+                t.ne[d]
+            );
         }
-        ensure!(!t.buffer.is_null() && !t.data.is_null(), "node `{}` has no data yet", self.name_lossy());
+        ensure!(
+            !t.buffer.is_null() && !t.data.is_null(),
+            "node `{}` has no data yet",
+            self.name_lossy()
+        );
         // SAFETY: the tensor is live and allocated; ggml_nbytes covers its whole
         // strided extent, which ggml_backend_tensor_get copies from any backend.
         let nbytes = unsafe { sys::ggml_nbytes(t) };
@@ -81,11 +100,19 @@ impl<'a> Node<'a> {
         let is_f32 = t.type_ == sys::ggml_type::GGML_TYPE_F32;
         let to_float = traits.to_float;
         if !is_f32 && to_float.is_none() {
-            bail!("node `{}` has type {}, which ggml cannot convert to float", self.name_lossy(), self.type_name());
+            bail!(
+                "node `{}` has type {}, which ggml cannot convert to float",
+                self.name_lossy(),
+                self.type_name()
+            );
         }
         let row_contiguous = t.nb[0] == type_size;
         if blck > 1 {
-            ensure!(row_contiguous && keep[0] == t.ne[0], "quantized node `{}` is not row-contiguous", self.name_lossy());
+            ensure!(
+                row_contiguous && keep[0] == t.ne[0],
+                "quantized node `{}` is not row-contiguous",
+                self.name_lossy()
+            );
         }
 
         let n = (keep[0] * keep[1] * keep[2] * keep[3]) as usize;
@@ -106,7 +133,12 @@ impl<'a> Node<'a> {
                             let at = row + i0 * t.nb[0];
                             let start = out.len();
                             out.push(0.0);
-                            convert(&scratch[at..at + type_size], &mut out[start..], is_f32, to_float);
+                            convert(
+                                &scratch[at..at + type_size],
+                                &mut out[start..],
+                                is_f32,
+                                to_float,
+                            );
                         }
                     }
                 }

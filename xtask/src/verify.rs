@@ -157,6 +157,13 @@ impl Verify {
             result.context("extractor/src/ffi/bindings.rs is stale or edited by hand: regenerate it with `cargo xtask bindgen`"),
         );
 
+        let t = Instant::now();
+        let result = cmd!(sh, "{cargo} fmt --all --check")
+            .quiet()
+            .run()
+            .map(|()| "cargo fmt --check is clean".into());
+        report.check("code is formatted", t, result.context("run `cargo fmt`"));
+
         report.section("runtime");
         let with = work.join("with");
         let without = work.join("without");

@@ -299,107 +299,14 @@ struct Tensor {
     data: Vec<f64>,
 }
 
-/// The extractor's `.bin`: `[n_dims i32][shape i64 x n][f32 data]`, little-endian.
-fn read_bin(path: &Path) -> Result<Tensor> {
-    let bytes = std::fs::read(path)
-        .with_context(|| format!("cannot read checkpoint {}", path.display()))?;
-    let bad = |msg: &str| {
-        anyhow::anyhow!(
-            "{} ({} bytes) is not a checkpoint: {msg}",
-            path.display(),
-            bytes.len()
-        )
-    };
-    ensure!(bytes.len() >= 4, bad("no header"));
-    let n_dims = i32::from_le_bytes(bytes[0..4].try_into().unwrap());
-    ensure!(
-        (1..=8).contains(&n_dims),
-        bad(&format!("n_dims is {n_dims}"))
-    );
-    let header = 4 + 8 * n_dims as usize;
-    ensure!(bytes.len() >= header, bad("truncated header"));
-    let shape: Vec<usize> = bytes[4..header]
-        .chunks_exact(8)
-        .map(|c| usize::try_from(i64::from_le_bytes(c.try_into().unwrap())))
-        .collect::<Result<_, _>>()
-        .map_err(|_| bad("negative dimension"))?;
-    let n: usize = shape.iter().product();
-    ensure!(
-        bytes.len() == header + 4 * n,
-        bad(&format!("shape {shape:?} needs {} bytes", header + 4 * n))
-    );
-    let data = bytes[header..]
-        .chunks_exact(4)
-        .map(|c| f32::from_le_bytes(c.try_into().unwrap()) as f64)
-        .collect();
-    Ok(Tensor { shape, data })
-}
-
-/// NumPy `.npy` (v1-3, little-endian f4 or f8, C order): what the reference script writes.
-fn read_npy(path: &Path) -> Result<Tensor> {
-    let bytes = std::fs::read(path).with_context(|| format!("cannot read {}", path.display()))?;
-    let bad = |msg: &str| anyhow::anyhow!("{} is not a reference .npy: {msg}", path.display());
-    ensure!(
-        bytes.len() >= 10 && bytes.starts_with(b"\x93NUMPY"),
-        bad("no NUMPY magic")
-    );
-    let (len, start) = match bytes[6] {
-        1 => (u16::from_le_bytes([bytes[8], bytes[9]]) as usize, 10),
-        _ => (
-            u32::from_le_bytes(bytes[8..12].try_into().unwrap()) as usize,
-            12,
-        ),
-    };
-    let header = std::str::from_utf8(
-        bytes
-            .get(start..start + len)
-            .ok_or_else(|| bad("truncated header"))?,
-    )
-    .map_err(|_| bad("header"))?;
-    let field = |key: &str| {
-        header
-            .split(&format!("'{key}':"))
-            .nth(1)
-            .map(str::trim)
-            .ok_or_else(|| bad(&format!("no {key}")))
-    };
-    let descr = field("descr")?;
-    let width = if descr.starts_with("'<f8'") {
-        8
-    } else if descr.starts_with("'<f4'") {
-        4
-    } else {
-        bail!(bad(&format!("dtype {descr}")))
-    };
-    ensure!(
-        field("fortran_order")?.starts_with("False"),
-        bad("Fortran order")
-    );
-    let dims = field("shape")?;
-    let dims = &dims[1..dims.find(')').ok_or_else(|| bad("shape"))?];
-    let shape: Vec<usize> = dims
-        .split(',')
-        .map(str::trim)
-        .filter(|s| !s.is_empty())
-        .map(str::parse)
-        .collect::<Result<_, _>>()
-        .map_err(|_| bad("shape"))?;
-    let data = &bytes[start + len..];
-    let n: usize = shape.iter().product();
-    ensure!(
-        data.len() == n * width,
-        bad(&format!("{} data bytes for shape {shape:?}", data.len()))
-    );
-    let data = if width == 8 {
-        data.chunks_exact(8)
-            .map(|c| f64::from_le_bytes(c.try_into().unwrap()))
-            .collect()
-    } else {
-        data.chunks_exact(4)
-            .map(|c| f32::from_le_bytes(c.try_into().unwrap()) as f64)
-            .collect()
-    };
-    Ok(Tensor { shape, data })
+/// A checkpoint (`.bin`) or a reference tensor (`.npy`, f4 or f8), through the
+/// same format crate the extractor writes them with.
+fn read_tensor(path: &Path) -> Result<Tensor> {
+    let (shape, data) = llorch_checkpoint_format::read_f64(path)?;
+    Ok(Tensor {
+        shape: shape.into_iter().map(|d| d as usize).collect(),
+        data,
+    })
 }
 
 // ---------------------------------------------------------------- metrics ---
@@ -551,10 +458,10 @@ fn score_run(run: &Path, reference: &Path, entries: &[Entry]) -> Result<Vec<Row>
     let mut rows = Vec::new();
     for e in entries {
         let file = format!("{}.bin", e.stem);
-        let test = read_bin(&run.join(&file))?;
+        let test = read_tensor(&run.join(&file))?;
         let mut against = BTreeMap::new();
         for variant in VARIANTS {
-            let r = read_npy(&reference.join(variant).join(format!("{}.npy", e.stem)))?;
+            let r = read_tensor(&reference.join(variant).join(format!("{}.npy", e.stem)))?;
             ensure!(
                 r.shape == test.shape,
                 "{}: the reference has shape {:?}, the checkpoint file {:?}: fix the `reference:` ops of `{}` in the manifest",
@@ -569,7 +476,7 @@ fn score_run(run: &Path, reference: &Path, entries: &[Entry]) -> Result<Vec<Row>
             );
         }
         let m = against[F64];
-        let r64 = read_npy(&reference.join(F64).join(format!("{}.npy", e.stem)))?;
+        let r64 = read_tensor(&reference.join(F64).join(format!("{}.npy", e.stem)))?;
         rows.push(Row {
             id: e.id.clone(),
             layer: e.layer,
@@ -808,7 +715,7 @@ fn build_reference(
     let mut checkpoints = Vec::new();
     for e in entries {
         // The shape the ops must give: the checkpoint file's.
-        let shape = read_bin(&run.join(format!("{}.bin", e.stem)))?.shape;
+        let shape = read_tensor(&run.join(format!("{}.bin", e.stem)))?.shape;
         checkpoints.push(serde_json::json!({
             "key": e.key(), "stem": e.stem, "capture": e.capture, "shape": shape,
             "ops": resolve_ops(&e.ops, &record.symbols).with_context(|| format!("checkpoint `{}`", e.id))?,
@@ -1184,7 +1091,7 @@ pub fn self_test(project: &Project) -> Result<String> {
         }
     }
     let file = copy.join(format!("{}.bin", victim.stem));
-    let tensor = read_bin(&file)?;
+    let tensor = read_tensor(&file)?;
     let element = tensor.data.len() / 3; // somewhere inside, not the first value
     let mut bytes = std::fs::read(&file)?;
     let at = 4 + 8 * tensor.shape.len() + 4 * element;
@@ -1415,17 +1322,15 @@ checkpoints:
         }
         std::fs::write(&bin, &bytes).unwrap();
         assert_eq!(
-            read_bin(&bin).unwrap(),
+            read_tensor(&bin).unwrap(),
             Tensor {
                 shape: vec![2, 3],
                 data: vec![1.0, 2.0, 3.0, 4.0, 5.0, 6.5]
             }
         );
         std::fs::write(&bin, &bytes[..bytes.len() - 1]).unwrap();
-        assert!(read_bin(&bin)
-            .unwrap_err()
-            .to_string()
-            .contains("needs 44 bytes"));
+        let err = format!("{:#}", read_tensor(&bin).unwrap_err());
+        assert!(err.contains("needs 44 bytes"), "{err}");
 
         let header = "{'descr': '<f8', 'fortran_order': False, 'shape': (3,), }";
         let mut npy = b"\x93NUMPY\x01\x00".to_vec();
@@ -1439,7 +1344,7 @@ checkpoints:
         let path = dir.path().join("x.npy");
         std::fs::write(&path, &npy).unwrap();
         assert_eq!(
-            read_npy(&path).unwrap(),
+            read_tensor(&path).unwrap(),
             Tensor {
                 shape: vec![3],
                 data: vec![0.25, -1.0, 1e-300]

@@ -144,6 +144,40 @@ pub fn parse_bin(bytes: &[u8]) -> Result<Tensor> {
     Ok(Tensor { shape, data })
 }
 
+/// A checkpoint, or a reference tensor in f64, as f64: `.bin`, or `.npy` of
+/// little-endian `f4` or `f8` (what the PyTorch reference writes).
+pub fn read_f64(path: &Path) -> Result<(Vec<i64>, Vec<f64>)> {
+    if path.extension().and_then(|e| e.to_str()) != Some("npy") {
+        let t = read(path)?;
+        return Ok((t.shape, t.data.into_iter().map(f64::from).collect()));
+    }
+    let bytes = std::fs::read(path).with_context(|| format!("cannot read {}", path.display()))?;
+    let parsed = (|| -> Result<(Vec<i64>, Vec<f64>)> {
+        let npy = npyz::NpyFile::new(&bytes[..]).context("not a NumPy .npy file")?;
+        if npy.order() != npyz::Order::C {
+            bail!("Fortran-ordered arrays are not supported");
+        }
+        let shape: Vec<i64> = npy.shape().iter().map(|&d| d as i64).collect();
+        let dtype = match npy.dtype() {
+            npyz::DType::Plain(ts) => ts.to_string(),
+            other => bail!("dtype {other:?} is not a plain float"),
+        };
+        let data = match dtype.as_str() {
+            "<f8" => npy.into_vec::<f64>()?,
+            "<f4" => npy.into_vec::<f32>()?.into_iter().map(f64::from).collect(),
+            other => bail!("dtype {other}, expected <f4 or <f8"),
+        };
+        Ok((shape, data))
+    })();
+    parsed.with_context(|| {
+        format!(
+            "{} ({} bytes) is not a valid tensor file",
+            path.display(),
+            bytes.len()
+        )
+    })
+}
+
 fn parse_npy(bytes: &[u8]) -> Result<Tensor> {
     let npy = npyz::NpyFile::new(bytes).context("not a NumPy .npy file")?;
     let shape: Vec<i64> = npy.shape().iter().map(|&d| d as i64).collect();
@@ -216,6 +250,44 @@ mod tests {
             let msg = format!("{:#}", parse_bin(&bytes).unwrap_err());
             assert!(msg.contains(defect), "expected `{defect}` in: {msg}");
         }
+    }
+
+    #[test]
+    fn read_f64_takes_bin_and_npy_of_f4_and_f8() {
+        let dir = tempfile::tempdir().unwrap();
+        let bin_path = dir.path().join("a.bin");
+        std::fs::write(&bin_path, bin(&[2], &[0.5, -2.0])).unwrap();
+        assert_eq!(read_f64(&bin_path).unwrap(), (vec![2], vec![0.5, -2.0]));
+
+        let f8 = dir.path().join("b.npy");
+        let mut bytes = Vec::new();
+        let mut w = npyz::WriteOptions::<f64>::new()
+            .default_dtype()
+            .shape(&[1, 2])
+            .writer(&mut bytes)
+            .begin_nd()
+            .unwrap();
+        w.extend([0.1f64, 1e-300]).unwrap();
+        w.finish().unwrap();
+        std::fs::write(&f8, &bytes).unwrap();
+        assert_eq!(
+            read_f64(&f8).unwrap(),
+            (vec![1, 2], vec![0.1, 1e-300]),
+            "f8 keeps full precision"
+        );
+
+        let f4 = dir.path().join("c.npy");
+        let mut bytes = Vec::new();
+        write(Format::Npy, &mut bytes, &[3], &[1.0, 2.5, -4.0]).unwrap();
+        std::fs::write(&f4, &bytes).unwrap();
+        assert_eq!(read_f64(&f4).unwrap(), (vec![3], vec![1.0, 2.5, -4.0]));
+
+        std::fs::write(&f4, b"\x93NUMPY junk").unwrap();
+        let msg = format!("{:#}", read_f64(&f4).unwrap_err());
+        assert!(
+            msg.contains("c.npy") && msg.contains("not a valid tensor file"),
+            "{msg}"
+        );
     }
 
     #[test]

@@ -348,7 +348,7 @@ mod tests {
         assert!(stats(&r, &[1.0, f32::NAN, 3.0, 4.0]).max_abs.is_nan());
     }
 
-    const MANIFEST: &str = "layers: [0]\ncheckpoints:\n  - id: \"01_x\"\n    what: x\n    tensor: \"x-{layer}\"\n    shape: [n_embd, n_tokens]\n    file: checkpoint_01_x\n";
+    const MANIFEST: &str = "architecture: gpt2\nlayers: [0]\ncheckpoints:\n  - id: \"01_x\"\n    what: x\n    tensor: \"x-{layer}\"\n    shape: [n_embd, n_tokens]\n    file: checkpoint_01_x\n";
 
     /// A run directory as the extractor writes it, with one checkpoint of shape [2, 2].
     fn run_dir(dir: &Path, buffer: &str, data: &[f32], logits: &[f32], decode_ms: &[f64]) {

@@ -38,9 +38,10 @@ struct Cli {
     /// CPU threads [default: all cores].
     #[arg(short = 't', long)]
     threads: Option<i32>,
-    /// Context size (KV-cache cells); raised to fit the prompt and generation.
-    #[arg(short = 'c', long = "ctx-size", default_value_t = 512)]
-    ctx_size: u32,
+    /// Context size (KV-cache cells) [default: 512, or the model's trained context if smaller];
+    /// raised to fit the prompt and generation. Never above the trained context.
+    #[arg(short = 'c', long = "ctx-size")]
+    ctx_size: Option<u32>,
     /// Layers offloaded to a GPU backend, if the build has one.
     #[arg(long = "n-gpu-layers", visible_alias = "ngl", default_value_t = 0)]
     n_gpu_layers: i32,

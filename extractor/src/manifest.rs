@@ -3,6 +3,7 @@
 //! costs milliseconds, not a model load.
 //!
 //! ```yaml
+//! architecture: gpt2                     # general.architecture of the models it fits
 //! layers: [0]
 //! checkpoints:
 //!   - id: "01_ln1_output"
@@ -26,6 +27,9 @@ pub const SYMBOLS: &[&str] = &[
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RawManifest {
+    /// The model architecture (GGUF `general.architecture`) whose graph the
+    /// node names come from: a manifest fits one architecture.
+    architecture: Option<String>,
     #[serde(default)]
     description: Option<String>,
     /// The layers that `{layer}` in tensor and file names expands to.
@@ -83,6 +87,7 @@ pub struct Checkpoint {
 
 #[derive(Debug)]
 pub struct Manifest {
+    pub architecture: String,
     pub description: Option<String>,
     pub checkpoints: Vec<Checkpoint>,
 }
@@ -213,6 +218,9 @@ impl Manifest {
             Some(loc) => anyhow::anyhow!("line {}, column {}: {e}", loc.line(), loc.column()),
             None => anyhow::anyhow!("{e}"),
         })?;
+        let Some(architecture) = raw.architecture.filter(|a| !a.trim().is_empty()) else {
+            bail!("no `architecture:`: name the model architecture whose graph this manifest describes (GGUF general.architecture, e.g. `architecture: gpt2`)");
+        };
         if raw.checkpoints.is_empty() {
             bail!("no checkpoints: the manifest must list at least one under `checkpoints:`");
         }
@@ -300,6 +308,7 @@ impl Manifest {
             }
         }
         Ok(Manifest {
+            architecture,
             description: raw.description,
             checkpoints,
         })
@@ -311,6 +320,20 @@ impl Manifest {
             .iter()
             .any(|c| c.tensor.starts_with("kq_soft_max"))
     }
+}
+
+/// The manifests in `dir` written for `architecture` (unreadable ones are skipped).
+pub fn for_architecture(dir: &Path, architecture: &str) -> Vec<std::path::PathBuf> {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return Vec::new();
+    };
+    let mut found: Vec<_> = entries
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.extension().is_some_and(|e| e == "yaml" || e == "yml"))
+        .filter(|p| Manifest::load(p).is_ok_and(|m| m.architecture == architecture))
+        .collect();
+    found.sort();
+    found
 }
 
 /// `reference:` needs a `capture` string and may have `ops` (a list);
@@ -373,15 +396,21 @@ fn line_of(text: &str, needle: &str) -> usize {
 mod tests {
     use super::*;
 
-    const GOOD: &str = "layers: [0, 1]\ncheckpoints:\n  - id: ln1\n    tensor: attn_norm-{layer}\n    shape: [n_embd, n_tokens]\n    file: ln1_l{layer}\n";
+    const GOOD: &str = "architecture: gpt2\nlayers: [0, 1]\ncheckpoints:\n  - id: ln1\n    tensor: attn_norm-{layer}\n    shape: [n_embd, n_tokens]\n    file: ln1_l{layer}\n";
+
+    /// `text` made a whole manifest (the architecture goes last, so line numbers stay).
+    fn parse(text: &str) -> Result<Manifest> {
+        Manifest::parse(&format!("{text}architecture: gpt2\n"))
+    }
 
     fn err(text: &str) -> String {
-        format!("{:#}", Manifest::parse(text).unwrap_err())
+        format!("{:#}", parse(text).unwrap_err())
     }
 
     #[test]
     fn expands_layers_and_resolves_shapes() {
         let m = Manifest::parse(GOOD).unwrap();
+        assert_eq!(m.architecture, "gpt2");
         let names: Vec<_> = m
             .checkpoints
             .iter()
@@ -412,7 +441,7 @@ mod tests {
 
     #[test]
     fn n_kv_dims_keep_only_the_filled_cells() {
-        let m = Manifest::parse("checkpoints:\n  - {id: k, tensor: cache_k-0, shape: [head_dim, n_head, n_kv, 1], file: k}\n").unwrap();
+        let m = parse("checkpoints:\n  - {id: k, tensor: cache_k-0, shape: [head_dim, n_head, n_kv, 1], file: k}\n").unwrap();
         let s = Symbols {
             n_embd: 768,
             n_head: 12,
@@ -438,7 +467,11 @@ mod tests {
 
     #[test]
     fn malformed_yaml_reports_its_line() {
-        let msg = err("checkpoints:\n  - id: a\n    shape: [n_embd\n    file: x\n");
+        let msg = format!(
+            "{:#}",
+            Manifest::parse("checkpoints:\n  - id: a\n    shape: [n_embd\n    file: x\n")
+                .unwrap_err()
+        );
         assert!(msg.contains("line 4"), "{msg}");
     }
 
@@ -454,7 +487,7 @@ mod tests {
     #[test]
     fn compare_keys_are_accepted_and_checked() {
         let ok = "checkpoints:\n  - {id: a, tensor: t, shape: [1], file: f, reference: {capture: 'h.{layer}.ln_1', ops: [drop_batch]}, tolerance: {atol: 1.0e-5, rtol: 0, nmse: 1.0e-9}}\n";
-        assert_eq!(Manifest::parse(ok).unwrap().checkpoints.len(), 1);
+        assert_eq!(parse(ok).unwrap().checkpoints.len(), 1);
         let msg = err(
             "checkpoints:\n  - {id: a, tensor: t, shape: [1], file: f, reference: {ops: []}}\n",
         );
@@ -502,5 +535,18 @@ mod tests {
                 "{bad}: {msg}"
             );
         }
+    }
+
+    #[test]
+    fn a_manifest_names_its_architecture() {
+        let msg = format!(
+            "{:#}",
+            Manifest::parse("checkpoints:\n  - {id: a, tensor: t, shape: [1], file: f}\n")
+                .unwrap_err()
+        );
+        assert!(
+            msg.contains("no `architecture:`") && msg.contains("architecture: gpt2"),
+            "{msg}"
+        );
     }
 }

@@ -25,6 +25,9 @@ pub struct Output {
     dir: PathBuf,
     staging: PathBuf,
     format: Format,
+    /// The run made `dir`: if it fails, it removes `dir` again.
+    created: bool,
+    committed: bool,
     _lock: File,
 }
 
@@ -58,6 +61,7 @@ impl Output {
                 dir.display()
             )
         };
+        let created = !dir.exists();
         fs::create_dir_all(dir).with_context(unwritable)?;
         let lock = File::options()
             .create(true)
@@ -91,6 +95,8 @@ impl Output {
             dir: dir.to_path_buf(),
             staging,
             format,
+            created,
+            committed: false,
             _lock: lock,
         })
     }
@@ -156,7 +162,7 @@ impl Output {
 
     /// Moves the staged files into the output directory, then writes the run record.
     pub fn commit(
-        self,
+        mut self,
         written: &[Written],
         record: &serde_json::Value,
         extra: &[(&str, &[u8])],
@@ -177,14 +183,20 @@ impl Output {
         let tmp = self.staging.join("run.json");
         fs::write(&tmp, json).with_context(|| format!("cannot write {}", tmp.display()))?;
         fs::rename(&tmp, self.dir.join("run.json")).context("cannot move run.json into place")?;
+        self.committed = true;
         Ok(())
     }
 }
 
 impl Drop for Output {
     fn drop(&mut self) {
-        // Committed or not, the staging directory goes: a failed run leaves nothing.
+        // Committed or not, the staging directory goes: a failed run leaves nothing,
+        // not even the directory it made (remove_dir only takes an empty one).
         let _ = fs::remove_dir_all(&self.staging);
+        if self.created && !self.committed {
+            let _ = fs::remove_file(self.dir.join(LOCK_FILE));
+            let _ = fs::remove_dir(&self.dir);
+        }
     }
 }
 

@@ -1,6 +1,6 @@
 //! One extraction run: load, decode the prompt (captured), generate, commit.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::mpsc::sync_channel;
 use std::time::Instant;
 
@@ -9,6 +9,7 @@ use serde_json::json;
 
 use crate::capture::Capture;
 use crate::ffi::eval::Observer;
+use crate::ffi::gguf::GgufFile;
 use crate::ffi::llama::{Context, ContextParams, KvType, Model, Token};
 use crate::ffi::tensor::Node;
 use crate::format::{self, Format};
@@ -23,13 +24,15 @@ pub enum Steps {
     All,
 }
 
+#[derive(Clone)]
 pub struct Config {
     pub model: PathBuf,
     pub manifest: Option<PathBuf>,
     pub prompt: String,
     pub n_predict: usize,
     pub threads: i32,
-    pub n_ctx: u32,
+    /// `--ctx-size`; `None`: 512 cells, or the trained context if smaller.
+    pub n_ctx: Option<u32>,
     pub n_gpu_layers: i32,
     pub out: PathBuf,
     pub format: Format,
@@ -58,6 +61,9 @@ pub fn run(cfg: &Config) -> Result<()> {
     if cfg.list_nodes {
         return list_nodes(cfg, flash_attn);
     }
+    if let (Some(m), Some(path)) = (&manifest, &cfg.manifest) {
+        check_architecture(m, path, &cfg.model)?;
+    }
     let output = Output::open(&cfg.out, cfg.format)?;
     let model_path = cfg.model.clone();
     let model_hash = std::thread::spawn(move || output::sha256_file(&model_path));
@@ -71,7 +77,7 @@ pub fn run(cfg: &Config) -> Result<()> {
         bail!("the prompt {:?} gives no tokens", cfg.prompt);
     }
     let passes = 1 + cfg.n_predict;
-    let n_ctx = cfg.n_ctx.max((tokens.len() + passes) as u32);
+    let n_ctx = context_size(cfg, &model, tokens.len())?;
     let base = Symbols {
         n_embd: model.n_embd(),
         n_head: model.n_head(),
@@ -103,10 +109,10 @@ pub fn run(cfg: &Config) -> Result<()> {
         model.n_layer()
     );
     log::info!(
-        "  prompt    {:?} -> {} tokens {:?}",
+        "  prompt    {:?} -> {} tokens {}",
         cfg.prompt,
         tokens.len(),
-        tokens
+        first_ids(&tokens, 32)
     );
     match (&manifest, cfg.extract) {
         (Some(m), true) => log::info!(
@@ -246,6 +252,85 @@ pub fn run(cfg: &Config) -> Result<()> {
     Ok(())
 }
 
+/// Refuses a model whose architecture is not the manifest's before it is
+/// loaded: its graph has other node names, and the run would fail late.
+fn check_architecture(manifest: &Manifest, manifest_path: &Path, model: &Path) -> Result<()> {
+    let header = GgufFile::open(model)
+        .with_context(|| format!("could not load the model {}", model.display()))?;
+    let arch = header.get_str("general.architecture").with_context(|| {
+        format!(
+            "could not load the model {}: its GGUF header has no general.architecture",
+            model.display()
+        )
+    })?;
+    if arch == manifest.architecture {
+        return Ok(());
+    }
+    let dir = manifest_path.parent().unwrap_or(Path::new("."));
+    let fitting = crate::manifest::for_architecture(dir, &arch);
+    let hint = if fitting.is_empty() {
+        format!(
+            "no manifest in {} is written for `{arch}` yet: write one (`--list-nodes` prints the graph's node names)",
+            dir.display()
+        )
+    } else {
+        let names: Vec<String> = fitting.iter().map(|p| p.display().to_string()).collect();
+        format!("manifests for `{arch}`: {}", names.join(", "))
+    };
+    bail!(
+        "{} is a `{arch}` model, but the manifest {} describes the graph of `{}`; {hint}",
+        model.display(),
+        manifest_path.display(),
+        manifest.architecture
+    )
+}
+
+/// The KV-cache size of the run: `--ctx-size` (default 512, at most the
+/// trained context), raised to fit the prompt and the generation. A run that
+/// needs more positions than the model was trained for is refused before any
+/// compute: past them llama.cpp reads outside its tables and aborts.
+fn context_size(cfg: &Config, model: &Model, n_prompt: usize) -> Result<u32> {
+    let trained = model.n_ctx_train().max(0) as u64;
+    let needed = (n_prompt + cfg.n_predict) as u64;
+    if trained > 0 && needed > trained {
+        let n = cfg.n_predict as u64;
+        let fix = if (n_prompt as u64) < trained {
+            format!(
+                "lower -n to {} or shorten the prompt",
+                trained - n_prompt as u64
+            )
+        } else {
+            format!(
+                "shorten the prompt to at most {} tokens",
+                trained.saturating_sub(n)
+            )
+        };
+        bail!(
+            "the prompt is {n_prompt} tokens and -n {n} feeds {n} more: {needed} positions, but {} was \
+             trained for a context of {trained}; {fix}",
+            cfg.model.display()
+        );
+    }
+    if let Some(asked) = cfg.n_ctx {
+        if trained > 0 && asked as u64 > trained {
+            bail!(
+                "--ctx-size {asked} is above the context {} was trained for ({trained}); use --ctx-size {trained} or less",
+                cfg.model.display()
+            );
+        }
+    }
+    let default = if trained > 0 { trained.min(512) } else { 512 };
+    Ok(cfg.n_ctx.map_or(default, u64::from).max(needed) as u32)
+}
+
+/// At most `max` token ids, then how many there are in all.
+fn first_ids(tokens: &[Token], max: usize) -> String {
+    if tokens.len() <= max {
+        return format!("{tokens:?}");
+    }
+    format!("{:?} ... ({} ids in all)", &tokens[..max], tokens.len())
+}
+
 #[derive(Default)]
 struct Decoded {
     decode_ms: Vec<f64>,
@@ -301,7 +386,14 @@ impl Observer for Lister {
 fn list_nodes(cfg: &Config, flash_attn: bool) -> Result<()> {
     let model = Model::load(&cfg.model, cfg.n_gpu_layers)?;
     let tokens = model.tokenize(&cfg.prompt)?;
-    let n_ctx = cfg.n_ctx.max(tokens.len() as u32 + 1);
+    let n_ctx = context_size(
+        &Config {
+            n_predict: 0,
+            ..cfg.clone()
+        },
+        &model,
+        tokens.len(),
+    )?;
     let params = ContextParams {
         n_ctx,
         n_batch: n_ctx,

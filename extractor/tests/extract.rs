@@ -74,6 +74,7 @@ fn read(dir: &Path, name: &str) -> Tensor {
 
 /// A manifest with the seed's checkpoints plus the nodes the correctness checks need.
 const WITH_NEIGHBOURS: &str = r#"
+architecture: gpt2
 layers: [0]
 checkpoints:
   - { id: ln1, tensor: "attn_norm-{layer}", shape: [n_embd, n_tokens], file: ln1 }
@@ -369,7 +370,8 @@ fn failing_run(manifest_text: Option<&str>, extra: &[&str]) -> (String, Vec<Stri
     let tmp = tempfile::tempdir().unwrap();
     let manifest = tmp.path().join("m.yaml");
     match manifest_text {
-        Some(text) => std::fs::write(&manifest, text).unwrap(),
+        // The architecture goes last, so the line numbers of `text` stay.
+        Some(text) => std::fs::write(&manifest, format!("{text}architecture: gpt2\n")).unwrap(),
         None => std::fs::copy(manifests().join("gpt2.yaml"), &manifest)
             .map(|_| ())
             .unwrap(),
@@ -512,4 +514,108 @@ fn a_corrupt_model_is_a_clear_error() {
         "{err}"
     );
     assert!(files_in(&dir).is_empty());
+}
+
+/// A refused run: exit code 1, one `error:` message, and no output directory.
+fn refused(args: &[&str]) -> String {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("run");
+    let out = extractor(&[args, &["--out", dir.to_str().unwrap()]].concat());
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert_eq!(stderr.matches("error:").count(), 1, "{stderr}");
+    assert!(!dir.exists(), "left behind: {:?}", files_in(&dir));
+    stderr
+}
+
+#[test]
+fn a_prompt_past_the_trained_context_is_refused_before_compute() {
+    let (model, manifest) = (model(), manifests().join("gpt2.yaml"));
+    let long = "hello world ".repeat(600); // 1200 tokens; GPT-2 was trained for 1024
+    let long = long.trim_end();
+    let err = refused(&[
+        "-m",
+        model.to_str().unwrap(),
+        "--manifest",
+        manifest.to_str().unwrap(),
+        "-p",
+        long,
+    ]);
+    assert!(
+        err.contains("the prompt is 1200 tokens")
+            && err.contains("trained for a context of 1024")
+            && err.contains("shorten the prompt to at most 1023 tokens"),
+        "{err}"
+    );
+    // Prompt and generation together: the fix is a smaller -n.
+    let err = refused(&[
+        "-m",
+        model.to_str().unwrap(),
+        "--manifest",
+        manifest.to_str().unwrap(),
+        "-p",
+        "hello world ".repeat(500).trim_end(),
+        "-n",
+        "100",
+    ]);
+    assert!(
+        err.contains("1100 positions") && err.contains("lower -n to 24"),
+        "{err}"
+    );
+}
+
+#[test]
+fn a_ctx_size_above_the_trained_context_is_refused() {
+    let (model, manifest) = (model(), manifests().join("gpt2.yaml"));
+    let err = refused(&[
+        "-m",
+        model.to_str().unwrap(),
+        "--manifest",
+        manifest.to_str().unwrap(),
+        "-c",
+        "4096",
+    ]);
+    assert!(
+        err.contains("--ctx-size 4096 is above the context")
+            && err.contains("(1024); use --ctx-size 1024 or less"),
+        "{err}"
+    );
+}
+
+#[test]
+fn a_model_of_another_architecture_is_refused_with_the_manifests_that_fit() {
+    use llorch_checkpoint_extractor::ffi::gguf::{Dtype, GgufWriter};
+    let tmp = tempfile::tempdir().unwrap();
+    let llama = tmp.path().join("llama.gguf");
+    let mut w = GgufWriter::new(1).unwrap();
+    w.set_str("general.architecture", "llama").unwrap();
+    w.add_tensor("token_embd.weight", &[4, 2], Dtype::F32, vec![0; 32])
+        .unwrap();
+    w.write(&llama).unwrap();
+    let gpt2 = manifests().join("gpt2.yaml");
+    let args = ["-m", llama.to_str().unwrap(), "--manifest"];
+
+    let err = refused(&[&args[..], &[gpt2.to_str().unwrap()]].concat());
+    assert!(
+        err.contains("llama.gguf is a `llama` model, but the manifest")
+            && err.contains("describes the graph of `gpt2`")
+            && err.contains("is written for `llama` yet"),
+        "{err}"
+    );
+
+    // With a llama manifest beside the GPT-2 one, the message names it.
+    let dir = tmp.path().join("manifests");
+    std::fs::create_dir(&dir).unwrap();
+    std::fs::copy(&gpt2, dir.join("gpt2.yaml")).unwrap();
+    std::fs::write(
+        dir.join("tiny-llama.yaml"),
+        "architecture: llama\ncheckpoints:\n  - {id: n, tensor: attn_norm-0, shape: [n_embd, n_tokens], file: n}\n",
+    )
+    .unwrap();
+    let copy = dir.join("gpt2.yaml");
+    let err = refused(&[&args[..], &[copy.to_str().unwrap()]].concat());
+    assert!(
+        err.contains("manifests for `llama`: ") && err.contains("tiny-llama.yaml"),
+        "{err}"
+    );
 }

@@ -118,6 +118,26 @@ const COMMON_DEFINES: &[&str] = &[
     "GGML_NATIVE=ON",
 ];
 
+/// `GGML_NATIVE` compiles for `-march=native`, which on an AMX-capable Xeon
+/// includes ggml's AMX kernels; on the pinned tree they die with SIGILL at
+/// `tilezero` (tile permission and config are not set up per worker thread;
+/// upstream llama.cpp PR #26954, open). GCC and clang let an explicit
+/// `-mno-<isa>` win over what `-march` implies, so these keep every other
+/// native feature (AVX-512, VNNI, BF16) and drop AMX alone.
+const AMX_OFF: [&str; 2] = [
+    "CMAKE_C_FLAGS=-mno-amx-tile -mno-amx-int8 -mno-amx-bf16",
+    "CMAKE_CXX_FLAGS=-mno-amx-tile -mno-amx-int8 -mno-amx-bf16",
+];
+const AMX_ON: [&str; 2] = ["CMAKE_C_FLAGS=", "CMAKE_CXX_FLAGS="];
+
+/// The environment variable that lets a native CPU build compile ggml's AMX
+/// kernels again (`LLORCH_CPU_AMX=on`), for a tree that fixes the crash.
+pub const AMX_ENV: &str = "LLORCH_CPU_AMX";
+
+pub fn amx_wanted() -> bool {
+    std::env::var(AMX_ENV).is_ok_and(|v| matches!(v.as_str(), "1" | "on" | "ON" | "true"))
+}
+
 /// Every define a build of `backend` gets (`NAME=VALUE`): the common ones,
 /// the backend's, and with `backend_dl` those of a loadable-module build.
 /// The device bundle (`bundle.rs`) writes the same lists for its script.
@@ -127,6 +147,10 @@ pub fn cmake_defines(backend: Backend, backend_dl: bool) -> Vec<&'static str> {
         .chain(backend.cmake_defines())
         .copied()
         .collect();
+    if cfg!(target_arch = "x86_64") && !backend_dl {
+        // Always set, so that switching AMX back off also resets CMake's cache.
+        defines.extend(if amx_wanted() { &AMX_ON } else { &AMX_OFF });
+    }
     if backend_dl {
         // ggml-cpu refuses GGML_NATIVE with GGML_BACKEND_DL (its loader checks the
         // CPU features a module was built for, which `native` does not record):
@@ -305,5 +329,54 @@ fn shared_lib(name: &str) -> String {
         format!("lib{name}.dylib")
     } else {
         format!("lib{name}.so")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    #[cfg(target_arch = "x86_64")]
+    fn native_cpu_builds_leave_amx_out_and_module_builds_are_not_native() {
+        let native = cmake_defines(Backend::Cpu, false);
+        assert!(native.contains(&"GGML_NATIVE=ON"));
+        if !amx_wanted() {
+            assert!(native.contains(&AMX_OFF[0]) && native.contains(&AMX_OFF[1]));
+        }
+        let modules = cmake_defines(Backend::Cuda, true);
+        assert!(modules.contains(&"GGML_NATIVE=OFF"));
+        assert!(!modules.iter().any(|d| d.starts_with("CMAKE_C_FLAGS")));
+    }
+
+    /// The flags must win over `-march` whatever CPU this runs on: ask the C
+    /// compiler CMake uses what a Sapphire Rapids target defines with them.
+    #[test]
+    #[cfg(target_arch = "x86_64")]
+    fn the_no_amx_flags_win_over_an_amx_march() {
+        let cc = std::env::var("CC").unwrap_or_else(|_| "cc".into());
+        let defined = |extra: &str| -> String {
+            let args = format!("-march=sapphirerapids {extra} -dM -E -x c /dev/null");
+            let out = std::process::Command::new(&cc)
+                .args(args.split_whitespace())
+                .output()
+                .expect("a C compiler (cc) runs");
+            assert!(
+                out.status.success(),
+                "{}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+            String::from_utf8_lossy(&out.stdout).into_owned()
+        };
+        assert!(defined("").contains("__AMX_INT8__"), "the target has AMX");
+        let flags = AMX_OFF[0].trim_start_matches("CMAKE_C_FLAGS=");
+        let without = defined(flags);
+        for isa in ["__AMX_TILE__", "__AMX_INT8__", "__AMX_BF16__"] {
+            assert!(!without.contains(isa), "{isa} still defined with {flags}");
+        }
+        assert!(
+            without.contains("__AVX512VNNI__"),
+            "other native features stay"
+        );
     }
 }

@@ -132,10 +132,10 @@ fn print_table(dir: &Path) -> Result<()> {
         );
     }
     println!(
-        "\n{} checkpoints in {} (tokens {:?}, prompt decode {:.1} ms)",
+        "\n{} checkpoints in {} ({} prompt tokens, prompt decode {:.1} ms)",
         record.checkpoints.len(),
         dir.display(),
-        record.tokens,
+        record.tokens.len(),
         record.prompt_decode_ms
     );
     Ok(())

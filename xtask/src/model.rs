@@ -188,12 +188,22 @@ pub fn synthetic(project: &Project, spec: &Synthetic, force: bool) -> Result<(Pa
         spec.dtype.name(),
     );
     let started = Instant::now();
-    cmd!(
+    // Written under a temporary name, and moved into place only once the
+    // statistics pass (llama.cpp loading and running it) and the check passed:
+    // a crash or refusal leaves no model without its record.
+    let tmp = path.with_extension(format!("tmp{}.gguf", std::process::id()));
+    let generated = cmd!(
         sh,
-        "{exe} generate --out {path} --layers {layers} --seed {seed} --dtype {dtype} --encoder-json {encoder} --vocab-bpe {vocab}"
+        "{exe} generate --out {tmp} --layers {layers} --seed {seed} --dtype {dtype} --encoder-json {encoder} --vocab-bpe {vocab}"
     )
     .run()
-    .with_context(|| format!("generating {} failed", path.display()))?;
+    .and_then(|()| cmd!(sh, "{exe} check {tmp}").quiet().ignore_stdout().run());
+    if let Err(err) = generated {
+        let _ = std::fs::remove_file(&tmp);
+        return Err(err)
+            .with_context(|| format!("generating {} failed; nothing was kept", path.display()));
+    }
+    std::fs::rename(&tmp, &path)?;
     let elapsed = started.elapsed();
     let sha = sha256_file(&path)?;
     let record = Record {

@@ -158,6 +158,13 @@ impl Verify {
         );
 
         let t = Instant::now();
+        report.check(
+            "the CPU library has no AMX kernels (they crash on AMX hosts)",
+            t,
+            no_amx(&sh, &exe),
+        );
+
+        let t = Instant::now();
         let result = cmd!(sh, "{cargo} fmt --all --check")
             .quiet()
             .run()
@@ -342,6 +349,26 @@ fn clean_build(project: &Project, work: &Path) -> Result<String> {
     Ok(format!(
         "llama.cpp {llama_secs:.0} s, extractor {extractor_secs:.0} s; {info} runs"
     ))
+}
+
+/// `--system-info` lists the CPU features ggml was compiled with: AMX must
+/// not be among them unless the user asked for it (`build.rs`, `AMX_ENV`).
+fn no_amx(sh: &Shell, exe: &Path) -> Result<String> {
+    let info = cmd!(sh, "{exe} --system-info").quiet().read()?;
+    let cpu = info
+        .lines()
+        .find(|l| l.contains("CPU :"))
+        .context("--system-info lists no CPU features")?
+        .trim()
+        .to_string();
+    if build::amx_wanted() {
+        return Ok(format!("{} is set: AMX allowed; {cpu}", build::AMX_ENV));
+    }
+    ensure!(
+        !cpu.contains("AMX"),
+        "ggml was built with AMX kernels: {cpu}"
+    );
+    Ok(cpu)
 }
 
 /// Runs the extractor; its log is shown only when it fails.

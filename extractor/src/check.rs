@@ -5,25 +5,12 @@
 
 use std::path::Path;
 
-use anyhow::{Context, Result};
-use serde::Deserialize;
+use anyhow::Result;
 
-use crate::format::{self, Format};
-use crate::manifest::{fmt_ne, Manifest, Symbols};
+use crate::format;
+use crate::manifest::{fmt_ne, Manifest};
 use crate::output::{file_name, sha256_file};
-
-#[derive(Deserialize)]
-struct RunRecord {
-    format: Format,
-    symbols: Symbols,
-    checkpoints: Vec<Recorded>,
-}
-
-#[derive(Deserialize)]
-struct Recorded {
-    file: String,
-    sha256: String,
-}
+use crate::record::RunRecord;
 
 /// The verdict on one file: `Ok(description)` or `Err(defect)`.
 pub struct FileVerdict {
@@ -33,27 +20,13 @@ pub struct FileVerdict {
 
 /// Checks the prompt pass's checkpoint files of `dir` against `manifest`.
 pub fn check_run(dir: &Path, manifest: &Manifest) -> Result<Vec<FileVerdict>> {
-    let record_path = dir.join("run.json");
-    let record: RunRecord = serde_json::from_slice(
-        &std::fs::read(&record_path)
-            .with_context(|| format!("no run record at {}", record_path.display()))?,
-    )
-    .with_context(|| {
-        format!(
-            "{} is not a run record of this extractor",
-            record_path.display()
-        )
-    })?;
+    let record = RunRecord::read(dir)?;
 
     let mut verdicts = Vec::new();
     for cp in &manifest.checkpoints {
         let file = file_name(&cp.file_stem, 0, record.format);
         let expected = cp.resolve(&record.symbols).file_shape();
-        let sha = record
-            .checkpoints
-            .iter()
-            .find(|r| r.file == file)
-            .map(|r| r.sha256.as_str());
+        let sha = record.checkpoint(&file).map(|r| r.sha256.as_str());
         let verdict = check_file(&dir.join(&file), &expected, sha);
         verdicts.push(FileVerdict { file, verdict });
     }

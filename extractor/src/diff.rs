@@ -10,12 +10,13 @@
 
 use std::path::{Path, PathBuf};
 
-use anyhow::{bail, Context, Result};
-use serde::{Deserialize, Serialize};
+use anyhow::{bail, Result};
+use serde::Serialize;
 
-use crate::format::{self, Format};
+use crate::format;
 use crate::manifest::{fmt_ne, Checkpoint};
 use crate::output::file_name;
+use crate::record::{Device, RunRecord};
 
 /// How far `test` is from `reference`.
 #[derive(Debug, Clone, Copy, PartialEq, Serialize)]
@@ -78,40 +79,6 @@ pub fn stats(reference: &[f32], test: &[f32]) -> Stats {
     }
 }
 
-/// The parts of a `run.json` a comparison needs.
-#[derive(Deserialize)]
-struct RunRecord {
-    format: Format,
-    #[serde(default)]
-    n_gpu_layers: i64,
-    #[serde(default)]
-    devices: Vec<Device>,
-    checkpoints: Vec<Recorded>,
-    #[serde(default)]
-    decode_ms: Vec<f64>,
-}
-
-#[derive(Deserialize, Serialize, Clone)]
-pub struct Device {
-    pub name: String,
-    pub description: String,
-}
-
-#[derive(Deserialize)]
-struct Recorded {
-    file: String,
-    #[serde(default)]
-    buffer: String,
-}
-
-fn read_record(dir: &Path) -> Result<RunRecord> {
-    let path = dir.join("run.json");
-    let bytes =
-        std::fs::read(&path).with_context(|| format!("no run record at {}", path.display()))?;
-    serde_json::from_slice(&bytes)
-        .with_context(|| format!("{} is not a run record of this extractor", path.display()))
-}
-
 /// One compared file.
 #[derive(Serialize)]
 pub struct Row {
@@ -152,13 +119,10 @@ pub fn compare_runs(
     checkpoints: &[Checkpoint],
     max_nmse: f64,
 ) -> Result<Comparison> {
-    let (ra, rb) = (read_record(a)?, read_record(b)?);
+    let (ra, rb) = (RunRecord::read(a)?, RunRecord::read(b)?);
     let buffer = |r: &RunRecord, file: &str| {
-        r.checkpoints
-            .iter()
-            .find(|c| c.file == file)
-            .map(|c| c.buffer.clone())
-            .unwrap_or_else(|| "?".into())
+        r.checkpoint(file)
+            .map_or_else(|| "?".into(), |c| c.buffer.clone())
     };
     let mut rows = Vec::new();
     for cp in checkpoints {
@@ -190,7 +154,7 @@ pub fn compare_runs(
     let pass = rows.iter().all(|r| r.pass) && logits.pass;
     let side = |dir: &Path, r: &RunRecord| Side {
         dir: dir.to_path_buf(),
-        n_gpu_layers: r.n_gpu_layers,
+        n_gpu_layers: r.n_gpu_layers as i64,
         devices: r.devices.clone(),
     };
     Ok(Comparison {
@@ -289,7 +253,7 @@ pub fn timing(with: &[PathBuf], without: &[PathBuf]) -> Result<Timing> {
         }
         let (mut prompt, mut token) = (Vec::new(), Vec::new());
         for dir in dirs {
-            let record = read_record(dir)?;
+            let record = RunRecord::read(dir)?;
             let Some((&first, rest)) = record.decode_ms.split_first() else {
                 bail!("{}: run.json has no decode_ms", dir.display())
             };
@@ -322,6 +286,7 @@ pub fn timing(with: &[PathBuf], without: &[PathBuf]) -> Result<Timing> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::format::Format;
     use crate::manifest::Manifest;
 
     #[test]
@@ -360,11 +325,16 @@ mod tests {
         };
         write("checkpoint_01_x.bin", &[2, 2], data);
         write("logits.bin", &[1, logits.len() as i64], logits);
-        let record = serde_json::json!({
-            "format": "bin", "n_gpu_layers": 99, "devices": [{ "name": buffer, "description": "test" }],
-            "checkpoints": [{ "file": "checkpoint_01_x.bin", "buffer": buffer }], "decode_ms": decode_ms,
-        });
-        std::fs::write(dir.join("run.json"), serde_json::to_vec(&record).unwrap()).unwrap();
+        let mut record = crate::record::example();
+        record.n_gpu_layers = 99;
+        record.devices = vec![Device {
+            name: buffer.into(),
+            description: "test".into(),
+        }];
+        record.checkpoints[0].file = "checkpoint_01_x.bin".into();
+        record.checkpoints[0].buffer = buffer.into();
+        record.decode_ms = decode_ms.to_vec();
+        std::fs::write(dir.join("run.json"), record.to_json()).unwrap();
     }
 
     #[test]

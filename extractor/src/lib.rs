@@ -2,10 +2,10 @@
 //! inference through the backend scheduler's eval callback.
 //!
 //! - [`ffi`]: all `unsafe`: bindings, model/context owners, the callback trampoline.
-//! - [`manifest`]: the YAML checkpoint manifest, validated before inference.
+//! - [`manifest`], [`record`], [`format`]: the manifest, `run.json` and the
+//!   checkpoint files, from the pure `llorch-checkpoint-spec` crate that xtask
+//!   reads them with too.
 //! - [`capture`]: the eval-callback logic: which nodes, copied how, sent where.
-//! - [`format`]: checkpoint files (`.bin`, `.npy`), from the pure `llorch-checkpoint-format` crate
-//!   that xtask reads them with too.
 //! - [`output`]: the locked, staged output directory and its writer thread.
 //! - [`run`]: one extraction run, from model load to `run.json`.
 //! - [`check`]: validation of a run directory's files.
@@ -21,8 +21,7 @@ pub mod cli;
 pub mod diff;
 #[allow(unsafe_code)]
 pub mod ffi;
-pub use llorch_checkpoint_format as format;
 pub mod gpt2_model;
-pub mod manifest;
+pub use llorch_checkpoint_spec::{format, manifest, record};
 pub mod output;
 pub mod run;

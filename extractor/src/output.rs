@@ -17,6 +17,7 @@ use sha2::{Digest, Sha256};
 use crate::capture::Captured;
 use crate::format::{self, Format};
 use crate::manifest::Checkpoint;
+use crate::record::{CheckpointRecord, RunRecord};
 
 const LOCK_FILE: &str = ".llorch.lock";
 const STAGING_PREFIX: &str = ".staging-";
@@ -29,26 +30,6 @@ pub struct Output {
     created: bool,
     committed: bool,
     _lock: File,
-}
-
-/// What the writer made of one captured checkpoint (staged, not yet committed).
-#[derive(Debug, Clone, serde::Serialize)]
-pub struct Written {
-    pub id: String,
-    pub layer: Option<u32>,
-    pub step: usize,
-    pub tensor: String,
-    pub op: &'static str,
-    pub ggml_ne: [i64; 4],
-    pub shape: Vec<i64>,
-    pub source_dtype: &'static str,
-    pub buffer: String,
-    pub file: String,
-    pub sha256: String,
-    pub min: f32,
-    pub max: f32,
-    pub mean: f64,
-    pub non_finite: usize,
 }
 
 impl Output {
@@ -110,7 +91,7 @@ impl Output {
         &self,
         checkpoints: Vec<Checkpoint>,
         rx: Receiver<Captured>,
-    ) -> JoinHandle<Result<Vec<Written>>> {
+    ) -> JoinHandle<Result<Vec<CheckpointRecord>>> {
         let staging = self.staging.clone();
         let format = self.format;
         std::thread::Builder::new()
@@ -137,15 +118,15 @@ impl Output {
                         crate::capture::shape_text(&captured.shape),
                         file
                     );
-                    written.push(Written {
+                    written.push(CheckpointRecord {
                         id: cp.id.clone(),
                         layer: cp.layer,
                         step: captured.step,
                         tensor: cp.tensor.clone(),
-                        op: captured.op,
+                        op: captured.op.to_string(),
                         ggml_ne: captured.ggml_ne,
                         shape: captured.shape,
-                        source_dtype: captured.source_dtype,
+                        source_dtype: captured.source_dtype.to_string(),
                         buffer: captured.buffer,
                         file,
                         sha256: hex::encode(Sha256::digest(&bytes)),
@@ -161,17 +142,13 @@ impl Output {
     }
 
     /// Moves the staged files into the output directory, then writes the run record.
-    pub fn commit(
-        mut self,
-        written: &[Written],
-        record: &serde_json::Value,
-        extra: &[(&str, &[u8])],
-    ) -> Result<()> {
+    pub fn commit(mut self, record: &RunRecord, extra: &[(&str, &[u8])]) -> Result<()> {
         for (name, bytes) in extra {
             fs::write(self.staging.join(name), bytes)
                 .with_context(|| format!("cannot write {} in {}", name, self.staging.display()))?;
         }
-        let names = written
+        let names = record
+            .checkpoints
             .iter()
             .map(|w| w.file.as_str())
             .chain(extra.iter().map(|(n, _)| *n));
@@ -179,10 +156,11 @@ impl Output {
             fs::rename(self.staging.join(name), self.dir.join(name))
                 .with_context(|| format!("cannot move {name} into {}", self.dir.display()))?;
         }
-        let json = serde_json::to_vec_pretty(record)?;
-        let tmp = self.staging.join("run.json");
-        fs::write(&tmp, json).with_context(|| format!("cannot write {}", tmp.display()))?;
-        fs::rename(&tmp, self.dir.join("run.json")).context("cannot move run.json into place")?;
+        let tmp = self.staging.join(crate::record::FILE);
+        fs::write(&tmp, record.to_json())
+            .with_context(|| format!("cannot write {}", tmp.display()))?;
+        fs::rename(&tmp, self.dir.join(crate::record::FILE))
+            .context("cannot move run.json into place")?;
         self.committed = true;
         Ok(())
     }
@@ -208,25 +186,24 @@ pub fn file_name(stem: &str, step: usize, format: Format) -> String {
     }
 }
 
-fn stats(data: &[f32]) -> (f32, f32, f64, usize) {
-    let (mut min, mut max, mut sum, mut non_finite) =
-        (f32::INFINITY, f32::NEG_INFINITY, 0f64, 0usize);
-    for &v in data {
-        if !v.is_finite() {
-            non_finite += 1;
-            continue;
-        }
+/// Min, max and mean over the finite values (`None` without any), and how many are not finite.
+fn stats(data: &[f32]) -> (Option<f32>, Option<f32>, Option<f64>, usize) {
+    let (mut min, mut max, mut sum, mut finite) = (f32::INFINITY, f32::NEG_INFINITY, 0f64, 0usize);
+    for &v in data.iter().filter(|v| v.is_finite()) {
         min = min.min(v);
         max = max.max(v);
         sum += v as f64;
+        finite += 1;
     }
-    let finite = data.len() - non_finite;
-    let mean = if finite == 0 {
-        f64::NAN
-    } else {
-        sum / finite as f64
-    };
-    (min, max, mean, non_finite)
+    if finite == 0 {
+        return (None, None, None, data.len());
+    }
+    (
+        Some(min),
+        Some(max),
+        Some(sum / finite as f64),
+        data.len() - finite,
+    )
 }
 
 pub fn sha256_file(path: &Path) -> Result<String> {

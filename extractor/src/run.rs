@@ -5,7 +5,6 @@ use std::sync::mpsc::sync_channel;
 use std::time::Instant;
 
 use anyhow::{bail, Context as _, Result};
-use serde_json::json;
 
 use crate::capture::Capture;
 use crate::ffi::eval::Observer;
@@ -13,8 +12,11 @@ use crate::ffi::gguf::GgufFile;
 use crate::ffi::llama::{Context, ContextParams, KvType, Model, Token};
 use crate::ffi::tensor::Node;
 use crate::format::{self, Format};
-use crate::manifest::{Manifest, Symbols};
+use crate::manifest::{Checkpoint, Manifest, Symbols};
 use crate::output::{self, Output};
+use crate::record::{
+    self, CheckpointRecord, Device, LlamaCpp, LogitsRecord, ManifestInfo, ModelInfo, RunRecord,
+};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
 pub enum Steps {
@@ -43,21 +45,14 @@ pub struct Config {
     pub inject_panic: Option<String>,
 }
 
-/// The settings of a run, decided before anything is loaded.
+/// One run, top-down: refuse what cannot work, load, decode (captured), record, commit.
 pub fn run(cfg: &Config) -> Result<()> {
-    let manifest = match &cfg.manifest {
-        Some(path) => Some(Manifest::load(path)?),
-        None if cfg.extract && !cfg.list_nodes => {
-            bail!("--manifest is required (or pass --no-extract)")
-        }
-        None => None,
-    };
+    let manifest = load_manifest(cfg)?;
     // Scores (kq_soft_max) only exist with flash attention off. The decision
     // depends on the manifest only, so runs with and without extraction match.
     let flash_attn = !manifest
         .as_ref()
         .is_some_and(Manifest::needs_attention_scores);
-
     if cfg.list_nodes {
         return list_nodes(cfg, flash_attn);
     }
@@ -68,6 +63,46 @@ pub fn run(cfg: &Config) -> Result<()> {
     let model_path = cfg.model.clone();
     let model_hash = std::thread::spawn(move || output::sha256_file(&model_path));
 
+    let loaded = load(cfg)?;
+    log_header(cfg, &loaded, manifest.as_ref());
+    let checkpoints = manifest.map(|m| m.checkpoints).unwrap_or_default();
+    let (decoded, written) = decode_passes(cfg, &loaded, checkpoints, &output, flash_attn)?;
+
+    let model_sha = model_hash
+        .join()
+        .map_err(|_| anyhow::anyhow!("hashing the model panicked"))??;
+    let logits = logits_file(cfg, &loaded, &decoded)?;
+    let record = record(
+        cfg, &loaded, &decoded, written, model_sha, &logits, flash_attn,
+    );
+    output.commit(&record, &[(LOGITS_FILE, &logits)])?;
+    log_summary(cfg, &loaded, &record);
+    Ok(())
+}
+
+const LOGITS_FILE: &str = "logits.bin";
+
+fn load_manifest(cfg: &Config) -> Result<Option<Manifest>> {
+    match &cfg.manifest {
+        Some(path) => Ok(Some(Manifest::load(path)?)),
+        None if cfg.extract && !cfg.list_nodes => {
+            bail!("--manifest is required (or pass --no-extract)")
+        }
+        None => Ok(None),
+    }
+}
+
+/// The model, the prompt's tokens and what follows from both.
+struct Loaded {
+    model: Model,
+    arch: String,
+    tokens: Vec<Token>,
+    n_ctx: u32,
+    /// The symbols of the run; `n_tokens` and `n_kv` are set per pass.
+    base: Symbols,
+}
+
+fn load(cfg: &Config) -> Result<Loaded> {
     let model = Model::load(&cfg.model, cfg.n_gpu_layers)?;
     let arch = model
         .meta("general.architecture")
@@ -76,7 +111,6 @@ pub fn run(cfg: &Config) -> Result<()> {
     if tokens.is_empty() {
         bail!("the prompt {:?} gives no tokens", cfg.prompt);
     }
-    let passes = 1 + cfg.n_predict;
     let n_ctx = context_size(cfg, &model, tokens.len())?;
     let base = Symbols {
         n_embd: model.n_embd(),
@@ -91,84 +125,104 @@ pub fn run(cfg: &Config) -> Result<()> {
         n_tokens: 0,
         n_kv: 0,
     };
+    Ok(Loaded {
+        model,
+        arch,
+        tokens,
+        n_ctx,
+        base,
+    })
+}
 
-    let devices = crate::ffi::devices();
+fn log_header(cfg: &Config, loaded: &Loaded, manifest: Option<&Manifest>) {
+    let devices: Vec<String> = crate::ffi::devices()
+        .iter()
+        .map(|(name, desc)| format!("{name} ({desc})"))
+        .collect();
     log::info!("llorch-checkpoint-extractor: {}", describe_build());
     log::info!(
         "  devices   {} (--n-gpu-layers {})",
-        devices
-            .iter()
-            .map(|(name, desc)| format!("{name} ({desc})"))
-            .collect::<Vec<_>>()
-            .join(", "),
+        devices.join(", "),
         cfg.n_gpu_layers
     );
     log::info!(
-        "  model     {} ({arch}, {} layers)",
+        "  model     {} ({}, {} layers)",
         cfg.model.display(),
-        model.n_layer()
+        loaded.arch,
+        loaded.model.n_layer()
     );
     log::info!(
         "  prompt    {:?} -> {} tokens {}",
         cfg.prompt,
-        tokens.len(),
-        first_ids(&tokens, 32)
+        loaded.tokens.len(),
+        first_ids(&loaded.tokens, 32)
     );
-    match (&manifest, cfg.extract) {
-        (Some(m), true) => log::info!(
+    match (manifest, &cfg.manifest, cfg.extract) {
+        (Some(m), Some(path), true) => log::info!(
             "  manifest  {} ({} checkpoints), output {} ({:?})",
-            cfg.manifest.as_ref().unwrap().display(),
+            path.display(),
             m.checkpoints.len(),
             cfg.out.display(),
             cfg.format
         ),
         _ => log::info!("  extraction disabled: no eval callback registered"),
     }
+}
 
+#[derive(Default)]
+struct Decoded {
+    decode_ms: Vec<f64>,
+    /// Last-row logits of every pass, concatenated.
+    logits: Vec<f32>,
+    /// Greedy next token after every pass.
+    next: Vec<Token>,
+}
+
+/// The prompt pass, then one pass per generated token, each captured (when
+/// asked) by the eval callback while the writer thread stages the files.
+fn decode_passes(
+    cfg: &Config,
+    loaded: &Loaded,
+    checkpoints: Vec<Checkpoint>,
+    output: &Output,
+    flash_attn: bool,
+) -> Result<(Decoded, Vec<CheckpointRecord>)> {
+    let passes = 1 + cfg.n_predict;
     // The writer's queue holds every checkpoint of the run, so sending never blocks.
     let captured_passes = if cfg.steps == Steps::All { passes } else { 1 };
-    let checkpoints = manifest
-        .as_ref()
-        .map(|m| m.checkpoints.clone())
-        .unwrap_or_default();
     let (tx, rx) = sync_channel(checkpoints.len() * captured_passes + 1);
     let writer = output.spawn_writer(checkpoints.clone(), rx);
-    let capture = (cfg.extract && manifest.is_some())
+    let capture = (cfg.extract && !checkpoints.is_empty())
         .then(|| Capture::new(checkpoints, tx, cfg.inject_panic.clone()));
-
     let params = ContextParams {
-        n_ctx,
-        n_batch: n_ctx,
+        n_ctx: loaded.n_ctx,
+        n_batch: loaded.n_ctx,
         n_threads: cfg.threads,
         kv_type: cfg.kv_type,
         flash_attn: Some(flash_attn),
     };
     let decoded = (|| -> Result<Decoded> {
-        let mut ctx = Context::new(&model, &params, capture)?;
+        let mut ctx = Context::new(&loaded.model, &params, capture)?;
         let mut decoded = Decoded::default();
-        let mut input: Vec<Token> = tokens.clone();
+        let mut input: Vec<Token> = loaded.tokens.clone();
         let mut n_past = 0usize;
         for step in 0..passes {
             let captured = step == 0 || cfg.steps == Steps::All;
             let symbols = Symbols {
                 n_tokens: input.len() as i64,
                 n_kv: (n_past + input.len()) as i64,
-                ..base
+                ..loaded.base
             };
-            if let Some(c) = ctx.observer_mut() {
-                if captured {
-                    c.begin_pass(step, &symbols);
-                }
+            if let (Some(c), true) = (ctx.observer_mut(), captured) {
+                c.begin_pass(step, &symbols);
             }
             let started = Instant::now();
             ctx.decode(&input, n_past as i32, step == 0)?;
             decoded
                 .decode_ms
                 .push(started.elapsed().as_secs_f64() * 1e3);
-            if let Some(c) = ctx.observer_mut() {
-                if captured {
-                    c.end_pass()?;
-                }
+            if let (Some(c), true) = (ctx.observer_mut(), captured) {
+                c.end_pass()?;
             }
             let logits = ctx.logits(-1)?;
             let next = argmax(logits) as Token;
@@ -183,64 +237,98 @@ pub fn run(cfg: &Config) -> Result<()> {
     let written = writer
         .join()
         .map_err(|_| anyhow::anyhow!("the writer thread panicked"))?;
-    let decoded = decoded?;
-    let written = written?;
+    Ok((decoded?, written?))
+}
 
-    let n_vocab = model.n_vocab();
-    let mut logits_bytes = Vec::new();
-    format::write(
-        Format::Bin,
-        &mut logits_bytes,
-        &[passes as i64, n_vocab],
-        &decoded.logits,
-    )?;
-    let logits_sha = hex::encode(<sha2::Sha256 as sha2::Digest>::digest(&logits_bytes));
+/// `logits.bin`: the last row's logits of every pass, `[passes, n_vocab]`.
+fn logits_file(cfg: &Config, loaded: &Loaded, decoded: &Decoded) -> Result<Vec<u8>> {
+    let mut bytes = Vec::new();
+    let shape = [1 + cfg.n_predict as i64, loaded.model.n_vocab()];
+    format::write(Format::Bin, &mut bytes, &shape, &decoded.logits)?;
+    Ok(bytes)
+}
+
+fn record(
+    cfg: &Config,
+    loaded: &Loaded,
+    decoded: &Decoded,
+    checkpoints: Vec<CheckpointRecord>,
+    model_sha256: String,
+    logits: &[u8],
+    flash_attn: bool,
+) -> RunRecord {
     let (ggml_version, ggml_commit) = crate::ffi::ggml_version();
-    let model_sha = model_hash
-        .join()
-        .map_err(|_| anyhow::anyhow!("hashing the model panicked"))??;
-    let generated: Vec<Token> = decoded.next[..cfg.n_predict].to_vec();
-    let record = json!({
-        "tool": format!("llorch-checkpoint-extractor {}", env!("CARGO_PKG_VERSION")),
-        "llama_cpp": { "pin": env!("LLORCH_PIN"), "tree": env!("LLORCH_FLAVOUR"), "ggml_version": ggml_version, "ggml_commit": ggml_commit },
-        "backend": env!("LLORCH_BACKEND"),
-        "system_info": crate::ffi::system_info().trim(),
-        "devices": devices.iter().map(|(name, desc)| json!({ "name": name, "description": desc })).collect::<Vec<_>>(),
-        "model": { "path": cfg.model, "sha256": model_sha, "architecture": arch, "n_layer": model.n_layer() },
-        "manifest": cfg.manifest.as_ref().map(|p| json!({ "path": p, "sha256": output::sha256_file(p).ok() })),
-        "extract": cfg.extract,
-        "prompt": cfg.prompt,
-        "tokens": tokens,
-        "generated": generated,
-        "next_token": decoded.next.last(),
-        "threads": cfg.threads,
-        "n_ctx": n_ctx,
-        "n_gpu_layers": cfg.n_gpu_layers,
-        "kv_type": cfg.kv_type,
-        "flash_attn": flash_attn,
-        "format": cfg.format,
-        "steps": format!("{:?}", cfg.steps).to_lowercase(),
-        "symbols": Symbols { n_tokens: tokens.len() as i64, n_kv: tokens.len() as i64, ..base },
-        "decode_ms": decoded.decode_ms,
-        "prompt_decode_ms": decoded.decode_ms[0],
-        "logits": { "file": "logits.bin", "shape": [passes, n_vocab], "sha256": logits_sha },
-        "peak_rss_mb": peak_rss_mb(),
-        "checkpoints": written,
-    });
-    output.commit(&written, &record, &[("logits.bin", &logits_bytes)])?;
+    let n_prompt = loaded.tokens.len() as i64;
+    RunRecord {
+        schema_version: record::SCHEMA_VERSION,
+        tool: format!("llorch-checkpoint-extractor {}", env!("CARGO_PKG_VERSION")),
+        llama_cpp: LlamaCpp {
+            pin: env!("LLORCH_PIN").into(),
+            tree: env!("LLORCH_FLAVOUR").into(),
+            ggml_version,
+            ggml_commit,
+        },
+        backend: env!("LLORCH_BACKEND").into(),
+        system_info: crate::ffi::system_info().trim().to_string(),
+        devices: crate::ffi::devices()
+            .into_iter()
+            .map(|(name, description)| Device { name, description })
+            .collect(),
+        model: ModelInfo {
+            path: cfg.model.clone(),
+            sha256: model_sha256,
+            architecture: loaded.arch.clone(),
+            n_layer: loaded.model.n_layer(),
+        },
+        manifest: cfg.manifest.as_ref().map(|p| ManifestInfo {
+            path: p.clone(),
+            sha256: output::sha256_file(p).ok(),
+        }),
+        extract: cfg.extract,
+        prompt: cfg.prompt.clone(),
+        tokens: loaded.tokens.clone(),
+        generated: decoded.next[..cfg.n_predict].to_vec(),
+        next_token: decoded.next.last().copied(),
+        threads: cfg.threads,
+        n_ctx: loaded.n_ctx,
+        n_gpu_layers: cfg.n_gpu_layers,
+        kv_type: cfg.kv_type.name().into(),
+        flash_attn,
+        format: cfg.format,
+        steps: format!("{:?}", cfg.steps).to_lowercase(),
+        symbols: Symbols {
+            n_tokens: n_prompt,
+            n_kv: n_prompt,
+            ..loaded.base
+        },
+        decode_ms: decoded.decode_ms.clone(),
+        prompt_decode_ms: decoded.decode_ms[0],
+        logits: LogitsRecord {
+            file: LOGITS_FILE.into(),
+            shape: vec![1 + cfg.n_predict as i64, loaded.model.n_vocab()],
+            sha256: hex::encode(<sha2::Sha256 as sha2::Digest>::digest(logits)),
+        },
+        peak_rss_mb: peak_rss_mb(),
+        checkpoints,
+    }
+}
+
+fn log_summary(cfg: &Config, loaded: &Loaded, record: &RunRecord) {
+    let pieces: Vec<String> = record
+        .generated
+        .iter()
+        .map(|&t| loaded.model.token_to_piece(t))
+        .collect();
     log::info!(
         "wrote {} checkpoint file(s) and run.json to {}; prompt decode {:.1} ms; generated {:?}",
-        written.len(),
+        record.checkpoints.len(),
         cfg.out.display(),
-        decoded.decode_ms[0],
-        generated
-            .iter()
-            .map(|&t| model.token_to_piece(t))
-            .collect::<Vec<_>>()
+        record.prompt_decode_ms,
+        pieces
     );
     // Which backend buffer each checkpoint was read from ("CPU", "CUDA0", ...).
     let mut by_buffer: Vec<(&str, Vec<&str>)> = Vec::new();
-    for w in &written {
+    for w in &record.checkpoints {
         match by_buffer.iter_mut().find(|(b, _)| *b == w.buffer) {
             Some((_, ids)) => ids.push(&w.id),
             None => by_buffer.push((&w.buffer, vec![&w.id])),
@@ -249,7 +337,6 @@ pub fn run(cfg: &Config) -> Result<()> {
     for (buffer, ids) in by_buffer {
         log::info!("  read from {buffer}: {}", ids.join(" "));
     }
-    Ok(())
 }
 
 /// Refuses a model whose architecture is not the manifest's before it is
@@ -329,15 +416,6 @@ fn first_ids(tokens: &[Token], max: usize) -> String {
         return format!("{tokens:?}");
     }
     format!("{:?} ... ({} ids in all)", &tokens[..max], tokens.len())
-}
-
-#[derive(Default)]
-struct Decoded {
-    decode_ms: Vec<f64>,
-    /// Last-row logits of every pass, concatenated.
-    logits: Vec<f32>,
-    /// Greedy next token after every pass.
-    next: Vec<Token>,
 }
 
 /// The process's peak resident memory (Linux: VmHWM), for the verify report.

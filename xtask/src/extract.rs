@@ -3,7 +3,7 @@
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result};
-use serde::Deserialize;
+use llorch_checkpoint_spec::record::RunRecord;
 use xshell::cmd;
 
 use crate::build::{self, Backend};
@@ -70,48 +70,8 @@ pub fn ensure_extractor(project: &Project, backend: Backend) -> Result<PathBuf> 
     build::build_extractor(project, backend, Flavour::Patched, &lib_dir)
 }
 
-#[derive(Deserialize)]
-pub struct RunRecord {
-    pub tokens: Vec<i64>,
-    pub prompt_decode_ms: f64,
-    pub peak_rss_mb: Option<f64>,
-    pub checkpoints: Vec<CheckpointRecord>,
-    pub logits: LogitsRecord,
-    pub generated: Vec<i64>,
-}
-
-#[derive(Deserialize)]
-pub struct CheckpointRecord {
-    pub id: String,
-    pub layer: Option<u32>,
-    pub tensor: String,
-    pub shape: Vec<i64>,
-    pub source_dtype: String,
-    /// The backend buffer it was read from ("CPU", "CUDA0", ...).
-    #[serde(default)]
-    pub buffer: String,
-    pub file: String,
-    /// Over the finite values; null when there are none.
-    pub min: Option<f32>,
-    pub max: Option<f32>,
-    pub mean: Option<f64>,
-}
-
-#[derive(Deserialize)]
-pub struct LogitsRecord {
-    pub sha256: String,
-}
-
-pub fn read_record(dir: &Path) -> Result<RunRecord> {
-    let path = dir.join("run.json");
-    let bytes =
-        std::fs::read(&path).with_context(|| format!("no run record at {}", path.display()))?;
-    serde_json::from_slice(&bytes)
-        .with_context(|| format!("{} is not a run record", path.display()))
-}
-
 fn print_table(dir: &Path) -> Result<()> {
-    let record = read_record(dir)?;
+    let record = RunRecord::read(dir)?;
     println!(
         "\n{:<16} {:<16} {:<5} {:<6} {:>16} {:>11} {:>11} {:>12}  file",
         "checkpoint", "tensor", "dtype", "buffer", "shape", "min", "max", "mean"
@@ -139,4 +99,19 @@ fn print_table(dir: &Path) -> Result<()> {
         record.prompt_decode_ms
     );
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_table_refuses_a_run_record_of_a_future_schema_naming_its_version() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut record = llorch_checkpoint_spec::record::example();
+        record.schema_version = 5;
+        std::fs::write(dir.path().join("run.json"), record.to_json()).unwrap();
+        let err = format!("{:#}", print_table(dir.path()).unwrap_err());
+        assert!(err.contains("schema version 5 is newer"), "{err}");
+    }
 }

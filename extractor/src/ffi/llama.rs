@@ -187,6 +187,15 @@ pub enum KvType {
     F32,
 }
 
+impl KvType {
+    pub fn name(self) -> &'static str {
+        match self {
+            KvType::F16 => "f16",
+            KvType::F32 => "f32",
+        }
+    }
+}
+
 pub struct ContextParams {
     pub n_ctx: u32,
     pub n_batch: u32,

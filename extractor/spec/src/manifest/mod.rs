@@ -1,6 +1,8 @@
 //! The checkpoint manifest: which graph nodes to capture, their expected shapes
-//! and their file names. Parsed and validated before any inference, so a typo
-//! costs milliseconds, not a model load.
+//! and their file names, and for `cargo xtask compare` the reference tensor and
+//! tolerance of each. Parsed and validated before any inference, so a typo
+//! costs milliseconds, not a model load. The extractor, the validator, diff and
+//! xtask all read manifests through this module.
 //!
 //! ```yaml
 //! architecture: gpt2                     # general.architecture of the models it fits
@@ -11,6 +13,8 @@
 //!     tensor: "attn_norm-{layer}"
 //!     shape: [n_embd, n_tokens]          # ggml ne order, innermost first
 //!     file: "checkpoint_01_ln1_output"   # extension added by --format
+//!     reference: { capture: "h.{layer}.ln_1", ops: [drop_batch] }
+//!     tolerance: { atol: 5.0e-3, rtol: 1.0e-3, nmse: 1.0e-5 }
 //! ```
 
 use std::collections::HashSet;
@@ -19,10 +23,13 @@ use std::path::Path;
 use anyhow::{bail, Context, Result};
 use serde::Deserialize;
 
-/// Symbols a shape may use; resolved from the model and the pass at run time.
-pub const SYMBOLS: &[&str] = &[
-    "n_embd", "n_head", "head_dim", "n_ff", "n_vocab", "n_ctx", "n_tokens", "n_kv",
-];
+mod reference;
+mod shape;
+#[cfg(test)]
+mod tests;
+
+pub use reference::{Dim, Op, Reference, Tolerance};
+pub use shape::{fmt_ne, DimSpec, Resolved, Symbols, SYMBOLS};
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -54,20 +61,13 @@ struct RawCheckpoint {
     #[serde(default)]
     layers: Option<Vec<u32>>,
     /// For `cargo xtask compare`: the PyTorch tensor this checkpoint corresponds
-    /// to and its layout ops (`{capture: ..., ops: [...]}`). Kept as YAML: the
-    /// extractor only checks its form, xtask interprets it.
+    /// to and its layout ops (`{capture: ..., ops: [...]}`). Read as YAML first,
+    /// so that a wrong key gets a message naming the checkpoint.
     #[serde(default)]
     reference: Option<serde_yaml::Value>,
     /// For `cargo xtask compare`: `{atol, rtol, nmse}`.
     #[serde(default)]
     tolerance: Option<serde_yaml::Value>,
-}
-
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
-#[serde(untagged)]
-pub enum DimSpec {
-    Fixed(i64),
-    Symbol(String),
 }
 
 /// One checkpoint of one layer, names expanded.
@@ -83,6 +83,12 @@ pub struct Checkpoint {
     pub shape: Vec<DimSpec>,
     /// File name without extension.
     pub file_stem: String,
+    /// The PyTorch tensor to compare with, `{layer}` expanded.
+    pub reference: Option<Reference>,
+    /// The comparison's tolerance ([`Tolerance::DEFAULT`] where none is given).
+    pub tolerance: Tolerance,
+    /// The position of its entry in the manifest (graph order within a layer).
+    pub index: usize,
 }
 
 #[derive(Debug)]
@@ -90,46 +96,6 @@ pub struct Manifest {
     pub architecture: String,
     pub description: Option<String>,
     pub checkpoints: Vec<Checkpoint>,
-}
-
-/// The values of the shape symbols for one forward pass.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
-pub struct Symbols {
-    pub n_embd: i64,
-    pub n_head: i64,
-    pub head_dim: i64,
-    pub n_ff: i64,
-    pub n_vocab: i64,
-    pub n_ctx: i64,
-    pub n_tokens: i64,
-    /// KV-cache cells holding tokens (history included).
-    pub n_kv: i64,
-}
-
-impl Symbols {
-    fn get(&self, name: &str) -> Option<i64> {
-        Some(match name {
-            "n_embd" => self.n_embd,
-            "n_head" => self.n_head,
-            "head_dim" => self.head_dim,
-            "n_ff" => self.n_ff,
-            "n_vocab" => self.n_vocab,
-            "n_ctx" => self.n_ctx,
-            "n_tokens" => self.n_tokens,
-            "n_kv" => self.n_kv,
-            _ => return None,
-        })
-    }
-}
-
-/// An expected shape resolved for one pass.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Resolved {
-    pub ne: [i64; 4],
-    pub n_dims: usize,
-    /// Dimensions written `n_kv`: the node holds the padded cache there, and
-    /// only the first `n_kv` (filled) cells are kept.
-    pub kv_dims: [bool; 4],
 }
 
 impl Checkpoint {
@@ -154,6 +120,14 @@ impl Checkpoint {
         }
     }
 
+    /// `id@layer` (or `id`): unique within a manifest.
+    pub fn key(&self) -> String {
+        match self.layer {
+            Some(l) => format!("{}@{l}", self.id),
+            None => self.id.clone(),
+        }
+    }
+
     pub fn shape_text(&self) -> String {
         let dims: Vec<String> = self
             .shape
@@ -165,45 +139,6 @@ impl Checkpoint {
             .collect();
         format!("[{}]", dims.join(", "))
     }
-}
-
-impl Resolved {
-    /// Checks a node's ne against this shape; returns the ne to keep (padded
-    /// KV cells dropped), or a description of the mismatch.
-    pub fn keep(&self, actual: [i64; 4]) -> Result<[i64; 4], String> {
-        let mut keep = actual;
-        for d in 0..4 {
-            let ok = if self.kv_dims[d] {
-                actual[d] >= self.ne[d]
-            } else {
-                actual[d] == self.ne[d]
-            };
-            if !ok {
-                return Err(format!(
-                    "expected ne {}, got {}",
-                    fmt_ne(&self.ne[..self.n_dims.max(1)]),
-                    fmt_ne(&trim(actual))
-                ));
-            }
-            keep[d] = self.ne[d];
-        }
-        Ok(keep)
-    }
-
-    /// The file's shape: row-major, outermost first (ggml ne reversed).
-    pub fn file_shape(&self) -> Vec<i64> {
-        self.ne[..self.n_dims].iter().rev().copied().collect()
-    }
-}
-
-fn trim(ne: [i64; 4]) -> Vec<i64> {
-    let n = ne.iter().rposition(|&d| d != 1).map_or(1, |i| i + 1);
-    ne[..n].to_vec()
-}
-
-pub fn fmt_ne(ne: &[i64]) -> String {
-    let dims: Vec<String> = ne.iter().map(|d| d.to_string()).collect();
-    format!("[{}]", dims.join(", "))
 }
 
 impl Manifest {
@@ -227,7 +162,7 @@ impl Manifest {
         let mut ids = HashSet::new();
         let mut files = HashSet::new();
         let mut checkpoints = Vec::new();
-        for cp in &raw.checkpoints {
+        for (index, cp) in raw.checkpoints.iter().enumerate() {
             let at = |msg: String| {
                 anyhow::anyhow!(
                     "line {}: checkpoint `{}`: {msg}",
@@ -260,6 +195,17 @@ impl Manifest {
             }
             check_file_name(&cp.file).map_err(&at)?;
             check_compare_keys(cp).map_err(&at)?;
+            let reference: Option<Reference> = cp
+                .reference
+                .clone()
+                .map(serde_yaml::from_value)
+                .transpose()
+                .map_err(|e| at(format!("`reference`: {e}")))?;
+            let tolerance: Tolerance = match &cp.tolerance {
+                Some(t) => serde_yaml::from_value(t.clone())
+                    .map_err(|e| at(format!("`tolerance`: {e}")))?,
+                None => Tolerance::DEFAULT,
+            };
             let templated = cp.tensor.contains("{layer}");
             let layers: Vec<Option<u32>> = match (&cp.layers, templated) {
                 (_, false) => vec![None],
@@ -294,6 +240,12 @@ impl Manifest {
                     op: cp.op.clone(),
                     shape: cp.shape.clone(),
                     file_stem,
+                    reference: reference.clone().map(|r| Reference {
+                        capture: expand(&r.capture),
+                        ops: r.ops,
+                    }),
+                    tolerance,
+                    index,
                 });
             }
         }
@@ -312,6 +264,14 @@ impl Manifest {
             description: raw.description,
             checkpoints,
         })
+    }
+
+    /// The checkpoints in the order the graph computes them: layer by layer,
+    /// manifest order within a layer (the first divergence is the first here).
+    pub fn graph_order(&self) -> Vec<&Checkpoint> {
+        let mut order: Vec<&Checkpoint> = self.checkpoints.iter().collect();
+        order.sort_by_key(|c| (c.layer, c.index));
+        order
     }
 
     /// Attention scores only exist with flash attention off.
@@ -390,163 +350,4 @@ fn line_of(text: &str, needle: &str) -> usize {
     text.lines()
         .position(|l| l.contains(needle))
         .map_or(0, |i| i + 1)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    const GOOD: &str = "architecture: gpt2\nlayers: [0, 1]\ncheckpoints:\n  - id: ln1\n    tensor: attn_norm-{layer}\n    shape: [n_embd, n_tokens]\n    file: ln1_l{layer}\n";
-
-    /// `text` made a whole manifest (the architecture goes last, so line numbers stay).
-    fn parse(text: &str) -> Result<Manifest> {
-        Manifest::parse(&format!("{text}architecture: gpt2\n"))
-    }
-
-    fn err(text: &str) -> String {
-        format!("{:#}", parse(text).unwrap_err())
-    }
-
-    #[test]
-    fn expands_layers_and_resolves_shapes() {
-        let m = Manifest::parse(GOOD).unwrap();
-        assert_eq!(m.architecture, "gpt2");
-        let names: Vec<_> = m
-            .checkpoints
-            .iter()
-            .map(|c| (c.tensor.as_str(), c.file_stem.as_str()))
-            .collect();
-        assert_eq!(
-            names,
-            [("attn_norm-0", "ln1_l0"), ("attn_norm-1", "ln1_l1")]
-        );
-        let s = Symbols {
-            n_embd: 768,
-            n_head: 12,
-            head_dim: 64,
-            n_ff: 3072,
-            n_vocab: 50257,
-            n_ctx: 512,
-            n_tokens: 2,
-            n_kv: 2,
-        };
-        let r = m.checkpoints[0].resolve(&s);
-        assert_eq!(r.file_shape(), [2, 768]);
-        assert_eq!(r.keep([768, 2, 1, 1]), Ok([768, 2, 1, 1]));
-        assert_eq!(
-            r.keep([768, 3, 1, 1]),
-            Err("expected ne [768, 2], got [768, 3]".to_string())
-        );
-    }
-
-    #[test]
-    fn n_kv_dims_keep_only_the_filled_cells() {
-        let m = parse("checkpoints:\n  - {id: k, tensor: cache_k-0, shape: [head_dim, n_head, n_kv, 1], file: k}\n").unwrap();
-        let s = Symbols {
-            n_embd: 768,
-            n_head: 12,
-            head_dim: 64,
-            n_ff: 3072,
-            n_vocab: 50257,
-            n_ctx: 512,
-            n_tokens: 2,
-            n_kv: 2,
-        };
-        let r = m.checkpoints[0].resolve(&s);
-        assert_eq!(
-            r.keep([64, 12, 256, 1]),
-            Ok([64, 12, 2, 1]),
-            "padded cells are dropped"
-        );
-        assert!(
-            r.keep([64, 12, 1, 1]).is_err(),
-            "fewer cells than tokens is a mismatch"
-        );
-        assert_eq!(r.file_shape(), [1, 2, 12, 64]);
-    }
-
-    #[test]
-    fn malformed_yaml_reports_its_line() {
-        let msg = format!(
-            "{:#}",
-            Manifest::parse("checkpoints:\n  - id: a\n    shape: [n_embd\n    file: x\n")
-                .unwrap_err()
-        );
-        assert!(msg.contains("line 4"), "{msg}");
-    }
-
-    #[test]
-    fn unknown_keys_are_refused() {
-        let msg = err("checkpoints:\n  - {id: a, tensor: t, shape: [1], file: f, colour: red}\n");
-        assert!(
-            msg.contains("unknown field `colour`") && msg.contains("line 2"),
-            "{msg}"
-        );
-    }
-
-    #[test]
-    fn compare_keys_are_accepted_and_checked() {
-        let ok = "checkpoints:\n  - {id: a, tensor: t, shape: [1], file: f, reference: {capture: 'h.{layer}.ln_1', ops: [drop_batch]}, tolerance: {atol: 1.0e-5, rtol: 0, nmse: 1.0e-9}}\n";
-        assert_eq!(parse(ok).unwrap().checkpoints.len(), 1);
-        let msg = err(
-            "checkpoints:\n  - {id: a, tensor: t, shape: [1], file: f, reference: {ops: []}}\n",
-        );
-        assert!(
-            msg.contains("checkpoint `a`: `reference` needs `capture`"),
-            "{msg}"
-        );
-        let msg = err(
-            "checkpoints:\n  - {id: a, tensor: t, shape: [1], file: f, tolerance: {atol: -1}}\n",
-        );
-        assert!(
-            msg.contains("`tolerance` takes atol, rtol and nmse"),
-            "{msg}"
-        );
-        let msg = err("checkpoints:\n  - {id: a, tensor: t, shape: [1], file: f, reference: {capture: x, op: []}}\n");
-        assert!(msg.contains("unknown key"), "{msg}");
-    }
-
-    #[test]
-    fn unknown_symbols_are_refused_with_their_checkpoint() {
-        let msg = err("checkpoints:\n  - id: q\n    tensor: Qcur-0\n    shape: [head_dim, n_heads]\n    file: q\n");
-        assert!(
-            msg.contains("line 2: checkpoint `q`: unknown symbol `n_heads`"),
-            "{msg}"
-        );
-    }
-
-    #[test]
-    fn duplicate_files_are_refused() {
-        let msg = err("layers: [0, 1]\ncheckpoints:\n  - {id: a, tensor: 'x-{layer}', shape: [1], file: same}\n");
-        assert!(
-            msg.contains("file `same` is written by another checkpoint"),
-            "{msg}"
-        );
-    }
-
-    #[test]
-    fn file_names_cannot_escape_the_output_directory() {
-        for bad in ["../evil", "sub/dir", "/abs", ".hidden", "a..b"] {
-            let msg = err(&format!(
-                "checkpoints:\n  - {{id: a, tensor: t, shape: [1], file: '{bad}'}}\n"
-            ));
-            assert!(
-                msg.contains("plain name inside the output directory"),
-                "{bad}: {msg}"
-            );
-        }
-    }
-
-    #[test]
-    fn a_manifest_names_its_architecture() {
-        let msg = format!(
-            "{:#}",
-            Manifest::parse("checkpoints:\n  - {id: a, tensor: t, shape: [1], file: f}\n")
-                .unwrap_err()
-        );
-        assert!(
-            msg.contains("no `architecture:`") && msg.contains("architecture: gpt2"),
-            "{msg}"
-        );
-    }
 }

@@ -1,0 +1,13 @@
+//! llorch-checkpoint's file formats, defined once: pure Rust, no native links.
+//!
+//! - [`manifest`]: the checkpoint manifest (YAML): node names, shapes in
+//!   symbols, files, the reference tensor and tolerance of each checkpoint.
+//! - [`record`]: `run.json`, the record of one extractor run, versioned.
+//! - [`format`]: the checkpoint files themselves (`.bin`, `.npy`).
+//!
+//! The extractor, its validator and diff, and every `cargo xtask` step read
+//! and write these files through this crate and nothing else.
+
+pub mod format;
+pub mod manifest;
+pub mod record;

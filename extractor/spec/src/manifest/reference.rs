@@ -1,0 +1,142 @@
+//! What `cargo xtask compare` reads of a checkpoint: the reference tensor, the
+//! layout ops that bring it to the checkpoint file's shape, and the tolerance.
+
+use anyhow::{Context, Result};
+use serde::{Deserialize, Serialize};
+
+use super::shape::{Symbols, SYMBOLS};
+
+/// `reference:` of a checkpoint: which tensor of the reference model, and the
+/// layout ops that turn it into the checkpoint file's row-major shape.
+#[derive(Deserialize, Clone, Debug, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct Reference {
+    /// `h.{layer}.<module>`, `present.{layer}.key|value` or `attentions.{layer}`.
+    pub capture: String,
+    #[serde(default)]
+    pub ops: Vec<Op>,
+}
+
+/// The layout ops, applied in order to the captured tensor (row-major, batch first).
+/// In YAML: `drop_batch`, `{slice: {axis: -1, start: 0, len: n_embd}}`,
+/// `{reshape: [n_tokens, n_head, head_dim]}`, `{permute: [0, 2, 1, 3]}`.
+#[derive(Deserialize, Clone, Debug, PartialEq)]
+#[serde(try_from = "serde_yaml::Value")]
+pub enum Op {
+    /// Remove the leading batch dimension (must be 1).
+    DropBatch,
+    Slice {
+        axis: i64,
+        start: Dim,
+        len: Dim,
+    },
+    Reshape(Vec<Dim>),
+    Permute(Vec<i64>),
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct SliceArgs {
+    axis: i64,
+    start: Dim,
+    len: Dim,
+}
+
+impl TryFrom<serde_yaml::Value> for Op {
+    type Error = String;
+
+    fn try_from(value: serde_yaml::Value) -> Result<Op, String> {
+        const KNOWN: &str =
+            "drop_batch, {slice: {axis, start, len}}, {reshape: [dims]}, {permute: [axes]}";
+        if value.as_str() == Some("drop_batch") {
+            return Ok(Op::DropBatch);
+        }
+        let single = value
+            .as_mapping()
+            .filter(|m| m.len() == 1)
+            .and_then(|m| m.iter().next());
+        let Some((name, args)) = single.and_then(|(k, v)| Some((k.as_str()?, v.clone()))) else {
+            return Err(format!("unknown op {value:?}; known: {KNOWN}"));
+        };
+        let err = |e: serde_yaml::Error| format!("op `{name}`: {e}");
+        Ok(match name {
+            "slice" => {
+                let a: SliceArgs = serde_yaml::from_value(args).map_err(err)?;
+                Op::Slice {
+                    axis: a.axis,
+                    start: a.start,
+                    len: a.len,
+                }
+            }
+            "reshape" => Op::Reshape(serde_yaml::from_value(args).map_err(err)?),
+            "permute" => Op::Permute(serde_yaml::from_value(args).map_err(err)?),
+            other => return Err(format!("unknown op `{other}`; known: {KNOWN}")),
+        })
+    }
+}
+
+/// A dimension of an op: a number, a symbol of the run (`n_embd`), or a product (`2*n_embd`).
+#[derive(Deserialize, Clone, Debug, PartialEq)]
+#[serde(untagged)]
+pub enum Dim {
+    Fixed(i64),
+    Expr(String),
+}
+
+impl Dim {
+    /// Resolves `n_embd`, `2*n_embd`, `7` against the run's symbols.
+    pub fn resolve(&self, symbols: &Symbols) -> Result<i64> {
+        match self {
+            Dim::Fixed(n) => Ok(*n),
+            Dim::Expr(expr) => expr
+                .split('*')
+                .map(str::trim)
+                .try_fold(1i64, |acc, factor| {
+                    let v = match factor.parse::<i64>() {
+                        Ok(n) => n,
+                        Err(_) => symbols.get(factor).with_context(|| {
+                            format!(
+                                "unknown symbol `{factor}` in `{expr}`; known: {}",
+                                SYMBOLS.join(", ")
+                            )
+                        })?,
+                    };
+                    Ok(acc * v)
+                }),
+        }
+    }
+}
+
+/// When a checkpoint agrees with its reference.
+#[derive(Deserialize, Serialize, Clone, Copy, Debug, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct Tolerance {
+    /// Each element: |test - ref| <= atol + rtol * |ref| (numpy.isclose).
+    #[serde(default = "default_atol")]
+    pub atol: f64,
+    #[serde(default = "default_rtol")]
+    pub rtol: f64,
+    /// And over the tensor: NMSE = mean((test-ref)^2) / var(ref) <= nmse.
+    #[serde(default = "default_nmse")]
+    pub nmse: f64,
+}
+
+impl Tolerance {
+    /// Used where a checkpoint gives no `tolerance:` (or part of one): f32
+    /// arithmetic on O(1) values.
+    pub const DEFAULT: Tolerance = Tolerance {
+        atol: 1e-4,
+        rtol: 1e-3,
+        nmse: 1e-6,
+    };
+}
+
+fn default_atol() -> f64 {
+    Tolerance::DEFAULT.atol
+}
+fn default_rtol() -> f64 {
+    Tolerance::DEFAULT.rtol
+}
+fn default_nmse() -> f64 {
+    Tolerance::DEFAULT.nmse
+}

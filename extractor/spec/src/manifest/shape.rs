@@ -1,0 +1,95 @@
+//! Shapes in symbols (`[n_embd, n_tokens]`), their values for one pass, and
+//! the check of a node's `ne` against them.
+
+use serde::Deserialize;
+
+/// Symbols a shape may use; resolved from the model and the pass at run time.
+pub const SYMBOLS: &[&str] = &[
+    "n_embd", "n_head", "head_dim", "n_ff", "n_vocab", "n_ctx", "n_tokens", "n_kv",
+];
+
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(untagged)]
+pub enum DimSpec {
+    Fixed(i64),
+    Symbol(String),
+}
+
+/// The values of the shape symbols for one forward pass.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Symbols {
+    pub n_embd: i64,
+    pub n_head: i64,
+    pub head_dim: i64,
+    pub n_ff: i64,
+    pub n_vocab: i64,
+    pub n_ctx: i64,
+    pub n_tokens: i64,
+    /// KV-cache cells holding tokens (history included).
+    pub n_kv: i64,
+}
+
+impl Symbols {
+    pub fn get(&self, name: &str) -> Option<i64> {
+        Some(match name {
+            "n_embd" => self.n_embd,
+            "n_head" => self.n_head,
+            "head_dim" => self.head_dim,
+            "n_ff" => self.n_ff,
+            "n_vocab" => self.n_vocab,
+            "n_ctx" => self.n_ctx,
+            "n_tokens" => self.n_tokens,
+            "n_kv" => self.n_kv,
+            _ => return None,
+        })
+    }
+}
+
+/// An expected shape resolved for one pass.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Resolved {
+    pub ne: [i64; 4],
+    pub n_dims: usize,
+    /// Dimensions written `n_kv`: the node holds the padded cache there, and
+    /// only the first `n_kv` (filled) cells are kept.
+    pub kv_dims: [bool; 4],
+}
+
+impl Resolved {
+    /// Checks a node's ne against this shape; returns the ne to keep (padded
+    /// KV cells dropped), or a description of the mismatch.
+    pub fn keep(&self, actual: [i64; 4]) -> Result<[i64; 4], String> {
+        let mut keep = actual;
+        for d in 0..4 {
+            let ok = if self.kv_dims[d] {
+                actual[d] >= self.ne[d]
+            } else {
+                actual[d] == self.ne[d]
+            };
+            if !ok {
+                return Err(format!(
+                    "expected ne {}, got {}",
+                    fmt_ne(&self.ne[..self.n_dims.max(1)]),
+                    fmt_ne(&trim(actual))
+                ));
+            }
+            keep[d] = self.ne[d];
+        }
+        Ok(keep)
+    }
+
+    /// The file's shape: row-major, outermost first (ggml ne reversed).
+    pub fn file_shape(&self) -> Vec<i64> {
+        self.ne[..self.n_dims].iter().rev().copied().collect()
+    }
+}
+
+fn trim(ne: [i64; 4]) -> Vec<i64> {
+    let n = ne.iter().rposition(|&d| d != 1).map_or(1, |i| i + 1);
+    ne[..n].to_vec()
+}
+
+pub fn fmt_ne(ne: &[i64]) -> String {
+    let dims: Vec<String> = ne.iter().map(|d| d.to_string()).collect();
+    format!("[{}]", dims.join(", "))
+}

@@ -1,0 +1,229 @@
+//! The manifest as a specification: what it accepts, expands and refuses.
+
+use super::*;
+
+const GOOD: &str = "architecture: gpt2\nlayers: [0, 1]\ncheckpoints:\n  - id: ln1\n    tensor: attn_norm-{layer}\n    shape: [n_embd, n_tokens]\n    file: ln1_l{layer}\n";
+
+/// `text` made a whole manifest (the architecture goes last, so line numbers stay).
+fn parse(text: &str) -> Result<Manifest> {
+    Manifest::parse(&format!("{text}architecture: gpt2\n"))
+}
+
+fn err(text: &str) -> String {
+    format!("{:#}", parse(text).unwrap_err())
+}
+
+#[test]
+fn expands_layers_and_resolves_shapes() {
+    let m = Manifest::parse(GOOD).unwrap();
+    assert_eq!(m.architecture, "gpt2");
+    let names: Vec<_> = m
+        .checkpoints
+        .iter()
+        .map(|c| (c.tensor.as_str(), c.file_stem.as_str()))
+        .collect();
+    assert_eq!(
+        names,
+        [("attn_norm-0", "ln1_l0"), ("attn_norm-1", "ln1_l1")]
+    );
+    let s = Symbols {
+        n_embd: 768,
+        n_head: 12,
+        head_dim: 64,
+        n_ff: 3072,
+        n_vocab: 50257,
+        n_ctx: 512,
+        n_tokens: 2,
+        n_kv: 2,
+    };
+    let r = m.checkpoints[0].resolve(&s);
+    assert_eq!(r.file_shape(), [2, 768]);
+    assert_eq!(r.keep([768, 2, 1, 1]), Ok([768, 2, 1, 1]));
+    assert_eq!(
+        r.keep([768, 3, 1, 1]),
+        Err("expected ne [768, 2], got [768, 3]".to_string())
+    );
+}
+
+#[test]
+fn n_kv_dims_keep_only_the_filled_cells() {
+    let m = parse("checkpoints:\n  - {id: k, tensor: cache_k-0, shape: [head_dim, n_head, n_kv, 1], file: k}\n").unwrap();
+    let s = Symbols {
+        n_embd: 768,
+        n_head: 12,
+        head_dim: 64,
+        n_ff: 3072,
+        n_vocab: 50257,
+        n_ctx: 512,
+        n_tokens: 2,
+        n_kv: 2,
+    };
+    let r = m.checkpoints[0].resolve(&s);
+    assert_eq!(
+        r.keep([64, 12, 256, 1]),
+        Ok([64, 12, 2, 1]),
+        "padded cells are dropped"
+    );
+    assert!(
+        r.keep([64, 12, 1, 1]).is_err(),
+        "fewer cells than tokens is a mismatch"
+    );
+    assert_eq!(r.file_shape(), [1, 2, 12, 64]);
+}
+
+#[test]
+fn malformed_yaml_reports_its_line() {
+    let msg = format!(
+        "{:#}",
+        Manifest::parse("checkpoints:\n  - id: a\n    shape: [n_embd\n    file: x\n").unwrap_err()
+    );
+    assert!(msg.contains("line 4"), "{msg}");
+}
+
+#[test]
+fn unknown_keys_are_refused() {
+    let msg = err("checkpoints:\n  - {id: a, tensor: t, shape: [1], file: f, colour: red}\n");
+    assert!(
+        msg.contains("unknown field `colour`") && msg.contains("line 2"),
+        "{msg}"
+    );
+}
+
+#[test]
+fn compare_keys_are_accepted_and_checked() {
+    let ok = "checkpoints:\n  - {id: a, tensor: t, shape: [1], file: f, reference: {capture: 'h.{layer}.ln_1', ops: [drop_batch]}, tolerance: {atol: 1.0e-5, rtol: 0, nmse: 1.0e-9}}\n";
+    assert_eq!(parse(ok).unwrap().checkpoints.len(), 1);
+    let msg =
+        err("checkpoints:\n  - {id: a, tensor: t, shape: [1], file: f, reference: {ops: []}}\n");
+    assert!(
+        msg.contains("checkpoint `a`: `reference` needs `capture`"),
+        "{msg}"
+    );
+    let msg =
+        err("checkpoints:\n  - {id: a, tensor: t, shape: [1], file: f, tolerance: {atol: -1}}\n");
+    assert!(
+        msg.contains("`tolerance` takes atol, rtol and nmse"),
+        "{msg}"
+    );
+    let msg = err("checkpoints:\n  - {id: a, tensor: t, shape: [1], file: f, reference: {capture: x, op: []}}\n");
+    assert!(msg.contains("unknown key"), "{msg}");
+}
+
+#[test]
+fn unknown_symbols_are_refused_with_their_checkpoint() {
+    let msg = err("checkpoints:\n  - id: q\n    tensor: Qcur-0\n    shape: [head_dim, n_heads]\n    file: q\n");
+    assert!(
+        msg.contains("line 2: checkpoint `q`: unknown symbol `n_heads`"),
+        "{msg}"
+    );
+}
+
+#[test]
+fn duplicate_files_are_refused() {
+    let msg = err(
+        "layers: [0, 1]\ncheckpoints:\n  - {id: a, tensor: 'x-{layer}', shape: [1], file: same}\n",
+    );
+    assert!(
+        msg.contains("file `same` is written by another checkpoint"),
+        "{msg}"
+    );
+}
+
+#[test]
+fn file_names_cannot_escape_the_output_directory() {
+    for bad in ["../evil", "sub/dir", "/abs", ".hidden", "a..b"] {
+        let msg = err(&format!(
+            "checkpoints:\n  - {{id: a, tensor: t, shape: [1], file: '{bad}'}}\n"
+        ));
+        assert!(
+            msg.contains("plain name inside the output directory"),
+            "{bad}: {msg}"
+        );
+    }
+}
+
+#[test]
+fn a_manifest_names_its_architecture() {
+    let msg = format!(
+        "{:#}",
+        Manifest::parse("checkpoints:\n  - {id: a, tensor: t, shape: [1], file: f}\n").unwrap_err()
+    );
+    assert!(
+        msg.contains("no `architecture:`") && msg.contains("architecture: gpt2"),
+        "{msg}"
+    );
+}
+
+#[test]
+fn references_expand_in_graph_order_and_resolve_symbols() {
+    let text = r#"layers: [0, 1]
+checkpoints:
+  - id: a
+    tensor: 'x-{layer}'
+    shape: [n_embd]
+    file: 'a_l{layer}'
+    reference: {capture: 'h.{layer}.attn.c_attn', ops: [drop_batch, {slice: {axis: -1, start: 2*n_embd, len: n_embd}}, {reshape: [n_tokens, n_head, head_dim]}]}
+    tolerance: {atol: 1.0e-5, rtol: 1.0e-4, nmse: 1.0e-8}
+  - id: b
+    tensor: 'y-{layer}'
+    shape: [n_embd]
+    file: 'b_l{layer}'
+    reference: {capture: 'present.{layer}.value', ops: [{permute: [0, 3, 1, 2]}]}
+"#;
+    let m = parse(text).unwrap();
+    let order: Vec<_> = m
+        .graph_order()
+        .iter()
+        .map(|c| {
+            let capture = c.reference.as_ref().unwrap().capture.clone();
+            (c.key(), c.file_stem.clone(), capture)
+        })
+        .collect();
+    let expected = [
+        ("a@0", "a_l0", "h.0.attn.c_attn"),
+        ("b@0", "b_l0", "present.0.value"),
+        ("a@1", "a_l1", "h.1.attn.c_attn"),
+        ("b@1", "b_l1", "present.1.value"),
+    ]
+    .map(|(k, f, c)| (k.to_string(), f.to_string(), c.to_string()));
+    assert_eq!(order, expected);
+    let (a, b) = (m.graph_order()[0], m.graph_order()[1]);
+    assert_eq!(
+        a.tolerance,
+        Tolerance {
+            atol: 1e-5,
+            rtol: 1e-4,
+            nmse: 1e-8
+        }
+    );
+    assert_eq!(b.tolerance, Tolerance::DEFAULT);
+    let s = Symbols {
+        n_embd: 768,
+        n_head: 12,
+        head_dim: 64,
+        n_ff: 3072,
+        n_vocab: 50257,
+        n_ctx: 512,
+        n_tokens: 2,
+        n_kv: 2,
+    };
+    let ops = &a.reference.as_ref().unwrap().ops;
+    assert_eq!(ops[0], Op::DropBatch);
+    let Op::Slice { axis, start, len } = &ops[1] else {
+        panic!("{ops:?}")
+    };
+    assert_eq!(
+        (*axis, start.resolve(&s).unwrap(), len.resolve(&s).unwrap()),
+        (-1, 1536, 768)
+    );
+    let unknown = Dim::Expr("n_heads".into()).resolve(&s).unwrap_err();
+    assert!(
+        unknown.to_string().contains("unknown symbol `n_heads`"),
+        "{unknown}"
+    );
+    let msg = err("checkpoints:\n  - {id: c, tensor: t, shape: [1], file: f, reference: {capture: x, ops: [{transpose: [1, 0]}]}}\n");
+    assert!(
+        msg.contains("checkpoint `c`: `reference`") && msg.contains("transpose"),
+        "{msg}"
+    );
+}

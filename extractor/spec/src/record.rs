@@ -1,0 +1,299 @@
+//! `run.json`: what one extractor run did and wrote. The extractor writes it;
+//! the validator, diff, `cargo xtask extract`, `compare` and `verify` read it,
+//! all through [`RunRecord::read`], which refuses a record of another schema
+//! version by name instead of misreading it.
+
+use std::path::{Path, PathBuf};
+
+use anyhow::{bail, Context, Result};
+use serde::{Deserialize, Serialize};
+
+use crate::format::Format;
+use crate::manifest::Symbols;
+
+/// Bumped whenever a field changes meaning or a required field is added.
+pub const SCHEMA_VERSION: u32 = 1;
+
+/// The file name of the record inside a run directory.
+pub const FILE: &str = "run.json";
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RunRecord {
+    pub schema_version: u32,
+    /// `llorch-checkpoint-extractor <version>`.
+    pub tool: String,
+    pub llama_cpp: LlamaCpp,
+    /// The backend the libraries were built for (`cpu`, `cuda`, `metal`).
+    pub backend: String,
+    /// ggml's `llama_print_system_info()`: the CPU features the library was built with.
+    pub system_info: String,
+    pub devices: Vec<Device>,
+    pub model: ModelInfo,
+    pub manifest: Option<ManifestInfo>,
+    /// False with `--no-extract` (no eval callback registered).
+    pub extract: bool,
+    pub prompt: String,
+    pub tokens: Vec<i32>,
+    /// The greedy tokens fed back after the prompt (`-n`).
+    pub generated: Vec<i32>,
+    /// The greedy choice after the last pass.
+    pub next_token: Option<i32>,
+    pub threads: i32,
+    pub n_ctx: u32,
+    pub n_gpu_layers: i32,
+    /// KV-cache type: `f16` or `f32`.
+    pub kv_type: String,
+    pub flash_attn: bool,
+    pub format: Format,
+    /// `prompt` or `all`: which passes were captured.
+    pub steps: String,
+    /// The symbols of the prompt pass.
+    pub symbols: Symbols,
+    /// `llama_decode` wall time of every pass.
+    pub decode_ms: Vec<f64>,
+    pub prompt_decode_ms: f64,
+    pub logits: LogitsRecord,
+    /// The process's peak resident memory (Linux only).
+    pub peak_rss_mb: Option<f64>,
+    pub checkpoints: Vec<CheckpointRecord>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LlamaCpp {
+    pub pin: String,
+    /// `patched` or `unpatched`.
+    pub tree: String,
+    pub ggml_version: String,
+    pub ggml_commit: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Device {
+    pub name: String,
+    pub description: String,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ModelInfo {
+    pub path: PathBuf,
+    pub sha256: String,
+    pub architecture: String,
+    pub n_layer: i64,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ManifestInfo {
+    pub path: PathBuf,
+    pub sha256: Option<String>,
+}
+
+/// `logits.bin`: the last row's logits of every pass, `[passes, n_vocab]`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LogitsRecord {
+    pub file: String,
+    pub shape: Vec<i64>,
+    pub sha256: String,
+}
+
+/// One checkpoint file of the run.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CheckpointRecord {
+    pub id: String,
+    pub layer: Option<u32>,
+    /// The pass: 0 is the prompt's, N the N-th generated token's.
+    pub step: usize,
+    /// The ggml node name.
+    pub tensor: String,
+    pub op: String,
+    /// The node's ne, innermost first (before padded KV cells were dropped).
+    pub ggml_ne: [i64; 4],
+    /// The file's shape, row-major.
+    pub shape: Vec<i64>,
+    /// The node's type before conversion to f32.
+    pub source_dtype: String,
+    /// The backend buffer it was read from (`CPU`, `CUDA0`, ...).
+    pub buffer: String,
+    pub file: String,
+    pub sha256: String,
+    /// Over the finite values; `None` when there are none.
+    pub min: Option<f32>,
+    pub max: Option<f32>,
+    pub mean: Option<f64>,
+    pub non_finite: usize,
+}
+
+impl RunRecord {
+    /// Reads `dir/run.json`, refusing a record of another schema version.
+    pub fn read(dir: &Path) -> Result<RunRecord> {
+        let path = dir.join(FILE);
+        let bytes =
+            std::fs::read(&path).with_context(|| format!("no run record at {}", path.display()))?;
+        RunRecord::parse(&bytes).with_context(|| format!("cannot use {}", path.display()))
+    }
+
+    pub fn parse(bytes: &[u8]) -> Result<RunRecord> {
+        let value: serde_json::Value =
+            serde_json::from_slice(bytes).context("not JSON: not a run record")?;
+        let version = value.get("schema_version").and_then(|v| v.as_u64());
+        match version {
+            Some(v) if v == u64::from(SCHEMA_VERSION) => {}
+            Some(v) if v > u64::from(SCHEMA_VERSION) => bail!(
+                "run record schema version {v} is newer than this tool's ({SCHEMA_VERSION}): \
+                 update llorch-checkpoint to read it"
+            ),
+            Some(v) => bail!(
+                "run record schema version {v} is older than this tool's ({SCHEMA_VERSION}): \
+                 rerun the extraction"
+            ),
+            None => bail!(
+                "the run record has no schema_version (written by an extractor older than \
+                 schema version {SCHEMA_VERSION}): rerun the extraction"
+            ),
+        }
+        serde_json::from_value(value).context("the run record does not have the expected fields")
+    }
+
+    /// The record as written to disk.
+    pub fn to_json(&self) -> Vec<u8> {
+        serde_json::to_vec_pretty(self).expect("a run record always serializes")
+    }
+
+    /// The prompt pass's record of checkpoint file `file`.
+    pub fn checkpoint(&self, file: &str) -> Option<&CheckpointRecord> {
+        self.checkpoints.iter().find(|c| c.file == file)
+    }
+}
+
+/// A complete record of a 2-token GPT-2 run with one checkpoint, for tests
+/// of the readers (the `fixture` feature; unit tests here).
+#[cfg(any(test, feature = "fixture"))]
+pub fn example() -> RunRecord {
+    RunRecord {
+        schema_version: SCHEMA_VERSION,
+        tool: "llorch-checkpoint-extractor 0.1.0".into(),
+        llama_cpp: LlamaCpp {
+            pin: "pin".into(),
+            tree: "patched".into(),
+            ggml_version: "0.26.0".into(),
+            ggml_commit: "abc".into(),
+        },
+        backend: "cpu".into(),
+        system_info: "CPU : AVX2 = 1 |".into(),
+        devices: vec![Device {
+            name: "CPU".into(),
+            description: "x86".into(),
+        }],
+        model: ModelInfo {
+            path: "m.gguf".into(),
+            sha256: "00".into(),
+            architecture: "gpt2".into(),
+            n_layer: 12,
+        },
+        manifest: None,
+        extract: true,
+        prompt: "Hello world".into(),
+        tokens: vec![15496, 995],
+        generated: vec![11],
+        next_token: Some(11),
+        threads: 2,
+        n_ctx: 512,
+        n_gpu_layers: 0,
+        kv_type: "f16".into(),
+        flash_attn: false,
+        format: Format::Bin,
+        steps: "prompt".into(),
+        symbols: Symbols {
+            n_embd: 768,
+            n_head: 12,
+            head_dim: 64,
+            n_ff: 3072,
+            n_vocab: 50257,
+            n_ctx: 512,
+            n_tokens: 2,
+            n_kv: 2,
+        },
+        decode_ms: vec![10.0, 5.0],
+        prompt_decode_ms: 10.0,
+        logits: LogitsRecord {
+            file: "logits.bin".into(),
+            shape: vec![2, 50257],
+            sha256: "11".into(),
+        },
+        peak_rss_mb: Some(100.0),
+        checkpoints: vec![CheckpointRecord {
+            id: "01_ln1_output".into(),
+            layer: Some(0),
+            step: 0,
+            tensor: "attn_norm-0".into(),
+            op: "ADD".into(),
+            ggml_ne: [768, 2, 1, 1],
+            shape: vec![2, 768],
+            source_dtype: "f32".into(),
+            buffer: "CPU".into(),
+            file: "checkpoint_01_ln1_output.bin".into(),
+            sha256: "22".into(),
+            min: None,
+            max: Some(1.0),
+            mean: Some(0.5),
+            non_finite: 0,
+        }],
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_record_round_trips() {
+        let record = example();
+        let back = RunRecord::parse(&record.to_json()).unwrap();
+        assert_eq!(back.to_json(), record.to_json());
+        assert_eq!(
+            back.checkpoint("checkpoint_01_ln1_output.bin").unwrap().min,
+            None
+        );
+    }
+
+    fn with_version(version: Option<u64>) -> Vec<u8> {
+        let mut value = serde_json::to_value(example()).unwrap();
+        match version {
+            Some(v) => value["schema_version"] = v.into(),
+            None => {
+                value.as_object_mut().unwrap().remove("schema_version");
+            }
+        }
+        serde_json::to_vec(&value).unwrap()
+    }
+
+    #[test]
+    fn a_record_of_another_schema_version_is_refused_by_name() {
+        let future = RunRecord::parse(&with_version(Some(7))).unwrap_err();
+        assert_eq!(
+            future.to_string(),
+            "run record schema version 7 is newer than this tool's (1): update llorch-checkpoint to read it"
+        );
+        let old = RunRecord::parse(&with_version(Some(0))).unwrap_err();
+        assert!(old.to_string().contains("version 0 is older"), "{old}");
+        let none = RunRecord::parse(&with_version(None)).unwrap_err();
+        assert!(none.to_string().contains("no schema_version"), "{none}");
+    }
+
+    #[test]
+    fn a_record_missing_a_field_says_so() {
+        let mut value = serde_json::to_value(example()).unwrap();
+        value.as_object_mut().unwrap().remove("tokens");
+        let err = RunRecord::parse(&serde_json::to_vec(&value).unwrap()).unwrap_err();
+        assert!(
+            format!("{err:#}").contains("missing field `tokens`"),
+            "{err:#}"
+        );
+    }
+}

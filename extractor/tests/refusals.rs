@@ -1,0 +1,310 @@
+//! What the extractor refuses, and that a refused or failed run leaves nothing
+//! behind: bad manifests, a corrupt or foreign model, prompts past the
+//! context, unwritable or locked output, a panic in the callback, a run
+//! record of a newer schema.
+
+mod common;
+
+use std::process::Command;
+
+use common::{extractor, files_in, manifests, model, run_err, run_ok};
+
+fn failing_run(manifest_text: Option<&str>, extra: &[&str]) -> (String, Vec<String>) {
+    let tmp = tempfile::tempdir().unwrap();
+    let manifest = tmp.path().join("m.yaml");
+    match manifest_text {
+        // The architecture goes last, so the line numbers of `text` stay.
+        Some(text) => std::fs::write(&manifest, format!("{text}architecture: gpt2\n")).unwrap(),
+        None => std::fs::copy(manifests().join("gpt2.yaml"), &manifest)
+            .map(|_| ())
+            .unwrap(),
+    }
+    let dir = tmp.path().join("run");
+    let model = model();
+    let err = run_err(
+        &[
+            &[
+                "-m",
+                model.to_str().unwrap(),
+                "--manifest",
+                manifest.to_str().unwrap(),
+                "-p",
+                "Hello world",
+                "--out",
+                dir.to_str().unwrap(),
+            ][..],
+            extra,
+        ]
+        .concat(),
+    );
+    (err, files_in(&dir))
+}
+
+#[test]
+fn an_unknown_tensor_is_named_and_nothing_is_written() {
+    let (err, files) = failing_run(
+        Some("checkpoints:\n  - {id: ln1, tensor: attn_norm-0, shape: [n_embd, n_tokens], file: ln1}\n  - {id: typo, tensor: atn_norm-0, shape: [n_embd, n_tokens], file: typo}\n"),
+        &[],
+    );
+    assert!(
+        err.contains("typo (tensor `atn_norm-0`)") && err.contains("not seen"),
+        "{err}"
+    );
+    assert!(files.is_empty(), "left behind: {files:?}");
+}
+
+#[test]
+fn a_shape_mismatch_gives_expected_and_actual() {
+    let (err, files) = failing_run(
+        Some("checkpoints:\n  - {id: ln1, tensor: attn_norm-0, shape: [n_embd, 7], file: ln1}\n"),
+        &[],
+    );
+    assert!(
+        err.contains("checkpoint ln1") && err.contains("expected ne [768, 7], got [768, 2]"),
+        "{err}"
+    );
+    assert!(files.is_empty(), "left behind: {files:?}");
+}
+
+#[test]
+fn a_file_name_with_dotdot_is_refused_before_inference() {
+    let (err, files) = failing_run(Some("checkpoints:\n  - {id: ln1, tensor: attn_norm-0, shape: [n_embd, n_tokens], file: ../escape}\n"), &[]);
+    assert!(
+        err.contains("plain name inside the output directory"),
+        "{err}"
+    );
+    assert!(
+        !err.contains("model"),
+        "refused before the model is loaded: {err}"
+    );
+    assert!(files.is_empty());
+}
+
+#[test]
+fn malformed_yaml_reports_its_line() {
+    let (err, files) = failing_run(Some("checkpoints:\n  - id: ln1\n    tensor: attn_norm-0\n    shape: [n_embd, n_tokens\n    file: ln1\n"), &[]);
+    assert!(err.contains("line 5"), "{err}");
+    assert!(files.is_empty());
+}
+
+#[test]
+fn a_panic_in_the_callback_stops_the_run_and_leaves_no_file() {
+    let (err, files) = failing_run(None, &["--inject-panic", "kq_soft_max-0"]);
+    assert!(err.contains("panicked on node `kq_soft_max-0`"), "{err}");
+    assert!(files.is_empty(), "left behind: {files:?}");
+}
+
+#[test]
+fn an_unwritable_output_directory_is_refused_with_the_fix() {
+    let tmp = tempfile::tempdir().unwrap();
+    let blocker = tmp.path().join("a-file");
+    std::fs::write(&blocker, "not a directory").unwrap();
+    let out = blocker.join("run");
+    let model = model();
+    let manifest = manifests().join("gpt2.yaml");
+    let err = run_err(&[
+        "-m",
+        model.to_str().unwrap(),
+        "--manifest",
+        manifest.to_str().unwrap(),
+        "--out",
+        out.to_str().unwrap(),
+    ]);
+    assert!(
+        err.contains("cannot write to the output directory") && err.contains("--out"),
+        "{err}"
+    );
+}
+
+#[test]
+fn two_runs_cannot_write_into_one_directory() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("run");
+    std::fs::create_dir_all(&dir).unwrap();
+    let lock = std::fs::File::create(dir.join(".llorch.lock")).unwrap();
+    lock.try_lock().unwrap(); // another run holds the directory
+    let model = model();
+    let manifest = manifests().join("gpt2.yaml");
+    let err = run_err(&[
+        "-m",
+        model.to_str().unwrap(),
+        "--manifest",
+        manifest.to_str().unwrap(),
+        "--out",
+        dir.to_str().unwrap(),
+    ]);
+    assert!(err.contains("another extraction is writing to"), "{err}");
+    assert!(files_in(&dir).is_empty());
+}
+
+#[test]
+fn a_corrupt_model_is_a_clear_error() {
+    let tmp = tempfile::tempdir().unwrap();
+    let bad = tmp.path().join("bad.gguf");
+    std::fs::write(&bad, b"GGUF\x03\x00\x00\x00garbage").unwrap();
+    let manifest = manifests().join("gpt2.yaml");
+    let dir = tmp.path().join("run");
+    let err = run_err(&[
+        "-m",
+        bad.to_str().unwrap(),
+        "--manifest",
+        manifest.to_str().unwrap(),
+        "--out",
+        dir.to_str().unwrap(),
+    ]);
+    assert!(
+        err.contains("could not load") && err.contains("bad.gguf"),
+        "{err}"
+    );
+    assert!(files_in(&dir).is_empty());
+}
+
+/// A refused run: exit code 1, one `error:` message, and no output directory.
+fn refused(args: &[&str]) -> String {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("run");
+    let out = extractor(&[args, &["--out", dir.to_str().unwrap()]].concat());
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert_eq!(stderr.matches("error:").count(), 1, "{stderr}");
+    assert!(!dir.exists(), "left behind: {:?}", files_in(&dir));
+    stderr
+}
+
+#[test]
+fn a_prompt_past_the_trained_context_is_refused_before_compute() {
+    let (model, manifest) = (model(), manifests().join("gpt2.yaml"));
+    let long = "hello world ".repeat(600); // 1200 tokens; GPT-2 was trained for 1024
+    let long = long.trim_end();
+    let err = refused(&[
+        "-m",
+        model.to_str().unwrap(),
+        "--manifest",
+        manifest.to_str().unwrap(),
+        "-p",
+        long,
+    ]);
+    assert!(
+        err.contains("the prompt is 1200 tokens")
+            && err.contains("trained for a context of 1024")
+            && err.contains("shorten the prompt to at most 1023 tokens"),
+        "{err}"
+    );
+    // Prompt and generation together: the fix is a smaller -n.
+    let err = refused(&[
+        "-m",
+        model.to_str().unwrap(),
+        "--manifest",
+        manifest.to_str().unwrap(),
+        "-p",
+        "hello world ".repeat(500).trim_end(),
+        "-n",
+        "100",
+    ]);
+    assert!(
+        err.contains("1100 positions") && err.contains("lower -n to 24"),
+        "{err}"
+    );
+}
+
+#[test]
+fn a_ctx_size_above_the_trained_context_is_refused() {
+    let (model, manifest) = (model(), manifests().join("gpt2.yaml"));
+    let err = refused(&[
+        "-m",
+        model.to_str().unwrap(),
+        "--manifest",
+        manifest.to_str().unwrap(),
+        "-c",
+        "4096",
+    ]);
+    assert!(
+        err.contains("--ctx-size 4096 is above the context")
+            && err.contains("(1024); use --ctx-size 1024 or less"),
+        "{err}"
+    );
+}
+
+#[test]
+fn a_model_of_another_architecture_is_refused_with_the_manifests_that_fit() {
+    use llorch_checkpoint_extractor::ffi::gguf::{Dtype, GgufWriter};
+    let tmp = tempfile::tempdir().unwrap();
+    let llama = tmp.path().join("llama.gguf");
+    let mut w = GgufWriter::new(1).unwrap();
+    w.set_str("general.architecture", "llama").unwrap();
+    w.add_tensor("token_embd.weight", &[4, 2], Dtype::F32, vec![0; 32])
+        .unwrap();
+    w.write(&llama).unwrap();
+    let gpt2 = manifests().join("gpt2.yaml");
+    let args = ["-m", llama.to_str().unwrap(), "--manifest"];
+
+    let err = refused(&[&args[..], &[gpt2.to_str().unwrap()]].concat());
+    assert!(
+        err.contains("llama.gguf is a `llama` model, but the manifest")
+            && err.contains("describes the graph of `gpt2`")
+            && err.contains("is written for `llama` yet"),
+        "{err}"
+    );
+
+    // With a llama manifest beside the GPT-2 one, the message names it.
+    let dir = tmp.path().join("manifests");
+    std::fs::create_dir(&dir).unwrap();
+    std::fs::copy(&gpt2, dir.join("gpt2.yaml")).unwrap();
+    std::fs::write(
+        dir.join("tiny-llama.yaml"),
+        "architecture: llama\ncheckpoints:\n  - {id: n, tensor: attn_norm-0, shape: [n_embd, n_tokens], file: n}\n",
+    )
+    .unwrap();
+    let copy = dir.join("gpt2.yaml");
+    let err = refused(&[&args[..], &[copy.to_str().unwrap()]].concat());
+    assert!(
+        err.contains("manifests for `llama`: ") && err.contains("tiny-llama.yaml"),
+        "{err}"
+    );
+}
+
+#[test]
+fn every_reader_refuses_a_run_record_of_a_future_schema_naming_its_version() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (model, manifest) = (model(), manifests().join("gpt2.yaml"));
+    let dir = tmp.path().join("run");
+    run_ok(&[
+        "-m",
+        model.to_str().unwrap(),
+        "--manifest",
+        manifest.to_str().unwrap(),
+        "--out",
+        dir.to_str().unwrap(),
+    ]);
+    let path = dir.join("run.json");
+    let mut record: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(&path).unwrap()).unwrap();
+    assert_eq!(record["schema_version"], 1);
+    record["schema_version"] = 2.into();
+    std::fs::write(&path, record.to_string()).unwrap();
+
+    let (m, d) = (manifest.to_str().unwrap(), dir.to_str().unwrap());
+    let readers: [(&str, Vec<&str>); 3] = [
+        (
+            env!("CARGO_BIN_EXE_llorch-checkpoint-validate"),
+            vec![d, "--manifest", m],
+        ),
+        (
+            env!("CARGO_BIN_EXE_llorch-checkpoint-diff"),
+            vec!["compare", d, d, "--manifest", m],
+        ),
+        (
+            env!("CARGO_BIN_EXE_llorch-checkpoint-diff"),
+            vec!["timing", "--with", d, "--without", d],
+        ),
+    ];
+    for (exe, args) in readers {
+        let out = Command::new(exe).args(&args).output().unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "{args:?}: {stderr}");
+        assert!(
+            stderr.contains("run record schema version 2 is newer than this tool's (1)"),
+            "{args:?}: {stderr}"
+        );
+    }
+}

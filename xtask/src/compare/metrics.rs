@@ -1,0 +1,377 @@
+//! How far a checkpoint is from its reference: the metrics, the score of a
+//! run against every reference variant, and the first checkpoint over its
+//! tolerance.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+
+use anyhow::{ensure, Result};
+use llorch_checkpoint_spec::manifest::Tolerance;
+use serde::Serialize;
+
+use super::{Entry, F64, VARIANTS};
+
+/// A checkpoint or reference tensor, row-major, as f64.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Tensor {
+    pub shape: Vec<usize>,
+    pub data: Vec<f64>,
+}
+
+/// A checkpoint (`.bin`) or a reference tensor (`.npy`, f4 or f8), through the
+/// same format crate the extractor writes them with.
+pub fn read_tensor(path: &Path) -> Result<Tensor> {
+    let (shape, data) = llorch_checkpoint_spec::format::read_f64(path)?;
+    Ok(Tensor {
+        shape: shape.into_iter().map(|d| d as usize).collect(),
+        data,
+    })
+}
+
+/// How far a llama.cpp checkpoint is from a reference.
+#[derive(Debug, Clone, Copy, Serialize, PartialEq)]
+pub struct Metrics {
+    pub max_abs: f64,
+    /// max |test-ref| / |ref| over elements with ref != 0 (inf if ref == 0 != test).
+    pub max_rel: f64,
+    /// mean((test-ref)^2) / var(ref).
+    pub nmse: f64,
+    pub nmse_db: f64,
+    pub cosine: f64,
+    /// Elements with |test-ref| > atol + rtol*|ref|, and their share.
+    pub n_outside: usize,
+    pub outside: f64,
+    /// max |test-ref| / (atol + rtol*|ref|): above 1 means outside.
+    pub worst_ratio: f64,
+    /// The element with the largest ratio (flat, row-major).
+    pub worst: usize,
+}
+
+pub fn metrics(test: &[f64], reference: &[f64], tol: &Tolerance) -> Metrics {
+    assert_eq!(test.len(), reference.len());
+    let n = test.len().max(1) as f64;
+    let mean_ref = reference.iter().sum::<f64>() / n;
+    let (mut max_abs, mut max_rel, mut sq, mut var, mut dot, mut tt, mut rr) =
+        (0f64, 0f64, 0f64, 0f64, 0f64, 0f64, 0f64);
+    let (mut n_outside, mut worst_ratio, mut worst) = (0usize, 0f64, 0usize);
+    for (i, (&t, &r)) in test.iter().zip(reference).enumerate() {
+        let d = (t - r).abs();
+        max_abs = max_abs.max(d);
+        if r != 0.0 {
+            max_rel = max_rel.max(d / r.abs());
+        } else if d != 0.0 {
+            max_rel = f64::INFINITY;
+        }
+        sq += d * d;
+        var += (r - mean_ref) * (r - mean_ref);
+        dot += t * r;
+        tt += t * t;
+        rr += r * r;
+        let allowed = tol.atol + tol.rtol * r.abs();
+        let ratio = if allowed > 0.0 {
+            d / allowed
+        } else if d > 0.0 {
+            f64::INFINITY
+        } else {
+            0.0
+        };
+        if d > allowed || d.is_nan() {
+            n_outside += 1;
+        }
+        if ratio > worst_ratio || (d.is_nan() && !worst_ratio.is_nan()) {
+            worst_ratio = if d.is_nan() { f64::NAN } else { ratio };
+            worst = i;
+        }
+    }
+    let nmse = if var > 0.0 {
+        sq / var
+    } else if sq > 0.0 {
+        f64::INFINITY
+    } else {
+        0.0
+    };
+    let cosine = if tt > 0.0 && rr > 0.0 {
+        dot / (tt.sqrt() * rr.sqrt())
+    } else if tt == rr {
+        1.0
+    } else {
+        0.0
+    };
+    Metrics {
+        max_abs,
+        max_rel,
+        nmse,
+        nmse_db: 10.0 * nmse.log10(),
+        cosine,
+        n_outside,
+        outside: n_outside as f64 / n,
+        worst_ratio,
+        worst,
+    }
+}
+
+impl Metrics {
+    pub fn passes(&self, tol: &Tolerance) -> bool {
+        self.n_outside == 0 && self.nmse <= tol.nmse
+    }
+}
+
+/// Row-major flat index -> multi-index.
+pub fn unravel(mut flat: usize, shape: &[usize]) -> Vec<usize> {
+    let mut index = vec![0; shape.len()];
+    for (i, &d) in shape.iter().enumerate().rev() {
+        index[i] = flat % d.max(1);
+        flat /= d.max(1);
+    }
+    index
+}
+
+/// What one run scored, per checkpoint (graph order) and reference variant.
+#[derive(Serialize)]
+pub struct Row {
+    pub id: String,
+    pub layer: Option<u32>,
+    pub file: String,
+    pub shape: Vec<usize>,
+    pub tolerance: Tolerance,
+    /// Variant -> metrics.
+    pub against: BTreeMap<String, Metrics>,
+    pub pass: bool,
+    /// The worst element against f64: index, llama.cpp's value, the reference's.
+    pub worst_index: Vec<usize>,
+    pub worst_test: f64,
+    pub worst_ref: f64,
+}
+
+pub fn score_run(run: &Path, reference: &Path, entries: &[Entry]) -> Result<Vec<Row>> {
+    let mut rows = Vec::new();
+    for e in entries {
+        let file = format!("{}.bin", e.stem);
+        let test = read_tensor(&run.join(&file))?;
+        let mut against = BTreeMap::new();
+        for variant in VARIANTS {
+            let r = read_tensor(&reference.join(variant).join(format!("{}.npy", e.stem)))?;
+            ensure!(
+                r.shape == test.shape,
+                "{}: the reference has shape {:?}, the checkpoint file {:?}: fix the `reference:` ops of `{}` in the manifest",
+                file,
+                r.shape,
+                test.shape,
+                e.id
+            );
+            against.insert(
+                variant.to_string(),
+                metrics(&test.data, &r.data, &e.tolerance),
+            );
+        }
+        let m = against[F64];
+        let r64 = read_tensor(&reference.join(F64).join(format!("{}.npy", e.stem)))?;
+        rows.push(Row {
+            id: e.id.clone(),
+            layer: e.layer,
+            file,
+            worst_index: unravel(m.worst, &test.shape),
+            worst_test: test.data[m.worst],
+            worst_ref: r64.data[m.worst],
+            shape: test.shape,
+            tolerance: e.tolerance,
+            pass: m.passes(&e.tolerance),
+            against,
+        });
+    }
+    Ok(rows)
+}
+
+/// The verdict: `None` when every checkpoint is within tolerance, or the first
+/// one (graph order) that is not, with its worst element.
+pub fn first_failure(rows: &[Row]) -> Option<String> {
+    let row = rows.iter().find(|r| !r.pass)?;
+    let m = row.against[F64];
+    let t = row.tolerance;
+    let layer = row.layer.map(|l| format!(" layer {l}")).unwrap_or_default();
+    Some(format!(
+        "checkpoint {}{layer} ({}) exceeds its tolerance against the f64 reference: element {:?} is {:.7} in llama.cpp, {:.7} in PyTorch \
+         (|diff| {:.3e} > atol {:.0e} + rtol {:.0e}*|ref|); {} of {} elements outside, NMSE {:.3e} (limit {:.0e})",
+        row.id,
+        row.file,
+        row.worst_index,
+        row.worst_test,
+        row.worst_ref,
+        (row.worst_test - row.worst_ref).abs(),
+        t.atol,
+        t.rtol,
+        m.n_outside,
+        row.shape.iter().product::<usize>(),
+        m.nmse,
+        t.nmse
+    ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const TOL: Tolerance = Tolerance {
+        atol: 1e-3,
+        rtol: 1e-2,
+        nmse: 1e-4,
+    };
+
+    #[test]
+    fn metrics_of_a_known_difference() {
+        let reference = [1.0, -2.0, 3.0, 0.0];
+        let test = [1.0, -2.0, 3.06, 0.0];
+        let m = metrics(&test, &reference, &TOL);
+        assert!((m.max_abs - 0.06).abs() < 1e-12);
+        assert!((m.max_rel - 0.02).abs() < 1e-12);
+        // var(ref): mean 0.5, squares 0.25 + 6.25 + 6.25 + 0.25 = 13 over 4 = 3.25; mse 0.0036/4 = 0.0009.
+        assert!((m.nmse - 0.0009 / 3.25).abs() < 1e-15, "{}", m.nmse);
+        assert!((m.nmse_db - 10.0 * (0.0009f64 / 3.25).log10()).abs() < 1e-9);
+        let cos = (1.0 + 4.0 + 3.0 * 3.06) / (14f64.sqrt() * (1.0 + 4.0 + 3.06f64 * 3.06).sqrt());
+        assert!((m.cosine - cos).abs() < 1e-15);
+        // 0.06 > 1e-3 + 1e-2 * 3 = 0.031: one element of four is outside, at ratio 0.06/0.031.
+        assert_eq!((m.n_outside, m.worst), (1, 2));
+        assert_eq!(m.outside, 0.25);
+        assert!((m.worst_ratio - 0.06 / 0.031).abs() < 1e-12);
+        assert!(!m.passes(&TOL));
+    }
+
+    #[test]
+    fn identical_tensors_pass_with_zero_error() {
+        let x = [0.5, 0.0, -1.5];
+        let m = metrics(&x, &x, &TOL);
+        assert_eq!(
+            (m.max_abs, m.max_rel, m.nmse, m.n_outside),
+            (0.0, 0.0, 0.0, 0)
+        );
+        assert_eq!(m.nmse_db, f64::NEG_INFINITY);
+        assert!((m.cosine - 1.0).abs() < 1e-15);
+        assert!(m.passes(&TOL));
+    }
+
+    #[test]
+    fn nmse_alone_can_fail_and_zero_reference_gives_infinite_relative_error() {
+        // Every element inside atol, but the reference barely varies: NMSE is large.
+        let reference = [1.0, 1.0001, 1.0];
+        let test = [1.0009, 1.0, 1.0009];
+        let m = metrics(
+            &test,
+            &reference,
+            &Tolerance {
+                atol: 1e-3,
+                rtol: 0.0,
+                nmse: 1.0,
+            },
+        );
+        assert_eq!(m.n_outside, 0);
+        assert!(m.nmse > 1.0, "{}", m.nmse);
+        assert!(!m.passes(&Tolerance {
+            atol: 1e-3,
+            rtol: 0.0,
+            nmse: 1.0
+        }));
+        let m = metrics(&[1e-9], &[0.0], &TOL);
+        assert_eq!(m.max_rel, f64::INFINITY);
+    }
+
+    #[test]
+    fn a_single_perturbed_element_is_found_and_named() {
+        let reference: Vec<f64> = (0..2 * 12 * 64)
+            .map(|i| ((i as f64) * 0.37).sin())
+            .collect();
+        let mut test: Vec<f64> = reference.iter().map(|r| r + 1e-7).collect();
+        test[777] += 1e-2;
+        let tol = Tolerance {
+            atol: 1e-5,
+            rtol: 1e-4,
+            nmse: 1e-6,
+        };
+        let m = metrics(&test, &reference, &tol);
+        assert_eq!((m.n_outside, m.worst), (1, 777));
+        assert_eq!(unravel(777, &[2, 12, 64]), [1, 0, 9]);
+        let row = Row {
+            id: "02_q".into(),
+            layer: Some(0),
+            file: "checkpoint_02_q.bin".into(),
+            shape: vec![2, 12, 64],
+            tolerance: tol,
+            against: [(F64.to_string(), m)].into(),
+            pass: m.passes(&tol),
+            worst_index: unravel(m.worst, &[2, 12, 64]),
+            worst_test: test[777],
+            worst_ref: reference[777],
+        };
+        let ok = Row {
+            id: "01_ln1_output".into(),
+            pass: true,
+            ..Row {
+                against: [(F64.to_string(), metrics(&reference, &reference, &tol))].into(),
+                ..row_clone(&row)
+            }
+        };
+        let why = first_failure(&[ok, row]).unwrap();
+        assert!(
+            why.starts_with("checkpoint 02_q layer 0 (checkpoint_02_q.bin)")
+                && why.contains("element [1, 0, 9]"),
+            "{why}"
+        );
+    }
+
+    fn row_clone(r: &Row) -> Row {
+        Row {
+            id: r.id.clone(),
+            layer: r.layer,
+            file: r.file.clone(),
+            shape: r.shape.clone(),
+            tolerance: r.tolerance,
+            against: r.against.clone(),
+            pass: r.pass,
+            worst_index: r.worst_index.clone(),
+            worst_test: r.worst_test,
+            worst_ref: r.worst_ref,
+        }
+    }
+
+    #[test]
+    fn reads_bin_and_npy() {
+        let dir = tempfile::tempdir().unwrap();
+        let bin = dir.path().join("x.bin");
+        let mut bytes = 2i32.to_le_bytes().to_vec();
+        for d in [2i64, 3] {
+            bytes.extend_from_slice(&d.to_le_bytes());
+        }
+        for v in [1.0f32, 2.0, 3.0, 4.0, 5.0, 6.5] {
+            bytes.extend_from_slice(&v.to_le_bytes());
+        }
+        std::fs::write(&bin, &bytes).unwrap();
+        assert_eq!(
+            read_tensor(&bin).unwrap(),
+            Tensor {
+                shape: vec![2, 3],
+                data: vec![1.0, 2.0, 3.0, 4.0, 5.0, 6.5]
+            }
+        );
+        std::fs::write(&bin, &bytes[..bytes.len() - 1]).unwrap();
+        let err = format!("{:#}", read_tensor(&bin).unwrap_err());
+        assert!(err.contains("needs 44 bytes"), "{err}");
+
+        let header = "{'descr': '<f8', 'fortran_order': False, 'shape': (3,), }";
+        let mut npy = b"\x93NUMPY\x01\x00".to_vec();
+        let pad = 64 - (10 + header.len() + 1) % 64;
+        let text = format!("{header}{}\n", " ".repeat(pad));
+        npy.extend_from_slice(&(text.len() as u16).to_le_bytes());
+        npy.extend_from_slice(text.as_bytes());
+        for v in [0.25f64, -1.0, 1e-300] {
+            npy.extend_from_slice(&v.to_le_bytes());
+        }
+        let path = dir.path().join("x.npy");
+        std::fs::write(&path, &npy).unwrap();
+        assert_eq!(
+            read_tensor(&path).unwrap(),
+            Tensor {
+                shape: vec![3],
+                data: vec![0.25, -1.0, 1e-300]
+            }
+        );
+    }
+}

@@ -1,0 +1,344 @@
+//! `cargo xtask compare`: every checkpoint of a llama.cpp run against a PyTorch GPT-2.
+//!
+//! 1. The extractor runs the manifest on the model (prompt pass, fresh cache).
+//! 2. `xtask/python/gpt2_reference.py` (in the project's venv, see `python.rs`)
+//!    loads the same GGUF into Hugging Face's `GPT2Model` (eager attention),
+//!    feeds it the run's token ids in float32 and float64 (and f64 with
+//!    llama.cpp's approximations emulated), captures what each checkpoint's
+//!    `reference:` names and applies its layout ops. Nothing is per checkpoint
+//!    in code: the manifest says which tensor and which transform.
+//! 3. Here: per checkpoint and layer, max abs/rel error, NMSE (and dB), cosine
+//!    similarity and the share of elements outside `atol + rtol*|ref|`, against
+//!    each reference; the verdict against f64 with the manifest's tolerance; the
+//!    first checkpoint (graph order: layer, then manifest order) that exceeds it
+//!    is named with its worst element.
+//! 4. `--attribution` reruns llama.cpp with an f32 KV cache and with one thread,
+//!    and says per checkpoint which share of the error is storage precision,
+//!    llama.cpp's own approximation (GELU table, f16 attention products) or f32
+//!    arithmetic.
+//! 5. A terminal table, `report.json` and `errors.svg` in `--out`.
+
+mod attribution;
+mod metrics;
+mod reference;
+mod report;
+mod self_test;
+
+use std::fmt::Write as _;
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use anyhow::{bail, ensure, Context, Result};
+use llorch_checkpoint_spec::format::Format;
+use llorch_checkpoint_spec::manifest::{Manifest, Op, Tolerance};
+use llorch_checkpoint_spec::record::RunRecord;
+use xshell::cmd;
+
+use crate::build::Backend;
+use crate::extract::ensure_extractor;
+use crate::project::Project;
+pub use self_test::self_test;
+
+#[derive(clap::Args)]
+pub struct Compare {
+    /// Checkpoint manifest with `reference:` entries [default: manifests/gpt2.yaml].
+    #[arg(long)]
+    manifest: Option<PathBuf>,
+    /// GGUF model [default: the synthetic GPT-2 of `cargo xtask model`].
+    #[arg(long)]
+    model: Option<PathBuf>,
+    #[arg(long, default_value = "Hello world")]
+    prompt: String,
+    /// Output directory (runs, reference tensors, report.json, errors.svg) [default: target/llorch/compare].
+    #[arg(long)]
+    out: Option<PathBuf>,
+    /// Compare this existing run directory (run.json + checkpoint files) instead of running the extractor.
+    #[arg(long)]
+    run: Option<PathBuf>,
+    /// Also rerun llama.cpp with an f32 KV cache and with -t 1, and attribute the error.
+    #[arg(long)]
+    attribution: bool,
+    /// Check the comparison itself: a copy of the run with one element changed by 1e-2 must fail, naming it.
+    #[arg(long)]
+    self_test: bool,
+}
+
+/// The reference variants the script computes. `f64` is the truth the verdict uses.
+const F32: &str = "f32";
+const F64: &str = "f64";
+const F64_GELU: &str = "f64+gelu_table";
+const F64_GGML: &str = "f64+gelu_table+f16_attn";
+const VARIANTS: &[&str] = &[F32, F64, F64_GELU, F64_GGML];
+
+/// One checkpoint of one layer, in graph order, with what it is compared with.
+#[derive(Clone, Debug)]
+pub struct Entry {
+    id: String,
+    layer: Option<u32>,
+    stem: String,
+    capture: String,
+    ops: Vec<Op>,
+    tolerance: Tolerance,
+}
+
+impl Entry {
+    fn key(&self) -> String {
+        match self.layer {
+            Some(l) => format!("{}@{l}", self.id),
+            None => self.id.clone(),
+        }
+    }
+}
+
+/// The manifest's checkpoints in graph order; each must name its reference.
+fn entries(manifest: &Manifest) -> Result<Vec<Entry>> {
+    manifest
+        .graph_order()
+        .into_iter()
+        .map(|cp| {
+            let reference = cp.reference.as_ref().with_context(|| {
+                format!("checkpoint `{}` has no `reference:` (which PyTorch tensor it corresponds to); add one to compare it", cp.id)
+            })?;
+            Ok(Entry {
+                id: cp.id.clone(),
+                layer: cp.layer,
+                stem: cp.file_stem.clone(),
+                capture: reference.capture.clone(),
+                ops: reference.ops.clone(),
+                tolerance: cp.tolerance,
+            })
+        })
+        .collect()
+}
+
+/// The run record of a run directory `compare` can read.
+fn read_run(dir: &Path) -> Result<RunRecord> {
+    let record = RunRecord::read(dir)?;
+    ensure!(
+        record.format == Format::Bin,
+        "{}: compare reads .bin checkpoints; rerun the extractor with --format bin",
+        dir.join("run.json").display()
+    );
+    Ok(record)
+}
+
+pub struct Outcome {
+    pub report: PathBuf,
+    pub picture: PathBuf,
+    pub summary: String,
+    pub failure: Option<String>,
+}
+
+impl Compare {
+    pub fn run(self, project: &Project) -> Result<()> {
+        if self.self_test {
+            let line = self_test(project)?;
+            println!("self-test passed: {line}");
+            return Ok(());
+        }
+        let out = self
+            .out
+            .clone()
+            .map(std::path::absolute)
+            .transpose()?
+            .unwrap_or_else(|| project.work_dir().join("compare"));
+        let manifest = self
+            .manifest
+            .clone()
+            .map(std::path::absolute)
+            .transpose()?
+            .unwrap_or_else(|| project.root().join("manifests/gpt2.yaml"));
+        let model = self.model.clone().map(std::path::absolute).transpose()?;
+        let run = self.run.clone().map(std::path::absolute).transpose()?;
+        let outcome = compare(
+            project,
+            &Options {
+                manifest,
+                model,
+                prompt: self.prompt,
+                out,
+                run,
+                attribution: self.attribution,
+                quiet: false,
+            },
+        )?;
+        println!(
+            "\nreport: {}\npicture: {}",
+            outcome.report.display(),
+            outcome.picture.display()
+        );
+        match outcome.failure {
+            Some(why) => bail!("{why}"),
+            None => Ok(()),
+        }
+    }
+}
+
+pub struct Options {
+    pub manifest: PathBuf,
+    pub model: Option<PathBuf>,
+    pub prompt: String,
+    pub out: PathBuf,
+    /// An existing run directory instead of a fresh extractor run.
+    pub run: Option<PathBuf>,
+    pub attribution: bool,
+    pub quiet: bool,
+}
+
+/// The whole comparison; `Err` when it could not be made, `failure` when it was and a tolerance is exceeded.
+pub fn compare(project: &Project, opts: &Options) -> Result<Outcome> {
+    let entries = entries(&Manifest::load(&opts.manifest)?)?;
+    std::fs::create_dir_all(&opts.out)
+        .with_context(|| format!("cannot create {}", opts.out.display()))?;
+    let model = match &opts.model {
+        Some(m) => m.clone(),
+        None => crate::model::default_model(project)?,
+    };
+    let exe_cell = std::cell::OnceCell::new();
+    let extractor = || -> Result<PathBuf> {
+        if exe_cell.get().is_none() {
+            let _ = exe_cell.set(ensure_extractor(project, Backend::Cpu)?);
+        }
+        Ok(exe_cell.get().cloned().expect("set above"))
+    };
+    let sh = project.shell()?;
+    let (prompt, manifest) = (&opts.prompt, &opts.manifest);
+    let extract = |dir: &Path, extra: &[&str]| -> Result<()> {
+        let exe = extractor()?;
+        let out = cmd!(
+            sh,
+            "{exe} -m {model} --manifest {manifest} -p {prompt} -n 0 --out {dir} {extra...}"
+        )
+        .quiet()
+        .ignore_status()
+        .output()?;
+        ensure!(
+            out.status.success(),
+            "the extractor failed:\n{}",
+            String::from_utf8_lossy(&out.stderr).trim_end()
+        );
+        Ok(())
+    };
+    let default_run = match &opts.run {
+        Some(dir) => dir.clone(),
+        None => {
+            let dir = opts.out.join("llama");
+            extract(&dir, &["-t", "2"])?;
+            dir
+        }
+    };
+    let record = read_run(&default_run)?;
+    let reference = opts.out.join("reference");
+    let t = Instant::now();
+    reference::build_reference(project, &model, &default_run, &record, &entries, &reference)?;
+    if !opts.quiet {
+        eprintln!(
+            "compare: reference built in {:.1} s",
+            t.elapsed().as_secs_f64()
+        );
+    }
+    let rows = metrics::score_run(&default_run, &reference, &entries)?;
+
+    let mut text = String::new();
+    let setting = format!("kv cache {}, {} threads", record.kv_type, record.threads);
+    writeln!(
+        text,
+        "\nllama.cpp ({setting}) vs PyTorch GPT2Model, tokens {:?}",
+        record.tokens
+    )?;
+    text.push_str(&report::table(&rows));
+
+    let mut attribution = None;
+    if opts.attribution {
+        let kv32 = opts.out.join("llama-kv-f32");
+        extract(&kv32, &["-t", "2", "--kv-type", "f32"])?;
+        let t1 = opts.out.join("llama-t1");
+        extract(&t1, &["-t", "1"])?;
+        let kv_rows = metrics::score_run(&kv32, &reference, &entries)?;
+        let t1_rows = metrics::score_run(&t1, &reference, &entries)?;
+        let threads_equal: Vec<bool> = entries
+            .iter()
+            .map(|e| {
+                let f = format!("{}.bin", e.stem);
+                std::fs::read(default_run.join(&f)).ok() == std::fs::read(t1.join(&f)).ok()
+            })
+            .collect();
+        let (table, json) =
+            attribution::attribution_table(&rows, &kv_rows, &t1_rows, &threads_equal);
+        text.push_str(&table);
+        attribution = Some(json);
+    }
+    let failure = metrics::first_failure(&rows);
+    let passed = rows.iter().filter(|r| r.pass).count();
+    let summary = format!(
+        "{passed} of {} checkpoints within tolerance of the f64 reference",
+        rows.len()
+    );
+    writeln!(text, "\n{summary}")?;
+    if let Some(f) = &failure {
+        writeln!(text, "FIRST FAILURE: {f}")?;
+    }
+    if !opts.quiet {
+        print!("{text}");
+    }
+    let picture = opts.out.join("errors.svg");
+    std::fs::write(&picture, report::svg(&rows, &opts.manifest))?;
+    let report = opts.out.join("report.json");
+    let json = serde_json::json!({
+        "manifest": opts.manifest, "model": model, "prompt": opts.prompt, "tokens": record.tokens, "run": default_run,
+        "reference_variants": VARIANTS, "verdict_against": F64, "pass": failure.is_none(), "first_failure": failure,
+        "checkpoints": rows, "attribution": attribution, "picture": picture,
+    });
+    std::fs::write(&report, serde_json::to_vec_pretty(&json)?)?;
+    Ok(Outcome {
+        report,
+        picture,
+        summary,
+        failure,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn manifest(text: &str) -> Manifest {
+        Manifest::parse(&format!("architecture: gpt2\n{text}")).unwrap()
+    }
+
+    #[test]
+    fn entries_come_in_graph_order_and_each_needs_a_reference() {
+        let m = manifest("layers: [0, 1]\ncheckpoints:\n  - {id: a, tensor: 'x-{layer}', shape: [1], file: 'a{layer}', reference: {capture: 'h.{layer}.ln_1'}}\n  - {id: b, tensor: 'y-{layer}', shape: [1], file: 'b{layer}', reference: {capture: 'h.{layer}.mlp'}}\n");
+        let keys: Vec<_> = entries(&m)
+            .unwrap()
+            .iter()
+            .map(|e| (e.key(), e.capture.clone()))
+            .collect();
+        assert_eq!(
+            keys,
+            [
+                ("a@0".into(), "h.0.ln_1".into()),
+                ("b@0".into(), "h.0.mlp".into()),
+                ("a@1".into(), "h.1.ln_1".into()),
+                ("b@1".into(), "h.1.mlp".into())
+            ]
+        );
+        let m = manifest("checkpoints:\n  - {id: c, tensor: t, shape: [1], file: f}\n");
+        let err = entries(&m).unwrap_err();
+        assert!(
+            err.to_string()
+                .contains("checkpoint `c` has no `reference:`"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn a_run_record_of_a_future_schema_is_refused_naming_its_version() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut record = serde_json::to_value(llorch_checkpoint_spec::record::example()).unwrap();
+        record["schema_version"] = 99.into();
+        std::fs::write(dir.path().join("run.json"), record.to_string()).unwrap();
+        let err = format!("{:#}", read_run(dir.path()).unwrap_err());
+        assert!(err.contains("schema version 99 is newer"), "{err}");
+    }
+}

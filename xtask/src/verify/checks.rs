@@ -1,0 +1,276 @@
+//! The checks behind `cargo xtask verify`'s lines: each returns its figures,
+//! or an error that says what is wrong.
+
+use std::path::Path;
+use std::time::Instant;
+
+use anyhow::{ensure, Context, Result};
+use llorch_checkpoint_spec::record::RunRecord;
+use xshell::{cmd, Shell};
+
+use super::PERF_PROMPT;
+use crate::build::{self, Backend};
+use crate::pin::{Flavour, Pin};
+use crate::project::Project;
+
+/// A fresh CMake build directory and a fresh cargo target directory: nothing reused.
+pub fn clean_build(project: &Project, work: &Path) -> Result<String> {
+    let fresh = work.join("clean-build");
+    let t = Instant::now();
+    let lib_dir = build::build_llama(
+        project,
+        Backend::Cpu,
+        Flavour::Patched,
+        Some(fresh.join("llama")),
+    )?;
+    let llama_secs = t.elapsed().as_secs_f64();
+    let active = fresh.join("active-build.json");
+    let tree = project.tree(Flavour::Patched);
+    let json = serde_json::json!({
+        "backend": "cpu", "pin": Pin::load(&project.pin_file())?.id(), "flavour": "patched",
+        "lib_dir": lib_dir, "include_dirs": [tree.join("include"), tree.join("ggml/include")],
+    });
+    std::fs::write(&active, serde_json::to_vec_pretty(&json)?)?;
+    let sh = project.shell()?;
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    let target = fresh.join("target");
+    let t = Instant::now();
+    {
+        let _a = sh.push_env("LLORCH_ACTIVE_BUILD", &active);
+        let _b = sh.push_env("CARGO_TARGET_DIR", &target);
+        cmd!(
+            sh,
+            "{cargo} build --quiet --release --package llorch-checkpoint-extractor"
+        )
+        .run()?;
+    }
+    let extractor_secs = t.elapsed().as_secs_f64();
+    let exe = target.join("release/llorch-checkpoint-extractor");
+    let info = cmd!(sh, "{exe} --version").read()?;
+    let _ = std::fs::remove_dir_all(&fresh);
+    Ok(format!(
+        "llama.cpp {llama_secs:.0} s, extractor {extractor_secs:.0} s; {info} runs"
+    ))
+}
+
+/// `--system-info` lists the CPU features ggml was compiled with: AMX must
+/// not be among them unless the user asked for it (`build.rs`, `AMX_ENV`).
+pub fn no_amx(sh: &Shell, exe: &Path) -> Result<String> {
+    let info = cmd!(sh, "{exe} --system-info").quiet().read()?;
+    let cpu = info
+        .lines()
+        .find(|l| l.contains("CPU :"))
+        .context("--system-info lists no CPU features")?
+        .trim()
+        .to_string();
+    if build::amx_wanted() {
+        return Ok(format!("{} is set: AMX allowed; {cpu}", build::AMX_ENV));
+    }
+    ensure!(
+        !cpu.contains("AMX"),
+        "ggml was built with AMX kernels: {cpu}"
+    );
+    Ok(cpu)
+}
+
+/// Runs the extractor; its log is shown only when it fails.
+pub fn quietly(cmd: xshell::Cmd<'_>) -> Result<()> {
+    let out = cmd.quiet().ignore_status().output()?;
+    ensure!(
+        out.status.success(),
+        "the extractor failed:\n{}",
+        String::from_utf8_lossy(&out.stderr).trim_end()
+    );
+    Ok(())
+}
+
+pub fn validate(sh: &Shell, validator: &Path, dir: &Path, manifest: &Path) -> Result<String> {
+    let out = cmd!(sh, "{validator} {dir} --manifest {manifest}")
+        .quiet()
+        .ignore_status()
+        .output()?;
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    ensure!(
+        out.status.success(),
+        "{}{}",
+        text,
+        String::from_utf8_lossy(&out.stderr)
+    );
+    Ok(text.lines().last().unwrap_or_default().to_string())
+}
+
+pub fn seen_once(
+    sh: &Shell,
+    validator: &Path,
+    dir: &Path,
+    manifest: &Path,
+    record: &RunRecord,
+) -> Result<String> {
+    let listed = cmd!(sh, "{validator} {dir} --manifest {manifest}")
+        .quiet()
+        .ignore_status()
+        .read()?;
+    let expected = listed
+        .lines()
+        .filter(|l| l.starts_with("ok ") || l.starts_with("FAIL "))
+        .count();
+    let mut keys: Vec<(&str, Option<u32>)> = record
+        .checkpoints
+        .iter()
+        .map(|c| (c.id.as_str(), c.layer))
+        .collect();
+    keys.sort();
+    keys.dedup();
+    ensure!(
+        keys.len() == record.checkpoints.len() && record.checkpoints.len() == expected,
+        "run.json lists {} checkpoints ({} distinct), the manifest {}",
+        record.checkpoints.len(),
+        keys.len(),
+        expected
+    );
+    Ok(format!("{expected} of {expected}, each once"))
+}
+
+/// The defects the validator must catch, and the words its message must use.
+pub const CORRUPTIONS: &[(&str, &str)] = &[
+    ("a truncated file", "truncated data"),
+    ("a wrong n_dims", "n_dims is"),
+    ("a negative dimension", "is negative"),
+    ("trailing bytes", "trailing bytes"),
+];
+
+pub fn corrupted_copy_rejected(
+    sh: &Shell,
+    validator: &Path,
+    run: &Path,
+    manifest: &Path,
+    work: &Path,
+    defect: &str,
+    expect: &str,
+) -> Result<String> {
+    let copy = work.join("corrupt");
+    let _ = std::fs::remove_dir_all(&copy);
+    std::fs::create_dir_all(&copy)?;
+    for entry in std::fs::read_dir(run)? {
+        let entry = entry?;
+        if entry.file_type()?.is_file() {
+            std::fs::copy(entry.path(), copy.join(entry.file_name()))?;
+        }
+    }
+    let record = RunRecord::read(run)?;
+    let victim = &record
+        .checkpoints
+        .first()
+        .context("the run has no checkpoint")?
+        .file;
+    let path = copy.join(victim);
+    let mut bytes = std::fs::read(&path)?;
+    match defect {
+        "a truncated file" => bytes.truncate(bytes.len() - 7),
+        "a wrong n_dims" => bytes[0..4].copy_from_slice(&9i32.to_le_bytes()),
+        "a negative dimension" => bytes[4..12].copy_from_slice(&(-3i64).to_le_bytes()),
+        _ => bytes.extend_from_slice(&[0; 8]),
+    }
+    std::fs::write(&path, &bytes)?;
+    let out = cmd!(sh, "{validator} {copy} --manifest {manifest}")
+        .quiet()
+        .ignore_status()
+        .output()?;
+    let text = String::from_utf8_lossy(&out.stdout);
+    let line = text
+        .lines()
+        .find(|l| l.starts_with("FAIL"))
+        .unwrap_or_default()
+        .to_string();
+    ensure!(
+        !out.status.success(),
+        "the validator accepted a copy with {defect}"
+    );
+    ensure!(
+        line.contains(victim.as_str()) && line.contains(expect),
+        "the message does not name {victim} and `{expect}`: {line}"
+    );
+    Ok(line.trim_start_matches("FAIL").trim().to_string())
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(|a, b| a.total_cmp(b));
+    let n = v.len();
+    if n % 2 == 1 {
+        v[n / 2]
+    } else {
+        (v[n / 2 - 1] + v[n / 2]) / 2.0
+    }
+}
+
+pub fn overhead_ratio(
+    sh: &Shell,
+    exe: &Path,
+    model: &Path,
+    manifest: &Path,
+    work: &Path,
+    runs: usize,
+    bound: f64,
+) -> Result<String> {
+    let out = work.join("perf");
+    let (mut with, mut without) = (Vec::new(), Vec::new());
+    for i in 0..runs {
+        // Alternate, so that drifting machine load hits both sides alike.
+        for extract in [true, false] {
+            let flag: &[&str] = if extract { &[] } else { &["--no-extract"] };
+            quietly(cmd!(sh, "{exe} -m {model} --manifest {manifest} -p {PERF_PROMPT} -n 0 -t 2 --out {out} {flag...}"))
+                .with_context(|| format!("performance run {i} failed"))?;
+            let ms = RunRecord::read(&out)?.prompt_decode_ms;
+            if extract {
+                with.push(ms)
+            } else {
+                without.push(ms)
+            }
+        }
+    }
+    let (w, wo) = (median(with), median(without));
+    let ratio = w / wo;
+    let figures = format!("median prompt decode {w:.1} ms with, {wo:.1} ms without ({runs} alternating runs each): ratio {ratio:.3}");
+    ensure!(ratio <= bound, "{figures}, above {bound}");
+    Ok(figures)
+}
+
+pub fn throughput(
+    sh: &Shell,
+    exe: &Path,
+    model: &Path,
+    manifest: &Path,
+    work: &Path,
+) -> Result<String> {
+    let out = work.join("all-layers");
+    let baseline = work.join("all-layers-baseline");
+    quietly(cmd!(
+        sh,
+        "{exe} -m {model} --manifest {manifest} -p {PERF_PROMPT} -n 0 -t 2 --out {out}"
+    ))
+    .context("the all-layers run failed")?;
+    quietly(cmd!(sh, "{exe} -m {model} --manifest {manifest} -p {PERF_PROMPT} -n 0 -t 2 --out {baseline} --no-extract"))
+        .context("the all-layers baseline run failed")?;
+    let record = RunRecord::read(&out)?;
+    let without_ms = RunRecord::read(&baseline)?.prompt_decode_ms;
+    let without_rss = RunRecord::read(&baseline)?.peak_rss_mb.unwrap_or(f64::NAN);
+    let bytes: u64 = record
+        .checkpoints
+        .iter()
+        .map(|c| {
+            std::fs::metadata(out.join(&c.file))
+                .map(|m| m.len())
+                .unwrap_or(0)
+        })
+        .sum();
+    let mb = bytes as f64 / 1e6;
+    let extra_secs = (record.prompt_decode_ms - without_ms).max(1.0) / 1e3;
+    let rss = record.peak_rss_mb.unwrap_or(f64::NAN);
+    Ok(format!(
+        "{} checkpoints, {mb:.1} MB: decode {:.0} ms with, {without_ms:.0} ms without (one run each), \
+         {:.0} MB per extra second; peak RSS {rss:.0} MB with, {without_rss:.0} MB without",
+        record.checkpoints.len(),
+        record.prompt_decode_ms,
+        mb / extra_secs
+    ))
+}

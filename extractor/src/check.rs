@@ -8,7 +8,7 @@ use std::path::Path;
 use anyhow::Result;
 
 use crate::format;
-use crate::manifest::{fmt_ne, Manifest};
+use crate::manifest::fmt_ne;
 use crate::output::{file_name, sha256_file};
 use crate::record::RunRecord;
 
@@ -18,9 +18,11 @@ pub struct FileVerdict {
     pub verdict: Result<String, String>,
 }
 
-/// Checks the prompt pass's checkpoint files of `dir` against `manifest`.
-pub fn check_run(dir: &Path, manifest: &Manifest) -> Result<Vec<FileVerdict>> {
+/// Checks the prompt pass's checkpoint files of `dir` against the manifest at
+/// `manifest`, expanded as the run expanded it (`--layers`).
+pub fn check_run(dir: &Path, manifest: &Path) -> Result<Vec<FileVerdict>> {
     let record = RunRecord::read(dir)?;
+    let manifest = record.manifest(manifest)?;
 
     let mut verdicts = Vec::new();
     for cp in &manifest.checkpoints {

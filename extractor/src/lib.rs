@@ -7,6 +7,7 @@
 //!   reads them with too.
 //! - [`capture`]: the eval-callback logic: which nodes, copied how, sent where.
 //! - [`output`]: the locked, staged output directory and its writer thread.
+//! - [`preflight`]: what is refused before any compute (architecture, layers, context).
 //! - [`run`]: one extraction run, from model load to `run.json`.
 //! - [`check`]: validation of a run directory's files.
 //! - [`cli`]: logging and exit codes shared by the binaries.
@@ -24,4 +25,5 @@ pub mod ffi;
 pub mod gpt2_model;
 pub use llorch_checkpoint_spec::{format, manifest, record};
 pub mod output;
+pub mod preflight;
 pub mod run;

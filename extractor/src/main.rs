@@ -9,6 +9,7 @@ use std::process::ExitCode;
 use clap::Parser;
 use llorch_checkpoint_extractor::ffi::llama::KvType;
 use llorch_checkpoint_extractor::format::Format;
+use llorch_checkpoint_extractor::manifest::Layers;
 use llorch_checkpoint_extractor::run::{self, Steps};
 
 #[derive(Parser)]
@@ -60,6 +61,9 @@ struct Cli {
     /// Register no eval callback at all (the baseline for overhead and non-interference checks).
     #[arg(long)]
     no_extract: bool,
+    /// The layers `{layer}` expands to, instead of the manifest's: `all`, or numbers like `0,5,29`.
+    #[arg(long, value_name = "all|N,N,...")]
+    layers: Option<Layers>,
     /// Print every node of the prompt pass (name, op, type, ne) and exit.
     #[arg(long)]
     list_nodes: bool,
@@ -103,6 +107,7 @@ fn main() -> ExitCode {
         steps: cli.steps,
         extract: !cli.no_extract,
         list_nodes: cli.list_nodes,
+        layers: cli.layers,
         inject_panic: cli.inject_panic,
     };
     llorch_checkpoint_extractor::cli::exit_code(run::run(&cfg))

@@ -1,6 +1,6 @@
 //! One extraction run: load, decode the prompt (captured), generate, commit.
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::mpsc::sync_channel;
 use std::time::Instant;
 
@@ -8,12 +8,12 @@ use anyhow::{bail, Context as _, Result};
 
 use crate::capture::Capture;
 use crate::ffi::eval::Observer;
-use crate::ffi::gguf::GgufFile;
 use crate::ffi::llama::{Context, ContextParams, KvType, Model, Token};
 use crate::ffi::tensor::Node;
 use crate::format::{self, Format};
-use crate::manifest::{Checkpoint, Manifest, Symbols};
+use crate::manifest::{Checkpoint, Layers, Manifest, Symbols};
 use crate::output::{self, Output};
+use crate::preflight::{self, Header};
 use crate::record::{
     self, CheckpointRecord, Device, LlamaCpp, LogitsRecord, ManifestInfo, ModelInfo, RunRecord,
 };
@@ -42,12 +42,15 @@ pub struct Config {
     pub steps: Steps,
     pub extract: bool,
     pub list_nodes: bool,
+    /// `--layers`: instead of the manifest's own layers.
+    pub layers: Option<Layers>,
     pub inject_panic: Option<String>,
 }
 
 /// One run, top-down: refuse what cannot work, load, decode (captured), record, commit.
 pub fn run(cfg: &Config) -> Result<()> {
-    let manifest = load_manifest(cfg)?;
+    let header = Header::read(&cfg.model)?;
+    let (manifest, layers) = preflight::load_manifest(cfg, &header)?;
     // Scores (kq_soft_max) only exist with flash attention off. The decision
     // depends on the manifest only, so runs with and without extraction match.
     let flash_attn = !manifest
@@ -57,7 +60,7 @@ pub fn run(cfg: &Config) -> Result<()> {
         return list_nodes(cfg, flash_attn);
     }
     if let (Some(m), Some(path)) = (&manifest, &cfg.manifest) {
-        check_architecture(m, path, &cfg.model)?;
+        preflight::check_architecture(m, path, &cfg.model, &header)?;
     }
     let output = Output::open(&cfg.out, cfg.format)?;
     let model_path = cfg.model.clone();
@@ -72,25 +75,16 @@ pub fn run(cfg: &Config) -> Result<()> {
         .join()
         .map_err(|_| anyhow::anyhow!("hashing the model panicked"))??;
     let logits = logits_file(cfg, &loaded, &decoded)?;
-    let record = record(
+    let mut record = record(
         cfg, &loaded, &decoded, written, model_sha, &logits, flash_attn,
     );
+    record.layers = layers;
     output.commit(&record, &[(LOGITS_FILE, &logits)])?;
     log_summary(cfg, &loaded, &record);
     Ok(())
 }
 
 const LOGITS_FILE: &str = "logits.bin";
-
-fn load_manifest(cfg: &Config) -> Result<Option<Manifest>> {
-    match &cfg.manifest {
-        Some(path) => Ok(Some(Manifest::load(path)?)),
-        None if cfg.extract && !cfg.list_nodes => {
-            bail!("--manifest is required (or pass --no-extract)")
-        }
-        None => Ok(None),
-    }
-}
 
 /// The model, the prompt's tokens and what follows from both.
 struct Loaded {
@@ -111,11 +105,17 @@ fn load(cfg: &Config) -> Result<Loaded> {
     if tokens.is_empty() {
         bail!("the prompt {:?} gives no tokens", cfg.prompt);
     }
-    let n_ctx = context_size(cfg, &model, tokens.len())?;
+    let n_ctx = preflight::context_size(cfg, &model, tokens.len())?;
+    let head_dim = model
+        .meta(&format!("{arch}.attention.key_length"))
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(model.n_embd() / model.n_head().max(1));
     let base = Symbols {
         n_embd: model.n_embd(),
         n_head: model.n_head(),
-        head_dim: model.n_embd() / model.n_head().max(1),
+        n_head_kv: model.n_head_kv(),
+        head_dim,
+        n_embd_gqa: head_dim * model.n_head_kv(),
         n_ff: model
             .meta(&format!("{arch}.feed_forward_length"))
             .and_then(|v| v.parse().ok())
@@ -280,6 +280,7 @@ fn record(
             architecture: loaded.arch.clone(),
             n_layer: loaded.model.n_layer(),
         },
+        layers: None,
         manifest: cfg.manifest.as_ref().map(|p| ManifestInfo {
             path: p.clone(),
             sha256: output::sha256_file(p).ok(),
@@ -339,77 +340,6 @@ fn log_summary(cfg: &Config, loaded: &Loaded, record: &RunRecord) {
     }
 }
 
-/// Refuses a model whose architecture is not the manifest's before it is
-/// loaded: its graph has other node names, and the run would fail late.
-fn check_architecture(manifest: &Manifest, manifest_path: &Path, model: &Path) -> Result<()> {
-    let header = GgufFile::open(model)
-        .with_context(|| format!("could not load the model {}", model.display()))?;
-    let arch = header.get_str("general.architecture").with_context(|| {
-        format!(
-            "could not load the model {}: its GGUF header has no general.architecture",
-            model.display()
-        )
-    })?;
-    if arch == manifest.architecture {
-        return Ok(());
-    }
-    let dir = manifest_path.parent().unwrap_or(Path::new("."));
-    let fitting = crate::manifest::for_architecture(dir, &arch);
-    let hint = if fitting.is_empty() {
-        format!(
-            "no manifest in {} is written for `{arch}` yet: write one (`--list-nodes` prints the graph's node names)",
-            dir.display()
-        )
-    } else {
-        let names: Vec<String> = fitting.iter().map(|p| p.display().to_string()).collect();
-        format!("manifests for `{arch}`: {}", names.join(", "))
-    };
-    bail!(
-        "{} is a `{arch}` model, but the manifest {} describes the graph of `{}`; {hint}",
-        model.display(),
-        manifest_path.display(),
-        manifest.architecture
-    )
-}
-
-/// The KV-cache size of the run: `--ctx-size` (default 512, at most the
-/// trained context), raised to fit the prompt and the generation. A run that
-/// needs more positions than the model was trained for is refused before any
-/// compute: past them llama.cpp reads outside its tables and aborts.
-fn context_size(cfg: &Config, model: &Model, n_prompt: usize) -> Result<u32> {
-    let trained = model.n_ctx_train().max(0) as u64;
-    let needed = (n_prompt + cfg.n_predict) as u64;
-    if trained > 0 && needed > trained {
-        let n = cfg.n_predict as u64;
-        let fix = if (n_prompt as u64) < trained {
-            format!(
-                "lower -n to {} or shorten the prompt",
-                trained - n_prompt as u64
-            )
-        } else {
-            format!(
-                "shorten the prompt to at most {} tokens",
-                trained.saturating_sub(n)
-            )
-        };
-        bail!(
-            "the prompt is {n_prompt} tokens and -n {n} feeds {n} more: {needed} positions, but {} was \
-             trained for a context of {trained}; {fix}",
-            cfg.model.display()
-        );
-    }
-    if let Some(asked) = cfg.n_ctx {
-        if trained > 0 && asked as u64 > trained {
-            bail!(
-                "--ctx-size {asked} is above the context {} was trained for ({trained}); use --ctx-size {trained} or less",
-                cfg.model.display()
-            );
-        }
-    }
-    let default = if trained > 0 { trained.min(512) } else { 512 };
-    Ok(cfg.n_ctx.map_or(default, u64::from).max(needed) as u32)
-}
-
 /// At most `max` token ids, then how many there are in all.
 fn first_ids(tokens: &[Token], max: usize) -> String {
     if tokens.len() <= max {
@@ -464,7 +394,7 @@ impl Observer for Lister {
 fn list_nodes(cfg: &Config, flash_attn: bool) -> Result<()> {
     let model = Model::load(&cfg.model, cfg.n_gpu_layers)?;
     let tokens = model.tokenize(&cfg.prompt)?;
-    let n_ctx = context_size(
+    let n_ctx = preflight::context_size(
         &Config {
             n_predict: 0,
             ..cfg.clone()

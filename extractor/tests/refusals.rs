@@ -229,36 +229,40 @@ fn a_ctx_size_above_the_trained_context_is_refused() {
 fn a_model_of_another_architecture_is_refused_with_the_manifests_that_fit() {
     use llorch_checkpoint_extractor::ffi::gguf::{Dtype, GgufWriter};
     let tmp = tempfile::tempdir().unwrap();
-    let llama = tmp.path().join("llama.gguf");
-    let mut w = GgufWriter::new(1).unwrap();
-    w.set_str("general.architecture", "llama").unwrap();
-    w.add_tensor("token_embd.weight", &[4, 2], Dtype::F32, vec![0; 32])
-        .unwrap();
-    w.write(&llama).unwrap();
+    let gguf = |arch: &str| {
+        let path = tmp.path().join(format!("{arch}.gguf"));
+        let mut w = GgufWriter::new(1).unwrap();
+        w.set_str("general.architecture", arch).unwrap();
+        w.add_tensor("token_embd.weight", &[4, 2], Dtype::F32, vec![0; 32])
+            .unwrap();
+        w.write(&path).unwrap();
+        path
+    };
     let gpt2 = manifests().join("gpt2.yaml");
-    let args = ["-m", llama.to_str().unwrap(), "--manifest"];
+    let run = |model: &std::path::Path| {
+        refused(&[
+            "-m",
+            model.to_str().unwrap(),
+            "--manifest",
+            gpt2.to_str().unwrap(),
+        ])
+    };
 
-    let err = refused(&[&args[..], &[gpt2.to_str().unwrap()]].concat());
+    // The project has a manifest for llama: the message names it.
+    let err = run(&gguf("llama"));
     assert!(
         err.contains("llama.gguf is a `llama` model, but the manifest")
             && err.contains("describes the graph of `gpt2`")
-            && err.contains("is written for `llama` yet"),
+            && err.contains("manifests for `llama`: ")
+            && err.contains("manifests/llama.yaml"),
         "{err}"
     );
-
-    // With a llama manifest beside the GPT-2 one, the message names it.
-    let dir = tmp.path().join("manifests");
-    std::fs::create_dir(&dir).unwrap();
-    std::fs::copy(&gpt2, dir.join("gpt2.yaml")).unwrap();
-    std::fs::write(
-        dir.join("tiny-llama.yaml"),
-        "architecture: llama\ncheckpoints:\n  - {id: n, tensor: attn_norm-0, shape: [n_embd, n_tokens], file: n}\n",
-    )
-    .unwrap();
-    let copy = dir.join("gpt2.yaml");
-    let err = refused(&[&args[..], &[copy.to_str().unwrap()]].concat());
+    // None for falcon: the message says how to write one.
+    let err = run(&gguf("falcon"));
     assert!(
-        err.contains("manifests for `llama`: ") && err.contains("tiny-llama.yaml"),
+        err.contains("is a `falcon` model")
+            && err.contains("is written for `falcon` yet")
+            && err.contains("--list-nodes"),
         "{err}"
     );
 }

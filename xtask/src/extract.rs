@@ -12,12 +12,12 @@ use crate::project::Project;
 
 #[derive(clap::Args)]
 pub struct Extract {
-    /// Checkpoint manifest [default: manifests/gpt2.yaml].
+    /// Checkpoint manifest [default: the catalogue model's, else manifests/gpt2.yaml].
     #[arg(long)]
     manifest: Option<PathBuf>,
-    /// GGUF model [default: the synthetic GPT-2 of `cargo xtask model`].
+    /// A GGUF path or a model of vendor/models.yaml, e.g. smollm2-135m [default: the synthetic GPT-2 of `cargo xtask model`].
     #[arg(long)]
-    model: Option<PathBuf>,
+    model: Option<String>,
     #[arg(long, default_value = "Hello world")]
     prompt: String,
     #[arg(long, value_enum, default_value_t = Backend::Cpu)]
@@ -25,6 +25,9 @@ pub struct Extract {
     /// Output directory [default: checkpoints/ in the project root].
     #[arg(long)]
     out: Option<PathBuf>,
+    /// The layers to extract instead of the manifest's: `all`, or numbers like `0,5,29`.
+    #[arg(long, value_name = "all|N,N,...")]
+    layers: Option<String>,
     /// Further flags for the extractor (after `--`), e.g. `-- --kv-type f32 --format npy`.
     #[arg(last = true)]
     extractor_args: Vec<String>,
@@ -33,29 +36,29 @@ pub struct Extract {
 impl Extract {
     pub fn run(self, project: &Project) -> Result<()> {
         // Paths given on the command line are the caller's; defaults are the project's.
-        let manifest = self
-            .manifest
-            .map(std::path::absolute)
-            .transpose()?
-            .unwrap_or_else(|| project.root().join("manifests/gpt2.yaml"));
         let out = self
             .out
             .map(std::path::absolute)
             .transpose()?
             .unwrap_or_else(|| project.root().join("checkpoints"));
-        let model = self.model.map(std::path::absolute).transpose()?;
         // The model first: writing it builds the CPU extractor, and the
         // extractor we run must be the one for the requested backend.
-        let model = match model {
-            Some(model) => model,
-            None => crate::model::default_model(project)?,
-        };
+        let (model, manifest) = crate::catalogue::model_and_manifest(
+            project,
+            self.model.as_deref(),
+            self.manifest.as_deref(),
+        )?;
         let exe = ensure_extractor(project, self.backend)?;
         let sh = project.shell()?;
         let (prompt, extra) = (&self.prompt, &self.extractor_args);
+        let layers: Vec<String> = self
+            .layers
+            .iter()
+            .flat_map(|l| ["--layers".to_string(), l.clone()])
+            .collect();
         cmd!(
             sh,
-            "{exe} -m {model} --manifest {manifest} -p {prompt} --out {out} {extra...}"
+            "{exe} -m {model} --manifest {manifest} -p {prompt} --out {out} {layers...} {extra...}"
         )
         .quiet()
         .run()

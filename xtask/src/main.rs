@@ -20,6 +20,7 @@
 mod bindgen;
 mod build;
 mod bundle;
+mod catalogue;
 mod compare;
 mod extract;
 mod fetch;

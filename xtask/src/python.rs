@@ -1,6 +1,7 @@
 //! The project's Python: a virtual environment in `target/llorch/pyenv` with
-//! pinned PyTorch, transformers and friends, for what only Python has: llama.cpp's
-//! Hugging Face converter now, a PyTorch GPT-2 reference later.
+//! pinned PyTorch, transformers and friends, for what only Python has: the
+//! PyTorch reference of `compare` (transformers reads the GGUF through the
+//! `gguf` package) and llama.cpp's Hugging Face converter.
 //!
 //! Like `tools.rs`, one `pip install` of pinned versions, redone only when the
 //! list changes (a stamp in the venv records what was installed).
@@ -39,6 +40,9 @@ const REQUIREMENTS: &[&str] = &[
     "tqdm==4.70.1",
     "pyyaml==6.0.4",
     "requests==2.34.2",
+    // transformers loads GGUF models through these two.
+    "gguf==0.19.0",
+    "accelerate==1.15.0",
     // Only to let pip read the llama-cpp-python sdist's metadata when downloading it.
     "scikit-build-core==1.1.2",
 ];
@@ -68,11 +72,15 @@ pub fn ensure(project: &Project) -> Result<PathBuf> {
         REQUIREMENTS.join(" "),
         venv.display()
     );
-    let python3 = std::env::var("PYTHON").unwrap_or_else(|_| "python3".into());
-    cmd!(sh, "{python3} -m venv --clear {venv}").run().context(
-        "cannot create the Python virtual environment target/llorch/pyenv.\n\
-         Install Python 3 with venv (Debian: apt-get install python3 python3-venv), or point PYTHON at one",
-    )?;
+    // An existing venv is updated in place: pip keeps what already fits the
+    // pins, so adding a package does not download torch again.
+    if !python.is_file() {
+        let python3 = std::env::var("PYTHON").unwrap_or_else(|_| "python3".into());
+        cmd!(sh, "{python3} -m venv --clear {venv}").run().context(
+            "cannot create the Python virtual environment target/llorch/pyenv.\n\
+             Install Python 3 with venv (Debian: apt-get install python3 python3-venv), or point PYTHON at one",
+        )?;
+    }
     let requirements = REQUIREMENTS;
     cmd!(sh, "{python} -m pip install --quiet --disable-pip-version-check {requirements...}").run().context(
         "pip could not install the pinned Python packages from PyPI (is PyPI reachable? is there disk space for torch?).\n\

@@ -17,6 +17,8 @@ use crate::project::Project;
 const REQUIREMENTS: &[&str] = &["cmake==4.4.5", "ninja==1.13.2", "libclang==18.1.1"];
 
 pub struct Tools {
+    /// The venv's Python (with pip), for downloads from PyPI.
+    pub python: PathBuf,
     pub cmake: PathBuf,
     pub ninja: PathBuf,
     /// The directory holding libclang.so, for bindgen's `LIBCLANG_PATH`.
@@ -61,6 +63,7 @@ pub fn ensure(project: &Project) -> Result<Tools> {
     .context("the libclang wheel is missing from the tools venv: remove target/llorch/tools and retry")?;
     Ok(Tools {
         cmake: bin.join("cmake"),
+        python,
         ninja: bin.join("ninja"),
         libclang_dir: PathBuf::from(libclang_dir),
     })

@@ -9,7 +9,7 @@ use anyhow::{bail, Context, Result};
 use serde::{Deserialize, Serialize};
 
 use crate::format::Format;
-use crate::manifest::Symbols;
+use crate::manifest::{Manifest, Symbols};
 
 /// Bumped whenever a field changes meaning or a required field is added.
 pub const SCHEMA_VERSION: u32 = 1;
@@ -31,6 +31,8 @@ pub struct RunRecord {
     pub devices: Vec<Device>,
     pub model: ModelInfo,
     pub manifest: Option<ManifestInfo>,
+    /// The layers `--layers` expanded `{layer}` to, instead of the manifest's own.
+    pub layers: Option<Vec<u32>>,
     /// False with `--no-extract` (no eval callback registered).
     pub extract: bool,
     pub prompt: String,
@@ -165,6 +167,11 @@ impl RunRecord {
         serde_json::to_vec_pretty(self).expect("a run record always serializes")
     }
 
+    /// The manifest at `path` expanded as this run expanded it (`--layers`).
+    pub fn manifest(&self, path: &Path) -> Result<Manifest> {
+        Manifest::load_with_layers(path, self.layers.as_deref())
+    }
+
     /// The prompt pass's record of checkpoint file `file`.
     pub fn checkpoint(&self, file: &str) -> Option<&CheckpointRecord> {
         self.checkpoints.iter().find(|c| c.file == file)
@@ -197,6 +204,7 @@ pub fn example() -> RunRecord {
             n_layer: 12,
         },
         manifest: None,
+        layers: None,
         extract: true,
         prompt: "Hello world".into(),
         tokens: vec![15496, 995],
@@ -212,7 +220,9 @@ pub fn example() -> RunRecord {
         symbols: Symbols {
             n_embd: 768,
             n_head: 12,
+            n_head_kv: 12,
             head_dim: 64,
+            n_embd_gqa: 768,
             n_ff: 3072,
             n_vocab: 50257,
             n_ctx: 512,

@@ -11,7 +11,7 @@ use std::process::ExitCode;
 use anyhow::{Context, Result};
 use clap::{Parser, Subcommand};
 use llorch_checkpoint_extractor::diff::{compare_runs, timing};
-use llorch_checkpoint_extractor::manifest::Manifest;
+use llorch_checkpoint_extractor::record::RunRecord;
 
 #[derive(Parser)]
 #[command(
@@ -76,8 +76,9 @@ fn run(command: Command) -> Result<bool> {
             max_nmse,
             json,
         } => {
+            // Expanded as run `b` expanded it (`--layers`).
             let checkpoints = match manifest {
-                Some(path) => Manifest::load(&path)?.checkpoints,
+                Some(path) => RunRecord::read(&b)?.manifest(&path)?.checkpoints,
                 None => Vec::new(),
             };
             let comparison = compare_runs(&a, &b, &checkpoints, max_nmse)?;

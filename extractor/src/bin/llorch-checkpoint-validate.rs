@@ -8,7 +8,6 @@ use std::process::ExitCode;
 
 use clap::Parser;
 use llorch_checkpoint_extractor::check::check_run;
-use llorch_checkpoint_extractor::manifest::Manifest;
 
 #[derive(Parser)]
 #[command(
@@ -25,7 +24,7 @@ struct Cli {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    let verdicts = match Manifest::load(&cli.manifest).and_then(|m| check_run(&cli.dir, &m)) {
+    let verdicts = match check_run(&cli.dir, &cli.manifest) {
         Ok(v) => v,
         Err(err) => {
             eprintln!("error: {err:#}");

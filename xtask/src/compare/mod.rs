@@ -1,9 +1,9 @@
-//! `cargo xtask compare`: every checkpoint of a llama.cpp run against a PyTorch GPT-2.
+//! `cargo xtask compare`: every checkpoint of a llama.cpp run against PyTorch.
 //!
 //! 1. The extractor runs the manifest on the model (prompt pass, fresh cache).
-//! 2. `xtask/python/gpt2_reference.py` (in the project's venv, see `python.rs`)
-//!    loads the same GGUF into Hugging Face's `GPT2Model` (eager attention),
-//!    feeds it the run's token ids in float32 and float64 (and f64 with
+//! 2. `xtask/python/reference.py` (in the project's venv, see `python.rs`)
+//!    loads the same GGUF into transformers' model for its architecture (eager
+//!    attention), feeds it the run's token ids in float32 and float64 (and f64 with
 //!    llama.cpp's approximations emulated), captures what each checkpoint's
 //!    `reference:` names and applies its layout ops. Nothing is per checkpoint
 //!    in code: the manifest says which tensor and which transform.
@@ -41,17 +41,20 @@ pub use self_test::self_test;
 
 #[derive(clap::Args)]
 pub struct Compare {
-    /// Checkpoint manifest with `reference:` entries [default: manifests/gpt2.yaml].
+    /// Checkpoint manifest with `reference:` entries [default: the catalogue model's, else manifests/gpt2.yaml].
     #[arg(long)]
     manifest: Option<PathBuf>,
-    /// GGUF model [default: the synthetic GPT-2 of `cargo xtask model`].
+    /// A GGUF path or a model of vendor/models.yaml, e.g. smollm2-135m [default: the synthetic GPT-2 of `cargo xtask model`].
     #[arg(long)]
-    model: Option<PathBuf>,
+    model: Option<String>,
     #[arg(long, default_value = "Hello world")]
     prompt: String,
     /// Output directory (runs, reference tensors, report.json, errors.svg) [default: target/llorch/compare].
     #[arg(long)]
     out: Option<PathBuf>,
+    /// The layers to compare instead of the manifest's: `all`, or numbers like `0,5,29`.
+    #[arg(long, value_name = "all|N,N,...")]
+    layers: Option<String>,
     /// Compare this existing run directory (run.json + checkpoint files) instead of running the extractor.
     #[arg(long)]
     run: Option<PathBuf>,
@@ -142,19 +145,18 @@ impl Compare {
             .map(std::path::absolute)
             .transpose()?
             .unwrap_or_else(|| project.work_dir().join("compare"));
-        let manifest = self
-            .manifest
-            .clone()
-            .map(std::path::absolute)
-            .transpose()?
-            .unwrap_or_else(|| project.root().join("manifests/gpt2.yaml"));
-        let model = self.model.clone().map(std::path::absolute).transpose()?;
+        let (model, manifest) = crate::catalogue::model_and_manifest(
+            project,
+            self.model.as_deref(),
+            self.manifest.as_deref(),
+        )?;
         let run = self.run.clone().map(std::path::absolute).transpose()?;
         let outcome = compare(
             project,
             &Options {
                 manifest,
-                model,
+                layers: self.layers,
+                model: Some(model),
                 prompt: self.prompt,
                 out,
                 run,
@@ -176,6 +178,8 @@ impl Compare {
 
 pub struct Options {
     pub manifest: PathBuf,
+    /// `--layers` for the extractor: `all` or `0,5,29`.
+    pub layers: Option<String>,
     pub model: Option<PathBuf>,
     pub prompt: String,
     pub out: PathBuf,
@@ -187,7 +191,8 @@ pub struct Options {
 
 /// The whole comparison; `Err` when it could not be made, `failure` when it was and a tolerance is exceeded.
 pub fn compare(project: &Project, opts: &Options) -> Result<Outcome> {
-    let entries = entries(&Manifest::load(&opts.manifest)?)?;
+    // Every checkpoint must name its reference: checked before anything runs.
+    entries(&Manifest::load(&opts.manifest)?)?;
     std::fs::create_dir_all(&opts.out)
         .with_context(|| format!("cannot create {}", opts.out.display()))?;
     let model = match &opts.model {
@@ -203,11 +208,17 @@ pub fn compare(project: &Project, opts: &Options) -> Result<Outcome> {
     };
     let sh = project.shell()?;
     let (prompt, manifest) = (&opts.prompt, &opts.manifest);
+    let layer_args: Vec<String> = opts
+        .layers
+        .iter()
+        .flat_map(|l| ["--layers".to_string(), l.clone()])
+        .collect();
+    let layers = &layer_args;
     let extract = |dir: &Path, extra: &[&str]| -> Result<()> {
         let exe = extractor()?;
         let out = cmd!(
             sh,
-            "{exe} -m {model} --manifest {manifest} -p {prompt} -n 0 --out {dir} {extra...}"
+            "{exe} -m {model} --manifest {manifest} -p {prompt} -n 0 --out {dir} {layers...} {extra...}"
         )
         .quiet()
         .ignore_status()
@@ -228,9 +239,12 @@ pub fn compare(project: &Project, opts: &Options) -> Result<Outcome> {
         }
     };
     let record = read_run(&default_run)?;
+    // The checkpoints as the run expanded them (`--layers`).
+    let entries = entries(&record.manifest(&opts.manifest)?)?;
     let reference = opts.out.join("reference");
     let t = Instant::now();
-    reference::build_reference(project, &model, &default_run, &record, &entries, &reference)?;
+    let info =
+        reference::build_reference(project, &model, &default_run, &record, &entries, &reference)?;
     if !opts.quiet {
         eprintln!(
             "compare: reference built in {:.1} s",
@@ -243,8 +257,13 @@ pub fn compare(project: &Project, opts: &Options) -> Result<Outcome> {
     let setting = format!("kv cache {}, {} threads", record.kv_type, record.threads);
     writeln!(
         text,
-        "\nllama.cpp ({setting}) vs PyTorch GPT2Model, tokens {:?}",
-        record.tokens
+        "\nllama.cpp ({setting}) vs PyTorch {} ({}), {} prompt tokens; next token: llama.cpp {}, PyTorch f32 {}, f64 {}",
+        info.model,
+        record.model.architecture,
+        record.tokens.len(),
+        record.next_token.unwrap_or(-1),
+        info.next_token.get(F32).copied().unwrap_or(-1),
+        info.next_token.get(F64).copied().unwrap_or(-1),
     )?;
     text.push_str(&report::table(&rows));
 
@@ -282,11 +301,19 @@ pub fn compare(project: &Project, opts: &Options) -> Result<Outcome> {
         print!("{text}");
     }
     let picture = opts.out.join("errors.svg");
-    std::fs::write(&picture, report::svg(&rows, &opts.manifest))?;
+    let title = format!(
+        "llama.cpp vs PyTorch {} (f64), {}",
+        info.model,
+        opts.manifest
+            .file_name()
+            .map(|n| n.to_string_lossy())
+            .unwrap_or_default()
+    );
+    std::fs::write(&picture, report::svg(&rows, &title))?;
     let report = opts.out.join("report.json");
     let json = serde_json::json!({
         "manifest": opts.manifest, "model": model, "prompt": opts.prompt, "tokens": record.tokens, "run": default_run,
-        "reference_variants": VARIANTS, "verdict_against": F64, "pass": failure.is_none(), "first_failure": failure,
+        "reference_variants": VARIANTS, "reference": info, "verdict_against": F64, "pass": failure.is_none(), "first_failure": failure,
         "checkpoints": rows, "attribution": attribution, "picture": picture,
     });
     std::fs::write(&report, serde_json::to_vec_pretty(&json)?)?;

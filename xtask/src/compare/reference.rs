@@ -1,5 +1,5 @@
 //! The reference job: the checkpoints' captures and resolved layout ops go to
-//! `xtask/python/gpt2_reference.py`, which writes one `.npy` per checkpoint and
+//! `xtask/python/reference.py`, which writes one `.npy` per checkpoint and
 //! reference variant.
 
 use std::path::{Path, PathBuf};
@@ -13,6 +13,15 @@ use super::metrics::read_tensor;
 use super::{Entry, VARIANTS};
 use crate::project::Project;
 
+/// What the reference script says of itself (`reference.json`).
+#[derive(serde::Deserialize, serde::Serialize)]
+pub struct Info {
+    /// transformers' class, e.g. `LlamaForCausalLM`.
+    pub model: String,
+    /// Per variant, the greedy next token after the prompt.
+    pub next_token: std::collections::BTreeMap<String, i64>,
+}
+
 /// Runs the Python reference; a missing package or a broken venv ends in one paragraph with the fix.
 pub fn build_reference(
     project: &Project,
@@ -21,7 +30,7 @@ pub fn build_reference(
     record: &RunRecord,
     entries: &[Entry],
     out: &Path,
-) -> Result<()> {
+) -> Result<Info> {
     let (n_tokens, n_kv) = (record.symbols.n_tokens, record.symbols.n_kv);
     ensure!(
         n_kv == n_tokens && n_tokens == record.tokens.len() as i64,
@@ -52,7 +61,7 @@ pub fn build_reference(
         "the PyTorch reference needs the project's Python environment (torch, transformers, numpy from PyPI, about 5.6 GB). \
          `cargo xtask compare` creates it in target/llorch/pyenv; where PyPI cannot be reached it cannot, and nothing can be compared",
     )?;
-    let script = project.root().join("xtask/python/gpt2_reference.py");
+    let script = project.root().join("xtask/python/reference.py");
     let sh = project.shell()?;
     let result = cmd!(sh, "{python} {script} {job}")
         .quiet()
@@ -63,8 +72,8 @@ pub fn build_reference(
         let stderr = String::from_utf8_lossy(&result.stderr);
         let message = stderr
             .lines()
-            .filter(|l| l.starts_with("gpt2_reference: "))
-            .map(|l| l.trim_start_matches("gpt2_reference: "))
+            .filter(|l| l.starts_with("reference: "))
+            .map(|l| l.trim_start_matches("reference: "))
             .collect::<Vec<_>>();
         if message.is_empty() {
             bail!(
@@ -79,7 +88,9 @@ pub fn build_reference(
         );
     }
     eprint!("{}", String::from_utf8_lossy(&result.stdout));
-    Ok(())
+    let info = out.join("reference.json");
+    serde_json::from_slice(&std::fs::read(&info)?)
+        .with_context(|| format!("{} is not what reference.py writes", info.display()))
 }
 
 /// The ops as the Python script reads them: symbols resolved to numbers.

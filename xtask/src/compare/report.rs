@@ -2,7 +2,6 @@
 //! checkpoints x layers).
 
 use std::fmt::Write as _;
-use std::path::Path;
 
 use super::metrics::Row;
 use super::{F32, F64};
@@ -47,7 +46,7 @@ pub fn table(rows: &[Row]) -> String {
 
 /// Two heat maps, checkpoints x layers: NMSE (dB) against f64, and the worst
 /// element's share of its tolerance (>= 1 fails, outlined red). Log colour scales.
-pub fn svg(rows: &[Row], manifest: &Path) -> String {
+pub fn svg(rows: &[Row], title: &str) -> String {
     let mut ids: Vec<&str> = Vec::new();
     let mut layers: Vec<Option<u32>> = Vec::new();
     for r in rows {
@@ -70,17 +69,10 @@ pub fn svg(rows: &[Row], manifest: &Path) -> String {
         r#"<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" font-family="sans-serif" font-size="11">"#
     );
     let _ = writeln!(s, r#"<rect width="100%" height="100%" fill="white"/>"#);
-    let title = format!(
-        "llama.cpp vs PyTorch GPT-2 (f64), {}",
-        manifest
-            .file_name()
-            .map(|n| n.to_string_lossy())
-            .unwrap_or_default()
-    );
     let _ = writeln!(
         s,
         r#"<text x="10" y="20" font-size="14" font-weight="bold">{}</text>"#,
-        xml(&title)
+        xml(title)
     );
     let panels: [(&str, Box<dyn Fn(&Row) -> f64>, f64, f64); 2] = [
         (

@@ -15,6 +15,7 @@ pub fn self_test(project: &Project) -> Result<String> {
     let manifest = project.root().join("manifests/gpt2.yaml");
     let opts = Options {
         manifest: manifest.clone(),
+        layers: None,
         model: None,
         prompt: "Hello world".into(),
         out: out.join("clean"),

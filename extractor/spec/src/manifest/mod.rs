@@ -141,14 +141,68 @@ impl Checkpoint {
     }
 }
 
+/// `--layers`: the layers that `{layer}` expands to, instead of the manifest's.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Layers {
+    /// Every layer of the model.
+    All,
+    Only(Vec<u32>),
+}
+
+impl std::str::FromStr for Layers {
+    type Err = String;
+
+    /// `all`, or layer numbers separated by commas (`0,5,29`).
+    fn from_str(text: &str) -> Result<Layers, String> {
+        if text == "all" {
+            return Ok(Layers::All);
+        }
+        let layers = text
+            .split(',')
+            .map(|l| l.trim().parse::<u32>())
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|_| format!("`{text}` is neither `all` nor layer numbers like 0,5,29"))?;
+        Ok(Layers::Only(layers))
+    }
+}
+
+impl Layers {
+    /// The layer numbers for a model of `n_layer` layers; each must exist.
+    pub fn resolve(&self, n_layer: u32) -> Result<Vec<u32>> {
+        match self {
+            Layers::All => Ok((0..n_layer).collect()),
+            Layers::Only(layers) => {
+                if let Some(bad) = layers.iter().find(|&&l| l >= n_layer) {
+                    bail!(
+                        "--layers names layer {bad}, but the model has {n_layer} (0 to {})",
+                        n_layer.saturating_sub(1)
+                    );
+                }
+                Ok(layers.clone())
+            }
+        }
+    }
+}
+
 impl Manifest {
     pub fn load(path: &Path) -> Result<Manifest> {
+        Manifest::load_with_layers(path, None)
+    }
+
+    /// The manifest with `{layer}` expanded to `layers` (for every templated
+    /// checkpoint) where given, else to the manifest's own layers.
+    pub fn load_with_layers(path: &Path, layers: Option<&[u32]>) -> Result<Manifest> {
         let text = std::fs::read_to_string(path)
             .with_context(|| format!("cannot read manifest {}", path.display()))?;
-        Manifest::parse(&text).with_context(|| format!("invalid manifest {}", path.display()))
+        Manifest::parse_with_layers(&text, layers)
+            .with_context(|| format!("invalid manifest {}", path.display()))
     }
 
     pub fn parse(text: &str) -> Result<Manifest> {
+        Manifest::parse_with_layers(text, None)
+    }
+
+    pub fn parse_with_layers(text: &str, override_layers: Option<&[u32]>) -> Result<Manifest> {
         let raw: RawManifest = serde_yaml::from_str(text).map_err(|e| match e.location() {
             Some(loc) => anyhow::anyhow!("line {}, column {}: {e}", loc.line(), loc.column()),
             None => anyhow::anyhow!("{e}"),
@@ -207,10 +261,13 @@ impl Manifest {
                 None => Tolerance::DEFAULT,
             };
             let templated = cp.tensor.contains("{layer}");
-            let layers: Vec<Option<u32>> = match (&cp.layers, templated) {
-                (_, false) => vec![None],
-                (Some(layers), true) => layers.iter().copied().map(Some).collect(),
-                (None, true) => raw.layers.iter().copied().map(Some).collect(),
+            let layers: Vec<Option<u32>> = match (override_layers, cp.layers.as_deref(), templated)
+            {
+                (_, _, false) => vec![None],
+                (Some(layers), _, true) | (None, Some(layers), true) => {
+                    layers.iter().copied().map(Some).collect()
+                }
+                (None, None, true) => raw.layers.iter().copied().map(Some).collect(),
             };
             if layers.is_empty() {
                 return Err(at("`tensor` uses {layer} but no layers are listed".into()));

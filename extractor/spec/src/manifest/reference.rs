@@ -84,26 +84,42 @@ pub enum Dim {
 }
 
 impl Dim {
-    /// Resolves `n_embd`, `2*n_embd`, `7` against the run's symbols.
+    /// Resolves `n_embd`, `2*n_embd`, `head_dim/2`, `7` against the run's
+    /// symbols: numbers and symbols joined by `*` and `/`, left to right; a
+    /// division must be exact.
     pub fn resolve(&self, symbols: &Symbols) -> Result<i64> {
-        match self {
-            Dim::Fixed(n) => Ok(*n),
-            Dim::Expr(expr) => expr
-                .split('*')
-                .map(str::trim)
-                .try_fold(1i64, |acc, factor| {
-                    let v = match factor.parse::<i64>() {
-                        Ok(n) => n,
-                        Err(_) => symbols.get(factor).with_context(|| {
-                            format!(
-                                "unknown symbol `{factor}` in `{expr}`; known: {}",
-                                SYMBOLS.join(", ")
-                            )
-                        })?,
-                    };
-                    Ok(acc * v)
+        let expr = match self {
+            Dim::Fixed(n) => return Ok(*n),
+            Dim::Expr(expr) => expr,
+        };
+        let value = |factor: &str| -> Result<i64> {
+            let factor = factor.trim();
+            match factor.parse::<i64>() {
+                Ok(n) => Ok(n),
+                Err(_) => symbols.get(factor).with_context(|| {
+                    format!(
+                        "unknown symbol `{factor}` in `{expr}`; known: {}",
+                        SYMBOLS.join(", ")
+                    )
                 }),
+            }
+        };
+        let mut rest = expr.as_str();
+        let end = rest.find(['*', '/']).unwrap_or(rest.len());
+        let mut acc = value(&rest[..end])?;
+        rest = &rest[end..];
+        while let Some(op) = rest.chars().next() {
+            rest = &rest[1..];
+            let end = rest.find(['*', '/']).unwrap_or(rest.len());
+            let v = value(&rest[..end])?;
+            rest = &rest[end..];
+            acc = match op {
+                '*' => acc * v,
+                _ if v != 0 && acc % v == 0 => acc / v,
+                _ => anyhow::bail!("`{expr}` divides {acc} by {v}, which does not go exactly"),
+            };
         }
+        Ok(acc)
     }
 }
 

@@ -5,7 +5,16 @@ use serde::Deserialize;
 
 /// Symbols a shape may use; resolved from the model and the pass at run time.
 pub const SYMBOLS: &[&str] = &[
-    "n_embd", "n_head", "head_dim", "n_ff", "n_vocab", "n_ctx", "n_tokens", "n_kv",
+    "n_embd",
+    "n_head",
+    "n_head_kv",
+    "head_dim",
+    "n_embd_gqa",
+    "n_ff",
+    "n_vocab",
+    "n_ctx",
+    "n_tokens",
+    "n_kv",
 ];
 
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
@@ -19,8 +28,14 @@ pub enum DimSpec {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Symbols {
     pub n_embd: i64,
+    /// Query heads.
     pub n_head: i64,
+    /// Key/value heads (fewer than `n_head` with grouped-query attention).
+    pub n_head_kv: i64,
+    /// Per head: GGUF `<arch>.attention.key_length`, else `n_embd / n_head`.
     pub head_dim: i64,
+    /// The width of K and V: `head_dim * n_head_kv`.
+    pub n_embd_gqa: i64,
     pub n_ff: i64,
     pub n_vocab: i64,
     pub n_ctx: i64,
@@ -34,7 +49,9 @@ impl Symbols {
         Some(match name {
             "n_embd" => self.n_embd,
             "n_head" => self.n_head,
+            "n_head_kv" => self.n_head_kv,
             "head_dim" => self.head_dim,
+            "n_embd_gqa" => self.n_embd_gqa,
             "n_ff" => self.n_ff,
             "n_vocab" => self.n_vocab,
             "n_ctx" => self.n_ctx,

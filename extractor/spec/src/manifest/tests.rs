@@ -29,7 +29,9 @@ fn expands_layers_and_resolves_shapes() {
     let s = Symbols {
         n_embd: 768,
         n_head: 12,
+        n_head_kv: 12,
         head_dim: 64,
+        n_embd_gqa: 768,
         n_ff: 3072,
         n_vocab: 50257,
         n_ctx: 512,
@@ -51,7 +53,9 @@ fn n_kv_dims_keep_only_the_filled_cells() {
     let s = Symbols {
         n_embd: 768,
         n_head: 12,
+        n_head_kv: 12,
         head_dim: 64,
+        n_embd_gqa: 768,
         n_ff: 3072,
         n_vocab: 50257,
         n_ctx: 512,
@@ -200,7 +204,9 @@ checkpoints:
     let s = Symbols {
         n_embd: 768,
         n_head: 12,
+        n_head_kv: 12,
         head_dim: 64,
+        n_embd_gqa: 768,
         n_ff: 3072,
         n_vocab: 50257,
         n_ctx: 512,
@@ -226,4 +232,41 @@ checkpoints:
         msg.contains("checkpoint `c`: `reference`") && msg.contains("transpose"),
         "{msg}"
     );
+}
+
+#[test]
+fn layers_override_every_templated_checkpoint() {
+    let text = "architecture: gpt2\nlayers: [0]\ncheckpoints:\n  - {id: a, tensor: 'x-{layer}', shape: [1], file: 'a{layer}'}\n  - {id: b, tensor: 'y-{layer}', shape: [1], file: 'b{layer}', layers: [3]}\n  - {id: c, tensor: 'logits', shape: [1], file: c}\n";
+    let keys = |m: &Manifest| m.checkpoints.iter().map(|c| c.key()).collect::<Vec<_>>();
+    assert_eq!(keys(&Manifest::parse(text).unwrap()), ["a@0", "b@3", "c"]);
+    let all = "all".parse::<Layers>().unwrap().resolve(2).unwrap();
+    assert_eq!(all, [0, 1]);
+    let m = Manifest::parse_with_layers(text, Some(&all)).unwrap();
+    assert_eq!(keys(&m), ["a@0", "a@1", "b@0", "b@1", "c"]);
+    assert_eq!(
+        "0, 5,29".parse::<Layers>(),
+        Ok(Layers::Only(vec![0, 5, 29]))
+    );
+    let err = "0,x".parse::<Layers>().unwrap_err();
+    assert!(err.contains("neither `all` nor layer numbers"), "{err}");
+    let err = Layers::Only(vec![0, 30])
+        .resolve(30)
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("layer 30, but the model has 30 (0 to 29)"),
+        "{err}"
+    );
+}
+
+#[test]
+fn dimensions_multiply_and_divide_left_to_right() {
+    let s = crate::record::example().symbols;
+    let dim = |e: &str| Dim::Expr(e.into()).resolve(&s);
+    assert_eq!(dim("head_dim/2").unwrap(), 32);
+    assert_eq!(dim("2*n_embd").unwrap(), 1536);
+    assert_eq!(dim("n_embd/n_head*3").unwrap(), 192);
+    assert_eq!(dim(" n_head_kv * head_dim ").unwrap(), 768);
+    let err = dim("n_embd/7").unwrap_err().to_string();
+    assert!(err.contains("divides 768 by 7"), "{err}");
 }

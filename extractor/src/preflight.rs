@@ -1,0 +1,127 @@
+//! What is refused before any compute: a model whose architecture is not the
+//! manifest's, layers the model does not have, a prompt or context past what
+//! the model was trained for. Each error names both sides and the fix.
+
+use std::path::Path;
+
+use anyhow::{bail, Context, Result};
+
+use crate::ffi::gguf::GgufFile;
+use crate::ffi::llama::Model;
+use crate::manifest::Manifest;
+use crate::run::Config;
+
+/// What the GGUF header says, read before the model is loaded.
+pub struct Header {
+    pub architecture: String,
+    pub n_layer: u32,
+}
+
+impl Header {
+    pub fn read(model: &Path) -> Result<Header> {
+        let header = GgufFile::open(model)
+            .with_context(|| format!("could not load the model {}", model.display()))?;
+        let architecture = header.get_str("general.architecture").with_context(|| {
+            format!(
+                "could not load the model {}: its GGUF header has no general.architecture",
+                model.display()
+            )
+        })?;
+        let n_layer = header
+            .get_uint(&format!("{architecture}.block_count"))
+            .unwrap_or(0) as u32;
+        Ok(Header {
+            architecture,
+            n_layer,
+        })
+    }
+}
+
+/// The manifest with `--layers` applied, and the layers it was expanded to.
+pub fn load_manifest(
+    cfg: &Config,
+    header: &Header,
+) -> Result<(Option<Manifest>, Option<Vec<u32>>)> {
+    let Some(path) = &cfg.manifest else {
+        if cfg.extract && !cfg.list_nodes {
+            bail!("--manifest is required (or pass --no-extract)");
+        }
+        return Ok((None, None));
+    };
+    let layers = cfg
+        .layers
+        .as_ref()
+        .map(|l| l.resolve(header.n_layer))
+        .transpose()?;
+    let manifest = Manifest::load_with_layers(path, layers.as_deref())?;
+    Ok((Some(manifest), layers))
+}
+
+/// Refuses a model whose architecture is not the manifest's before it is
+/// loaded: its graph has other node names, and the run would fail late.
+pub fn check_architecture(
+    manifest: &Manifest,
+    manifest_path: &Path,
+    model: &Path,
+    header: &Header,
+) -> Result<()> {
+    let arch = &header.architecture;
+    if *arch == manifest.architecture {
+        return Ok(());
+    }
+    let dir = manifest_path.parent().unwrap_or(Path::new("."));
+    let fitting = crate::manifest::for_architecture(dir, arch);
+    let hint = if fitting.is_empty() {
+        format!(
+            "no manifest in {} is written for `{arch}` yet: write one (`--list-nodes` prints the graph's node names)",
+            dir.display()
+        )
+    } else {
+        let names: Vec<String> = fitting.iter().map(|p| p.display().to_string()).collect();
+        format!("manifests for `{arch}`: {}", names.join(", "))
+    };
+    bail!(
+        "{} is a `{arch}` model, but the manifest {} describes the graph of `{}`; {hint}",
+        model.display(),
+        manifest_path.display(),
+        manifest.architecture
+    )
+}
+
+/// The KV-cache size of the run: `--ctx-size` (default 512, at most the
+/// trained context), raised to fit the prompt and the generation. A run that
+/// needs more positions than the model was trained for is refused before any
+/// compute: past them llama.cpp reads outside its tables and aborts.
+pub fn context_size(cfg: &Config, model: &Model, n_prompt: usize) -> Result<u32> {
+    let trained = model.n_ctx_train().max(0) as u64;
+    let needed = (n_prompt + cfg.n_predict) as u64;
+    if trained > 0 && needed > trained {
+        let n = cfg.n_predict as u64;
+        let fix = if (n_prompt as u64) < trained {
+            format!(
+                "lower -n to {} or shorten the prompt",
+                trained - n_prompt as u64
+            )
+        } else {
+            format!(
+                "shorten the prompt to at most {} tokens",
+                trained.saturating_sub(n)
+            )
+        };
+        bail!(
+            "the prompt is {n_prompt} tokens and -n {n} feeds {n} more: {needed} positions, but {} was \
+             trained for a context of {trained}; {fix}",
+            cfg.model.display()
+        );
+    }
+    if let Some(asked) = cfg.n_ctx {
+        if trained > 0 && asked as u64 > trained {
+            bail!(
+                "--ctx-size {asked} is above the context {} was trained for ({trained}); use --ctx-size {trained} or less",
+                cfg.model.display()
+            );
+        }
+    }
+    let default = if trained > 0 { trained.min(512) } else { 512 };
+    Ok(cfg.n_ctx.map_or(default, u64::from).max(needed) as u32)
+}

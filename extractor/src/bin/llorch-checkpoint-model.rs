@@ -9,7 +9,7 @@ use std::time::Instant;
 
 use anyhow::Result;
 use clap::{Parser, Subcommand, ValueEnum};
-use llorch_checkpoint_extractor::ffi::gguf::Dtype;
+use llorch_checkpoint_extractor::ffi::gguf::{Dtype, GgufFile};
 use llorch_checkpoint_extractor::gpt2_model::{self, stats, Hparams, Spec, Tokenizer};
 
 #[derive(Parser)]
@@ -63,6 +63,14 @@ enum Command {
     Check { path: PathBuf },
     /// Run a prompt through a model and print per-layer activation statistics.
     Stats { path: PathBuf },
+    /// Write a copy of a GGUF with every tensor dequantized to f32 (llama.cpp's
+    /// quantize API); writes nothing when no tensor is quantized.
+    Dequantize {
+        path: PathBuf,
+        /// Where to write the copy (atomically).
+        #[arg(long)]
+        out: PathBuf,
+    },
 }
 
 fn threads() -> i32 {
@@ -131,7 +139,37 @@ fn run(command: Command) -> Result<()> {
             Ok(())
         }
         Command::Stats { path } => print_stats(&path),
+        Command::Dequantize { path, out } => dequantize(&path, &out),
     }
+}
+
+fn dequantize(path: &std::path::Path, out: &std::path::Path) -> Result<()> {
+    let types: std::collections::BTreeSet<&str> = GgufFile::open(path)?
+        .tensors()
+        .iter()
+        .map(|t| t.type_name())
+        .collect();
+    if types.iter().all(|t| matches!(*t, "f32" | "f16" | "bf16")) {
+        println!(
+            "model: {} holds no quantized tensor ({types:?}): nothing to write",
+            path.display()
+        );
+        return Ok(());
+    }
+    let started = Instant::now();
+    let tmp = out.with_extension(format!("tmp{}.gguf", std::process::id()));
+    let written = llorch_checkpoint_extractor::ffi::llama::dequantize_to_f32(path, &tmp, threads())
+        .and_then(|()| Ok(std::fs::rename(&tmp, out)?));
+    if written.is_err() {
+        let _ = std::fs::remove_file(&tmp);
+    }
+    written?;
+    println!(
+        "model: wrote {} ({types:?} -> f32) in {:.1} s",
+        out.display(),
+        started.elapsed().as_secs_f64()
+    );
+    Ok(())
 }
 
 fn print_stats(path: &std::path::Path) -> Result<()> {

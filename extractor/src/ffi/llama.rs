@@ -179,6 +179,40 @@ impl Drop for Model {
     }
 }
 
+/// Writes `output`: `input` with every tensor dequantized to f32, through
+/// llama.cpp's own quantize API (`LLAMA_FTYPE_ALL_F32`), so that a run on it
+/// differs from a run on `input` only by how the kernels compute.
+pub fn dequantize_to_f32(input: &Path, output: &Path, threads: i32) -> Result<()> {
+    super::init();
+    ensure!(
+        input.is_file(),
+        "model file {} does not exist",
+        input.display()
+    );
+    let c_in = CString::new(input.as_os_str().as_encoded_bytes())
+        .context("model path contains a NUL byte")?;
+    let c_out = CString::new(output.as_os_str().as_encoded_bytes())
+        .context("output path contains a NUL byte")?;
+    // SAFETY: default params are plain data; both paths outlive the call,
+    // which reads `input` and writes `output` and keeps no pointer.
+    let status = unsafe {
+        let mut params = sys::llama_model_quantize_default_params();
+        params.ftype = sys::llama_ftype::LLAMA_FTYPE_ALL_F32;
+        params.nthread = threads;
+        // From a quantized type to f32 is dequantizing; llama.cpp calls every
+        // change of a quantized tensor's type requantizing.
+        params.allow_requantize = true;
+        sys::llama_model_quantize(c_in.as_ptr(), c_out.as_ptr(), &params)
+    };
+    ensure!(
+        status == 0,
+        "llama.cpp could not write an f32 copy of {} to {} (status {status}; run with -v for its reason)",
+        input.display(),
+        output.display()
+    );
+    Ok(())
+}
+
 /// KV cache element type.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum, serde::Serialize)]
 #[serde(rename_all = "lowercase")]

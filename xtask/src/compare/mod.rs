@@ -114,6 +114,27 @@ fn entries(manifest: &Manifest) -> Result<Vec<Entry>> {
         .collect()
 }
 
+/// An f32 copy of `model` (kept in target/llorch/models as `<name>.f32.gguf`),
+/// made by llama.cpp's quantize API; `None` when no tensor of `model` is quantized.
+fn f32_copy(project: &Project, model: &Path) -> Result<Option<PathBuf>> {
+    let stem = model.file_stem().unwrap_or_default().to_string_lossy();
+    let copy = project
+        .work_dir()
+        .join("models")
+        .join(format!("{stem}.f32.gguf"));
+    let fresh =
+        |p: &Path| -> Option<std::time::SystemTime> { std::fs::metadata(p).ok()?.modified().ok() };
+    if fresh(&copy).is_some() && fresh(&copy) >= fresh(model) {
+        return Ok(Some(copy));
+    }
+    let tool = ensure_extractor(project, Backend::Cpu)?.with_file_name("llorch-checkpoint-model");
+    let sh = project.shell()?;
+    cmd!(sh, "{tool} dequantize {model} --out {copy}")
+        .run()
+        .with_context(|| format!("cannot write an f32 copy of {}", model.display()))?;
+    Ok(copy.is_file().then_some(copy))
+}
+
 /// The run record of a run directory `compare` can read.
 fn read_run(dir: &Path) -> Result<RunRecord> {
     let record = RunRecord::read(dir)?;
@@ -130,6 +151,8 @@ pub struct Outcome {
     pub picture: PathBuf,
     pub summary: String,
     pub failure: Option<String>,
+    /// The greedy next token after the prompt: llama.cpp's, and the f64 reference's.
+    pub next_token: (Option<i32>, Option<i64>),
 }
 
 impl Compare {
@@ -214,7 +237,7 @@ pub fn compare(project: &Project, opts: &Options) -> Result<Outcome> {
         .flat_map(|l| ["--layers".to_string(), l.clone()])
         .collect();
     let layers = &layer_args;
-    let extract = |dir: &Path, extra: &[&str]| -> Result<()> {
+    let extract = |model: &Path, dir: &Path, extra: &[&str]| -> Result<()> {
         let exe = extractor()?;
         let out = cmd!(
             sh,
@@ -234,7 +257,7 @@ pub fn compare(project: &Project, opts: &Options) -> Result<Outcome> {
         Some(dir) => dir.clone(),
         None => {
             let dir = opts.out.join("llama");
-            extract(&dir, &["-t", "2"])?;
+            extract(&model, &dir, &["-t", "2"])?;
             dir
         }
     };
@@ -270,11 +293,19 @@ pub fn compare(project: &Project, opts: &Options) -> Result<Outcome> {
     let mut attribution = None;
     if opts.attribution {
         let kv32 = opts.out.join("llama-kv-f32");
-        extract(&kv32, &["-t", "2", "--kv-type", "f32"])?;
+        extract(&model, &kv32, &["-t", "2", "--kv-type", "f32"])?;
         let t1 = opts.out.join("llama-t1");
-        extract(&t1, &["-t", "1"])?;
+        extract(&model, &t1, &["-t", "1"])?;
         let kv_rows = metrics::score_run(&kv32, &reference, &entries)?;
         let t1_rows = metrics::score_run(&t1, &reference, &entries)?;
+        let f32_rows = match f32_copy(project, &model)? {
+            Some(copy) => {
+                let dir = opts.out.join("llama-f32-weights");
+                extract(&copy, &dir, &["-t", "2"])?;
+                Some(metrics::score_run(&dir, &reference, &entries)?)
+            }
+            None => None,
+        };
         let threads_equal: Vec<bool> = entries
             .iter()
             .map(|e| {
@@ -282,8 +313,13 @@ pub fn compare(project: &Project, opts: &Options) -> Result<Outcome> {
                 std::fs::read(default_run.join(&f)).ok() == std::fs::read(t1.join(&f)).ok()
             })
             .collect();
-        let (table, json) =
-            attribution::attribution_table(&rows, &kv_rows, &t1_rows, &threads_equal);
+        let (table, json) = attribution::attribution_table(&attribution::Runs {
+            base: &rows,
+            kv32: &kv_rows,
+            t1: &t1_rows,
+            f32_weights: f32_rows.as_deref(),
+            threads_equal: &threads_equal,
+        });
         text.push_str(&table);
         attribution = Some(json);
     }
@@ -322,6 +358,7 @@ pub fn compare(project: &Project, opts: &Options) -> Result<Outcome> {
         picture,
         summary,
         failure,
+        next_token: (record.next_token, info.next_token.get(F64).copied()),
     })
 }
 

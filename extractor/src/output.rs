@@ -16,7 +16,6 @@ use sha2::{Digest, Sha256};
 
 use crate::capture::Captured;
 use crate::format::{self, Format};
-use crate::manifest::Checkpoint;
 use crate::record::{CheckpointRecord, RunRecord};
 
 const LOCK_FILE: &str = ".llorch.lock";
@@ -86,21 +85,22 @@ impl Output {
         &self.dir
     }
 
-    /// Starts the writer thread: it drains `rx` until every sender is gone.
+    /// Starts the writer thread: it drains `rx` until every sender is gone,
+    /// and returns the files' records and the time it spent writing them.
     pub fn spawn_writer(
         &self,
-        checkpoints: Vec<Checkpoint>,
         rx: Receiver<Captured>,
-    ) -> JoinHandle<Result<Vec<CheckpointRecord>>> {
+    ) -> JoinHandle<Result<(Vec<CheckpointRecord>, f64)>> {
         let staging = self.staging.clone();
         let format = self.format;
         std::thread::Builder::new()
             .name("checkpoint-writer".into())
             .spawn(move || {
                 let mut written = Vec::new();
+                let mut busy = std::time::Duration::ZERO;
                 for captured in rx {
-                    let cp = &checkpoints[captured.index];
-                    let file = file_name(&cp.file_stem, captured.step, format);
+                    let started = std::time::Instant::now();
+                    let file = file_name(&captured.file_stem, captured.step, format);
                     let mut bytes = Vec::with_capacity(captured.data.len() * 4 + 64);
                     format::write(format, &mut bytes, &captured.shape, &captured.data)?;
                     let path = staging.join(&file);
@@ -113,16 +113,16 @@ impl Output {
                     let (min, max, mean, non_finite) = stats(&captured.data);
                     log::info!(
                         "  {:<24} {:<18} {:>18}  {}",
-                        cp.id,
-                        cp.tensor,
+                        captured.id,
+                        captured.tensor,
                         crate::capture::shape_text(&captured.shape),
                         file
                     );
                     written.push(CheckpointRecord {
-                        id: cp.id.clone(),
-                        layer: cp.layer,
+                        id: captured.id,
+                        layer: captured.layer,
                         step: captured.step,
-                        tensor: cp.tensor.clone(),
+                        tensor: captured.tensor,
                         op: captured.op.to_string(),
                         ggml_ne: captured.ggml_ne,
                         shape: captured.shape,
@@ -135,8 +135,9 @@ impl Output {
                         mean,
                         non_finite,
                     });
+                    busy += started.elapsed();
                 }
-                Ok(written)
+                Ok((written, busy.as_secs_f64() * 1e3))
             })
             .expect("cannot start the writer thread")
     }

@@ -43,8 +43,8 @@ pub fn load_manifest(
     header: &Header,
 ) -> Result<(Option<Manifest>, Option<Vec<u32>>)> {
     let Some(path) = &cfg.manifest else {
-        if cfg.extract && !cfg.list_nodes {
-            bail!("--manifest is required (or pass --no-extract)");
+        if cfg.extract && !cfg.list_nodes && cfg.tensors.is_none() {
+            bail!("--manifest (or --tensors GLOB) is required, or pass --no-extract");
         }
         return Ok((None, None));
     };

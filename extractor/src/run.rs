@@ -6,16 +6,17 @@ use std::time::Instant;
 
 use anyhow::{bail, Context as _, Result};
 
-use crate::capture::Capture;
+use crate::capture::{Capture, Selection};
 use crate::ffi::eval::Observer;
 use crate::ffi::llama::{Context, ContextParams, KvType, Model, Token};
 use crate::ffi::tensor::Node;
 use crate::format::{self, Format};
-use crate::manifest::{Checkpoint, Layers, Manifest, Symbols};
+use crate::manifest::{Layers, Manifest, Symbols};
 use crate::output::{self, Output};
 use crate::preflight::{self, Header};
 use crate::record::{
     self, CheckpointRecord, Device, LlamaCpp, LogitsRecord, ManifestInfo, ModelInfo, RunRecord,
+    Steady,
 };
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
@@ -44,6 +45,10 @@ pub struct Config {
     pub list_nodes: bool,
     /// `--layers`: instead of the manifest's own layers.
     pub layers: Option<Layers>,
+    /// `--repeat N`: steady-state timing passes after the run.
+    pub repeat: usize,
+    /// `--tensors GLOB`: every node whose name matches, instead of a manifest.
+    pub tensors: Option<glob::Pattern>,
     pub inject_panic: Option<String>,
 }
 
@@ -52,15 +57,27 @@ pub fn run(cfg: &Config) -> Result<()> {
     let header = Header::read(&cfg.model)?;
     let (manifest, layers) = preflight::load_manifest(cfg, &header)?;
     // Scores (kq_soft_max) only exist with flash attention off. The decision
-    // depends on the manifest only, so runs with and without extraction match.
-    let flash_attn = !manifest
-        .as_ref()
-        .is_some_and(Manifest::needs_attention_scores);
+    // depends on the manifest (or --tensors) only, so runs with and without
+    // extraction match.
+    let flash_attn = cfg.tensors.is_none()
+        && !manifest
+            .as_ref()
+            .is_some_and(Manifest::needs_attention_scores);
     if cfg.list_nodes {
         return list_nodes(cfg, flash_attn);
     }
     if let (Some(m), Some(path)) = (&manifest, &cfg.manifest) {
         preflight::check_architecture(m, path, &cfg.model, &header)?;
+    }
+    let selection = match (&cfg.tensors, manifest.as_ref()) {
+        (Some(pattern), _) => Some(Selection::Glob(pattern.clone())),
+        (None, Some(m)) => Some(Selection::Manifest(m.checkpoints.clone())),
+        (None, None) => None,
+    };
+    if cfg.repeat > 0 && !(cfg.extract && selection.is_some()) {
+        bail!(
+            "--repeat times capture against no capture: it needs --manifest or --tensors, and not --no-extract"
+        );
     }
     let output = Output::open(&cfg.out, cfg.format)?;
     let model_path = cfg.model.clone();
@@ -68,8 +85,9 @@ pub fn run(cfg: &Config) -> Result<()> {
 
     let loaded = load(cfg)?;
     log_header(cfg, &loaded, manifest.as_ref());
-    let checkpoints = manifest.map(|m| m.checkpoints).unwrap_or_default();
-    let (decoded, written) = decode_passes(cfg, &loaded, checkpoints, &output, flash_attn)?;
+    let selection = selection.filter(|_| cfg.extract);
+    let (decoded, (written, write_ms)) =
+        decode_passes(cfg, &loaded, selection, &output, flash_attn)?;
 
     let model_sha = model_hash
         .join()
@@ -79,12 +97,16 @@ pub fn run(cfg: &Config) -> Result<()> {
         cfg, &loaded, &decoded, written, model_sha, &logits, flash_attn,
     );
     record.layers = layers;
+    record.write_ms = write_ms;
     output.commit(&record, &[(LOGITS_FILE, &logits)])?;
     log_summary(cfg, &loaded, &record);
     Ok(())
 }
 
 const LOGITS_FILE: &str = "logits.bin";
+
+/// The most nodes `--tensors` captures in one pass (GPT-2 small has 456).
+const MAX_NODES: usize = 4096;
 
 /// The model, the prompt's tokens and what follows from both.
 struct Loaded {
@@ -165,13 +187,22 @@ fn log_header(cfg: &Config, loaded: &Loaded, manifest: Option<&Manifest>) {
             cfg.out.display(),
             cfg.format
         ),
-        _ => log::info!("  extraction disabled: no eval callback registered"),
+        _ => match (&cfg.tensors, cfg.extract) {
+            (Some(pattern), true) => log::info!(
+                "  tensors   every node matching `{}`, output {} ({:?})",
+                pattern.as_str(),
+                cfg.out.display(),
+                cfg.format
+            ),
+            _ => log::info!("  extraction disabled: no eval callback registered"),
+        },
     }
 }
 
 #[derive(Default)]
 struct Decoded {
     decode_ms: Vec<f64>,
+    steady: Option<Steady>,
     /// Last-row logits of every pass, concatenated.
     logits: Vec<f32>,
     /// Greedy next token after every pass.
@@ -183,17 +214,21 @@ struct Decoded {
 fn decode_passes(
     cfg: &Config,
     loaded: &Loaded,
-    checkpoints: Vec<Checkpoint>,
+    selection: Option<Selection>,
     output: &Output,
     flash_attn: bool,
-) -> Result<(Decoded, Vec<CheckpointRecord>)> {
+) -> Result<(Decoded, (Vec<CheckpointRecord>, f64))> {
     let passes = 1 + cfg.n_predict;
     // The writer's queue holds every checkpoint of the run, so sending never blocks.
+    let per_pass = match &selection {
+        Some(Selection::Manifest(checkpoints)) => checkpoints.len(),
+        Some(Selection::Glob(_)) => MAX_NODES,
+        None => 0,
+    };
     let captured_passes = if cfg.steps == Steps::All { passes } else { 1 };
-    let (tx, rx) = sync_channel(checkpoints.len() * captured_passes + 1);
-    let writer = output.spawn_writer(checkpoints.clone(), rx);
-    let capture = (cfg.extract && !checkpoints.is_empty())
-        .then(|| Capture::new(checkpoints, tx, cfg.inject_panic.clone()));
+    let (tx, rx) = sync_channel(per_pass * captured_passes + 1);
+    let writer = output.spawn_writer(rx);
+    let capture = selection.map(|s| Capture::new(s, tx, cfg.inject_panic.clone()));
     let params = ContextParams {
         n_ctx: loaded.n_ctx,
         n_batch: loaded.n_ctx,
@@ -213,23 +248,22 @@ fn decode_passes(
                 n_kv: (n_past + input.len()) as i64,
                 ..loaded.base
             };
-            if let (Some(c), true) = (ctx.observer_mut(), captured) {
-                c.begin_pass(step, &symbols);
-            }
-            let started = Instant::now();
-            ctx.decode(&input, n_past as i32, step == 0)?;
-            decoded
-                .decode_ms
-                .push(started.elapsed().as_secs_f64() * 1e3);
-            if let (Some(c), true) = (ctx.observer_mut(), captured) {
-                c.end_pass()?;
-            }
+            let ms = timed_pass(
+                &mut ctx,
+                &input,
+                n_past,
+                captured.then_some((step, &symbols, true)),
+            )?;
+            decoded.decode_ms.push(ms);
             let logits = ctx.logits(-1)?;
             let next = argmax(logits) as Token;
             decoded.logits.extend_from_slice(logits);
             decoded.next.push(next);
             n_past += input.len();
             input = vec![next];
+        }
+        if cfg.repeat > 0 {
+            decoded.steady = Some(steady_state(cfg, loaded, &params, &mut ctx)?);
         }
         Ok(decoded)
     })();
@@ -238,6 +272,62 @@ fn decode_passes(
         .join()
         .map_err(|_| anyhow::anyhow!("the writer thread panicked"))?;
     Ok((decoded?, written?))
+}
+
+/// One decode, timed; `capture` arms the observer for it (step, symbols, keep).
+fn timed_pass(
+    ctx: &mut Context<'_, Capture>,
+    tokens: &[Token],
+    n_past: usize,
+    capture: Option<(usize, &Symbols, bool)>,
+) -> Result<f64> {
+    if let (Some(c), Some((step, symbols, keep))) = (ctx.observer_mut(), capture) {
+        c.begin_pass(step, symbols, keep);
+    }
+    let started = Instant::now();
+    ctx.decode(tokens, n_past as i32, n_past == 0)?;
+    let ms = started.elapsed().as_secs_f64() * 1e3;
+    if let (Some(c), Some(_)) = (ctx.observer_mut(), capture) {
+        c.end_pass()?;
+    }
+    Ok(ms)
+}
+
+/// `--repeat N`: the prompt again N times each way on a cleared cache,
+/// alternating a context with no eval callback and the capturing one.
+fn steady_state(
+    cfg: &Config,
+    loaded: &Loaded,
+    params: &ContextParams,
+    capturing: &mut Context<'_, Capture>,
+) -> Result<Steady> {
+    let mut plain = Context::<Capture>::new(&loaded.model, params, None)?;
+    let n = loaded.tokens.len() as i64;
+    let symbols = Symbols {
+        n_tokens: n,
+        n_kv: n,
+        ..loaded.base
+    };
+    let mut steady = Steady {
+        with_ms: Vec::new(),
+        without_ms: Vec::new(),
+    };
+    for _ in 0..cfg.repeat {
+        plain.clear_memory();
+        let ms = timed_pass(&mut plain, &loaded.tokens, 0, None)?;
+        steady.without_ms.push(ms);
+        capturing.clear_memory();
+        let ms = timed_pass(capturing, &loaded.tokens, 0, Some((0, &symbols, false)))?;
+        steady.with_ms.push(ms);
+    }
+    log::info!(
+        "  steady state ({} alternating passes each): prompt decode median {:.1} ms with capture, {:.1} ms without: ratio {:.3}",
+        cfg.repeat,
+        record::median(&steady.with_ms),
+        record::median(&steady.without_ms),
+        steady.ratio()
+    );
+    Ok(steady)
 }
 
 /// `logits.bin`: the last row's logits of every pass, `[passes, n_vocab]`.
@@ -281,6 +371,7 @@ fn record(
             n_layer: loaded.model.n_layer(),
         },
         layers: None,
+        tensors: cfg.tensors.as_ref().map(|p| p.as_str().to_string()),
         manifest: cfg.manifest.as_ref().map(|p| ManifestInfo {
             path: p.clone(),
             sha256: output::sha256_file(p).ok(),
@@ -304,6 +395,8 @@ fn record(
         },
         decode_ms: decoded.decode_ms.clone(),
         prompt_decode_ms: decoded.decode_ms[0],
+        steady: decoded.steady.clone(),
+        write_ms: 0.0,
         logits: LogitsRecord {
             file: LOGITS_FILE.into(),
             shape: vec![1 + cfg.n_predict as i64, loaded.model.n_vocab()],
@@ -336,6 +429,10 @@ fn log_summary(cfg: &Config, loaded: &Loaded, record: &RunRecord) {
         }
     }
     for (buffer, ids) in by_buffer {
+        if ids.len() > 16 {
+            log::info!("  read from {buffer}: {} checkpoints", ids.len());
+            continue;
+        }
         log::info!("  read from {buffer}: {}", ids.join(" "));
     }
 }

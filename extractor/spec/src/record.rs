@@ -33,6 +33,8 @@ pub struct RunRecord {
     pub manifest: Option<ManifestInfo>,
     /// The layers `--layers` expanded `{layer}` to, instead of the manifest's own.
     pub layers: Option<Vec<u32>>,
+    /// `--tensors`: the glob every captured node's name matched (no manifest).
+    pub tensors: Option<String>,
     /// False with `--no-extract` (no eval callback registered).
     pub extract: bool,
     pub prompt: String,
@@ -54,7 +56,12 @@ pub struct RunRecord {
     pub symbols: Symbols,
     /// `llama_decode` wall time of every pass.
     pub decode_ms: Vec<f64>,
+    /// The first (prompt) pass's: it includes the warm-up of a fresh context.
     pub prompt_decode_ms: f64,
+    /// `--repeat N`: the prompt decoded again N times each way, alternating.
+    pub steady: Option<Steady>,
+    /// The writer thread's busy time: formatting, hashing and writing the files.
+    pub write_ms: f64,
     pub logits: LogitsRecord,
     /// The process's peak resident memory (Linux only).
     pub peak_rss_mb: Option<f64>,
@@ -92,6 +99,37 @@ pub struct ModelInfo {
 pub struct ManifestInfo {
     pub path: PathBuf,
     pub sha256: Option<String>,
+}
+
+/// Steady-state timing: after the run's own passes, the prompt decoded again
+/// on a cleared cache, alternating a context without an eval callback and the
+/// capturing one (whose copies are discarded), so warm-up and drifting load
+/// hit both sides alike.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Steady {
+    /// Prompt decode times with the checkpoints captured.
+    pub with_ms: Vec<f64>,
+    /// Prompt decode times with no eval callback at all.
+    pub without_ms: Vec<f64>,
+}
+
+impl Steady {
+    /// Median with capture / median without.
+    pub fn ratio(&self) -> f64 {
+        median(&self.with_ms) / median(&self.without_ms)
+    }
+}
+
+/// The median of `values` (NaN when there are none).
+pub fn median(values: &[f64]) -> f64 {
+    let mut v = values.to_vec();
+    v.sort_by(f64::total_cmp);
+    match v.len() {
+        0 => f64::NAN,
+        n if n % 2 == 1 => v[n / 2],
+        n => (v[n / 2 - 1] + v[n / 2]) / 2.0,
+    }
 }
 
 /// `logits.bin`: the last row's logits of every pass, `[passes, n_vocab]`.
@@ -205,6 +243,7 @@ pub fn example() -> RunRecord {
         },
         manifest: None,
         layers: None,
+        tensors: None,
         extract: true,
         prompt: "Hello world".into(),
         tokens: vec![15496, 995],
@@ -231,6 +270,11 @@ pub fn example() -> RunRecord {
         },
         decode_ms: vec![10.0, 5.0],
         prompt_decode_ms: 10.0,
+        steady: Some(Steady {
+            with_ms: vec![5.0, 6.0, 4.0],
+            without_ms: vec![4.0, 5.0],
+        }),
+        write_ms: 1.5,
         logits: LogitsRecord {
             file: "logits.bin".into(),
             shape: vec![2, 50257],
@@ -260,6 +304,15 @@ pub fn example() -> RunRecord {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn steady_state_ratio_is_of_medians() {
+        let steady = example().steady.unwrap();
+        assert_eq!(median(&steady.with_ms), 5.0);
+        assert_eq!(median(&steady.without_ms), 4.5);
+        assert_eq!(steady.ratio(), 5.0 / 4.5);
+        assert!(median(&[]).is_nan());
+    }
 
     #[test]
     fn a_record_round_trips() {

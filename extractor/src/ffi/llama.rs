@@ -319,6 +319,9 @@ impl<'m, O: Observer> Context<'m, O> {
             batch.n_tokens = n;
             let status = sys::llama_decode(self.ptr.as_ptr(), batch);
             sys::llama_batch_free(batch);
+            // A GPU backend may still be computing: wait, so that the time a
+            // caller measures around decode is the computation's.
+            sys::llama_synchronize(self.ptr.as_ptr());
             status
         };
         if let Some(err) = self.hook.as_mut().and_then(|h| h.take_error()) {
@@ -330,6 +333,12 @@ impl<'m, O: Observer> Context<'m, O> {
             2 => bail!("llama_decode was aborted"),
             s => bail!("llama_decode failed with status {s}"),
         }
+    }
+
+    /// Empties the KV cache: the next decode starts a fresh sequence.
+    pub fn clear_memory(&mut self) {
+        // SAFETY: the context is valid; its memory lives as long as it does.
+        unsafe { sys::llama_memory_clear(sys::llama_get_memory(self.ptr.as_ptr()), true) }
     }
 
     /// The logits of output row `i` of the last decode (`-1`: the last row).

@@ -47,6 +47,13 @@ impl<'a> Node<'a> {
         super::type_name(self.t.type_)
     }
 
+    /// Whether [`Node::copy_to_f32`] can convert this node's type (no allocation).
+    pub fn converts_to_f32(&self) -> bool {
+        // SAFETY: type traits are static per type.
+        let traits = unsafe { &*sys::ggml_get_type_traits(self.t.type_) };
+        self.t.type_ == sys::ggml_type::GGML_TYPE_F32 || traits.to_float.is_some()
+    }
+
     /// Shape in ggml order (innermost first).
     pub fn ne(&self) -> [i64; 4] {
         self.t.ne

@@ -6,15 +6,15 @@
 //! (`--tensors`), allocation-free either way. `observe` (ask = false) runs only
 //! for the nodes we asked for: it checks the shape against the manifest, copies
 //! the node to f32 (strides and type respected, padded KV cells dropped) and
-//! sends it to the writer thread. It never touches the disk.
+//! keeps it for the writer thread (see `handoff`). It never touches the disk.
 
 use std::collections::HashMap;
-use std::sync::mpsc::{SyncSender, TrySendError};
 
 use anyhow::{anyhow, bail, Result};
 
 use crate::ffi::eval::Observer;
 use crate::ffi::tensor::Node;
+use crate::handoff::Outbox;
 use crate::manifest::{fmt_ne, Checkpoint, Resolved, Symbols};
 
 /// One captured checkpoint on its way to the writer.
@@ -62,17 +62,13 @@ pub struct Capture {
     keep: bool,
     step: usize,
     scratch: Vec<u8>,
-    sink: SyncSender<Captured>,
+    outbox: Outbox,
     /// Test hook: panic when observing this node (proves no panic crosses into C).
     panic_on: Option<Vec<u8>>,
 }
 
 impl Capture {
-    pub fn new(
-        selection: Selection,
-        sink: SyncSender<Captured>,
-        panic_on: Option<String>,
-    ) -> Capture {
+    pub fn new(selection: Selection, outbox: Outbox, panic_on: Option<String>) -> Capture {
         let (checkpoints, glob) = match selection {
             Selection::Manifest(checkpoints) => (checkpoints, None),
             Selection::Glob(pattern) => (Vec::new(), Some(pattern)),
@@ -102,7 +98,7 @@ impl Capture {
             keep: true,
             step: 0,
             scratch: Vec::new(),
-            sink,
+            outbox,
             panic_on: panic_on.map(String::into_bytes),
         }
     }
@@ -125,6 +121,8 @@ impl Capture {
     /// (a node renamed upstream must not go unnoticed).
     pub fn end_pass(&mut self) -> Result<()> {
         self.active = false;
+        // The pass's copies are written before anything else is computed.
+        self.outbox.drain()?;
         if let (Some(pattern), 0) = (&self.glob, self.matched) {
             bail!(
                 "no node of pass {} has a name matching `{}` (--list-nodes prints them)",
@@ -150,6 +148,11 @@ impl Capture {
             );
         }
         Ok(())
+    }
+
+    /// No more passes will be kept: the writer may finish.
+    pub fn close(&mut self) {
+        self.outbox.close();
     }
 
     pub fn checkpoints(&self) -> &[Checkpoint] {
@@ -273,15 +276,7 @@ impl Observer for Capture {
         if !self.keep {
             return Ok(());
         }
-        match self.sink.try_send(captured) {
-            Ok(()) => Ok(()),
-            Err(TrySendError::Full(_)) => {
-                bail!("the writer queue is full (it is sized for every checkpoint of the run)")
-            }
-            Err(TrySendError::Disconnected(_)) => {
-                bail!("the writer thread stopped (see its error)")
-            }
-        }
+        self.outbox.push(captured)
     }
 }
 

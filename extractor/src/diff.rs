@@ -16,7 +16,7 @@ use serde::Serialize;
 use crate::format;
 use crate::manifest::{fmt_ne, Checkpoint};
 use crate::output::file_name;
-use crate::record::{Device, RunRecord};
+use crate::record::{median, Device, RunRecord};
 
 /// How far `test` is from `reference`.
 #[derive(Debug, Clone, Copy, PartialEq, Serialize)]
@@ -235,16 +235,6 @@ pub struct Timing {
     pub token_ratio: Option<f64>,
 }
 
-pub fn median(mut v: Vec<f64>) -> f64 {
-    v.sort_by(|a, b| a.total_cmp(b));
-    let n = v.len();
-    match n {
-        0 => f64::NAN,
-        _ if n % 2 == 1 => v[n / 2],
-        _ => (v[n / 2 - 1] + v[n / 2]) / 2.0,
-    }
-}
-
 /// Reads `decode_ms` of every run directory and takes medians.
 pub fn timing(with: &[PathBuf], without: &[PathBuf]) -> Result<Timing> {
     let side = |dirs: &[PathBuf]| -> Result<(f64, Option<f64>)> {
@@ -259,11 +249,11 @@ pub fn timing(with: &[PathBuf], without: &[PathBuf]) -> Result<Timing> {
             };
             prompt.push(first);
             if !rest.is_empty() {
-                token.push(median(rest.to_vec()));
+                token.push(median(rest));
             }
         }
-        let token = (token.len() == dirs.len()).then(|| median(token));
-        Ok((median(prompt), token))
+        let token = (token.len() == dirs.len()).then(|| median(&token));
+        Ok((median(&prompt), token))
     };
     let (pw, tw) = side(with)?;
     let (pwo, two) = side(without)?;
@@ -413,6 +403,6 @@ mod tests {
             (Some(3.0), Some(2.0))
         );
         assert_eq!(t.token_ratio, Some(1.5));
-        assert_eq!(median(vec![4.0, 1.0, 3.0, 2.0]), 2.5);
+        assert_eq!(median(&[4.0, 1.0, 3.0, 2.0]), 2.5);
     }
 }

@@ -6,6 +6,7 @@
 //!   checkpoint files, from the pure `llorch-checkpoint-spec` crate that xtask
 //!   reads them with too.
 //! - [`capture`]: the eval-callback logic: which nodes, copied how, sent where.
+//! - [`handoff`]: captured tensors to the writer, a pass at a time, memory bounded by bytes.
 //! - [`output`]: the locked, staged output directory and its writer thread.
 //! - [`preflight`]: what is refused before any compute (architecture, layers, context).
 //! - [`run`]: one extraction run, from model load to `run.json`.
@@ -23,6 +24,7 @@ pub mod diff;
 #[allow(unsafe_code)]
 pub mod ffi;
 pub mod gpt2_model;
+pub mod handoff;
 pub use llorch_checkpoint_spec::{format, manifest, record};
 pub mod output;
 pub mod preflight;

@@ -66,6 +66,10 @@ struct Cli {
     /// and capture (copies discarded), on a cleared cache: the steady-state cost in run.json.
     #[arg(long, default_value_t = 0, value_name = "N")]
     repeat: usize,
+    /// Captured data (MB) held in memory until the pass ends; a pass that captures more
+    /// hands it to the writer early and waits for room, so writing overlaps the compute.
+    #[arg(long, value_name = "MB", default_value_t = llorch_checkpoint_extractor::handoff::DEFAULT_BUDGET_MB)]
+    buffer_mb: usize,
     /// Register no eval callback at all (the baseline for overhead and non-interference checks).
     #[arg(long)]
     no_extract: bool,
@@ -122,6 +126,7 @@ fn main() -> ExitCode {
         layers: cli.layers,
         repeat: cli.repeat,
         tensors: cli.tensors,
+        buffer_mb: cli.buffer_mb,
         inject_panic: cli.inject_panic,
     };
     llorch_checkpoint_extractor::cli::exit_code(run::run(&cfg))

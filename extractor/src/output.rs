@@ -7,8 +7,8 @@
 //! an exclusive lock on `.llorch.lock` keeps two runs from interleaving.
 
 use std::fs::{self, File};
+use std::io::Write;
 use std::path::{Path, PathBuf};
-use std::sync::mpsc::Receiver;
 use std::thread::JoinHandle;
 
 use anyhow::{bail, Context, Result};
@@ -16,6 +16,7 @@ use sha2::{Digest, Sha256};
 
 use crate::capture::Captured;
 use crate::format::{self, Format};
+use crate::handoff::Inbox;
 use crate::record::{CheckpointRecord, RunRecord};
 
 const LOCK_FILE: &str = ".llorch.lock";
@@ -85,56 +86,45 @@ impl Output {
         &self.dir
     }
 
-    /// Starts the writer thread: it drains `rx` until every sender is gone,
+    /// Starts the writer thread: it writes each batch the capture hands over
+    /// (on every core: no decode runs meanwhile), until the capture closes,
     /// and returns the files' records and the time it spent writing them.
-    pub fn spawn_writer(
-        &self,
-        rx: Receiver<Captured>,
-    ) -> JoinHandle<Result<(Vec<CheckpointRecord>, f64)>> {
+    pub fn spawn_writer(&self, inbox: Inbox) -> JoinHandle<Result<(Vec<CheckpointRecord>, f64)>> {
         let staging = self.staging.clone();
         let format = self.format;
+        let workers = std::thread::available_parallelism().map_or(2, |n| n.get());
         std::thread::Builder::new()
             .name("checkpoint-writer".into())
             .spawn(move || {
                 let mut written = Vec::new();
                 let mut busy = std::time::Duration::ZERO;
-                for captured in rx {
+                let release = inbox.release();
+                while let Some(batch) = inbox.next_batch() {
                     let started = std::time::Instant::now();
-                    let file = file_name(&captured.file_stem, captured.step, format);
-                    let mut bytes = Vec::with_capacity(captured.data.len() * 4 + 64);
-                    format::write(format, &mut bytes, &captured.shape, &captured.data)?;
-                    let path = staging.join(&file);
-                    fs::write(&path, &bytes).with_context(|| {
-                        format!(
-                            "cannot write {} (disk full or directory removed?)",
-                            path.display()
-                        )
+                    let per_worker = batch.len().div_ceil(workers).max(1);
+                    let records = std::thread::scope(|s| {
+                        let handles: Vec<_> = batch
+                            .chunks(per_worker)
+                            .map(|chunk| {
+                                let (staging, release) = (&staging, &release);
+                                s.spawn(move || -> Result<Vec<CheckpointRecord>> {
+                                    chunk
+                                        .iter()
+                                        .map(|c| {
+                                            let record = write_one(staging, format, c);
+                                            release.done(c);
+                                            record
+                                        })
+                                        .collect()
+                                })
+                            })
+                            .collect();
+                        handles
+                            .into_iter()
+                            .map(|h| h.join().map_err(|_| anyhow::anyhow!("a writer panicked"))?)
+                            .collect::<Result<Vec<_>>>()
                     })?;
-                    let (min, max, mean, non_finite) = stats(&captured.data);
-                    log::info!(
-                        "  {:<24} {:<18} {:>18}  {}",
-                        captured.id,
-                        captured.tensor,
-                        crate::capture::shape_text(&captured.shape),
-                        file
-                    );
-                    written.push(CheckpointRecord {
-                        id: captured.id,
-                        layer: captured.layer,
-                        step: captured.step,
-                        tensor: captured.tensor,
-                        op: captured.op.to_string(),
-                        ggml_ne: captured.ggml_ne,
-                        shape: captured.shape,
-                        source_dtype: captured.source_dtype.to_string(),
-                        buffer: captured.buffer,
-                        file,
-                        sha256: hex::encode(Sha256::digest(&bytes)),
-                        min,
-                        max,
-                        mean,
-                        non_finite,
-                    });
+                    written.extend(records.into_iter().flatten());
                     busy += started.elapsed();
                 }
                 Ok((written, busy.as_secs_f64() * 1e3))
@@ -179,6 +169,68 @@ impl Drop for Output {
     }
 }
 
+/// Writes one checkpoint file, hashing its bytes on the way to the disk.
+fn write_one(staging: &Path, format: Format, captured: &Captured) -> Result<CheckpointRecord> {
+    let file = file_name(&captured.file_stem, captured.step, format);
+    let path = staging.join(&file);
+    let full = || {
+        format!(
+            "cannot write {} (disk full or directory removed?)",
+            path.display()
+        )
+    };
+    let mut out = Hashing {
+        // Small writes (the header) are gathered; the data goes straight through.
+        inner: std::io::BufWriter::with_capacity(64 << 10, File::create(&path).with_context(full)?),
+        hasher: Sha256::new(),
+    };
+    format::write(format, &mut out, &captured.shape, &captured.data).with_context(full)?;
+    out.inner.flush().with_context(full)?;
+    let (min, max, mean, non_finite) = stats(&captured.data);
+    log::info!(
+        "  {:<24} {:<18} {:>18}  {}",
+        captured.id,
+        captured.tensor,
+        crate::capture::shape_text(&captured.shape),
+        file
+    );
+    Ok(CheckpointRecord {
+        id: captured.id.clone(),
+        layer: captured.layer,
+        step: captured.step,
+        tensor: captured.tensor.clone(),
+        op: captured.op.to_string(),
+        ggml_ne: captured.ggml_ne,
+        shape: captured.shape.clone(),
+        source_dtype: captured.source_dtype.to_string(),
+        buffer: captured.buffer.clone(),
+        file,
+        sha256: hex::encode(out.hasher.finalize()),
+        min,
+        max,
+        mean,
+        non_finite,
+    })
+}
+
+/// A writer that hashes what passes through it.
+struct Hashing<W> {
+    inner: W,
+    hasher: Sha256,
+}
+
+impl<W: Write> Write for Hashing<W> {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        let n = self.inner.write(buf)?;
+        self.hasher.update(&buf[..n]);
+        Ok(n)
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        self.inner.flush()
+    }
+}
+
 /// The prompt pass keeps the manifest's names; later passes get `.stepN`.
 pub fn file_name(stem: &str, step: usize, format: Format) -> String {
     match step {
@@ -189,22 +241,89 @@ pub fn file_name(stem: &str, step: usize, format: Format) -> String {
 
 /// Min, max and mean over the finite values (`None` without any), and how many are not finite.
 fn stats(data: &[f32]) -> (Option<f32>, Option<f32>, Option<f64>, usize) {
-    let (mut min, mut max, mut sum, mut finite) = (f32::INFINITY, f32::NEG_INFINITY, 0f64, 0usize);
-    for &v in data.iter().filter(|v| v.is_finite()) {
-        min = min.min(v);
-        max = max.max(v);
-        sum += v as f64;
-        finite += 1;
+    // Eight independent lanes, branch-free: the compiler vectorizes this, and
+    // the f64 sums do not wait on each other (a single running sum costs a
+    // float add's latency per element: the writer's slowest step).
+    const LANES: usize = 8;
+    let mut min = [f32::INFINITY; LANES];
+    let mut max = [f32::NEG_INFINITY; LANES];
+    let mut sum = [0f64; LANES];
+    let mut finite = [0usize; LANES];
+    let mut add = |lane: usize, v: f32| {
+        let ok = v.is_finite();
+        min[lane] = if ok { min[lane].min(v) } else { min[lane] };
+        max[lane] = if ok { max[lane].max(v) } else { max[lane] };
+        sum[lane] += if ok { v as f64 } else { 0.0 };
+        finite[lane] += ok as usize;
+    };
+    let chunks = data.chunks_exact(LANES);
+    let rest = chunks.remainder();
+    for chunk in chunks {
+        for (lane, &v) in chunk.iter().enumerate() {
+            add(lane, v);
+        }
     }
+    for (lane, &v) in rest.iter().enumerate() {
+        add(lane, v);
+    }
+    let finite: usize = finite.iter().sum();
     if finite == 0 {
         return (None, None, None, data.len());
     }
-    (
-        Some(min),
-        Some(max),
-        Some(sum / finite as f64),
-        data.len() - finite,
-    )
+    let min = min.iter().copied().fold(f32::INFINITY, f32::min);
+    let max = max.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+    let mean = sum.iter().sum::<f64>() / finite as f64;
+    (Some(min), Some(max), Some(mean), data.len() - finite)
+}
+
+/// The sha256 of a model file, remembered per path, size and modification
+/// time in the user's cache (`$XDG_CACHE_HOME` or `~/.cache`,
+/// `llorch-checkpoint/sha256.tsv`): a 500 MB model is hashed once, not on
+/// every run. Without a writable cache it is simply computed.
+pub fn sha256_cached(path: &Path) -> Result<String> {
+    let meta = fs::metadata(path).with_context(|| format!("cannot read {}", path.display()))?;
+    let modified = meta
+        .modified()
+        .ok()
+        .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
+        .map_or(0, |d| d.as_nanos());
+    let absolute = std::path::absolute(path)?.display().to_string();
+    let key = format!("{absolute}\t{}\t{modified}", meta.len());
+    let cache = std::env::var_os("XDG_CACHE_HOME")
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache")))
+        .map(|dir| dir.join("llorch-checkpoint").join("sha256.tsv"));
+    let known = cache
+        .as_ref()
+        .and_then(|c| fs::read_to_string(c).ok())
+        .unwrap_or_default();
+    if let Some(sha) = known
+        .lines()
+        .find_map(|l| l.strip_prefix(&key)?.strip_prefix('\t'))
+    {
+        return Ok(sha.to_string());
+    }
+    let sha = sha256_file(path)?;
+    if let Some(cache) = cache {
+        // Best effort, atomically: a lost entry only costs a hash later.
+        let mut text: String = known
+            .lines()
+            .filter(|l| !l.starts_with(&format!("{absolute}\t")))
+            .map(|l| format!("{l}\n"))
+            .collect();
+        text.push_str(&format!("{key}\t{sha}\n"));
+        let tmp = cache.with_extension(format!("tmp{}", std::process::id()));
+        let written = cache
+            .parent()
+            .map(fs::create_dir_all)
+            .transpose()
+            .and_then(|_| fs::write(&tmp, text))
+            .and_then(|()| fs::rename(&tmp, &cache));
+        if written.is_err() {
+            let _ = fs::remove_file(&tmp);
+        }
+    }
+    Ok(sha)
 }
 
 pub fn sha256_file(path: &Path) -> Result<String> {
@@ -212,4 +331,27 @@ pub fn sha256_file(path: &Path) -> Result<String> {
     let mut hasher = Sha256::new();
     std::io::copy(&mut file, &mut hasher)?;
     Ok(hex::encode(hasher.finalize()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn stats_skip_non_finite_values_in_every_lane() {
+        let mut data: Vec<f32> = (0..37).map(|i| i as f32 - 10.0).collect();
+        data[3] = f32::NAN;
+        data[20] = f32::INFINITY;
+        let (min, max, mean, non_finite) = stats(&data);
+        let finite: Vec<f64> = data
+            .iter()
+            .filter(|v| v.is_finite())
+            .map(|&v| v as f64)
+            .collect();
+        assert_eq!((min, max, non_finite), (Some(-10.0), Some(26.0), 2));
+        let expected = finite.iter().sum::<f64>() / finite.len() as f64;
+        assert!((mean.unwrap() - expected).abs() < 1e-12);
+        assert_eq!(stats(&[f32::NAN; 3]), (None, None, None, 3));
+        assert_eq!(stats(&[]), (None, None, None, 0));
+    }
 }

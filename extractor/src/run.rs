@@ -1,7 +1,6 @@
 //! One extraction run: load, decode the prompt (captured), generate, commit.
 
 use std::path::PathBuf;
-use std::sync::mpsc::sync_channel;
 use std::time::Instant;
 
 use anyhow::{bail, Context as _, Result};
@@ -11,6 +10,7 @@ use crate::ffi::eval::Observer;
 use crate::ffi::llama::{Context, ContextParams, KvType, Model, Token};
 use crate::ffi::tensor::Node;
 use crate::format::{self, Format};
+use crate::handoff;
 use crate::manifest::{Layers, Manifest, Symbols};
 use crate::output::{self, Output};
 use crate::preflight::{self, Header};
@@ -49,6 +49,8 @@ pub struct Config {
     pub repeat: usize,
     /// `--tensors GLOB`: every node whose name matches, instead of a manifest.
     pub tensors: Option<glob::Pattern>,
+    /// `--buffer-mb`: captured data held in memory before the writer must catch up.
+    pub buffer_mb: usize,
     pub inject_panic: Option<String>,
 }
 
@@ -80,8 +82,6 @@ pub fn run(cfg: &Config) -> Result<()> {
         );
     }
     let output = Output::open(&cfg.out, cfg.format)?;
-    let model_path = cfg.model.clone();
-    let model_hash = std::thread::spawn(move || output::sha256_file(&model_path));
 
     let loaded = load(cfg)?;
     log_header(cfg, &loaded, manifest.as_ref());
@@ -89,9 +89,8 @@ pub fn run(cfg: &Config) -> Result<()> {
     let (decoded, (written, write_ms)) =
         decode_passes(cfg, &loaded, selection, &output, flash_attn)?;
 
-    let model_sha = model_hash
-        .join()
-        .map_err(|_| anyhow::anyhow!("hashing the model panicked"))??;
+    // After the decodes, so that it never shares the CPU with one.
+    let model_sha = output::sha256_cached(&cfg.model)?;
     let logits = logits_file(cfg, &loaded, &decoded)?;
     let mut record = record(
         cfg, &loaded, &decoded, written, model_sha, &logits, flash_attn,
@@ -104,9 +103,6 @@ pub fn run(cfg: &Config) -> Result<()> {
 }
 
 const LOGITS_FILE: &str = "logits.bin";
-
-/// The most nodes `--tensors` captures in one pass (GPT-2 small has 456).
-const MAX_NODES: usize = 4096;
 
 /// The model, the prompt's tokens and what follows from both.
 struct Loaded {
@@ -210,7 +206,8 @@ struct Decoded {
 }
 
 /// The prompt pass, then one pass per generated token, each captured (when
-/// asked) by the eval callback while the writer thread stages the files.
+/// asked) by the eval callback; the writer thread stages a pass's files
+/// between passes. Then `--repeat`'s timing passes, which keep nothing.
 fn decode_passes(
     cfg: &Config,
     loaded: &Loaded,
@@ -219,16 +216,9 @@ fn decode_passes(
     flash_attn: bool,
 ) -> Result<(Decoded, (Vec<CheckpointRecord>, f64))> {
     let passes = 1 + cfg.n_predict;
-    // The writer's queue holds every checkpoint of the run, so sending never blocks.
-    let per_pass = match &selection {
-        Some(Selection::Manifest(checkpoints)) => checkpoints.len(),
-        Some(Selection::Glob(_)) => MAX_NODES,
-        None => 0,
-    };
-    let captured_passes = if cfg.steps == Steps::All { passes } else { 1 };
-    let (tx, rx) = sync_channel(per_pass * captured_passes + 1);
-    let writer = output.spawn_writer(rx);
-    let capture = selection.map(|s| Capture::new(s, tx, cfg.inject_panic.clone()));
+    let (outbox, inbox) = handoff::channel(cfg.buffer_mb << 20);
+    let writer = output.spawn_writer(inbox);
+    let capture = selection.map(|s| Capture::new(s, outbox, cfg.inject_panic.clone()));
     let params = ContextParams {
         n_ctx: loaded.n_ctx,
         n_batch: loaded.n_ctx,
@@ -261,6 +251,9 @@ fn decode_passes(
             decoded.next.push(next);
             n_past += input.len();
             input = vec![next];
+        }
+        if let Some(c) = ctx.observer_mut() {
+            c.close();
         }
         if cfg.repeat > 0 {
             decoded.steady = Some(steady_state(cfg, loaded, &params, &mut ctx)?);

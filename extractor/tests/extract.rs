@@ -300,3 +300,112 @@ fn npy_output_holds_the_same_numbers() {
         read(&npy, "checkpoint_04_scores.npy")
     );
 }
+
+#[test]
+fn the_whole_graph_is_captured_node_by_node_with_a_small_buffer_too() {
+    let tmp = tempfile::tempdir().unwrap();
+    let model = model();
+    let run = |dir: &str, extra: &[&str]| {
+        let out = tmp.path().join(dir);
+        run_ok(
+            &[
+                &[
+                    "-m",
+                    model.to_str().unwrap(),
+                    "--tensors",
+                    "*-0",
+                    "-p",
+                    "Hello world",
+                    "--out",
+                    out.to_str().unwrap(),
+                ][..],
+                extra,
+            ]
+            .concat(),
+        );
+        let record = llorch_checkpoint_extractor::record::RunRecord::read(&out).unwrap();
+        (out, record)
+    };
+    let (dir, big) = run("big", &[]);
+    // A 1 MB buffer: the pass hands its copies over early and waits for room.
+    let (_, small) = run("small", &["--buffer-mb", "1"]);
+    let (_, none) = run("none", &["--no-extract"]);
+    assert_eq!(big.tensors.as_deref(), Some("*-0"));
+    let names: Vec<&str> = big.checkpoints.iter().map(|c| c.tensor.as_str()).collect();
+    for expected in [
+        "attn_norm-0",
+        "wqkv_b-0",
+        "kq_soft_max-0",
+        "attn_out-0",
+        "ffn_out-0",
+        "l_out-0",
+    ] {
+        assert!(
+            names.contains(&expected),
+            "{expected} missing from {names:?}"
+        );
+    }
+    assert!(names.iter().all(|n| n.ends_with("-0")), "{names:?}");
+    // Names repeat in the graph (norm-0 twice); files do not.
+    let mut files: Vec<&str> = big.checkpoints.iter().map(|c| c.file.as_str()).collect();
+    files.sort();
+    files.dedup();
+    assert_eq!(files.len(), big.checkpoints.len());
+    assert!(names.iter().filter(|n| **n == "norm-0").count() == 2);
+    // The same bytes whatever the buffer, and the same logits as no capture.
+    let shas = |r: &llorch_checkpoint_extractor::record::RunRecord| {
+        r.checkpoints
+            .iter()
+            .map(|c| (c.file.clone(), c.sha256.clone()))
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(shas(&big), shas(&small));
+    assert_eq!(big.logits.sha256, none.logits.sha256);
+    let ln1 = read(&dir, &big.checkpoint_by_tensor("attn_norm-0").unwrap().file);
+    assert_eq!(ln1.shape, [2, 768]);
+}
+
+#[test]
+fn repeat_times_capture_against_no_capture_without_changing_the_files() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (model, manifest) = (model(), manifests().join("gpt2.yaml"));
+    let (once, repeated) = (tmp.path().join("once"), tmp.path().join("repeated"));
+    let common = [
+        "-m",
+        model.to_str().unwrap(),
+        "--manifest",
+        manifest.to_str().unwrap(),
+        "-p",
+        "Hello world",
+        "-n",
+        "1",
+    ];
+    run_ok(&[&common[..], &["--out", once.to_str().unwrap()]].concat());
+    run_ok(
+        &[
+            &common[..],
+            &["--out", repeated.to_str().unwrap(), "--repeat", "3"],
+        ]
+        .concat(),
+    );
+    let read_record =
+        |d: &std::path::Path| llorch_checkpoint_extractor::record::RunRecord::read(d).unwrap();
+    let (a, b) = (read_record(&once), read_record(&repeated));
+    assert!(a.steady.is_none());
+    let steady = b.steady.clone().unwrap();
+    assert_eq!((steady.with_ms.len(), steady.without_ms.len()), (3, 3));
+    assert!(steady
+        .with_ms
+        .iter()
+        .chain(&steady.without_ms)
+        .all(|&ms| ms > 0.0));
+    // The timing passes keep nothing: same files, same logits.
+    let shas = |r: &llorch_checkpoint_extractor::record::RunRecord| {
+        r.checkpoints
+            .iter()
+            .map(|c| c.sha256.clone())
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(shas(&a), shas(&b));
+    assert_eq!(a.logits.sha256, b.logits.sha256);
+}

@@ -54,11 +54,17 @@ pub fn write(format: Format, out: &mut impl Write, shape: &[i64], data: &[f32]) 
             for d in shape {
                 out.write_all(&d.to_le_bytes())?;
             }
-            let mut buf = Vec::with_capacity(data.len() * 4);
-            for v in data {
-                buf.extend_from_slice(&v.to_le_bytes());
+            if cfg!(target_endian = "little") {
+                // The data as it is in memory: no copy of a tensor of hundreds of MB.
+                out.write_all(bytemuck::cast_slice(data))?;
+            } else {
+                let mut buf = Vec::with_capacity(64 << 10);
+                for chunk in data.chunks(16 << 10) {
+                    buf.clear();
+                    buf.extend(chunk.iter().flat_map(|v| v.to_le_bytes()));
+                    out.write_all(&buf)?;
+                }
             }
-            out.write_all(&buf)?;
         }
         Format::Npy => {
             let shape: Vec<u64> = shape.iter().map(|&d| d as u64).collect();

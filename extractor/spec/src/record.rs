@@ -210,6 +210,13 @@ impl RunRecord {
         Manifest::load_with_layers(path, self.layers.as_deref())
     }
 
+    /// The prompt pass's first checkpoint read from node `tensor`.
+    pub fn checkpoint_by_tensor(&self, tensor: &str) -> Option<&CheckpointRecord> {
+        self.checkpoints
+            .iter()
+            .find(|c| c.tensor == tensor && c.step == 0)
+    }
+
     /// The prompt pass's record of checkpoint file `file`.
     pub fn checkpoint(&self, file: &str) -> Option<&CheckpointRecord> {
         self.checkpoints.iter().find(|c| c.file == file)

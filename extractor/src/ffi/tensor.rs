@@ -96,10 +96,18 @@ impl<'a> Node<'a> {
             self.name_lossy()
         );
         // SAFETY: the tensor is live and allocated; ggml_nbytes covers its whole
-        // strided extent, which ggml_backend_tensor_get copies from any backend.
+        // strided extent. A host buffer is read in place; any other backend's
+        // is copied to `scratch` with ggml_backend_tensor_get first.
         let nbytes = unsafe { sys::ggml_nbytes(t) };
-        scratch.resize(nbytes, 0);
-        unsafe { sys::ggml_backend_tensor_get(t, scratch.as_mut_ptr().cast(), 0, nbytes) };
+        let src: &[u8] = if unsafe { sys::ggml_backend_buffer_is_host(t.buffer) } {
+            // SAFETY: host memory of nbytes at t.data, not written while the
+            // callback runs (the scheduler waits for it).
+            unsafe { std::slice::from_raw_parts(t.data.cast::<u8>(), nbytes) }
+        } else {
+            scratch.resize(nbytes, 0);
+            unsafe { sys::ggml_backend_tensor_get(t, scratch.as_mut_ptr().cast(), 0, nbytes) };
+            scratch
+        };
 
         // SAFETY: type traits are static per type.
         let traits = unsafe { &*sys::ggml_get_type_traits(t.type_) };
@@ -130,10 +138,17 @@ impl<'a> Node<'a> {
             for i2 in 0..n2 {
                 for i1 in 0..n1 {
                     let row = i1 * t.nb[1] + i2 * t.nb[2] + i3 * t.nb[3];
-                    if row_contiguous {
+                    if row_contiguous && is_f32 {
+                        let bytes = &src[row..row + n0 * 4];
+                        out.extend(
+                            bytes
+                                .chunks_exact(4)
+                                .map(|b| f32::from_ne_bytes([b[0], b[1], b[2], b[3]])),
+                        );
+                    } else if row_contiguous {
                         let start = out.len();
                         out.resize(start + n0, 0.0);
-                        let bytes = &scratch[row..row + n0 / blck * type_size];
+                        let bytes = &src[row..row + n0 / blck * type_size];
                         convert(bytes, &mut out[start..], is_f32, to_float);
                     } else {
                         for i0 in 0..n0 {
@@ -141,7 +156,7 @@ impl<'a> Node<'a> {
                             let start = out.len();
                             out.push(0.0);
                             convert(
-                                &scratch[at..at + type_size],
+                                &src[at..at + type_size],
                                 &mut out[start..],
                                 is_f32,
                                 to_float,

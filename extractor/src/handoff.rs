@@ -1,0 +1,232 @@
+//! How captured tensors travel from the eval callback to the writer thread
+//! without the writer competing with the compute.
+//!
+//! The capture keeps a pass's copies and hands them over as one batch when the
+//! pass ends, then waits until the writer has written them: the next pass's
+//! decode runs alone, and the writer's disk work and hashing never share the
+//! CPU with a timed decode. Memory is bounded by bytes, not by a count of
+//! tensors: when a pass captures more than the budget (every node of a long
+//! prompt), the copies so far go to the writer early, and the callback waits
+//! for room. Only then does writing overlap the compute.
+
+use std::sync::mpsc::{Receiver, Sender};
+use std::sync::{Arc, Condvar, Mutex};
+
+use anyhow::{bail, Result};
+
+use crate::capture::Captured;
+
+/// The default budget, in MB: above a typical pass's checkpoints (the nine of
+/// a 1000-token GPT-2 pass take 65 MB), and what a whole-graph capture may add
+/// to the process's memory.
+pub const DEFAULT_BUDGET_MB: usize = 256;
+
+/// Bytes of captured data in memory, shared by the capture and the writer.
+struct Budget {
+    used: Mutex<usize>,
+    freed: Condvar,
+    limit: usize,
+}
+
+/// The capture's end: collects a pass's copies and hands them over.
+pub struct Outbox {
+    budget: Arc<Budget>,
+    pending: Vec<Captured>,
+    pending_bytes: usize,
+    sink: Option<Sender<Vec<Captured>>>,
+}
+
+/// The writer's end: batches in order, each tensor's bytes given back once written.
+pub struct Inbox {
+    budget: Arc<Budget>,
+    batches: Receiver<Vec<Captured>>,
+}
+
+/// A connected outbox and inbox with a budget of `limit` bytes.
+pub fn channel(limit: usize) -> (Outbox, Inbox) {
+    let budget = Arc::new(Budget {
+        used: Mutex::new(0),
+        freed: Condvar::new(),
+        limit,
+    });
+    let (tx, rx) = std::sync::mpsc::channel();
+    (
+        Outbox {
+            budget: budget.clone(),
+            pending: Vec::new(),
+            pending_bytes: 0,
+            sink: Some(tx),
+        },
+        Inbox {
+            budget,
+            batches: rx,
+        },
+    )
+}
+
+fn bytes_of(c: &Captured) -> usize {
+    c.data.len() * std::mem::size_of::<f32>()
+}
+
+impl Outbox {
+    /// Keeps `captured` for the end of the pass; if it does not fit in the
+    /// budget, hands over what is kept and waits for room.
+    pub fn push(&mut self, captured: Captured) -> Result<()> {
+        let n = bytes_of(&captured);
+        if self.pending_bytes + n > self.budget.limit {
+            self.flush()?;
+        }
+        let mut used = self.budget.used.lock().expect("budget lock");
+        // A tensor larger than the whole budget still goes, alone.
+        while *used > 0 && *used + n > self.budget.limit {
+            used = self.budget.freed.wait(used).expect("budget lock");
+        }
+        *used += n;
+        drop(used);
+        self.pending_bytes += n;
+        self.pending.push(captured);
+        Ok(())
+    }
+
+    /// Hands the kept copies to the writer.
+    pub fn flush(&mut self) -> Result<()> {
+        if self.pending.is_empty() {
+            return Ok(());
+        }
+        let batch = std::mem::take(&mut self.pending);
+        self.pending_bytes = 0;
+        match &self.sink {
+            Some(sink) if sink.send(batch).is_ok() => Ok(()),
+            _ => bail!("the writer thread stopped (see its error)"),
+        }
+    }
+
+    /// Hands over what is kept and waits until the writer has written it all.
+    pub fn drain(&mut self) -> Result<()> {
+        self.flush()?;
+        let mut used = self.budget.used.lock().expect("budget lock");
+        while *used > 0 {
+            if self.sink.is_none() {
+                break;
+            }
+            let (guard, timeout) = self
+                .budget
+                .freed
+                .wait_timeout(used, std::time::Duration::from_millis(200))
+                .expect("budget lock");
+            used = guard;
+            // A writer that died gives nothing back: stop waiting for it.
+            if timeout.timed_out() && self.writer_gone() {
+                bail!("the writer thread stopped (see its error)");
+            }
+        }
+        Ok(())
+    }
+
+    fn writer_gone(&self) -> bool {
+        // Sending an empty batch fails once the writer dropped its receiver.
+        self.sink
+            .as_ref()
+            .is_none_or(|sink| sink.send(Vec::new()).is_err())
+    }
+
+    /// No more batches: the writer finishes what it has and stops.
+    pub fn close(&mut self) {
+        self.sink = None;
+    }
+}
+
+impl Inbox {
+    /// The next batch; `None` once the capture is closed and all is received.
+    pub fn next_batch(&self) -> Option<Vec<Captured>> {
+        self.batches.recv().ok()
+    }
+
+    /// What the writing threads give memory back with.
+    pub fn release(&self) -> Release {
+        Release(self.budget.clone())
+    }
+}
+
+/// Gives a written tensor's bytes back to the budget (shared by writing threads).
+#[derive(Clone)]
+pub struct Release(Arc<Budget>);
+
+impl Release {
+    /// The tensor is written: its bytes are free again.
+    pub fn done(&self, captured: &Captured) {
+        let mut used = self.0.used.lock().expect("budget lock");
+        *used = used.saturating_sub(bytes_of(captured));
+        self.0.freed.notify_all();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn tensor(n: usize) -> Captured {
+        Captured {
+            id: "x".into(),
+            layer: None,
+            tensor: "x".into(),
+            file_stem: "x".into(),
+            step: 0,
+            ggml_ne: [n as i64, 1, 1, 1],
+            shape: vec![n as i64],
+            source_dtype: "f32",
+            op: "ADD",
+            buffer: "CPU".into(),
+            data: vec![0.0; n],
+        }
+    }
+
+    #[test]
+    fn a_pass_is_handed_over_whole_at_its_end() {
+        let (mut out, inbox) = channel(1 << 20);
+        out.push(tensor(10)).unwrap();
+        out.push(tensor(20)).unwrap();
+        assert!(
+            inbox.batches.try_recv().is_err(),
+            "nothing before the pass ends"
+        );
+        out.flush().unwrap();
+        let batch = inbox.next_batch().unwrap();
+        assert_eq!(
+            batch.iter().map(|c| c.data.len()).collect::<Vec<_>>(),
+            [10, 20]
+        );
+    }
+
+    #[test]
+    fn over_the_budget_the_capture_waits_for_the_writer() {
+        // Room for 100 floats: the third tensor of 40 must wait for a write.
+        let (mut out, inbox) = channel(400);
+        let writer = std::thread::spawn(move || {
+            let mut sizes = Vec::new();
+            let release = inbox.release();
+            while let Some(batch) = inbox.next_batch() {
+                for c in &batch {
+                    sizes.push(c.data.len());
+                    release.done(c);
+                }
+            }
+            sizes
+        });
+        for _ in 0..5 {
+            out.push(tensor(40)).unwrap();
+        }
+        out.drain().unwrap();
+        out.close();
+        assert_eq!(writer.join().unwrap(), [40; 5]);
+    }
+
+    #[test]
+    fn a_dead_writer_is_an_error_not_a_hang() {
+        let (mut out, inbox) = channel(400);
+        out.push(tensor(40)).unwrap();
+        drop(inbox);
+        let err = out.drain().unwrap_err().to_string();
+        assert!(err.contains("writer thread stopped"), "{err}");
+    }
+}

@@ -446,7 +446,8 @@ fn svg(cells: &[Cell]) -> String {
             10f64.powi(e)
         );
     }
-    let mut r = y_lo;
+    let step = if y_hi - y_lo > 2.0 { 0.5 } else { 0.1 };
+    let mut r = (y_lo / step).ceil() * step;
     while r <= y_hi + 1e-9 {
         let y = py(r);
         let _ = writeln!(
@@ -456,7 +457,7 @@ fn svg(cells: &[Cell]) -> String {
             left - 6.0,
             y + 4.0
         );
-        r += if y_hi - y_lo > 2.0 { 0.5 } else { 0.1 };
+        r += step;
     }
     let _ = writeln!(
         s,

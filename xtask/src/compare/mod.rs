@@ -231,12 +231,7 @@ pub fn compare(project: &Project, opts: &Options) -> Result<Outcome> {
     };
     let sh = project.shell()?;
     let (prompt, manifest) = (&opts.prompt, &opts.manifest);
-    let layer_args: Vec<String> = opts
-        .layers
-        .iter()
-        .flat_map(|l| ["--layers".to_string(), l.clone()])
-        .collect();
-    let layers = &layer_args;
+    let layers = &crate::extract::layer_args(opts.layers.as_deref());
     let extract = |model: &Path, dir: &Path, extra: &[&str]| -> Result<()> {
         let exe = extractor()?;
         let out = cmd!(

@@ -4,6 +4,11 @@ use super::*;
 
 const GOOD: &str = "architecture: gpt2\nlayers: [0, 1]\ncheckpoints:\n  - id: ln1\n    tensor: attn_norm-{layer}\n    shape: [n_embd, n_tokens]\n    file: ln1_l{layer}\n";
 
+/// GPT-2 small's symbols for a 2-token prompt pass (the record example's).
+fn gpt2_symbols() -> Symbols {
+    crate::record::example().symbols
+}
+
 /// `text` made a whole manifest (the architecture goes last, so line numbers stay).
 fn parse(text: &str) -> Result<Manifest> {
     Manifest::parse(&format!("{text}architecture: gpt2\n"))
@@ -26,18 +31,7 @@ fn expands_layers_and_resolves_shapes() {
         names,
         [("attn_norm-0", "ln1_l0"), ("attn_norm-1", "ln1_l1")]
     );
-    let s = Symbols {
-        n_embd: 768,
-        n_head: 12,
-        n_head_kv: 12,
-        head_dim: 64,
-        n_embd_gqa: 768,
-        n_ff: 3072,
-        n_vocab: 50257,
-        n_ctx: 512,
-        n_tokens: 2,
-        n_kv: 2,
-    };
+    let s = gpt2_symbols();
     let r = m.checkpoints[0].resolve(&s);
     assert_eq!(r.file_shape(), [2, 768]);
     assert_eq!(r.keep([768, 2, 1, 1]), Ok([768, 2, 1, 1]));
@@ -50,18 +44,7 @@ fn expands_layers_and_resolves_shapes() {
 #[test]
 fn n_kv_dims_keep_only_the_filled_cells() {
     let m = parse("checkpoints:\n  - {id: k, tensor: cache_k-0, shape: [head_dim, n_head, n_kv, 1], file: k}\n").unwrap();
-    let s = Symbols {
-        n_embd: 768,
-        n_head: 12,
-        n_head_kv: 12,
-        head_dim: 64,
-        n_embd_gqa: 768,
-        n_ff: 3072,
-        n_vocab: 50257,
-        n_ctx: 512,
-        n_tokens: 2,
-        n_kv: 2,
-    };
+    let s = gpt2_symbols();
     let r = m.checkpoints[0].resolve(&s);
     assert_eq!(
         r.keep([64, 12, 256, 1]),
@@ -201,18 +184,7 @@ checkpoints:
         }
     );
     assert_eq!(b.tolerance, Tolerance::DEFAULT);
-    let s = Symbols {
-        n_embd: 768,
-        n_head: 12,
-        n_head_kv: 12,
-        head_dim: 64,
-        n_embd_gqa: 768,
-        n_ff: 3072,
-        n_vocab: 50257,
-        n_ctx: 512,
-        n_tokens: 2,
-        n_kv: 2,
-    };
+    let s = gpt2_symbols();
     let ops = &a.reference.as_ref().unwrap().ops;
     assert_eq!(ops[0], Op::DropBatch);
     let Op::Slice { axis, start, len } = &ops[1] else {

@@ -105,9 +105,9 @@ impl Capture {
 
     /// Arms the capture for one forward pass with that pass's symbol values;
     /// with `keep` false the nodes are copied as usual, then dropped.
-    pub fn begin_pass(&mut self, step: usize, symbols: &Symbols, keep: bool) {
+    pub fn begin_pass(&mut self, step: usize, symbols: &Symbols, keep: bool) -> Result<()> {
         for (r, cp) in self.resolved.iter_mut().zip(&self.checkpoints) {
-            *r = cp.resolve(symbols);
+            *r = cp.resolve(symbols)?;
         }
         self.seen.fill(false);
         self.step = step;
@@ -115,6 +115,7 @@ impl Capture {
         self.node_index = 0;
         self.matched = 0;
         self.active = true;
+        Ok(())
     }
 
     /// Disarms; every checkpoint not seen in the pass is an error naming it

@@ -27,7 +27,7 @@ pub fn check_run(dir: &Path, manifest: &Path) -> Result<Vec<FileVerdict>> {
     let mut verdicts = Vec::new();
     for cp in &manifest.checkpoints {
         let file = file_name(&cp.file_stem, 0, record.format);
-        let expected = cp.resolve(&record.symbols).file_shape();
+        let expected = cp.resolve(&record.symbols)?.file_shape();
         let sha = record.checkpoint(&file).map(|r| r.sha256.as_str());
         let verdict = check_file(&dir.join(&file), &expected, sha);
         verdicts.push(FileVerdict { file, verdict });

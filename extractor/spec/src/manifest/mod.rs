@@ -28,8 +28,8 @@ mod shape;
 #[cfg(test)]
 mod tests;
 
-pub use reference::{Dim, Op, Reference, Tolerance};
-pub use shape::{fmt_ne, DimSpec, Resolved, Symbols, SYMBOLS};
+pub use reference::{Op, Reference, Tolerance};
+pub use shape::{fmt_ne, Dim, Resolved, Symbols, SYMBOLS};
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -55,7 +55,7 @@ struct RawCheckpoint {
     /// Disambiguates a name ggml gives to several nodes (e.g. `norm-0`).
     #[serde(default)]
     op: Option<String>,
-    shape: Vec<DimSpec>,
+    shape: Vec<Dim>,
     file: String,
     /// Layers for this checkpoint, overriding the manifest's.
     #[serde(default)]
@@ -80,7 +80,7 @@ pub struct Checkpoint {
     pub tensor: String,
     pub op: Option<String>,
     /// Expected ne, innermost first.
-    pub shape: Vec<DimSpec>,
+    pub shape: Vec<Dim>,
     /// File name without extension.
     pub file_stem: String,
     /// The PyTorch tensor to compare with, `{layer}` expanded.
@@ -99,25 +99,22 @@ pub struct Manifest {
 }
 
 impl Checkpoint {
-    pub fn resolve(&self, symbols: &Symbols) -> Resolved {
+    /// The expected ne for one pass (an error only for a quotient that does
+    /// not divide exactly with this model's symbols).
+    pub fn resolve(&self, symbols: &Symbols) -> Result<Resolved> {
         let mut ne = [1i64; 4];
         let mut kv_dims = [false; 4];
         for (i, dim) in self.shape.iter().enumerate() {
-            ne[i] = match dim {
-                DimSpec::Fixed(n) => *n,
-                DimSpec::Symbol(s) => {
-                    kv_dims[i] = s == "n_kv";
-                    symbols
-                        .get(s)
-                        .expect("symbols are validated when the manifest is loaded")
-                }
-            };
+            ne[i] = dim
+                .resolve(symbols)
+                .with_context(|| format!("checkpoint {}: shape {}", self.id, self.shape_text()))?;
+            kv_dims[i] = dim.is_kv_cells();
         }
-        Resolved {
+        Ok(Resolved {
             ne,
             n_dims: self.shape.len(),
             kv_dims,
-        }
+        })
     }
 
     /// `id@layer` (or `id`): unique within a manifest.
@@ -129,14 +126,7 @@ impl Checkpoint {
     }
 
     pub fn shape_text(&self) -> String {
-        let dims: Vec<String> = self
-            .shape
-            .iter()
-            .map(|d| match d {
-                DimSpec::Fixed(n) => n.to_string(),
-                DimSpec::Symbol(s) => s.clone(),
-            })
-            .collect();
+        let dims: Vec<String> = self.shape.iter().map(|d| d.to_string()).collect();
         format!("[{}]", dims.join(", "))
     }
 }
@@ -242,18 +232,7 @@ impl Manifest {
                 )));
             }
             for dim in &cp.shape {
-                match dim {
-                    DimSpec::Fixed(n) if *n < 1 => {
-                        return Err(at(format!("dimension {n} must be positive")))
-                    }
-                    DimSpec::Symbol(s) if !SYMBOLS.contains(&s.as_str()) => {
-                        return Err(at(format!(
-                            "unknown symbol `{s}` in shape; known: {}",
-                            SYMBOLS.join(", ")
-                        )))
-                    }
-                    _ => {}
-                }
+                dim.check().map_err(|e| at(format!("{e} in shape")))?;
             }
             check_file_name(&cp.file).map_err(&at)?;
             check_compare_keys(cp).map_err(&at)?;

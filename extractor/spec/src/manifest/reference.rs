@@ -1,10 +1,9 @@
 //! What `cargo xtask compare` reads of a checkpoint: the reference tensor, the
 //! layout ops that bring it to the checkpoint file's shape, and the tolerance.
 
-use anyhow::{Context, Result};
 use serde::{Deserialize, Serialize};
 
-use super::shape::{Symbols, SYMBOLS};
+use super::shape::Dim;
 
 /// `reference:` of a checkpoint: which tensor of the reference model, and the
 /// layout ops that turn it into the checkpoint file's row-major shape.
@@ -72,54 +71,6 @@ impl TryFrom<serde_yaml::Value> for Op {
             "permute" => Op::Permute(serde_yaml::from_value(args).map_err(err)?),
             other => return Err(format!("unknown op `{other}`; known: {KNOWN}")),
         })
-    }
-}
-
-/// A dimension of an op: a number, a symbol of the run (`n_embd`), or a product (`2*n_embd`).
-#[derive(Deserialize, Clone, Debug, PartialEq)]
-#[serde(untagged)]
-pub enum Dim {
-    Fixed(i64),
-    Expr(String),
-}
-
-impl Dim {
-    /// Resolves `n_embd`, `2*n_embd`, `head_dim/2`, `7` against the run's
-    /// symbols: numbers and symbols joined by `*` and `/`, left to right; a
-    /// division must be exact.
-    pub fn resolve(&self, symbols: &Symbols) -> Result<i64> {
-        let expr = match self {
-            Dim::Fixed(n) => return Ok(*n),
-            Dim::Expr(expr) => expr,
-        };
-        let value = |factor: &str| -> Result<i64> {
-            let factor = factor.trim();
-            match factor.parse::<i64>() {
-                Ok(n) => Ok(n),
-                Err(_) => symbols.get(factor).with_context(|| {
-                    format!(
-                        "unknown symbol `{factor}` in `{expr}`; known: {}",
-                        SYMBOLS.join(", ")
-                    )
-                }),
-            }
-        };
-        let mut rest = expr.as_str();
-        let end = rest.find(['*', '/']).unwrap_or(rest.len());
-        let mut acc = value(&rest[..end])?;
-        rest = &rest[end..];
-        while let Some(op) = rest.chars().next() {
-            rest = &rest[1..];
-            let end = rest.find(['*', '/']).unwrap_or(rest.len());
-            let v = value(&rest[..end])?;
-            rest = &rest[end..];
-            acc = match op {
-                '*' => acc * v,
-                _ if v != 0 && acc % v == 0 => acc / v,
-                _ => anyhow::bail!("`{expr}` divides {acc} by {v}, which does not go exactly"),
-            };
-        }
-        Ok(acc)
     }
 }
 

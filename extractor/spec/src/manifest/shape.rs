@@ -1,6 +1,7 @@
 //! Shapes in symbols (`[n_embd, n_tokens]`), their values for one pass, and
 //! the check of a node's `ne` against them.
 
+use anyhow::{Context, Result};
 use serde::Deserialize;
 
 /// Symbols a shape may use; resolved from the model and the pass at run time.
@@ -17,11 +18,89 @@ pub const SYMBOLS: &[&str] = &[
     "n_kv",
 ];
 
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+/// A dimension, of a shape or of an op: a number, a symbol of the run
+/// (`n_embd`), or a product or quotient (`2*n_embd`, `n_head*head_dim`, `head_dim/2`).
+#[derive(Deserialize, Clone, Debug, PartialEq, Eq)]
 #[serde(untagged)]
-pub enum DimSpec {
+pub enum Dim {
     Fixed(i64),
-    Symbol(String),
+    Expr(String),
+}
+
+impl Dim {
+    /// Resolves `n_embd`, `2*n_embd`, `head_dim/2`, `7` against the run's
+    /// symbols: numbers and symbols joined by `*` and `/`, left to right; a
+    /// division must be exact.
+    pub fn resolve(&self, symbols: &Symbols) -> Result<i64> {
+        let expr = match self {
+            Dim::Fixed(n) => return Ok(*n),
+            Dim::Expr(expr) => expr,
+        };
+        let value = |factor: &str| -> Result<i64> {
+            let factor = factor.trim();
+            match factor.parse::<i64>() {
+                Ok(n) => Ok(n),
+                Err(_) => symbols.get(factor).with_context(|| {
+                    format!(
+                        "unknown symbol `{factor}` in `{expr}`; known: {}",
+                        SYMBOLS.join(", ")
+                    )
+                }),
+            }
+        };
+        let mut rest = expr.as_str();
+        let end = rest.find(['*', '/']).unwrap_or(rest.len());
+        let mut acc = value(&rest[..end])?;
+        rest = &rest[end..];
+        while let Some(op) = rest.chars().next() {
+            rest = &rest[1..];
+            let end = rest.find(['*', '/']).unwrap_or(rest.len());
+            let v = value(&rest[..end])?;
+            rest = &rest[end..];
+            acc = match op {
+                '*' => acc * v,
+                _ if v != 0 && acc % v == 0 => acc / v,
+                _ => anyhow::bail!("`{expr}` divides {acc} by {v}, which does not go exactly"),
+            };
+        }
+        Ok(acc)
+    }
+}
+
+impl Dim {
+    /// Whether every factor is a number or a known symbol (checked when the
+    /// manifest is read, so a typo costs no model load).
+    pub fn check(&self) -> Result<(), String> {
+        match self {
+            Dim::Fixed(n) if *n < 1 => Err(format!("dimension {n} must be positive")),
+            Dim::Fixed(_) => Ok(()),
+            Dim::Expr(expr) => {
+                for factor in expr.split(['*', '/']).map(str::trim) {
+                    if factor.parse::<i64>().is_err() && !SYMBOLS.contains(&factor) {
+                        return Err(format!(
+                            "unknown symbol `{factor}` in `{expr}`; known: {}",
+                            SYMBOLS.join(", ")
+                        ));
+                    }
+                }
+                Ok(())
+            }
+        }
+    }
+
+    /// `n_kv`: a dimension of padded KV-cache cells.
+    pub fn is_kv_cells(&self) -> bool {
+        matches!(self, Dim::Expr(e) if e.trim() == "n_kv")
+    }
+}
+
+impl std::fmt::Display for Dim {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Dim::Fixed(n) => write!(f, "{n}"),
+            Dim::Expr(e) => write!(f, "{e}"),
+        }
+    }
 }
 
 /// The values of the shape symbols for one forward pass.

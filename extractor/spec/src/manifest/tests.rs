@@ -32,7 +32,7 @@ fn expands_layers_and_resolves_shapes() {
         [("attn_norm-0", "ln1_l0"), ("attn_norm-1", "ln1_l1")]
     );
     let s = gpt2_symbols();
-    let r = m.checkpoints[0].resolve(&s);
+    let r = m.checkpoints[0].resolve(&s).unwrap();
     assert_eq!(r.file_shape(), [2, 768]);
     assert_eq!(r.keep([768, 2, 1, 1]), Ok([768, 2, 1, 1]));
     assert_eq!(
@@ -45,7 +45,7 @@ fn expands_layers_and_resolves_shapes() {
 fn n_kv_dims_keep_only_the_filled_cells() {
     let m = parse("checkpoints:\n  - {id: k, tensor: cache_k-0, shape: [head_dim, n_head, n_kv, 1], file: k}\n").unwrap();
     let s = gpt2_symbols();
-    let r = m.checkpoints[0].resolve(&s);
+    let r = m.checkpoints[0].resolve(&s).unwrap();
     assert_eq!(
         r.keep([64, 12, 256, 1]),
         Ok([64, 12, 2, 1]),

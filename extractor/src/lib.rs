@@ -10,6 +10,7 @@
 //! - [`output`]: the locked, staged output directory and its writer thread.
 //! - [`preflight`]: what is refused before any compute (architecture, layers, context).
 //! - [`run`]: one extraction run, from model load to `run.json`.
+//! - [`list_nodes`]: `--list-nodes`, the graph as the callback sees it.
 //! - [`check`]: validation of a run directory's files.
 //! - [`cli`]: logging and exit codes shared by the binaries.
 //! - [`diff`]: two runs (CPU and GPU) compared checkpoint by checkpoint, and their timings.
@@ -25,6 +26,7 @@ pub mod diff;
 pub mod ffi;
 pub mod gpt2_model;
 pub mod handoff;
+pub mod list_nodes;
 pub use llorch_checkpoint_spec::{format, manifest, record};
 pub mod output;
 pub mod preflight;

@@ -3,12 +3,10 @@
 use std::path::PathBuf;
 use std::time::Instant;
 
-use anyhow::{bail, Context as _, Result};
+use anyhow::{bail, Result};
 
 use crate::capture::{Capture, Selection};
-use crate::ffi::eval::Observer;
 use crate::ffi::llama::{Context, ContextParams, KvType, Model, Token};
-use crate::ffi::tensor::Node;
 use crate::format::{self, Format};
 use crate::handoff;
 use crate::manifest::{Layers, Manifest, Symbols};
@@ -66,7 +64,7 @@ pub fn run(cfg: &Config) -> Result<()> {
             .as_ref()
             .is_some_and(Manifest::needs_attention_scores);
     if cfg.list_nodes {
-        return list_nodes(cfg, flash_attn);
+        return crate::list_nodes::list_nodes(cfg, flash_attn);
     }
     if let (Some(m), Some(path)) = (&manifest, &cfg.manifest) {
         preflight::check_architecture(m, path, &cfg.model, &header)?;
@@ -459,48 +457,4 @@ pub fn describe_build() -> String {
         env!("LLORCH_FLAVOUR"),
         env!("LLORCH_BACKEND")
     )
-}
-
-/// `--list-nodes`: prints every node of the prompt pass as the ask path sees
-/// it (name, op, type, ne), computing nothing extra.
-struct Lister;
-
-impl Observer for Lister {
-    fn wants(&mut self, node: &Node<'_>) -> bool {
-        println!(
-            "{:<28} {:<10} {:<5} {}",
-            node.name_lossy(),
-            node.op_name(),
-            node.type_name(),
-            crate::manifest::fmt_ne(&node.ne())
-        );
-        false
-    }
-    fn observe(&mut self, _: &Node<'_>) -> Result<()> {
-        Ok(())
-    }
-}
-
-fn list_nodes(cfg: &Config, flash_attn: bool) -> Result<()> {
-    let model = Model::load(&cfg.model, cfg.n_gpu_layers)?;
-    let tokens = model.tokenize(&cfg.prompt)?;
-    let n_ctx = preflight::context_size(
-        &Config {
-            n_predict: 0,
-            ..cfg.clone()
-        },
-        &model,
-        tokens.len(),
-    )?;
-    let params = ContextParams {
-        n_ctx,
-        n_batch: n_ctx,
-        n_threads: cfg.threads,
-        kv_type: cfg.kv_type,
-        flash_attn: Some(flash_attn),
-    };
-    let mut ctx = Context::new(&model, &params, Some(Lister))?;
-    ctx.decode(&tokens, 0, true)
-        .context("decoding the prompt")?;
-    Ok(())
 }

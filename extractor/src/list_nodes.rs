@@ -31,7 +31,7 @@ impl Observer for Lister {
 
 pub fn list_nodes(cfg: &Config, flash_attn: bool) -> Result<()> {
     let model = Model::load(&cfg.model, cfg.n_gpu_layers)?;
-    let tokens = model.tokenize(&cfg.prompt)?;
+    let tokens = crate::run::prompt_tokens(cfg, &model)?;
     let n_ctx = preflight::context_size(
         &Config {
             n_predict: 0,

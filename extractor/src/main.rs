@@ -37,6 +37,17 @@ struct Cli {
     /// The prompt; its pass is the one captured.
     #[arg(short = 'p', long, default_value = "Hello world")]
     prompt: String,
+    /// Read the prompt from this file (as it is: no newline is stripped).
+    #[arg(short = 'f', long = "file", value_name = "PROMPT_FILE", conflicts_with_all = ["prompt", "tokens"])]
+    prompt_file: Option<PathBuf>,
+    /// The prompt as token ids (`15496,995`), so that another engine and this run see the same ids.
+    #[arg(
+        long,
+        value_delimiter = ',',
+        value_name = "ID,ID,...",
+        conflicts_with = "prompt"
+    )]
+    tokens: Option<Vec<i32>>,
     /// Tokens to generate (greedy) and feed back after the prompt.
     #[arg(short = 'n', long = "n-predict", default_value_t = 1)]
     n_predict: usize,
@@ -70,6 +81,10 @@ struct Cli {
     /// hands it to the writer early and waits for room, so writing overlaps the compute.
     #[arg(long, value_name = "MB", default_value_t = llorch_checkpoint_extractor::handoff::DEFAULT_BUDGET_MB)]
     buffer_mb: usize,
+    /// Feed the prompt one token per pass, each pass captured (`.stepN` files are position N),
+    /// to compare with the prompt run as one batch.
+    #[arg(long)]
+    sequential: bool,
     /// Register no eval callback at all (the baseline for overhead and non-interference checks).
     #[arg(long)]
     no_extract: bool,
@@ -109,10 +124,21 @@ fn main() -> ExitCode {
     let threads = cli
         .threads
         .unwrap_or_else(|| std::thread::available_parallelism().map_or(4, |n| n.get() as i32));
+    let prompt = match &cli.prompt_file {
+        Some(path) => match std::fs::read_to_string(path) {
+            Ok(text) => text,
+            Err(e) => {
+                eprintln!("error: cannot read the prompt file {}: {e}", path.display());
+                return ExitCode::FAILURE;
+            }
+        },
+        None if cli.tokens.is_some() => String::new(),
+        None => cli.prompt,
+    };
     let cfg = run::Config {
         model: cli.model.expect("clap requires --model"),
         manifest: cli.manifest,
-        prompt: cli.prompt,
+        prompt,
         n_predict: cli.n_predict,
         threads,
         n_ctx: cli.ctx_size,
@@ -127,6 +153,8 @@ fn main() -> ExitCode {
         repeat: cli.repeat,
         tensors: cli.tensors,
         buffer_mb: cli.buffer_mb,
+        tokens: cli.tokens,
+        sequential: cli.sequential,
         inject_panic: cli.inject_panic,
     };
     llorch_checkpoint_extractor::cli::exit_code(run::run(&cfg))

@@ -49,6 +49,10 @@ pub struct Config {
     pub tensors: Option<glob::Pattern>,
     /// `--buffer-mb`: captured data held in memory before the writer must catch up.
     pub buffer_mb: usize,
+    /// `--tokens`: the prompt as token ids, instead of text to tokenize.
+    pub tokens: Option<Vec<Token>>,
+    /// `--sequential`: the prompt one token per pass, each pass captured.
+    pub sequential: bool,
     pub inject_panic: Option<String>,
 }
 
@@ -89,7 +93,7 @@ pub fn run(cfg: &Config) -> Result<()> {
 
     // After the decodes, so that it never shares the CPU with one.
     let model_sha = output::sha256_cached(&cfg.model)?;
-    let logits = logits_file(cfg, &loaded, &decoded)?;
+    let logits = logits_file(&loaded, &decoded)?;
     let mut record = record(
         cfg, &loaded, &decoded, written, model_sha, &logits, flash_attn,
     );
@@ -117,10 +121,7 @@ fn load(cfg: &Config) -> Result<Loaded> {
     let arch = model
         .meta("general.architecture")
         .unwrap_or_else(|| "unknown".into());
-    let tokens = model.tokenize(&cfg.prompt)?;
-    if tokens.is_empty() {
-        bail!("the prompt {:?} gives no tokens", cfg.prompt);
-    }
+    let tokens = prompt_tokens(cfg, &model)?;
     let n_ctx = preflight::context_size(cfg, &model, tokens.len())?;
     let head_dim = model
         .meta(&format!("{arch}.attention.key_length"))
@@ -148,6 +149,28 @@ fn load(cfg: &Config) -> Result<Loaded> {
         n_ctx,
         base,
     })
+}
+
+/// The prompt's token ids: `--tokens` as given (each checked against the
+/// vocabulary), or the prompt text tokenized by the model.
+pub fn prompt_tokens(cfg: &Config, model: &Model) -> Result<Vec<Token>> {
+    let tokens = match &cfg.tokens {
+        Some(ids) => {
+            let n_vocab = model.n_vocab();
+            if let Some(bad) = ids.iter().find(|&&t| t < 0 || i64::from(t) >= n_vocab) {
+                bail!(
+                    "--tokens: id {bad} is not in the model's vocabulary (0 to {})",
+                    n_vocab - 1
+                );
+            }
+            ids.clone()
+        }
+        None => model.tokenize(&cfg.prompt)?,
+    };
+    if tokens.is_empty() {
+        bail!("the prompt {:?} gives no tokens", cfg.prompt);
+    }
+    Ok(tokens)
 }
 
 fn log_header(cfg: &Config, loaded: &Loaded, manifest: Option<&Manifest>) {
@@ -213,7 +236,6 @@ fn decode_passes(
     output: &Output,
     flash_attn: bool,
 ) -> Result<(Decoded, (Vec<CheckpointRecord>, f64))> {
-    let passes = 1 + cfg.n_predict;
     let (outbox, inbox) = handoff::channel(cfg.buffer_mb << 20);
     let writer = output.spawn_writer(inbox);
     let capture = selection.map(|s| Capture::new(s, outbox, cfg.inject_panic.clone()));
@@ -227,10 +249,15 @@ fn decode_passes(
     let decoded = (|| -> Result<Decoded> {
         let mut ctx = Context::new(&loaded.model, &params, capture)?;
         let mut decoded = Decoded::default();
-        let mut input: Vec<Token> = loaded.tokens.clone();
+        let prompt_passes = prompt_passes(cfg, loaded);
         let mut n_past = 0usize;
-        for step in 0..passes {
-            let captured = step == 0 || cfg.steps == Steps::All;
+        for step in 0..prompt_passes + cfg.n_predict {
+            let input: Vec<Token> = match (step < prompt_passes, cfg.sequential) {
+                (true, true) => vec![loaded.tokens[step]],
+                (true, false) => loaded.tokens.clone(),
+                (false, _) => vec![*decoded.next.last().expect("a pass ran before")],
+            };
+            let captured = step < prompt_passes || cfg.steps == Steps::All;
             let symbols = Symbols {
                 n_tokens: input.len() as i64,
                 n_kv: (n_past + input.len()) as i64,
@@ -244,11 +271,9 @@ fn decode_passes(
             )?;
             decoded.decode_ms.push(ms);
             let logits = ctx.logits(-1)?;
-            let next = argmax(logits) as Token;
+            decoded.next.push(argmax(logits) as Token);
             decoded.logits.extend_from_slice(logits);
-            decoded.next.push(next);
             n_past += input.len();
-            input = vec![next];
         }
         if let Some(c) = ctx.observer_mut() {
             c.close();
@@ -263,6 +288,15 @@ fn decode_passes(
         .join()
         .map_err(|_| anyhow::anyhow!("the writer thread panicked"))?;
     Ok((decoded?, written?))
+}
+
+/// The passes the prompt takes: one, or one per token with `--sequential`.
+fn prompt_passes(cfg: &Config, loaded: &Loaded) -> usize {
+    if cfg.sequential {
+        loaded.tokens.len()
+    } else {
+        1
+    }
 }
 
 /// One decode, timed; `capture` arms the observer for it (step, symbols, keep).
@@ -322,9 +356,9 @@ fn steady_state(
 }
 
 /// `logits.bin`: the last row's logits of every pass, `[passes, n_vocab]`.
-fn logits_file(cfg: &Config, loaded: &Loaded, decoded: &Decoded) -> Result<Vec<u8>> {
+fn logits_file(loaded: &Loaded, decoded: &Decoded) -> Result<Vec<u8>> {
     let mut bytes = Vec::new();
-    let shape = [1 + cfg.n_predict as i64, loaded.model.n_vocab()];
+    let shape = [decoded.next.len() as i64, loaded.model.n_vocab()];
     format::write(Format::Bin, &mut bytes, &shape, &decoded.logits)?;
     Ok(bytes)
 }
@@ -370,7 +404,10 @@ fn record(
         extract: cfg.extract,
         prompt: cfg.prompt.clone(),
         tokens: loaded.tokens.clone(),
-        generated: decoded.next[..cfg.n_predict].to_vec(),
+        generated: {
+            let first = prompt_passes(cfg, loaded) - 1;
+            decoded.next[first..first + cfg.n_predict].to_vec()
+        },
         next_token: decoded.next.last().copied(),
         threads: cfg.threads,
         n_ctx: loaded.n_ctx,
@@ -379,6 +416,7 @@ fn record(
         flash_attn,
         format: cfg.format,
         steps: format!("{:?}", cfg.steps).to_lowercase(),
+        sequential: cfg.sequential,
         symbols: Symbols {
             n_tokens: n_prompt,
             n_kv: n_prompt,
@@ -390,7 +428,7 @@ fn record(
         write_ms: 0.0,
         logits: LogitsRecord {
             file: LOGITS_FILE.into(),
-            shape: vec![1 + cfg.n_predict as i64, loaded.model.n_vocab()],
+            shape: vec![decoded.next.len() as i64, loaded.model.n_vocab()],
             sha256: hex::encode(<sha2::Sha256 as sha2::Digest>::digest(logits)),
         },
         peak_rss_mb: peak_rss_mb(),

@@ -409,3 +409,70 @@ fn repeat_times_capture_against_no_capture_without_changing_the_files() {
     assert_eq!(shas(&a), shas(&b));
     assert_eq!(a.logits.sha256, b.logits.sha256);
 }
+
+#[test]
+fn tokens_and_sequential_feed_the_same_ids_one_pass_per_position() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (model, manifest) = (model(), manifests().join("gpt2.yaml"));
+    let common = [
+        "-m",
+        model.to_str().unwrap(),
+        "--manifest",
+        manifest.to_str().unwrap(),
+        "-n",
+        "0",
+    ];
+    let (text, ids, one_by_one) = (
+        tmp.path().join("text"),
+        tmp.path().join("ids"),
+        tmp.path().join("seq"),
+    );
+    run_ok(
+        &[
+            &common[..],
+            &["-p", "Hello world", "--out", text.to_str().unwrap()],
+        ]
+        .concat(),
+    );
+    run_ok(
+        &[
+            &common[..],
+            &["--tokens", "15496,995", "--out", ids.to_str().unwrap()],
+        ]
+        .concat(),
+    );
+    run_ok(
+        &[
+            &common[..],
+            &[
+                "--tokens",
+                "15496,995",
+                "--sequential",
+                "--out",
+                one_by_one.to_str().unwrap(),
+            ],
+        ]
+        .concat(),
+    );
+    let record =
+        |d: &std::path::Path| llorch_checkpoint_extractor::record::RunRecord::read(d).unwrap();
+    assert_eq!(record(&ids).tokens, [15496, 995]);
+    assert_eq!(record(&text).logits.sha256, record(&ids).logits.sha256);
+    let seq = record(&one_by_one);
+    assert!(seq.sequential);
+    assert_eq!(seq.logits.shape, [2, 50257], "one logits row per pass");
+    // Position 1 is pass 1: one token, two cache cells; LayerNorm rows do not
+    // depend on the batch, so they are bitwise the batch run's.
+    let batch = read(&text, "checkpoint_01_ln1_output.bin");
+    let first = read(&one_by_one, "checkpoint_01_ln1_output.bin");
+    let second = read(&one_by_one, "checkpoint_01_ln1_output.step1.bin");
+    assert_eq!(
+        (first.shape.as_slice(), second.shape.as_slice()),
+        (&[1, 768][..], &[1, 768][..])
+    );
+    assert_eq!([first.data, second.data].concat(), batch.data);
+    assert_eq!(
+        read(&one_by_one, "checkpoint_03_cache_k.step1.bin").shape,
+        [1, 2, 12, 64]
+    );
+}

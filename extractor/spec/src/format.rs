@@ -171,7 +171,12 @@ pub fn read_f64(path: &Path) -> Result<(Vec<i64>, Vec<f64>)> {
         let data = match dtype.as_str() {
             "<f8" => npy.into_vec::<f64>()?,
             "<f4" => npy.into_vec::<f32>()?.into_iter().map(f64::from).collect(),
-            other => bail!("dtype {other}, expected <f4 or <f8"),
+            "<f2" => npy
+                .into_vec::<npyz::half::f16>()?
+                .into_iter()
+                .map(f64::from)
+                .collect(),
+            other => bail!("dtype {other}: write <f4 (f32), <f2 (f16) or <f8 (f64)"),
         };
         Ok((shape, data))
     })();
@@ -287,6 +292,34 @@ mod tests {
         write(Format::Npy, &mut bytes, &[3], &[1.0, 2.5, -4.0]).unwrap();
         std::fs::write(&f4, &bytes).unwrap();
         assert_eq!(read_f64(&f4).unwrap(), (vec![3], vec![1.0, 2.5, -4.0]));
+
+        let f2 = dir.path().join("d.npy");
+        let mut bytes = Vec::new();
+        let mut w = npyz::WriteOptions::<npyz::half::f16>::new()
+            .default_dtype()
+            .shape(&[2])
+            .writer(&mut bytes)
+            .begin_nd()
+            .unwrap();
+        w.extend([1.5f32, -0.25].map(npyz::half::f16::from_f32))
+            .unwrap();
+        w.finish().unwrap();
+        std::fs::write(&f2, &bytes).unwrap();
+        assert_eq!(read_f64(&f2).unwrap(), (vec![2], vec![1.5, -0.25]), "f16");
+
+        let i4 = dir.path().join("e.npy");
+        let mut bytes = Vec::new();
+        let mut w = npyz::WriteOptions::<i32>::new()
+            .default_dtype()
+            .shape(&[1])
+            .writer(&mut bytes)
+            .begin_nd()
+            .unwrap();
+        w.extend([7]).unwrap();
+        w.finish().unwrap();
+        std::fs::write(&i4, &bytes).unwrap();
+        let msg = format!("{:#}", read_f64(&i4).unwrap_err());
+        assert!(msg.contains("e.npy") && msg.contains("dtype <i4"), "{msg}");
 
         std::fs::write(&f4, b"\x93NUMPY junk").unwrap();
         let msg = format!("{:#}", read_f64(&f4).unwrap_err());

@@ -52,6 +52,9 @@ pub struct RunRecord {
     pub format: Format,
     /// `prompt` or `all`: which passes were captured.
     pub steps: String,
+    /// The prompt went one token per pass (`--sequential`): its step N
+    /// checkpoints are position N's.
+    pub sequential: bool,
     /// The symbols of the prompt pass.
     pub symbols: Symbols,
     /// `llama_decode` wall time of every pass.
@@ -263,6 +266,7 @@ pub fn example() -> RunRecord {
         flash_attn: false,
         format: Format::Bin,
         steps: "prompt".into(),
+        sequential: false,
         symbols: Symbols {
             n_embd: 768,
             n_head: 12,

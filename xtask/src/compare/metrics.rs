@@ -32,6 +32,12 @@ pub fn read_tensor(path: &Path) -> Result<Tensor> {
 #[derive(Debug, Clone, Copy, Serialize, PartialEq)]
 pub struct Metrics {
     pub max_abs: f64,
+    /// The element of the largest |test-ref| (flat, row-major).
+    pub max_abs_at: usize,
+    /// Quantiles of |test-ref|: median, 99th and 99.9th percentile.
+    pub p50_abs: f64,
+    pub p99_abs: f64,
+    pub p999_abs: f64,
     /// max |test-ref| / |ref| over elements with ref != 0 (inf if ref == 0 != test).
     pub max_rel: f64,
     /// mean((test-ref)^2) / var(ref).
@@ -53,10 +59,16 @@ pub fn metrics(test: &[f64], reference: &[f64], tol: &Tolerance) -> Metrics {
     let mean_ref = reference.iter().sum::<f64>() / n;
     let (mut max_abs, mut max_rel, mut sq, mut var, mut dot, mut tt, mut rr) =
         (0f64, 0f64, 0f64, 0f64, 0f64, 0f64, 0f64);
-    let (mut n_outside, mut worst_ratio, mut worst) = (0usize, 0f64, 0usize);
+    let (mut n_outside, mut worst_ratio, mut worst, mut max_abs_at) =
+        (0usize, 0f64, 0usize, 0usize);
+    let mut abs = Vec::with_capacity(test.len());
     for (i, (&t, &r)) in test.iter().zip(reference).enumerate() {
         let d = (t - r).abs();
-        max_abs = max_abs.max(d);
+        abs.push(d);
+        if d > max_abs || (d.is_nan() && !max_abs.is_nan()) {
+            max_abs = d;
+            max_abs_at = i;
+        }
         if r != 0.0 {
             max_rel = max_rel.max(d / r.abs());
         } else if d != 0.0 {
@@ -97,8 +109,13 @@ pub fn metrics(test: &[f64], reference: &[f64], tol: &Tolerance) -> Metrics {
     } else {
         0.0
     };
+    let [p50_abs, p99_abs, p999_abs] = [0.5, 0.99, 0.999].map(|q| quantile(&mut abs, q));
     Metrics {
         max_abs,
+        max_abs_at,
+        p50_abs,
+        p99_abs,
+        p999_abs,
         max_rel,
         nmse,
         nmse_db: 10.0 * nmse.log10(),
@@ -108,6 +125,15 @@ pub fn metrics(test: &[f64], reference: &[f64], tol: &Tolerance) -> Metrics {
         worst_ratio,
         worst,
     }
+}
+
+/// The `q` quantile of `v` (nearest rank; NaN sorts last); reorders `v`.
+fn quantile(v: &mut [f64], q: f64) -> f64 {
+    if v.is_empty() {
+        return 0.0;
+    }
+    let k = ((v.len() - 1) as f64 * q).round() as usize;
+    *v.select_nth_unstable_by(k, f64::total_cmp).1
 }
 
 impl Metrics {
@@ -143,9 +169,19 @@ pub struct Row {
     pub worst_ref: f64,
 }
 
-pub fn score_run(run: &Path, reference: &Path, entries: &[Entry]) -> Result<Vec<Row>> {
-    let mut rows = Vec::new();
+/// Scores every checkpoint in graph order; with `fail_fast`, stops after the
+/// first over its tolerance.
+pub fn score_run(
+    run: &Path,
+    reference: &Path,
+    entries: &[Entry],
+    fail_fast: bool,
+) -> Result<Vec<Row>> {
+    let mut rows: Vec<Row> = Vec::new();
     for e in entries {
+        if fail_fast && rows.last().is_some_and(|r| !r.pass) {
+            break;
+        }
         let file = format!("{}.bin", e.stem);
         let test = read_tensor(&run.join(&file))?;
         let mut against = BTreeMap::new();
@@ -234,6 +270,10 @@ mod tests {
         assert_eq!(m.outside, 0.25);
         assert!((m.worst_ratio - 0.06 / 0.031).abs() < 1e-12);
         assert!(!m.passes(&TOL));
+        // |diff| is [0, 0, 0.06, 0]: the median 0, the 99th and 99.9th percentiles at the largest.
+        assert_eq!(m.max_abs_at, 2);
+        assert_eq!(m.p50_abs, 0.0);
+        assert!((m.p99_abs - 0.06).abs() < 1e-12 && (m.p999_abs - 0.06).abs() < 1e-12);
     }
 
     #[test]

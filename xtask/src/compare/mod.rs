@@ -19,10 +19,13 @@
 //! 5. A terminal table, `report.json` and `errors.svg` in `--out`.
 
 mod attribution;
+mod candidate;
 mod metrics;
+mod overrides;
 mod reference;
 mod report;
 mod self_test;
+mod sequential;
 
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
@@ -64,6 +67,20 @@ pub struct Compare {
     /// Check the comparison itself: a copy of the run with one element changed by 1e-2 must fail, naming it.
     #[arg(long)]
     self_test: bool,
+    /// A third side: a directory of another implementation's tensors (named as the extractor
+    /// names them, .bin or .npy, with run.json or tokens.json), compared with llama.cpp and f64.
+    #[arg(long, value_name = "DIR")]
+    candidate: Option<PathBuf>,
+    /// Override tolerances for checkpoints whose id or node name matches: 'ffn_*=atol:1e-2,nmse:1e-4'.
+    #[arg(long = "tolerance", value_name = "GLOB=atol:X,rtol:Y,nmse:Z")]
+    tolerances: Vec<overrides::Override>,
+    /// Stop at the first checkpoint (graph order) over its tolerance.
+    #[arg(long)]
+    fail_fast: bool,
+    /// Instead: run the prompt as one batch and one token at a time, and compare every
+    /// checkpoint position by position (no PyTorch needed).
+    #[arg(long, conflicts_with_all = ["candidate", "attribution", "run", "self_test"])]
+    sequential: bool,
 }
 
 /// The reference variants the script computes. `f64` is the truth the verdict uses.
@@ -93,8 +110,9 @@ impl Entry {
     }
 }
 
-/// The manifest's checkpoints in graph order; each must name its reference.
-fn entries(manifest: &Manifest) -> Result<Vec<Entry>> {
+/// The manifest's checkpoints in graph order, `--tolerance` applied; each
+/// must name its reference.
+fn entries(manifest: &Manifest, overrides: &[overrides::Override]) -> Result<Vec<Entry>> {
     manifest
         .graph_order()
         .into_iter()
@@ -108,10 +126,49 @@ fn entries(manifest: &Manifest) -> Result<Vec<Entry>> {
                 stem: cp.file_stem.clone(),
                 capture: reference.capture.clone(),
                 ops: reference.ops.clone(),
-                tolerance: cp.tolerance,
+                tolerance: overrides::apply(overrides, &cp.id, &cp.tensor, cp.tolerance),
             })
         })
         .collect()
+}
+
+/// `--sequential`: two extractor runs, one batch and one token at a time,
+/// compared position by position; prints the table, writes sequential.json.
+fn batch_vs_sequential(
+    project: &Project,
+    model: &Path,
+    manifest: &Path,
+    prompt: &str,
+    layers: Option<&str>,
+    out: &Path,
+) -> Result<()> {
+    let exe = ensure_extractor(project, Backend::Cpu)?;
+    let sh = project.shell()?;
+    let layers = &crate::extract::layer_args(layers);
+    let (batch, one_by_one) = (out.join("batch"), out.join("sequential"));
+    for (dir, flags) in [(&batch, &[][..]), (&one_by_one, &["--sequential"][..])] {
+        let result = cmd!(sh, "{exe} -m {model} --manifest {manifest} -p {prompt} -n 0 -t 2 --out {dir} {layers...} {flags...}")
+            .quiet()
+            .ignore_status()
+            .output()?;
+        ensure!(
+            result.status.success(),
+            "the extractor failed:\n{}",
+            String::from_utf8_lossy(&result.stderr).trim_end()
+        );
+    }
+    let rows = sequential::compare(&batch, &one_by_one, manifest)?;
+    let n = RunRecord::read(&batch)?.tokens.len();
+    print!("{}", sequential::table(&rows, n));
+    let json = out.join("sequential.json");
+    std::fs::write(
+        &json,
+        serde_json::to_vec_pretty(&serde_json::json!({
+            "model": model, "manifest": manifest, "prompt": prompt, "tokens": n, "checkpoints": rows,
+        }))?,
+    )?;
+    println!("\nper position: {}", json.display());
+    Ok(())
 }
 
 /// An f32 copy of `model` (kept in target/llorch/models as `<name>.f32.gguf`),
@@ -173,12 +230,25 @@ impl Compare {
             self.model.as_deref(),
             self.manifest.as_deref(),
         )?;
+        if self.sequential {
+            return batch_vs_sequential(
+                project,
+                &model,
+                &manifest,
+                &self.prompt,
+                self.layers.as_deref(),
+                &out,
+            );
+        }
         let run = self.run.clone().map(std::path::absolute).transpose()?;
         let outcome = compare(
             project,
             &Options {
                 manifest,
                 layers: self.layers,
+                candidate: self.candidate.map(std::path::absolute).transpose()?,
+                overrides: self.tolerances,
+                fail_fast: self.fail_fast,
                 model: Some(model),
                 prompt: self.prompt,
                 out,
@@ -201,6 +271,11 @@ impl Compare {
 
 pub struct Options {
     pub manifest: PathBuf,
+    /// `--candidate`: another implementation's tensors.
+    pub candidate: Option<PathBuf>,
+    /// `--tolerance` overrides.
+    pub overrides: Vec<overrides::Override>,
+    pub fail_fast: bool,
     /// `--layers` for the extractor: `all` or `0,5,29`.
     pub layers: Option<String>,
     pub model: Option<PathBuf>,
@@ -212,10 +287,29 @@ pub struct Options {
     pub quiet: bool,
 }
 
+impl Options {
+    /// A plain comparison of `model` (or the default GPT-2) on `prompt`.
+    pub fn new(manifest: &Path, model: Option<&Path>, prompt: &str, out: PathBuf) -> Options {
+        Options {
+            manifest: manifest.to_path_buf(),
+            candidate: None,
+            overrides: Vec::new(),
+            fail_fast: false,
+            layers: None,
+            model: model.map(Path::to_path_buf),
+            prompt: prompt.into(),
+            out,
+            run: None,
+            attribution: false,
+            quiet: true,
+        }
+    }
+}
+
 /// The whole comparison; `Err` when it could not be made, `failure` when it was and a tolerance is exceeded.
 pub fn compare(project: &Project, opts: &Options) -> Result<Outcome> {
     // Every checkpoint must name its reference: checked before anything runs.
-    entries(&Manifest::load(&opts.manifest)?)?;
+    entries(&Manifest::load(&opts.manifest)?, &opts.overrides)?;
     std::fs::create_dir_all(&opts.out)
         .with_context(|| format!("cannot create {}", opts.out.display()))?;
     let model = match &opts.model {
@@ -258,7 +352,10 @@ pub fn compare(project: &Project, opts: &Options) -> Result<Outcome> {
     };
     let record = read_run(&default_run)?;
     // The checkpoints as the run expanded them (`--layers`).
-    let entries = entries(&record.manifest(&opts.manifest)?)?;
+    let entries = entries(&record.manifest(&opts.manifest)?, &opts.overrides)?;
+    if let Some(dir) = &opts.candidate {
+        candidate::check_tokens(dir, &record.tokens)?;
+    }
     let reference = opts.out.join("reference");
     let t = Instant::now();
     let info =
@@ -269,7 +366,7 @@ pub fn compare(project: &Project, opts: &Options) -> Result<Outcome> {
             t.elapsed().as_secs_f64()
         );
     }
-    let rows = metrics::score_run(&default_run, &reference, &entries)?;
+    let rows = metrics::score_run(&default_run, &reference, &entries, opts.fail_fast)?;
 
     let mut text = String::new();
     let setting = format!("kv cache {}, {} threads", record.kv_type, record.threads);
@@ -291,13 +388,13 @@ pub fn compare(project: &Project, opts: &Options) -> Result<Outcome> {
         extract(&model, &kv32, &["-t", "2", "--kv-type", "f32"])?;
         let t1 = opts.out.join("llama-t1");
         extract(&model, &t1, &["-t", "1"])?;
-        let kv_rows = metrics::score_run(&kv32, &reference, &entries)?;
-        let t1_rows = metrics::score_run(&t1, &reference, &entries)?;
+        let kv_rows = metrics::score_run(&kv32, &reference, &entries, false)?;
+        let t1_rows = metrics::score_run(&t1, &reference, &entries, false)?;
         let f32_rows = match f32_copy(project, &model)? {
             Some(copy) => {
                 let dir = opts.out.join("llama-f32-weights");
                 extract(&copy, &dir, &["-t", "2"])?;
-                Some(metrics::score_run(&dir, &reference, &entries)?)
+                Some(metrics::score_run(&dir, &reference, &entries, false)?)
             }
             None => None,
         };
@@ -317,6 +414,13 @@ pub fn compare(project: &Project, opts: &Options) -> Result<Outcome> {
         });
         text.push_str(&table);
         attribution = Some(json);
+    }
+    let candidate_rows = opts
+        .candidate
+        .as_ref()
+        .map(|dir| candidate::score(dir, &default_run, &reference, &entries));
+    if let Some(c) = &candidate_rows {
+        text.push_str(&candidate::table(c, &rows));
     }
     let failure = metrics::first_failure(&rows);
     let passed = rows.iter().filter(|r| r.pass).count();
@@ -345,7 +449,13 @@ pub fn compare(project: &Project, opts: &Options) -> Result<Outcome> {
     let json = serde_json::json!({
         "manifest": opts.manifest, "model": model, "prompt": opts.prompt, "tokens": record.tokens, "run": default_run,
         "reference_variants": VARIANTS, "reference": info, "verdict_against": F64, "pass": failure.is_none(), "first_failure": failure,
-        "checkpoints": rows, "attribution": attribution, "picture": picture,
+        "checkpoints": rows, "attribution": attribution,
+        "candidate": opts.candidate.as_ref().map(|dir| serde_json::json!({
+            "dir": dir,
+            "checkpoints": candidate_rows,
+            "first_divergence_from_llama_cpp": candidate_rows.as_deref().and_then(|c| candidate::first_divergence(c, "llama.cpp")),
+            "first_divergence_from_f64": candidate_rows.as_deref().and_then(|c| candidate::first_divergence(c, "f64")),
+        })), "picture": picture,
     });
     std::fs::write(&report, serde_json::to_vec_pretty(&json)?)?;
     Ok(Outcome {
@@ -368,7 +478,7 @@ mod tests {
     #[test]
     fn entries_come_in_graph_order_and_each_needs_a_reference() {
         let m = manifest("layers: [0, 1]\ncheckpoints:\n  - {id: a, tensor: 'x-{layer}', shape: [1], file: 'a{layer}', reference: {capture: 'h.{layer}.ln_1'}}\n  - {id: b, tensor: 'y-{layer}', shape: [1], file: 'b{layer}', reference: {capture: 'h.{layer}.mlp'}}\n");
-        let keys: Vec<_> = entries(&m)
+        let keys: Vec<_> = entries(&m, &[])
             .unwrap()
             .iter()
             .map(|e| (e.key(), e.capture.clone()))
@@ -383,7 +493,7 @@ mod tests {
             ]
         );
         let m = manifest("checkpoints:\n  - {id: c, tensor: t, shape: [1], file: f}\n");
-        let err = entries(&m).unwrap_err();
+        let err = entries(&m, &[]).unwrap_err();
         assert!(
             err.to_string()
                 .contains("checkpoint `c` has no `reference:`"),

@@ -13,23 +13,15 @@ use crate::project::Project;
 pub fn self_test(project: &Project) -> Result<String> {
     let out = project.work_dir().join("compare-self-test");
     let manifest = project.root().join("manifests/gpt2.yaml");
-    let opts = Options {
-        manifest: manifest.clone(),
-        layers: None,
-        model: None,
-        prompt: "Hello world".into(),
-        out: out.join("clean"),
-        run: None,
-        attribution: false,
-        quiet: true,
-    };
+    let opts = Options::new(&manifest, None, "Hello world", out.join("clean"));
     let clean = compare(project, &opts)?;
     if let Some(why) = clean.failure {
         bail!("the unmodified run fails: {why}");
     }
-    let entries = entries(&llorch_checkpoint_spec::manifest::Manifest::load(
-        &manifest,
-    )?)?;
+    let entries = entries(
+        &llorch_checkpoint_spec::manifest::Manifest::load(&manifest)?,
+        &[],
+    )?;
     let victim = entries.first().context("the manifest has no checkpoint")?;
     let run = out.join("clean/llama");
     let copy = out.join("perturbed-run");

@@ -282,14 +282,13 @@ pub fn real_model_compare(
     let outcome = crate::compare::compare(
         project,
         &crate::compare::Options {
-            manifest: manifest.to_path_buf(),
-            layers: Some("0,-1".into()),
-            model: Some(model.to_path_buf()),
-            prompt: PERF_PROMPT.into(),
-            out: work.join("real-compare"),
-            run: None,
-            attribution: false,
-            quiet: true,
+            layers: Some("0,7,-1".into()),
+            ..crate::compare::Options::new(
+                manifest,
+                Some(model),
+                PERF_PROMPT,
+                work.join("real-compare"),
+            )
         },
     )?;
     if let Some(why) = outcome.failure {
@@ -307,6 +306,69 @@ pub fn real_model_compare(
         llama.unwrap_or_default(),
         outcome.report.display()
     ))
+}
+
+/// Another implementation's tensors, simulated: a copy of the compared run
+/// with layer 7's FFN output scaled by 1.01. With tolerances that demand
+/// llama.cpp's numbers (an override), the candidate's first divergence from
+/// llama.cpp must be that checkpoint, named with its element.
+pub fn candidate_caught(
+    project: &Project,
+    model: &Path,
+    manifest: &Path,
+    work: &Path,
+) -> Result<String> {
+    let run = work.join("real-compare/llama");
+    let record = RunRecord::read(&run)?;
+    let victim = record
+        .checkpoint_by_tensor("ffn_out-7")
+        .context("the compared run has no ffn_out-7")?
+        .file
+        .clone();
+    let candidate = work.join("candidate");
+    let _ = std::fs::remove_dir_all(&candidate);
+    std::fs::create_dir_all(&candidate)?;
+    for entry in std::fs::read_dir(&run)? {
+        let entry = entry?;
+        if entry.file_type()?.is_file() {
+            std::fs::copy(entry.path(), candidate.join(entry.file_name()))?;
+        }
+    }
+    let t = llorch_checkpoint_spec::format::read(&candidate.join(&victim))?;
+    let scaled: Vec<f32> = t.data.iter().map(|x| x * 1.01).collect();
+    let mut bytes = Vec::new();
+    llorch_checkpoint_spec::format::write(
+        llorch_checkpoint_spec::format::Format::Bin,
+        &mut bytes,
+        &t.shape,
+        &scaled,
+    )?;
+    std::fs::write(candidate.join(&victim), bytes)?;
+    let out = work.join("candidate-compare");
+    crate::compare::compare(
+        project,
+        &crate::compare::Options {
+            run: Some(run),
+            candidate: Some(candidate),
+            overrides: vec!["*=atol:1e-6,rtol:1e-6,nmse:1e-12"
+                .parse()
+                .map_err(anyhow::Error::msg)?],
+            ..crate::compare::Options::new(manifest, Some(model), PERF_PROMPT, out.clone())
+        },
+    )?;
+    let report: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(out.join("report.json"))?)?;
+    let first = report["candidate"]["first_divergence_from_llama_cpp"]
+        .as_str()
+        .context("the candidate did not diverge from llama.cpp at all")?
+        .to_string();
+    ensure!(
+        first.contains(&format!("({victim})"))
+            && first.contains("layer 7")
+            && first.contains("element ["),
+        "the first divergence is not {victim}'s: {first}"
+    );
+    Ok(first)
 }
 
 /// The model run twice, with the manifest's checkpoints captured and with no

@@ -25,8 +25,9 @@ use crate::project::Project;
 
 mod checks;
 use checks::{
-    clean_build, corrupted_copy_rejected, logits_unchanged, no_amx, overhead_ratio, quietly,
-    real_model_compare, seen_once, sliding_window_masks, throughput, validate, CORRUPTIONS,
+    candidate_caught, clean_build, corrupted_copy_rejected, logits_unchanged, no_amx,
+    overhead_ratio, quietly, real_model_compare, seen_once, sliding_window_masks, throughput,
+    validate, CORRUPTIONS,
 };
 
 #[derive(clap::Args)]
@@ -364,6 +365,14 @@ fn real_model_checks(
         t,
         logits_unchanged(sh, exe, &model, &manifest, &work),
     );
+    if name == "smollm2-135m" {
+        let t = Instant::now();
+        report.check(
+            "a candidate whose layer-7 FFN output is scaled by 1.01 diverges from llama.cpp there first",
+            t,
+            candidate_caught(project, &model, &manifest, &work),
+        );
+    }
     if name == "gemma3-270m" {
         let t = Instant::now();
         report.check(

@@ -1,0 +1,325 @@
+//! `--candidate DIR`: a third side, the tensors another implementation wrote,
+//! compared with llama.cpp's and with the f64 reference.
+//!
+//! The candidate writes one file per checkpoint, named by the manifest's
+//! `file` as the extractor names it (`.bin` as documented in the README, or
+//! `.npy` of f32, f16 or f64), and says which tokens it ran: a `run.json` of
+//! this tool, or a `tokens.json` (a JSON array of ids). The ids must be the
+//! run's. A missing file, another shape or dtype is a message for that file;
+//! the comparison goes on with the others.
+
+use std::fmt::Write as _;
+use std::path::Path;
+
+use anyhow::{ensure, Context, Result};
+use llorch_checkpoint_spec::record::RunRecord;
+use serde::Serialize;
+
+use super::metrics::{metrics, read_tensor, unravel, Metrics, Row, Tensor};
+use super::report::layer_text;
+use super::{Entry, F64};
+
+/// One side against another on one checkpoint.
+#[derive(Serialize, Clone)]
+pub struct Verdict {
+    pub metrics: Metrics,
+    pub pass: bool,
+    /// The element of the largest |diff|, and both values there.
+    pub max_index: Vec<usize>,
+    pub test: f64,
+    pub reference: f64,
+}
+
+fn verdict(test: &Tensor, reference: &Tensor, entry: &Entry) -> Verdict {
+    let m = metrics(&test.data, &reference.data, &entry.tolerance);
+    Verdict {
+        metrics: m,
+        pass: m.passes(&entry.tolerance),
+        max_index: unravel(m.max_abs_at, &test.shape),
+        test: test.data[m.max_abs_at],
+        reference: reference.data[m.max_abs_at],
+    }
+}
+
+/// The candidate on one checkpoint: against llama.cpp and against f64, or
+/// why it could not be compared.
+#[derive(Serialize)]
+pub struct CandidateRow {
+    pub id: String,
+    pub layer: Option<u32>,
+    pub file: String,
+    pub problem: Option<String>,
+    pub vs_llama: Option<Verdict>,
+    pub vs_f64: Option<Verdict>,
+}
+
+/// The token ids the candidate ran: its `run.json`, or its `tokens.json`.
+pub fn tokens(dir: &Path) -> Result<Vec<i64>> {
+    if dir.join("run.json").is_file() {
+        let record = RunRecord::read(dir)?;
+        return Ok(record.tokens.iter().map(|&t| t.into()).collect());
+    }
+    let path = dir.join("tokens.json");
+    let text = std::fs::read_to_string(&path).with_context(|| {
+        format!(
+            "the candidate {} has neither run.json nor tokens.json: write the prompt's token ids as a JSON array \
+             to {} so that both sides are known to have run the same input",
+            dir.display(),
+            path.display()
+        )
+    })?;
+    serde_json::from_str(&text)
+        .with_context(|| format!("{} is not a JSON array of token ids", path.display()))
+}
+
+/// Refuses a candidate that ran other tokens than llama.cpp.
+pub fn check_tokens(dir: &Path, run_tokens: &[i32]) -> Result<()> {
+    let theirs = tokens(dir)?;
+    let ours: Vec<i64> = run_tokens.iter().map(|&t| t.into()).collect();
+    ensure!(
+        theirs == ours,
+        "the candidate ran other tokens than llama.cpp: {} ids {:?}... against {} ids {:?}...; \
+         feed both the same ids (the extractor takes --tokens)",
+        theirs.len(),
+        &theirs[..theirs.len().min(8)],
+        ours.len(),
+        &ours[..ours.len().min(8)]
+    );
+    Ok(())
+}
+
+pub fn score(dir: &Path, run: &Path, reference: &Path, entries: &[Entry]) -> Vec<CandidateRow> {
+    entries
+        .iter()
+        .map(|e| {
+            let (file, compared) = match compare_one(dir, run, reference, e) {
+                Ok((file, vs_llama, vs_f64)) => (file, Ok((vs_llama, vs_f64))),
+                Err((file, problem)) => (file, Err(problem)),
+            };
+            let (problem, vs_llama, vs_f64) = match compared {
+                Ok((a, b)) => (None, Some(a), Some(b)),
+                Err(p) => (Some(p), None, None),
+            };
+            CandidateRow {
+                id: e.id.clone(),
+                layer: e.layer,
+                file,
+                problem,
+                vs_llama,
+                vs_f64,
+            }
+        })
+        .collect()
+}
+
+type Compared = (String, Verdict, Verdict);
+
+fn compare_one(
+    dir: &Path,
+    run: &Path,
+    reference: &Path,
+    e: &Entry,
+) -> Result<Compared, (String, String)> {
+    let found = ["bin", "npy"]
+        .iter()
+        .map(|ext| format!("{}.{ext}", e.stem))
+        .find(|f| dir.join(f).is_file());
+    let Some(file) = found else {
+        return Err((
+            format!("{}.bin", e.stem),
+            format!("missing: no {0}.bin or {0}.npy", e.stem),
+        ));
+    };
+    let fail = |what: anyhow::Error| (file.clone(), format!("{what:#}"));
+    let candidate = read_tensor(&dir.join(&file)).map_err(fail)?;
+    let llama = read_tensor(&run.join(format!("{}.bin", e.stem))).map_err(fail)?;
+    let f64_ref =
+        read_tensor(&reference.join(F64).join(format!("{}.npy", e.stem))).map_err(fail)?;
+    if candidate.shape != llama.shape {
+        return Err((
+            file,
+            format!(
+                "shape {:?}, but llama.cpp's file is {:?}",
+                candidate.shape, llama.shape
+            ),
+        ));
+    }
+    Ok((
+        file,
+        verdict(&candidate, &llama, e),
+        verdict(&candidate, &f64_ref, e),
+    ))
+}
+
+/// The first checkpoint, in graph order, where the candidate leaves the
+/// tolerance against `pair` (`llama.cpp` or `f64`), with its largest difference.
+pub fn first_divergence(rows: &[CandidateRow], pair: &str) -> Option<String> {
+    rows.iter().find_map(|r| {
+        let layer = r.layer.map(|l| format!(" layer {l}")).unwrap_or_default();
+        if let Some(problem) = &r.problem {
+            return Some(format!(
+                "checkpoint {}{layer} ({}): {problem}",
+                r.id, r.file
+            ));
+        }
+        let v = if pair == "llama.cpp" {
+            &r.vs_llama
+        } else {
+            &r.vs_f64
+        };
+        let v = v.as_ref().filter(|v| !v.pass)?;
+        Some(format!(
+            "checkpoint {}{layer} ({}): element {:?} is {:.7} in the candidate, {:.7} in {pair} \
+             (NMSE {:.3e}, {} elements outside the tolerance)",
+            r.id, r.file, v.max_index, v.test, v.reference, v.metrics.nmse, v.metrics.n_outside
+        ))
+    })
+}
+
+/// The three pairs side by side: NMSE in dB and the verdict of each.
+pub fn table(rows: &[CandidateRow], llama: &[Row]) -> String {
+    let mut s = String::new();
+    let _ = writeln!(
+        s,
+        "\ncandidate: NMSE in dB (verdict against the checkpoint's tolerance)\n{:<16} {:>3}  {:>18} {:>18} {:>18}",
+        "checkpoint", "l", "cand vs llama.cpp", "cand vs f64", "llama.cpp vs f64"
+    );
+    let cell = |v: &Option<Verdict>| match v {
+        Some(v) => format!(
+            "{:.1} {}",
+            v.metrics.nmse_db,
+            if v.pass { "ok" } else { "DIVERGES" }
+        ),
+        None => "-".into(),
+    };
+    for (r, l) in rows.iter().zip(llama) {
+        let ours = l.against[F64];
+        let _ = writeln!(
+            s,
+            "{:<16} {:>3}  {:>18} {:>18} {:>18}{}",
+            r.id,
+            layer_text(r.layer),
+            cell(&r.vs_llama),
+            cell(&r.vs_f64),
+            format!("{:.1} {}", ours.nmse_db, if l.pass { "ok" } else { "FAIL" }),
+            r.problem
+                .as_ref()
+                .map(|p| format!("  {}: {p}", r.file))
+                .unwrap_or_default()
+        );
+    }
+    for pair in ["llama.cpp", "f64"] {
+        let first = first_divergence(rows, pair);
+        let _ = writeln!(
+            s,
+            "first divergence, candidate vs {pair}: {}",
+            first.as_deref().unwrap_or("none")
+        );
+    }
+    let ours = super::metrics::first_failure(llama);
+    let _ = writeln!(
+        s,
+        "first divergence, llama.cpp vs f64: {}",
+        ours.as_deref().unwrap_or("none")
+    );
+    s
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use llorch_checkpoint_spec::format::{self, Format};
+    use llorch_checkpoint_spec::manifest::Tolerance;
+
+    fn entry(id: &str, layer: u32) -> Entry {
+        Entry {
+            id: id.into(),
+            layer: Some(layer),
+            stem: format!("{id}_l{layer}"),
+            capture: String::new(),
+            ops: Vec::new(),
+            tolerance: Tolerance {
+                atol: 1e-6,
+                rtol: 1e-6,
+                nmse: 1e-12,
+            },
+        }
+    }
+
+    fn write(path: &Path, shape: &[i64], data: &[f32]) {
+        let mut bytes = Vec::new();
+        let format = if path.extension().is_some_and(|e| e == "npy") {
+            Format::Npy
+        } else {
+            Format::Bin
+        };
+        format::write(format, &mut bytes, shape, data).unwrap();
+        std::fs::write(path, bytes).unwrap();
+    }
+
+    #[test]
+    fn the_first_divergence_is_named_with_its_element_and_problems_do_not_stop_the_rest() {
+        let tmp = tempfile::tempdir().unwrap();
+        let (cand, run, reference) = (
+            tmp.path().join("cand"),
+            tmp.path().join("run"),
+            tmp.path().join("ref"),
+        );
+        for d in [&cand, &run, &reference.join(F64)] {
+            std::fs::create_dir_all(d).unwrap();
+        }
+        let entries: Vec<Entry> = (0..3)
+            .flat_map(|l| [entry("ffn_out", l), entry("l_out", l)])
+            .collect();
+        let data: Vec<f32> = (0..6).map(|i| i as f32 - 2.5).collect();
+        for e in &entries {
+            write(&run.join(format!("{}.bin", e.stem)), &[2, 3], &data);
+            write(
+                &reference.join(F64).join(format!("{}.npy", e.stem)),
+                &[2, 3],
+                &data,
+            );
+            if e.stem == "l_out_l0" {
+                continue; // missing from the candidate
+            }
+            let mut mine = data.clone();
+            if e.stem == "ffn_out_l1" {
+                mine[4] *= 1.01;
+            }
+            let ext = if e.layer == Some(2) { "npy" } else { "bin" };
+            write(&cand.join(format!("{}.{ext}", e.stem)), &[2, 3], &mine);
+        }
+        let rows = score(&cand, &run, &reference, &entries);
+        assert_eq!(
+            rows[1].problem.as_deref(),
+            Some("missing: no l_out_l0.bin or l_out_l0.npy")
+        );
+        assert!(
+            rows[3].vs_llama.as_ref().unwrap().pass,
+            "l_out of layer 1 is untouched"
+        );
+        assert!(
+            rows[4].vs_llama.as_ref().unwrap().pass,
+            "npy files are read too"
+        );
+        // The missing file comes first in graph order; past it, layer 1's ffn_out.
+        let first = first_divergence(&rows[2..], "llama.cpp").unwrap();
+        assert!(
+            first.starts_with("checkpoint ffn_out layer 1 (ffn_out_l1.bin): element [1, 1] is 1.5150000 in the candidate, 1.5000000 in llama.cpp"),
+            "{first}"
+        );
+        assert!(first_divergence(&rows, "f64").unwrap().contains("missing"));
+    }
+
+    #[test]
+    fn a_candidate_of_other_tokens_is_refused() {
+        let tmp = tempfile::tempdir().unwrap();
+        let err = check_tokens(tmp.path(), &[1, 2]).unwrap_err().to_string();
+        assert!(err.contains("neither run.json nor tokens.json"), "{err}");
+        std::fs::write(tmp.path().join("tokens.json"), "[1, 3]").unwrap();
+        let err = check_tokens(tmp.path(), &[1, 2]).unwrap_err().to_string();
+        assert!(err.contains("ran other tokens than llama.cpp"), "{err}");
+        std::fs::write(tmp.path().join("tokens.json"), "[1, 2]").unwrap();
+        check_tokens(tmp.path(), &[1, 2]).unwrap();
+    }
+}

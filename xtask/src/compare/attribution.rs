@@ -32,7 +32,7 @@ pub fn attribution_table(runs: &Runs<'_>) -> (String, serde_json::Value) {
     );
     let _ = writeln!(
         s,
-        "{:<14} {:>3}  {:>9} {:>9} {:>9} {:>9} {:>12} {:>12}  {:<9}  the error is mostly",
+        "{:<18} {:>3}  {:>9} {:>9} {:>9} {:>9} {:>12} {:>12}  {:<9}  the error is mostly",
         "checkpoint",
         "l",
         "default",
@@ -55,7 +55,7 @@ pub fn attribution_table(runs: &Runs<'_>) -> (String, serde_json::Value) {
         let verdict = explain(&def, &kv, &emulated, &kv_gelu, f32w.as_ref());
         let _ = writeln!(
             s,
-            "{:<14} {:>3}  {:>9.1} {:>9.1} {:>9.1} {:>9} {:>12.1} {:>12.1}  {:<9}  {}",
+            "{:<18} {:>3}  {:>9.1} {:>9.1} {:>9.1} {:>9} {:>12.1} {:>12.1}  {:<9}  {}",
             b.id,
             layer_text(b.layer),
             db(&def),

@@ -235,6 +235,7 @@ mod tests {
         Entry {
             id: id.into(),
             layer: Some(layer),
+            head_axis: None,
             stem: format!("{id}_l{layer}"),
             capture: String::new(),
             ops: Vec::new(),

@@ -20,6 +20,7 @@
 
 mod attribution;
 mod candidate;
+mod html;
 mod metrics;
 mod overrides;
 mod reference;
@@ -77,6 +78,10 @@ pub struct Compare {
     /// Stop at the first checkpoint (graph order) over its tolerance.
     #[arg(long)]
     fail_fast: bool,
+    /// Detail these checkpoints in report.html too (heatmap, histogram), besides the failing ones:
+    /// a glob over ids or `id@layer`, e.g. '07_ffn_out@*'.
+    #[arg(long, value_name = "GLOB", value_parser = |s: &str| glob::Pattern::new(s).map_err(|e| e.to_string()))]
+    show: Option<glob::Pattern>,
     /// Instead: run the prompt as one batch and one token at a time, and compare every
     /// checkpoint position by position (no PyTorch needed).
     #[arg(long, conflicts_with_all = ["candidate", "attribution", "run", "self_test"])]
@@ -95,6 +100,8 @@ const VARIANTS: &[&str] = &[F32, F64, F64_GELU, F64_GGML];
 pub struct Entry {
     id: String,
     layer: Option<u32>,
+    /// The file axis of the heads (the manifest's `n_head` or `n_head_kv`), for report.html.
+    head_axis: Option<usize>,
     stem: String,
     capture: String,
     ops: Vec<Op>,
@@ -120,9 +127,16 @@ fn entries(manifest: &Manifest, overrides: &[overrides::Override]) -> Result<Vec
             let reference = cp.reference.as_ref().with_context(|| {
                 format!("checkpoint `{}` has no `reference:` (which PyTorch tensor it corresponds to); add one to compare it", cp.id)
             })?;
+            let n = cp.shape.len();
+            let head_axis = cp
+                .shape
+                .iter()
+                .position(|d| matches!(d.to_string().trim(), "n_head" | "n_head_kv"))
+                .map(|ggml_axis| n - 1 - ggml_axis);
             Ok(Entry {
                 id: cp.id.clone(),
                 layer: cp.layer,
+                head_axis,
                 stem: cp.file_stem.clone(),
                 capture: reference.capture.clone(),
                 ops: reference.ops.clone(),
@@ -206,6 +220,8 @@ fn read_run(dir: &Path) -> Result<RunRecord> {
 pub struct Outcome {
     pub report: PathBuf,
     pub picture: PathBuf,
+    /// `report.html`: the page a person reads.
+    pub html: PathBuf,
     pub summary: String,
     pub failure: Option<String>,
     /// The greedy next token after the prompt: llama.cpp's, and the f64 reference's.
@@ -249,6 +265,7 @@ impl Compare {
                 candidate: self.candidate.map(std::path::absolute).transpose()?,
                 overrides: self.tolerances,
                 fail_fast: self.fail_fast,
+                show: self.show,
                 model: Some(model),
                 prompt: self.prompt,
                 out,
@@ -258,9 +275,10 @@ impl Compare {
             },
         )?;
         println!(
-            "\nreport: {}\npicture: {}",
+            "\nreport: {}\npicture: {}\npage: {}",
             outcome.report.display(),
-            outcome.picture.display()
+            outcome.picture.display(),
+            outcome.html.display()
         );
         match outcome.failure {
             Some(why) => bail!("{why}"),
@@ -276,6 +294,8 @@ pub struct Options {
     /// `--tolerance` overrides.
     pub overrides: Vec<overrides::Override>,
     pub fail_fast: bool,
+    /// `--show`: checkpoints report.html details even when they pass.
+    pub show: Option<glob::Pattern>,
     /// `--layers` for the extractor: `all` or `0,5,29`.
     pub layers: Option<String>,
     pub model: Option<PathBuf>,
@@ -295,6 +315,7 @@ impl Options {
             candidate: None,
             overrides: Vec::new(),
             fail_fast: false,
+            show: None,
             layers: None,
             model: model.map(Path::to_path_buf),
             prompt: prompt.into(),
@@ -444,7 +465,24 @@ pub fn compare(project: &Project, opts: &Options) -> Result<Outcome> {
             .map(|n| n.to_string_lossy())
             .unwrap_or_default()
     );
-    std::fs::write(&picture, report::svg(&rows, &title))?;
+    let svg = report::svg(&rows, &title);
+    std::fs::write(&picture, &svg)?;
+    let page = html::render(&html::Page {
+        title: &title,
+        header: text
+            .lines()
+            .find(|l| l.starts_with("llama.cpp ("))
+            .unwrap_or_default(),
+        rows: &rows,
+        entries: &entries,
+        picture: &svg,
+        candidate: candidate_rows.as_deref(),
+        show: opts.show.as_ref(),
+        run: &default_run,
+        reference: &reference,
+    })?;
+    let html = opts.out.join("report.html");
+    std::fs::write(&html, page)?;
     let report = opts.out.join("report.json");
     let json = serde_json::json!({
         "manifest": opts.manifest, "model": model, "prompt": opts.prompt, "tokens": record.tokens, "run": default_run,
@@ -461,6 +499,7 @@ pub fn compare(project: &Project, opts: &Options) -> Result<Outcome> {
     Ok(Outcome {
         report,
         picture,
+        html,
         summary,
         failure,
         next_token: (record.next_token, info.next_token.get(F64).copied()),

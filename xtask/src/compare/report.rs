@@ -14,7 +14,7 @@ pub fn table(rows: &[Row]) -> String {
     let mut s = String::new();
     let _ = writeln!(
         s,
-        "\n{:<14} {:>3}  {:>9} {:>9} {:>7} {:>10}  | {:>9} {:>9} {:>9} {:>7} {:>12} {:>7}  {:<5} tolerance (atol, rtol, nmse)",
+        "\n{:<18} {:>3}  {:>9} {:>9} {:>7} {:>10}  | {:>9} {:>9} {:>9} {:>7} {:>12} {:>7}  {:<5} tolerance (atol, rtol, nmse)",
         "checkpoint", "l", "f32:maxab", "nmse", "dB", "cos-1", "f64:maxab", "max rel", "nmse", "dB", "cos-1", "outside", ""
     );
     for r in rows {
@@ -22,7 +22,7 @@ pub fn table(rows: &[Row]) -> String {
         let t = r.tolerance;
         let _ = writeln!(
             s,
-            "{:<14} {:>3}  {:>9.2e} {:>9.2e} {:>7.1} {:>10.2e}  | {:>9.2e} {:>9.2e} {:>9.2e} {:>7.1} {:>12.2e} {:>6.2}%  {:<5} {:.0e}, {:.0e}, {:.0e}",
+            "{:<18} {:>3}  {:>9.2e} {:>9.2e} {:>7.1} {:>10.2e}  | {:>9.2e} {:>9.2e} {:>9.2e} {:>7.1} {:>12.2e} {:>6.2}%  {:<5} {:.0e}, {:.0e}, {:.0e}",
             r.id,
             layer_text(r.layer),
             a.max_abs,
@@ -58,7 +58,13 @@ pub fn svg(rows: &[Row], title: &str) -> String {
         }
     }
     layers.sort();
-    let (cw, ch, left, top) = (46.0, 26.0, 120.0, 70.0);
+    // Wide enough cells that a panel's title fits over few layers.
+    let (cw, ch, left, top) = (
+        (420.0 / layers.len() as f64).clamp(46.0, 90.0),
+        26.0,
+        140.0,
+        70.0,
+    );
     let panel_w = cw * layers.len() as f64;
     let gap = 90.0;
     let width = left + 2.0 * panel_w + gap + 40.0;

@@ -23,6 +23,7 @@ use crate::extract::ensure_extractor;
 use crate::pin::{Flavour, Pin};
 use crate::project::Project;
 
+mod browser;
 mod checks;
 use checks::{
     candidate_caught, clean_build, corrupted_copy_rejected, logits_unchanged, no_amx,
@@ -302,6 +303,15 @@ impl Verify {
             "checkpoints match PyTorch GPT-2 (f64) within tolerance; a 1e-2 perturbation is caught",
             t,
             result,
+        );
+        let t = Instant::now();
+        let page = project
+            .work_dir()
+            .join("compare-self-test/perturbed/report.html");
+        report.check(
+            "report.html renders in headless Chromium (sections, tables, pictures, links, no script)",
+            t,
+            browser::report_renders(&page, &work),
         );
 
         for name in REAL_MODELS {

@@ -1,0 +1,109 @@
+//! `report.html` in a real browser: Debian's Chromium, headless, loads the
+//! page from disk with the network off and gives back the DOM it built. The
+//! page must have its sections, tables and pictures, no script error, no
+//! image to break, and every link must land on an element of the page.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Duration;
+
+use anyhow::{bail, ensure, Context, Result};
+
+/// Chromium on PATH (Debian: `apt-get install chromium`; .ci/run installs it).
+fn chromium() -> Result<PathBuf> {
+    let path = std::env::var_os("PATH").unwrap_or_default();
+    ["chromium", "chromium-browser", "google-chrome"]
+        .iter()
+        .flat_map(|name| std::env::split_paths(&path).map(move |dir| dir.join(name)))
+        .find(|p| p.is_file())
+        .context(
+            "no Chromium to open report.html with: install it (Debian: apt-get install chromium)",
+        )
+}
+
+/// The DOM Chromium built from `page`, and what it logged.
+fn load(page: &Path, profile: &Path) -> Result<(String, String)> {
+    let mut child = Command::new(chromium()?)
+        .args([
+            "--headless",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--no-first-run",
+            "--disable-background-networking",
+            "--disable-component-update",
+            "--disable-sync",
+            "--enable-logging=stderr",
+            "--v=0",
+            "--dump-dom",
+        ])
+        .arg(format!("--user-data-dir={}", profile.display()))
+        .arg(format!("file://{}", page.display()))
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .context("cannot start Chromium")?;
+    // A page that never settles must not hang verify.
+    let deadline = std::time::Instant::now() + Duration::from_secs(120);
+    while child.try_wait()?.is_none() {
+        if std::time::Instant::now() > deadline {
+            let _ = child.kill();
+            bail!(
+                "Chromium did not finish loading {} in 120 s",
+                page.display()
+            );
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let out = child.wait_with_output()?;
+    ensure!(
+        out.status.success(),
+        "Chromium failed on {}",
+        page.display()
+    );
+    Ok((
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    ))
+}
+
+/// Opens `page` and checks what a reader would see.
+pub fn report_renders(page: &Path, work: &Path) -> Result<String> {
+    let profile = work.join("chromium-profile");
+    let (dom, log) = load(page, &profile)?;
+    ensure!(
+        !dom.is_empty(),
+        "Chromium gave back no DOM for {}",
+        page.display()
+    );
+    for section in ["summary", "picture", "details"] {
+        ensure!(
+            dom.contains(&format!("id=\"{section}\"")),
+            "the page has no #{section} section"
+        );
+    }
+    let (tables, pictures) = (dom.matches("<table").count(), dom.matches("<svg").count());
+    ensure!(tables >= 1 && pictures >= 3, "{tables} table(s) and {pictures} picture(s): expected the summary, the per-layer picture and a heatmap and histogram");
+    ensure!(
+        !dom.contains("<img"),
+        "the page has an <img>, which could break: pictures are inline SVG"
+    );
+    ensure!(
+        !log.contains("Uncaught") && !dom.contains("<script"),
+        "a script ran or failed:\n{log}"
+    );
+    let links: Vec<&str> = dom
+        .split("href=\"#")
+        .skip(1)
+        .filter_map(|rest| rest.split('"').next())
+        .collect();
+    let broken: Vec<&&str> = links
+        .iter()
+        .filter(|id| !dom.contains(&format!("id=\"{id}\"")))
+        .collect();
+    ensure!(broken.is_empty(), "links to nothing: {broken:?}");
+    Ok(format!(
+        "{}: {tables} tables, {pictures} inline pictures, {} links all landing, no script error",
+        page.display(),
+        links.len()
+    ))
+}

@@ -35,19 +35,53 @@ pub struct Captured {
     pub data: Vec<f32>,
 }
 
+/// `--tensors`: globs over node names, separated by commas
+/// (`'attn_norm-*,ffn_out-*'`); a node is wanted when any matches.
+#[derive(Clone, Debug)]
+pub struct NodeFilter {
+    text: String,
+    patterns: Vec<glob::Pattern>,
+}
+
+impl std::str::FromStr for NodeFilter {
+    type Err = String;
+
+    fn from_str(text: &str) -> Result<NodeFilter, String> {
+        let patterns = text
+            .split(',')
+            .map(|g| glob::Pattern::new(g.trim()).map_err(|e| format!("`{g}` is not a glob: {e}")))
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok(NodeFilter {
+            text: text.to_string(),
+            patterns,
+        })
+    }
+}
+
+impl NodeFilter {
+    /// Allocation-free: the eval callback's ask path calls it for every node.
+    pub fn matches(&self, name: &str) -> bool {
+        self.patterns.iter().any(|p| p.matches(name))
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.text
+    }
+}
+
 /// What a capture takes from each pass.
 pub enum Selection {
     /// The manifest's checkpoints, each seen exactly once per pass.
     Manifest(Vec<Checkpoint>),
     /// Every node whose name matches (`--tensors '*'`: the whole graph), as it
     /// is; files are named `<graph index>_<name made file-safe>`.
-    Glob(glob::Pattern),
+    Glob(NodeFilter),
 }
 
 pub struct Capture {
     /// The manifest's checkpoints (none with a glob).
     checkpoints: Vec<Checkpoint>,
-    glob: Option<glob::Pattern>,
+    glob: Option<NodeFilter>,
     /// The graph index of the node last asked about (glob mode's file names).
     node_index: usize,
     /// Nodes the glob matched this pass.

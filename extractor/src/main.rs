@@ -30,10 +30,11 @@ struct Cli {
     /// Checkpoint manifest (YAML); required unless --tensors or --no-extract.
     #[arg(long)]
     manifest: Option<PathBuf>,
-    /// Capture every node whose name matches this glob instead of a manifest's checkpoints:
-    /// `'*'` is the whole graph, `'*-0'` layer 0. Files are named `<graph index>_<name>`.
-    #[arg(long, value_name = "GLOB", conflicts_with = "manifest", value_parser = parse_glob)]
-    tensors: Option<glob::Pattern>,
+    /// Capture every node whose name matches one of these globs instead of a manifest's checkpoints:
+    /// `'*'` is the whole graph, `'*-0'` layer 0, `'attn_norm-*,ffn_out-*'` two kinds of node.
+    /// Files are named `<graph index>_<name>`.
+    #[arg(long, value_name = "GLOB[,GLOB...]", conflicts_with = "manifest")]
+    tensors: Option<llorch_checkpoint_extractor::capture::NodeFilter>,
     /// The prompt; its pass is the one captured.
     #[arg(short = 'p', long, default_value = "Hello world")]
     prompt: String,
@@ -103,10 +104,6 @@ struct Cli {
     /// Test hook: panic inside the eval callback when observing this node.
     #[arg(long, hide = true)]
     inject_panic: Option<String>,
-}
-
-fn parse_glob(text: &str) -> Result<glob::Pattern, String> {
-    glob::Pattern::new(text).map_err(|e| format!("not a glob: {e}"))
 }
 
 fn main() -> ExitCode {

@@ -46,7 +46,7 @@ pub struct Config {
     /// `--repeat N`: steady-state timing passes after the run.
     pub repeat: usize,
     /// `--tensors GLOB`: every node whose name matches, instead of a manifest.
-    pub tensors: Option<glob::Pattern>,
+    pub tensors: Option<crate::capture::NodeFilter>,
     /// `--buffer-mb`: captured data held in memory before the writer must catch up.
     pub buffer_mb: usize,
     /// `--tokens`: the prompt as token ids, instead of text to tokenize.

@@ -476,3 +476,33 @@ fn tokens_and_sequential_feed_the_same_ids_one_pass_per_position() {
         [1, 2, 12, 64]
     );
 }
+
+#[test]
+fn several_globs_pick_several_kinds_of_node() {
+    let tmp = tempfile::tempdir().unwrap();
+    let model = model();
+    let dir = tmp.path().join("run");
+    run_ok(&[
+        "-m",
+        model.to_str().unwrap(),
+        "--tensors",
+        "attn_norm-*,ffn_out-*",
+        "-p",
+        "Hello world",
+        "--out",
+        dir.to_str().unwrap(),
+    ]);
+    let record = llorch_checkpoint_extractor::record::RunRecord::read(&dir).unwrap();
+    let mut names: Vec<&str> = record
+        .checkpoints
+        .iter()
+        .map(|c| c.tensor.as_str())
+        .collect();
+    names.sort();
+    let mut expected: Vec<String> = (0..12)
+        .flat_map(|l| [format!("attn_norm-{l}"), format!("ffn_out-{l}")])
+        .collect();
+    expected.sort();
+    assert_eq!(names, expected);
+    assert!(record.checkpoints.iter().all(|c| c.shape == [2, 768]));
+}

@@ -32,6 +32,8 @@ pub struct Captured {
     pub source_dtype: &'static str,
     pub op: &'static str,
     pub buffer: String,
+    /// Bytes fetched from the backend (0 when read in host memory).
+    pub fetched: usize,
     pub data: Vec<f32>,
 }
 
@@ -216,8 +218,9 @@ impl Capture {
             )
         })?;
         let mut data = Vec::new();
-        node.copy_to_f32(keep, &mut self.scratch, &mut data)?;
+        let fetched = node.copy_to_f32(keep, &mut self.scratch, &mut data)?;
         Ok(Captured {
+            fetched,
             id: cp.id.clone(),
             layer: cp.layer,
             tensor: cp.tensor.clone(),
@@ -236,7 +239,7 @@ impl Capture {
     fn copy_whole(&mut self, node: &Node<'_>) -> Result<Captured> {
         let ne = node.ne();
         let mut data = Vec::new();
-        node.copy_to_f32(ne, &mut self.scratch, &mut data)?;
+        let fetched = node.copy_to_f32(ne, &mut self.scratch, &mut data)?;
         let name = node.name_lossy();
         let safe: String = name
             .chars()
@@ -251,6 +254,7 @@ impl Capture {
         let file_stem = format!("{:04}_{}", self.node_index, safe.trim_matches('_'));
         let n_dims = ne.iter().rposition(|&d| d != 1).map_or(1, |i| i + 1);
         Ok(Captured {
+            fetched,
             id: file_stem.clone(),
             layer: name.rsplit_once('-').and_then(|(_, l)| l.parse().ok()),
             tensor: name,

@@ -177,6 +177,7 @@ mod tests {
             source_dtype: "f32",
             op: "ADD",
             buffer: "CPU".into(),
+            fetched: 0,
             data: vec![0.0; n],
         }
     }

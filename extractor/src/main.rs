@@ -59,7 +59,15 @@ struct Cli {
     /// raised to fit the prompt and generation. Never above the trained context.
     #[arg(short = 'c', long = "ctx-size")]
     ctx_size: Option<u32>,
-    /// Layers offloaded to a GPU backend, if the build has one.
+    /// RPC servers whose devices take the offloaded layers (`llorch-checkpoint-rpc-server` on
+    /// each host), split by their memory: `--rpc 10.0.0.2:50052,10.0.0.3:50052 --n-gpu-layers 99`.
+    #[arg(long, value_delimiter = ',', value_name = "HOST:PORT,...")]
+    rpc: Vec<String>,
+    /// How the offloaded layers are shared among the devices (GPUs, then RPC servers), e.g.
+    /// `1,1` for halves [default: by free memory].
+    #[arg(long, value_delimiter = ',', value_name = "W,W,...")]
+    tensor_split: Vec<f32>,
+    /// Layers offloaded to a GPU or RPC backend, if the build has one.
     #[arg(long = "n-gpu-layers", visible_alias = "ngl", default_value_t = 0)]
     n_gpu_layers: i32,
     /// Output directory (created; locked while the run writes to it).
@@ -152,6 +160,8 @@ fn main() -> ExitCode {
         buffer_mb: cli.buffer_mb,
         tokens: cli.tokens,
         sequential: cli.sequential,
+        rpc: cli.rpc,
+        tensor_split: cli.tensor_split,
         inject_panic: cli.inject_panic,
     };
     llorch_checkpoint_extractor::cli::exit_code(run::run(&cfg))

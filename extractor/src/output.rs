@@ -86,6 +86,16 @@ impl Output {
         &self.dir
     }
 
+    /// What removes this run's files when the process cannot unwind (ggml
+    /// aborting): the same cleanup as a failed run's drop.
+    pub fn abandon_handle(&self) -> Abandon {
+        Abandon {
+            dir: self.dir.clone(),
+            staging: self.staging.clone(),
+            created: self.created,
+        }
+    }
+
     /// Starts the writer thread: it writes each batch the capture hands over
     /// (on every core: no decode runs meanwhile), until the capture closes,
     /// and returns the files' records and the time it spent writing them.
@@ -162,7 +172,28 @@ impl Drop for Output {
         // Committed or not, the staging directory goes: a failed run leaves nothing,
         // not even the directory it made (remove_dir only takes an empty one).
         let _ = fs::remove_dir_all(&self.staging);
-        if self.created && !self.committed {
+        if !self.committed {
+            self.abandon_handle().remove_created_dir();
+        }
+    }
+}
+
+/// A failed run's cleanup, callable from ggml's abort hook (no `Output` there).
+pub struct Abandon {
+    dir: PathBuf,
+    staging: PathBuf,
+    created: bool,
+}
+
+impl Abandon {
+    /// Removes the staged files and, if the run made the output directory, that too.
+    pub fn abandon(&self) {
+        let _ = fs::remove_dir_all(&self.staging);
+        self.remove_created_dir();
+    }
+
+    fn remove_created_dir(&self) {
+        if self.created {
             let _ = fs::remove_file(self.dir.join(LOCK_FILE));
             let _ = fs::remove_dir(&self.dir);
         }
@@ -204,6 +235,7 @@ fn write_one(staging: &Path, format: Format, captured: &Captured) -> Result<Chec
         shape: captured.shape.clone(),
         source_dtype: captured.source_dtype.to_string(),
         buffer: captured.buffer.clone(),
+        fetched_bytes: captured.fetched as u64,
         file,
         sha256: hex::encode(out.hasher.finalize()),
         min,

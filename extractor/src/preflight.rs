@@ -125,3 +125,50 @@ pub fn context_size(cfg: &Config, model: &Model, n_prompt: usize) -> Result<u32>
     let default = if trained > 0 { trained.min(512) } else { 512 };
     Ok(cfg.n_ctx.map_or(default, u64::from).max(needed) as u32)
 }
+
+/// `--rpc`: checks that every server answers (ggml aborts on one that does
+/// not), registers them, and makes a server that dies later end the run with
+/// exit code 1, its name, and no files left (`abandon`).
+pub fn connect_rpc(cfg: &Config, abandon: crate::output::Abandon) -> Result<()> {
+    if cfg.rpc.is_empty() {
+        return Ok(());
+    }
+    for endpoint in &cfg.rpc {
+        if let Err(e) = reachable(endpoint) {
+            bail!("the RPC server {endpoint} cannot be reached ({e}); start it there with `llorch-checkpoint-rpc-server --host HOST --port PORT`, or fix --rpc");
+        }
+    }
+    let servers = cfg.rpc.clone();
+    crate::ffi::rpc::on_ggml_abort(move |message| {
+        abandon.abandon();
+        let gone: Vec<&str> = servers
+            .iter()
+            .filter(|s| reachable(s).is_err())
+            .map(String::as_str)
+            .collect();
+        let who = if gone.is_empty() {
+            format!("one of {}", servers.join(", "))
+        } else {
+            gone.join(", ")
+        };
+        eprintln!(
+            "error: the RPC server {who} stopped answering (ggml: {message}); nothing was written"
+        );
+    });
+    for endpoint in &cfg.rpc {
+        crate::ffi::rpc::add_server(endpoint)?;
+    }
+    Ok(())
+}
+
+/// A TCP connection to `endpoint` within 3 seconds.
+fn reachable(endpoint: &str) -> Result<()> {
+    use std::net::ToSocketAddrs;
+    let address = endpoint
+        .to_socket_addrs()
+        .with_context(|| format!("`{endpoint}` is not HOST:PORT"))?
+        .next()
+        .with_context(|| format!("`{endpoint}` resolves to no address"))?;
+    std::net::TcpStream::connect_timeout(&address, std::time::Duration::from_secs(3))?;
+    Ok(())
+}

@@ -53,6 +53,10 @@ pub struct Config {
     pub tokens: Option<Vec<Token>>,
     /// `--sequential`: the prompt one token per pass, each pass captured.
     pub sequential: bool,
+    /// `--rpc`: RPC servers (`host:port`) whose devices take offloaded layers.
+    pub rpc: Vec<String>,
+    /// `--tensor-split`: how the offloaded layers are shared among the devices.
+    pub tensor_split: Vec<f32>,
     pub inject_panic: Option<String>,
 }
 
@@ -84,6 +88,7 @@ pub fn run(cfg: &Config) -> Result<()> {
         );
     }
     let output = Output::open(&cfg.out, cfg.format)?;
+    preflight::connect_rpc(cfg, output.abandon_handle())?;
 
     let loaded = load(cfg)?;
     log_header(cfg, &loaded, manifest.as_ref());
@@ -117,7 +122,7 @@ struct Loaded {
 }
 
 fn load(cfg: &Config) -> Result<Loaded> {
-    let model = Model::load(&cfg.model, cfg.n_gpu_layers)?;
+    let model = Model::load_split(&cfg.model, cfg.n_gpu_layers, &cfg.tensor_split)?;
     let arch = model
         .meta("general.architecture")
         .unwrap_or_else(|| "unknown".into());

@@ -312,3 +312,114 @@ fn every_reader_refuses_a_run_record_of_a_future_schema_naming_its_version() {
         );
     }
 }
+
+/// A free port on loopback (bound, read, released).
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// An RPC server of this build on loopback; killed when dropped.
+struct Server(std::process::Child, u16);
+
+impl Server {
+    fn start() -> Server {
+        let port = free_port();
+        let child = Command::new(env!("CARGO_BIN_EXE_llorch-checkpoint-rpc-server"))
+            .args(["--port", &port.to_string(), "-t", "1"])
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+        for _ in 0..100 {
+            if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
+                return Server(child, port);
+            }
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        }
+        panic!("the RPC server did not start on port {port}");
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+#[test]
+fn an_rpc_server_that_is_not_there_or_dies_mid_run_ends_the_run_cleanly() {
+    let (model, manifest) = (model(), manifests().join("gpt2.yaml"));
+    let closed = free_port();
+    let err = refused(&[
+        "-m",
+        model.to_str().unwrap(),
+        "--manifest",
+        manifest.to_str().unwrap(),
+        "--rpc",
+        &format!("127.0.0.1:{closed}"),
+        "--n-gpu-layers",
+        "99",
+    ]);
+    assert!(
+        err.contains(&format!(
+            "the RPC server 127.0.0.1:{closed} cannot be reached"
+        )),
+        "{err}"
+    );
+
+    // Killed once the client is in (the 500 MB model then goes to it): exit
+    // code 1, the server named, nothing left in the output directory.
+    let mut server = Server::start();
+    let (connected, accepted) = std::sync::mpsc::channel();
+    let server_log = std::io::BufReader::new(server.0.stdout.take().unwrap());
+    std::thread::spawn(move || {
+        use std::io::BufRead;
+        for line in server_log.lines().map_while(Result::ok) {
+            if line.contains("Accepted client connection") {
+                let _ = connected.send(());
+            }
+        }
+    });
+    let endpoint = format!("127.0.0.1:{}", server.1);
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("run");
+    let run = Command::new(env!("CARGO_BIN_EXE_llorch-checkpoint-extractor"))
+        .args([
+            "-t",
+            "2",
+            "-m",
+            model.to_str().unwrap(),
+            "--manifest",
+            manifest.to_str().unwrap(),
+        ])
+        .args([
+            "--rpc",
+            &endpoint,
+            "--n-gpu-layers",
+            "99",
+            "--out",
+            dir.to_str().unwrap(),
+        ])
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    accepted
+        .recv_timeout(std::time::Duration::from_secs(30))
+        .expect("the extractor never reached the server");
+    std::thread::sleep(std::time::Duration::from_millis(50));
+    server.0.kill().unwrap();
+    let out = run.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains(&format!("the RPC server {endpoint} stopped answering"))
+            && stderr.contains("nothing was written"),
+        "{stderr}"
+    );
+    assert!(!dir.exists(), "left behind: {:?}", files_in(&dir));
+}

@@ -30,6 +30,8 @@ const FUNCTIONS: &[&str] = &[
     "ggml_backend_load_all.*",
     "ggml_backend_dev_.*",
     "ggml_backend_reg_.*",
+    "ggml_set_abort_callback",
+    "ggml_backend_register",
     "ggml_get_type_traits",
     "ggml_type_name",
     "ggml_type_size",

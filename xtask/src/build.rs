@@ -116,6 +116,9 @@ const COMMON_DEFINES: &[&str] = &[
     "LLAMA_OPENSSL=OFF",
     "LLAMA_CURL=OFF",
     "GGML_NATIVE=ON",
+    // Every build can put layers on other hosts (`--rpc`): the backend is small
+    // and needs nothing, so it is always built rather than a variant to choose.
+    "GGML_RPC=ON",
 ];
 
 /// `GGML_NATIVE` compiles for `-march=native`, which on an AMX-capable Xeon

@@ -161,8 +161,12 @@ pub struct CheckpointRecord {
     pub shape: Vec<i64>,
     /// The node's type before conversion to f32.
     pub source_dtype: String,
-    /// The backend buffer it was read from (`CPU`, `CUDA0`, ...).
+    /// The backend buffer it was read from (`CPU`, `CUDA0`, `RPC0[host:port]`...).
     pub buffer: String,
+    /// Bytes fetched from that backend for it (0 when read in host memory):
+    /// what crossed PCIe or the network.
+    #[serde(default)]
+    pub fetched_bytes: u64,
     pub file: String,
     pub sha256: String,
     /// Over the finite values; `None` when there are none.
@@ -302,6 +306,7 @@ pub fn example() -> RunRecord {
             shape: vec![2, 768],
             source_dtype: "f32".into(),
             buffer: "CPU".into(),
+            fetched_bytes: 0,
             file: "checkpoint_01_ln1_output.bin".into(),
             sha256: "22".into(),
             min: None,

@@ -160,6 +160,14 @@ impl Default for _IO_FILE {
         }
     }
 }
+pub type ggml_abort_callback_t = ::std::option::Option<
+    unsafe extern "C" fn(error_message: *const ::std::os::raw::c_char),
+>;
+unsafe extern "C" {
+    pub fn ggml_set_abort_callback(
+        callback: ggml_abort_callback_t,
+    ) -> ggml_abort_callback_t;
+}
 pub type ggml_fp16_t = u16;
 unsafe extern "C" {
     pub fn ggml_fp16_to_fp32_row(arg1: *const ggml_fp16_t, arg2: *mut f32, arg3: i64);
@@ -861,6 +869,9 @@ unsafe extern "C" {
         reg: ggml_backend_reg_t,
         name: *const ::std::os::raw::c_char,
     ) -> *mut ::std::os::raw::c_void;
+}
+unsafe extern "C" {
+    pub fn ggml_backend_register(reg: ggml_backend_reg_t);
 }
 unsafe extern "C" {
     pub fn ggml_backend_reg_count() -> usize;

@@ -24,7 +24,22 @@ unsafe impl Sync for Model {}
 impl Model {
     /// Loads a GGUF model; `n_gpu_layers` layers are offloaded to a GPU backend if one exists.
     pub fn load(path: &Path, n_gpu_layers: i32) -> Result<Model> {
+        Model::load_split(path, n_gpu_layers, &[])
+    }
+
+    /// As [`Model::load`], with the offloaded layers split over the devices in
+    /// these proportions (llama.cpp's `--tensor-split`; empty: by free memory).
+    pub fn load_split(path: &Path, n_gpu_layers: i32, tensor_split: &[f32]) -> Result<Model> {
         super::init();
+        // SAFETY: a constant of the library.
+        let max = unsafe { sys::llama_max_devices() };
+        ensure!(
+            tensor_split.len() <= max,
+            "--tensor-split has {} values; this build takes at most {max}",
+            tensor_split.len()
+        );
+        let mut split = vec![0f32; max];
+        split[..tensor_split.len()].copy_from_slice(tensor_split);
         ensure!(
             path.is_file(),
             "model file {} does not exist",
@@ -36,6 +51,10 @@ impl Model {
         let ptr = unsafe {
             let mut params = sys::llama_model_default_params();
             params.n_gpu_layers = n_gpu_layers;
+            if !tensor_split.is_empty() {
+                // llama.cpp reads llama_max_devices() values; `split` outlives the load.
+                params.tensor_split = split.as_ptr();
+            }
             // Read the weights at load time: with mmap, the first decode pays
             // for the page faults and its time says little about compute.
             params.load_mode = sys::llama_load_mode::LLAMA_LOAD_MODE_NONE;

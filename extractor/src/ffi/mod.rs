@@ -5,6 +5,7 @@
 //!   copied out to f32 respecting strides and type.
 //! - [`eval`]: the panic-safe eval-callback trampoline.
 //! - [`gguf`]: GGUF files through ggml's gguf API: the model writer and a header reader.
+//! - [`rpc`]: ggml's RPC backend (servers, and registering them), and ggml's abort hook.
 //!
 //! Everything outside this module is safe Rust.
 
@@ -23,6 +24,7 @@ pub mod sys {
 pub mod eval;
 pub mod gguf;
 pub mod llama;
+pub mod rpc;
 pub mod tensor;
 
 use std::ffi::{c_char, c_int, c_void, CStr, CString};

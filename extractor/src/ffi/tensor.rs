@@ -75,12 +75,13 @@ impl<'a> Node<'a> {
     /// Strides are respected (views into fused tensors, the transposed V cache);
     /// any type ggml can convert to float (f16, bf16, quantized) is converted.
     /// `scratch` is reused between calls to avoid an allocation per node.
+    /// Returns the bytes fetched from the backend (0 when read in host memory).
     pub fn copy_to_f32(
         &self,
         keep: [i64; 4],
         scratch: &mut Vec<u8>,
         out: &mut Vec<f32>,
-    ) -> Result<()> {
+    ) -> Result<usize> {
         let t = self.t;
         for d in 0..4 {
             ensure!(
@@ -99,7 +100,8 @@ impl<'a> Node<'a> {
         // strided extent. A host buffer is read in place; any other backend's
         // is copied to `scratch` with ggml_backend_tensor_get first.
         let nbytes = unsafe { sys::ggml_nbytes(t) };
-        let src: &[u8] = if unsafe { sys::ggml_backend_buffer_is_host(t.buffer) } {
+        let host = unsafe { sys::ggml_backend_buffer_is_host(t.buffer) };
+        let src: &[u8] = if host {
             // SAFETY: host memory of nbytes at t.data, not written while the
             // callback runs (the scheduler waits for it).
             unsafe { std::slice::from_raw_parts(t.data.cast::<u8>(), nbytes) }
@@ -167,7 +169,7 @@ impl<'a> Node<'a> {
             }
         }
         debug_assert_eq!(out.len(), n);
-        Ok(())
+        Ok(if host { 0 } else { nbytes })
     }
 }
 

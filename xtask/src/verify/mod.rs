@@ -25,6 +25,7 @@ use crate::project::Project;
 
 mod browser;
 mod checks;
+mod rpc;
 use checks::{
     candidate_caught, clean_build, corrupted_copy_rejected, logits_unchanged, no_amx,
     overhead_ratio, quietly, real_model_compare, seen_once, sliding_window_masks, throughput,
@@ -317,6 +318,7 @@ impl Verify {
         for name in REAL_MODELS {
             real_model_checks(&mut report, project, &sh, &exe, name, &work);
         }
+        rpc_checks(&mut report, project, &sh, &exe, &model, &work);
 
         let pin = Pin::load(&project.pin_file())?;
         let summary = serde_json::json!({
@@ -391,4 +393,66 @@ fn real_model_checks(
             sliding_window_masks(sh, exe, &model, &manifest, &work),
         );
     }
+}
+
+/// Two RPC servers on loopback, half the layers on each (they are killed
+/// when this returns, whatever happened).
+fn rpc_checks(
+    report: &mut Report,
+    project: &Project,
+    sh: &xshell::Shell,
+    exe: &Path,
+    gpt2: &Path,
+    work: &Path,
+) {
+    report.section("rpc: layers on two llorch-checkpoint-rpc-servers on 127.0.0.1");
+    let t = Instant::now();
+    let servers = match (rpc::Server::start(exe), rpc::Server::start(exe)) {
+        (Ok(a), Ok(b)) => [a, b],
+        (Err(err), _) | (_, Err(err)) => {
+            report.check("two RPC servers start", t, Err(err));
+            return;
+        }
+    };
+    report.check(
+        "two RPC servers start",
+        t,
+        Ok(format!(
+            "{} and {}",
+            servers[0].endpoint, servers[1].endpoint
+        )),
+    );
+    let work = work.join("rpc");
+    let all_layers = project.root().join("manifests/gpt2-all-layers.yaml");
+    let t = Instant::now();
+    report.check(
+        "GPT-2, every layer: the same checkpoints and logits as on the local CPU",
+        t,
+        rpc::split_matches_local(sh, exe, &servers, gpt2, &all_layers, 12, &work.join("gpt2")),
+    );
+    let t = Instant::now();
+    let smol = crate::catalogue::model_and_manifest(project, Some("smollm2-135m"), None).and_then(
+        |(model, manifest)| {
+            rpc::split_matches_local(
+                sh,
+                exe,
+                &servers,
+                &model,
+                &manifest,
+                30,
+                &work.join("smollm2"),
+            )
+        },
+    );
+    report.check(
+        "SmolLM2, every layer: the same checkpoints and logits as on the local CPU",
+        t,
+        smol,
+    );
+    let t = Instant::now();
+    report.check(
+        "capture over RPC: steady-state ratio and bytes fetched per checkpoint",
+        t,
+        rpc::cost(sh, exe, &servers, gpt2, &all_layers, &work),
+    );
 }

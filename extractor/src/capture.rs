@@ -71,6 +71,20 @@ impl NodeFilter {
     }
 }
 
+/// What a pass does with the nodes it asks for. The timing passes of
+/// `--repeat` copy and discard; the ask-only ones isolate what the scheduler's
+/// stops cost (over RPC: a sub-graph sent and waited for per captured node)
+/// from what reading the nodes costs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Reading {
+    /// Copy each node and hand it to the writer.
+    Keep,
+    /// Copy each node, then drop it.
+    Discard,
+    /// Stop the graph at each node, read nothing.
+    AskOnly,
+}
+
 /// What a capture takes from each pass.
 pub enum Selection {
     /// The manifest's checkpoints, each seen exactly once per pass.
@@ -94,8 +108,8 @@ pub struct Capture {
     seen: Vec<bool>,
     /// Capturing this pass? Between passes, and for passes not captured, nothing is wanted.
     active: bool,
-    /// Send this pass's copies to the writer? Timing passes copy and discard.
-    keep: bool,
+    /// What this pass does with the nodes it asked for.
+    reading: Reading,
     step: usize,
     scratch: Vec<u8>,
     outbox: Outbox,
@@ -131,7 +145,7 @@ impl Capture {
             resolved: vec![placeholder; n],
             seen: vec![false; n],
             active: false,
-            keep: true,
+            reading: Reading::Keep,
             step: 0,
             scratch: Vec::new(),
             outbox,
@@ -139,15 +153,14 @@ impl Capture {
         }
     }
 
-    /// Arms the capture for one forward pass with that pass's symbol values;
-    /// with `keep` false the nodes are copied as usual, then dropped.
-    pub fn begin_pass(&mut self, step: usize, symbols: &Symbols, keep: bool) -> Result<()> {
+    /// Arms the capture for one forward pass with that pass's symbol values.
+    pub fn begin_pass(&mut self, step: usize, symbols: &Symbols, reading: Reading) -> Result<()> {
         for (r, cp) in self.resolved.iter_mut().zip(&self.checkpoints) {
             *r = cp.resolve(symbols)?;
         }
         self.seen.fill(false);
         self.step = step;
-        self.keep = keep;
+        self.reading = reading;
         self.node_index = 0;
         self.matched = 0;
         self.active = true;
@@ -305,6 +318,12 @@ impl Observer for Capture {
                 node.name_lossy()
             );
         }
+        if self.reading == Reading::AskOnly {
+            if let (None, Some(index)) = (&self.glob, self.find(node)) {
+                self.seen[index] = true;
+            }
+            return Ok(());
+        }
         let captured = match &self.glob {
             Some(_) => self.copy_whole(node)?,
             None => match self.find(node) {
@@ -312,7 +331,7 @@ impl Observer for Capture {
                 None => return Ok(()),
             },
         };
-        if !self.keep {
+        if self.reading == Reading::Discard {
             return Ok(());
         }
         self.outbox.push(captured)

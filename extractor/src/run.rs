@@ -5,7 +5,7 @@ use std::time::Instant;
 
 use anyhow::{bail, Result};
 
-use crate::capture::{Capture, Selection};
+use crate::capture::{Capture, Reading, Selection};
 use crate::ffi::llama::{Context, ContextParams, KvType, Model, Token};
 use crate::format::{self, Format};
 use crate::handoff;
@@ -272,7 +272,7 @@ fn decode_passes(
                 &mut ctx,
                 &input,
                 n_past,
-                captured.then_some((step, &symbols, true)),
+                captured.then_some((step, &symbols, Reading::Keep)),
             )?;
             decoded.decode_ms.push(ms);
             let logits = ctx.logits(-1)?;
@@ -304,15 +304,15 @@ fn prompt_passes(cfg: &Config, loaded: &Loaded) -> usize {
     }
 }
 
-/// One decode, timed; `capture` arms the observer for it (step, symbols, keep).
+/// One decode, timed; `capture` arms the observer for it (step, symbols, reading).
 fn timed_pass(
     ctx: &mut Context<'_, Capture>,
     tokens: &[Token],
     n_past: usize,
-    capture: Option<(usize, &Symbols, bool)>,
+    capture: Option<(usize, &Symbols, Reading)>,
 ) -> Result<f64> {
-    if let (Some(c), Some((step, symbols, keep))) = (ctx.observer_mut(), capture) {
-        c.begin_pass(step, symbols, keep)?;
+    if let (Some(c), Some((step, symbols, reading))) = (ctx.observer_mut(), capture) {
+        c.begin_pass(step, symbols, reading)?;
     }
     let started = Instant::now();
     ctx.decode(tokens, n_past as i32, n_past == 0)?;
@@ -338,24 +338,36 @@ fn steady_state(
         n_kv: n,
         ..loaded.base
     };
-    let mut steady = Steady {
-        with_ms: Vec::new(),
-        without_ms: Vec::new(),
-    };
+    let mut steady = Steady::default();
     for _ in 0..cfg.repeat {
         plain.clear_memory();
         let ms = timed_pass(&mut plain, &loaded.tokens, 0, None)?;
         steady.without_ms.push(ms);
         capturing.clear_memory();
-        let ms = timed_pass(capturing, &loaded.tokens, 0, Some((0, &symbols, false)))?;
+        let ms = timed_pass(
+            capturing,
+            &loaded.tokens,
+            0,
+            Some((0, &symbols, Reading::AskOnly)),
+        )?;
+        steady.asked_ms.push(ms);
+        capturing.clear_memory();
+        let ms = timed_pass(
+            capturing,
+            &loaded.tokens,
+            0,
+            Some((0, &symbols, Reading::Discard)),
+        )?;
         steady.with_ms.push(ms);
     }
     log::info!(
-        "  steady state ({} alternating passes each): prompt decode median {:.1} ms with capture, {:.1} ms without: ratio {:.3}",
+        "  steady state ({} alternating passes each): prompt decode median {:.1} ms with capture, {:.1} ms without: ratio {:.3} \
+         ({:.1} ms with the nodes asked for but not read)",
         cfg.repeat,
         record::median(&steady.with_ms),
         record::median(&steady.without_ms),
-        steady.ratio()
+        steady.ratio(),
+        record::median(&steady.asked_ms),
     );
     Ok(steady)
 }

@@ -106,15 +106,19 @@ pub struct ManifestInfo {
 
 /// Steady-state timing: after the run's own passes, the prompt decoded again
 /// on a cleared cache, alternating a context without an eval callback and the
-/// capturing one (whose copies are discarded), so warm-up and drifting load
-/// hit both sides alike.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+/// capturing one (asking only, then copying and discarding), so warm-up and
+/// drifting load hit every side alike.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Steady {
     /// Prompt decode times with the checkpoints captured.
     pub with_ms: Vec<f64>,
     /// Prompt decode times with no eval callback at all.
     pub without_ms: Vec<f64>,
+    /// Prompt decode times with the same nodes asked for but not read: the
+    /// scheduler's stops alone (`with - asked` is the reading).
+    #[serde(default)]
+    pub asked_ms: Vec<f64>,
 }
 
 impl Steady {
@@ -288,6 +292,7 @@ pub fn example() -> RunRecord {
         steady: Some(Steady {
             with_ms: vec![5.0, 6.0, 4.0],
             without_ms: vec![4.0, 5.0],
+            asked_ms: vec![4.5],
         }),
         write_ms: 1.5,
         logits: LogitsRecord {

@@ -96,21 +96,6 @@ impl<'a> Node<'a> {
             "node `{}` has no data yet",
             self.name_lossy()
         );
-        // SAFETY: the tensor is live and allocated; ggml_nbytes covers its whole
-        // strided extent. A host buffer is read in place; any other backend's
-        // is copied to `scratch` with ggml_backend_tensor_get first.
-        let nbytes = unsafe { sys::ggml_nbytes(t) };
-        let host = unsafe { sys::ggml_backend_buffer_is_host(t.buffer) };
-        let src: &[u8] = if host {
-            // SAFETY: host memory of nbytes at t.data, not written while the
-            // callback runs (the scheduler waits for it).
-            unsafe { std::slice::from_raw_parts(t.data.cast::<u8>(), nbytes) }
-        } else {
-            scratch.resize(nbytes, 0);
-            unsafe { sys::ggml_backend_tensor_get(t, scratch.as_mut_ptr().cast(), 0, nbytes) };
-            scratch
-        };
-
         // SAFETY: type traits are static per type.
         let traits = unsafe { &*sys::ggml_get_type_traits(t.type_) };
         let (blck, type_size) = (traits.blck_size as usize, traits.type_size);
@@ -131,6 +116,41 @@ impl<'a> Node<'a> {
                 self.name_lossy()
             );
         }
+        let row_bytes = |n0: usize| match row_contiguous {
+            true => n0 / blck * type_size,
+            false => (n0 - 1) * t.nb[0] + type_size,
+        };
+        // Only up to the last kept byte crosses PCIe or the network: the
+        // padded KV cells at the end of a cache view stay where they are.
+        let extent = match keep.contains(&0) {
+            true => 0,
+            false => {
+                (1..4)
+                    .map(|d| (keep[d] as usize - 1) * t.nb[d])
+                    .sum::<usize>()
+                    + row_bytes(keep[0] as usize)
+            }
+        };
+        // SAFETY: the tensor is live and allocated; ggml_nbytes covers its whole
+        // strided extent, and `extent` lies within it. A host buffer is read in
+        // place; any other backend's is copied to `scratch` with
+        // ggml_backend_tensor_get first.
+        let nbytes = unsafe { sys::ggml_nbytes(t) };
+        ensure!(
+            extent <= nbytes,
+            "node `{}`: kept extent beyond the tensor",
+            self.name_lossy()
+        );
+        let host = unsafe { sys::ggml_backend_buffer_is_host(t.buffer) };
+        let src: &[u8] = if host {
+            // SAFETY: host memory of nbytes at t.data, not written while the
+            // callback runs (the scheduler waits for it).
+            unsafe { std::slice::from_raw_parts(t.data.cast::<u8>(), nbytes) }
+        } else {
+            scratch.resize(extent, 0);
+            unsafe { sys::ggml_backend_tensor_get(t, scratch.as_mut_ptr().cast(), 0, extent) };
+            scratch
+        };
 
         let n = (keep[0] * keep[1] * keep[2] * keep[3]) as usize;
         out.clear();
@@ -150,7 +170,7 @@ impl<'a> Node<'a> {
                     } else if row_contiguous {
                         let start = out.len();
                         out.resize(start + n0, 0.0);
-                        let bytes = &src[row..row + n0 / blck * type_size];
+                        let bytes = &src[row..row + row_bytes(n0)];
                         convert(bytes, &mut out[start..], is_f32, to_float);
                     } else {
                         for i0 in 0..n0 {
@@ -169,7 +189,7 @@ impl<'a> Node<'a> {
             }
         }
         debug_assert_eq!(out.len(), n);
-        Ok(if host { 0 } else { nbytes })
+        Ok(if host { 0 } else { extent })
     }
 }
 

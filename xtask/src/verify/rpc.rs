@@ -158,24 +158,24 @@ pub fn cost(
         .iter()
         .map(|c| c.shape.iter().product::<i64>() as f64 * 4.0)
         .sum();
-    let (with, without) = (median(&steady.with_ms), median(&steady.without_ms));
-    let copying: f64 = record
-        .checkpoints
-        .iter()
-        .map(|c| c.copy_us as f64)
-        .sum::<f64>()
-        / 1e3;
+    let (with, without, asked) = (
+        median(&steady.with_ms),
+        median(&steady.without_ms),
+        median(&steady.asked_ms),
+    );
     Ok(format!(
         "{} checkpoints over RPC: steady-state decode {with:.1} ms with capture, {without:.1} ms without (ratio {:.3}); \
          {:.0} kB fetched per checkpoint (median; {:.1} MB in all, for {:.1} MB of f32 written); \
-         of the {:.1} ms capture adds, {copying:.1} ms is fetching and converting (a tensor_get round trip each); \
-         the rest is a sub-graph serialized, sent and waited for per captured node (the scheduler's graph views \
-         carry no uid, so the server's cached graph is not reused)",
+         of the {:.1} ms capture adds, {:.1} ms is the scheduler stopping at each captured node (asked, not read: \
+         a sub-graph serialized, sent and waited for per node, where one cached graph is re-run without capture) \
+         and {:.1} ms reading the nodes (a tensor_get round trip each)",
         record.checkpoints.len(),
         steady.ratio(),
         median(&bytes) / 1e3,
         bytes.iter().sum::<f64>() / 1e6,
         data / 1e6,
         with - without,
+        asked - without,
+        with - asked,
     ))
 }

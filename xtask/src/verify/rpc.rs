@@ -145,7 +145,7 @@ pub fn cost(
 ) -> Result<String> {
     let out: PathBuf = work.join("cost");
     let rpc = format!("{},{}", servers[0].endpoint, servers[1].endpoint);
-    quietly(cmd!(sh, "{exe} -m {model} --manifest {manifest} -p {PERF_PROMPT} -n 0 -t 2 --repeat 5 --out {out} --rpc {rpc} --n-gpu-layers 99"))?;
+    quietly(cmd!(sh, "{exe} -m {model} --manifest {manifest} -p {PERF_PROMPT} -n 0 -t 2 --repeat 7 --out {out} --rpc {rpc} --n-gpu-layers 99"))?;
     let record = RunRecord::read(&out)?;
     let steady = record.steady.context("no steady-state figures")?;
     let bytes: Vec<f64> = record
@@ -164,18 +164,17 @@ pub fn cost(
         median(&steady.asked_ms),
     );
     Ok(format!(
-        "{} checkpoints over RPC: steady-state decode {with:.1} ms with capture, {without:.1} ms without (ratio {:.3}); \
-         {:.0} kB fetched per checkpoint (median; {:.1} MB in all, for {:.1} MB of f32 written); \
-         of the {:.1} ms capture adds, {:.1} ms is the scheduler stopping at each captured node (asked, not read: \
-         a sub-graph serialized, sent and waited for per node, where one cached graph is re-run without capture) \
-         and {:.1} ms reading the nodes (a tensor_get round trip each)",
+        "{} checkpoints over RPC, steady-state decode: {without:.1} ms without capture, {asked:.1} ms asking for the \
+         nodes without reading them ({:+.1} ms: the scheduler stops at each, one sub-graph sent and waited for per \
+         node), {with:.1} ms reading them too ({:+.1} ms: a tensor_get round trip each); ratio {:.3}. \
+         {:.0} kB fetched per checkpoint (median; {:.1} MB in all for {:.1} MB of f32 kept: strided views and \
+         the transposed V cache are fetched to their last kept byte)",
         record.checkpoints.len(),
+        asked - without,
+        with - asked,
         steady.ratio(),
         median(&bytes) / 1e3,
         bytes.iter().sum::<f64>() / 1e6,
         data / 1e6,
-        with - without,
-        asked - without,
-        with - asked,
     ))
 }

@@ -312,6 +312,7 @@ impl Observer for Capture {
     }
 
     fn observe(&mut self, node: &Node<'_>) -> Result<()> {
+        crate::cleanup::test_pause("decode");
         if self.panic_on.as_deref() == Some(node.name()) {
             panic!(
                 "injected panic (test hook) while observing `{}`",

@@ -8,6 +8,7 @@
 //! - [`capture`]: the eval-callback logic: which nodes, copied how, sent where.
 //! - [`handoff`]: captured tensors to the writer, a pass at a time, memory bounded by bytes.
 //! - [`output`]: the locked, staged output directory and its writer thread.
+//! - [`cleanup`]: nothing left behind by a run that ggml aborts or a signal ends.
 //! - [`preflight`]: what is refused before any compute (architecture, layers, context).
 //! - [`run`]: one extraction run, from model load to `run.json`.
 //! - [`list_nodes`]: `--list-nodes`, the graph as the callback sees it.
@@ -20,6 +21,7 @@
 
 pub mod capture;
 pub mod check;
+pub mod cleanup;
 pub mod cli;
 pub mod diff;
 #[allow(unsafe_code)]

@@ -112,11 +112,15 @@ struct Cli {
     /// Test hook: panic inside the eval callback when observing this node.
     #[arg(long, hide = true)]
     inject_panic: Option<String>,
+    /// Test hook: wait 3 s at the first node observed (`decode`) or file written (`write`).
+    #[arg(long, hide = true, value_parser = ["decode", "write"])]
+    test_pause: Option<String>,
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
     llorch_checkpoint_extractor::cli::init_logging(cli.verbose);
+    llorch_checkpoint_extractor::cleanup::set_test_pause(cli.test_pause.as_deref());
     if cli.system_info {
         let (version, commit) = llorch_checkpoint_extractor::ffi::ggml_version();
         println!(

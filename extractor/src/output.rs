@@ -122,6 +122,7 @@ impl Output {
                                         .iter()
                                         .map(|c| {
                                             let record = write_one(staging, format, c);
+                                            crate::cleanup::test_pause("write");
                                             release.done(c);
                                             record
                                         })
@@ -178,7 +179,9 @@ impl Drop for Output {
     }
 }
 
-/// A failed run's cleanup, callable from ggml's abort hook (no `Output` there).
+/// A failed run's cleanup, callable from ggml's abort hook and the signal
+/// handler (no `Output` there).
+#[derive(Clone)]
 pub struct Abandon {
     dir: PathBuf,
     staging: PathBuf,
@@ -187,8 +190,14 @@ pub struct Abandon {
 
 impl Abandon {
     /// Removes the staged files and, if the run made the output directory, that too.
+    /// The writer may still be adding files: once the staging directory is gone,
+    /// it cannot (a file cannot be created in a removed directory).
     pub fn abandon(&self) {
-        let _ = fs::remove_dir_all(&self.staging);
+        for _ in 0..10 {
+            if fs::remove_dir_all(&self.staging).is_ok() || !self.staging.exists() {
+                break;
+            }
+        }
         self.remove_created_dir();
     }
 

@@ -127,34 +127,13 @@ pub fn context_size(cfg: &Config, model: &Model, n_prompt: usize) -> Result<u32>
 }
 
 /// `--rpc`: checks that every server answers (ggml aborts on one that does
-/// not), registers them, and makes a server that dies later end the run with
-/// exit code 1, its name, and no files left (`abandon`).
-pub fn connect_rpc(cfg: &Config, abandon: crate::output::Abandon) -> Result<()> {
-    if cfg.rpc.is_empty() {
-        return Ok(());
-    }
+/// not), then registers them. A server that dies later is `cleanup`'s.
+pub fn connect_rpc(cfg: &Config) -> Result<()> {
     for endpoint in &cfg.rpc {
         if let Err(e) = reachable(endpoint) {
             bail!("the RPC server {endpoint} cannot be reached ({e}); start it there with `llorch-checkpoint-rpc-server --host HOST --port PORT`, or fix --rpc");
         }
     }
-    let servers = cfg.rpc.clone();
-    crate::ffi::rpc::on_ggml_abort(move |message| {
-        abandon.abandon();
-        let gone: Vec<&str> = servers
-            .iter()
-            .filter(|s| reachable(s).is_err())
-            .map(String::as_str)
-            .collect();
-        let who = if gone.is_empty() {
-            format!("one of {}", servers.join(", "))
-        } else {
-            gone.join(", ")
-        };
-        eprintln!(
-            "error: the RPC server {who} stopped answering (ggml: {message}); nothing was written"
-        );
-    });
     for endpoint in &cfg.rpc {
         crate::ffi::rpc::add_server(endpoint)?;
     }
@@ -162,7 +141,7 @@ pub fn connect_rpc(cfg: &Config, abandon: crate::output::Abandon) -> Result<()> 
 }
 
 /// A TCP connection to `endpoint` within 3 seconds.
-fn reachable(endpoint: &str) -> Result<()> {
+pub fn reachable(endpoint: &str) -> Result<()> {
     use std::net::ToSocketAddrs;
     let address = endpoint
         .to_socket_addrs()
@@ -171,4 +150,37 @@ fn reachable(endpoint: &str) -> Result<()> {
         .with_context(|| format!("`{endpoint}` resolves to no address"))?;
     std::net::TcpStream::connect_timeout(&address, std::time::Duration::from_secs(3))?;
     Ok(())
+}
+
+/// The model file's size and modification time when the run began: checked
+/// again before its sha256 goes into `run.json`, so that checkpoints of one
+/// file are never recorded under another's hash.
+pub struct ModelStamp {
+    len: u64,
+    modified: Option<std::time::SystemTime>,
+}
+
+impl ModelStamp {
+    pub fn take(path: &Path) -> Result<ModelStamp> {
+        let meta = std::fs::metadata(path)
+            .with_context(|| format!("could not load the model {}", path.display()))?;
+        Ok(ModelStamp {
+            len: meta.len(),
+            modified: meta.modified().ok(),
+        })
+    }
+
+    pub fn check_unchanged(&self, path: &Path) -> Result<()> {
+        let now = ModelStamp::take(path)?;
+        if now.len != self.len || now.modified != self.modified {
+            bail!(
+                "the model {} changed during the run ({} bytes at the start, {} now): the checkpoints \
+                 may come from either version, so nothing was written; rerun once the file is final",
+                path.display(),
+                self.len,
+                now.len
+            );
+        }
+        Ok(())
+    }
 }

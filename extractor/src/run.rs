@@ -88,8 +88,10 @@ pub fn run(cfg: &Config) -> Result<()> {
         );
     }
     let output = Output::open(&cfg.out, cfg.format)?;
-    preflight::connect_rpc(cfg, output.abandon_handle())?;
+    crate::cleanup::install(cfg, output.abandon_handle())?;
+    preflight::connect_rpc(cfg)?;
 
+    let stamp = preflight::ModelStamp::take(&cfg.model)?;
     let loaded = load(cfg)?;
     log_header(cfg, &loaded, manifest.as_ref());
     let selection = selection.filter(|_| cfg.extract);
@@ -97,6 +99,7 @@ pub fn run(cfg: &Config) -> Result<()> {
         decode_passes(cfg, &loaded, selection, &output, flash_attn)?;
 
     // After the decodes, so that it never shares the CPU with one.
+    stamp.check_unchanged(&cfg.model)?;
     let model_sha = output::sha256_cached(&cfg.model)?;
     let logits = logits_file(&loaded, &decoded)?;
     let mut record = record(
@@ -292,7 +295,9 @@ fn decode_passes(
     let written = writer
         .join()
         .map_err(|_| anyhow::anyhow!("the writer thread panicked"))?;
-    Ok((decoded?, written?))
+    // A writer that failed (a full disk) stops the decode too: its error is the cause.
+    let written = written?;
+    Ok((decoded?, written))
 }
 
 /// The passes the prompt takes: one, or one per token with `--sequential`.
@@ -480,6 +485,27 @@ fn log_summary(cfg: &Config, loaded: &Loaded, record: &RunRecord) {
             continue;
         }
         log::info!("  read from {buffer}: {}", ids.join(" "));
+    }
+    // Captured as they are (that is what one debugs), but never in silence.
+    let broken: Vec<String> = record
+        .checkpoints
+        .iter()
+        .filter(|c| c.non_finite > 0)
+        .map(|c| {
+            format!(
+                "{} ({} of {})",
+                c.file,
+                c.non_finite,
+                c.shape.iter().product::<i64>()
+            )
+        })
+        .collect();
+    if !broken.is_empty() {
+        log::warn!(
+            "{} checkpoint(s) hold NaN or Inf values, first {}; llorch-checkpoint-validate and compare fail on them",
+            broken.len(),
+            broken[..broken.len().min(5)].join(", ")
+        );
     }
 }
 

@@ -8,6 +8,7 @@
 //! extract  extractor + manifest + model + prompt -> checkpoints/*.bin, run.json
 //! compare  extractor run + transformers from the same GGUF (f32, f64) -> per-checkpoint errors, report.json, errors.svg
 //! verify   tests, then build, runtime, format, performance, compare and real-model checks (what CI runs)
+//! fuzz     the readers of checkpoint files, manifests and run.json under libFuzzer (nightly)
 //! bench    capture cost: steady state and whole process, against no capture and a raw-C floor
 //! device-bundle  binaries + pinned source + script -> a .tar.gz for a GPU machine without cargo
 //! ```
@@ -26,6 +27,7 @@ mod catalogue;
 mod compare;
 mod extract;
 mod fetch;
+mod fuzz;
 mod model;
 mod pin;
 mod project;
@@ -65,6 +67,8 @@ enum Task {
     Compare(compare::Compare),
     /// The test command: cargo test, then build, runtime, format, performance, compare and real-model checks.
     Verify(verify::Verify),
+    /// Fuzz the readers of checkpoint and candidate files, manifests and run.json (cargo-fuzz, nightly).
+    Fuzz(fuzz::Fuzz),
     /// What capture costs: steady-state and whole-process time against no capture and a raw-C floor; table, bench.json, cost.svg.
     Bench(bench::Bench),
     /// Pack the GPU check (binaries, pinned source, patches, tokenizer, one script) for a machine without cargo.
@@ -96,6 +100,7 @@ fn run(task: Task) -> Result<()> {
         Task::Extract(task) => task.run(&project),
         Task::Compare(task) => task.run(&project),
         Task::Verify(task) => task.run(&project),
+        Task::Fuzz(task) => task.run(&project),
         Task::Bench(task) => task.run(&project),
         Task::DeviceBundle(task) => task.run(&project),
     }

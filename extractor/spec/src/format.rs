@@ -83,21 +83,39 @@ pub fn write(format: Format, out: &mut impl Write, shape: &[i64], data: &[f32]) 
 /// Reads and validates a checkpoint file; the format follows the extension.
 /// Every defect names the file and what is wrong with it.
 pub fn read(path: &Path) -> Result<Tensor> {
-    let mut bytes = Vec::new();
-    std::fs::File::open(path)
-        .and_then(|mut f| f.read_to_end(&mut bytes))
-        .with_context(|| format!("cannot read {}", path.display()))?;
-    let parsed = match path.extension().and_then(|e| e.to_str()) {
-        Some("npy") => parse_npy(&bytes),
-        _ => parse_bin(&bytes),
-    };
-    parsed.with_context(|| {
+    let bytes = read_bytes(path)?;
+    parse(&bytes, format_of(path)).with_context(|| {
         format!(
             "{} ({} bytes) is not a valid checkpoint",
             path.display(),
             bytes.len()
         )
     })
+}
+
+/// A checkpoint file's bytes, validated: the header is checked against the
+/// bytes present before anything is allocated for the data.
+pub fn parse(bytes: &[u8], format: Format) -> Result<Tensor> {
+    match format {
+        Format::Bin => parse_bin(bytes),
+        Format::Npy => parse_npy(bytes),
+    }
+}
+
+/// `.npy` by extension, `.bin` otherwise.
+fn format_of(path: &Path) -> Format {
+    match path.extension().and_then(|e| e.to_str()) {
+        Some("npy") => Format::Npy,
+        _ => Format::Bin,
+    }
+}
+
+fn read_bytes(path: &Path) -> Result<Vec<u8>> {
+    let mut bytes = Vec::new();
+    std::fs::File::open(path)
+        .and_then(|mut f| f.read_to_end(&mut bytes))
+        .with_context(|| format!("cannot read {}", path.display()))?;
+    Ok(bytes)
 }
 
 pub fn parse_bin(bytes: &[u8]) -> Result<Tensor> {
@@ -153,34 +171,12 @@ pub fn parse_bin(bytes: &[u8]) -> Result<Tensor> {
 /// A checkpoint, or a reference tensor in f64, as f64: `.bin`, or `.npy` of
 /// little-endian `f4` or `f8` (what the PyTorch reference writes).
 pub fn read_f64(path: &Path) -> Result<(Vec<i64>, Vec<f64>)> {
-    if path.extension().and_then(|e| e.to_str()) != Some("npy") {
+    if format_of(path) == Format::Bin {
         let t = read(path)?;
         return Ok((t.shape, t.data.into_iter().map(f64::from).collect()));
     }
-    let bytes = std::fs::read(path).with_context(|| format!("cannot read {}", path.display()))?;
-    let parsed = (|| -> Result<(Vec<i64>, Vec<f64>)> {
-        let npy = npyz::NpyFile::new(&bytes[..]).context("not a NumPy .npy file")?;
-        if npy.order() != npyz::Order::C {
-            bail!("Fortran-ordered arrays are not supported");
-        }
-        let shape: Vec<i64> = npy.shape().iter().map(|&d| d as i64).collect();
-        let dtype = match npy.dtype() {
-            npyz::DType::Plain(ts) => ts.to_string(),
-            other => bail!("dtype {other:?} is not a plain float"),
-        };
-        let data = match dtype.as_str() {
-            "<f8" => npy.into_vec::<f64>()?,
-            "<f4" => npy.into_vec::<f32>()?.into_iter().map(f64::from).collect(),
-            "<f2" => npy
-                .into_vec::<npyz::half::f16>()?
-                .into_iter()
-                .map(f64::from)
-                .collect(),
-            other => bail!("dtype {other}: write <f4 (f32), <f2 (f16) or <f8 (f64)"),
-        };
-        Ok((shape, data))
-    })();
-    parsed.with_context(|| {
+    let bytes = read_bytes(path)?;
+    parse_npy_f64(&bytes).with_context(|| {
         format!(
             "{} ({} bytes) is not a valid tensor file",
             path.display(),
@@ -189,14 +185,58 @@ pub fn read_f64(path: &Path) -> Result<(Vec<i64>, Vec<f64>)> {
     })
 }
 
+/// A `.npy` of `<f8`, `<f4` or `<f2` as f64.
+pub fn parse_npy_f64(bytes: &[u8]) -> Result<(Vec<i64>, Vec<f64>)> {
+    let (npy, shape) = open_npy(bytes)?;
+    let dtype = match npy.dtype() {
+        npyz::DType::Plain(ts) => ts.to_string(),
+        other => bail!("dtype {other:?} is not a plain float"),
+    };
+    let data = match dtype.as_str() {
+        "<f8" => npy.into_vec::<f64>()?,
+        "<f4" => npy.into_vec::<f32>()?.into_iter().map(f64::from).collect(),
+        "<f2" => npy
+            .into_vec::<npyz::half::f16>()?
+            .into_iter()
+            .map(f64::from)
+            .collect(),
+        other => bail!("dtype {other}: write <f4 (f32), <f2 (f16) or <f8 (f64)"),
+    };
+    Ok((shape, data))
+}
+
 fn parse_npy(bytes: &[u8]) -> Result<Tensor> {
-    let npy = npyz::NpyFile::new(bytes).context("not a NumPy .npy file")?;
-    let shape: Vec<i64> = npy.shape().iter().map(|&d| d as i64).collect();
-    if npy.order() != npyz::Order::C {
-        bail!("Fortran-ordered arrays are not checkpoints");
-    }
+    let (npy, shape) = open_npy(bytes)?;
     let data: Vec<f32> = npy.into_vec().context("data is not f32 or is truncated")?;
     Ok(Tensor { shape, data })
+}
+
+/// The header of a C-ordered `.npy`, refused when the data it declares is
+/// more than the bytes present (a header claiming 2^40 elements must not
+/// allocate for them).
+fn open_npy(bytes: &[u8]) -> Result<(npyz::NpyFile<&[u8]>, Vec<i64>)> {
+    let npy = npyz::NpyFile::new(bytes).context("not a NumPy .npy file")?;
+    if npy.order() != npyz::Order::C {
+        bail!("Fortran-ordered arrays are not supported");
+    }
+    let shape: Vec<i64> = npy.shape().iter().map(|&d| d as i64).collect();
+    let declared = npy
+        .shape()
+        .iter()
+        .try_fold(npy.dtype().num_bytes().unwrap_or(1) as u64, |acc, &d| {
+            acc.checked_mul(d)
+        });
+    match declared {
+        Some(n) if n <= bytes.len() as u64 => Ok((npy, shape)),
+        _ => bail!(
+            "the header declares shape {shape:?} of {}, more data than the file's {} bytes",
+            match npy.dtype() {
+                npyz::DType::Plain(ts) => ts.to_string(),
+                other => format!("{other:?}"),
+            },
+            bytes.len()
+        ),
+    }
 }
 
 #[cfg(test)]
@@ -327,6 +367,38 @@ mod tests {
             msg.contains("c.npy") && msg.contains("not a valid tensor file"),
             "{msg}"
         );
+    }
+
+    #[test]
+    fn headers_claiming_two_to_the_forty_elements_are_refused_before_allocating() {
+        let mut bin = 1i32.to_le_bytes().to_vec();
+        bin.extend((1i64 << 40).to_le_bytes());
+        bin.extend([0u8; 64]);
+        let msg = format!("{:#}", parse(&bin, Format::Bin).unwrap_err());
+        assert!(
+            msg.contains(
+                "truncated data: shape [1099511627776] needs 4398046511116 bytes, the file has 76"
+            ),
+            "{msg}"
+        );
+
+        let header = "{'descr': '<f4', 'fortran_order': False, 'shape': (1099511627776,), }";
+        let mut npy = b"\x93NUMPY\x01\x00".to_vec();
+        let padded = format!("{header:<117}\n");
+        npy.extend((padded.len() as u16).to_le_bytes());
+        npy.extend(padded.as_bytes());
+        npy.extend([0u8; 64]);
+        for msg in [
+            format!("{:#}", parse(&npy, Format::Npy).unwrap_err()),
+            format!("{:#}", parse_npy_f64(&npy).unwrap_err()),
+        ] {
+            assert!(
+                msg.contains(
+                    "declares shape [1099511627776] of <f4, more data than the file's 192 bytes"
+                ),
+                "{msg}"
+            );
+        }
     }
 
     #[test]

@@ -5,7 +5,8 @@
 //!   copied out to f32 respecting strides and type.
 //! - [`eval`]: the panic-safe eval-callback trampoline.
 //! - [`gguf`]: GGUF files through ggml's gguf API: the model writer and a header reader.
-//! - [`rpc`]: ggml's RPC backend (servers, and registering them), and ggml's abort hook.
+//! - [`rpc`]: ggml's RPC backend (servers, and registering them).
+//! - [`process`]: ggml's abort hook, and leaving the process from a signal handler.
 //!
 //! Everything outside this module is safe Rust.
 
@@ -24,6 +25,7 @@ pub mod sys {
 pub mod eval;
 pub mod gguf;
 pub mod llama;
+pub mod process;
 pub mod rpc;
 pub mod tensor;
 

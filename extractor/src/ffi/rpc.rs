@@ -4,10 +4,10 @@
 //! without the backend, loadable-module builds included.
 //!
 //! ggml aborts the process when a server cannot be reached or stops answering
-//! mid-run; [`on_ggml_abort`] turns that into a cleanup and exit code 1.
+//! mid-run; [`super::process::on_ggml_abort`] turns that into a cleanup and
+//! exit code 1.
 
-use std::ffi::{c_char, CStr, CString};
-use std::sync::OnceLock;
+use std::ffi::{c_char, CString};
 
 use anyhow::{bail, Context, Result};
 
@@ -83,37 +83,4 @@ pub fn serve(endpoint: &str, device: &str, threads: usize) -> Result<()> {
         )
     };
     bail!("the RPC server at {endpoint} stopped")
-}
-
-type AbortHook = Box<dyn Fn(&str) + Send + Sync>;
-static ABORT_HOOK: OnceLock<AbortHook> = OnceLock::new();
-
-/// Runs `hook` with ggml's message when ggml aborts (an RPC server that died,
-/// an assertion), then ends the process with exit code 1 instead of SIGABRT.
-/// The hook cleans up what a failed run must not leave; set once per process.
-pub fn on_ggml_abort(hook: impl Fn(&str) + Send + Sync + 'static) {
-    if ABORT_HOOK.set(Box::new(hook)).is_ok() {
-        // SAFETY: the trampoline is a 'static fn that never unwinds.
-        unsafe { sys::ggml_set_abort_callback(Some(abort_trampoline)) };
-    }
-}
-
-/// Called by ggml before it aborts. Never returns and never unwinds into C.
-unsafe extern "C" fn abort_trampoline(message: *const c_char) {
-    let text = if message.is_null() {
-        String::new()
-    } else {
-        // SAFETY: ggml passes a NUL-terminated message valid for this call.
-        unsafe { CStr::from_ptr(message) }
-            .to_string_lossy()
-            .into_owned()
-    };
-    let _ = std::panic::catch_unwind(|| {
-        if let Some(hook) = ABORT_HOOK.get() {
-            hook(text.trim_end());
-        }
-    });
-    // SAFETY: ends the process at once, running no destructor that could meet
-    // the compute threads' locks held mid-abort.
-    unsafe { libc::_exit(1) }
 }

@@ -319,6 +319,7 @@ impl Verify {
             real_model_checks(&mut report, project, &sh, &exe, name, &work);
         }
         rpc_checks(&mut report, project, &sh, &exe, &model, &work);
+        fuzz_checks(&mut report, project);
 
         let pin = Pin::load(&project.pin_file())?;
         let summary = serde_json::json!({
@@ -455,4 +456,21 @@ fn rpc_checks(
         t,
         rpc::cost(sh, exe, &servers, gpt2, &all_layers, &work),
     );
+}
+
+/// Each fuzz target for 30 s, where the nightly toolchain is present.
+fn fuzz_checks(report: &mut Report, project: &Project) {
+    report.section("fuzz: checkpoint files, manifests, run.json (30 s each)");
+    if !crate::fuzz::nightly_available() {
+        println!("skipped: no nightly (rustup toolchain install nightly)");
+        return;
+    }
+    for target in crate::fuzz::TARGETS {
+        let t = Instant::now();
+        let result = crate::fuzz::run_target(project, target, 30).and_then(|outcome| {
+            anyhow::ensure!(outcome.crash.is_none(), "{}", outcome.summary());
+            Ok(outcome.summary())
+        });
+        report.check(&format!("fuzz target {target}"), t, result);
+    }
 }

@@ -182,6 +182,17 @@ impl Layers {
     }
 }
 
+/// Limits far above any real manifest (the biggest here is 12 entries; every
+/// layer of a 128-layer model is ~1,500 checkpoints), so a hostile or broken
+/// one is refused at once, in bounded memory. Whole graphs are `--tensors`'s job.
+pub const MAX_BYTES: u64 = 1 << 20;
+pub const MAX_ENTRIES: usize = 1000;
+pub const MAX_CHECKPOINTS: usize = 16_384;
+/// ggml's GGML_MAX_NAME (64) less the NUL: no node has a longer name.
+pub const MAX_TENSOR_NAME: usize = 63;
+const MAX_FIELD: usize = 200;
+const MAX_FLOW_DEPTH: usize = 64;
+
 impl Manifest {
     pub fn load(path: &Path) -> Result<Manifest> {
         Manifest::load_with_layers(path, None)
@@ -190,6 +201,15 @@ impl Manifest {
     /// The manifest with `{layer}` expanded to `layers` (for every templated
     /// checkpoint) where given, else to the manifest's own layers.
     pub fn load_with_layers(path: &Path, layers: Option<&[u32]>) -> Result<Manifest> {
+        let size = std::fs::metadata(path)
+            .with_context(|| format!("cannot read manifest {}", path.display()))?
+            .len();
+        if size > MAX_BYTES {
+            bail!(
+                "manifest {} is {size} bytes; a manifest is a few kB (the limit is {MAX_BYTES}): is this the right file?",
+                path.display()
+            );
+        }
         let text = std::fs::read_to_string(path)
             .with_context(|| format!("cannot read manifest {}", path.display()))?;
         Manifest::parse_with_layers(&text, layers)
@@ -201,6 +221,13 @@ impl Manifest {
     }
 
     pub fn parse_with_layers(text: &str, override_layers: Option<&[u32]>) -> Result<Manifest> {
+        if text.len() as u64 > MAX_BYTES {
+            bail!(
+                "{} bytes; a manifest is a few kB (the limit is {MAX_BYTES})",
+                text.len()
+            );
+        }
+        check_flow_depth(text)?;
         let raw: RawManifest = serde_yaml::from_str(text).map_err(|e| match e.location() {
             Some(loc) => anyhow::anyhow!("line {}, column {}: {e}", loc.line(), loc.column()),
             None => anyhow::anyhow!("{e}"),
@@ -211,6 +238,13 @@ impl Manifest {
         if raw.checkpoints.is_empty() {
             bail!("no checkpoints: the manifest must list at least one under `checkpoints:`");
         }
+        if raw.checkpoints.len() > MAX_ENTRIES {
+            bail!(
+                "{} checkpoints listed; the limit is {MAX_ENTRIES} (use {{layer}} and `layers:` for repeated blocks, \
+                 or the extractor's --tensors GLOB for whole graphs)",
+                raw.checkpoints.len()
+            );
+        }
         let mut ids = HashSet::new();
         let mut files = HashSet::new();
         let mut checkpoints = Vec::new();
@@ -219,11 +253,16 @@ impl Manifest {
                 anyhow::anyhow!(
                     "line {}: checkpoint `{}`: {msg}",
                     line_of(text, &cp.id),
-                    cp.id
+                    shortened(&cp.id)
                 )
             };
             if !ids.insert(cp.id.as_str()) {
                 return Err(at("duplicate id".into()));
+            }
+            if cp.id.len() > MAX_FIELD || cp.file.len() > MAX_FIELD {
+                return Err(at(format!(
+                    "id and file may have at most {MAX_FIELD} bytes"
+                )));
             }
             if cp.shape.is_empty() || cp.shape.len() > 4 {
                 return Err(at(format!(
@@ -259,11 +298,23 @@ impl Manifest {
             if layers.is_empty() {
                 return Err(at("`tensor` uses {layer} but no layers are listed".into()));
             }
+            if checkpoints.len() + layers.len() > MAX_CHECKPOINTS {
+                return Err(at(format!(
+                    "the manifest expands to more than {MAX_CHECKPOINTS} checkpoints; capture fewer layers per run"
+                )));
+            }
             for layer in layers {
                 let expand = |s: &str| match layer {
                     Some(l) => s.replace("{layer}", &l.to_string()),
                     None => s.to_string(),
                 };
+                let tensor = expand(&cp.tensor);
+                if tensor.len() > MAX_TENSOR_NAME {
+                    return Err(at(format!(
+                        "tensor name of {} bytes: ggml names have at most {MAX_TENSOR_NAME}, so no node can match it",
+                        tensor.len()
+                    )));
+                }
                 let file_stem = expand(&cp.file);
                 if file_stem.contains('{') || file_stem.contains('}') {
                     return Err(at(format!(
@@ -280,7 +331,7 @@ impl Manifest {
                     id: cp.id.clone(),
                     what: cp.what.clone().unwrap_or_default(),
                     layer,
-                    tensor: expand(&cp.tensor),
+                    tensor,
                     op: cp.op.clone(),
                     shape: cp.shape.clone(),
                     file_stem,
@@ -387,6 +438,46 @@ fn check_file_name(name: &str) -> Result<(), String> {
         ));
     }
     Ok(())
+}
+
+/// Refuses `[`/`{` nested deeper than [`MAX_FLOW_DEPTH`] before YAML's
+/// parser sees them: its time grows with the square of that depth (a 1 MB
+/// manifest of brackets would take hours). Brackets in quotes or comments
+/// are text; a manifest needs three levels.
+fn check_flow_depth(text: &str) -> Result<()> {
+    let (mut depth, mut line, mut quote) = (0usize, 1usize, None);
+    let mut comment = false;
+    for c in text.chars() {
+        match (c, quote) {
+            ('\n', _) => {
+                line += 1;
+                comment = false;
+                quote = quote.filter(|_| depth > 0);
+            }
+            _ if comment => {}
+            (q @ ('\'' | '"'), None) => quote = Some(q),
+            (q, Some(open)) if q == open => quote = None,
+            (_, Some(_)) => {}
+            ('#', None) => comment = true,
+            ('[' | '{', None) => {
+                depth += 1;
+                if depth > MAX_FLOW_DEPTH {
+                    bail!("line {line}: `[`/`{{` nested deeper than {MAX_FLOW_DEPTH} levels");
+                }
+            }
+            (']' | '}', None) => depth = depth.saturating_sub(1),
+            _ => {}
+        }
+    }
+    Ok(())
+}
+
+/// At most 60 characters of `text`, for messages about hostile input.
+fn shortened(text: &str) -> String {
+    match text.char_indices().nth(60) {
+        Some((cut, _)) => format!("{}...", &text[..cut]),
+        None => text.to_string(),
+    }
 }
 
 /// The 1-based line where `needle` first appears, for error messages.

@@ -249,3 +249,73 @@ fn negative_layers_count_from_the_end() {
     assert_eq!(ends, [0, 29]);
     assert!(Layers::Only(vec![-31]).resolve(30).is_err());
 }
+
+/// Hostile manifests are refused at once, before anything grows with them.
+#[test]
+fn oversized_manifests_are_refused_naming_the_limit() {
+    let entry = |i: usize| {
+        format!("  - id: c{i}\n    tensor: attn_norm-{i}\n    shape: [n_embd]\n    file: c{i}\n")
+    };
+    let many: String = (0..10_000).map(entry).collect();
+    let msg = err(&format!("checkpoints:\n{many}"));
+    assert!(
+        msg.contains("10000 checkpoints listed; the limit is 1000"),
+        "{msg}"
+    );
+
+    let long_name = "x".repeat(1 << 20);
+    let msg = err(&format!(
+        "checkpoints:\n  - id: a\n    tensor: {long_name}\n    shape: [n_embd]\n    file: a\n"
+    ));
+    assert!(
+        msg.contains("bytes; a manifest is a few kB"),
+        "1 MB: {}",
+        &msg[..200.min(msg.len())]
+    );
+    let name = "x".repeat(64);
+    let msg = err(&format!(
+        "checkpoints:\n  - id: a\n    tensor: {name}\n    shape: [n_embd]\n    file: a\n"
+    ));
+    assert!(
+        msg.contains("tensor name of 64 bytes: ggml names have at most 63"),
+        "{msg}"
+    );
+
+    let layers: Vec<String> = (0..20_000).map(|l| l.to_string()).collect();
+    let msg = err(&format!(
+        "layers: [{}]\ncheckpoints:\n  - id: a\n    tensor: t-{{layer}}\n    shape: [n_embd]\n    file: a{{layer}}\n",
+        layers.join(",")
+    ));
+    assert!(
+        msg.contains("expands to more than 16384 checkpoints"),
+        "{msg}"
+    );
+}
+
+#[test]
+fn deeply_nested_yaml_is_refused_not_recursed_into() {
+    // YAML's parser takes time quadratic in the depth of `[`/`{` nesting
+    // (100,000 levels: over a minute), so depth is checked first, in one pass.
+    let depth = 100_000;
+    let nested = format!("checkpoints: {}{}\n", "[".repeat(depth), "]".repeat(depth));
+    let msg = err(&nested);
+    assert!(
+        msg.contains("line 1: `[`/`{` nested deeper than 64 levels"),
+        "{msg}"
+    );
+    let nested = format!(
+        "checkpoints:\n  - id: {}x{}\n",
+        "{a: ".repeat(depth),
+        "}".repeat(depth)
+    );
+    let msg = err(&nested);
+    assert!(
+        msg.contains("line 2: `[`/`{` nested deeper than 64 levels"),
+        "{msg}"
+    );
+    // Brackets in quotes and comments are text.
+    let commented = format!("# {}\n{GOOD}", "[".repeat(100));
+    assert!(Manifest::parse(&commented).is_ok());
+    let what = format!("id: ln1\n    what: 'it''s {}'", "[".repeat(100));
+    assert!(Manifest::parse(&GOOD.replace("id: ln1", &what)).is_ok());
+}

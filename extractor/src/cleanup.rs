@@ -1,0 +1,69 @@
+//! A run that cannot finish leaves nothing: not on an error (the output's
+//! drop), not when ggml aborts (an RPC server gone, an assertion), not on
+//! SIGINT, SIGTERM or SIGHUP. The last two cannot unwind through llama.cpp's
+//! compute, so they remove the staged files from their own hook and end the
+//! process at once. The lock goes with the process; after a SIGKILL the next
+//! run in the directory removes what was staged.
+
+use anyhow::{Context, Result};
+
+use crate::ffi::process;
+use crate::output::Abandon;
+use crate::run::Config;
+
+/// Exit code after SIGINT, SIGTERM or SIGHUP (the shell's 128 + SIGINT).
+pub const INTERRUPTED: i32 = 130;
+
+/// Arms both hooks for this run's output.
+pub fn install(cfg: &Config, abandon: Abandon) -> Result<()> {
+    let on_signal = abandon.clone();
+    ctrlc::set_handler(move || {
+        on_signal.abandon();
+        eprintln!("error: interrupted (SIGINT, SIGTERM or SIGHUP); nothing was written");
+        process::exit_now(INTERRUPTED)
+    })
+    .context("cannot install the SIGINT/SIGTERM handler")?;
+
+    let servers = cfg.rpc.clone();
+    process::on_ggml_abort(move |message| {
+        abandon.abandon();
+        if servers.is_empty() {
+            eprintln!("error: llama.cpp aborted (ggml: {message}); nothing was written");
+            return;
+        }
+        let gone: Vec<&str> = servers
+            .iter()
+            .filter(|s| crate::preflight::reachable(s).is_err())
+            .map(String::as_str)
+            .collect();
+        let who = match gone.is_empty() {
+            true => format!("one of {}", servers.join(", ")),
+            false => gone.join(", "),
+        };
+        eprintln!(
+            "error: the RPC server {who} stopped answering (ggml: {message}); nothing was written"
+        );
+    });
+    Ok(())
+}
+
+static PAUSE_AT: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+static PAUSED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+/// Test hook (`--test-pause decode|write`): where [`test_pause`] waits.
+pub fn set_test_pause(point: Option<&str>) {
+    if let Some(point) = point {
+        let _ = PAUSE_AT.set(point.to_string());
+    }
+}
+
+/// The first time the run reaches `point` (`decode`: the first node observed;
+/// `write`: the first file written) under `--test-pause point`: say so on
+/// stderr and wait 3 s, for a test to signal the run or change its model there.
+pub fn test_pause(point: &str) {
+    use std::sync::atomic::Ordering;
+    if PAUSE_AT.get().is_some_and(|p| p == point) && !PAUSED.swap(true, Ordering::SeqCst) {
+        eprintln!("test hook: paused in the {point}");
+        std::thread::sleep(std::time::Duration::from_secs(3));
+    }
+}

@@ -1,0 +1,315 @@
+//! Faults from outside: a full disk, signals, a model that changes, is cut
+//! short or holds garbage. Each run must end with a clear error (or, for
+//! garbage, name what it captured) and leave nothing half-written.
+
+mod common;
+
+use std::io::BufRead;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc;
+use std::time::Duration;
+
+use common::{files_in, manifests, model};
+use llorch_checkpoint_extractor::ffi::gguf::GgufFile;
+
+fn extractor() -> Command {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_llorch-checkpoint-extractor"));
+    cmd.args(["-t", "2"]);
+    cmd
+}
+
+fn args(model: &Path, manifest: &str, out: &Path) -> Vec<String> {
+    [
+        "-m",
+        model.to_str().unwrap(),
+        "--manifest",
+        manifests().join(manifest).to_str().unwrap(),
+        "--out",
+        out.to_str().unwrap(),
+    ]
+    .map(String::from)
+    .to_vec()
+}
+
+/// A run with `--test-pause point`, its stderr lines on a channel.
+fn paused_run(args: &[String], point: &str) -> (Child, mpsc::Receiver<String>) {
+    let mut child = extractor()
+        .args(args)
+        .args(["--test-pause", point])
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let (lines, rx) = mpsc::channel();
+    let stderr = std::io::BufReader::new(child.stderr.take().unwrap());
+    std::thread::spawn(move || {
+        for line in stderr.lines().map_while(Result::ok) {
+            let _ = lines.send(line);
+        }
+    });
+    (child, rx)
+}
+
+/// Waits for the pause line; returns everything the run said up to it.
+fn wait_for_pause(rx: &mpsc::Receiver<String>, point: &str) -> String {
+    let mut said = String::new();
+    loop {
+        let line = rx
+            .recv_timeout(Duration::from_secs(120))
+            .unwrap_or_else(|_| panic!("the run never paused in the {point}: {said}"));
+        said.push_str(&line);
+        said.push('\n');
+        if line.contains(&format!("test hook: paused in the {point}")) {
+            return said;
+        }
+    }
+}
+
+fn rest(rx: mpsc::Receiver<String>) -> String {
+    rx.into_iter().collect::<Vec<_>>().join("\n")
+}
+
+fn signal(child: &Child, name: &str) {
+    let status = Command::new("kill")
+        .args([&format!("-{name}"), &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success(), "kill -{name}");
+}
+
+/// A complete earlier run in `dir`, for the runs that must not disturb it.
+fn earlier_run(dir: &Path) -> Vec<String> {
+    let out = extractor()
+        .args(args(&model(), "gpt2.yaml", dir))
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    files_in(dir)
+}
+
+#[test]
+fn sigint_and_sigterm_in_the_decode_or_the_writes_leave_nothing_and_free_the_lock() {
+    for (sig, point) in [
+        ("INT", "decode"),
+        ("TERM", "decode"),
+        ("INT", "write"),
+        ("TERM", "write"),
+    ] {
+        let tmp = tempfile::tempdir().unwrap();
+        // Into a new directory: it goes. Into one holding an earlier run: that stays as it was.
+        let fresh = tmp.path().join("fresh");
+        let (mut child, rx) = paused_run(&args(&model(), "gpt2-all-layers.yaml", &fresh), point);
+        wait_for_pause(&rx, point);
+        signal(&child, sig);
+        let status = child.wait().unwrap();
+        let said = rest(rx);
+        assert_eq!(status.code(), Some(130), "SIG{sig} in the {point}: {said}");
+        assert!(
+            said.contains("interrupted") && said.contains("nothing was written"),
+            "{said}"
+        );
+        assert!(
+            !fresh.exists(),
+            "SIG{sig} in the {point} left {:?}",
+            files_in(&fresh)
+        );
+
+        let kept = tmp.path().join("kept");
+        let before = earlier_run(&kept);
+        let (mut child, rx) = paused_run(&args(&model(), "gpt2-all-layers.yaml", &kept), point);
+        wait_for_pause(&rx, point);
+        signal(&child, sig);
+        assert_eq!(child.wait().unwrap().code(), Some(130));
+        assert_eq!(
+            files_in(&kept),
+            before,
+            "SIG{sig} in the {point}: the earlier run changed"
+        );
+        // The lock went with the process: the next run gets it.
+        assert_eq!(earlier_run(&kept), before);
+    }
+}
+
+#[test]
+fn after_sigkill_in_the_writes_the_next_run_removes_what_was_staged() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("run");
+    let (mut child, rx) = paused_run(&args(&model(), "gpt2-all-layers.yaml", &dir), "write");
+    wait_for_pause(&rx, "write");
+    signal(&child, "KILL");
+    child.wait().unwrap();
+    let staged: Vec<String> = files_in(&dir)
+        .into_iter()
+        .filter(|f| f.starts_with(".staging-"))
+        .collect();
+    assert_eq!(
+        staged.len(),
+        1,
+        "SIGKILL leaves its staging directory: {:?}",
+        files_in(&dir)
+    );
+    let after = earlier_run(&dir);
+    assert!(
+        after.iter().all(|f| !f.starts_with(".staging-"))
+            && after.contains(&"run.json".to_string()),
+        "{after:?}"
+    );
+}
+
+#[test]
+fn a_full_disk_is_named_and_leaves_no_file() {
+    let tmp = tempfile::tempdir().unwrap();
+    let mnt = tmp.path().join("small");
+    std::fs::create_dir(&mnt).unwrap();
+    let mounted = Command::new("mount")
+        .args(["-t", "tmpfs", "-o", "size=2m", "tmpfs"])
+        .arg(&mnt)
+        .output();
+    match mounted {
+        Ok(out) if out.status.success() => {}
+        other => {
+            eprintln!(
+                "skipped: cannot mount a 2 MB tmpfs here (needs root and mount rights): {other:?}"
+            );
+            return;
+        }
+    }
+    struct Unmount(PathBuf);
+    impl Drop for Unmount {
+        fn drop(&mut self) {
+            let _ = Command::new("umount").arg(&self.0).status();
+        }
+    }
+    let _unmount = Unmount(mnt.clone());
+    // Every layer's checkpoints are 43 MB: far more than 2 MB.
+    let dir = mnt.join("run");
+    let out = extractor()
+        .args(args(&model(), "gpt2-all-layers.yaml", &dir))
+        .args([
+            "-p",
+            "The history of natural language processing generally started in the 1950s",
+        ])
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains("No space left on device") && stderr.contains(dir.to_str().unwrap()),
+        "{stderr}"
+    );
+    assert!(
+        files_in(&mnt).is_empty(),
+        "left on the full disk: {:?}",
+        files_in(&mnt)
+    );
+}
+
+/// A private copy of the default model, to damage.
+fn model_copy(dir: &Path) -> PathBuf {
+    let copy = dir.join("model.gguf");
+    std::fs::copy(model(), &copy).unwrap();
+    copy
+}
+
+#[test]
+fn a_model_that_changes_during_the_run_is_detected_and_nothing_is_written() {
+    let tmp = tempfile::tempdir().unwrap();
+    let copy = model_copy(tmp.path());
+    let dir = tmp.path().join("run");
+    let (mut child, rx) = paused_run(&args(&copy, "gpt2.yaml", &dir), "decode");
+    wait_for_pause(&rx, "decode");
+    let mut file = std::fs::OpenOptions::new()
+        .append(true)
+        .open(&copy)
+        .unwrap();
+    std::io::Write::write_all(&mut file, b"appended").unwrap();
+    drop(file);
+    let status = child.wait().unwrap();
+    let said = rest(rx);
+    assert_eq!(status.code(), Some(1), "{said}");
+    assert!(said.contains("changed during the run"), "{said}");
+    assert!(!dir.exists(), "left {:?}", files_in(&dir));
+}
+
+#[test]
+fn a_truncated_model_is_a_clear_error_not_a_crash() {
+    let tmp = tempfile::tempdir().unwrap();
+    let copy = model_copy(tmp.path());
+    let len = std::fs::metadata(&copy).unwrap().len();
+    std::fs::OpenOptions::new()
+        .write(true)
+        .open(&copy)
+        .unwrap()
+        .set_len(len / 2)
+        .unwrap();
+    let dir = tmp.path().join("run");
+    let out = extractor()
+        .args(args(&copy, "gpt2.yaml", &dir))
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(
+        out.status.code(),
+        Some(1),
+        "exit code 1, not a signal: {stderr}"
+    );
+    assert!(
+        stderr.contains("could not load") && stderr.contains("model.gguf"),
+        "{stderr}"
+    );
+    assert!(!dir.exists());
+}
+
+#[test]
+fn garbage_tensor_data_behind_a_valid_header_is_captured_and_named() {
+    let tmp = tempfile::tempdir().unwrap();
+    let copy = model_copy(tmp.path());
+    let first = GgufFile::open(&copy)
+        .unwrap()
+        .tensors()
+        .iter()
+        .map(|t| t.file_offset)
+        .min()
+        .unwrap();
+    let len = std::fs::metadata(&copy).unwrap().len();
+    let mut file = std::fs::OpenOptions::new().write(true).open(&copy).unwrap();
+    std::io::Seek::seek(&mut file, std::io::SeekFrom::Start(first)).unwrap();
+    // 0xFF bytes: every f32 weight a NaN.
+    let chunk = vec![0xFFu8; 1 << 20];
+    let mut left = len - first;
+    while left > 0 {
+        let n = left.min(chunk.len() as u64) as usize;
+        std::io::Write::write_all(&mut file, &chunk[..n]).unwrap();
+        left -= n as u64;
+    }
+    drop(file);
+
+    let dir = tmp.path().join("run");
+    let out = extractor()
+        .args(args(&copy, "gpt2.yaml", &dir))
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "captured as it is: {stderr}");
+    assert!(
+        stderr.contains("checkpoint(s) hold NaN or Inf values, first checkpoint_01_ln1_output.bin"),
+        "{stderr}"
+    );
+    let validate = Command::new(env!("CARGO_BIN_EXE_llorch-checkpoint-validate"))
+        .arg(&dir)
+        .arg("--manifest")
+        .arg(manifests().join("gpt2.yaml"))
+        .output()
+        .unwrap();
+    let report = String::from_utf8_lossy(&validate.stdout).into_owned()
+        + &String::from_utf8_lossy(&validate.stderr);
+    assert!(!validate.status.success(), "{report}");
+    assert!(
+        report.contains("checkpoint_01_ln1_output.bin: 1536 NaN or Inf values"),
+        "{report}"
+    );
+}

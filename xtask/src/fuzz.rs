@@ -33,7 +33,7 @@ pub struct Fuzz {
 pub const TARGETS: [&str; 3] = ["checkpoint_file", "manifest", "run_record"];
 
 /// cargo-fuzz, pinned, installed into `target/llorch/tools` when missing.
-const CARGO_FUZZ_VERSION: &str = "0.13.1";
+const CARGO_FUZZ_VERSION: &str = "0.13.2";
 
 /// What one target's run gave: libFuzzer's final figures.
 pub struct Outcome {
@@ -67,18 +67,33 @@ impl Outcome {
     }
 }
 
+/// How long a target runs: wall-clock for exploration, or a fixed seed and
+/// number of inputs, which gives the same inputs on every machine (verify).
+#[derive(Clone, Copy)]
+pub enum Budget {
+    Seconds(u64),
+    Runs { seed: u64, runs: u64 },
+}
+
+impl Budget {
+    fn flags(self) -> Vec<String> {
+        match self {
+            Budget::Seconds(s) => vec![format!("-max_total_time={s}")],
+            Budget::Runs { seed, runs } => vec![format!("-seed={seed}"), format!("-runs={runs}")],
+        }
+    }
+}
+
 impl Fuzz {
     pub fn run(self, project: &Project) -> Result<()> {
-        if !nightly_available() {
-            bail!("fuzzing needs the nightly toolchain: rustup toolchain install nightly");
-        }
         let targets: Vec<&str> = match self.targets.is_empty() {
             true => TARGETS.to_vec(),
             false => self.targets.iter().map(String::as_str).collect(),
         };
+        let fuzzer = Fuzzer::prepare(project)?;
         let mut findings = 0;
         for target in targets {
-            let outcome = run_target(project, target, self.seconds)?;
+            let outcome = fuzzer.run(target, Budget::Seconds(self.seconds))?;
             println!("{target:<16} {}", outcome.summary());
             findings += outcome.crash.is_some() as usize;
         }
@@ -100,61 +115,92 @@ pub fn nightly_available() -> bool {
         .is_ok_and(|o| o.status.success())
 }
 
-/// Builds (once) and runs `target` for `seconds` on its seeded corpus.
-pub fn run_target(project: &Project, target: &str, seconds: u64) -> Result<Outcome> {
-    let cargo_fuzz = ensure_cargo_fuzz(project)?;
-    let dir = project.work_dir().join("fuzz");
-    let corpus = dir.join("corpus").join(target);
-    seed(project, target, &corpus)?;
-    let artifacts = dir.join("artifacts").join(target);
-    let logs = dir.join("logs");
-    std::fs::create_dir_all(&artifacts)?;
-    std::fs::create_dir_all(&logs)?;
-    let log = logs.join(format!("{target}.log"));
-    eprintln!(
-        "fuzz: {target}: building, then {seconds} s of fuzzing (log {})",
-        log.display()
-    );
-    let started = Instant::now();
-    let output = Command::new(&cargo_fuzz)
-        .current_dir(project.root())
-        .env("RUSTUP_TOOLCHAIN", "nightly")
-        .args([
-            "fuzz",
-            "run",
-            "--fuzz-dir",
-            "extractor/fuzz",
-            "--target-dir",
-        ])
-        .arg(dir.join("target"))
-        .arg(target)
-        .arg(&corpus)
-        .arg("--")
-        .arg(format!("-max_total_time={seconds}"))
-        .arg(format!("-artifact_prefix={}/", artifacts.display()))
-        .args([
-            "-print_final_stats=1",
-            "-malloc_limit_mb=512",
-            "-rss_limit_mb=2048",
-            "-max_len=65536",
-        ])
-        .output()
-        .context("cannot run cargo-fuzz")?;
-    let text = [output.stdout, output.stderr].concat();
-    std::fs::write(&log, &text)?;
-    let text = String::from_utf8_lossy(&text);
-    let crash = text.lines().find_map(|l| {
-        l.split_once("Test unit written to ")
-            .map(|(_, p)| PathBuf::from(p.trim()))
-    });
-    if !output.status.success() && crash.is_none() {
-        let tail: Vec<&str> = text.lines().rev().take(30).collect();
-        bail!(
-            "cargo fuzz run {target} failed without a finding:\n{}\n(whole log: {})",
-            tail.into_iter().rev().collect::<Vec<_>>().join("\n"),
+/// cargo-fuzz and the seed runs, ready to run any target.
+pub struct Fuzzer<'a> {
+    project: &'a Project,
+    cargo_fuzz: PathBuf,
+    seed_runs: Vec<PathBuf>,
+}
+
+impl<'a> Fuzzer<'a> {
+    pub fn prepare(project: &'a Project) -> Result<Self> {
+        if !nightly_available() {
+            bail!("fuzzing needs the nightly toolchain: rustup toolchain install nightly");
+        }
+        Ok(Fuzzer {
+            project,
+            cargo_fuzz: ensure_cargo_fuzz(project)?,
+            seed_runs: seed_runs(project)?,
+        })
+    }
+
+    /// Builds (once) and runs `target` within `budget` on its seeded corpus.
+    pub fn run(&self, target: &str, budget: Budget) -> Result<Outcome> {
+        let dir = self.project.work_dir().join("fuzz");
+        let corpus = dir.join("corpus").join(target);
+        seed(self.project, target, &self.seed_runs, &corpus)?;
+        let artifacts = dir.join("artifacts").join(target);
+        let logs = dir.join("logs");
+        std::fs::create_dir_all(&artifacts)?;
+        std::fs::create_dir_all(&logs)?;
+        let log = logs.join(format!("{target}.log"));
+        eprintln!(
+            "fuzz: {target}: building, then fuzzing (log {})",
             log.display()
         );
+        let started = Instant::now();
+        let output = Command::new(&self.cargo_fuzz)
+            .current_dir(self.project.root())
+            .env("RUSTUP_TOOLCHAIN", "nightly")
+            .args([
+                "fuzz",
+                "run",
+                "--fuzz-dir",
+                "extractor/fuzz",
+                "--target-dir",
+            ])
+            .arg(dir.join("target"))
+            .arg(target)
+            .arg(&corpus)
+            .arg("--")
+            .args(budget.flags())
+            .arg(format!("-artifact_prefix={}/", artifacts.display()))
+            .args([
+                "-print_final_stats=1",
+                "-malloc_limit_mb=512",
+                "-rss_limit_mb=2048",
+                "-max_len=65536",
+                "-timeout=10",
+            ])
+            .output()
+            .context("cannot run cargo-fuzz")?;
+        let text = [output.stdout, output.stderr].concat();
+        std::fs::write(&log, &text)?;
+        let text = String::from_utf8_lossy(&text);
+        let crash = text.lines().find_map(|l| {
+            l.split_once("Test unit written to ")
+                .map(|(_, p)| PathBuf::from(p.trim()))
+        });
+        if !output.status.success() && crash.is_none() {
+            let tail: Vec<&str> = text.lines().rev().take(30).collect();
+            bail!(
+                "cargo fuzz run {target} failed without a finding:\n{}\n(whole log: {})",
+                tail.into_iter().rev().collect::<Vec<_>>().join("\n"),
+                log.display()
+            );
+        }
+        Ok(outcome(&text, started, &corpus, crash, log)?)
     }
+}
+
+/// libFuzzer's final figures, from its `stat::` lines and last status line.
+fn outcome(
+    text: &str,
+    started: Instant,
+    corpus: &Path,
+    crash: Option<PathBuf>,
+    log: PathBuf,
+) -> Result<Outcome> {
     let stat = |name: &str| {
         text.lines()
             .find_map(|l| l.strip_prefix(&format!("stat::{name}:")))
@@ -181,7 +227,7 @@ pub fn run_target(project: &Project, target: &str, seconds: u64) -> Result<Outco
         exec_per_sec: stat("average_exec_per_sec"),
         coverage: after("cov:"),
         features: after("ft:"),
-        corpus: std::fs::read_dir(&corpus)?.count(),
+        corpus: std::fs::read_dir(corpus)?.count(),
         crash,
         log,
     })
@@ -216,16 +262,15 @@ fn ensure_cargo_fuzz(project: &Project) -> Result<PathBuf> {
 }
 
 /// The first time, fills `corpus` with real files the project writes.
-fn seed(project: &Project, target: &str, corpus: &Path) -> Result<()> {
+fn seed(project: &Project, target: &str, runs: &[PathBuf], corpus: &Path) -> Result<()> {
     if corpus.exists() && std::fs::read_dir(corpus)?.next().is_some() {
         return Ok(());
     }
     std::fs::create_dir_all(corpus)?;
-    let runs = seed_runs(project)?;
     let mut seeds: Vec<(String, Vec<u8>)> = Vec::new();
     match target {
         "checkpoint_file" => {
-            for run in &runs {
+            for run in runs {
                 for entry in std::fs::read_dir(run)? {
                     let path = entry?.path();
                     if matches!(
@@ -252,7 +297,7 @@ fn seed(project: &Project, target: &str, corpus: &Path) -> Result<()> {
             }
         }
         _ => {
-            for run in &runs {
+            for run in runs {
                 seeds.push((
                     format!("{}-run.json", file_name(run)),
                     std::fs::read(run.join("run.json"))?,

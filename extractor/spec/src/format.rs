@@ -215,6 +215,7 @@ fn parse_npy(bytes: &[u8]) -> Result<Tensor> {
 /// more than the bytes present (a header claiming 2^40 elements must not
 /// allocate for them).
 fn open_npy(bytes: &[u8]) -> Result<(npyz::NpyFile<&[u8]>, Vec<i64>)> {
+    check_npy_header(bytes)?;
     let npy = npyz::NpyFile::new(bytes).context("not a NumPy .npy file")?;
     if npy.order() != npyz::Order::C {
         bail!("Fortran-ordered arrays are not supported");
@@ -237,6 +238,51 @@ fn open_npy(bytes: &[u8]) -> Result<(npyz::NpyFile<&[u8]>, Vec<i64>)> {
             bytes.len()
         ),
     }
+}
+
+/// NumPy's own limit on a `.npy` header (`max_header_size`, numpy >= 1.24).
+const MAX_NPY_HEADER: usize = 10_000;
+
+/// A `.npy` header is a flat dict with a shape tuple; deeper nesting is not
+/// one we write or read, and npyz's parser (py_literal, pest) backtracks
+/// exponentially in it.
+const MAX_NPY_NESTING: usize = 4;
+
+/// The header a `.npy` declares, checked before npyz sees it: its length (a
+/// u16 in version 1, a u32 in 2 and 3, which npyz allocates before reading)
+/// against the bytes present and NumPy's limit, and its bracket nesting.
+fn check_npy_header(bytes: &[u8]) -> Result<()> {
+    let (start, declared) = match (bytes.starts_with(b"\x93NUMPY"), bytes.get(6)) {
+        (true, Some(1)) if bytes.len() >= 10 => {
+            (10, u16::from_le_bytes([bytes[8], bytes[9]]) as usize)
+        }
+        (true, Some(2 | 3)) if bytes.len() >= 12 => (
+            12,
+            u32::from_le_bytes(bytes[8..12].try_into().unwrap()) as usize,
+        ),
+        _ => return Ok(()), // npyz names what is wrong with the preamble
+    };
+    if start + declared > bytes.len() {
+        bail!(
+            "the header declares {declared} bytes of header, the file has {} after the preamble",
+            bytes.len() - start
+        );
+    }
+    if declared > MAX_NPY_HEADER {
+        bail!("the header is {declared} bytes, more than NumPy's limit of {MAX_NPY_HEADER}");
+    }
+    let mut depth = 0usize;
+    for &b in &bytes[start..start + declared] {
+        match b {
+            b'(' | b'[' | b'{' => depth += 1,
+            b')' | b']' | b'}' => depth = depth.saturating_sub(1),
+            _ => continue,
+        }
+        if depth > MAX_NPY_NESTING {
+            bail!("the header nests brackets more than {MAX_NPY_NESTING} deep; a .npy header is a flat dict");
+        }
+    }
+    Ok(())
 }
 
 #[cfg(test)]
@@ -367,6 +413,49 @@ mod tests {
             msg.contains("c.npy") && msg.contains("not a valid tensor file"),
             "{msg}"
         );
+    }
+
+    #[test]
+    fn npy_headers_past_the_file_or_nested_deep_are_refused_before_npyz_reads_them() {
+        // Found by `cargo xtask fuzz`: a version-3 preamble whose u32 header
+        // length reads 662 MB made npyz allocate it (libFuzzer: out-of-memory).
+        let mut v3 = b"\x93NUMPY\x03\x00".to_vec();
+        v3.extend(0x277b_0076u32.to_le_bytes());
+        v3.extend(b"{'descr': '<f4', 'fortran_order': False, 'shape': (1, 12, 2, 2, ), }\n");
+        let mut v1 = b"\x93NUMPY\x01\x00".to_vec();
+        v1.extend(60_000u16.to_le_bytes());
+        v1.extend([b' '; 50]);
+        // Found by `cargo xtask fuzz`: 31 nested braces in a 118-byte header
+        // kept npyz's parser busy for minutes (libFuzzer: timeout).
+        let header = format!("{{'descr': '<f4', {}", "{".repeat(31));
+        let mut nested = b"\x93NUMPY\x01\x00".to_vec();
+        nested.extend(118u16.to_le_bytes());
+        nested.extend(format!("{header:<117}\n").as_bytes());
+        let mut v2 = b"\x93NUMPY\x02\x00".to_vec();
+        v2.extend(20_000u32.to_le_bytes());
+        v2.extend([b' '; 20_000]);
+        for (bytes, expected) in [
+            (
+                &v3,
+                "declares 662372470 bytes of header, the file has 69 after the preamble",
+            ),
+            (
+                &v1,
+                "declares 60000 bytes of header, the file has 50 after the preamble",
+            ),
+            (&nested, "nests brackets more than 4 deep"),
+            (
+                &v2,
+                "the header is 20000 bytes, more than NumPy's limit of 10000",
+            ),
+        ] {
+            for msg in [
+                format!("{:#}", parse(bytes, Format::Npy).unwrap_err()),
+                format!("{:#}", parse_npy_f64(bytes).unwrap_err()),
+            ] {
+                assert!(msg.contains(expected), "{msg}");
+            }
+        }
     }
 
     #[test]

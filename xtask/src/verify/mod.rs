@@ -58,6 +58,11 @@ pub struct Verify {
 /// The catalogue models verify checks real weights with: one per architecture.
 const REAL_MODELS: [&str; 2] = ["smollm2-135m", "gemma3-270m"];
 
+/// Verify's fuzzing: libFuzzer's seed and inputs per target (20-30 s each on
+/// two cores); `cargo xtask fuzz --seconds N` explores further.
+const FUZZ_SEED: u64 = 1;
+const FUZZ_RUNS: u64 = 30_000;
+
 pub const PERF_PROMPT: &str = "The history of natural language processing generally started in the 1950s, although work can be \
 found from earlier periods. In 1950, Alan Turing published an article titled Computing Machinery and Intelligence which \
 proposed what is now called the Turing test as a criterion of intelligence. The Georgetown experiment in 1954 involved \
@@ -458,16 +463,31 @@ fn rpc_checks(
     );
 }
 
-/// Each fuzz target for 30 s, where the nightly toolchain is present.
+/// Each fuzz target on a fixed seed and number of inputs (the same inputs on
+/// every machine), where the nightly toolchain is present.
 fn fuzz_checks(report: &mut Report, project: &Project) {
-    report.section("fuzz: checkpoint files, manifests, run.json (30 s each)");
+    report.section(&format!(
+        "fuzz: checkpoint files, manifests, run.json ({FUZZ_RUNS} inputs each, seed {FUZZ_SEED})"
+    ));
     if !crate::fuzz::nightly_available() {
         println!("skipped: no nightly (rustup toolchain install nightly)");
         return;
     }
+    let t = Instant::now();
+    let fuzzer = match crate::fuzz::Fuzzer::prepare(project) {
+        Ok(fuzzer) => fuzzer,
+        Err(e) => {
+            report.check("cargo-fuzz and the seed corpus", t, Err(e));
+            return;
+        }
+    };
+    let budget = crate::fuzz::Budget::Runs {
+        seed: FUZZ_SEED,
+        runs: FUZZ_RUNS,
+    };
     for target in crate::fuzz::TARGETS {
         let t = Instant::now();
-        let result = crate::fuzz::run_target(project, target, 30).and_then(|outcome| {
+        let result = fuzzer.run(target, budget).and_then(|outcome| {
             anyhow::ensure!(outcome.crash.is_none(), "{}", outcome.summary());
             Ok(outcome.summary())
         });

@@ -140,7 +140,7 @@ fn load(cfg: &Config) -> Result<Loaded> {
         n_head: model.n_head(),
         n_head_kv: model.n_head_kv(),
         head_dim,
-        n_embd_gqa: head_dim * model.n_head_kv(),
+        n_embd_gqa: head_dim.saturating_mul(model.n_head_kv()),
         n_ff: model
             .meta(&format!("{arch}.feed_forward_length"))
             .and_then(|v| v.parse().ok())

@@ -58,11 +58,15 @@ impl Dim {
             let v = value(&rest[..end])?;
             rest = &rest[end..];
             acc = match op {
-                '*' => acc * v,
-                _ if v != 0 && acc % v == 0 => acc / v,
+                '*' => acc
+                    .checked_mul(v)
+                    .with_context(|| format!("`{expr}` overflows: {acc} * {v}"))?,
+                _ if v > 0 && acc % v == 0 => acc / v,
                 _ => anyhow::bail!("`{expr}` divides {acc} by {v}, which does not go exactly"),
             };
         }
+        // A GGUF chooses the symbols: a negative or zero one is no dimension.
+        anyhow::ensure!(acc >= 1, "`{expr}` is {acc}, not a positive dimension");
         Ok(acc)
     }
 }

@@ -319,3 +319,26 @@ fn deeply_nested_yaml_is_refused_not_recursed_into() {
     let what = format!("id: ln1\n    what: 'it''s {}'", "[".repeat(100));
     assert!(Manifest::parse(&GOOD.replace("id: ln1", &what)).is_ok());
 }
+
+#[test]
+fn shape_expressions_on_hostile_symbols_are_refused_not_overflowed() {
+    // A GGUF chooses the symbols; `i64::MIN % -1` and `2^62 * 4` would panic.
+    let mut s = gpt2_symbols();
+    s.n_embd = 1 << 62;
+    s.n_head = -1;
+    s.n_ff = i64::MIN;
+    let dim = |e: &str| format!("{:#}", Dim::Expr(e.into()).resolve(&s).unwrap_err());
+    assert_eq!(
+        dim("n_embd * 4"),
+        "`n_embd * 4` overflows: 4611686018427387904 * 4"
+    );
+    assert_eq!(
+        dim("n_ff / n_head"),
+        "`n_ff / n_head` divides -9223372036854775808 by -1, which does not go exactly"
+    );
+    assert_eq!(dim("n_head"), "`n_head` is -1, not a positive dimension");
+    assert_eq!(
+        dim("n_embd / n_embd * 0"),
+        "`n_embd / n_embd * 0` is 0, not a positive dimension"
+    );
+}

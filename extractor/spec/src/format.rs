@@ -143,10 +143,12 @@ pub fn parse_bin(bytes: &[u8]) -> Result<Tensor> {
     if let Some((i, d)) = shape.iter().enumerate().find(|(_, &d)| d < 0) {
         bail!("dimension {i} is negative ({d})");
     }
+    // In i64, as every reader multiplies shapes: [2^60, 10, 0] holds nothing,
+    // but its product overflows on the way.
     let n = shape
         .iter()
-        .try_fold(1u64, |acc, &d| acc.checked_mul(d as u64))
-        .context("shape overflows")?;
+        .try_fold(1i64, |acc, &d| acc.checked_mul(d))
+        .with_context(|| format!("shape {shape:?} overflows"))? as u64;
     let expected = n
         .checked_mul(4)
         .and_then(|b| b.checked_add(header as u64))
@@ -221,6 +223,13 @@ fn open_npy(bytes: &[u8]) -> Result<(npyz::NpyFile<&[u8]>, Vec<i64>)> {
         bail!("Fortran-ordered arrays are not supported");
     }
     let shape: Vec<i64> = npy.shape().iter().map(|&d| d as i64).collect();
+    if shape
+        .iter()
+        .try_fold(1i64, |acc, &d| acc.checked_mul(d))
+        .is_none()
+    {
+        bail!("shape {:?} overflows", npy.shape());
+    }
     let declared = npy
         .shape()
         .iter()
@@ -456,6 +465,21 @@ mod tests {
                 assert!(msg.contains(expected), "{msg}");
             }
         }
+    }
+
+    #[test]
+    fn a_shape_whose_product_overflows_before_a_zero_is_refused() {
+        // Found by `cargo xtask fuzz`: [936748722499707997, 10, 0, ...] holds
+        // no element, but 9.4e18 overflows the i64 product every reader takes.
+        let crash = b"\x08\x00\x00\x00\x5d\x64\x65\x00\x00\x00\x00\x0d\x0a\x00\x00\x00\x00\x00\x00\x00\
+            \x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x11\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\
+            \x00\x00\x5c\x5c\x5c\x09\x09\x09\x09\x09\x09\x09\x00\x00\x00\x00\x00\x00\x00\x80\x3e\x3e";
+        let msg = format!("{:#}", parse(crash, Format::Bin).unwrap_err());
+        assert!(
+            msg.starts_with("shape [936748722499707997, 10, 0, "),
+            "{msg}"
+        );
+        assert!(msg.ends_with("] overflows"), "{msg}");
     }
 
     #[test]

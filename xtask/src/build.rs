@@ -9,10 +9,10 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context, Result};
 use serde::Serialize;
-use xshell::cmd;
 
 use crate::pin::{Flavour, Pin};
 use crate::project::Project;
+use crate::step::{self, Step};
 use crate::{fetch, tools};
 
 #[derive(clap::Args)]
@@ -164,6 +164,18 @@ pub fn cmake_defines(backend: Backend, backend_dl: bool) -> Vec<&'static str> {
     defines
 }
 
+/// The environment variable whose `NAME=VALUE` words are added, last, to
+/// every CMake configure: `LLORCH_CMAKE_DEFINES="GGML_AVX512=OFF"`.
+pub const DEFINES_ENV: &str = "LLORCH_CMAKE_DEFINES";
+
+fn extra_defines() -> Vec<String> {
+    std::env::var(DEFINES_ENV)
+        .unwrap_or_default()
+        .split_whitespace()
+        .map(|d| format!("-D{d}"))
+        .collect()
+}
+
 /// What the extractor's build script reads to link against the active build.
 #[derive(Serialize)]
 struct ActiveBuild<'a> {
@@ -202,27 +214,39 @@ pub fn build_llama(
     let tree = fetch::ensure_tree(project, flavour, false)?;
     let tools = tools::ensure(project)?;
     let build_dir = build_dir.unwrap_or_else(|| default_build_dir(project, backend, flavour, &pin));
-    let sh = project.shell()?;
+    let step = Step::start(
+        project,
+        "build",
+        &format!("llama.cpp {} ({})", backend.name(), pin.id()),
+    )?;
 
     let cmake = &tools.cmake;
-    let ninja = &tools.ninja;
     let defines: Vec<String> = cmake_defines(backend, backend.backend_dl())
         .iter()
         .map(|d| format!("-D{d}"))
-        .chain([format!("-DCMAKE_MAKE_PROGRAM={}", ninja.display())])
+        .chain([format!("-DCMAKE_MAKE_PROGRAM={}", tools.ninja.display())])
+        .chain(extra_defines())
         .collect();
     let configured = build_dir.join("llorch-configure.txt");
     let configure_key = format!("{}\n{}", tree.display(), defines.join("\n"));
-    if std::fs::read_to_string(&configured).ok().as_deref() != Some(configure_key.as_str()) {
-        eprintln!(
-            "build: configuring llama.cpp ({}, {}) in {}",
+    let reconfigure =
+        std::fs::read_to_string(&configured).ok().as_deref() != Some(configure_key.as_str());
+    if reconfigure {
+        step.set_message(&format!(
+            "configuring llama.cpp ({}) with CMake in {}",
             backend.name(),
-            pin.id(),
             build_dir.display()
-        );
-        cmd!(sh, "{cmake} -S {tree} -B {build_dir} -G Ninja {defines...}")
-            .quiet()
-            .run()
+        ));
+        let args = [
+            "-S".into(),
+            tree.into_os_string(),
+            "-B".into(),
+            build_dir.clone().into(),
+        ]
+        .into_iter()
+        .chain(["-G", "Ninja"].map(Into::into))
+        .chain(defines.iter().map(Into::into));
+        step.run("cmake (configure)", duct::cmd(cmake, args))
             .with_context(|| {
                 format!("CMake could not configure llama.cpp for {}", backend.name())
             })?;
@@ -232,21 +256,18 @@ pub fn build_llama(
         .map(|n| n.get())
         .unwrap_or(2)
         .to_string();
-    let started = std::time::Instant::now();
-    cmd!(sh, "{cmake} --build {build_dir} --config Release -j {jobs}")
-        .quiet()
-        .run()
-        .with_context(|| {
-            format!(
-                "building llama.cpp for {} failed (see the compiler output above)",
+    let build = duct::cmd!(cmake, "--build", &build_dir, "--config", "Release", "-j", &jobs);
+    let compiled = std::cell::Cell::new(false);
+    step.run_watched("cmake --build", build, |step, line| {
+        if line.starts_with('[') && !compiled.replace(true) {
+            step.set_message(&format!(
+                "compiling llama.cpp ({}, {jobs} jobs)",
                 backend.name()
-            )
-        })?;
-    eprintln!(
-        "build: llama.cpp {} ready in {:.1?}",
-        backend.name(),
-        started.elapsed()
-    );
+            ));
+        }
+        step::ninja_progress(step, line);
+    })
+    .with_context(|| format!("building llama.cpp for {} failed", backend.name()))?;
     let lib_dir = build_dir.join("bin");
     let mut expected = vec![shared_lib("llama")];
     if backend.backend_dl() {
@@ -263,6 +284,11 @@ pub fn build_llama(
                 lib_dir.join(lib).display()
             );
         }
+    }
+    let summary = format!("llama.cpp {} in {}", backend.name(), lib_dir.display());
+    match compiled.get() || reconfigure {
+        true => step.finish(&summary),
+        false => step.finish_unchanged(&format!("{summary}: up to date")),
     }
     Ok(lib_dir)
 }
@@ -312,18 +338,32 @@ pub fn build_extractor(
         std::fs::create_dir_all(project.work_dir())?;
         fetch::write_atomically(&project.active_build_file(), json.as_bytes())?;
     }
-    let sh = project.shell()?;
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-    cmd!(
-        sh,
-        "{cargo} build --quiet --release --package llorch-checkpoint-extractor"
+    let step = Step::start(project, "extractor", "cargo build --release")?;
+    let build = duct::cmd!(
+        cargo,
+        "build",
+        "--release",
+        "--package",
+        "llorch-checkpoint-extractor"
     )
-    .run()
+    .dir(project.root());
+    let compiled = std::cell::Cell::new(false);
+    step.run_watched("cargo build --release (extractor)", build, |step, line| {
+        if line.trim_start().starts_with("Compiling ") && !compiled.replace(true) {
+            step.set_message("compiling the extractor");
+        }
+        step::cargo_progress(step, line);
+    })
     .context("building the extractor failed")?;
     let exe = project
         .root()
         .join("target/release/llorch-checkpoint-extractor");
-    eprintln!("build: extractor ready: {}", exe.display());
+    let summary = format!("llorch-checkpoint-extractor in {}", exe.display());
+    match compiled.get() {
+        true => step.finish(&summary),
+        false => step.finish_unchanged(&format!("{summary}: up to date")),
+    }
     Ok(exe)
 }
 

@@ -4,11 +4,11 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result};
 use llorch_checkpoint_spec::record::RunRecord;
-use xshell::cmd;
 
 use crate::build::{self, Backend};
 use crate::pin::Flavour;
 use crate::project::Project;
+use crate::step::Step;
 
 #[derive(clap::Args)]
 pub struct Extract {
@@ -49,16 +49,35 @@ impl Extract {
             self.manifest.as_deref(),
         )?;
         let exe = ensure_extractor(project, self.backend)?;
-        let sh = project.shell()?;
-        let (prompt, extra) = (&self.prompt, &self.extractor_args);
-        let layers = layer_args(self.layers.as_deref());
-        cmd!(
-            sh,
-            "{exe} -m {model} --manifest {manifest} -p {prompt} --out {out} {layers...} {extra...}"
+        let args = [
+            "-m".into(),
+            model.into_os_string(),
+            "--manifest".into(),
+            manifest.into(),
+        ]
+        .into_iter()
+        .chain([
+            "-p".into(),
+            self.prompt.into(),
+            "--out".into(),
+            out.clone().into(),
+        ])
+        .chain(
+            layer_args(self.layers.as_deref())
+                .into_iter()
+                .map(Into::into),
         )
-        .quiet()
-        .run()
-        .context("the extractor failed (its message is above)")?;
+        .chain(self.extractor_args.into_iter().map(Into::into));
+        let step = Step::start(project, "extract", "running the extractor")?;
+        step.run("llorch-checkpoint-extractor", duct::cmd(&exe, args))
+            .context("the extractor failed")?;
+        let record = RunRecord::read(&out)?;
+        step.finish(&format!(
+            "{} checkpoints and run.json in {} (its log: {})",
+            record.checkpoints.len(),
+            out.display(),
+            project.work_dir().join("logs/extract.log").display()
+        ));
         print_table(&out)
     }
 }

@@ -32,6 +32,7 @@ mod model;
 mod pin;
 mod project;
 mod python;
+mod step;
 mod tools;
 mod verify;
 
@@ -49,6 +50,10 @@ use crate::project::Project;
 struct Cli {
     #[command(subcommand)]
     task: Task,
+    /// Stream the output of every external command (cmake, ninja, cargo, pip,
+    /// the extractor) instead of keeping it in target/llorch/logs/<step>.log.
+    #[arg(short, long, global = true)]
+    verbose: bool,
 }
 
 #[derive(Subcommand)]
@@ -77,6 +82,7 @@ enum Task {
 
 fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
+    step::set_verbose(cli.verbose);
     match run(cli.task) {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(err) => {

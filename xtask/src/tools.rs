@@ -12,6 +12,7 @@ use anyhow::{Context, Result};
 use xshell::cmd;
 
 use crate::project::Project;
+use crate::step::Step;
 
 /// Pinned: the bindings are checked byte for byte, so libclang must not drift.
 const REQUIREMENTS: &[&str] = &["cmake==4.4.5", "ninja==1.13.2", "libclang==18.1.1"];
@@ -34,25 +35,29 @@ pub fn ensure(project: &Project) -> Result<Tools> {
     let sh = project.shell()?;
 
     if std::fs::read_to_string(&stamp).ok().as_deref() != Some(wanted.as_str()) {
-        eprintln!(
-            "tools: installing {} into {}",
+        let step = Step::start(project, "tools", "cmake, ninja and libclang from PyPI")?;
+        step.set_message(&format!(
+            "installing {} into {} (about 100 MB)",
             REQUIREMENTS.join(" "),
             venv.display()
-        );
+        ));
         let python3 = std::env::var("PYTHON").unwrap_or_else(|_| "python3".into());
-        cmd!(sh, "{python3} -m venv --clear {venv}").run().context(
+        step.run(
+            "python3 -m venv",
+            duct::cmd!(python3, "-m", "venv", "--clear", &venv),
+        )
+        .context(
             "cannot create a Python virtual environment for cmake, ninja and libclang.\n\
              Install Python 3 with venv (Debian: apt-get install python3 python3-venv), \
              or point PYTHON at one",
         )?;
-        let requirements = REQUIREMENTS;
-        cmd!(
-            sh,
-            "{python} -m pip install --quiet --disable-pip-version-check {requirements...}"
-        )
-        .run()
-        .context("pip could not install the build tools from PyPI (is PyPI reachable?)")?;
+        let pip = ["-m", "pip", "install", "--disable-pip-version-check"]
+            .into_iter()
+            .chain(REQUIREMENTS.iter().copied());
+        step.run("pip install", duct::cmd(&python, pip))
+            .context("pip could not install the build tools from PyPI (is PyPI reachable?)")?;
         std::fs::write(&stamp, &wanted)?;
+        step.finish(&format!("{} in {}", REQUIREMENTS.join(" "), venv.display()));
     }
 
     let libclang_dir = cmd!(

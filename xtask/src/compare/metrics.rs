@@ -167,6 +167,9 @@ pub struct Row {
     pub worst_index: Vec<usize>,
     pub worst_test: f64,
     pub worst_ref: f64,
+    /// NaN or Inf values in llama.cpp's tensor and in the f64 reference.
+    pub non_finite_test: usize,
+    pub non_finite_ref: usize,
 }
 
 /// Scores every checkpoint in graph order; with `fail_fast`, stops after the
@@ -209,6 +212,8 @@ pub fn score_run(
             worst_index: unravel(m.worst, &test.shape),
             worst_test: test.data[m.worst],
             worst_ref: r64.data[m.worst],
+            non_finite_test: non_finite(&test.data),
+            non_finite_ref: non_finite(&r64.data),
             shape: test.shape,
             tolerance: e.tolerance,
             pass: m.passes(&e.tolerance),
@@ -218,6 +223,10 @@ pub fn score_run(
     Ok(rows)
 }
 
+fn non_finite(data: &[f64]) -> usize {
+    data.iter().filter(|v| !v.is_finite()).count()
+}
+
 /// The verdict: `None` when every checkpoint is within tolerance, or the first
 /// one (graph order) that is not, with its worst element.
 pub fn first_failure(rows: &[Row]) -> Option<String> {
@@ -225,6 +234,18 @@ pub fn first_failure(rows: &[Row]) -> Option<String> {
     let m = row.against[F64];
     let t = row.tolerance;
     let layer = row.layer.map(|l| format!(" layer {l}")).unwrap_or_default();
+    if row.non_finite_test + row.non_finite_ref > 0 {
+        // No tolerance speaks of NaN: say so instead of an element's error.
+        return Some(format!(
+            "checkpoint {}{layer} ({}) holds {} NaN or Inf values in llama.cpp and {} in PyTorch, of {} \
+             (a corrupt model, or an overflow in the graph: the checkpoints before it show where they start)",
+            row.id,
+            row.file,
+            row.non_finite_test,
+            row.non_finite_ref,
+            row.shape.iter().product::<usize>(),
+        ));
+    }
     Some(format!(
         "checkpoint {}{layer} ({}) exceeds its tolerance against the f64 reference: element {:?} is {:.7} in llama.cpp, {:.7} in PyTorch \
          (|diff| {:.3e} > atol {:.0e} + rtol {:.0e}*|ref|); {} of {} elements outside, NMSE {:.3e} (limit {:.0e})",
@@ -340,6 +361,8 @@ mod tests {
             worst_index: unravel(m.worst, &[2, 12, 64]),
             worst_test: test[777],
             worst_ref: reference[777],
+            non_finite_test: 0,
+            non_finite_ref: 0,
         };
         let ok = Row {
             id: "01_ln1_output".into(),
@@ -349,10 +372,26 @@ mod tests {
                 ..row_clone(&row)
             }
         };
-        let why = first_failure(&[ok, row]).unwrap();
+        let why = first_failure(&[ok, row_clone(&row)]).unwrap();
         assert!(
             why.starts_with("checkpoint 02_q layer 0 (checkpoint_02_q.bin)")
                 && why.contains("element [1, 0, 9]"),
+            "{why}"
+        );
+
+        // A NaN fails every tolerance, and the verdict says it is a NaN.
+        test[5] = f64::NAN;
+        let m = metrics(&test, &reference, &tol);
+        assert!(!m.passes(&tol) && m.worst_ratio.is_nan());
+        let nan = Row {
+            against: [(F64.to_string(), m)].into(),
+            pass: m.passes(&tol),
+            non_finite_test: non_finite(&test),
+            ..row
+        };
+        let why = first_failure(&[nan]).unwrap();
+        assert!(
+            why.starts_with("checkpoint 02_q layer 0 (checkpoint_02_q.bin) holds 1 NaN or Inf values in llama.cpp and 0 in PyTorch, of 1536"),
             "{why}"
         );
     }
@@ -369,6 +408,8 @@ mod tests {
             worst_index: r.worst_index.clone(),
             worst_test: r.worst_test,
             worst_ref: r.worst_ref,
+            non_finite_test: r.non_finite_test,
+            non_finite_ref: r.non_finite_ref,
         }
     }
 

@@ -18,6 +18,7 @@ use xshell::cmd;
 
 use crate::pin::{CrateSource, Flavour, GitSource, Pin, SourceRef};
 use crate::project::Project;
+use crate::step::Step;
 
 const RESTORE: &str = "cargo xtask fetch --force";
 
@@ -72,6 +73,7 @@ fn ensure_tree_with(
     let wanted_patches = patches_digest(&patches)?;
     let tree = project.tree(flavour);
     let stamp_path = project.tree_stamp(flavour);
+    let step = Step::start(project, "fetch", &format!("llama.cpp {}", pin.describe()))?;
 
     if tree.exists() && !force {
         let stamp: Stamp = match fs::read(&stamp_path) {
@@ -97,18 +99,18 @@ fn ensure_tree_with(
             );
         }
         if stamp.pin == pin.id() && stamp.patches == wanted_patches {
-            eprintln!(
-                "fetch: {} is up to date ({}, {} patches)",
+            step.finish_unchanged(&format!(
+                "{} is up to date ({}, {} patches)",
                 tree.display(),
                 pin.describe(),
                 patches.len()
-            );
+            ));
             return Ok(tree);
         }
-        eprintln!(
-            "fetch: pin or patches changed; replacing {}",
+        step.say(&format!(
+            "pin or patches changed; replacing {}",
             tree.display()
-        );
+        ));
     }
 
     let vendor = tree.parent().context("tree has no parent")?;
@@ -118,12 +120,15 @@ fn ensure_tree_with(
     let made = (|| -> Result<Stamp> {
         match pin.source()? {
             SourceRef::Crate(src) => {
-                eprintln!("fetch: downloading {} {} with cargo", src.name, src.version);
+                step.set_message(&format!(
+                    "downloading {} {} with cargo",
+                    src.name, src.version
+                ));
                 let crate_file = download(project, src)?;
                 unpack_crate(&crate_file, src, &staging)?;
             }
             SourceRef::Git(src) => {
-                eprintln!("fetch: checking out {} at {}", src.url, src.commit);
+                step.set_message(&format!("checking out {} at {}", src.url, src.commit));
                 checkout_git(project, src, &staging)?;
             }
         }
@@ -153,13 +158,13 @@ fn ensure_tree_with(
         .with_context(|| format!("cannot move the new tree to {}", tree.display()))?;
     write_atomically(&stamp_path, &serde_json::to_vec_pretty(&stamp)?)?;
     remove_dir_if_exists(&old)?;
-    eprintln!(
-        "fetch: {} ready ({}, {} files, {} patches applied)",
+    step.finish(&format!(
+        "{} ready ({}, {} files, {} patches applied)",
         tree.display(),
         pin.describe(),
         stamp.files.len(),
         patches.len()
-    );
+    ));
     Ok(tree)
 }
 
@@ -385,7 +390,6 @@ fn apply_patch(project: &Project, patch: &Path, tree: &Path, pin: &Pin) -> Resul
             patch.display()
         );
     }
-    eprintln!("fetch: applied {name}");
     Ok(())
 }
 

@@ -24,6 +24,7 @@ use crate::build::{self, Backend};
 use crate::fetch;
 use crate::pin::Flavour;
 use crate::project::Project;
+use crate::step::Step;
 
 mod hf;
 use hf::{from_hf, self_test_hf};
@@ -185,13 +186,18 @@ pub fn synthetic(project: &Project, spec: &Synthetic, force: bool) -> Result<(Pa
     let path = models_dir(project).join(spec.file_name());
     if !force {
         if let Some(sha) = recorded_and_intact(&path)? {
-            eprintln!("model: {} is up to date", path.display());
+            let step = Step::start(project, "model", "")?;
+            step.finish_unchanged(&format!("{} is up to date", path.display()));
             return Ok((path, sha));
         }
     }
     let exe = ensure_tools_built(project)?;
     let [encoder, vocab] = tokenizer_files(project)?;
-    let sh = project.shell()?;
+    let step = Step::start(project, "model", "")?;
+    step.set_message(&format!(
+        "generating {} (seeded weights, then a statistics pass through llama.cpp)",
+        spec.file_name()
+    ));
     let (layers, seed, dtype) = (
         spec.layers.to_string(),
         spec.seed.to_string(),
@@ -202,12 +208,32 @@ pub fn synthetic(project: &Project, spec: &Synthetic, force: bool) -> Result<(Pa
     // statistics pass (llama.cpp loading and running it) and the check passed:
     // a crash or refusal leaves no model without its record.
     let tmp = path.with_extension(format!("tmp{}.gguf", std::process::id()));
-    let generated = cmd!(
-        sh,
-        "{exe} generate --out {tmp} --layers {layers} --seed {seed} --dtype {dtype} --encoder-json {encoder} --vocab-bpe {vocab}"
-    )
-    .run()
-    .and_then(|()| cmd!(sh, "{exe} check {tmp}").quiet().ignore_stdout().run());
+    let generated = step
+        .run(
+            "llorch-checkpoint-model generate",
+            duct::cmd!(
+                &exe,
+                "generate",
+                "--out",
+                &tmp,
+                "--layers",
+                layers,
+                "--seed",
+                seed,
+                "--dtype",
+                dtype,
+                "--encoder-json",
+                encoder,
+                "--vocab-bpe",
+                vocab
+            ),
+        )
+        .and_then(|()| {
+            step.run(
+                "llorch-checkpoint-model check",
+                duct::cmd!(&exe, "check", &tmp),
+            )
+        });
     if let Err(err) = generated {
         let _ = std::fs::remove_file(&tmp);
         return Err(err)
@@ -229,10 +255,13 @@ pub fn synthetic(project: &Project, spec: &Synthetic, force: bool) -> Result<(Pa
         dtype: spec.dtype,
     };
     fetch::write_atomically(&record_path(&path), &serde_json::to_vec_pretty(&record)?)?;
-    eprintln!(
-        "model: generated in {:.1} s (including the statistics pass)",
-        elapsed.as_secs_f64()
-    );
+    let log = step.log().display().to_string();
+    step.finish(&format!(
+        "{} generated in {:.1} s, sha256 {}… (layer statistics: {log})",
+        path.display(),
+        elapsed.as_secs_f64(),
+        &sha[..12],
+    ));
     Ok((path, sha))
 }
 

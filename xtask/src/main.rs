@@ -8,6 +8,7 @@
 //! extract  extractor + manifest + model + prompt -> checkpoints/*.bin, run.json
 //! compare  extractor run + transformers from the same GGUF (f32, f64) -> per-checkpoint errors, report.json, errors.svg
 //! verify   tests, then build, runtime, format, performance, compare and real-model checks (what CI runs)
+//! doctor   what this machine has and lacks, and the command that fixes each piece
 //! fuzz     the readers of checkpoint files, manifests and run.json under libFuzzer (nightly)
 //! bench    capture cost: steady state and whole process, against no capture and a raw-C floor
 //! device-bundle  binaries + pinned source + script -> a .tar.gz for a GPU machine without cargo
@@ -25,6 +26,7 @@ mod build;
 mod bundle;
 mod catalogue;
 mod compare;
+mod doctor;
 mod extract;
 mod fetch;
 mod fuzz;
@@ -72,6 +74,8 @@ enum Task {
     Compare(compare::Compare),
     /// The test command: cargo test, then build, runtime, format, performance, compare and real-model checks.
     Verify(verify::Verify),
+    /// What this machine has and lacks for each backend and for compare, with the fix for each; changes nothing.
+    Doctor(doctor::Doctor),
     /// Fuzz the readers of checkpoint and candidate files, manifests and run.json (cargo-fuzz, nightly).
     Fuzz(fuzz::Fuzz),
     /// What capture costs: steady-state and whole-process time against no capture and a raw-C floor; table, bench.json, cost.svg.
@@ -106,6 +110,7 @@ fn run(task: Task) -> Result<()> {
         Task::Extract(task) => task.run(&project),
         Task::Compare(task) => task.run(&project),
         Task::Verify(task) => task.run(&project),
+        Task::Doctor(task) => task.run(&project),
         Task::Fuzz(task) => task.run(&project),
         Task::Bench(task) => task.run(&project),
         Task::DeviceBundle(task) => task.run(&project),

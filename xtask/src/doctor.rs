@@ -89,7 +89,11 @@ impl Doctor {
                 Found::Later(what) => ("later", what.clone()),
                 Found::Missing { why, fix } => {
                     blocking += (*need == Need::Cpu) as usize;
-                    let mark = if *need == Need::Cpu { "MISSING" } else { "absent" };
+                    let mark = if *need == Need::Cpu {
+                        "MISSING"
+                    } else {
+                        "absent"
+                    };
                     (mark, format!("{why}\n{:>28} fix: {fix}", ""))
                 }
             };

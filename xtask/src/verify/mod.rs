@@ -24,6 +24,7 @@ use crate::pin::{Flavour, Pin};
 use crate::project::Project;
 
 mod browser;
+mod cargo_test;
 mod checks;
 mod rpc;
 use checks::{
@@ -139,15 +140,7 @@ impl Verify {
         if !self.no_tests {
             report.section("tests");
             let t = Instant::now();
-            let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-            let result = cmd!(sh, "{cargo} test --workspace")
-                .run()
-                .map(|()| "cargo test --workspace passed".to_string());
-            report.check(
-                "cargo test --workspace",
-                t,
-                result.context("some tests failed (see above)"),
-            );
+            report.check("cargo test --workspace", t, cargo_test::run(project));
         }
 
         report.section("build");
@@ -339,6 +332,17 @@ impl Verify {
             started.elapsed().as_secs_f64()
         );
         println!("{} passed, {} failed", report.passed, report.failed);
+        for line in &report.lines {
+            if line["pass"] == false {
+                let detail = line["detail"].as_str().unwrap_or_default();
+                println!(
+                    "  FAIL {} / {}: {}",
+                    line["section"].as_str().unwrap_or_default(),
+                    line["check"].as_str().unwrap_or_default(),
+                    detail.lines().next().unwrap_or_default()
+                );
+            }
+        }
         if report.failed > 0 {
             bail!("{} check(s) failed", report.failed);
         }

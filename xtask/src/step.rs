@@ -197,6 +197,11 @@ impl Step {
     }
 }
 
+/// A line from a step that has no [`Step`] of its own at hand.
+pub fn note(name: &str, line: &str) {
+    eprintln!("{name:>9} {line}");
+}
+
 /// ninja's `[n/N]` at the start of a line, as the step's bar.
 pub fn ninja_progress(step: &Step, line: &str) {
     if let Some((done, total)) = ninja_fraction(line) {

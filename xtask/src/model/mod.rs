@@ -278,9 +278,12 @@ fn recorded_and_intact(path: &Path) -> Result<Option<String>> {
     }
     let actual = sha256_file(path)?;
     if actual != record.sha256 {
-        eprintln!(
-            "model: {} differs from its record (sha256 {actual}); regenerating",
-            path.display()
+        crate::step::note(
+            "model",
+            &format!(
+                "{} differs from its record (sha256 {actual}); regenerating",
+                path.display()
+            ),
         );
         return Ok(None);
     }
@@ -331,9 +334,12 @@ pub fn tokenizer_files(project: &Project) -> Result<[PathBuf; 2]> {
     {
         return Ok(paths);
     }
-    eprintln!(
-        "model: taking GPT-2's tokenizer from the {} {} crate",
-        TIKTOKEN.0, TIKTOKEN.1
+    crate::step::note(
+        "model",
+        &format!(
+            "GPT-2's tokenizer from the {} {} crate",
+            TIKTOKEN.0, TIKTOKEN.1
+        ),
     );
     let crate_file = fetch::download_crate_file(project, TIKTOKEN.0, TIKTOKEN.1)?;
     let bytes = std::fs::read(&crate_file)

@@ -38,6 +38,8 @@ const PLAIN_EVERY: Duration = Duration::from_secs(30);
 /// One step of a task (`fetch`, `build`, `model`...), shown as one line.
 pub struct Step {
     name: String,
+    /// What it works on: with `name`, what `finish_unchanged` keys on.
+    what: String,
     log: PathBuf,
     bar: ProgressBar,
     started: Instant,
@@ -70,6 +72,7 @@ impl Step {
         let plain = (!terminal).then(|| Mutex::new(Instant::now()));
         Ok(Step {
             name: name.to_string(),
+            what: what.to_string(),
             log,
             bar,
             started: Instant::now(),
@@ -124,6 +127,7 @@ impl Step {
     /// Ends the step with its one-line summary and how long it took.
     pub fn finish(self, summary: &str) {
         self.bar.finish_and_clear();
+        said(&self.name, &self.what);
         eprintln!(
             "{:>9} {summary} ({})",
             self.name,
@@ -131,19 +135,14 @@ impl Step {
         );
     }
 
-    /// Ends a step that found nothing to do: said once per process, so that
-    /// a task calling it again (verify does, often) stays quiet.
+    /// Ends a step that found nothing to do. Said once per process and
+    /// subject, and not after that subject was made: a task that makes sure
+    /// of it again (verify does, often) stays quiet.
     pub fn finish_unchanged(self, summary: &str) {
-        static SAID: Mutex<Vec<String>> = Mutex::new(Vec::new());
-        let mut said = SAID.lock().unwrap_or_else(|e| e.into_inner());
-        let line = format!("{} {summary}", self.name);
-        if said.contains(&line) && !verbose() {
-            self.bar.finish_and_clear();
-            return;
-        }
-        said.push(line);
         self.bar.finish_and_clear();
-        eprintln!("{:>9} {summary}", self.name);
+        if !said(&self.name, &self.what) || verbose() {
+            eprintln!("{:>9} {summary}", self.name);
+        }
     }
 
     /// Runs `cmd` with stdout and stderr into the log (and to the terminal
@@ -195,6 +194,18 @@ impl Step {
         }
         Ok(())
     }
+}
+
+/// Records that step `name` on `what` has been reported; whether it had been.
+fn said(name: &str, what: &str) -> bool {
+    static SAID: Mutex<Vec<String>> = Mutex::new(Vec::new());
+    let mut said = SAID.lock().unwrap_or_else(|e| e.into_inner());
+    let key = format!("{name} {what}");
+    let before = said.contains(&key);
+    if !before {
+        said.push(key);
+    }
+    before
 }
 
 /// A line from a step that has no [`Step`] of its own at hand.

@@ -13,7 +13,6 @@
 //! GPT-2 `encoder.json` and `vocab.bpe`; its `.crate` is checked against a pinned sha256.
 
 use std::path::{Path, PathBuf};
-use std::time::Instant;
 
 use anyhow::{bail, ensure, Context, Result};
 use serde::{Deserialize, Serialize};
@@ -186,14 +185,14 @@ pub fn synthetic(project: &Project, spec: &Synthetic, force: bool) -> Result<(Pa
     let path = models_dir(project).join(spec.file_name());
     if !force {
         if let Some(sha) = recorded_and_intact(&path)? {
-            let step = Step::start(project, "model", "")?;
+            let step = Step::start(project, "model", &spec.file_name())?;
             step.finish_unchanged(&format!("{} is up to date", path.display()));
             return Ok((path, sha));
         }
     }
     let exe = ensure_tools_built(project)?;
     let [encoder, vocab] = tokenizer_files(project)?;
-    let step = Step::start(project, "model", "")?;
+    let step = Step::start(project, "model", &spec.file_name())?;
     step.set_message(&format!(
         "generating {} (seeded weights, then a statistics pass through llama.cpp)",
         spec.file_name()
@@ -203,7 +202,6 @@ pub fn synthetic(project: &Project, spec: &Synthetic, force: bool) -> Result<(Pa
         spec.seed.to_string(),
         spec.dtype.name(),
     );
-    let started = Instant::now();
     // Written under a temporary name, and moved into place only once the
     // statistics pass (llama.cpp loading and running it) and the check passed:
     // a crash or refusal leaves no model without its record.
@@ -240,7 +238,6 @@ pub fn synthetic(project: &Project, spec: &Synthetic, force: bool) -> Result<(Pa
             .with_context(|| format!("generating {} failed; nothing was kept", path.display()));
     }
     std::fs::rename(&tmp, &path)?;
-    let elapsed = started.elapsed();
     let sha = sha256_file(&path)?;
     let record = Record {
         file: spec.file_name(),
@@ -257,9 +254,8 @@ pub fn synthetic(project: &Project, spec: &Synthetic, force: bool) -> Result<(Pa
     fetch::write_atomically(&record_path(&path), &serde_json::to_vec_pretty(&record)?)?;
     let log = step.log().display().to_string();
     step.finish(&format!(
-        "{} generated in {:.1} s, sha256 {}… (layer statistics: {log})",
+        "{} generated, sha256 {}… (layer statistics: {log})",
         path.display(),
-        elapsed.as_secs_f64(),
         &sha[..12],
     ));
     Ok((path, sha))

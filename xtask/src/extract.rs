@@ -78,7 +78,7 @@ impl Extract {
             out.display(),
             project.work_dir().join("logs/extract.log").display()
         ));
-        print_table(&out)
+        print_table(&out, &project.shown(&out))
     }
 }
 
@@ -95,7 +95,7 @@ pub fn ensure_extractor(project: &Project, backend: Backend) -> Result<PathBuf> 
     build::build_extractor(project, backend, Flavour::Patched, &lib_dir)
 }
 
-fn print_table(dir: &Path) -> Result<()> {
+fn print_table(dir: &Path, shown: &str) -> Result<()> {
     let record = RunRecord::read(dir)?;
     println!(
         "\n{:<16} {:<16} {:<5} {:<6} {:>16} {:>11} {:>11} {:>12}  file",
@@ -117,9 +117,9 @@ fn print_table(dir: &Path) -> Result<()> {
         );
     }
     println!(
-        "\n{} checkpoints in {} ({} prompt tokens, prompt decode {:.1} ms)",
+        "\n{} checkpoints in {}/ ({} prompt tokens, prompt decode {:.1} ms)",
         record.checkpoints.len(),
-        dir.display(),
+        shown,
         record.tokens.len(),
         record.prompt_decode_ms
     );
@@ -136,7 +136,7 @@ mod tests {
         let mut record = llorch_checkpoint_spec::record::example();
         record.schema_version = 5;
         std::fs::write(dir.path().join("run.json"), record.to_json()).unwrap();
-        let err = format!("{:#}", print_table(dir.path()).unwrap_err());
+        let err = format!("{:#}", print_table(dir.path(), "dir").unwrap_err());
         assert!(err.contains("schema version 5 is newer"), "{err}");
     }
 }

@@ -35,6 +35,14 @@ impl Project {
         &self.root
     }
 
+    /// `path` as a user reads it: relative to the project root when inside it.
+    pub fn shown(&self, path: &Path) -> String {
+        path.strip_prefix(&self.root)
+            .unwrap_or(path)
+            .display()
+            .to_string()
+    }
+
     pub fn shell(&self) -> Result<Shell> {
         let sh = Shell::new()?;
         sh.change_dir(&self.root);

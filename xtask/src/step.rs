@@ -40,6 +40,8 @@ pub struct Step {
     name: String,
     /// What it works on: with `name`, what `finish_unchanged` keys on.
     what: String,
+    /// The project's root and a slash: lines show paths relative to it.
+    root: String,
     log: PathBuf,
     bar: ProgressBar,
     started: Instant,
@@ -66,13 +68,14 @@ impl Step {
             ProgressBar::hidden()
         };
         bar.set_prefix(name.to_string());
-        bar.set_message(what.to_string());
+        bar.set_message(what.replace(&format!("{}/", project.root().display()), ""));
         // Plain output starts with the first phase the step announces, so a
         // step with nothing to do prints only its summary.
         let plain = (!terminal).then(|| Mutex::new(Instant::now()));
         Ok(Step {
             name: name.to_string(),
             what: what.to_string(),
+            root: format!("{}/", project.root().display()),
             log,
             bar,
             started: Instant::now(),
@@ -87,7 +90,8 @@ impl Step {
     /// The step enters a phase that takes a while: its line says `what`
     /// (a plain line where nothing redraws).
     pub fn set_message(&self, what: &str) {
-        self.bar.set_message(what.to_string());
+        let what = self.shown(what);
+        self.bar.set_message(what.clone());
         if self.plain.is_some() {
             eprintln!("{:>9} {what}", self.name);
         }
@@ -95,7 +99,12 @@ impl Step {
 
     /// What the step is on now, where a line redraws (a crate, a file).
     pub fn set_detail(&self, what: &str) {
-        self.bar.set_message(what.to_string());
+        self.bar.set_message(self.shown(what));
+    }
+
+    /// `line` with the project's root left out of its paths.
+    fn shown(&self, line: &str) -> String {
+        line.replace(&self.root, "")
     }
 
     /// `done` of `total` units (ninja's edges, bytes): a bar from now on.
@@ -121,7 +130,8 @@ impl Step {
 
     /// A line above the bar (or a plain line): something the user should read.
     pub fn say(&self, line: &str) {
-        self.bar.suspend(|| eprintln!("{:>9} {line}", self.name));
+        self.bar
+            .suspend(|| eprintln!("{:>9} {}", self.name, self.shown(line)));
     }
 
     /// Ends the step with its one-line summary and how long it took.
@@ -129,8 +139,9 @@ impl Step {
         self.bar.finish_and_clear();
         said(&self.name, &self.what);
         eprintln!(
-            "{:>9} {summary} ({})",
+            "{:>9} {} ({})",
             self.name,
+            self.shown(summary),
             seconds(self.started.elapsed())
         );
     }
@@ -141,7 +152,7 @@ impl Step {
     pub fn finish_unchanged(self, summary: &str) {
         self.bar.finish_and_clear();
         if !said(&self.name, &self.what) || verbose() {
-            eprintln!("{:>9} {summary}", self.name);
+            eprintln!("{:>9} {}", self.name, self.shown(summary));
         }
     }
 

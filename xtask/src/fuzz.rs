@@ -189,7 +189,7 @@ impl<'a> Fuzzer<'a> {
                 log.display()
             );
         }
-        Ok(outcome(&text, started, &corpus, crash, log)?)
+        outcome(&text, started, &corpus, crash, log)
     }
 }
 

@@ -206,9 +206,9 @@ fn detail(s: &mut String, row: &Row, head_axis: Option<usize>, test: &Tensor, re
             break;
         }
     }
-    let _ = write!(
+    let _ = writeln!(
         s,
-        "<figure>{}<figcaption>log10 |diff|, all elements</figcaption></figure></div></section>\n",
+        "<figure>{}<figcaption>log10 |diff|, all elements</figcaption></figure></div></section>",
         histogram(&diff)
     );
 }
@@ -248,7 +248,7 @@ fn view(shape: &[usize], head_axis: Option<usize>) -> (Vec<(String, Vec<usize>)>
 
 /// |diff| of one panel, downsampled to at most 96 x 128 cells by block maxima.
 fn heatmap(diff: &[f64], offsets: &[usize], rows: usize, cols: usize, max: f64) -> String {
-    let (h, w) = (rows.min(96).max(1), cols.min(128).max(1));
+    let (h, w) = (rows.clamp(1, 96), cols.clamp(1, 128));
     // Cells big enough to see when there are few of them.
     let (cw, ch) = (
         (384.0 / w as f64).clamp(2.0, 12.0),

@@ -44,6 +44,9 @@ pub fn table(rows: &[Row]) -> String {
     s
 }
 
+/// One panel of the picture: its title, the value per row, and its axis range.
+type Panel = (&'static str, Box<dyn Fn(&Row) -> f64>, f64, f64);
+
 /// Two heat maps, checkpoints x layers: NMSE (dB) against f64, and the worst
 /// element's share of its tolerance (>= 1 fails, outlined red). Log colour scales.
 pub fn svg(rows: &[Row], title: &str) -> String {
@@ -80,7 +83,7 @@ pub fn svg(rows: &[Row], title: &str) -> String {
         r#"<text x="10" y="20" font-size="14" font-weight="bold">{}</text>"#,
         xml(title)
     );
-    let panels: [(&str, Box<dyn Fn(&Row) -> f64>, f64, f64); 2] = [
+    let panels: [Panel; 2] = [
         (
             "NMSE, dB (llama.cpp practice: fail above -20 dB)",
             Box::new(|r: &Row| r.against[F64].nmse_db),

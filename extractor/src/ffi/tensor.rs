@@ -83,12 +83,10 @@ impl<'a> Node<'a> {
         out: &mut Vec<f32>,
     ) -> Result<usize> {
         let t = self.t;
-        for d in 0..4 {
+        for (d, (&k, &ne)) in keep.iter().zip(&t.ne).enumerate() {
             ensure!(
-                keep[d] >= 0 && keep[d] <= t.ne[d],
-                "cannot keep {} of {} along dim {d}",
-                keep[d],
-                t.ne[d]
+                (0..=ne).contains(&k),
+                "cannot keep {k} of {ne} along dim {d}"
             );
         }
         ensure!(

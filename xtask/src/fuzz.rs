@@ -144,9 +144,12 @@ impl<'a> Fuzzer<'a> {
         std::fs::create_dir_all(&artifacts)?;
         std::fs::create_dir_all(&logs)?;
         let log = logs.join(format!("{target}.log"));
-        eprintln!(
-            "fuzz: {target}: building, then fuzzing (log {})",
-            log.display()
+        crate::step::note(
+            "fuzz",
+            &format!(
+                "{target}: building, then fuzzing (log {})",
+                self.project.shown(&log)
+            ),
         );
         let started = Instant::now();
         let output = Command::new(&self.cargo_fuzz)
@@ -247,15 +250,19 @@ fn ensure_cargo_fuzz(project: &Project) -> Result<PathBuf> {
     {
         return Ok(PathBuf::from("cargo-fuzz"));
     }
-    eprintln!(
-        "fuzz: installing cargo-fuzz {CARGO_FUZZ_VERSION} into {} (about two minutes)",
-        root.display()
+    crate::step::note(
+        "fuzz",
+        &format!(
+            "installing cargo-fuzz {CARGO_FUZZ_VERSION} into {} (about two minutes)",
+            project.shown(&root)
+        ),
     );
     let sh = project.shell()?;
     cmd!(
         sh,
         "cargo install --quiet --locked --version {CARGO_FUZZ_VERSION} --root {root} cargo-fuzz"
     )
+    .quiet()
     .run()
     .context("cannot install cargo-fuzz from crates.io")?;
     Ok(local)

@@ -201,6 +201,8 @@ fn f32_copy(project: &Project, model: &Path) -> Result<Option<PathBuf>> {
     let tool = ensure_extractor(project, Backend::Cpu)?.with_file_name("llorch-checkpoint-model");
     let sh = project.shell()?;
     cmd!(sh, "{tool} dequantize {model} --out {copy}")
+        .quiet()
+        .ignore_stdout()
         .run()
         .with_context(|| format!("cannot write an f32 copy of {}", model.display()))?;
     Ok(copy.is_file().then_some(copy))

@@ -42,6 +42,7 @@ pub fn clean_build(project: &Project, work: &Path) -> Result<String> {
             sh,
             "{cargo} build --quiet --release --package llorch-checkpoint-extractor"
         )
+        .quiet()
         .run()?;
     }
     let extractor_secs = t.elapsed().as_secs_f64();

@@ -200,7 +200,7 @@ impl Step {
             bail!(
                 "{what} failed ({status}); the last lines of its log:\n{}\nthe whole log: {}",
                 tail(&self.log, TAIL),
-                self.log.display()
+                self.shown(&self.log.display().to_string())
             );
         }
         Ok(())

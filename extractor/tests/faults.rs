@@ -32,6 +32,16 @@ fn args(model: &Path, manifest: &str, out: &Path) -> Vec<String> {
     .to_vec()
 }
 
+/// The GPT-2 manifest's run of `model` into `dir`: its status and stderr.
+fn extract_gpt2(model: &Path, dir: &Path) -> (std::process::Output, String) {
+    let out = extractor()
+        .args(args(model, "gpt2.yaml", dir))
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+    (out, stderr)
+}
+
 /// A run with `--test-pause point`, its stderr lines on a channel.
 fn paused_run(args: &[String], point: &str) -> (Child, mpsc::Receiver<String>) {
     let mut child = extractor()
@@ -247,11 +257,7 @@ fn a_truncated_model_is_a_clear_error_not_a_crash() {
         .set_len(len / 2)
         .unwrap();
     let dir = tmp.path().join("run");
-    let out = extractor()
-        .args(args(&copy, "gpt2.yaml", &dir))
-        .output()
-        .unwrap();
-    let stderr = String::from_utf8_lossy(&out.stderr);
+    let (out, stderr) = extract_gpt2(&copy, &dir);
     assert_eq!(
         out.status.code(),
         Some(1),
@@ -289,11 +295,7 @@ fn garbage_tensor_data_behind_a_valid_header_is_captured_and_named() {
     drop(file);
 
     let dir = tmp.path().join("run");
-    let out = extractor()
-        .args(args(&copy, "gpt2.yaml", &dir))
-        .output()
-        .unwrap();
-    let stderr = String::from_utf8_lossy(&out.stderr);
+    let (out, stderr) = extract_gpt2(&copy, &dir);
     assert!(out.status.success(), "captured as it is: {stderr}");
     assert!(
         stderr.contains("checkpoint(s) hold NaN or Inf values, first checkpoint_01_ln1_output.bin"),

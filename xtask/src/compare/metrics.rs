@@ -110,6 +110,12 @@ pub fn metrics(test: &[f64], reference: &[f64], tol: &Tolerance) -> Metrics {
         0.0
     };
     let [p50_abs, p99_abs, p999_abs] = [0.5, 0.99, 0.999].map(|q| quantile(&mut abs, q));
+    // A NaN anywhere makes the sums NaN, which the branches above read as 0:
+    // say NaN instead of a perfect score.
+    let (nmse, cosine, max_rel) = match max_abs.is_nan() {
+        true => (f64::NAN, f64::NAN, f64::NAN),
+        false => (nmse, cosine, max_rel),
+    };
     Metrics {
         max_abs,
         max_abs_at,
@@ -383,6 +389,10 @@ mod tests {
         test[5] = f64::NAN;
         let m = metrics(&test, &reference, &tol);
         assert!(!m.passes(&tol) && m.worst_ratio.is_nan());
+        assert!(
+            m.nmse.is_nan() && m.cosine.is_nan() && m.max_rel.is_nan(),
+            "no perfect score: {m:?}"
+        );
         let nan = Row {
             against: [(F64.to_string(), m)].into(),
             pass: m.passes(&tol),

@@ -95,13 +95,7 @@ pub fn metrics(test: &[f64], reference: &[f64], tol: &Tolerance) -> Metrics {
             worst = i;
         }
     }
-    let nmse = if var > 0.0 {
-        sq / var
-    } else if sq > 0.0 {
-        f64::INFINITY
-    } else {
-        0.0
-    };
+    let nmse = nmse(sq, var);
     let cosine = if tt > 0.0 && rr > 0.0 {
         dot / (tt.sqrt() * rr.sqrt())
     } else if tt == rr {
@@ -130,6 +124,18 @@ pub fn metrics(test: &[f64], reference: &[f64], tol: &Tolerance) -> Metrics {
         outside: n_outside as f64 / n,
         worst_ratio,
         worst,
+    }
+}
+
+/// Squared error over the reference's variance: infinite when the reference
+/// is constant and the test is not, 0 when both agree exactly.
+pub fn nmse(squared_error: f64, variance: f64) -> f64 {
+    if variance > 0.0 {
+        squared_error / variance
+    } else if squared_error > 0.0 {
+        f64::INFINITY
+    } else {
+        0.0
     }
 }
 

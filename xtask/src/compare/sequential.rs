@@ -128,14 +128,7 @@ fn difference(test: &[f64], reference: &[f64]) -> (f64, f64, bool) {
         .iter()
         .zip(reference)
         .all(|(t, r)| t.to_bits() == r.to_bits());
-    let nmse = if var > 0.0 {
-        sq / var
-    } else if sq > 0.0 {
-        f64::INFINITY
-    } else {
-        0.0
-    };
-    (nmse, max, same)
+    (super::metrics::nmse(sq, var), max, same)
 }
 
 /// Per checkpoint: the worst position, the first, the last, and how many are bitwise equal.

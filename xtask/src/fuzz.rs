@@ -68,7 +68,8 @@ impl Outcome {
 }
 
 /// How long a target runs: wall-clock for exploration, or a fixed seed and
-/// number of inputs, which gives the same inputs on every machine (verify).
+/// number of inputs (verify: a budget that does not depend on the machine's
+/// speed; the seeds' `run.json` timings still differ from run to run).
 #[derive(Clone, Copy)]
 pub enum Budget {
     Seconds(u64),

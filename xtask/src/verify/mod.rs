@@ -467,8 +467,8 @@ fn rpc_checks(
     );
 }
 
-/// Each fuzz target on a fixed seed and number of inputs (the same inputs on
-/// every machine), where the nightly toolchain is present.
+/// Each fuzz target on a fixed seed and number of inputs (a budget that does
+/// not depend on the machine's speed), where the nightly toolchain is present.
 fn fuzz_checks(report: &mut Report, project: &Project) {
     report.section(&format!(
         "fuzz: checkpoint files, manifests, run.json ({FUZZ_RUNS} inputs each, seed {FUZZ_SEED})"

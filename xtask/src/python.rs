@@ -47,6 +47,24 @@ const REQUIREMENTS: &[&str] = &[
     "scikit-build-core==1.1.2",
 ];
 
+/// pip itself, recent enough to resume a broken download (`--resume-retries`).
+const PIP: &str = "pip==26.3";
+
+/// Wheels go to a folder beside the venv rather than /tmp (which may be
+/// small) and no second copy stays in a cache; downloads resume.
+const PIP_FLAGS: &[&str] = &[
+    "--disable-pip-version-check",
+    "--progress-bar",
+    "off",
+    "--no-cache-dir",
+    "--retries",
+    "10",
+];
+
+/// What a fresh install needs free: the wheels (2.8 GB) wait in the
+/// downloads folder while they are unpacked (5 GB).
+const ROOM_GB: f64 = 8.0;
+
 /// The sdist that carries the converter's Python packages.
 const CONVERTER_SDIST: (&str, &str) = ("llama-cpp-python", "0.3.36");
 const CONVERTER_SDIST_SHA256: &str =
@@ -88,17 +106,32 @@ pub fn ensure(project: &Project) -> Result<PathBuf> {
              Install Python 3 with venv (Debian: apt-get install python3 python3-venv), or point PYTHON at one",
         )?;
     }
-    let pip = [
-        "-m",
-        "pip",
-        "install",
-        "--disable-pip-version-check",
-        "--progress-bar",
-        "off",
-    ]
-    .into_iter()
-    .chain(REQUIREMENTS.iter().copied());
-    step.run_watched("pip install", duct::cmd(&python, pip), pip_progress).context(
+    if !venv.join("llorch-requirements.txt").is_file() {
+        check_room(project)?;
+    }
+    let downloads = venv.with_extension("downloads");
+    let pip = |args: &[&str]| {
+        duct::cmd(
+            &python,
+            ["-m", "pip", "install"].iter().chain(PIP_FLAGS).chain(args),
+        )
+        .env("TMPDIR", &downloads)
+    };
+    std::fs::create_dir_all(&downloads)?;
+    let installed = step.run("pip install pip", pip(&[PIP])).and_then(|()| {
+        // A dropped connection in 3 GB of wheels is not rare; pip resumes
+        // a broken download, and the whole install is tried twice.
+        step.run_watched("pip install", pip(REQUIREMENTS), pip_progress)
+            .or_else(|first| {
+                step.say(&format!(
+                    "pip failed ({}); trying once more",
+                    first_line(&first)
+                ));
+                step.run_watched("pip install (second try)", pip(REQUIREMENTS), pip_progress)
+            })
+    });
+    let _ = std::fs::remove_dir_all(&downloads);
+    installed.context(
         "pip could not install the pinned Python packages from PyPI (is PyPI reachable? is there disk space for torch?).\n\
          Retry with: cargo xtask model --self-test-hf",
     )?;
@@ -109,6 +142,30 @@ pub fn ensure(project: &Project) -> Result<PathBuf> {
         venv.display()
     ));
     Ok(python)
+}
+
+/// Says before a 3 GB download, not in the middle of it, that it cannot fit.
+fn check_room(project: &Project) -> Result<()> {
+    let Some(free) = crate::doctor::free_gb(&project.work_dir()) else {
+        return Ok(());
+    };
+    ensure!(
+        free >= ROOM_GB,
+        "the Python environment needs about {ROOM_GB:.0} GB free under {} (torch with its CUDA \
+         libraries is 5 GB, and its 2.8 GB of wheels wait there while they are unpacked); \
+         {free:.1} GB are free. Free some space and run the command again.",
+        project.shown(&project.work_dir())
+    );
+    Ok(())
+}
+
+fn first_line(error: &anyhow::Error) -> String {
+    error
+        .to_string()
+        .lines()
+        .next()
+        .unwrap_or_default()
+        .to_string()
 }
 
 /// pip's `Collecting`/`Downloading` lines as the step's detail, and its

@@ -198,7 +198,8 @@ impl Step {
         if !status.success() {
             self.bar.finish_and_clear();
             bail!(
-                "{what} failed ({status}); the last lines of its log:\n{}\nthe whole log: {}",
+                "{what} failed ({status}){}; the last lines of its log:\n{}\nthe whole log: {}",
+                errors_in(&self.log),
                 tail(&self.log, TAIL),
                 self.shown(&self.log.display().to_string())
             );
@@ -256,6 +257,31 @@ pub fn tail(path: &Path, n: usize) -> String {
         .join("\n")
 }
 
+/// The lines of `path` that say what went wrong (`ERROR: ...` from pip,
+/// `CMake Error`, `error:`...), the last few, for the error's first line: a
+/// long tail of download or compile chatter can push them out of sight.
+fn errors_in(path: &Path) -> String {
+    const SAYS_ERROR: &[&str] = &[
+        "ERROR",
+        "error:",
+        "error[",
+        "CMake Error",
+        "FAILED:",
+        "fatal",
+    ];
+    let text = std::fs::read(path).unwrap_or_default();
+    let text = String::from_utf8_lossy(&text);
+    let errors: Vec<&str> = text
+        .lines()
+        .map(str::trim)
+        .filter(|l| SAYS_ERROR.iter().any(|s| l.starts_with(s)) || l.contains("No space left"))
+        .collect();
+    match errors.len() {
+        0 => String::new(),
+        n => format!(": {}", errors[n.saturating_sub(3)..].join(" / ")),
+    }
+}
+
 /// `4.2 s` or `3 min 12 s`.
 pub fn seconds(d: Duration) -> String {
     let s = d.as_secs_f64();
@@ -296,19 +322,23 @@ mod tests {
         let root = tempfile::tempdir().unwrap();
         let project = Project::at(root.path());
         let step = Step::start(&project, "demo", "a failing command").unwrap();
-        let script = "for i in $(seq 1 40); do echo line $i; done; echo oops >&2; exit 3";
+        let script = "echo 'ERROR: no space left'; for i in $(seq 1 40); do echo line $i; done; echo oops >&2; exit 3";
         let err = step
             .run("sh -c ...", duct::cmd!("sh", "-c", script))
             .unwrap_err()
             .to_string();
+        // The error line, far above the tail, comes first.
         assert!(
-            err.starts_with("sh -c ... failed (exit status: 3)"),
+            err.starts_with("sh -c ... failed (exit status: 3): ERROR: no space left; the last"),
             "{err}"
         );
         assert!(err.contains("    line 40\n    oops\n"), "{err}");
         assert!(!err.contains("    line 10\n"), "only the tail: {err}");
         let log = std::fs::read_to_string(root.path().join("target/llorch/logs/demo.log")).unwrap();
-        assert!(log.starts_with("$ sh -c ...\nline 1\n"), "{log}");
+        assert!(
+            log.starts_with("$ sh -c ...\nERROR: no space left\nline 1\n"),
+            "{log}"
+        );
         assert!(log.ends_with("line 40\noops\n"), "{log}");
     }
 }

@@ -68,6 +68,12 @@ fn load(page: &Path, profile: &Path) -> Result<(String, String)> {
 
 /// Opens `page` and checks what a reader would see.
 pub fn report_renders(page: &Path, work: &Path) -> Result<String> {
+    // Chromium would wait on a missing file's error page until the deadline.
+    ensure!(
+        page.is_file(),
+        "there is no {} to open: the compare above did not write it",
+        page.display()
+    );
     let profile = work.join("chromium-profile");
     let (dom, log) = load(page, &profile)?;
     ensure!(

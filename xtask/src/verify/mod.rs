@@ -122,6 +122,14 @@ impl Verify {
             None => project.root().join("manifests/gpt2.yaml"),
         };
 
+        // What a failure elsewhere may hinge on, for whoever reads the log.
+        println!(
+            "machine: {} cores, {}",
+            std::thread::available_parallelism().map_or(0, |n| n.get()),
+            crate::doctor::free_gb(project.root()).map_or("free disk unknown".into(), |gb| {
+                format!("{gb:.0} GB free under the project (a fresh run needs about 10)")
+            })
+        );
         println!("== setup: llama.cpp, extractor, default model");
         let t = Instant::now();
         let exe = ensure_extractor(project, Backend::Cpu)?;

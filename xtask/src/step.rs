@@ -261,25 +261,29 @@ pub fn tail(path: &Path, n: usize) -> String {
 /// `CMake Error`, `error:`...), the last few, for the error's first line: a
 /// long tail of download or compile chatter can push them out of sight.
 fn errors_in(path: &Path) -> String {
-    const SAYS_ERROR: &[&str] = &[
-        "ERROR",
-        "error:",
-        "error[",
-        "CMake Error",
-        "FAILED:",
-        "fatal",
-    ];
     let text = std::fs::read(path).unwrap_or_default();
     let text = String::from_utf8_lossy(&text);
-    let errors: Vec<&str> = text
-        .lines()
-        .map(str::trim)
-        .filter(|l| SAYS_ERROR.iter().any(|s| l.starts_with(s)) || l.contains("No space left"))
-        .collect();
+    let mut errors: Vec<&str> = Vec::new();
+    for line in text.lines().map(str::trim).filter(|l| says_error(l)) {
+        if !errors.contains(&line) {
+            errors.push(line);
+        }
+    }
     match errors.len() {
         0 => String::new(),
         n => format!(": {}", errors[n.saturating_sub(3)..].join(" / ")),
     }
+}
+
+/// pip's `ERROR:`, a compiler's `cc: error:` or `x.c:3:5: error:`, rustc's
+/// `error[E0308]`, CMake's `CMake Error`, a full disk.
+fn says_error(line: &str) -> bool {
+    ["ERROR", "error", "CMake Error"]
+        .iter()
+        .any(|s| line.starts_with(s))
+        || [" error:", "fatal error", "No space left"]
+            .iter()
+            .any(|s| line.contains(s))
 }
 
 /// `4.2 s` or `3 min 12 s`.
@@ -322,21 +326,25 @@ mod tests {
         let root = tempfile::tempdir().unwrap();
         let project = Project::at(root.path());
         let step = Step::start(&project, "demo", "a failing command").unwrap();
-        let script = "echo 'ERROR: no space left'; for i in $(seq 1 40); do echo line $i; done; echo oops >&2; exit 3";
+        let script =
+            "echo 'ERROR: no space left'; echo 'cc: error: no -fx'; echo 'cc: error: no -fx'; \
+                      for i in $(seq 1 40); do echo line $i; done; echo oops >&2; exit 3";
         let err = step
             .run("sh -c ...", duct::cmd!("sh", "-c", script))
             .unwrap_err()
             .to_string();
         // The error line, far above the tail, comes first.
         assert!(
-            err.starts_with("sh -c ... failed (exit status: 3): ERROR: no space left; the last"),
+            err.starts_with(
+                "sh -c ... failed (exit status: 3): ERROR: no space left / cc: error: no -fx; the last"
+            ),
             "{err}"
         );
         assert!(err.contains("    line 40\n    oops\n"), "{err}");
         assert!(!err.contains("    line 10\n"), "only the tail: {err}");
         let log = std::fs::read_to_string(root.path().join("target/llorch/logs/demo.log")).unwrap();
         assert!(
-            log.starts_with("$ sh -c ...\nERROR: no space left\nline 1\n"),
+            log.starts_with("$ sh -c ...\nERROR: no space left\ncc: error: no -fx\n"),
             "{log}"
         );
         assert!(log.ends_with("line 40\noops\n"), "{log}");

@@ -50,8 +50,8 @@ const REQUIREMENTS: &[&str] = &[
 /// pip itself, recent enough to resume a broken download (`--resume-retries`).
 const PIP: &str = "pip==26.3";
 
-/// Wheels go to a folder beside the venv rather than /tmp (which may be
-/// small) and no second copy stays in a cache; downloads resume.
+/// Wheels go to a folder in the venv (`pip-tmp`, removed after) rather than
+/// /tmp, which may be small, and no second copy stays in a cache.
 const PIP_FLAGS: &[&str] = &[
     "--disable-pip-version-check",
     "--progress-bar",
@@ -61,8 +61,8 @@ const PIP_FLAGS: &[&str] = &[
     "10",
 ];
 
-/// What a fresh install needs free: the wheels (2.8 GB) wait in the
-/// downloads folder while they are unpacked (5 GB).
+/// What a fresh install needs free where the venv is: the wheels (2.8 GB)
+/// wait in `pip-tmp` while they are unpacked (5 GB).
 const ROOM_GB: f64 = 8.0;
 
 /// The sdist that carries the converter's Python packages.
@@ -107,9 +107,9 @@ pub fn ensure(project: &Project) -> Result<PathBuf> {
         )?;
     }
     if !venv.join("llorch-requirements.txt").is_file() {
-        check_room(project)?;
+        check_room(project, &venv)?;
     }
-    let downloads = venv.with_extension("downloads");
+    let downloads = venv.join("pip-tmp");
     let pip = |args: &[&str]| {
         duct::cmd(
             &python,
@@ -145,8 +145,8 @@ pub fn ensure(project: &Project) -> Result<PathBuf> {
 }
 
 /// Says before a 3 GB download, not in the middle of it, that it cannot fit.
-fn check_room(project: &Project) -> Result<()> {
-    let Some(free) = crate::doctor::free_gb(&project.work_dir()) else {
+fn check_room(project: &Project, venv: &Path) -> Result<()> {
+    let Some(free) = crate::doctor::free_gb(venv) else {
         return Ok(());
     };
     ensure!(
@@ -154,7 +154,7 @@ fn check_room(project: &Project) -> Result<()> {
         "the Python environment needs about {ROOM_GB:.0} GB free under {} (torch with its CUDA \
          libraries is 5 GB, and its 2.8 GB of wheels wait there while they are unpacked); \
          {free:.1} GB are free. Free some space and run the command again.",
-        project.shown(&project.work_dir())
+        project.shown(venv)
     );
     Ok(())
 }

@@ -93,7 +93,7 @@ pub fn ensure(project: &Project) -> Result<PathBuf> {
     }
     let step = Step::start(project, "python", "PyTorch and transformers from PyPI")?;
     step.set_message(&format!(
-        "installing torch, transformers and {} more pinned packages into {} (about 6 GB, a few minutes)",
+        "installing torch, transformers and {} more pinned packages into {} (about 5 GB, a few minutes)",
         REQUIREMENTS.len() - 2,
         venv.display()
     ));

@@ -15,6 +15,7 @@
 //! from the sdist's, [`converter`] refuses and says which pin to move.
 
 use std::ffi::OsString;
+use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 
 use anyhow::{bail, ensure, Context, Result};
@@ -50,8 +51,7 @@ const REQUIREMENTS: &[&str] = &[
 /// pip itself, recent enough to resume a broken download (`--resume-retries`).
 const PIP: &str = "pip==26.3";
 
-/// Wheels go to a folder in the venv (`pip-tmp`, removed after) rather than
-/// /tmp, which may be small, and no second copy stays in a cache.
+/// No second copy of the wheels stays in a cache.
 const PIP_FLAGS: &[&str] = &[
     "--disable-pip-version-check",
     "--progress-bar",
@@ -61,9 +61,10 @@ const PIP_FLAGS: &[&str] = &[
     "10",
 ];
 
-/// What a fresh install needs free where the venv is: the wheels (2.8 GB)
-/// wait in `pip-tmp` while they are unpacked (5 GB).
-const ROOM_GB: f64 = 8.0;
+/// The venv once installed (torch with its CUDA libraries is most of it),
+/// and the wheels that wait, downloaded, while pip unpacks them.
+const INSTALLED_GB: f64 = 5.0;
+const WHEELS_GB: f64 = 2.8;
 
 /// The sdist that carries the converter's Python packages.
 const CONVERTER_SDIST: (&str, &str) = ("llama-cpp-python", "0.3.36");
@@ -106,18 +107,18 @@ pub fn ensure(project: &Project) -> Result<PathBuf> {
              Install Python 3 with venv (Debian: apt-get install python3 python3-venv), or point PYTHON at one",
         )?;
     }
+    let wheels = wheel_dir(&venv);
     if !venv.join("llorch-requirements.txt").is_file() {
-        check_room(project, &venv)?;
+        warn_if_tight(&step, project, &venv, &wheels);
     }
-    let downloads = venv.join("pip-tmp");
     let pip = |args: &[&str]| {
         duct::cmd(
             &python,
             ["-m", "pip", "install"].iter().chain(PIP_FLAGS).chain(args),
         )
-        .env("TMPDIR", &downloads)
+        .env("TMPDIR", &wheels)
     };
-    std::fs::create_dir_all(&downloads)?;
+    std::fs::create_dir_all(&wheels)?;
     let installed = step.run("pip install pip", pip(&[PIP])).and_then(|()| {
         // A dropped connection in 3 GB of wheels is not rare; pip resumes
         // a broken download, and the whole install is tried twice.
@@ -130,7 +131,9 @@ pub fn ensure(project: &Project) -> Result<PathBuf> {
                 step.run_watched("pip install (second try)", pip(REQUIREMENTS), pip_progress)
             })
     });
-    let _ = std::fs::remove_dir_all(&downloads);
+    if wheels.starts_with(&venv) {
+        let _ = std::fs::remove_dir_all(&wheels);
+    }
     installed.context(
         "pip could not install the pinned Python packages from PyPI (is PyPI reachable? is there disk space for torch?).\n\
          Retry with: cargo xtask model --self-test-hf",
@@ -144,19 +147,30 @@ pub fn ensure(project: &Project) -> Result<PathBuf> {
     Ok(python)
 }
 
-/// Says before a 3 GB download, not in the middle of it, that it cannot fit.
-fn check_room(project: &Project, venv: &Path) -> Result<()> {
-    let Some(free) = crate::doctor::free_gb(venv) else {
-        return Ok(());
-    };
-    ensure!(
-        free >= ROOM_GB,
-        "the Python environment needs about {ROOM_GB:.0} GB free under {} (torch with its CUDA \
-         libraries is 5 GB, and its 2.8 GB of wheels wait there while they are unpacked); \
-         {free:.1} GB are free. Free some space and run the command again.",
-        project.shown(venv)
-    );
-    Ok(())
+/// Where pip keeps the wheels while it unpacks them: the temp folder when
+/// it has room, else a folder in the venv (a small tmpfs /tmp is common).
+fn wheel_dir(venv: &Path) -> PathBuf {
+    let tmp = std::env::temp_dir();
+    match crate::doctor::free_gb(&tmp) {
+        Some(gb) if gb >= WHEELS_GB + 0.5 => tmp,
+        _ => venv.join("pip-tmp"),
+    }
+}
+
+/// Says before a 3 GB download, not after it, that space looks short. Only
+/// a warning: `df` can be wrong (quotas, overlays), and pip's own
+/// `No space left` leads the error if it is right.
+fn warn_if_tight(step: &Step, project: &Project, venv: &Path, wheels: &Path) {
+    let device = |p: &Path| std::fs::metadata(p).map(|m| m.dev()).ok();
+    let same_disk = wheels.starts_with(venv) || device(wheels) == device(venv);
+    let need = INSTALLED_GB + if same_disk { WHEELS_GB } else { 0.0 };
+    if let Some(free) = crate::doctor::free_gb(venv).filter(|&free| free < need) {
+        step.say(&format!(
+            "warning: {free:.1} GB free under {}, and the install needs about {need:.0} GB \
+             (the environment, and the wheels while they are unpacked); it may run out of space",
+            project.shown(venv)
+        ));
+    }
 }
 
 fn first_line(error: &anyhow::Error) -> String {

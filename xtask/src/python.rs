@@ -124,6 +124,9 @@ pub fn ensure(project: &Project) -> Result<PathBuf> {
         // a broken download, and the whole install is tried twice.
         step.run_watched("pip install", pip(REQUIREMENTS), pip_progress)
             .or_else(|first| {
+                if first.to_string().contains("No space left") {
+                    return Err(first);
+                }
                 step.say(&format!(
                     "pip failed ({}); trying once more",
                     first_line(&first)

@@ -198,7 +198,7 @@ impl Step {
         if !status.success() {
             self.bar.finish_and_clear();
             bail!(
-                "{what} failed ({status}){}; the last lines of its log:\n{}\nthe whole log: {}",
+                "{what} failed ({status}){}\nthe last lines of its log:\n{}\nthe whole log: {}",
                 errors_in(&self.log),
                 tail(&self.log, TAIL),
                 self.shown(&self.log.display().to_string())
@@ -336,7 +336,7 @@ mod tests {
         // The error line, far above the tail, comes first.
         assert!(
             err.starts_with(
-                "sh -c ... failed (exit status: 3): ERROR: no space left / cc: error: no -fx; the last"
+                "sh -c ... failed (exit status: 3): ERROR: no space left / cc: error: no -fx\nthe last"
             ),
             "{err}"
         );

@@ -11,6 +11,7 @@
 //! - [`cleanup`]: nothing left behind by a run that ggml aborts or a signal ends.
 //! - [`preflight`]: what is refused before any compute (architecture, layers, context).
 //! - [`run`]: one extraction run, from model load to `run.json`.
+//! - [`decode`]: a run's decode passes, captured, and `--repeat`'s timing passes.
 //! - [`list_nodes`]: `--list-nodes`, the graph as the callback sees it.
 //! - [`check`]: validation of a run directory's files.
 //! - [`cli`]: logging and exit codes shared by the binaries.
@@ -23,6 +24,7 @@ pub mod capture;
 pub mod check;
 pub mod cleanup;
 pub mod cli;
+pub mod decode;
 pub mod diff;
 #[allow(unsafe_code)]
 pub mod ffi;

@@ -1,20 +1,18 @@
 //! One extraction run: load, decode the prompt (captured), generate, commit.
 
 use std::path::PathBuf;
-use std::time::Instant;
 
 use anyhow::{bail, Result};
 
-use crate::capture::{Capture, Reading, Selection};
-use crate::ffi::llama::{Context, ContextParams, KvType, Model, Token};
+use crate::capture::Selection;
+use crate::decode::{self, Decoded};
+use crate::ffi::llama::{KvType, Model, Token};
 use crate::format::{self, Format};
-use crate::handoff;
 use crate::manifest::{Layers, Manifest, Symbols};
 use crate::output::{self, Output};
 use crate::preflight::{self, Header};
 use crate::record::{
     self, CheckpointRecord, Device, LlamaCpp, LogitsRecord, ManifestInfo, ModelInfo, RunRecord,
-    Steady,
 };
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
@@ -96,7 +94,7 @@ pub fn run(cfg: &Config) -> Result<()> {
     log_header(cfg, &loaded, manifest.as_ref());
     let selection = selection.filter(|_| cfg.extract);
     let (decoded, (written, write_ms)) =
-        decode_passes(cfg, &loaded, selection, &output, flash_attn)?;
+        decode::passes(cfg, &loaded, selection, &output, flash_attn)?;
 
     // After the decodes, so that it never shares the CPU with one.
     stamp.check_unchanged(&cfg.model)?;
@@ -115,13 +113,13 @@ pub fn run(cfg: &Config) -> Result<()> {
 const LOGITS_FILE: &str = "logits.bin";
 
 /// The model, the prompt's tokens and what follows from both.
-struct Loaded {
-    model: Model,
+pub(crate) struct Loaded {
+    pub(crate) model: Model,
     arch: String,
-    tokens: Vec<Token>,
-    n_ctx: u32,
+    pub(crate) tokens: Vec<Token>,
+    pub(crate) n_ctx: u32,
     /// The symbols of the run; `n_tokens` and `n_kv` are set per pass.
-    base: Symbols,
+    pub(crate) base: Symbols,
 }
 
 fn load(cfg: &Config) -> Result<Loaded> {
@@ -224,159 +222,6 @@ fn log_header(cfg: &Config, loaded: &Loaded, manifest: Option<&Manifest>) {
     }
 }
 
-#[derive(Default)]
-struct Decoded {
-    decode_ms: Vec<f64>,
-    steady: Option<Steady>,
-    /// Last-row logits of every pass, concatenated.
-    logits: Vec<f32>,
-    /// Greedy next token after every pass.
-    next: Vec<Token>,
-}
-
-/// The prompt pass, then one pass per generated token, each captured (when
-/// asked) by the eval callback; the writer thread stages a pass's files
-/// between passes. Then `--repeat`'s timing passes, which keep nothing.
-fn decode_passes(
-    cfg: &Config,
-    loaded: &Loaded,
-    selection: Option<Selection>,
-    output: &Output,
-    flash_attn: bool,
-) -> Result<(Decoded, (Vec<CheckpointRecord>, f64))> {
-    let (outbox, inbox) = handoff::channel(cfg.buffer_mb << 20);
-    let writer = output.spawn_writer(inbox);
-    let capture = selection.map(|s| Capture::new(s, outbox, cfg.inject_panic.clone()));
-    let params = ContextParams {
-        n_ctx: loaded.n_ctx,
-        n_batch: loaded.n_ctx,
-        n_threads: cfg.threads,
-        kv_type: cfg.kv_type,
-        flash_attn: Some(flash_attn),
-    };
-    let decoded = (|| -> Result<Decoded> {
-        let mut ctx = Context::new(&loaded.model, &params, capture)?;
-        let mut decoded = Decoded::default();
-        let prompt_passes = prompt_passes(cfg, loaded);
-        let mut n_past = 0usize;
-        for step in 0..prompt_passes + cfg.n_predict {
-            let input: Vec<Token> = match (step < prompt_passes, cfg.sequential) {
-                (true, true) => vec![loaded.tokens[step]],
-                (true, false) => loaded.tokens.clone(),
-                (false, _) => vec![*decoded.next.last().expect("a pass ran before")],
-            };
-            let captured = step < prompt_passes || cfg.steps == Steps::All;
-            let symbols = Symbols {
-                n_tokens: input.len() as i64,
-                n_kv: (n_past + input.len()) as i64,
-                ..loaded.base
-            };
-            let ms = timed_pass(
-                &mut ctx,
-                &input,
-                n_past,
-                captured.then_some((step, &symbols, Reading::Keep)),
-            )?;
-            decoded.decode_ms.push(ms);
-            let logits = ctx.logits(-1)?;
-            decoded.next.push(argmax(logits) as Token);
-            decoded.logits.extend_from_slice(logits);
-            n_past += input.len();
-        }
-        if let Some(c) = ctx.observer_mut() {
-            c.close();
-        }
-        if cfg.repeat > 0 {
-            decoded.steady = Some(steady_state(cfg, loaded, &params, &mut ctx)?);
-        }
-        Ok(decoded)
-    })();
-    // The context (and with it the capture's sender) is gone: the writer drains and stops.
-    let written = writer
-        .join()
-        .map_err(|_| anyhow::anyhow!("the writer thread panicked"))?;
-    // A writer that failed (a full disk) stops the decode too: its error is the cause.
-    let written = written?;
-    Ok((decoded?, written))
-}
-
-/// The passes the prompt takes: one, or one per token with `--sequential`.
-fn prompt_passes(cfg: &Config, loaded: &Loaded) -> usize {
-    if cfg.sequential {
-        loaded.tokens.len()
-    } else {
-        1
-    }
-}
-
-/// One decode, timed; `capture` arms the observer for it (step, symbols, reading).
-fn timed_pass(
-    ctx: &mut Context<'_, Capture>,
-    tokens: &[Token],
-    n_past: usize,
-    capture: Option<(usize, &Symbols, Reading)>,
-) -> Result<f64> {
-    if let (Some(c), Some((step, symbols, reading))) = (ctx.observer_mut(), capture) {
-        c.begin_pass(step, symbols, reading)?;
-    }
-    let started = Instant::now();
-    ctx.decode(tokens, n_past as i32, n_past == 0)?;
-    let ms = started.elapsed().as_secs_f64() * 1e3;
-    if let (Some(c), Some(_)) = (ctx.observer_mut(), capture) {
-        c.end_pass()?;
-    }
-    Ok(ms)
-}
-
-/// `--repeat N`: the prompt again N times each way on a cleared cache,
-/// alternating a context with no eval callback and the capturing one.
-fn steady_state(
-    cfg: &Config,
-    loaded: &Loaded,
-    params: &ContextParams,
-    capturing: &mut Context<'_, Capture>,
-) -> Result<Steady> {
-    let mut plain = Context::<Capture>::new(&loaded.model, params, None)?;
-    let n = loaded.tokens.len() as i64;
-    let symbols = Symbols {
-        n_tokens: n,
-        n_kv: n,
-        ..loaded.base
-    };
-    let mut steady = Steady::default();
-    for _ in 0..cfg.repeat {
-        plain.clear_memory();
-        let ms = timed_pass(&mut plain, &loaded.tokens, 0, None)?;
-        steady.without_ms.push(ms);
-        capturing.clear_memory();
-        let ms = timed_pass(
-            capturing,
-            &loaded.tokens,
-            0,
-            Some((0, &symbols, Reading::AskOnly)),
-        )?;
-        steady.asked_ms.push(ms);
-        capturing.clear_memory();
-        let ms = timed_pass(
-            capturing,
-            &loaded.tokens,
-            0,
-            Some((0, &symbols, Reading::Discard)),
-        )?;
-        steady.with_ms.push(ms);
-    }
-    log::info!(
-        "  steady state ({} alternating passes each): prompt decode median {:.1} ms with capture, {:.1} ms without: ratio {:.3} \
-         ({:.1} ms with the nodes asked for but not read)",
-        cfg.repeat,
-        record::median(&steady.with_ms),
-        record::median(&steady.without_ms),
-        steady.ratio(),
-        record::median(&steady.asked_ms),
-    );
-    Ok(steady)
-}
-
 /// `logits.bin`: the last row's logits of every pass, `[passes, n_vocab]`.
 fn logits_file(loaded: &Loaded, decoded: &Decoded) -> Result<Vec<u8>> {
     let mut bytes = Vec::new();
@@ -427,7 +272,7 @@ fn record(
         prompt: cfg.prompt.clone(),
         tokens: loaded.tokens.clone(),
         generated: {
-            let first = prompt_passes(cfg, loaded) - 1;
+            let first = decode::prompt_passes(cfg, loaded) - 1;
             decoded.next[first..first + cfg.n_predict].to_vec()
         },
         next_token: decoded.next.last().copied(),
@@ -523,12 +368,6 @@ fn peak_rss_mb() -> Option<f64> {
     let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
     let kb: f64 = line.split_whitespace().nth(1)?.parse().ok()?;
     Some(kb / 1024.0)
-}
-
-fn argmax(v: &[f32]) -> usize {
-    v.iter()
-        .enumerate()
-        .fold(0, |best, (i, &x)| if x > v[best] { i } else { best })
 }
 
 pub fn describe_build() -> String {

@@ -334,9 +334,11 @@ impl Server {
             .stderr(std::process::Stdio::null())
             .spawn()
             .unwrap();
+        // Owned at once, so that a server that never listens is killed too.
+        let server = Server(child, port);
         for _ in 0..100 {
             if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
-                return Server(child, port);
+                return server;
             }
             std::thread::sleep(std::time::Duration::from_millis(50));
         }

@@ -1,0 +1,175 @@
+//! The decode passes of a run: the prompt (whole, or a token at a time with
+//! `--sequential`) and each generated token, captured through the eval
+//! callback while a writer thread stores the previous pass; then
+//! `--repeat`'s timing passes, with and without capture, which keep nothing.
+
+use std::time::Instant;
+
+use anyhow::Result;
+
+use crate::capture::{Capture, Reading, Selection};
+use crate::ffi::llama::{Context, ContextParams, Token};
+use crate::handoff;
+use crate::manifest::Symbols;
+use crate::output::Output;
+use crate::record::{self, CheckpointRecord, Steady};
+use crate::run::{Config, Loaded, Steps};
+
+#[derive(Default)]
+pub(crate) struct Decoded {
+    pub(crate) decode_ms: Vec<f64>,
+    pub(crate) steady: Option<Steady>,
+    /// Last-row logits of every pass, concatenated.
+    pub(crate) logits: Vec<f32>,
+    /// Greedy next token after every pass.
+    pub(crate) next: Vec<Token>,
+}
+
+/// The prompt pass, then one pass per generated token, each captured (when
+/// asked) by the eval callback; the writer thread stages a pass's files
+/// between passes. Then `--repeat`'s timing passes, which keep nothing.
+pub(crate) fn passes(
+    cfg: &Config,
+    loaded: &Loaded,
+    selection: Option<Selection>,
+    output: &Output,
+    flash_attn: bool,
+) -> Result<(Decoded, (Vec<CheckpointRecord>, f64))> {
+    let (outbox, inbox) = handoff::channel(cfg.buffer_mb << 20);
+    let writer = output.spawn_writer(inbox);
+    let capture = selection.map(|s| Capture::new(s, outbox, cfg.inject_panic.clone()));
+    let params = ContextParams {
+        n_ctx: loaded.n_ctx,
+        n_batch: loaded.n_ctx,
+        n_threads: cfg.threads,
+        kv_type: cfg.kv_type,
+        flash_attn: Some(flash_attn),
+    };
+    let decoded = (|| -> Result<Decoded> {
+        let mut ctx = Context::new(&loaded.model, &params, capture)?;
+        let mut decoded = Decoded::default();
+        let prompt_passes = prompt_passes(cfg, loaded);
+        let mut n_past = 0usize;
+        for step in 0..prompt_passes + cfg.n_predict {
+            let input: Vec<Token> = match (step < prompt_passes, cfg.sequential) {
+                (true, true) => vec![loaded.tokens[step]],
+                (true, false) => loaded.tokens.clone(),
+                (false, _) => vec![*decoded.next.last().expect("a pass ran before")],
+            };
+            let captured = step < prompt_passes || cfg.steps == Steps::All;
+            let symbols = Symbols {
+                n_tokens: input.len() as i64,
+                n_kv: (n_past + input.len()) as i64,
+                ..loaded.base
+            };
+            let ms = timed_pass(
+                &mut ctx,
+                &input,
+                n_past,
+                captured.then_some((step, &symbols, Reading::Keep)),
+            )?;
+            decoded.decode_ms.push(ms);
+            let logits = ctx.logits(-1)?;
+            decoded.next.push(argmax(logits) as Token);
+            decoded.logits.extend_from_slice(logits);
+            n_past += input.len();
+        }
+        if let Some(c) = ctx.observer_mut() {
+            c.close();
+        }
+        if cfg.repeat > 0 {
+            decoded.steady = Some(steady_state(cfg, loaded, &params, &mut ctx)?);
+        }
+        Ok(decoded)
+    })();
+    // The context (and with it the capture's sender) is gone: the writer drains and stops.
+    let written = writer
+        .join()
+        .map_err(|_| anyhow::anyhow!("the writer thread panicked"))?;
+    // A writer that failed (a full disk) stops the decode too: its error is the cause.
+    let written = written?;
+    Ok((decoded?, written))
+}
+
+/// The passes the prompt takes: one, or one per token with `--sequential`.
+pub(crate) fn prompt_passes(cfg: &Config, loaded: &Loaded) -> usize {
+    if cfg.sequential {
+        loaded.tokens.len()
+    } else {
+        1
+    }
+}
+
+/// One decode, timed; `capture` arms the observer for it (step, symbols, reading).
+fn timed_pass(
+    ctx: &mut Context<'_, Capture>,
+    tokens: &[Token],
+    n_past: usize,
+    capture: Option<(usize, &Symbols, Reading)>,
+) -> Result<f64> {
+    if let (Some(c), Some((step, symbols, reading))) = (ctx.observer_mut(), capture) {
+        c.begin_pass(step, symbols, reading)?;
+    }
+    let started = Instant::now();
+    ctx.decode(tokens, n_past as i32, n_past == 0)?;
+    let ms = started.elapsed().as_secs_f64() * 1e3;
+    if let (Some(c), Some(_)) = (ctx.observer_mut(), capture) {
+        c.end_pass()?;
+    }
+    Ok(ms)
+}
+
+/// `--repeat N`: the prompt again N times each way on a cleared cache,
+/// alternating a context with no eval callback and the capturing one.
+fn steady_state(
+    cfg: &Config,
+    loaded: &Loaded,
+    params: &ContextParams,
+    capturing: &mut Context<'_, Capture>,
+) -> Result<Steady> {
+    let mut plain = Context::<Capture>::new(&loaded.model, params, None)?;
+    let n = loaded.tokens.len() as i64;
+    let symbols = Symbols {
+        n_tokens: n,
+        n_kv: n,
+        ..loaded.base
+    };
+    let mut steady = Steady::default();
+    for _ in 0..cfg.repeat {
+        plain.clear_memory();
+        let ms = timed_pass(&mut plain, &loaded.tokens, 0, None)?;
+        steady.without_ms.push(ms);
+        capturing.clear_memory();
+        let ms = timed_pass(
+            capturing,
+            &loaded.tokens,
+            0,
+            Some((0, &symbols, Reading::AskOnly)),
+        )?;
+        steady.asked_ms.push(ms);
+        capturing.clear_memory();
+        let ms = timed_pass(
+            capturing,
+            &loaded.tokens,
+            0,
+            Some((0, &symbols, Reading::Discard)),
+        )?;
+        steady.with_ms.push(ms);
+    }
+    log::info!(
+        "  steady state ({} alternating passes each): prompt decode median {:.1} ms with capture, {:.1} ms without: ratio {:.3} \
+         ({:.1} ms with the nodes asked for but not read)",
+        cfg.repeat,
+        record::median(&steady.with_ms),
+        record::median(&steady.without_ms),
+        steady.ratio(),
+        record::median(&steady.asked_ms),
+    );
+    Ok(steady)
+}
+
+fn argmax(v: &[f32]) -> usize {
+    v.iter()
+        .enumerate()
+        .fold(0, |best, (i, &x)| if x > v[best] { i } else { best })
+}

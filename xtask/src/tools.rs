@@ -58,9 +58,16 @@ pub fn ensure(project: &Project) -> Result<Tools> {
              Install Python 3 with venv (Debian: apt-get install python3 python3-venv), \
              or point PYTHON at one",
         )?;
-        let pip = ["-m", "pip", "install", "--disable-pip-version-check"]
-            .into_iter()
-            .chain(REQUIREMENTS.iter().copied());
+        let pip = [
+            "-m",
+            "pip",
+            "install",
+            "--disable-pip-version-check",
+            "--retries",
+            "10",
+        ]
+        .into_iter()
+        .chain(REQUIREMENTS.iter().copied());
         step.run("pip install", duct::cmd(&python, pip))
             .context("pip could not install the build tools from PyPI (is PyPI reachable?)")?;
         std::fs::write(&stamp, &wanted)?;

@@ -2,10 +2,83 @@
 //! llama.cpp's own approximation, or carried from earlier layers.
 
 use std::fmt::Write as _;
+use std::path::{Path, PathBuf};
 
-use super::metrics::{Metrics, Row};
+use anyhow::{Context, Result};
+use xshell::cmd;
+
+use super::metrics::{self, Metrics, Row};
 use super::report::layer_text;
-use super::{F64, F64_GELU, F64_GGML};
+use super::{Entry, Extractor, F64, F64_GELU, F64_GGML};
+use crate::build::Backend;
+use crate::extract::ensure_extractor;
+use crate::project::Project;
+
+/// Reruns llama.cpp with an f32 KV cache, with one thread and on f32
+/// weights, scores each against `reference`, and gives the table and its JSON.
+#[allow(clippy::too_many_arguments)]
+pub fn measure(
+    project: &Project,
+    extractor: &Extractor<'_>,
+    model: &Path,
+    out: &Path,
+    run: &Path,
+    reference: &Path,
+    entries: &[Entry],
+    rows: &[Row],
+) -> Result<(String, serde_json::Value)> {
+    let kv32 = out.join("llama-kv-f32");
+    extractor.run(model, &kv32, &["-t", "2", "--kv-type", "f32"])?;
+    let t1 = out.join("llama-t1");
+    extractor.run(model, &t1, &["-t", "1"])?;
+    let kv_rows = metrics::score_run(&kv32, reference, entries, false)?;
+    let t1_rows = metrics::score_run(&t1, reference, entries, false)?;
+    let f32_rows = match f32_copy(project, model)? {
+        Some(copy) => {
+            let dir = out.join("llama-f32-weights");
+            extractor.run(&copy, &dir, &["-t", "2"])?;
+            Some(metrics::score_run(&dir, reference, entries, false)?)
+        }
+        None => None,
+    };
+    let threads_equal: Vec<bool> = entries
+        .iter()
+        .map(|e| {
+            let f = format!("{}.bin", e.stem);
+            std::fs::read(run.join(&f)).ok() == std::fs::read(t1.join(&f)).ok()
+        })
+        .collect();
+    Ok(attribution_table(&Runs {
+        base: rows,
+        kv32: &kv_rows,
+        t1: &t1_rows,
+        f32_weights: f32_rows.as_deref(),
+        threads_equal: &threads_equal,
+    }))
+}
+
+/// An f32 copy of `model` (kept in target/llorch/models as `<name>.f32.gguf`),
+/// made by llama.cpp's quantize API; `None` when no tensor of `model` is quantized.
+fn f32_copy(project: &Project, model: &Path) -> Result<Option<PathBuf>> {
+    let stem = model.file_stem().unwrap_or_default().to_string_lossy();
+    let copy = project
+        .work_dir()
+        .join("models")
+        .join(format!("{stem}.f32.gguf"));
+    let fresh =
+        |p: &Path| -> Option<std::time::SystemTime> { std::fs::metadata(p).ok()?.modified().ok() };
+    if fresh(&copy).is_some() && fresh(&copy) >= fresh(model) {
+        return Ok(Some(copy));
+    }
+    let tool = ensure_extractor(project, Backend::Cpu)?.with_file_name("llorch-checkpoint-model");
+    let sh = project.shell()?;
+    cmd!(sh, "{tool} dequantize {model} --out {copy}")
+        .quiet()
+        .ignore_stdout()
+        .run()
+        .with_context(|| format!("cannot write an f32 copy of {}", model.display()))?;
+    Ok(copy.is_file().then_some(copy))
+}
 
 /// The runs attribution compares, each scored against the references.
 pub struct Runs<'a> {

@@ -146,68 +146,6 @@ fn entries(manifest: &Manifest, overrides: &[overrides::Override]) -> Result<Vec
         .collect()
 }
 
-/// `--sequential`: two extractor runs, one batch and one token at a time,
-/// compared position by position; prints the table, writes sequential.json.
-fn batch_vs_sequential(
-    project: &Project,
-    model: &Path,
-    manifest: &Path,
-    prompt: &str,
-    layers: Option<&str>,
-    out: &Path,
-) -> Result<()> {
-    let exe = ensure_extractor(project, Backend::Cpu)?;
-    let sh = project.shell()?;
-    let layers = &crate::extract::layer_args(layers);
-    let (batch, one_by_one) = (out.join("batch"), out.join("sequential"));
-    for (dir, flags) in [(&batch, &[][..]), (&one_by_one, &["--sequential"][..])] {
-        let result = cmd!(sh, "{exe} -m {model} --manifest {manifest} -p {prompt} -n 0 -t 2 --out {dir} {layers...} {flags...}")
-            .quiet()
-            .ignore_status()
-            .output()?;
-        ensure!(
-            result.status.success(),
-            "the extractor failed:\n{}",
-            String::from_utf8_lossy(&result.stderr).trim_end()
-        );
-    }
-    let rows = sequential::compare(&batch, &one_by_one, manifest)?;
-    let n = RunRecord::read(&batch)?.tokens.len();
-    print!("{}", sequential::table(&rows, n));
-    let json = out.join("sequential.json");
-    std::fs::write(
-        &json,
-        serde_json::to_vec_pretty(&serde_json::json!({
-            "model": model, "manifest": manifest, "prompt": prompt, "tokens": n, "checkpoints": rows,
-        }))?,
-    )?;
-    println!("\nper position: {}", json.display());
-    Ok(())
-}
-
-/// An f32 copy of `model` (kept in target/llorch/models as `<name>.f32.gguf`),
-/// made by llama.cpp's quantize API; `None` when no tensor of `model` is quantized.
-fn f32_copy(project: &Project, model: &Path) -> Result<Option<PathBuf>> {
-    let stem = model.file_stem().unwrap_or_default().to_string_lossy();
-    let copy = project
-        .work_dir()
-        .join("models")
-        .join(format!("{stem}.f32.gguf"));
-    let fresh =
-        |p: &Path| -> Option<std::time::SystemTime> { std::fs::metadata(p).ok()?.modified().ok() };
-    if fresh(&copy).is_some() && fresh(&copy) >= fresh(model) {
-        return Ok(Some(copy));
-    }
-    let tool = ensure_extractor(project, Backend::Cpu)?.with_file_name("llorch-checkpoint-model");
-    let sh = project.shell()?;
-    cmd!(sh, "{tool} dequantize {model} --out {copy}")
-        .quiet()
-        .ignore_stdout()
-        .run()
-        .with_context(|| format!("cannot write an f32 copy of {}", model.display()))?;
-    Ok(copy.is_file().then_some(copy))
-}
-
 /// The run record of a run directory `compare` can read.
 fn read_run(dir: &Path) -> Result<RunRecord> {
     let record = RunRecord::read(dir)?;
@@ -248,34 +186,24 @@ impl Compare {
             self.model.as_deref(),
             self.manifest.as_deref(),
         )?;
+        let opts = Options {
+            manifest,
+            layers: self.layers,
+            candidate: self.candidate.map(std::path::absolute).transpose()?,
+            overrides: self.tolerances,
+            fail_fast: self.fail_fast,
+            show: self.show,
+            model: Some(model),
+            prompt: self.prompt,
+            out,
+            run: self.run.map(std::path::absolute).transpose()?,
+            attribution: self.attribution,
+            quiet: false,
+        };
         if self.sequential {
-            return batch_vs_sequential(
-                project,
-                &model,
-                &manifest,
-                &self.prompt,
-                self.layers.as_deref(),
-                &out,
-            );
+            return sequential::batch_vs_sequential(project, &opts);
         }
-        let run = self.run.clone().map(std::path::absolute).transpose()?;
-        let outcome = compare(
-            project,
-            &Options {
-                manifest,
-                layers: self.layers,
-                candidate: self.candidate.map(std::path::absolute).transpose()?,
-                overrides: self.tolerances,
-                fail_fast: self.fail_fast,
-                show: self.show,
-                model: Some(model),
-                prompt: self.prompt,
-                out,
-                run,
-                attribution: self.attribution,
-                quiet: false,
-            },
-        )?;
+        let outcome = compare(project, &opts)?;
         println!(
             "\nreport: {}\npicture: {}\npage: {}",
             outcome.report.display(),
@@ -329,28 +257,34 @@ impl Options {
     }
 }
 
-/// The whole comparison; `Err` when it could not be made, `failure` when it was and a tolerance is exceeded.
-pub fn compare(project: &Project, opts: &Options) -> Result<Outcome> {
-    // Every checkpoint must name its reference: checked before anything runs.
-    entries(&Manifest::load(&opts.manifest)?, &opts.overrides)?;
-    std::fs::create_dir_all(&opts.out)
-        .with_context(|| format!("cannot create {}", opts.out.display()))?;
-    let model = match &opts.model {
-        Some(m) => m.clone(),
-        None => crate::model::default_model(project)?,
-    };
-    let exe_cell = std::cell::OnceCell::new();
-    let extractor = || -> Result<PathBuf> {
-        if exe_cell.get().is_none() {
-            let _ = exe_cell.set(ensure_extractor(project, Backend::Cpu)?);
+/// The extractor (built on first use) on the compare's manifest and prompt.
+pub struct Extractor<'a> {
+    project: &'a Project,
+    opts: &'a Options,
+    exe: std::cell::OnceCell<PathBuf>,
+}
+
+impl Extractor<'_> {
+    pub fn new<'a>(project: &'a Project, opts: &'a Options) -> Extractor<'a> {
+        Extractor {
+            project,
+            opts,
+            exe: std::cell::OnceCell::new(),
         }
-        Ok(exe_cell.get().cloned().expect("set above"))
-    };
-    let sh = project.shell()?;
-    let (prompt, manifest) = (&opts.prompt, &opts.manifest);
-    let layers = &crate::extract::layer_args(opts.layers.as_deref());
-    let extract = |model: &Path, dir: &Path, extra: &[&str]| -> Result<()> {
-        let exe = extractor()?;
+    }
+
+    /// One run of `model` into `dir`, with `extra` flags.
+    pub fn run(&self, model: &Path, dir: &Path, extra: &[&str]) -> Result<()> {
+        let exe = match self.exe.get() {
+            Some(exe) => exe,
+            None => {
+                let built = ensure_extractor(self.project, Backend::Cpu)?;
+                self.exe.get_or_init(|| built)
+            }
+        };
+        let sh = self.project.shell()?;
+        let (prompt, manifest) = (&self.opts.prompt, &self.opts.manifest);
+        let layers = &crate::extract::layer_args(self.opts.layers.as_deref());
         let out = cmd!(
             sh,
             "{exe} -m {model} --manifest {manifest} -p {prompt} -n 0 --out {dir} {layers...} {extra...}"
@@ -364,16 +298,29 @@ pub fn compare(project: &Project, opts: &Options) -> Result<Outcome> {
             String::from_utf8_lossy(&out.stderr).trim_end()
         );
         Ok(())
+    }
+}
+
+/// The whole comparison; `Err` when it could not be made, `failure` when it was and a tolerance is exceeded.
+pub fn compare(project: &Project, opts: &Options) -> Result<Outcome> {
+    // Every checkpoint must name its reference: checked before anything runs.
+    entries(&Manifest::load(&opts.manifest)?, &opts.overrides)?;
+    std::fs::create_dir_all(&opts.out)
+        .with_context(|| format!("cannot create {}", opts.out.display()))?;
+    let model = match &opts.model {
+        Some(m) => m.clone(),
+        None => crate::model::default_model(project)?,
     };
-    let default_run = match &opts.run {
+    let extractor = Extractor::new(project, opts);
+    let run = match &opts.run {
         Some(dir) => dir.clone(),
         None => {
             let dir = opts.out.join("llama");
-            extract(&model, &dir, &["-t", "2"])?;
+            extractor.run(&model, &dir, &["-t", "2"])?;
             dir
         }
     };
-    let record = read_run(&default_run)?;
+    let record = read_run(&run)?;
     // The checkpoints as the run expanded them (`--layers`).
     let entries = entries(&record.manifest(&opts.manifest)?, &opts.overrides)?;
     if let Some(dir) = &opts.candidate {
@@ -381,67 +328,30 @@ pub fn compare(project: &Project, opts: &Options) -> Result<Outcome> {
     }
     let reference = opts.out.join("reference");
     let t = Instant::now();
-    let info =
-        reference::build_reference(project, &model, &default_run, &record, &entries, &reference)?;
+    let info = reference::build_reference(project, &model, &run, &record, &entries, &reference)?;
     if !opts.quiet {
         eprintln!(
             "compare: reference built in {:.1} s",
             t.elapsed().as_secs_f64()
         );
     }
-    let rows = metrics::score_run(&default_run, &reference, &entries, opts.fail_fast)?;
-
-    let mut text = String::new();
-    let setting = format!("kv cache {}, {} threads", record.kv_type, record.threads);
-    writeln!(
-        text,
-        "\nllama.cpp ({setting}) vs PyTorch {} ({}), {} prompt tokens; next token: llama.cpp {}, PyTorch f32 {}, f64 {}",
-        info.model,
-        record.model.architecture,
-        record.tokens.len(),
-        record.next_token.unwrap_or(-1),
-        info.next_token.get(F32).copied().unwrap_or(-1),
-        info.next_token.get(F64).copied().unwrap_or(-1),
-    )?;
+    let rows = metrics::score_run(&run, &reference, &entries, opts.fail_fast)?;
+    let mut text = header(&record, &info);
     text.push_str(&report::table(&rows));
-
-    let mut attribution = None;
-    if opts.attribution {
-        let kv32 = opts.out.join("llama-kv-f32");
-        extract(&model, &kv32, &["-t", "2", "--kv-type", "f32"])?;
-        let t1 = opts.out.join("llama-t1");
-        extract(&model, &t1, &["-t", "1"])?;
-        let kv_rows = metrics::score_run(&kv32, &reference, &entries, false)?;
-        let t1_rows = metrics::score_run(&t1, &reference, &entries, false)?;
-        let f32_rows = match f32_copy(project, &model)? {
-            Some(copy) => {
-                let dir = opts.out.join("llama-f32-weights");
-                extract(&copy, &dir, &["-t", "2"])?;
-                Some(metrics::score_run(&dir, &reference, &entries, false)?)
-            }
-            None => None,
-        };
-        let threads_equal: Vec<bool> = entries
-            .iter()
-            .map(|e| {
-                let f = format!("{}.bin", e.stem);
-                std::fs::read(default_run.join(&f)).ok() == std::fs::read(t1.join(&f)).ok()
-            })
-            .collect();
-        let (table, json) = attribution::attribution_table(&attribution::Runs {
-            base: &rows,
-            kv32: &kv_rows,
-            t1: &t1_rows,
-            f32_weights: f32_rows.as_deref(),
-            threads_equal: &threads_equal,
-        });
-        text.push_str(&table);
-        attribution = Some(json);
-    }
+    let attribution = match opts.attribution {
+        true => {
+            let (table, json) = attribution::measure(
+                project, &extractor, &model, &opts.out, &run, &reference, &entries, &rows,
+            )?;
+            text.push_str(&table);
+            Some(json)
+        }
+        false => None,
+    };
     let candidate_rows = opts
         .candidate
         .as_ref()
-        .map(|dir| candidate::score(dir, &default_run, &reference, &entries));
+        .map(|dir| candidate::score(dir, &run, &reference, &entries));
     if let Some(c) = &candidate_rows {
         text.push_str(&candidate::table(c, &rows));
     }
@@ -458,54 +368,38 @@ pub fn compare(project: &Project, opts: &Options) -> Result<Outcome> {
     if !opts.quiet {
         print!("{text}");
     }
-    let picture = opts.out.join("errors.svg");
-    let title = format!(
-        "llama.cpp vs PyTorch {} (f64), {}",
+    report::write_reports(
+        opts,
+        report::Findings {
+            model,
+            run,
+            reference,
+            record,
+            info,
+            entries,
+            rows,
+            candidate_rows,
+            attribution,
+            failure,
+            text,
+            summary,
+        },
+    )
+}
+
+/// The table's first line: both sides, the prompt, the next tokens.
+fn header(record: &RunRecord, info: &reference::Info) -> String {
+    format!(
+        "\nllama.cpp (kv cache {}, {} threads) vs PyTorch {} ({}), {} prompt tokens; next token: llama.cpp {}, PyTorch f32 {}, f64 {}\n",
+        record.kv_type,
+        record.threads,
         info.model,
-        opts.manifest
-            .file_name()
-            .map(|n| n.to_string_lossy())
-            .unwrap_or_default()
-    );
-    let svg = report::svg(&rows, &title);
-    std::fs::write(&picture, &svg)?;
-    let page = html::render(&html::Page {
-        title: &title,
-        header: text
-            .lines()
-            .find(|l| l.starts_with("llama.cpp ("))
-            .unwrap_or_default(),
-        rows: &rows,
-        entries: &entries,
-        picture: &svg,
-        candidate: candidate_rows.as_deref(),
-        show: opts.show.as_ref(),
-        run: &default_run,
-        reference: &reference,
-    })?;
-    let html = opts.out.join("report.html");
-    std::fs::write(&html, page)?;
-    let report = opts.out.join("report.json");
-    let json = serde_json::json!({
-        "manifest": opts.manifest, "model": model, "prompt": opts.prompt, "tokens": record.tokens, "run": default_run,
-        "reference_variants": VARIANTS, "reference": info, "verdict_against": F64, "pass": failure.is_none(), "first_failure": failure,
-        "checkpoints": rows, "attribution": attribution,
-        "candidate": opts.candidate.as_ref().map(|dir| serde_json::json!({
-            "dir": dir,
-            "checkpoints": candidate_rows,
-            "first_divergence_from_llama_cpp": candidate_rows.as_deref().and_then(|c| candidate::first_divergence(c, "llama.cpp")),
-            "first_divergence_from_f64": candidate_rows.as_deref().and_then(|c| candidate::first_divergence(c, "f64")),
-        })), "picture": picture,
-    });
-    std::fs::write(&report, serde_json::to_vec_pretty(&json)?)?;
-    Ok(Outcome {
-        report,
-        picture,
-        html,
-        summary,
-        failure,
-        next_token: (record.next_token, info.next_token.get(F64).copied()),
-    })
+        record.model.architecture,
+        record.tokens.len(),
+        record.next_token.unwrap_or(-1),
+        info.next_token.get(F32).copied().unwrap_or(-1),
+        info.next_token.get(F64).copied().unwrap_or(-1),
+    )
 }
 
 #[cfg(test)]

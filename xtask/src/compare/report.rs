@@ -1,10 +1,87 @@
 //! What a person reads: the terminal table and `errors.svg` (two heat maps,
-//! checkpoints x layers).
+//! checkpoints x layers), and the three files a comparison leaves in `--out`.
 
 use std::fmt::Write as _;
+use std::path::PathBuf;
+
+use anyhow::Result;
+use llorch_checkpoint_spec::record::RunRecord;
 
 use super::metrics::Row;
-use super::{F32, F64};
+use super::{candidate, html, reference, Entry, Options, Outcome, F32, F64, VARIANTS};
+use crate::fetch::write_atomically;
+
+/// What a comparison found, for its reports.
+pub struct Findings {
+    pub model: PathBuf,
+    pub run: PathBuf,
+    pub reference: PathBuf,
+    pub record: RunRecord,
+    pub info: reference::Info,
+    pub entries: Vec<Entry>,
+    pub rows: Vec<Row>,
+    pub candidate_rows: Option<Vec<candidate::CandidateRow>>,
+    pub attribution: Option<serde_json::Value>,
+    pub failure: Option<String>,
+    /// The terminal's text: header, tables, summary.
+    pub text: String,
+    pub summary: String,
+}
+
+/// `errors.svg`, `report.html` and `report.json` in `--out`, each written
+/// whole or not at all.
+pub fn write_reports(opts: &Options, f: Findings) -> Result<Outcome> {
+    let picture = opts.out.join("errors.svg");
+    let title = format!(
+        "llama.cpp vs PyTorch {} (f64), {}",
+        f.info.model,
+        opts.manifest
+            .file_name()
+            .map(|n| n.to_string_lossy())
+            .unwrap_or_default()
+    );
+    let svg = svg(&f.rows, &title);
+    write_atomically(&picture, svg.as_bytes())?;
+    let page = html::render(&html::Page {
+        title: &title,
+        header: f
+            .text
+            .lines()
+            .find(|l| l.starts_with("llama.cpp ("))
+            .unwrap_or_default(),
+        rows: &f.rows,
+        entries: &f.entries,
+        picture: &svg,
+        candidate: f.candidate_rows.as_deref(),
+        show: opts.show.as_ref(),
+        run: &f.run,
+        reference: &f.reference,
+    })?;
+    let html = opts.out.join("report.html");
+    write_atomically(&html, page.as_bytes())?;
+    let report = opts.out.join("report.json");
+    let candidate = f.candidate_rows.as_deref();
+    let json = serde_json::json!({
+        "manifest": opts.manifest, "model": f.model, "prompt": opts.prompt, "tokens": f.record.tokens, "run": f.run,
+        "reference_variants": VARIANTS, "reference": f.info, "verdict_against": F64, "pass": f.failure.is_none(),
+        "first_failure": f.failure, "checkpoints": f.rows, "attribution": f.attribution,
+        "candidate": opts.candidate.as_ref().map(|dir| serde_json::json!({
+            "dir": dir,
+            "checkpoints": candidate,
+            "first_divergence_from_llama_cpp": candidate.and_then(|c| candidate::first_divergence(c, "llama.cpp")),
+            "first_divergence_from_f64": candidate.and_then(|c| candidate::first_divergence(c, "f64")),
+        })), "picture": picture,
+    });
+    write_atomically(&report, &serde_json::to_vec_pretty(&json)?)?;
+    Ok(Outcome {
+        report,
+        picture,
+        html,
+        summary: f.summary,
+        failure: f.failure,
+        next_token: (f.record.next_token, f.info.next_token.get(F64).copied()),
+    })
+}
 
 pub fn layer_text(l: Option<u32>) -> String {
     l.map_or("-".into(), |l| l.to_string())

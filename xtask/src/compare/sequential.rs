@@ -19,6 +19,31 @@ use serde::Serialize;
 
 use super::metrics::{read_tensor, Tensor};
 use super::report::layer_text;
+use super::{Extractor, Options};
+use crate::project::Project;
+
+/// `--sequential`: two extractor runs, one batch and one token at a time,
+/// compared position by position; prints the table, writes sequential.json.
+pub fn batch_vs_sequential(project: &Project, opts: &Options) -> Result<()> {
+    let model = opts
+        .model
+        .as_deref()
+        .context("--sequential needs a model")?;
+    let extractor = Extractor::new(project, opts);
+    let (batch, one_by_one) = (opts.out.join("batch"), opts.out.join("sequential"));
+    extractor.run(model, &batch, &["-t", "2"])?;
+    extractor.run(model, &one_by_one, &["-t", "2", "--sequential"])?;
+    let rows = compare(&batch, &one_by_one, &opts.manifest)?;
+    let n = RunRecord::read(&batch)?.tokens.len();
+    print!("{}", table(&rows, n));
+    let json = opts.out.join("sequential.json");
+    let record = serde_json::json!({
+        "model": model, "manifest": opts.manifest, "prompt": opts.prompt, "tokens": n, "checkpoints": rows,
+    });
+    crate::fetch::write_atomically(&json, &serde_json::to_vec_pretty(&record)?)?;
+    println!("\nper position: {}", json.display());
+    Ok(())
+}
 
 /// One checkpoint of one layer: the error of each position.
 #[derive(Serialize)]

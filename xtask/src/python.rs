@@ -49,7 +49,7 @@ const REQUIREMENTS: &[&str] = &[
 ];
 
 /// pip itself, recent enough to resume a broken download (`--resume-retries`).
-const PIP: &str = "pip==26.3";
+pub const PIP: &str = "pip==26.3";
 
 /// No second copy of the wheels stays in a cache.
 const PIP_FLAGS: &[&str] = &[

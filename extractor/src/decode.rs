@@ -139,22 +139,15 @@ fn steady_state(
         plain.clear_memory();
         let ms = timed_pass(&mut plain, &loaded.tokens, 0, None)?;
         steady.without_ms.push(ms);
-        capturing.clear_memory();
-        let ms = timed_pass(
-            capturing,
-            &loaded.tokens,
-            0,
-            Some((0, &symbols, Reading::AskOnly)),
-        )?;
-        steady.asked_ms.push(ms);
-        capturing.clear_memory();
-        let ms = timed_pass(
-            capturing,
-            &loaded.tokens,
-            0,
-            Some((0, &symbols, Reading::Discard)),
-        )?;
-        steady.with_ms.push(ms);
+        // The nodes asked for but not read, then read too.
+        for (reading, times) in [
+            (Reading::AskOnly, &mut steady.asked_ms),
+            (Reading::Discard, &mut steady.with_ms),
+        ] {
+            capturing.clear_memory();
+            let pass = Some((0, &symbols, reading));
+            times.push(timed_pass(capturing, &loaded.tokens, 0, pass)?);
+        }
     }
     log::info!(
         "  steady state ({} alternating passes each): prompt decode median {:.1} ms with capture, {:.1} ms without: ratio {:.3} \

@@ -15,9 +15,9 @@ use anyhow::{ensure, Context, Result};
 use llorch_checkpoint_spec::record::RunRecord;
 use serde::Serialize;
 
-use super::metrics::{metrics, read_tensor, unravel, Metrics, Row, Tensor};
-use super::report::layer_text;
-use super::{Entry, F64};
+use crate::entries::{Entry, F64};
+use crate::metrics::{first_failure, metrics, read_tensor, unravel, Metrics, Row, Tensor};
+use crate::text::layer_text;
 
 /// One side against another on one checkpoint.
 #[derive(Serialize, Clone)]
@@ -216,7 +216,7 @@ pub fn table(rows: &[CandidateRow], llama: &[Row]) -> String {
             first.as_deref().unwrap_or("none")
         );
     }
-    let ours = super::metrics::first_failure(llama);
+    let ours = first_failure(llama);
     let _ = writeln!(
         s,
         "first divergence, llama.cpp vs f64: {}",

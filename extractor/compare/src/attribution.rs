@@ -2,42 +2,37 @@
 //! llama.cpp's own approximation, or carried from earlier layers.
 
 use std::fmt::Write as _;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
-use anyhow::{Context, Result};
-use xshell::cmd;
+use anyhow::Result;
 
-use super::metrics::{self, Metrics, Row};
-use super::report::layer_text;
-use super::{Entry, Extractor, F64, F64_GELU, F64_GGML};
-use crate::build::Backend;
-use crate::extract::ensure_extractor;
-use crate::project::Project;
+use crate::entries::{Entry, F64, F64_GELU, F64_GGML};
+use crate::metrics::{self, Metrics, Row};
+use crate::sides::{Extraction, Extractor};
+use crate::text::layer_text;
 
-/// Reruns llama.cpp with an f32 KV cache, with one thread and on f32
-/// weights, scores each against `reference`, and gives the table and its JSON.
-#[allow(clippy::too_many_arguments)]
+/// Reruns llama.cpp (`base`, into directories under `base.out`) with an f32
+/// KV cache, with one thread and on f32 weights, scores each against
+/// `reference`, and gives the table and its JSON. `run` is the default run.
 pub fn measure(
-    project: &Project,
-    extractor: &Extractor<'_>,
-    model: &Path,
-    out: &Path,
+    extractor: &dyn Extractor,
+    base: &Extraction<'_>,
     run: &Path,
     reference: &Path,
     entries: &[Entry],
     rows: &[Row],
 ) -> Result<(String, serde_json::Value)> {
-    let kv32 = out.join("llama-kv-f32");
-    extractor.run(model, &kv32, &["-t", "2", "--kv-type", "f32"])?;
-    let t1 = out.join("llama-t1");
-    extractor.run(model, &t1, &["-t", "1"])?;
-    let kv_rows = metrics::score_run(&kv32, reference, entries, false)?;
-    let t1_rows = metrics::score_run(&t1, reference, entries, false)?;
-    let f32_rows = match f32_copy(project, model)? {
+    let score = |dir: &Path| metrics::score_run(dir, reference, entries, false);
+    let kv32 = base.out.join("llama-kv-f32");
+    extractor.extract(&Extraction { out: &kv32, kv_f32: true, ..*base })?;
+    let t1 = base.out.join("llama-t1");
+    extractor.extract(&Extraction { out: &t1, threads: 1, ..*base })?;
+    let (kv_rows, t1_rows) = (score(&kv32)?, score(&t1)?);
+    let f32_rows = match extractor.dequantized(base.model)? {
         Some(copy) => {
-            let dir = out.join("llama-f32-weights");
-            extractor.run(&copy, &dir, &["-t", "2"])?;
-            Some(metrics::score_run(&dir, reference, entries, false)?)
+            let dir = base.out.join("llama-f32-weights");
+            extractor.extract(&Extraction { model: &copy, out: &dir, ..*base })?;
+            Some(score(&dir)?)
         }
         None => None,
     };
@@ -55,29 +50,6 @@ pub fn measure(
         f32_weights: f32_rows.as_deref(),
         threads_equal: &threads_equal,
     }))
-}
-
-/// An f32 copy of `model` (kept in target/llorch/models as `<name>.f32.gguf`),
-/// made by llama.cpp's quantize API; `None` when no tensor of `model` is quantized.
-fn f32_copy(project: &Project, model: &Path) -> Result<Option<PathBuf>> {
-    let stem = model.file_stem().unwrap_or_default().to_string_lossy();
-    let copy = project
-        .work_dir()
-        .join("models")
-        .join(format!("{stem}.f32.gguf"));
-    let fresh =
-        |p: &Path| -> Option<std::time::SystemTime> { std::fs::metadata(p).ok()?.modified().ok() };
-    if fresh(&copy).is_some() && fresh(&copy) >= fresh(model) {
-        return Ok(Some(copy));
-    }
-    let tool = ensure_extractor(project, Backend::Cpu)?.with_file_name("llorch-checkpoint-model");
-    let sh = project.shell()?;
-    cmd!(sh, "{tool} dequantize {model} --out {copy}")
-        .quiet()
-        .ignore_stdout()
-        .run()
-        .with_context(|| format!("cannot write an f32 copy of {}", model.display()))?;
-    Ok(copy.is_file().then_some(copy))
 }
 
 /// The runs attribution compares, each scored against the references.

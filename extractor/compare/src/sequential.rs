@@ -13,36 +13,31 @@ use std::fmt::Write as _;
 use std::path::Path;
 
 use anyhow::{ensure, Context, Result};
+use llorch_checkpoint_spec::files::write_atomically;
 use llorch_checkpoint_spec::manifest::{Checkpoint, Manifest};
+use llorch_checkpoint_spec::metric::nmse;
 use llorch_checkpoint_spec::record::RunRecord;
 use serde::Serialize;
 
-use super::metrics::{read_tensor, Tensor};
-use super::report::layer_text;
-use super::{Extractor, Options};
-use crate::project::Project;
+use crate::metrics::{read_tensor, Tensor};
+use crate::sides::{Extraction, Extractor};
+use crate::text::layer_text;
 
-/// `--sequential`: two extractor runs, one batch and one token at a time,
-/// compared position by position; prints the table, writes sequential.json.
-pub fn batch_vs_sequential(project: &Project, opts: &Options) -> Result<()> {
-    let model = opts
-        .model
-        .as_deref()
-        .context("--sequential needs a model")?;
-    let extractor = Extractor::new(project, opts);
-    let (batch, one_by_one) = (opts.out.join("batch"), opts.out.join("sequential"));
-    extractor.run(model, &batch, &["-t", "2"])?;
-    extractor.run(model, &one_by_one, &["-t", "2", "--sequential"])?;
-    let rows = compare(&batch, &one_by_one, &opts.manifest)?;
+/// Two extractor runs of `run` (its `out` the parent directory), one batch
+/// and one token at a time, compared position by position: the table, and
+/// `sequential.json` written in `run.out`.
+pub fn batch_vs_sequential(extractor: &dyn Extractor, run: &Extraction<'_>) -> Result<String> {
+    let (batch, one_by_one) = (run.out.join("batch"), run.out.join("sequential"));
+    extractor.extract(&Extraction { out: &batch, ..*run })?;
+    extractor.extract(&Extraction { out: &one_by_one, sequential: true, ..*run })?;
+    let rows = compare(&batch, &one_by_one, run.manifest)?;
     let n = RunRecord::read(&batch)?.tokens.len();
-    print!("{}", table(&rows, n));
-    let json = opts.out.join("sequential.json");
+    let json = run.out.join("sequential.json");
     let record = serde_json::json!({
-        "model": model, "manifest": opts.manifest, "prompt": opts.prompt, "tokens": n, "checkpoints": rows,
+        "model": run.model, "manifest": run.manifest, "prompt": run.prompt, "tokens": n, "checkpoints": rows,
     });
-    crate::fetch::write_atomically(&json, &serde_json::to_vec_pretty(&record)?)?;
-    println!("\nper position: {}", json.display());
-    Ok(())
+    write_atomically(&json, &serde_json::to_vec_pretty(&record)?)?;
+    Ok(format!("{}\nper position: {}\n", table(&rows, n), json.display()))
 }
 
 /// One checkpoint of one layer: the error of each position.
@@ -141,19 +136,15 @@ fn position(t: &Tensor, at: Option<(usize, usize)>, upto: Option<(usize, usize)>
 
 /// NMSE against `reference`, the largest |difference|, and bitwise equality.
 fn difference(test: &[f64], reference: &[f64]) -> (f64, f64, bool) {
-    let n = reference.len().max(1) as f64;
-    let mean = reference.iter().sum::<f64>() / n;
-    let (mut sq, mut var, mut max) = (0f64, 0f64, 0f64);
-    for (&t, &r) in test.iter().zip(reference) {
-        sq += (t - r) * (t - r);
-        var += (r - mean) * (r - mean);
-        max = max.max((t - r).abs());
-    }
+    let max = test
+        .iter()
+        .zip(reference)
+        .fold(0f64, |max, (t, r)| max.max((t - r).abs()));
     let same = test
         .iter()
         .zip(reference)
         .all(|(t, r)| t.to_bits() == r.to_bits());
-    (super::metrics::nmse(sq, var), max, same)
+    (nmse(test, reference), max, same)
 }
 
 /// Per checkpoint: the worst position, the first, the last, and how many are bitwise equal.

@@ -1,20 +1,18 @@
-//! The reference job: the checkpoints' captures and resolved layout ops go to
-//! `xtask/python/reference.py`, which writes one `.npy` per checkpoint and
-//! reference variant.
+//! The reference side: the checkpoints' captures and resolved layout ops go
+//! to a [`Reference`], which writes one `.npy` per checkpoint and variant.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
-use anyhow::{bail, ensure, Context, Result};
+use anyhow::{ensure, Context, Result};
 use llorch_checkpoint_spec::manifest::{Op, Symbols};
 use llorch_checkpoint_spec::record::RunRecord;
-use xshell::cmd;
 
-use super::metrics::read_tensor;
-use super::{Entry, VARIANTS};
-use crate::project::Project;
+use crate::entries::{Entry, VARIANTS};
+use crate::metrics::read_tensor;
+use crate::sides::{JobCheckpoint, Reference, ReferenceJob};
 
-/// What the reference script says of itself (`reference.json`).
-#[derive(serde::Deserialize, serde::Serialize)]
+/// What the reference says of itself (`reference.json`).
+#[derive(serde::Deserialize, serde::Serialize, Debug, Clone)]
 pub struct Info {
     /// transformers' class, e.g. `LlamaForCausalLM`.
     pub model: String,
@@ -22,9 +20,9 @@ pub struct Info {
     pub next_token: std::collections::BTreeMap<String, i64>,
 }
 
-/// Runs the Python reference; a missing package or a broken venv ends in one paragraph with the fix.
+/// The reference tensors of `run`'s checkpoints, computed into `out` (emptied first).
 pub fn build_reference(
-    project: &Project,
+    reference: &dyn Reference,
     model: &Path,
     run: &Path,
     record: &RunRecord,
@@ -40,60 +38,37 @@ pub fn build_reference(
     for e in entries {
         // The shape the ops must give: the checkpoint file's.
         let shape = read_tensor(&run.join(format!("{}.bin", e.stem)))?.shape;
-        checkpoints.push(serde_json::json!({
-            "key": e.key(), "stem": e.stem, "capture": e.capture, "shape": shape,
-            "ops": resolve_ops(&e.ops, &record.symbols).with_context(|| format!("checkpoint `{}`", e.id))?,
-        }));
+        checkpoints.push(JobCheckpoint {
+            key: e.key(),
+            stem: e.stem.clone(),
+            capture: e.capture.clone(),
+            shape,
+            ops: resolve_ops(&e.ops, &record.symbols)
+                .with_context(|| format!("checkpoint `{}`", e.id))?,
+        });
     }
     if out.exists() {
         std::fs::remove_dir_all(out)?;
     }
     std::fs::create_dir_all(out)?;
-    let job = out.join("job.json");
-    let body = serde_json::json!({ "gguf": model, "tokens": record.tokens, "out": out, "variants": VARIANTS, "threads": 2, "checkpoints": checkpoints });
-    std::fs::write(&job, serde_json::to_vec_pretty(&body)?)?;
-    // LLORCH_REFERENCE_PYTHON: another interpreter (to check what happens without torch).
-    let python = match std::env::var_os("LLORCH_REFERENCE_PYTHON") {
-        Some(p) => Ok(PathBuf::from(p)),
-        None => crate::python::ensure(project),
+    let job = ReferenceJob {
+        gguf: model.to_path_buf(),
+        tokens: record.tokens.clone(),
+        out: out.to_path_buf(),
+        variants: VARIANTS.iter().map(|v| v.to_string()).collect(),
+        threads: 2,
+        checkpoints,
     };
-    let python = python.context(
-        "the PyTorch reference needs the project's Python environment (torch, transformers, numpy from PyPI, about 5.6 GB). \
-         `cargo xtask compare` creates it in target/llorch/pyenv; where PyPI cannot be reached it cannot, and nothing can be compared",
-    )?;
-    let script = project.root().join("xtask/python/reference.py");
-    let sh = project.shell()?;
-    let result = cmd!(sh, "{python} {script} {job}")
-        .quiet()
-        .ignore_status()
-        .output()
-        .context("cannot start the project's Python")?;
-    if !result.status.success() {
-        let stderr = String::from_utf8_lossy(&result.stderr);
-        let message = stderr
-            .lines()
-            .filter(|l| l.starts_with("reference: "))
-            .map(|l| l.trim_start_matches("reference: "))
-            .collect::<Vec<_>>();
-        if message.is_empty() {
-            bail!(
-                "the PyTorch reference ({}) failed:\n{}",
-                script.display(),
-                stderr.trim_end()
-            );
-        }
-        bail!(
-            "the PyTorch reference could not be built: {}",
-            message.join(" ")
-        );
-    }
-    eprint!("{}", String::from_utf8_lossy(&result.stdout));
+    std::fs::write(job.file(), serde_json::to_vec_pretty(&job)?)?;
+    reference.compute(&job)?;
     let info = out.join("reference.json");
-    serde_json::from_slice(&std::fs::read(&info)?)
-        .with_context(|| format!("{} is not what reference.py writes", info.display()))
+    serde_json::from_slice(
+        &std::fs::read(&info).with_context(|| format!("the reference wrote no {}", info.display()))?,
+    )
+    .with_context(|| format!("{} is not a reference record", info.display()))
 }
 
-/// The ops as the Python script reads them: symbols resolved to numbers.
+/// The ops as the reference reads them: symbols resolved to numbers.
 fn resolve_ops(ops: &[Op], symbols: &Symbols) -> Result<Vec<serde_json::Value>> {
     ops.iter()
         .map(|op| {

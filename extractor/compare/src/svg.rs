@@ -1,132 +1,18 @@
-//! What a person reads: the terminal table and `errors.svg` (two heat maps,
-//! checkpoints x layers), and the three files a comparison leaves in `--out`.
+//! `errors.svg`: two heat maps, checkpoints x layers, of how far each
+//! checkpoint is from the f64 reference.
 
 use std::fmt::Write as _;
-use std::path::PathBuf;
 
-use anyhow::Result;
-use llorch_checkpoint_spec::record::RunRecord;
-
-use super::metrics::Row;
-use super::{candidate, html, reference, Entry, Options, Outcome, F32, F64, VARIANTS};
-use crate::fetch::write_atomically;
-
-/// What a comparison found, for its reports.
-pub struct Findings {
-    pub model: PathBuf,
-    pub run: PathBuf,
-    pub reference: PathBuf,
-    pub record: RunRecord,
-    pub info: reference::Info,
-    pub entries: Vec<Entry>,
-    pub rows: Vec<Row>,
-    pub candidate_rows: Option<Vec<candidate::CandidateRow>>,
-    pub attribution: Option<serde_json::Value>,
-    pub failure: Option<String>,
-    /// The terminal's text: header, tables, summary.
-    pub text: String,
-    pub summary: String,
-}
-
-/// `errors.svg`, `report.html` and `report.json` in `--out`, each written
-/// whole or not at all.
-pub fn write_reports(opts: &Options, f: Findings) -> Result<Outcome> {
-    let picture = opts.out.join("errors.svg");
-    let title = format!(
-        "llama.cpp vs PyTorch {} (f64), {}",
-        f.info.model,
-        opts.manifest
-            .file_name()
-            .map(|n| n.to_string_lossy())
-            .unwrap_or_default()
-    );
-    let svg = svg(&f.rows, &title);
-    write_atomically(&picture, svg.as_bytes())?;
-    let page = html::render(&html::Page {
-        title: &title,
-        header: f
-            .text
-            .lines()
-            .find(|l| l.starts_with("llama.cpp ("))
-            .unwrap_or_default(),
-        rows: &f.rows,
-        entries: &f.entries,
-        picture: &svg,
-        candidate: f.candidate_rows.as_deref(),
-        show: opts.show.as_ref(),
-        run: &f.run,
-        reference: &f.reference,
-    })?;
-    let html = opts.out.join("report.html");
-    write_atomically(&html, page.as_bytes())?;
-    let report = opts.out.join("report.json");
-    let candidate = f.candidate_rows.as_deref();
-    let json = serde_json::json!({
-        "manifest": opts.manifest, "model": f.model, "prompt": opts.prompt, "tokens": f.record.tokens, "run": f.run,
-        "reference_variants": VARIANTS, "reference": f.info, "verdict_against": F64, "pass": f.failure.is_none(),
-        "first_failure": f.failure, "checkpoints": f.rows, "attribution": f.attribution,
-        "candidate": opts.candidate.as_ref().map(|dir| serde_json::json!({
-            "dir": dir,
-            "checkpoints": candidate,
-            "first_divergence_from_llama_cpp": candidate.and_then(|c| candidate::first_divergence(c, "llama.cpp")),
-            "first_divergence_from_f64": candidate.and_then(|c| candidate::first_divergence(c, "f64")),
-        })), "picture": picture,
-    });
-    write_atomically(&report, &serde_json::to_vec_pretty(&json)?)?;
-    Ok(Outcome {
-        report,
-        picture,
-        html,
-        summary: f.summary,
-        failure: f.failure,
-        next_token: (f.record.next_token, f.info.next_token.get(F64).copied()),
-    })
-}
-
-pub fn layer_text(l: Option<u32>) -> String {
-    l.map_or("-".into(), |l| l.to_string())
-}
-
-pub fn table(rows: &[Row]) -> String {
-    let mut s = String::new();
-    let _ = writeln!(
-        s,
-        "\n{:<18} {:>3}  {:>9} {:>9} {:>7} {:>10}  | {:>9} {:>9} {:>9} {:>7} {:>12} {:>7}  {:<5} tolerance (atol, rtol, nmse)",
-        "checkpoint", "l", "f32:maxab", "nmse", "dB", "cos-1", "f64:maxab", "max rel", "nmse", "dB", "cos-1", "outside", ""
-    );
-    for r in rows {
-        let (a, b) = (r.against[F32], r.against[F64]);
-        let t = r.tolerance;
-        let _ = writeln!(
-            s,
-            "{:<18} {:>3}  {:>9.2e} {:>9.2e} {:>7.1} {:>10.2e}  | {:>9.2e} {:>9.2e} {:>9.2e} {:>7.1} {:>12.2e} {:>6.2}%  {:<5} {:.0e}, {:.0e}, {:.0e}",
-            r.id,
-            layer_text(r.layer),
-            a.max_abs,
-            a.nmse,
-            a.nmse_db,
-            1.0 - a.cosine,
-            b.max_abs,
-            b.max_rel,
-            b.nmse,
-            b.nmse_db,
-            1.0 - b.cosine,
-            100.0 * b.outside,
-            if r.pass { "ok" } else { "FAIL" },
-            t.atol,
-            t.rtol,
-            t.nmse
-        );
-    }
-    s
-}
+use crate::entries::F64;
+use crate::metrics::Row;
+use crate::text::{layer_text, xml};
 
 /// One panel of the picture: its title, the value per row, and its axis range.
 type Panel = (&'static str, Box<dyn Fn(&Row) -> f64>, f64, f64);
 
 /// Two heat maps, checkpoints x layers: NMSE (dB) against f64, and the worst
 /// element's share of its tolerance (>= 1 fails, outlined red). Log colour scales.
-pub fn svg(rows: &[Row], title: &str) -> String {
+pub fn picture(rows: &[Row], title: &str) -> String {
     let mut ids: Vec<&str> = Vec::new();
     let mut layers: Vec<Option<u32>> = Vec::new();
     for r in rows {
@@ -285,10 +171,4 @@ fn colour(f: f64) -> String {
         }
     }
     format!("rgb({:.0},{:.0},{:.0})", c.0, c.1, c.2)
-}
-
-fn xml(s: &str) -> String {
-    s.replace('&', "&amp;")
-        .replace('<', "&lt;")
-        .replace('>', "&gt;")
 }

@@ -8,10 +8,10 @@ use std::path::Path;
 
 use anyhow::Result;
 
-use super::candidate::CandidateRow;
-use super::metrics::{read_tensor, Row, Tensor};
-use super::report::layer_text;
-use super::{Entry, F32, F64};
+use crate::candidate::{first_divergence, CandidateRow, Verdict};
+use crate::entries::{Entry, F32, F64};
+use crate::metrics::{read_tensor, unravel, Row, Tensor};
+use crate::text::{layer_text, xml};
 
 /// Everything the page shows.
 pub struct Page<'a> {
@@ -103,7 +103,7 @@ fn summary(s: &mut String, rows: &[Row], detailed: &[usize]) {
     );
     for (i, r) in rows.iter().enumerate() {
         let (a, m) = (r.against[F32], r.against[F64]);
-        let at = super::metrics::unravel(m.max_abs_at, &r.shape);
+        let at = unravel(m.max_abs_at, &r.shape);
         // Only rows with a detail section link to one.
         let name = if detailed.contains(&i) {
             format!("<a href=\"#{}\">{}</a>", anchor(r), xml(&r.id))
@@ -136,7 +136,7 @@ fn candidate(s: &mut String, rows: &[CandidateRow]) {
         "<h2 id=\"candidate\">Candidate</h2>\n<table><tr><th>checkpoint</th><th>layer</th><th>file</th>\
          <th>NMSE dB vs llama.cpp</th><th>NMSE dB vs f64</th><th>note</th></tr>\n",
     );
-    let cell = |v: &Option<super::candidate::Verdict>| {
+    let cell = |v: &Option<Verdict>| {
         v.as_ref().map_or("-".into(), |v| {
             format!(
                 "{:.1} {}",
@@ -159,7 +159,7 @@ fn candidate(s: &mut String, rows: &[CandidateRow]) {
     }
     s.push_str("</table>\n");
     for pair in ["llama.cpp", "f64"] {
-        let first = super::candidate::first_divergence(rows, pair);
+        let first = first_divergence(rows, pair);
         let _ = writeln!(
             s,
             "<p>First divergence of the candidate from {pair}: {}</p>",
@@ -338,13 +338,6 @@ fn histogram(diff: &[f64]) -> String {
     }
     s.push_str("</svg>");
     s
-}
-
-fn xml(s: &str) -> String {
-    s.replace('&', "&amp;")
-        .replace('<', "&lt;")
-        .replace('>', "&gt;")
-        .replace('"', "&quot;")
 }
 
 #[cfg(test)]

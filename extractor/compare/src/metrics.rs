@@ -9,7 +9,9 @@ use anyhow::{ensure, Result};
 use llorch_checkpoint_spec::manifest::Tolerance;
 use serde::Serialize;
 
-use super::{Entry, F64, VARIANTS};
+use llorch_checkpoint_spec::metric::{db, nmse_from_sums};
+
+use crate::entries::{Entry, F64, VARIANTS};
 
 /// A checkpoint or reference tensor, row-major, as f64.
 #[derive(Debug, Clone, PartialEq)]
@@ -95,7 +97,7 @@ pub fn metrics(test: &[f64], reference: &[f64], tol: &Tolerance) -> Metrics {
             worst = i;
         }
     }
-    let nmse = nmse(sq, var);
+    let nmse = nmse_from_sums(sq, var);
     let cosine = if tt > 0.0 && rr > 0.0 {
         dot / (tt.sqrt() * rr.sqrt())
     } else if tt == rr {
@@ -118,24 +120,12 @@ pub fn metrics(test: &[f64], reference: &[f64], tol: &Tolerance) -> Metrics {
         p999_abs,
         max_rel,
         nmse,
-        nmse_db: 10.0 * nmse.log10(),
+        nmse_db: db(nmse),
         cosine,
         n_outside,
         outside: n_outside as f64 / n,
         worst_ratio,
         worst,
-    }
-}
-
-/// Squared error over the reference's variance: infinite when the reference
-/// is constant and the test is not, 0 when both agree exactly.
-pub fn nmse(squared_error: f64, variance: f64) -> f64 {
-    if variance > 0.0 {
-        squared_error / variance
-    } else if squared_error > 0.0 {
-        f64::INFINITY
-    } else {
-        0.0
     }
 }
 

@@ -1,0 +1,192 @@
+//! The whole comparison of one llama.cpp run with its reference: run (or
+//! read) the extraction, compute the reference, score every checkpoint,
+//! optionally attribute the error and score a candidate, write the reports.
+
+use std::fmt::Write as _;
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, Result};
+use llorch_checkpoint_spec::manifest::Manifest;
+use llorch_checkpoint_spec::record::RunRecord;
+
+use crate::entries::{entries, read_run, F32, F64};
+use crate::overrides::Override;
+use crate::reference::{build_reference, Info};
+use crate::report::{self, Findings};
+use crate::sides::{Extraction, Extractor, Reference};
+use crate::{attribution, candidate, metrics};
+
+/// What to compare, and how.
+pub struct Options {
+    /// The checkpoint manifest; every checkpoint needs a `reference:`.
+    pub manifest: PathBuf,
+    pub model: PathBuf,
+    pub prompt: String,
+    /// Where the runs, the reference tensors and the reports go.
+    pub out: PathBuf,
+    /// `--layers` for the extractor: `all` or `0,5,29`.
+    pub layers: Option<String>,
+    /// An existing run directory instead of a fresh extractor run.
+    pub run: Option<PathBuf>,
+    /// Another implementation's tensors, compared with llama.cpp and f64.
+    pub candidate: Option<PathBuf>,
+    /// `--tolerance` overrides.
+    pub overrides: Vec<Override>,
+    /// Stop scoring at the first checkpoint over its tolerance.
+    pub fail_fast: bool,
+    /// Checkpoints report.html details even when they pass.
+    pub show: Option<glob::Pattern>,
+    /// Rerun llama.cpp with other settings and say where the error comes from.
+    pub attribution: bool,
+}
+
+impl Options {
+    /// A plain comparison of `model` on `prompt`.
+    pub fn new(manifest: &Path, model: &Path, prompt: &str, out: PathBuf) -> Options {
+        Options {
+            manifest: manifest.to_path_buf(),
+            model: model.to_path_buf(),
+            prompt: prompt.into(),
+            out,
+            layers: None,
+            run: None,
+            candidate: None,
+            overrides: Vec::new(),
+            fail_fast: false,
+            show: None,
+            attribution: false,
+        }
+    }
+
+    /// The extractor run these options ask for, into `out`, on two threads.
+    pub fn extraction<'a>(&'a self, out: &'a Path) -> Extraction<'a> {
+        Extraction {
+            model: &self.model,
+            manifest: &self.manifest,
+            prompt: &self.prompt,
+            layers: self.layers.as_deref(),
+            out,
+            threads: 2,
+            kv_f32: false,
+            sequential: false,
+        }
+    }
+}
+
+/// What a comparison found.
+pub struct Outcome {
+    pub report: PathBuf,
+    pub picture: PathBuf,
+    /// `report.html`: the page a person reads.
+    pub html: PathBuf,
+    /// The terminal's text: header, tables, summary, first failure.
+    pub text: String,
+    /// `N of M checkpoints within tolerance of the f64 reference`.
+    pub summary: String,
+    /// The first checkpoint over its tolerance, with its worst element.
+    pub failure: Option<String>,
+    /// The greedy next token after the prompt: llama.cpp's, and the f64 reference's.
+    pub next_token: (Option<i32>, Option<i64>),
+}
+
+/// The whole comparison; `Err` when it could not be made, `failure` when it
+/// was and a tolerance is exceeded.
+pub fn compare(
+    extractor: &dyn Extractor,
+    reference: &dyn Reference,
+    opts: &Options,
+) -> Result<Outcome> {
+    // Every checkpoint must name its reference: checked before anything runs.
+    entries(&Manifest::load(&opts.manifest)?, &opts.overrides)?;
+    std::fs::create_dir_all(&opts.out)
+        .with_context(|| format!("cannot create {}", opts.out.display()))?;
+    let run = match &opts.run {
+        Some(dir) => dir.clone(),
+        None => {
+            let dir = opts.out.join("llama");
+            extractor.extract(&opts.extraction(&dir))?;
+            dir
+        }
+    };
+    let record = read_run(&run)?;
+    // The checkpoints as the run expanded them (`--layers`).
+    let entries = entries(&record.manifest(&opts.manifest)?, &opts.overrides)?;
+    if let Some(dir) = &opts.candidate {
+        candidate::check_tokens(dir, &record.tokens)?;
+    }
+    let reference_dir = opts.out.join("reference");
+    let info = build_reference(reference, &opts.model, &run, &record, &entries, &reference_dir)?;
+    let rows = metrics::score_run(&run, &reference_dir, &entries, opts.fail_fast)?;
+    let mut text = header(&record, &info);
+    text.push_str(&report::table(&rows));
+    let attribution = match opts.attribution {
+        true => {
+            let base = opts.extraction(&opts.out);
+            let (table, json) =
+                attribution::measure(extractor, &base, &run, &reference_dir, &entries, &rows)?;
+            text.push_str(&table);
+            Some(json)
+        }
+        false => None,
+    };
+    let candidate_rows = opts
+        .candidate
+        .as_ref()
+        .map(|dir| candidate::score(dir, &run, &reference_dir, &entries));
+    if let Some(c) = &candidate_rows {
+        text.push_str(&candidate::table(c, &rows));
+    }
+    let failure = metrics::first_failure(&rows);
+    let passed = rows.iter().filter(|r| r.pass).count();
+    let summary = format!(
+        "{passed} of {} checkpoints within tolerance of the f64 reference",
+        rows.len()
+    );
+    writeln!(text, "\n{summary}")?;
+    if let Some(f) = &failure {
+        writeln!(text, "FIRST FAILURE: {f}")?;
+    }
+    let written = report::write_reports(
+        &opts.out,
+        &Findings {
+            manifest: &opts.manifest,
+            model: &opts.model,
+            prompt: &opts.prompt,
+            run: &run,
+            reference: &reference_dir,
+            record: &record,
+            info: &info,
+            entries: &entries,
+            rows: &rows,
+            candidate: opts.candidate.as_deref().zip(candidate_rows.as_deref()),
+            attribution: attribution.as_ref(),
+            failure: failure.as_deref(),
+            text: &text,
+            show: opts.show.as_ref(),
+        },
+    )?;
+    Ok(Outcome {
+        report: written.report,
+        picture: written.picture,
+        html: written.html,
+        text,
+        summary,
+        next_token: (record.next_token, info.next_token.get(F64).copied()),
+        failure,
+    })
+}
+
+/// The table's first line: both sides, the prompt, the next tokens.
+fn header(record: &RunRecord, info: &Info) -> String {
+    format!(
+        "\nllama.cpp (kv cache {}, {} threads) vs PyTorch {} ({}), {} prompt tokens; next token: llama.cpp {}, PyTorch f32 {}, f64 {}\n",
+        record.kv_type,
+        record.threads,
+        info.model,
+        record.model.architecture,
+        record.tokens.len(),
+        record.next_token.unwrap_or(-1),
+        info.next_token.get(F32).copied().unwrap_or(-1),
+        info.next_token.get(F64).copied().unwrap_or(-1),
+    )
+}

@@ -7,6 +7,7 @@
 //! move into a reviewable diff of the C API we depend on.
 
 use anyhow::{bail, Context, Result};
+use llorch_checkpoint_spec::files::write_atomically;
 
 use crate::pin::{Flavour, Pin};
 use crate::project::Project;
@@ -92,7 +93,7 @@ impl Bindgen {
                 path.display()
             );
         }
-        fetch::write_atomically(&path, generated.as_bytes())?;
+        write_atomically(&path, generated.as_bytes())?;
         eprintln!("bindgen: wrote {}", path.display());
         Ok(())
     }

@@ -8,6 +8,7 @@
 use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context, Result};
+use llorch_checkpoint_spec::files::write_atomically;
 use serde::Serialize;
 
 use crate::pin::{Flavour, Pin};
@@ -336,7 +337,7 @@ pub fn build_extractor(
         != Some(json.as_str())
     {
         std::fs::create_dir_all(project.work_dir())?;
-        fetch::write_atomically(&project.active_build_file(), json.as_bytes())?;
+        write_atomically(&project.active_build_file(), json.as_bytes())?;
     }
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
     let step = Step::start(project, "extractor", "cargo build --release")?;

@@ -24,6 +24,7 @@ use std::io::Write as _;
 use std::path::{Path, PathBuf};
 
 use anyhow::{bail, ensure, Context, Result};
+use llorch_checkpoint_spec::files::sha256_file;
 use xshell::cmd;
 
 use crate::build::{self, Backend};
@@ -192,8 +193,8 @@ fn make(project: &Project, dir: &Path) -> Result<()> {
         ),
         ("MODEL_ARGS", MODEL_ARGS.to_string()),
         ("MODEL_SHA256", model_sha),
-        ("ENCODER_JSON_SHA256", model::sha256_file(&encoder)?),
-        ("VOCAB_BPE_SHA256", model::sha256_file(&vocab)?),
+        ("ENCODER_JSON_SHA256", sha256_file(&encoder)?),
+        ("VOCAB_BPE_SHA256", sha256_file(&vocab)?),
     ];
     std::fs::write(dir.join("bundle.env"), env_file(&env)?)?;
 
@@ -271,7 +272,7 @@ fn sha256sums(dir: &Path) -> Result<String> {
         if relative == "SHA256SUMS" {
             continue;
         }
-        text += &format!("{}  {relative}\n", model::sha256_file(entry.path())?);
+        text += &format!("{}  {relative}\n", sha256_file(entry.path())?);
     }
     Ok(text)
 }

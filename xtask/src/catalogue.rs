@@ -15,9 +15,9 @@ use std::io::Write as _;
 use std::path::{Path, PathBuf};
 
 use anyhow::{bail, ensure, Context, Result};
+use llorch_checkpoint_spec::files::sha256_file;
 use serde::Deserialize;
 
-use crate::model::sha256_file;
 use crate::project::Project;
 use crate::step::Step;
 

@@ -25,8 +25,8 @@ pub struct Extract {
     /// Output directory [default: checkpoints/ in the project root].
     #[arg(long)]
     out: Option<PathBuf>,
-    /// The layers to extract instead of the manifest's: `all`, or numbers like `0,5,29`.
-    #[arg(long, value_name = "all|N,N,...")]
+    /// The layers to extract instead of the manifest's: `all`, or numbers like `0,5,29` (negative from the last: -1).
+    #[arg(long, value_name = "all|N,N,...", allow_negative_numbers = true)]
     layers: Option<String>,
     /// Further flags for the extractor (after `--`), e.g. `-- --kv-type f32 --format npy`.
     #[arg(last = true)]
@@ -62,11 +62,7 @@ impl Extract {
             "--out".into(),
             out.clone().into(),
         ])
-        .chain(
-            layer_args(self.layers.as_deref())
-                .into_iter()
-                .map(Into::into),
-        )
+        .chain(self.layers.as_deref().map(layer_arg).map(Into::into))
         .chain(self.extractor_args.into_iter().map(Into::into));
         let step = Step::start(project, "extract", "running the extractor")?;
         step.run("llorch-checkpoint-extractor", duct::cmd(&exe, args))
@@ -82,11 +78,10 @@ impl Extract {
     }
 }
 
-/// The extractor's `--layers` flag for `layers`, if given.
-pub fn layer_args(layers: Option<&str>) -> Vec<String> {
-    layers
-        .map(|l| vec!["--layers".to_string(), l.to_string()])
-        .unwrap_or_default()
+/// The extractor's `--layers` flag for `layers`, as one argument so that
+/// `-1` is not taken for a flag.
+pub fn layer_arg(layers: &str) -> String {
+    format!("--layers={layers}")
 }
 
 /// Builds llama.cpp and the extractor for `backend` (a no-op when up to date).

@@ -19,6 +19,7 @@ use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 
 use anyhow::{bail, ensure, Context, Result};
+use llorch_checkpoint_spec::files::write_atomically;
 
 use crate::pin::Flavour;
 use crate::project::Project;
@@ -141,7 +142,7 @@ pub fn ensure(project: &Project) -> Result<PathBuf> {
         "pip could not install the pinned Python packages from PyPI (is PyPI reachable? is there disk space for torch?).\n\
          Retry with: cargo xtask model --self-test-hf",
     )?;
-    fetch::write_atomically(&stamp, wanted.as_bytes())?;
+    write_atomically(&stamp, wanted.as_bytes())?;
     step.finish(&format!(
         "{} packages in {}",
         REQUIREMENTS.len(),
@@ -217,7 +218,7 @@ pub fn converter(project: &Project) -> Result<Converter> {
     let stamp = packages.join("llorch-sdist-sha256");
     if std::fs::read_to_string(&stamp).ok().as_deref() != Some(CONVERTER_SDIST_SHA256) {
         unpack_converter_packages(project, &python, &script, &packages)?;
-        fetch::write_atomically(&stamp, CONVERTER_SDIST_SHA256.as_bytes())?;
+        write_atomically(&stamp, CONVERTER_SDIST_SHA256.as_bytes())?;
     }
     Ok(Converter {
         python,

@@ -24,14 +24,26 @@ pub fn measure(
 ) -> Result<(String, serde_json::Value)> {
     let score = |dir: &Path| metrics::score_run(dir, reference, entries, false);
     let kv32 = base.out.join("llama-kv-f32");
-    extractor.extract(&Extraction { out: &kv32, kv_f32: true, ..*base })?;
+    extractor.extract(&Extraction {
+        out: &kv32,
+        kv_f32: true,
+        ..*base
+    })?;
     let t1 = base.out.join("llama-t1");
-    extractor.extract(&Extraction { out: &t1, threads: 1, ..*base })?;
+    extractor.extract(&Extraction {
+        out: &t1,
+        threads: 1,
+        ..*base
+    })?;
     let (kv_rows, t1_rows) = (score(&kv32)?, score(&t1)?);
     let f32_rows = match extractor.dequantized(base.model)? {
         Some(copy) => {
             let dir = base.out.join("llama-f32-weights");
-            extractor.extract(&Extraction { model: &copy, out: &dir, ..*base })?;
+            extractor.extract(&Extraction {
+                model: &copy,
+                out: &dir,
+                ..*base
+            })?;
             Some(score(&dir)?)
         }
         None => None,

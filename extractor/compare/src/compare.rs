@@ -115,7 +115,14 @@ pub fn compare(
         candidate::check_tokens(dir, &record.tokens)?;
     }
     let reference_dir = opts.out.join("reference");
-    let info = build_reference(reference, &opts.model, &run, &record, &entries, &reference_dir)?;
+    let info = build_reference(
+        reference,
+        &opts.model,
+        &run,
+        &record,
+        &entries,
+        &reference_dir,
+    )?;
     let rows = metrics::score_run(&run, &reference_dir, &entries, opts.fail_fast)?;
     let mut text = header(&record, &info);
     text.push_str(&report::table(&rows));

@@ -63,7 +63,8 @@ pub fn build_reference(
     reference.compute(&job)?;
     let info = out.join("reference.json");
     serde_json::from_slice(
-        &std::fs::read(&info).with_context(|| format!("the reference wrote no {}", info.display()))?,
+        &std::fs::read(&info)
+            .with_context(|| format!("the reference wrote no {}", info.display()))?,
     )
     .with_context(|| format!("{} is not a reference record", info.display()))
 }

@@ -132,4 +132,3 @@ pub fn table(rows: &[Row]) -> String {
     }
     s
 }
-

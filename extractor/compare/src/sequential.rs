@@ -28,8 +28,15 @@ use crate::text::layer_text;
 /// `sequential.json` written in `run.out`.
 pub fn batch_vs_sequential(extractor: &dyn Extractor, run: &Extraction<'_>) -> Result<String> {
     let (batch, one_by_one) = (run.out.join("batch"), run.out.join("sequential"));
-    extractor.extract(&Extraction { out: &batch, ..*run })?;
-    extractor.extract(&Extraction { out: &one_by_one, sequential: true, ..*run })?;
+    extractor.extract(&Extraction {
+        out: &batch,
+        ..*run
+    })?;
+    extractor.extract(&Extraction {
+        out: &one_by_one,
+        sequential: true,
+        ..*run
+    })?;
     let rows = compare(&batch, &one_by_one, run.manifest)?;
     let n = RunRecord::read(&batch)?.tokens.len();
     let json = run.out.join("sequential.json");
@@ -37,7 +44,11 @@ pub fn batch_vs_sequential(extractor: &dyn Extractor, run: &Extraction<'_>) -> R
         "model": run.model, "manifest": run.manifest, "prompt": run.prompt, "tokens": n, "checkpoints": rows,
     });
     write_atomically(&json, &serde_json::to_vec_pretty(&record)?)?;
-    Ok(format!("{}\nper position: {}\n", table(&rows, n), json.display()))
+    Ok(format!(
+        "{}\nper position: {}\n",
+        table(&rows, n),
+        json.display()
+    ))
 }
 
 /// One checkpoint of one layer: the error of each position.

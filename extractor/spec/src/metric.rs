@@ -17,7 +17,11 @@ pub fn nmse_from_sums(squared_error: f64, variance: f64) -> f64 {
 
 /// NMSE of `test` against `reference` (same length), in f64.
 pub fn nmse<T: Copy + Into<f64>>(test: &[T], reference: &[T]) -> f64 {
-    assert_eq!(test.len(), reference.len(), "NMSE of tensors of different sizes");
+    assert_eq!(
+        test.len(),
+        reference.len(),
+        "NMSE of tensors of different sizes"
+    );
     let n = reference.len().max(1) as f64;
     let mean = reference.iter().map(|&r| r.into()).sum::<f64>() / n;
     let (mut squared_error, mut variance) = (0f64, 0f64);

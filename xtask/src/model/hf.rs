@@ -7,7 +7,9 @@ use std::time::Instant;
 use anyhow::{ensure, Context, Result};
 use xshell::cmd;
 
-use super::{check, ensure_tools_built, models_dir, sha256_file, tokenizer_files, Dtype};
+use llorch_checkpoint_spec::files::sha256_file;
+
+use super::{check, ensure_tools_built, models_dir, tokenizer_files, Dtype};
 use crate::project::Project;
 use crate::python;
 

@@ -15,6 +15,8 @@
 use std::path::{Path, PathBuf};
 
 use anyhow::{bail, ensure, Context, Result};
+use llorch_checkpoint_spec::files::sha256_file;
+use llorch_checkpoint_spec::files::write_atomically;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 use xshell::cmd;
@@ -251,7 +253,7 @@ pub fn synthetic(project: &Project, spec: &Synthetic, force: bool) -> Result<(Pa
         layers: Some(spec.layers),
         dtype: spec.dtype,
     };
-    fetch::write_atomically(&record_path(&path), &serde_json::to_vec_pretty(&record)?)?;
+    write_atomically(&record_path(&path), &serde_json::to_vec_pretty(&record)?)?;
     let log = step.log().display().to_string();
     step.finish(&format!(
         "{} generated, sha256 {}… (layer statistics: {log})",
@@ -284,15 +286,6 @@ fn recorded_and_intact(path: &Path) -> Result<Option<String>> {
         return Ok(None);
     }
     Ok(Some(actual))
-}
-
-pub fn sha256_file(path: &Path) -> Result<String> {
-    let mut file =
-        std::fs::File::open(path).with_context(|| format!("cannot read {}", path.display()))?;
-    let mut hasher = Sha256::new();
-    std::io::copy(&mut file, &mut hasher)
-        .with_context(|| format!("cannot read {}", path.display()))?;
-    Ok(hex::encode(hasher.finalize()))
 }
 
 /// Builds llama.cpp and the extractor package (both binaries); returns the model tool.
@@ -359,7 +352,7 @@ pub fn tokenizer_files(project: &Project) -> Result<[PathBuf; 2]> {
             sha,
             "xtask/src/model.rs",
         )?;
-        fetch::write_atomically(path, &content)?;
+        write_atomically(path, &content)?;
     }
     Ok(paths)
 }

@@ -5,11 +5,14 @@ use std::path::Path;
 use std::time::Instant;
 
 use anyhow::{ensure, Context, Result};
+use llorch_checkpoint_compare::{compare, Options};
+use llorch_checkpoint_spec::files::copy_run;
 use llorch_checkpoint_spec::record::{median, RunRecord};
 use xshell::{cmd, Shell};
 
 use super::PERF_PROMPT;
 use crate::build::{self, Backend};
+use crate::compare::{LlamaCpp, PyTorch};
 use crate::pin::{Flavour, Pin};
 use crate::project::Project;
 
@@ -150,14 +153,7 @@ pub fn corrupted_copy_rejected(
     expect: &str,
 ) -> Result<String> {
     let copy = work.join("corrupt");
-    let _ = std::fs::remove_dir_all(&copy);
-    std::fs::create_dir_all(&copy)?;
-    for entry in std::fs::read_dir(run)? {
-        let entry = entry?;
-        if entry.file_type()?.is_file() {
-            std::fs::copy(entry.path(), copy.join(entry.file_name()))?;
-        }
-    }
+    copy_run(run, &copy)?;
     let record = RunRecord::read(run)?;
     let victim = &record
         .checkpoints
@@ -280,16 +276,12 @@ pub fn real_model_compare(
     manifest: &Path,
     work: &Path,
 ) -> Result<String> {
-    let outcome = crate::compare::compare(
-        project,
-        &crate::compare::Options {
+    let outcome = compare(
+        &LlamaCpp::new(project),
+        &PyTorch::new(project),
+        &Options {
             layers: Some("0,7,-1".into()),
-            ..crate::compare::Options::new(
-                manifest,
-                Some(model),
-                PERF_PROMPT,
-                work.join("real-compare"),
-            )
+            ..Options::new(manifest, model, PERF_PROMPT, work.join("real-compare"))
         },
     )?;
     if let Some(why) = outcome.failure {
@@ -327,14 +319,7 @@ pub fn candidate_caught(
         .file
         .clone();
     let candidate = work.join("candidate");
-    let _ = std::fs::remove_dir_all(&candidate);
-    std::fs::create_dir_all(&candidate)?;
-    for entry in std::fs::read_dir(&run)? {
-        let entry = entry?;
-        if entry.file_type()?.is_file() {
-            std::fs::copy(entry.path(), candidate.join(entry.file_name()))?;
-        }
-    }
+    copy_run(&run, &candidate)?;
     let t = llorch_checkpoint_spec::format::read(&candidate.join(&victim))?;
     let scaled: Vec<f32> = t.data.iter().map(|x| x * 1.01).collect();
     let mut bytes = Vec::new();
@@ -346,15 +331,16 @@ pub fn candidate_caught(
     )?;
     std::fs::write(candidate.join(&victim), bytes)?;
     let out = work.join("candidate-compare");
-    crate::compare::compare(
-        project,
-        &crate::compare::Options {
+    compare(
+        &LlamaCpp::new(project),
+        &PyTorch::new(project),
+        &Options {
             run: Some(run),
             candidate: Some(candidate),
             overrides: vec!["*=atol:1e-6,rtol:1e-6,nmse:1e-12"
                 .parse()
                 .map_err(anyhow::Error::msg)?],
-            ..crate::compare::Options::new(manifest, Some(model), PERF_PROMPT, out.clone())
+            ..Options::new(manifest, model, PERF_PROMPT, out.clone())
         },
     )?;
     let report: serde_json::Value =

@@ -305,7 +305,11 @@ impl Verify {
 
         report.section("compare");
         let t = Instant::now();
-        let result = crate::compare::self_test(project);
+        let result = crate::compare::run_self_test(
+            project,
+            &crate::compare::LlamaCpp::new(project),
+            &crate::compare::PyTorch::new(project),
+        );
         report.check(
             "checkpoints match PyTorch GPT-2 (f64) within tolerance; a 1e-2 perturbation is caught",
             t,

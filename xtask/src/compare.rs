@@ -1,0 +1,261 @@
+//! `cargo xtask compare`: the command line of the comparison library
+//! (`llorch-checkpoint-compare`), and the two sides it asks for: llama.cpp
+//! runs through the extractor built here, and reference tensors from
+//! `xtask/python/reference.py` in the project's Python environment, which
+//! loads the same GGUF into transformers (eager attention) and captures what
+//! each checkpoint's `reference:` names, in float32 and float64.
+
+use std::cell::OnceCell;
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use anyhow::{bail, Context, Result};
+use llorch_checkpoint_compare::overrides::Override;
+use llorch_checkpoint_compare::sides::{Extraction, Extractor, Reference, ReferenceJob};
+use llorch_checkpoint_compare::{compare, self_test, sequential, Options};
+use xshell::cmd;
+
+use crate::build::Backend;
+use crate::extract::{ensure_extractor, layer_arg};
+use crate::project::Project;
+
+#[derive(clap::Args)]
+pub struct Compare {
+    /// Checkpoint manifest with `reference:` entries [default: the catalogue model's, else manifests/gpt2.yaml].
+    #[arg(long)]
+    manifest: Option<PathBuf>,
+    /// A GGUF path or a model of vendor/models.yaml, e.g. smollm2-135m [default: the synthetic GPT-2 of `cargo xtask model`].
+    #[arg(long)]
+    model: Option<String>,
+    #[arg(long, default_value = "Hello world")]
+    prompt: String,
+    /// Output directory (runs, reference tensors, report.json, errors.svg) [default: target/llorch/compare].
+    #[arg(long)]
+    out: Option<PathBuf>,
+    /// The layers to compare instead of the manifest's: `all`, or numbers like `0,5,29` (negative from the last: -1).
+    #[arg(long, value_name = "all|N,N,...", allow_negative_numbers = true)]
+    layers: Option<String>,
+    /// Compare this existing run directory (run.json + checkpoint files) instead of running the extractor.
+    #[arg(long)]
+    run: Option<PathBuf>,
+    /// Also rerun llama.cpp with an f32 KV cache, with -t 1 and on f32 weights, and attribute the error.
+    #[arg(long)]
+    attribution: bool,
+    /// Check the comparison itself: a copy of the run with one element changed by 1e-2 must fail, naming it.
+    #[arg(long)]
+    self_test: bool,
+    /// A third side: a directory of another implementation's tensors (named as the extractor
+    /// names them, .bin or .npy, with run.json or tokens.json), compared with llama.cpp and f64.
+    #[arg(long, value_name = "DIR")]
+    candidate: Option<PathBuf>,
+    /// Override tolerances for checkpoints whose id or node name matches: 'ffn_*=atol:1e-2,nmse:1e-4'.
+    #[arg(long = "tolerance", value_name = "GLOB=atol:X,rtol:Y,nmse:Z")]
+    tolerances: Vec<Override>,
+    /// Stop at the first checkpoint (graph order) over its tolerance.
+    #[arg(long)]
+    fail_fast: bool,
+    /// Detail these checkpoints in report.html too (heatmap, histogram), besides the failing ones:
+    /// a glob over ids or `id@layer`, e.g. '07_ffn_out@*'.
+    #[arg(long, value_name = "GLOB", value_parser = |s: &str| glob::Pattern::new(s).map_err(|e| e.to_string()))]
+    show: Option<glob::Pattern>,
+    /// Instead: run the prompt as one batch and one token at a time, and compare every
+    /// checkpoint position by position (no PyTorch needed).
+    #[arg(long, conflicts_with_all = ["candidate", "attribution", "run", "self_test"])]
+    sequential: bool,
+}
+
+impl Compare {
+    pub fn run(self, project: &Project) -> Result<()> {
+        let (llama, torch) = (LlamaCpp::new(project), PyTorch::new(project));
+        if self.self_test {
+            let line = run_self_test(project, &llama, &torch)?;
+            println!("self-test passed: {line}");
+            return Ok(());
+        }
+        let out = match self.out {
+            Some(dir) => std::path::absolute(dir)?,
+            None => project.work_dir().join("compare"),
+        };
+        let (model, manifest) = crate::catalogue::model_and_manifest(
+            project,
+            self.model.as_deref(),
+            self.manifest.as_deref(),
+        )?;
+        let opts = Options {
+            layers: self.layers,
+            candidate: self.candidate.map(std::path::absolute).transpose()?,
+            overrides: self.tolerances,
+            fail_fast: self.fail_fast,
+            show: self.show,
+            run: self.run.map(std::path::absolute).transpose()?,
+            attribution: self.attribution,
+            ..Options::new(&manifest, &model, &self.prompt, out)
+        };
+        if self.sequential {
+            print!(
+                "{}",
+                sequential::batch_vs_sequential(&llama, &opts.extraction(&opts.out))?
+            );
+            return Ok(());
+        }
+        let outcome = compare(&llama, &torch, &opts)?;
+        print!("{}", outcome.text);
+        println!(
+            "\nreport: {}\npicture: {}\npage: {}",
+            outcome.report.display(),
+            outcome.picture.display(),
+            outcome.html.display()
+        );
+        match outcome.failure {
+            Some(why) => bail!("{why}"),
+            None => Ok(()),
+        }
+    }
+}
+
+/// The self-test on the default GPT-2 and manifests/gpt2.yaml, in
+/// target/llorch/compare-self-test.
+pub fn run_self_test(
+    project: &Project,
+    llama: &LlamaCpp<'_>,
+    torch: &PyTorch<'_>,
+) -> Result<String> {
+    let model = crate::model::default_model(project)?;
+    let manifest = project.root().join("manifests/gpt2.yaml");
+    let out = project.work_dir().join("compare-self-test");
+    self_test(llama, torch, &manifest, &model, &out)
+}
+
+/// llama.cpp: the extractor of the CPU build (built on first use).
+pub struct LlamaCpp<'a> {
+    project: &'a Project,
+    exe: OnceCell<PathBuf>,
+}
+
+impl LlamaCpp<'_> {
+    pub fn new(project: &Project) -> LlamaCpp<'_> {
+        LlamaCpp {
+            project,
+            exe: OnceCell::new(),
+        }
+    }
+
+    fn exe(&self) -> Result<&Path> {
+        if let Some(exe) = self.exe.get() {
+            return Ok(exe);
+        }
+        let built = ensure_extractor(self.project, Backend::Cpu)?;
+        Ok(self.exe.get_or_init(|| built))
+    }
+}
+
+impl Extractor for LlamaCpp<'_> {
+    fn extract(&self, run: &Extraction<'_>) -> Result<()> {
+        let exe = self.exe()?;
+        let sh = self.project.shell()?;
+        let (model, manifest, prompt, dir) = (run.model, run.manifest, run.prompt, run.out);
+        let threads = run.threads.to_string();
+        let mut extra: Vec<String> = run.layers.map(layer_arg).into_iter().collect();
+        if run.kv_f32 {
+            extra.extend(["--kv-type".into(), "f32".into()]);
+        }
+        if run.sequential {
+            extra.push("--sequential".into());
+        }
+        let out = cmd!(
+            sh,
+            "{exe} -m {model} --manifest {manifest} -p {prompt} -n 0 --out {dir} -t {threads} {extra...}"
+        )
+        .quiet()
+        .ignore_status()
+        .output()?;
+        anyhow::ensure!(
+            out.status.success(),
+            "the extractor failed:\n{}",
+            String::from_utf8_lossy(&out.stderr).trim_end()
+        );
+        Ok(())
+    }
+
+    /// Kept in target/llorch/models as `<name>.f32.gguf`, written by
+    /// llama.cpp's quantize API (`llorch-checkpoint-model dequantize`).
+    fn dequantized(&self, model: &Path) -> Result<Option<PathBuf>> {
+        let stem = model.file_stem().unwrap_or_default().to_string_lossy();
+        let copy = self
+            .project
+            .work_dir()
+            .join("models")
+            .join(format!("{stem}.f32.gguf"));
+        let modified = |p: &Path| std::fs::metadata(p).ok()?.modified().ok();
+        if modified(&copy).is_some() && modified(&copy) >= modified(model) {
+            return Ok(Some(copy));
+        }
+        let tool = self.exe()?.with_file_name("llorch-checkpoint-model");
+        let sh = self.project.shell()?;
+        cmd!(sh, "{tool} dequantize {model} --out {copy}")
+            .quiet()
+            .ignore_stdout()
+            .run()
+            .with_context(|| format!("cannot write an f32 copy of {}", model.display()))?;
+        Ok(copy.is_file().then_some(copy))
+    }
+}
+
+/// The reference: transformers in the project's venv, through `xtask/python/reference.py`.
+pub struct PyTorch<'a> {
+    project: &'a Project,
+}
+
+impl PyTorch<'_> {
+    pub fn new(project: &Project) -> PyTorch<'_> {
+        PyTorch { project }
+    }
+}
+
+impl Reference for PyTorch<'_> {
+    /// A missing package or a broken venv ends in one paragraph with the fix.
+    fn compute(&self, job: &ReferenceJob) -> Result<()> {
+        let started = Instant::now();
+        // LLORCH_REFERENCE_PYTHON: another interpreter (to check what happens without torch).
+        let python = match std::env::var_os("LLORCH_REFERENCE_PYTHON") {
+            Some(p) => Ok(PathBuf::from(p)),
+            None => crate::python::ensure(self.project),
+        };
+        let python = python.context(
+            "the PyTorch reference needs the project's Python environment (torch, transformers, numpy from PyPI, about 5.6 GB). \
+             `cargo xtask compare` creates it in target/llorch/pyenv; where PyPI cannot be reached it cannot, and nothing can be compared",
+        )?;
+        let script = self.project.root().join("xtask/python/reference.py");
+        let file = job.file();
+        let sh = self.project.shell()?;
+        let result = cmd!(sh, "{python} {script} {file}")
+            .quiet()
+            .ignore_status()
+            .output()
+            .context("cannot start the project's Python")?;
+        if !result.status.success() {
+            let stderr = String::from_utf8_lossy(&result.stderr);
+            let message: Vec<&str> = stderr
+                .lines()
+                .filter_map(|l| l.strip_prefix("reference: "))
+                .collect();
+            if message.is_empty() {
+                bail!(
+                    "the PyTorch reference ({}) failed:\n{}",
+                    script.display(),
+                    stderr.trim_end()
+                );
+            }
+            bail!(
+                "the PyTorch reference could not be built: {}",
+                message.join(" ")
+            );
+        }
+        eprint!("{}", String::from_utf8_lossy(&result.stdout));
+        eprintln!(
+            "compare: reference built in {:.1} s",
+            started.elapsed().as_secs_f64()
+        );
+        Ok(())
+    }
+}

@@ -261,16 +261,8 @@ fn prompt_of(tokens: usize) -> String {
     if tokens <= 2 {
         return "Hello world".into();
     }
-    let words: Vec<&str> = crate::verify::PERF_PROMPT.split_whitespace().collect();
     // GPT-2 spends about 1.2 tokens on a word of this text.
-    let n = (tokens as f64 / 1.2).round() as usize;
-    words
-        .iter()
-        .cycle()
-        .take(n)
-        .copied()
-        .collect::<Vec<_>>()
-        .join(" ")
+    crate::prompts::words_of_english((tokens as f64 / 1.2).round() as usize)
 }
 
 /// The raw-C program's node list: `*`, or `name op ne0 ne1 ne2 ne3` per

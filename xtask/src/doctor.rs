@@ -205,7 +205,7 @@ fn pyenv(project: &Project) -> Found {
 /// about 10 GB (the PyTorch env 5, builds 4, models 1).
 fn disk(project: &Project) -> Found {
     let dir = project.root();
-    match free_gb(dir) {
+    match crate::host::free_gb(dir) {
         Some(gb) if gb >= 10.0 => Found::Ok(format!("{gb:.0} GB free under {}", dir.display())),
         Some(gb) => Found::Missing {
             why: format!(
@@ -216,21 +216,6 @@ fn disk(project: &Project) -> Found {
         },
         None => Found::Later("`df` did not answer; about 10 GB are needed".into()),
     }
-}
-
-/// Free space on the file system holding `dir`, in GB (`df`; None if it
-/// does not answer).
-pub fn free_gb(dir: &Path) -> Option<f64> {
-    let out = Command::new("df").arg("-Pk").arg(dir).output().ok()?;
-    let text = String::from_utf8_lossy(&out.stdout);
-    let kb: u64 = text
-        .lines()
-        .nth(1)?
-        .split_whitespace()
-        .nth(3)?
-        .parse()
-        .ok()?;
-    Some(kb as f64 / 1048576.0)
 }
 
 fn size(dir: &Path) -> String {

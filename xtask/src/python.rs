@@ -155,7 +155,7 @@ pub fn ensure(project: &Project) -> Result<PathBuf> {
 /// it has room, else a folder in the venv (a small tmpfs /tmp is common).
 fn wheel_dir(venv: &Path) -> PathBuf {
     let tmp = std::env::temp_dir();
-    match crate::doctor::free_gb(&tmp) {
+    match crate::host::free_gb(&tmp) {
         Some(gb) if gb >= WHEELS_GB + 0.5 => tmp,
         _ => venv.join("pip-tmp"),
     }
@@ -168,7 +168,7 @@ fn warn_if_tight(step: &Step, project: &Project, venv: &Path, wheels: &Path) {
     let device = |p: &Path| std::fs::metadata(p).map(|m| m.dev()).ok();
     let same_disk = wheels.starts_with(venv) || device(wheels) == device(venv);
     let need = INSTALLED_GB + if same_disk { WHEELS_GB } else { 0.0 };
-    if let Some(free) = crate::doctor::free_gb(venv).filter(|&free| free < need) {
+    if let Some(free) = crate::host::free_gb(venv).filter(|&free| free < need) {
         step.say(&format!(
             "warning: {free:.1} GB free under {}, and the install needs about {need:.0} GB \
              (the environment, and the wheels while they are unpacked); it may run out of space",

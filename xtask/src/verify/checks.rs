@@ -10,11 +10,12 @@ use llorch_checkpoint_spec::files::copy_run;
 use llorch_checkpoint_spec::record::{median, RunRecord};
 use xshell::{cmd, Shell};
 
-use super::PERF_PROMPT;
+use super::Ctx;
 use crate::build::{self, Backend};
 use crate::compare::{LlamaCpp, PyTorch};
 use crate::pin::{Flavour, Pin};
 use crate::project::Project;
+use crate::prompts::{words_of_english, PERF_PROMPT};
 
 /// A fresh CMake build directory and a fresh cargo target directory: nothing reused.
 pub fn clean_build(project: &Project, work: &Path) -> Result<String> {
@@ -144,14 +145,12 @@ pub const CORRUPTIONS: &[(&str, &str)] = &[
 ];
 
 pub fn corrupted_copy_rejected(
-    sh: &Shell,
-    validator: &Path,
+    ctx: &Ctx<'_>,
     run: &Path,
-    manifest: &Path,
-    work: &Path,
     defect: &str,
     expect: &str,
 ) -> Result<String> {
+    let (sh, validator, manifest, work) = (&ctx.sh, &ctx.validator, &ctx.manifest, &ctx.work);
     let copy = work.join("corrupt");
     copy_run(run, &copy)?;
     let record = RunRecord::read(run)?;
@@ -193,15 +192,9 @@ pub fn corrupted_copy_rejected(
 /// The steady-state cost of capture: one run with `--repeat`, which decodes
 /// the prompt `runs` more times each way in one process, alternating a
 /// context with no eval callback and the capturing one; medians compared.
-pub fn overhead_ratio(
-    sh: &Shell,
-    exe: &Path,
-    model: &Path,
-    manifest: &Path,
-    work: &Path,
-    runs: usize,
-    bound: f64,
-) -> Result<String> {
+pub fn overhead_ratio(ctx: &Ctx<'_>, runs: usize, bound: f64) -> Result<String> {
+    let (sh, exe, model, manifest, work) =
+        (&ctx.sh, &ctx.exe, &ctx.model, &ctx.manifest, &ctx.work);
     let out = work.join("perf");
     let repeat = runs.to_string();
     quietly(cmd!(sh, "{exe} -m {model} --manifest {manifest} -p {PERF_PROMPT} -n 0 -t 2 --repeat {repeat} --out {out}"))
@@ -228,21 +221,17 @@ pub fn overhead_ratio(
     Ok(figures)
 }
 
-pub fn throughput(
-    sh: &Shell,
-    exe: &Path,
-    model: &Path,
-    manifest: &Path,
-    work: &Path,
-) -> Result<String> {
+pub fn throughput(ctx: &Ctx<'_>) -> Result<String> {
+    let (sh, exe, model, manifest, work) =
+        (&ctx.sh, &ctx.exe, &ctx.model, &ctx.manifest, &ctx.work);
     let out = work.join("all-layers");
     let baseline = work.join("all-layers-baseline");
     quietly(cmd!(
         sh,
-        "{exe} -m {model} --manifest {manifest} -p {PERF_PROMPT} -n 0 -t 2 --out {out}"
+        "{exe} -m {model} --manifest {manifest} --layers all -p {PERF_PROMPT} -n 0 -t 2 --out {out}"
     ))
     .context("the all-layers run failed")?;
-    quietly(cmd!(sh, "{exe} -m {model} --manifest {manifest} -p {PERF_PROMPT} -n 0 -t 2 --out {baseline} --no-extract"))
+    quietly(cmd!(sh, "{exe} -m {model} --manifest {manifest} --layers all -p {PERF_PROMPT} -n 0 -t 2 --out {baseline} --no-extract"))
         .context("the all-layers baseline run failed")?;
     let record = RunRecord::read(&out)?;
     let without_ms = RunRecord::read(&baseline)?.prompt_decode_ms;
@@ -270,12 +259,8 @@ pub fn throughput(
 
 /// The real model's first and last layer against transformers, on a prompt of
 /// 100-odd tokens: every checkpoint within tolerance, the same greedy token.
-pub fn real_model_compare(
-    project: &Project,
-    model: &Path,
-    manifest: &Path,
-    work: &Path,
-) -> Result<String> {
+pub fn real_model_compare(ctx: &Ctx<'_>) -> Result<String> {
+    let (project, model, manifest, work) = (ctx.project, &ctx.model, &ctx.manifest, &ctx.work);
     let outcome = compare(
         &LlamaCpp::new(project),
         &PyTorch::new(project),
@@ -305,12 +290,8 @@ pub fn real_model_compare(
 /// with layer 7's FFN output scaled by 1.01. With tolerances that demand
 /// llama.cpp's numbers (an override), the candidate's first divergence from
 /// llama.cpp must be that checkpoint, named with its element.
-pub fn candidate_caught(
-    project: &Project,
-    model: &Path,
-    manifest: &Path,
-    work: &Path,
-) -> Result<String> {
+pub fn candidate_caught(ctx: &Ctx<'_>) -> Result<String> {
+    let (project, model, manifest, work) = (ctx.project, &ctx.model, &ctx.manifest, &ctx.work);
     let run = work.join("real-compare/llama");
     let record = RunRecord::read(&run)?;
     let victim = record
@@ -360,13 +341,9 @@ pub fn candidate_caught(
 
 /// The model run twice, with the manifest's checkpoints captured and with no
 /// eval callback: the logits of every pass must have the same bits.
-pub fn logits_unchanged(
-    sh: &Shell,
-    exe: &Path,
-    model: &Path,
-    manifest: &Path,
-    work: &Path,
-) -> Result<String> {
+pub fn logits_unchanged(ctx: &Ctx<'_>) -> Result<String> {
+    let (sh, exe, model, manifest, work) =
+        (&ctx.sh, &ctx.exe, &ctx.model, &ctx.manifest, &ctx.work);
     let (with, without) = (work.join("real-with"), work.join("real-without"));
     for (dir, flags) in [(&with, &[][..]), (&without, &["--no-extract"][..])] {
         quietly(cmd!(sh, "{exe} -m {model} --manifest {manifest} -p {PERF_PROMPT} -n 2 -t 2 --out {dir} {flags...}"))?;
@@ -390,22 +367,11 @@ pub fn logits_unchanged(
 /// the 512-token window, layers 0 (sliding) and 5 (global). On layer 0 every
 /// probability of a key 512 or more positions behind its query is exactly 0
 /// (and rows still sum to 1); on layer 5 such keys get weight.
-pub fn sliding_window_masks(
-    sh: &Shell,
-    exe: &Path,
-    model: &Path,
-    manifest: &Path,
-    work: &Path,
-) -> Result<String> {
+pub fn sliding_window_masks(ctx: &Ctx<'_>) -> Result<String> {
+    let (sh, exe, model, manifest, work) =
+        (&ctx.sh, &ctx.exe, &ctx.model, &ctx.manifest, &ctx.work);
     const WINDOW: usize = 512;
-    let words: Vec<&str> = PERF_PROMPT.split_whitespace().collect();
-    let prompt = words
-        .iter()
-        .cycle()
-        .take(470)
-        .copied()
-        .collect::<Vec<_>>()
-        .join(" ");
+    let prompt = words_of_english(470);
     let out = work.join("sliding-window");
     quietly(cmd!(
         sh,

@@ -2,16 +2,18 @@
 //! the first half of the layers on one and the rest on the other; every
 //! checkpoint against a local CPU run, and what capture costs over the wire.
 
+use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
 use anyhow::{bail, ensure, Context, Result};
 use llorch_checkpoint_spec::record::{median, RunRecord};
-use xshell::{cmd, Shell};
+use xshell::cmd;
 
 use super::checks::quietly;
-use super::PERF_PROMPT;
+use super::Ctx;
+use crate::prompts::PERF_PROMPT;
 
 /// A server on a free loopback port, killed when dropped (whatever happens).
 pub struct Server {
@@ -59,93 +61,90 @@ impl Drop for Server {
 }
 
 /// One model's layers over two servers against the same run on the local
-/// CPU: which buffer each half came from, how many checkpoints are bitwise
-/// equal (and the worst NMSE of the others), and the logits.
-#[allow(clippy::too_many_arguments)]
+/// CPU. The split must be real: the first server's buffer holds the
+/// checkpoints of the first half of the layers and only those, the second's
+/// the rest. Every checkpoint file and the logits must be bitwise the local
+/// run's (NaN and Inf included: the bytes are compared).
 pub fn split_matches_local(
-    sh: &Shell,
-    exe: &Path,
+    ctx: &Ctx<'_>,
     servers: &[Server; 2],
     model: &Path,
     manifest: &Path,
-    n_layer: u32,
     work: &Path,
 ) -> Result<String> {
+    let (sh, exe) = (&ctx.sh, &ctx.exe);
     let (local, remote) = (work.join("local"), work.join("remote"));
+    quietly(cmd!(sh, "{exe} -m {model} --manifest {manifest} --layers all -p {PERF_PROMPT} -n 1 -t 2 --out {local}"))?;
+    let n_layer = u32::try_from(RunRecord::read(&local)?.model.n_layer)?;
     let rpc = format!("{},{}", servers[0].endpoint, servers[1].endpoint);
     // llama.cpp counts the output layer too: n/2 blocks on the first server.
     let split = format!("{},{}", n_layer / 2, n_layer + 1 - n_layer / 2);
-    quietly(cmd!(sh, "{exe} -m {model} --manifest {manifest} --layers all -p {PERF_PROMPT} -n 1 -t 2 --out {local}"))?;
     quietly(cmd!(sh, "{exe} -m {model} --manifest {manifest} --layers all -p {PERF_PROMPT} -n 1 -t 2 --out {remote} --rpc {rpc} --n-gpu-layers 99 --tensor-split {split}"))?;
-    let record = RunRecord::read(&remote)?;
-    let on = |endpoint: &str| {
-        record
+    let (mine, theirs) = (RunRecord::read(&local)?, RunRecord::read(&remote)?);
+    let halves = [0..n_layer / 2, n_layer / 2..n_layer];
+    for (server, half) in servers.iter().zip(&halves) {
+        let held: BTreeSet<u32> = theirs
             .checkpoints
             .iter()
-            .filter(|c| c.buffer.contains(endpoint))
+            .filter(|c| c.buffer.contains(&server.endpoint))
             .filter_map(|c| c.layer)
-            .fold((u32::MAX, 0), |(lo, hi), l| (lo.min(l), hi.max(l)))
-    };
-    let (a, b) = (on(&servers[0].endpoint), on(&servers[1].endpoint));
+            .collect();
+        ensure!(
+            held == half.clone().collect::<BTreeSet<u32>>(),
+            "the server on {} holds the checkpoints of layers {held:?}, not of layers {half:?}",
+            server.endpoint
+        );
+    }
+    let differing = differing_files(&mine, &local, &theirs, &remote)?;
     ensure!(
-        a.1 < b.0,
-        "the layers are not split in two: {} holds {a:?}, {} holds {b:?}",
-        servers[0].endpoint,
-        servers[1].endpoint
-    );
-    let diff = exe.with_file_name("llorch-checkpoint-diff");
-    let json = work.join("diff.json");
-    let _ = cmd!(
-        sh,
-        "{diff} compare {local} {remote} --manifest {manifest} --max-nmse 1e-9 --json {json}"
-    )
-    .quiet()
-    .ignore_status()
-    .output()?;
-    let compared: serde_json::Value = serde_json::from_slice(&std::fs::read(&json)?)?;
-    let rows = compared["checkpoints"]
-        .as_array()
-        .context("no checkpoints compared")?;
-    let bitwise = rows
-        .iter()
-        .filter(|r| r["stats"]["bitwise_equal"] == true)
-        .count();
-    let worst = rows
-        .iter()
-        .filter_map(|r| r["stats"]["nmse"].as_f64())
-        .fold(0f64, f64::max);
-    let logits = compared["logits"]["stats"]["bitwise_equal"] == true;
-    ensure!(
-        worst <= 1e-9 && compared["logits"]["pass"] == true,
-        "over RPC the checkpoints differ from the local run: worst NMSE {worst:e}, {bitwise} of {} bitwise",
-        rows.len()
+        differing.is_empty(),
+        "over RPC, {} of {} files differ from the local run: {}",
+        differing.len(),
+        mine.checkpoints.len() + 1,
+        differing.join(", ")
     );
     Ok(format!(
-        "layers {}-{} on {}, {}-{} on {}: {bitwise} of {} checkpoints bitwise equal to the local CPU run (worst NMSE {worst:.1e}); logits {}",
-        a.0,
-        a.1,
-        servers[0].endpoint,
-        b.0,
-        b.1,
-        servers[1].endpoint,
-        rows.len(),
-        if logits { "bitwise equal" } else { "within 1e-9" }
+        "layers {:?} on {}, {:?} on {}: all {} checkpoint files and logits.bin bitwise equal to the local CPU run",
+        halves[0], servers[0].endpoint, halves[1], servers[1].endpoint, mine.checkpoints.len()
     ))
+}
+
+/// The files of run `a` (and its logits) whose bytes differ in run `b`, or are missing there.
+fn differing_files(
+    a: &RunRecord,
+    a_dir: &Path,
+    b: &RunRecord,
+    b_dir: &Path,
+) -> Result<Vec<String>> {
+    ensure!(
+        a.checkpoints.len() == b.checkpoints.len(),
+        "{} checkpoints locally, {} over RPC",
+        a.checkpoints.len(),
+        b.checkpoints.len()
+    );
+    let files = a
+        .checkpoints
+        .iter()
+        .map(|c| &c.file)
+        .chain([&a.logits.file]);
+    let mut differing = Vec::new();
+    for file in files {
+        let ours =
+            std::fs::read(a_dir.join(file)).with_context(|| format!("cannot read {file}"))?;
+        if std::fs::read(b_dir.join(file)).ok().as_deref() != Some(&ours[..]) {
+            differing.push(file.clone());
+        }
+    }
+    Ok(differing)
 }
 
 /// Capture over the wire: steady-state decode with and without capture (both
 /// offloaded), and the bytes each checkpoint fetched from its server.
-pub fn cost(
-    sh: &Shell,
-    exe: &Path,
-    servers: &[Server; 2],
-    model: &Path,
-    manifest: &Path,
-    work: &Path,
-) -> Result<String> {
+pub fn cost(ctx: &Ctx<'_>, servers: &[Server; 2], work: &Path) -> Result<String> {
+    let (sh, exe, model, manifest) = (&ctx.sh, &ctx.exe, &ctx.model, &ctx.manifest);
     let out: PathBuf = work.join("cost");
     let rpc = format!("{},{}", servers[0].endpoint, servers[1].endpoint);
-    quietly(cmd!(sh, "{exe} -m {model} --manifest {manifest} -p {PERF_PROMPT} -n 0 -t 2 --repeat 7 --out {out} --rpc {rpc} --n-gpu-layers 99"))?;
+    quietly(cmd!(sh, "{exe} -m {model} --manifest {manifest} --layers all -p {PERF_PROMPT} -n 0 -t 2 --repeat 7 --out {out} --rpc {rpc} --n-gpu-layers 99"))?;
     let record = RunRecord::read(&out)?;
     let steady = record.steady.context("no steady-state figures")?;
     let bytes: Vec<f64> = record

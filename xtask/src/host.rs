@@ -1,0 +1,19 @@
+//! What the machine offers that several steps ask about.
+
+use std::path::Path;
+use std::process::Command;
+
+/// Free space on the file system holding `dir`, in GB (`df`; None if it
+/// does not answer).
+pub fn free_gb(dir: &Path) -> Option<f64> {
+    let out = Command::new("df").arg("-Pk").arg(dir).output().ok()?;
+    let text = String::from_utf8_lossy(&out.stdout);
+    let kb: u64 = text
+        .lines()
+        .nth(1)?
+        .split_whitespace()
+        .nth(3)?
+        .parse()
+        .ok()?;
+    Some(kb as f64 / 1048576.0)
+}

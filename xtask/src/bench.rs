@@ -49,7 +49,7 @@ pub struct Bench {
 enum Capture {
     /// `manifests/gpt2.yaml`: the seed's nine checkpoints of layer 0.
     Nine,
-    /// `manifests/gpt2-all-layers.yaml`: the nine of each of the 12 layers.
+    /// `manifests/gpt2.yaml --layers all`: the nine of each of the 12 layers.
     AllLayers,
     /// `--tensors '*'`: every node of the graph.
     EveryNode,
@@ -67,17 +67,11 @@ impl Capture {
     }
 
     fn flags(self, project: &Project) -> Vec<String> {
-        let manifest = |m: &str| {
-            project
-                .root()
-                .join("manifests")
-                .join(m)
-                .display()
-                .to_string()
-        };
+        let manifest = project.root().join("manifests/gpt2.yaml");
+        let manifest = manifest.display().to_string();
         match self {
-            Capture::Nine => vec!["--manifest".into(), manifest("gpt2.yaml")],
-            Capture::AllLayers => vec!["--manifest".into(), manifest("gpt2-all-layers.yaml")],
+            Capture::Nine => vec!["--manifest".into(), manifest],
+            Capture::AllLayers => vec!["--manifest".into(), manifest, "--layers=all".into()],
             Capture::EveryNode => vec!["--tensors".into(), "*".into()],
         }
     }

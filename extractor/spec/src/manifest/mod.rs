@@ -221,31 +221,7 @@ impl Manifest {
     }
 
     pub fn parse_with_layers(text: &str, override_layers: Option<&[u32]>) -> Result<Manifest> {
-        if text.len() as u64 > MAX_BYTES {
-            bail!(
-                "{} bytes; a manifest is a few kB (the limit is {MAX_BYTES})",
-                text.len()
-            );
-        }
-        check_flow_depth(text)?;
-        let raw: RawManifest = serde_yaml::from_str(text).map_err(|e| match e.location() {
-            Some(loc) => anyhow::anyhow!("line {}, column {}: {e}", loc.line(), loc.column()),
-            None => anyhow::anyhow!("{e}"),
-        })?;
-        let Some(architecture) = raw.architecture.filter(|a| !a.trim().is_empty()) else {
-            bail!("no `architecture:`: name the model architecture whose graph this manifest describes (GGUF general.architecture, e.g. `architecture: gpt2`)");
-        };
-        if raw.checkpoints.is_empty() {
-            bail!("no checkpoints: the manifest must list at least one under `checkpoints:`");
-        }
-        if raw.checkpoints.len() > MAX_ENTRIES {
-            bail!(
-                "{} checkpoints listed; the limit is {MAX_ENTRIES} (use {{layer}} and `layers:` for repeated blocks, \
-                 or the extractor's --tensors GLOB for whole graphs)",
-                raw.checkpoints.len()
-            );
-        }
-        let mut ids = HashSet::new();
+        let (raw, architecture) = parse_raw(text)?;
         let mut files = HashSet::new();
         let mut checkpoints = Vec::new();
         for (index, cp) in raw.checkpoints.iter().enumerate() {
@@ -256,45 +232,8 @@ impl Manifest {
                     shortened(&cp.id)
                 )
             };
-            if !ids.insert(cp.id.as_str()) {
-                return Err(at("duplicate id".into()));
-            }
-            if cp.id.len() > MAX_FIELD || cp.file.len() > MAX_FIELD {
-                return Err(at(format!(
-                    "id and file may have at most {MAX_FIELD} bytes"
-                )));
-            }
-            if cp.shape.is_empty() || cp.shape.len() > 4 {
-                return Err(at(format!(
-                    "shape must have 1 to 4 dimensions (ggml ne order), not {}",
-                    cp.shape.len()
-                )));
-            }
-            for dim in &cp.shape {
-                dim.check().map_err(|e| at(format!("{e} in shape")))?;
-            }
-            check_file_name(&cp.file).map_err(&at)?;
-            check_compare_keys(cp).map_err(&at)?;
-            let reference: Option<Reference> = cp
-                .reference
-                .clone()
-                .map(serde_yaml::from_value)
-                .transpose()
-                .map_err(|e| at(format!("`reference`: {e}")))?;
-            let tolerance: Tolerance = match &cp.tolerance {
-                Some(t) => serde_yaml::from_value(t.clone())
-                    .map_err(|e| at(format!("`tolerance`: {e}")))?,
-                None => Tolerance::DEFAULT,
-            };
-            let templated = cp.tensor.contains("{layer}");
-            let layers: Vec<Option<u32>> = match (override_layers, cp.layers.as_deref(), templated)
-            {
-                (_, _, false) => vec![None],
-                (Some(layers), _, true) | (None, Some(layers), true) => {
-                    layers.iter().copied().map(Some).collect()
-                }
-                (None, None, true) => raw.layers.iter().copied().map(Some).collect(),
-            };
+            let (reference, tolerance) = check_entry(cp).map_err(&at)?;
+            let layers = cp.layers_of(override_layers, &raw.layers);
             if layers.is_empty() {
                 return Err(at("`tensor` uses {layer} but no layers are listed".into()));
             }
@@ -303,57 +242,21 @@ impl Manifest {
                     "the manifest expands to more than {MAX_CHECKPOINTS} checkpoints; capture fewer layers per run"
                 )));
             }
+            let suffix = layers.len() > 1 && !cp.file.contains("{layer}");
             for layer in layers {
-                let expand = |s: &str| match layer {
-                    Some(l) => s.replace("{layer}", &l.to_string()),
-                    None => s.to_string(),
-                };
-                let tensor = expand(&cp.tensor);
-                if tensor.len() > MAX_TENSOR_NAME {
+                let expanded = cp
+                    .expand(layer, suffix, index, &reference, tolerance)
+                    .map_err(&at)?;
+                if !files.insert(expanded.file_stem.clone()) {
                     return Err(at(format!(
-                        "tensor name of {} bytes: ggml names have at most {MAX_TENSOR_NAME}, so no node can match it",
-                        tensor.len()
+                        "file `{}` is written by another checkpoint too (add {{layer}} to the file name?)",
+                        expanded.file_stem
                     )));
                 }
-                let file_stem = expand(&cp.file);
-                if file_stem.contains('{') || file_stem.contains('}') {
-                    return Err(at(format!(
-                        "unknown placeholder in file `{}`: only {{layer}} exists",
-                        cp.file
-                    )));
-                }
-                if !files.insert(file_stem.clone()) {
-                    return Err(at(format!(
-                        "file `{file_stem}` is written by another checkpoint too (add {{layer}} to the file name?)"
-                    )));
-                }
-                checkpoints.push(Checkpoint {
-                    id: cp.id.clone(),
-                    what: cp.what.clone().unwrap_or_default(),
-                    layer,
-                    tensor,
-                    op: cp.op.clone(),
-                    shape: cp.shape.clone(),
-                    file_stem,
-                    reference: reference.clone().map(|r| Reference {
-                        capture: expand(&r.capture),
-                        ops: r.ops,
-                    }),
-                    tolerance,
-                    index,
-                });
+                checkpoints.push(expanded);
             }
         }
-        let mut nodes = HashSet::new();
-        for cp in &checkpoints {
-            if !nodes.insert((cp.tensor.as_str(), cp.op.as_deref())) {
-                bail!(
-                    "line {}: tensor `{}` is listed twice",
-                    line_of(text, &cp.tensor),
-                    cp.tensor
-                );
-            }
-        }
+        check_nodes_unique(text, &checkpoints)?;
         Ok(Manifest {
             architecture,
             description: raw.description,
@@ -389,6 +292,153 @@ pub fn for_architecture(dir: &Path, architecture: &str) -> Vec<std::path::PathBu
         .collect();
     found.sort();
     found
+}
+
+/// The YAML parsed and checked as a whole: size, nesting, architecture,
+/// number of entries, ids unique.
+fn parse_raw(text: &str) -> Result<(RawManifest, String)> {
+    if text.len() as u64 > MAX_BYTES {
+        bail!(
+            "{} bytes; a manifest is a few kB (the limit is {MAX_BYTES})",
+            text.len()
+        );
+    }
+    check_flow_depth(text)?;
+    let raw: RawManifest = serde_yaml::from_str(text).map_err(|e| match e.location() {
+        Some(loc) => anyhow::anyhow!("line {}, column {}: {e}", loc.line(), loc.column()),
+        None => anyhow::anyhow!("{e}"),
+    })?;
+    let Some(architecture) = raw.architecture.clone().filter(|a| !a.trim().is_empty()) else {
+        bail!("no `architecture:`: name the model architecture whose graph this manifest describes (GGUF general.architecture, e.g. `architecture: gpt2`)");
+    };
+    if raw.checkpoints.is_empty() {
+        bail!("no checkpoints: the manifest must list at least one under `checkpoints:`");
+    }
+    if raw.checkpoints.len() > MAX_ENTRIES {
+        bail!(
+            "{} checkpoints listed; the limit is {MAX_ENTRIES} (use {{layer}} and `layers:` for repeated blocks, \
+             or the extractor's --tensors GLOB for whole graphs)",
+            raw.checkpoints.len()
+        );
+    }
+    let mut ids = HashSet::new();
+    if let Some(cp) = raw
+        .checkpoints
+        .iter()
+        .find(|cp| !ids.insert(cp.id.as_str()))
+    {
+        bail!(
+            "line {}: checkpoint `{}`: duplicate id",
+            line_of(text, &cp.id),
+            shortened(&cp.id)
+        );
+    }
+    Ok((raw, architecture))
+}
+
+/// One entry's own fields checked; its reference and tolerance read.
+fn check_entry(cp: &RawCheckpoint) -> Result<(Option<Reference>, Tolerance), String> {
+    if cp.id.len() > MAX_FIELD || cp.file.len() > MAX_FIELD {
+        return Err(format!("id and file may have at most {MAX_FIELD} bytes"));
+    }
+    if cp.shape.is_empty() || cp.shape.len() > 4 {
+        return Err(format!(
+            "shape must have 1 to 4 dimensions (ggml ne order), not {}",
+            cp.shape.len()
+        ));
+    }
+    for dim in &cp.shape {
+        dim.check().map_err(|e| format!("{e} in shape"))?;
+    }
+    check_file_name(&cp.file)?;
+    check_compare_keys(cp)?;
+    let reference = cp
+        .reference
+        .clone()
+        .map(serde_yaml::from_value)
+        .transpose()
+        .map_err(|e| format!("`reference`: {e}"))?;
+    let tolerance = match &cp.tolerance {
+        Some(t) => serde_yaml::from_value(t.clone()).map_err(|e| format!("`tolerance`: {e}"))?,
+        None => Tolerance::DEFAULT,
+    };
+    Ok((reference, tolerance))
+}
+
+impl RawCheckpoint {
+    /// The layers `{layer}` expands to: `--layers`, else the entry's, else
+    /// the manifest's; `[None]` for a node outside the layers.
+    fn layers_of(&self, overridden: Option<&[u32]>, manifest: &[u32]) -> Vec<Option<u32>> {
+        if !self.tensor.contains("{layer}") {
+            return vec![None];
+        }
+        let layers = overridden.or(self.layers.as_deref()).unwrap_or(manifest);
+        layers.iter().copied().map(Some).collect()
+    }
+
+    /// The entry for one layer: `{layer}` filled in; with `suffix`, the file
+    /// name (which has no `{layer}`) gets `_l<layer>`, so that one manifest
+    /// serves one layer and many.
+    fn expand(
+        &self,
+        layer: Option<u32>,
+        suffix: bool,
+        index: usize,
+        reference: &Option<Reference>,
+        tolerance: Tolerance,
+    ) -> Result<Checkpoint, String> {
+        let expand = |s: &str| match layer {
+            Some(l) => s.replace("{layer}", &l.to_string()),
+            None => s.to_string(),
+        };
+        let tensor = expand(&self.tensor);
+        if tensor.len() > MAX_TENSOR_NAME {
+            return Err(format!(
+                "tensor name of {} bytes: ggml names have at most {MAX_TENSOR_NAME}, so no node can match it",
+                tensor.len()
+            ));
+        }
+        let mut file_stem = expand(&self.file);
+        if file_stem.contains('{') || file_stem.contains('}') {
+            return Err(format!(
+                "unknown placeholder in file `{}`: only {{layer}} exists",
+                self.file
+            ));
+        }
+        if let (true, Some(l)) = (suffix, layer) {
+            file_stem = format!("{file_stem}_l{l}");
+        }
+        Ok(Checkpoint {
+            id: self.id.clone(),
+            what: self.what.clone().unwrap_or_default(),
+            layer,
+            tensor,
+            op: self.op.clone(),
+            shape: self.shape.clone(),
+            file_stem,
+            reference: reference.clone().map(|r| Reference {
+                capture: expand(&r.capture),
+                ops: r.ops,
+            }),
+            tolerance,
+            index,
+        })
+    }
+}
+
+/// No node (name and op) is captured twice.
+fn check_nodes_unique(text: &str, checkpoints: &[Checkpoint]) -> Result<()> {
+    let mut nodes = HashSet::new();
+    for cp in checkpoints {
+        if !nodes.insert((cp.tensor.as_str(), cp.op.as_deref())) {
+            bail!(
+                "line {}: tensor `{}` is listed twice",
+                line_of(text, &cp.tensor),
+                cp.tensor
+            );
+        }
+    }
+    Ok(())
 }
 
 /// `reference:` needs a `capture` string and may have `ops` (a list);

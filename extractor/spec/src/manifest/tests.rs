@@ -106,10 +106,28 @@ fn unknown_symbols_are_refused_with_their_checkpoint() {
 }
 
 #[test]
-fn duplicate_files_are_refused() {
-    let msg = err(
-        "layers: [0, 1]\ncheckpoints:\n  - {id: a, tensor: 'x-{layer}', shape: [1], file: same}\n",
+fn a_file_name_without_layer_serves_one_layer_and_many_but_not_two_entries() {
+    let stems = |text: &str| -> Vec<String> {
+        parse(text)
+            .unwrap()
+            .checkpoints
+            .iter()
+            .map(|c| c.file_stem.clone())
+            .collect()
+    };
+    let entry = "checkpoints:\n  - {id: a, tensor: 'x-{layer}', shape: [1], file: same}\n";
+    assert_eq!(stems(&format!("layers: [3]\n{entry}")), ["same"]);
+    assert_eq!(
+        stems(&format!("layers: [0, 1]\n{entry}")),
+        ["same_l0", "same_l1"]
     );
+    let many = Manifest::parse_with_layers(
+        &format!("architecture: gpt2\nlayers: [0]\n{entry}"),
+        Some(&[0, 11]),
+    )
+    .unwrap();
+    assert_eq!(many.checkpoints[1].file_stem, "same_l11");
+    let msg = err("checkpoints:\n  - {id: a, tensor: x, shape: [1], file: same}\n  - {id: b, tensor: y, shape: [1], file: same}\n");
     assert!(
         msg.contains("file `same` is written by another checkpoint"),
         "{msg}"

@@ -9,7 +9,8 @@
 use anyhow::{bail, Context, Result};
 use llorch_checkpoint_spec::files::write_atomically;
 
-use crate::pin::{Flavour, Pin};
+use crate::pin::Pin;
+use crate::project::Flavour;
 use crate::project::Project;
 use crate::{fetch, tools};
 

@@ -11,7 +11,8 @@ use anyhow::{bail, Context, Result};
 use llorch_checkpoint_spec::files::write_atomically;
 use serde::Serialize;
 
-use crate::pin::{Flavour, Pin};
+use crate::pin::Pin;
+use crate::project::Flavour;
 use crate::project::Project;
 use crate::step::{self, Step};
 use crate::{fetch, tools};

@@ -30,7 +30,8 @@ use xshell::cmd;
 use crate::build::{self, Backend};
 use crate::fetch;
 use crate::model::{self, Dtype, Synthetic};
-use crate::pin::{Flavour, Pin, SourceRef};
+use crate::pin::{Pin, SourceRef};
+use crate::project::Flavour;
 use crate::project::Project;
 
 /// The bundle must fit through the device machine's transfer limit.

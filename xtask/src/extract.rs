@@ -6,7 +6,7 @@ use anyhow::{Context, Result};
 use llorch_checkpoint_spec::record::RunRecord;
 
 use crate::build::{self, Backend};
-use crate::pin::Flavour;
+use crate::project::Flavour;
 use crate::project::Project;
 use crate::step::Step;
 
@@ -43,7 +43,7 @@ impl Extract {
             .unwrap_or_else(|| project.root().join("checkpoints"));
         // The model first: writing it builds the CPU extractor, and the
         // extractor we run must be the one for the requested backend.
-        let (model, manifest) = crate::catalogue::model_and_manifest(
+        let (model, manifest) = crate::model::model_and_manifest(
             project,
             self.model.as_deref(),
             self.manifest.as_deref(),

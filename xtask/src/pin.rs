@@ -52,23 +52,6 @@ pub enum SourceRef<'a> {
     Git(&'a GitSource),
 }
 
-/// The two trees fetch can produce: with our patch series (what we build and
-/// ship) or without it (to prove the patches only add names).
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Flavour {
-    Patched,
-    Unpatched,
-}
-
-impl Flavour {
-    pub fn tree_dir_name(self) -> &'static str {
-        match self {
-            Flavour::Patched => "llama.cpp",
-            Flavour::Unpatched => "llama.cpp-unpatched",
-        }
-    }
-}
-
 impl Pin {
     pub fn load(path: &Path) -> Result<Pin> {
         let text = std::fs::read_to_string(path)

@@ -5,8 +5,6 @@ use std::path::{Path, PathBuf};
 use anyhow::{Context, Result};
 use xshell::Shell;
 
-use crate::pin::Flavour;
-
 pub struct Project {
     root: PathBuf,
 }
@@ -85,5 +83,22 @@ impl Project {
     /// Written by `build`: which llama.cpp build the extractor links against.
     pub fn active_build_file(&self) -> PathBuf {
         self.work_dir().join("active-build.json")
+    }
+}
+
+/// The two trees fetch can produce: with our patch series (what we build and
+/// ship) or without it (to prove the patches only add names).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Flavour {
+    Patched,
+    Unpatched,
+}
+
+impl Flavour {
+    pub fn tree_dir_name(self) -> &'static str {
+        match self {
+            Flavour::Patched => "llama.cpp",
+            Flavour::Unpatched => "llama.cpp-unpatched",
+        }
     }
 }

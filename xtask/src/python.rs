@@ -21,10 +21,11 @@ use std::path::{Path, PathBuf};
 use anyhow::{bail, ensure, Context, Result};
 use llorch_checkpoint_spec::files::write_atomically;
 
-use crate::pin::Flavour;
+use crate::fetch;
+use crate::project::Flavour;
 use crate::project::Project;
 use crate::step::Step;
-use crate::{fetch, tools};
+use crate::tools::{self, PIP};
 
 /// Pinned, with what llama.cpp's converter asks for (its
 /// requirements-convert_hf_to_gguf.txt: torch 2.11.0, transformers 4.57.6,
@@ -48,9 +49,6 @@ const REQUIREMENTS: &[&str] = &[
     // Only to let pip read the llama-cpp-python sdist's metadata when downloading it.
     "scikit-build-core==1.1.2",
 ];
-
-/// pip itself, recent enough to resume a broken download (`--resume-retries`).
-pub const PIP: &str = "pip==26.3";
 
 /// No second copy of the wheels stays in a cache.
 const PIP_FLAGS: &[&str] = &[

@@ -12,12 +12,14 @@ use anyhow::{Context, Result};
 use xshell::cmd;
 
 use crate::project::Project;
-use crate::python::PIP;
 use crate::step::Step;
 
 /// Pinned: the bindings are checked byte for byte, so libclang must not drift.
 /// pip itself too: the catalogue's model wheels are downloaded with this
 /// venv's pip, and a recent one resumes a broken download.
+/// pip itself, recent enough to resume a broken download (`--resume-retries`).
+pub const PIP: &str = "pip==26.3";
+
 const REQUIREMENTS: &[&str] = &["cmake==4.4.5", "ninja==1.13.2", "libclang==18.1.1", PIP];
 
 pub struct Tools {

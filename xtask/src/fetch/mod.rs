@@ -17,7 +17,8 @@ use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 use xshell::cmd;
 
-use crate::pin::{CrateSource, Flavour, GitSource, Pin, SourceRef};
+use crate::pin::{CrateSource, GitSource, Pin, SourceRef};
+use crate::project::Flavour;
 use crate::project::Project;
 use crate::step::Step;
 

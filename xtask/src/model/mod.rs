@@ -22,8 +22,9 @@ use sha2::{Digest, Sha256};
 use xshell::cmd;
 
 use crate::build::{self, Backend};
+use crate::catalogue::{self, Catalogue};
 use crate::fetch;
-use crate::pin::Flavour;
+use crate::project::Flavour;
 use crate::project::Project;
 use crate::step::Step;
 
@@ -109,7 +110,7 @@ struct Record {
 impl Model {
     pub fn run(self, project: &Project) -> Result<()> {
         if let Some(name) = &self.get {
-            let path = crate::catalogue::fetch(project, name)?;
+            let path = catalogue::fetch(project, name)?;
             println!("model: {}", path.display());
             return Ok(());
         }
@@ -286,6 +287,35 @@ fn recorded_and_intact(path: &Path) -> Result<Option<String>> {
         return Ok(None);
     }
     Ok(Some(actual))
+}
+
+/// `--model` and `--manifest` of extract and compare, defaults filled in:
+/// no model is the synthetic GPT-2 with `manifests/gpt2.yaml`; a catalogue
+/// name is that model (fetched if missing) with its entry's manifest; anything
+/// else is a path (the extractor refuses a manifest of another architecture).
+pub fn model_and_manifest(
+    project: &Project,
+    model: Option<&str>,
+    manifest: Option<&Path>,
+) -> Result<(PathBuf, PathBuf)> {
+    let manifest = manifest.map(std::path::absolute).transpose()?;
+    let gpt2 = || project.root().join("manifests/gpt2.yaml");
+    let Some(model) = model else {
+        return Ok((default_model(project)?, manifest.unwrap_or_else(gpt2)));
+    };
+    let path = Path::new(model);
+    if path.exists() || model.contains('/') || model.ends_with(".gguf") {
+        return Ok((std::path::absolute(path)?, manifest.unwrap_or_else(gpt2)));
+    }
+    let catalogue = Catalogue::load(project)?;
+    let entry = catalogue.get(model).with_context(|| {
+        format!("--model {model} is neither a file nor a model of the catalogue")
+    })?;
+    let path = catalogue::fetch(project, model)?;
+    Ok((
+        path,
+        manifest.unwrap_or_else(|| project.root().join(&entry.manifest)),
+    ))
 }
 
 /// Builds llama.cpp and the extractor package (both binaries); returns the model tool.

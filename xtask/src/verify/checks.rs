@@ -10,10 +10,11 @@ use llorch_checkpoint_spec::files::copy_run;
 use llorch_checkpoint_spec::record::{median, RunRecord};
 use xshell::{cmd, Shell};
 
-use super::Ctx;
+use super::ctx::Ctx;
 use crate::build::{self, Backend};
 use crate::compare::{LlamaCpp, PyTorch};
-use crate::pin::{Flavour, Pin};
+use crate::pin::Pin;
+use crate::project::Flavour;
 use crate::project::Project;
 use crate::prompts::{words_of_english, PERF_PROMPT};
 

@@ -8,8 +8,8 @@ use std::time::Instant;
 
 use anyhow::{ensure, Context, Result};
 
+use super::ctx::Ctx;
 use super::report::{Checked, Report};
-use super::Ctx;
 use crate::prompts::PERF_PROMPT;
 
 pub fn checks(report: &mut Report, ctx: &Ctx<'_>) {

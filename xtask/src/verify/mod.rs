@@ -23,16 +23,18 @@ use std::time::Instant;
 
 use anyhow::{bail, Context, Result};
 use llorch_checkpoint_spec::record::RunRecord;
-use xshell::{cmd, Shell};
+use xshell::cmd;
 
 use crate::build::{self, Backend};
 use crate::extract::ensure_extractor;
-use crate::pin::{Flavour, Pin};
+use crate::pin::Pin;
+use crate::project::Flavour;
 use crate::project::Project;
 
 mod browser;
 mod cargo_test;
 mod checks;
+mod ctx;
 mod faults;
 mod report;
 mod rpc;
@@ -41,6 +43,7 @@ use checks::{
     overhead_ratio, quietly, real_model_compare, seen_once, sliding_window_masks, throughput,
     validate, CORRUPTIONS,
 };
+use ctx::Ctx;
 use report::{Checked, Report};
 
 #[derive(clap::Args)]
@@ -72,17 +75,6 @@ const REAL_MODELS: [&str; 2] = ["smollm2-135m", "gemma3-270m"];
 /// two cores); `cargo xtask fuzz --seconds N` explores further.
 const FUZZ_SEED: u64 = 1;
 const FUZZ_RUNS: u64 = 30_000;
-
-/// What every group of checks works with.
-struct Ctx<'a> {
-    project: &'a Project,
-    sh: Shell,
-    exe: PathBuf,
-    validator: PathBuf,
-    model: PathBuf,
-    manifest: PathBuf,
-    work: PathBuf,
-}
 
 impl Verify {
     pub fn run(self, project: &Project) -> Result<()> {
@@ -361,7 +353,7 @@ fn compare_checks(report: &mut Report, ctx: &Ctx<'_>) {
 fn real_model_checks(report: &mut Report, ctx: &Ctx<'_>, name: &str) {
     report.section(&format!("real weights: {name}, from PyPI"));
     let t = Instant::now();
-    let found = crate::catalogue::model_and_manifest(ctx.project, Some(name), None);
+    let found = crate::model::model_and_manifest(ctx.project, Some(name), None);
     let (model, manifest) = match found {
         Ok(found) => found,
         Err(err) => {
@@ -441,10 +433,11 @@ fn rpc_checks(report: &mut Report, ctx: &Ctx<'_>) {
         rpc::split_matches_local(ctx, &servers, &ctx.model, &ctx.manifest, &work.join("gpt2")),
     );
     let t = Instant::now();
-    let smol = crate::catalogue::model_and_manifest(ctx.project, Some("smollm2-135m"), None)
-        .and_then(|(model, manifest)| {
+    let smol = crate::model::model_and_manifest(ctx.project, Some("smollm2-135m"), None).and_then(
+        |(model, manifest)| {
             rpc::split_matches_local(ctx, &servers, &model, &manifest, &work.join("smollm2"))
-        });
+        },
+    );
     report.check(
         "SmolLM2, every layer: each server computes its half; checkpoints and logits bitwise the local CPU's",
         t,

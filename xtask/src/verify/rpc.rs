@@ -12,7 +12,7 @@ use llorch_checkpoint_spec::record::{median, RunRecord};
 use xshell::cmd;
 
 use super::checks::quietly;
-use super::Ctx;
+use super::ctx::Ctx;
 use crate::prompts::PERF_PROMPT;
 
 /// A server on a free loopback port, killed when dropped (whatever happens).

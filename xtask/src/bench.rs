@@ -184,23 +184,24 @@ impl Bench {
             .sum();
 
         // The raw-C program on the same nodes and tokens.
-        let nodes = dir.join("nodes.txt");
-        let tokens = dir.join("tokens.txt");
+        let (nodes, tokens, c_dir) = (
+            dir.join("nodes.txt"),
+            dir.join("tokens.txt"),
+            dir.join("raw-c"),
+        );
         std::fs::write(&nodes, nodes_file(&record, capture))?;
         let ids: Vec<String> = record.tokens.iter().map(|t| t.to_string()).collect();
         std::fs::write(&tokens, ids.join(" "))?;
-        let c_dir = dir.join("raw-c");
         std::fs::create_dir_all(&c_dir)?;
         let n_ctx = record.n_ctx.to_string();
-        let c_steady: RawC = serde_json::from_str(
-            &cmd!(
-                sh,
-                "{raw_c} {model} {nodes} {tokens} {c_dir} 2 {n_ctx} {repeat}"
-            )
-            .quiet()
-            .read()
-            .context("the raw-C baseline failed")?,
-        )?;
+        let c_out = cmd!(
+            sh,
+            "{raw_c} {model} {nodes} {tokens} {c_dir} 2 {n_ctx} {repeat}"
+        )
+        .quiet()
+        .read()
+        .context("the raw-C baseline failed")?;
+        let c_steady: RawC = serde_json::from_str(&c_out)?;
 
         // Whole process, alternating.
         let (mut with, mut without, mut c_wall) = (Vec::new(), Vec::new(), Vec::new());

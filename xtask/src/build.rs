@@ -221,44 +221,20 @@ pub fn build_llama(
         "build",
         &format!("llama.cpp {} ({})", backend.name(), pin.id()),
     )?;
-
-    let cmake = &tools.cmake;
-    let defines: Vec<String> = cmake_defines(backend, backend.backend_dl())
-        .iter()
-        .map(|d| format!("-D{d}"))
-        .chain([format!("-DCMAKE_MAKE_PROGRAM={}", tools.ninja.display())])
-        .chain(extra_defines())
-        .collect();
-    let configured = build_dir.join("llorch-configure.txt");
-    let configure_key = format!("{}\n{}", tree.display(), defines.join("\n"));
-    let reconfigure =
-        std::fs::read_to_string(&configured).ok().as_deref() != Some(configure_key.as_str());
-    if reconfigure {
-        step.set_message(&format!(
-            "configuring llama.cpp ({}) with CMake in {}",
-            backend.name(),
-            build_dir.display()
-        ));
-        let args = [
-            "-S".into(),
-            tree.into_os_string(),
-            "-B".into(),
-            build_dir.clone().into(),
-        ]
-        .into_iter()
-        .chain(["-G", "Ninja"].map(Into::into))
-        .chain(defines.iter().map(Into::into));
-        step.run("cmake (configure)", duct::cmd(cmake, args))
-            .with_context(|| {
-                format!("CMake could not configure llama.cpp for {}", backend.name())
-            })?;
-        std::fs::write(&configured, &configure_key)?;
-    }
+    let reconfigured = configure(&step, &tools, backend, &tree, &build_dir)?;
     let jobs = std::thread::available_parallelism()
         .map(|n| n.get())
         .unwrap_or(2)
         .to_string();
-    let build = duct::cmd!(cmake, "--build", &build_dir, "--config", "Release", "-j", &jobs);
+    let build = duct::cmd!(
+        &tools.cmake,
+        "--build",
+        &build_dir,
+        "--config",
+        "Release",
+        "-j",
+        &jobs
+    );
     let compiled = std::cell::Cell::new(false);
     step.run_watched("cmake --build", build, |step, line| {
         if line.starts_with('[') && !compiled.replace(true) {
@@ -271,6 +247,59 @@ pub fn build_llama(
     })
     .with_context(|| format!("building llama.cpp for {} failed", backend.name()))?;
     let lib_dir = build_dir.join("bin");
+    check_libraries(backend, &lib_dir)?;
+    let summary = format!("llama.cpp {} in {}", backend.name(), lib_dir.display());
+    match compiled.get() || reconfigured {
+        true => step.finish(&summary),
+        false => step.finish_unchanged(&format!("{summary}: up to date")),
+    }
+    Ok(lib_dir)
+}
+
+/// Configures `build_dir` with CMake unless it was configured with the same
+/// tree and defines; true when it ran.
+fn configure(
+    step: &Step,
+    tools: &tools::Tools,
+    backend: Backend,
+    tree: &Path,
+    build_dir: &Path,
+) -> Result<bool> {
+    let defines: Vec<String> = cmake_defines(backend, backend.backend_dl())
+        .iter()
+        .map(|d| format!("-D{d}"))
+        .chain([format!("-DCMAKE_MAKE_PROGRAM={}", tools.ninja.display())])
+        .chain(extra_defines())
+        .collect();
+    let configured = build_dir.join("llorch-configure.txt");
+    let configure_key = format!("{}\n{}", tree.display(), defines.join("\n"));
+    if std::fs::read_to_string(&configured).ok().as_deref() == Some(configure_key.as_str()) {
+        return Ok(false);
+    }
+    step.set_message(&format!(
+        "configuring llama.cpp ({}) with CMake in {}",
+        backend.name(),
+        build_dir.display()
+    ));
+    let args: Vec<std::ffi::OsString> = [
+        "-S".as_ref(),
+        tree.as_os_str(),
+        "-B".as_ref(),
+        build_dir.as_os_str(),
+    ]
+    .into_iter()
+    .map(Into::into)
+    .chain(["-G", "Ninja"].map(Into::into))
+    .chain(defines.iter().map(Into::into))
+    .collect();
+    step.run("cmake (configure)", duct::cmd(&tools.cmake, args))
+        .with_context(|| format!("CMake could not configure llama.cpp for {}", backend.name()))?;
+    std::fs::write(&configured, &configure_key)?;
+    Ok(true)
+}
+
+/// The shared libraries a build of `backend` must have left in `lib_dir`.
+fn check_libraries(backend: Backend, lib_dir: &Path) -> Result<()> {
     let mut expected = vec![shared_lib("llama")];
     if backend.backend_dl() {
         // GGML_BACKEND_DL: each backend is a module of its own, loaded at run time.
@@ -287,12 +316,7 @@ pub fn build_llama(
             );
         }
     }
-    let summary = format!("llama.cpp {} in {}", backend.name(), lib_dir.display());
-    match compiled.get() || reconfigure {
-        true => step.finish(&summary),
-        false => step.finish_unchanged(&format!("{summary}: up to date")),
-    }
-    Ok(lib_dir)
+    Ok(())
 }
 
 pub fn default_build_dir(

@@ -30,7 +30,7 @@ use xshell::cmd;
 use crate::build::{self, Backend};
 use crate::fetch;
 use crate::model::{self, Dtype, Synthetic};
-use crate::pin::{Pin, SourceRef};
+use crate::pin::{CrateSource, Pin, SourceRef};
 use crate::project::Flavour;
 use crate::project::Project;
 
@@ -92,13 +92,56 @@ impl DeviceBundle {
 
 /// Fills `dir` with everything the script needs.
 fn make(project: &Project, dir: &Path) -> Result<()> {
-    let sh = project.shell()?;
     for sub in ["bin", "src/patches", "cmake", "tokenizer", "manifests"] {
         std::fs::create_dir_all(dir.join(sub))?;
     }
+    copy_binaries(project, &dir.join("bin"))?;
+    let (pin, src, crate_name) = copy_pinned_source(project, &dir.join("src"))?;
+    copy_matching(&project.patches_dir(), &dir.join("src/patches"), ".patch")?;
+    copy_matching(
+        &project.root().join("manifests"),
+        &dir.join("manifests"),
+        ".yaml",
+    )?;
+    let [encoder, vocab] = model::tokenizer_files(project)?;
+    std::fs::copy(&encoder, dir.join("tokenizer/encoder.json"))?;
+    std::fs::copy(&vocab, dir.join("tokenizer/vocab.bpe"))?;
+    let (model_path, model_sha) = model::synthetic(project, &MODEL, false)?;
+    // The CPU-only variant (--cpu-only) is laid out as the CUDA build is: backends as modules.
+    for (file, backend) in [
+        ("cuda.defines", Backend::Cuda),
+        ("cpu-dl.defines", Backend::Cpu),
+    ] {
+        std::fs::write(dir.join("cmake").join(file), defines_file(backend))?;
+    }
+    let model_file = model_path.file_name().unwrap_or_default().to_string_lossy();
+    let env = [
+        ("PROJECT_COMMIT", project_commit(project)?),
+        ("LLAMA_PIN", pin.id()),
+        ("LLAMA_CRATE", format!("src/{crate_name}")),
+        ("LLAMA_CRATE_SHA256", src.sha256.clone()),
+        (
+            "LLAMA_CRATE_SUBDIR",
+            format!("{}-{}/{}", src.name, src.version, src.subdir),
+        ),
+        ("MODEL_FILE", model_file.into_owned()),
+        ("MODEL_ARGS", MODEL_ARGS.to_string()),
+        ("MODEL_SHA256", model_sha),
+        ("ENCODER_JSON_SHA256", sha256_file(&encoder)?),
+        ("VOCAB_BPE_SHA256", sha256_file(&vocab)?),
+    ];
+    std::fs::write(dir.join("bundle.env"), env_file(&env)?)?;
+    let script = dir.join("run-gpu-check.sh");
+    std::fs::copy(project.root().join(SCRIPT), &script)?;
+    set_executable(&script)?;
+    std::fs::write(dir.join("SHA256SUMS"), sha256sums(dir)?)?;
+    Ok(())
+}
 
-    // The binaries: built here against the CPU build of the pin; on the device
-    // they run against the libraries the script builds there.
+/// The binaries, built here against the CPU build of the pin (on the device
+/// they run against the libraries the script builds there), into `bin`.
+fn copy_binaries(project: &Project, bin: &Path) -> Result<()> {
+    let sh = project.shell()?;
     let lib_dir = build::build_llama(project, Backend::Cpu, Flavour::Patched, None)?;
     build::build_extractor(project, Backend::Cpu, Flavour::Patched, &lib_dir)?;
     let release = project.root().join("target/release");
@@ -113,7 +156,7 @@ fn make(project: &Project, dir: &Path) -> Result<()> {
             "{} is missing (the extractor build should have made it)",
             src.display()
         );
-        let dest = dir.join("bin").join(name);
+        let dest = bin.join(name);
         // Debug info is most of the (debug) xtask binary; the bundle has a size limit.
         if cmd!(sh, "strip --strip-debug -o {dest} {src}")
             .quiet()
@@ -124,12 +167,17 @@ fn make(project: &Project, dir: &Path) -> Result<()> {
             std::fs::copy(&src, &dest)?;
         }
     }
+    Ok(())
+}
 
-    // The pinned source, exactly as fetch checks it.
+/// The pinned `.crate`, checked exactly as fetch checks it, into `src`;
+/// the pin, its source and the file's name.
+fn copy_pinned_source(project: &Project, src_dir: &Path) -> Result<(Pin, CrateSource, String)> {
     let pin = Pin::load(&project.pin_file())?;
     let SourceRef::Crate(src) = pin.source()? else {
         bail!("the device bundle carries a crates.io source; vendor/pin.yaml pins a git source")
     };
+    let src = src.clone();
     let crate_file = fetch::download_crate_file(project, &src.name, &src.version)?;
     let bytes = std::fs::read(&crate_file)
         .with_context(|| format!("cannot read {}", crate_file.display()))?;
@@ -141,28 +189,13 @@ fn make(project: &Project, dir: &Path) -> Result<()> {
         "vendor/pin.yaml",
     )?;
     let crate_name = format!("{}-{}.crate", src.name, src.version);
-    std::fs::write(dir.join("src").join(&crate_name), &bytes)?;
-    copy_matching(&project.patches_dir(), &dir.join("src/patches"), ".patch")?;
-    copy_matching(
-        &project.root().join("manifests"),
-        &dir.join("manifests"),
-        ".yaml",
-    )?;
+    std::fs::write(src_dir.join(&crate_name), &bytes)?;
+    Ok((pin, src, crate_name))
+}
 
-    let [encoder, vocab] = model::tokenizer_files(project)?;
-    std::fs::copy(&encoder, dir.join("tokenizer/encoder.json"))?;
-    std::fs::copy(&vocab, dir.join("tokenizer/vocab.bpe"))?;
-
-    let (model_path, model_sha) = model::synthetic(project, &MODEL, false)?;
-
-    // The CPU-only variant (--cpu-only) is laid out as the CUDA build is: backends as modules.
-    for (file, backend) in [
-        ("cuda.defines", Backend::Cuda),
-        ("cpu-dl.defines", Backend::Cpu),
-    ] {
-        std::fs::write(dir.join("cmake").join(file), defines_file(backend))?;
-    }
-
+/// The project's commit, `-dirty` when tracked files changed.
+fn project_commit(project: &Project) -> Result<String> {
+    let sh = project.shell()?;
     let commit = cmd!(sh, "git rev-parse --short=12 HEAD")
         .quiet()
         .read()
@@ -172,38 +205,7 @@ fn make(project: &Project, dir: &Path) -> Result<()> {
         .read()
         .map(|s| !s.trim().is_empty())
         .unwrap_or(false);
-    let env = [
-        (
-            "PROJECT_COMMIT",
-            format!("{commit}{}", if dirty { "-dirty" } else { "" }),
-        ),
-        ("LLAMA_PIN", pin.id()),
-        ("LLAMA_CRATE", format!("src/{crate_name}")),
-        ("LLAMA_CRATE_SHA256", src.sha256.clone()),
-        (
-            "LLAMA_CRATE_SUBDIR",
-            format!("{}-{}/{}", src.name, src.version, src.subdir),
-        ),
-        (
-            "MODEL_FILE",
-            model_path
-                .file_name()
-                .unwrap()
-                .to_string_lossy()
-                .into_owned(),
-        ),
-        ("MODEL_ARGS", MODEL_ARGS.to_string()),
-        ("MODEL_SHA256", model_sha),
-        ("ENCODER_JSON_SHA256", sha256_file(&encoder)?),
-        ("VOCAB_BPE_SHA256", sha256_file(&vocab)?),
-    ];
-    std::fs::write(dir.join("bundle.env"), env_file(&env)?)?;
-
-    let script = dir.join("run-gpu-check.sh");
-    std::fs::copy(project.root().join(SCRIPT), &script)?;
-    set_executable(&script)?;
-    std::fs::write(dir.join("SHA256SUMS"), sha256sums(dir)?)?;
-    Ok(())
+    Ok(format!("{commit}{}", if dirty { "-dirty" } else { "" }))
 }
 
 /// `build.rs`'s defines for `backend` built as loadable modules, one `NAME=VALUE` a line.

@@ -28,7 +28,7 @@ pub struct Source {
 }
 
 /// A crates.io crate that carries the llama.cpp tree; cargo downloads it.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct CrateSource {
     pub name: String,

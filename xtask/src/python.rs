@@ -225,12 +225,9 @@ pub fn converter(project: &Project) -> Result<Converter> {
     })
 }
 
-fn unpack_converter_packages(
-    project: &Project,
-    python: &Path,
-    script: &Path,
-    packages: &Path,
-) -> Result<()> {
+/// `pip download` of the sdist `spec` (no build, no dependencies) into the
+/// venv's downloads; the file it left.
+fn download_converter_sdist(project: &Project, python: &Path, spec: &str) -> Result<PathBuf> {
     let (name, version) = CONVERTER_SDIST;
     let downloads = venv_dir(project).join("downloads");
     std::fs::create_dir_all(&downloads)?;
@@ -244,7 +241,6 @@ fn unpack_converter_packages(
     let path = std::env::join_paths(std::iter::once(tools_bin).chain(std::env::split_paths(
         &std::env::var_os("PATH").unwrap_or_default(),
     )))?;
-    let spec = format!("{name}=={version}");
     let step = Step::start(project, "python", "")?;
     step.set_message(&format!(
         "downloading the {spec} sdist for llama.cpp's converter packages"
@@ -261,13 +257,24 @@ fn unpack_converter_packages(
         "--no-build-isolation",
         "-d",
         &downloads,
-        &spec
+        spec
     )
     .env("PATH", &path);
     step.run("pip download", pip)
         .with_context(|| format!("pip could not download {spec} from PyPI"))?;
     step.finish(&format!("{spec} sdist in {}", downloads.display()));
-    let sdist = downloads.join(format!("{}-{version}.tar.gz", name.replace('-', "_")));
+    Ok(downloads.join(format!("{}-{version}.tar.gz", name.replace('-', "_"))))
+}
+
+fn unpack_converter_packages(
+    project: &Project,
+    python: &Path,
+    script: &Path,
+    packages: &Path,
+) -> Result<()> {
+    let (name, version) = CONVERTER_SDIST;
+    let spec = format!("{name}=={version}");
+    let sdist = download_converter_sdist(project, python, &spec)?;
     let bytes =
         std::fs::read(&sdist).with_context(|| format!("pip did not leave {}", sdist.display()))?;
     fetch::check_sha256(

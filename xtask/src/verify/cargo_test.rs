@@ -1,19 +1,27 @@
-//! verify's first check: `cargo test --workspace`, quiet, summed up.
+//! verify's first check: `cargo test --workspace`, with the extractor's
+//! test hooks (a feature release builds lack), quiet, summed up.
 
 use anyhow::Result;
 
 use crate::project::Project;
 use crate::step::{self, Step};
 
+/// The extractor's tests that pause a run or panic inside the callback need this feature.
+const TEST_HOOKS: &str = "llorch-checkpoint-extractor/test-hooks";
+
 /// `cargo test --workspace` with its output in `logs/tests.log`: the
 /// figures summed over every test binary, or the failures and the log's tail.
 pub fn run(project: &Project) -> Result<String> {
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-    let step = Step::start(project, "tests", "cargo test --workspace")?;
+    let step = Step::start(
+        project,
+        "tests",
+        &format!("cargo test --workspace --features {TEST_HOOKS}"),
+    )?;
     let totals = std::cell::Cell::new([0u64; 3]);
     step.run_watched(
         "cargo test --workspace",
-        duct::cmd!(cargo, "test", "--workspace").dir(project.root()),
+        duct::cmd!(cargo, "test", "--workspace", "--features", TEST_HOOKS).dir(project.root()),
         |step, line| {
             step::cargo_progress(step, line);
             if let Some(counts) = test_result(line) {

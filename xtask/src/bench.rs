@@ -423,35 +423,7 @@ fn svg(cells: &[Cell]) -> String {
         s,
         r#"<text x="{left}" y="20" font-size="13" font-weight="bold">Steady-state decode with capture / without, against MB captured per pass</text>"#
     );
-    for e in -3..=4 {
-        let x = px(10f64.powi(e));
-        let _ = writeln!(
-            s,
-            r##"<line x1="{x}" y1="{top}" x2="{x}" y2="{}" stroke="#ddd"/><text x="{x}" y="{}" text-anchor="middle">{}</text>"##,
-            h - bottom,
-            h - bottom + 14.0,
-            10f64.powi(e)
-        );
-    }
-    let step = if y_hi - y_lo > 2.0 { 0.5 } else { 0.1 };
-    let mut r = (y_lo / step).ceil() * step;
-    while r <= y_hi + 1e-9 {
-        let y = py(r);
-        let _ = writeln!(
-            s,
-            r##"<line x1="{left}" y1="{y}" x2="{}" y2="{y}" stroke="#ddd"/><text x="{}" y="{}" text-anchor="end">{r:.1}</text>"##,
-            w - right,
-            left - 6.0,
-            y + 4.0
-        );
-        r += step;
-    }
-    let _ = writeln!(
-        s,
-        r#"<text x="{}" y="{}" text-anchor="middle">MB captured per pass (log)</text>"#,
-        (left + w - right) / 2.0,
-        h - 12.0
-    );
+    grid(&mut s, &px, &py, (y_lo, y_hi), (w, h, left, right, bottom));
     let colours = ["#1f77b4", "#ff7f0e", "#2ca02c"];
     for (k, capture) in CAPTURES.iter().enumerate() {
         for c in cells.iter().filter(|c| c.capture.name() == capture.name()) {
@@ -488,4 +460,44 @@ fn svg(cells: &[Cell]) -> String {
     }
     s.push_str("</svg>\n");
     s
+}
+
+/// The plot's grid and axis labels: decades of MB across, ratios up.
+fn grid(
+    s: &mut String,
+    px: &dyn Fn(f64) -> f64,
+    py: &dyn Fn(f64) -> f64,
+    (y_lo, y_hi): (f64, f64),
+    (w, h, left, right, bottom): (f64, f64, f64, f64, f64),
+) {
+    let top = py(y_hi);
+    for e in -3..=4 {
+        let x = px(10f64.powi(e));
+        let _ = writeln!(
+            s,
+            r##"<line x1="{x}" y1="{top}" x2="{x}" y2="{}" stroke="#ddd"/><text x="{x}" y="{}" text-anchor="middle">{}</text>"##,
+            h - bottom,
+            h - bottom + 14.0,
+            10f64.powi(e)
+        );
+    }
+    let step = if y_hi - y_lo > 2.0 { 0.5 } else { 0.1 };
+    let mut r = (y_lo / step).ceil() * step;
+    while r <= y_hi + 1e-9 {
+        let y = py(r);
+        let _ = writeln!(
+            s,
+            r##"<line x1="{left}" y1="{y}" x2="{}" y2="{y}" stroke="#ddd"/><text x="{}" y="{}" text-anchor="end">{r:.1}</text>"##,
+            w - right,
+            left - 6.0,
+            y + 4.0
+        );
+        r += step;
+    }
+    let _ = writeln!(
+        s,
+        r#"<text x="{}" y="{}" text-anchor="middle">MB captured per pass (log)</text>"#,
+        (left + w - right) / 2.0,
+        h - 12.0
+    );
 }

@@ -275,18 +275,7 @@ pub fn example() -> RunRecord {
         format: Format::Bin,
         steps: "prompt".into(),
         sequential: false,
-        symbols: Symbols {
-            n_embd: 768,
-            n_head: 12,
-            n_head_kv: 12,
-            head_dim: 64,
-            n_embd_gqa: 768,
-            n_ff: 3072,
-            n_vocab: 50257,
-            n_ctx: 512,
-            n_tokens: 2,
-            n_kv: 2,
-        },
+        symbols: example_symbols(),
         decode_ms: vec![10.0, 5.0],
         prompt_decode_ms: 10.0,
         steady: Some(Steady {
@@ -319,6 +308,23 @@ pub fn example() -> RunRecord {
             mean: Some(0.5),
             non_finite: 0,
         }],
+    }
+}
+
+/// GPT-2 small's symbols for a 2-token prompt pass.
+#[cfg(any(test, feature = "fixture"))]
+fn example_symbols() -> Symbols {
+    Symbols {
+        n_embd: 768,
+        n_head: 12,
+        n_head_kv: 12,
+        head_dim: 64,
+        n_embd_gqa: 768,
+        n_ff: 3072,
+        n_vocab: 50257,
+        n_ctx: 512,
+        n_tokens: 2,
+        n_kv: 2,
     }
 }
 

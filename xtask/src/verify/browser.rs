@@ -1,7 +1,11 @@
 //! `report.html` in a real browser: Debian's Chromium, headless, loads the
 //! page from disk with the network off and gives back the DOM it built. The
 //! page must have its sections, tables and pictures, no script error, no
-//! image to break, and every link must land on an element of the page.
+//! image to break, and every link must land on an element of the page; and
+//! in every picture, as Chromium lays it out, no two texts may overlap and
+//! none may leave its picture ([`boxes`]).
+
+mod boxes;
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -21,8 +25,14 @@ fn chromium() -> Result<PathBuf> {
         )
 }
 
-/// The DOM Chromium built from `page`, and what it logged.
-fn load(page: &Path, profile: &Path) -> Result<(String, String)> {
+/// The DOM Chromium built from `page`, and what it logged. Each load has a
+/// fresh profile, in `work`.
+fn load(page: &Path, work: &Path) -> Result<(String, String)> {
+    let profile = tempfile::Builder::new()
+        .prefix("chromium-profile-")
+        .tempdir_in(work)
+        .with_context(|| format!("cannot make a Chromium profile in {}", work.display()))?;
+    let profile = profile.path();
     let mut child = Command::new(chromium()?)
         .args([
             "--headless",
@@ -74,8 +84,7 @@ pub fn report_renders(page: &Path, work: &Path) -> Result<String> {
         "there is no {} to open: the compare above did not write it",
         page.display()
     );
-    let profile = work.join("chromium-profile");
-    let (dom, log) = load(page, &profile)?;
+    let (dom, log) = load(page, work)?;
     ensure!(
         !dom.is_empty(),
         "Chromium gave back no DOM for {}",
@@ -107,9 +116,47 @@ pub fn report_renders(page: &Path, work: &Path) -> Result<String> {
         .filter(|id| !dom.contains(&format!("id=\"{id}\"")))
         .collect();
     ensure!(broken.is_empty(), "links to nothing: {broken:?}");
+    let (texts, measured) = texts_fit(page, work)?;
     Ok(format!(
-        "{}: {tables} tables, {pictures} inline pictures, {} links all landing, no script error",
+        "{}: {tables} tables, {pictures} inline pictures, {} links all landing, no script error; \
+         {texts} text boxes measured in {measured} pictures, none overlapping another, none outside its picture",
         page.display(),
         links.len()
     ))
+}
+
+/// Measures every picture's texts in a copy of `page` with a script added
+/// (the harness, in `work`); fails where two overlap or one leaves its
+/// picture. Returns how many texts it measured, in how many pictures.
+fn texts_fit(page: &Path, work: &Path) -> Result<(usize, usize)> {
+    let html =
+        std::fs::read_to_string(page).with_context(|| format!("cannot read {}", page.display()))?;
+    let harness = work.join("report-text-boxes.html");
+    std::fs::write(&harness, boxes::harness(&html)?)
+        .with_context(|| format!("cannot write {}", harness.display()))?;
+    let (dom, log) = load(&harness, work)?;
+    ensure!(
+        !log.contains("Uncaught"),
+        "the script measuring the pictures' texts failed in {}:\n{log}",
+        harness.display()
+    );
+    let pictures =
+        boxes::parse(&dom).with_context(|| format!("measuring texts in {}", harness.display()))?;
+    let svgs = html.matches("<svg").count();
+    ensure!(
+        pictures.len() == svgs,
+        "{} measured {} pictures of the {svgs} in the page",
+        harness.display(),
+        pictures.len()
+    );
+    let findings = boxes::findings(&pictures);
+    ensure!(
+        findings.is_empty(),
+        "texts that cannot be read in the pictures of {} (measured in {}):\n{}",
+        page.display(),
+        harness.display(),
+        findings.join("\n")
+    );
+    let texts = pictures.iter().map(|p| p.texts.len()).sum();
+    Ok((texts, pictures.len()))
 }

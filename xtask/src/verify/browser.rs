@@ -7,6 +7,7 @@
 
 mod boxes;
 
+use std::io::{Read, Seek};
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
@@ -33,6 +34,7 @@ fn load(page: &Path, work: &Path) -> Result<(String, String)> {
         .tempdir_in(work)
         .with_context(|| format!("cannot make a Chromium profile in {}", work.display()))?;
     let profile = profile.path();
+    let (mut dom, mut log) = (tempfile::tempfile()?, tempfile::tempfile()?);
     let mut child = Command::new(chromium()?)
         .args([
             "--headless",
@@ -48,8 +50,10 @@ fn load(page: &Path, work: &Path) -> Result<(String, String)> {
         ])
         .arg(format!("--user-data-dir={}", profile.display()))
         .arg(format!("file://{}", page.display()))
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
+        // Into files, not pipes: nothing reads a pipe while Chromium runs,
+        // and a DOM past the pipe's 64 KiB would block it until the deadline.
+        .stdout(dom.try_clone()?)
+        .stderr(log.try_clone()?)
         .spawn()
         .context("cannot start Chromium")?;
     // A page that never settles must not hang verify.
@@ -64,16 +68,15 @@ fn load(page: &Path, work: &Path) -> Result<(String, String)> {
         }
         std::thread::sleep(Duration::from_millis(100));
     }
-    let out = child.wait_with_output()?;
-    ensure!(
-        out.status.success(),
-        "Chromium failed on {}",
-        page.display()
-    );
-    Ok((
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    ))
+    let status = child.wait()?;
+    ensure!(status.success(), "Chromium failed on {}", page.display());
+    let read = |f: &mut std::fs::File| -> Result<String> {
+        let mut bytes = Vec::new();
+        f.seek(std::io::SeekFrom::Start(0))?;
+        f.read_to_end(&mut bytes)?;
+        Ok(String::from_utf8_lossy(&bytes).into_owned())
+    };
+    Ok((read(&mut dom)?, read(&mut log)?))
 }
 
 /// Opens `page` and checks what a reader would see.

@@ -2,12 +2,12 @@
 //! checkpoint is from the f64 reference.
 //!
 //! The picture is laid out from what it holds, not from fixed offsets: every
-//! text is measured ([`geometry::width`], a conservative estimate for the
+//! text is measured (`geometry::width`, a conservative estimate for the
 //! sans-serif fonts browsers use), titles are wrapped to the width under
 //! them, long checkpoint names are shortened (the whole name on hover), the
 //! panels stand side by side while that stays narrow enough and are stacked
 //! otherwise, colour-bar labels are only placed where they meet no other,
-//! and the picture's size is that of what it holds. [`layout`] returns the
+//! and the picture's size is that of what it holds. `layout` returns the
 //! placed boxes, so the tests check the geometry itself.
 
 mod geometry;

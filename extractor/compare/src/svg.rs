@@ -1,18 +1,233 @@
 //! `errors.svg`: two heat maps, checkpoints x layers, of how far each
 //! checkpoint is from the f64 reference.
+//!
+//! The picture is laid out from what it holds, not from fixed offsets: every
+//! text is measured (`geometry::width`, a conservative estimate for the
+//! sans-serif fonts browsers use), titles are wrapped to the width under
+//! them, long checkpoint names are shortened (the whole name on hover), the
+//! panels stand side by side while that stays narrow enough and are stacked
+//! otherwise, colour-bar labels are only placed where they meet no other,
+//! and the picture's size is that of what it holds. `layout` returns the
+//! placed boxes, so the tests check the geometry itself.
+
+mod geometry;
 
 use std::fmt::Write as _;
+
+use geometry::{ascent, line_height, shorten, width, wrap, Anchor, Rect, Text};
 
 use crate::entries::F64;
 use crate::metrics::Row;
 use crate::text::{layer_text, xml};
 
-/// One panel of the picture: its title, the value per row, and its axis range.
-type Panel = (&'static str, Box<dyn Fn(&Row) -> f64>, f64, f64);
-
 /// Two heat maps, checkpoints x layers: NMSE (dB) against f64, and the worst
-/// element's share of its tolerance (>= 1 fails, outlined red). Log colour scales.
+/// element's share of its tolerance (>= 1 fails). Checkpoints over their
+/// tolerance are outlined red. A self-contained SVG: no script, no font or
+/// anything else to fetch.
 pub fn picture(rows: &[Row], title: &str) -> String {
+    render(&layout(rows, title))
+}
+
+/// Sizes, in px. Text sizes: the picture's title, a panel's title, row
+/// labels and captions, and what is in and around the cells.
+const TITLE: f64 = 14.0;
+const PANEL_TITLE: f64 = 12.0;
+const LABEL: f64 = 11.0;
+const SMALL: f64 = 10.0;
+const MARGIN: f64 = 12.0;
+/// A cell is at least this wide, and this much wider than what it shows.
+const MIN_CELL_W: f64 = 26.0;
+const CELL_PAD: f64 = 12.0;
+const CELL_H: f64 = 22.0;
+/// Checkpoint names longer than this are shortened with an ellipsis.
+const MAX_LABEL_W: f64 = 260.0;
+const LABEL_GAP: f64 = 6.0;
+/// A panel is at least this wide (its title wraps within it, its colour bar fills it).
+const MIN_PANEL_W: f64 = 300.0;
+const MAX_BAR_W: f64 = 480.0;
+const BAR_H: f64 = 10.0;
+const PANEL_GAP: f64 = 48.0;
+/// Side by side up to this width, stacked beyond.
+const MAX_SIDE_BY_SIDE: f64 = 1300.0;
+/// The picture's title wraps at no less than this.
+const MIN_TITLE_W: f64 = 360.0;
+/// Between lines of a wrapped title.
+const LINE_GAP: f64 = 2.0;
+
+/// What a cell shows: its text, where its value is on the panel's colour
+/// scale (0..1, clamped when drawn), and its hover text.
+struct Value {
+    text: String,
+    scale: f64,
+    hover: String,
+}
+
+/// One heat map: its title, a row's cell, and its colour bar's labels
+/// (position on the bar, text), the first placed first.
+struct Panel {
+    title: &'static str,
+    value: fn(&Row) -> Value,
+    ticks: &'static [(f64, &'static str)],
+}
+
+/// NMSE dB from -160 (0 on the scale) to -20, llama.cpp's fail line (1).
+const NMSE_LO: f64 = -160.0;
+const NMSE_HI: f64 = -20.0;
+/// log10 of the worst element's share of its tolerance: 1e-4 (0) to 10 (1).
+const RATIO_LO: f64 = -4.0;
+const RATIO_HI: f64 = 1.0;
+
+fn nmse_at(db: f64) -> f64 {
+    (db - NMSE_LO) / (NMSE_HI - NMSE_LO)
+}
+
+fn ratio_at(log10: f64) -> f64 {
+    (log10 - RATIO_LO) / (RATIO_HI - RATIO_LO)
+}
+
+fn panels() -> [Panel; 2] {
+    [
+        Panel {
+            title: "NMSE, dB (llama.cpp practice: fail above -20\u{a0}dB)",
+            value: |r| {
+                let db = r.against[F64].nmse_db;
+                let text = if db.is_finite() {
+                    format!("{db:.0}")
+                } else {
+                    format!("{db}").to_lowercase()
+                };
+                Value {
+                    hover: format!("{} layer {}: NMSE {db:.1} dB", r.id, layer_text(r.layer)),
+                    scale: nmse_at(db),
+                    text,
+                }
+            },
+            ticks: &[
+                (0.0, "-160 dB"),
+                (1.0, "-20 dB"),
+                (4.0 / 7.0, "-80"),
+                (2.0 / 7.0, "-120"),
+                (6.0 / 7.0, "-40"),
+                (1.0 / 7.0, "-140"),
+                (3.0 / 7.0, "-100"),
+                (5.0 / 7.0, "-60"),
+            ],
+        },
+        Panel {
+            title: "worst |diff| as % of its tolerance atol + rtol|ref| (log colour; >=\u{a0}100% fails)",
+            value: |r| {
+                let ratio = r.against[F64].worst_ratio;
+                Value {
+                    text: percent(ratio),
+                    scale: ratio_at(ratio.log10()),
+                    hover: format!(
+                        "{} layer {}: the worst element is {} of its tolerance",
+                        r.id,
+                        layer_text(r.layer),
+                        match 100.0 * ratio {
+                            p if p.is_finite() => format!("{p:.4}%"),
+                            _ => percent(ratio),
+                        }
+                    ),
+                }
+            },
+            ticks: &[
+                (0.0, "0.01%"),
+                (1.0, "1000%"),
+                (0.8, "100%"),
+                (0.4, "1%"),
+                (0.2, "0.1%"),
+                (0.6, "10%"),
+            ],
+        },
+    ]
+}
+
+/// A share as a cell shows it: whole percents, powers of ten past 9999%.
+fn percent(ratio: f64) -> String {
+    let p = 100.0 * ratio;
+    if !p.is_finite() {
+        format!("{p}").to_lowercase()
+    } else if p.round() < 10_000.0 {
+        format!("{p:.0}%")
+    } else {
+        format!("{p:.0e}%")
+    }
+}
+
+/// A panel's cells, [checkpoint][layer]: the value, and whether the
+/// checkpoint passes; none where the rows hold no such pair.
+type Cells = Vec<Vec<Option<(Value, bool)>>>;
+
+/// How a box is outlined.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Stroke {
+    None,
+    /// A cell among others.
+    White,
+    /// A checkpoint over its tolerance: drawn inside its cell, over the others.
+    Red,
+    /// A thin line inside a red one, that parts it from a red cell.
+    Light,
+}
+
+/// A filled box: a cell, a piece of a colour bar, a tick.
+#[derive(Clone, Debug)]
+struct Shape {
+    rect: Rect,
+    fill: String,
+    stroke: Stroke,
+    hover: Option<String>,
+}
+
+/// The picture as placed: its size, its boxes and its texts, each where it
+/// is drawn; and each panel's grid of cells.
+#[derive(Debug, Default)]
+pub(crate) struct Layout {
+    width: f64,
+    height: f64,
+    shapes: Vec<Shape>,
+    texts: Vec<Text>,
+    grids: Vec<Rect>,
+}
+
+impl Layout {
+    /// Lines of `text` from `top`, wrapped at `max`; returns the next top.
+    fn lines(&mut self, text: &str, x: f64, top: f64, size: f64, bold: bool, max: f64) -> f64 {
+        let mut y = top;
+        for line in wrap(text, size, bold, max) {
+            self.text(x, y, Anchor::Start, size, bold, line);
+            y += line_height(size) + LINE_GAP;
+        }
+        y - LINE_GAP
+    }
+
+    /// A line of text whose box starts at `top`.
+    fn text(&mut self, x: f64, top: f64, anchor: Anchor, size: f64, bold: bool, text: String) {
+        self.texts.push(Text {
+            x,
+            y: top + ascent(size),
+            anchor,
+            size,
+            bold,
+            text,
+            hover: None,
+            fill: None,
+        });
+    }
+
+    fn shape(&mut self, rect: Rect, fill: String, stroke: Stroke, hover: Option<String>) {
+        self.shapes.push(Shape {
+            rect,
+            fill,
+            stroke,
+            hover,
+        });
+    }
+}
+
+/// The checkpoints (in the rows' order) and the layers (sorted) the rows hold.
+fn axes(rows: &[Row]) -> (Vec<&str>, Vec<Option<u32>>) {
     let mut ids: Vec<&str> = Vec::new();
     let mut layers: Vec<Option<u32>> = Vec::new();
     for r in rows {
@@ -24,133 +239,387 @@ pub fn picture(rows: &[Row], title: &str) -> String {
         }
     }
     layers.sort();
-    // Wide enough cells that a panel's title fits over few layers.
-    let (cw, ch, left, top) = (
-        (420.0 / layers.len() as f64).clamp(46.0, 90.0),
-        26.0,
-        140.0,
-        70.0,
+    (ids, layers)
+}
+
+/// Places everything the picture shows; see the module's doc.
+pub(crate) fn layout(rows: &[Row], title: &str) -> Layout {
+    let (ids, layers) = axes(rows);
+    let panels = panels();
+    let cells: Vec<Cells> = panels
+        .iter()
+        .map(|p| {
+            ids.iter()
+                .map(|id| {
+                    layers
+                        .iter()
+                        .map(|l| {
+                            rows.iter()
+                                .find(|r| r.id == *id && r.layer == *l)
+                                .map(|r| ((p.value)(r), r.pass))
+                        })
+                        .collect()
+                })
+                .collect()
+        })
+        .collect();
+    // One cell width for both panels, so stacked panels' columns line up.
+    let cw = cells
+        .iter()
+        .flatten()
+        .flatten()
+        .flatten()
+        .map(|(v, _)| width(&v.text, SMALL, false))
+        .chain(layers.iter().map(|l| width(&layer_text(*l), SMALL, false)))
+        .fold(0.0, f64::max);
+    let cw = (cw + CELL_PAD).max(MIN_CELL_W).ceil();
+    // Each row's label, and the whole name on hover where it is shortened.
+    let labels: Vec<(String, Option<String>)> = ids
+        .iter()
+        .map(|id| {
+            let short = shorten(id, LABEL, false, MAX_LABEL_W);
+            let hover = (short != *id).then(|| id.to_string());
+            (short, hover)
+        })
+        .collect();
+    let label_w = labels
+        .iter()
+        .map(|(l, _)| width(l, LABEL, false))
+        .fold(0.0, f64::max);
+    let grid_w = cw * layers.len() as f64;
+    let panel_w = grid_w.max(MIN_PANEL_W);
+    let grid_x = MARGIN + label_w + LABEL_GAP;
+    let side_by_side = grid_x + 2.0 * panel_w + PANEL_GAP + MARGIN <= MAX_SIDE_BY_SIDE;
+    let content_right = grid_x
+        + panel_w
+        + if side_by_side {
+            PANEL_GAP + panel_w
+        } else {
+            0.0
+        };
+
+    let mut lay = Layout::default();
+    let title_w = (content_right - MARGIN).max(MIN_TITLE_W);
+    let mut top = lay.lines(title, MARGIN, MARGIN, TITLE, true, title_w) + 10.0;
+    if ids.is_empty() {
+        let bottom = lay.lines("No checkpoint to show.", MARGIN, top, LABEL, false, title_w);
+        return lay.sized(bottom);
+    }
+    if side_by_side {
+        // Both grids start below the taller title.
+        let x1 = grid_x + panel_w + PANEL_GAP;
+        let t0 = lay.lines(panels[0].title, grid_x, top, PANEL_TITLE, false, panel_w);
+        let t1 = lay.lines(panels[1].title, x1, top, PANEL_TITLE, false, panel_w);
+        let grid_top = t0.max(t1) + HEADER_H;
+        let grid = Grid {
+            cw,
+            panel_w,
+            top: grid_top,
+            layers: &layers,
+        };
+        let b0 = panel(
+            &mut lay,
+            &panels[0],
+            &cells[0],
+            Some(&labels),
+            grid_x,
+            &grid,
+        );
+        let b1 = panel(&mut lay, &panels[1], &cells[1], None, x1, &grid);
+        top = b0.max(b1);
+    } else {
+        for (p, cells) in panels.iter().zip(&cells) {
+            let grid_top = lay.lines(p.title, grid_x, top, PANEL_TITLE, false, panel_w) + HEADER_H;
+            let grid = Grid {
+                cw,
+                panel_w,
+                top: grid_top,
+                layers: &layers,
+            };
+            top = panel(&mut lay, p, cells, Some(&labels), grid_x, &grid) + 16.0;
+        }
+    }
+    let bottom = lay.lines(
+        "Outlined red: a checkpoint over its tolerance (an element outside atol + rtol|ref|, or NMSE above the manifest's).",
+        MARGIN,
+        top + 8.0,
+        LABEL,
+        false,
+        title_w,
     );
-    let panel_w = cw * layers.len() as f64;
-    let gap = 90.0;
-    let width = left + 2.0 * panel_w + gap + 40.0;
-    let height = top + ch * ids.len() as f64 + 90.0;
+    lay.sized(bottom)
+}
+
+/// From a panel title's last line to its grid: the row of layer numbers
+/// (10 px text: 13 px high).
+const HEADER_H: f64 = 4.0 + 13.0 + 3.0;
+
+/// What the panels share: the cells' width, a panel's width, the grids' top
+/// and the columns.
+struct Grid<'a> {
+    cw: f64,
+    panel_w: f64,
+    top: f64,
+    layers: &'a [Option<u32>],
+}
+
+impl Layout {
+    /// The picture's size: what it holds, and a margin.
+    fn sized(mut self, bottom: f64) -> Layout {
+        let boxes = self
+            .texts
+            .iter()
+            .map(Text::bbox)
+            .chain(self.shapes.iter().map(|s| s.rect));
+        let (right, low) = boxes.fold((0f64, bottom), |(r, b), x| {
+            (r.max(x.right()), b.max(x.bottom()))
+        });
+        self.width = (right + MARGIN).ceil();
+        self.height = (low + MARGIN).ceil();
+        self
+    }
+}
+
+/// One panel under its title: the layer numbers, the grid at `x0`, the row
+/// labels left of it where given, the axis caption and the colour bar.
+/// Returns the panel's bottom.
+fn panel(
+    lay: &mut Layout,
+    p: &Panel,
+    cells: &Cells,
+    labels: Option<&[(String, Option<String>)]>,
+    x0: f64,
+    g: &Grid<'_>,
+) -> f64 {
+    let Grid {
+        cw,
+        panel_w,
+        top: grid_top,
+        layers,
+    } = *g;
+    let header_top = grid_top - 3.0 - line_height(SMALL);
+    for (j, l) in layers.iter().enumerate() {
+        let x = x0 + cw * (j as f64 + 0.5);
+        lay.text(x, header_top, Anchor::Middle, SMALL, false, layer_text(*l));
+    }
+    let text_top = |size: f64, y: f64| y + (CELL_H - line_height(size)) / 2.0;
+    let mut outlines = Vec::new();
+    for (i, row) in cells.iter().enumerate() {
+        let y = grid_top + CELL_H * i as f64;
+        if let Some(labels) = labels {
+            let (label, hover) = labels[i].clone();
+            lay.text(
+                x0 - LABEL_GAP,
+                text_top(LABEL, y),
+                Anchor::End,
+                LABEL,
+                false,
+                label,
+            );
+            if let Some(t) = lay.texts.last_mut() {
+                t.hover = hover;
+            }
+        }
+        for (j, cell) in row.iter().enumerate() {
+            let Some((v, pass)) = cell else { continue };
+            let rect = Rect {
+                x: x0 + cw * j as f64,
+                y,
+                w: cw,
+                h: CELL_H,
+            };
+            let fill = colour(v.scale);
+            lay.shape(rect, rgb(fill), Stroke::White, Some(v.hover.clone()));
+            if !pass {
+                outlines.push(Rect {
+                    x: rect.x + 1.5,
+                    y: rect.y + 1.5,
+                    w: rect.w - 3.0,
+                    h: rect.h - 3.0,
+                });
+            }
+            let text = v.text.clone();
+            lay.text(
+                rect.x + cw / 2.0,
+                text_top(SMALL, y),
+                Anchor::Middle,
+                SMALL,
+                false,
+                text,
+            );
+            if let Some(t) = lay.texts.last_mut() {
+                t.fill = dark(fill).then_some("white");
+            }
+        }
+    }
+    for rect in outlines {
+        lay.shape(rect, "none".into(), Stroke::Red, None);
+        let inner = Rect {
+            x: rect.x + 2.0,
+            y: rect.y + 2.0,
+            w: rect.w - 4.0,
+            h: rect.h - 4.0,
+        };
+        lay.shape(inner, "none".into(), Stroke::Light, None);
+    }
+    let grid = Rect {
+        x: x0,
+        y: grid_top,
+        w: cw * layers.len() as f64,
+        h: CELL_H * cells.len() as f64,
+    };
+    lay.grids.push(grid);
+    // The axis caption under the grid's middle, within the panel.
+    let caption = "layer";
+    let half = width(caption, LABEL, false) / 2.0;
+    let middle = (x0 + grid.w / 2.0).clamp(x0 + half, x0 + panel_w - half);
+    let y = grid.bottom() + 5.0;
+    lay.text(middle, y, Anchor::Middle, LABEL, false, caption.into());
+    colour_bar(
+        lay,
+        p,
+        x0,
+        y + line_height(LABEL) + 8.0,
+        grid.w.clamp(MIN_PANEL_W, MAX_BAR_W),
+    )
+}
+
+/// The colour bar at (`x0`, `top`), `w` wide, and as many of its labels as
+/// fit without meeting another: the panel's first ticks first, the ends
+/// aligned with the bar's ends. Returns its bottom.
+fn colour_bar(lay: &mut Layout, p: &Panel, x0: f64, top: f64, w: f64) -> f64 {
+    const STEPS: usize = 40;
+    for k in 0..STEPS {
+        let x = x0 + w * k as f64 / STEPS as f64;
+        // Each step overlaps the next by half a pixel: no seams.
+        let rect = Rect {
+            x,
+            y: top,
+            w: (w / STEPS as f64 + 0.5).min(x0 + w - x),
+            h: BAR_H,
+        };
+        lay.shape(
+            rect,
+            rgb(colour(k as f64 / (STEPS - 1) as f64)),
+            Stroke::None,
+            None,
+        );
+    }
+    let label_top = top + BAR_H + 5.0;
+    let mut placed: Vec<Rect> = Vec::new();
+    for &(at, label) in p.ticks {
+        let x = x0 + at * w;
+        let anchor = match at {
+            a if a <= 0.0 => Anchor::Start,
+            a if a >= 1.0 => Anchor::End,
+            _ => Anchor::Middle,
+        };
+        let text = Text {
+            x,
+            y: label_top + ascent(SMALL),
+            anchor,
+            size: SMALL,
+            bold: false,
+            text: label.into(),
+            hover: None,
+            fill: None,
+        };
+        let b = text.bbox();
+        if b.x < x0 || b.right() > x0 + w || placed.iter().any(|o| o.grown(4.0).overlaps(&b)) {
+            continue;
+        }
+        placed.push(b);
+        lay.texts.push(text);
+        let tick = Rect {
+            x: (x - 0.5).clamp(x0, x0 + w - 1.0),
+            y: top + BAR_H,
+            w: 1.0,
+            h: 3.0,
+        };
+        lay.shape(tick, "#444".into(), Stroke::None, None);
+    }
+    label_top + line_height(SMALL)
+}
+
+/// A coordinate as written: at most two decimals.
+fn num(v: f64) -> String {
+    let s = format!("{v:.2}");
+    s.trim_end_matches('0').trim_end_matches('.').to_string()
+}
+
+fn render(lay: &Layout) -> String {
     let mut s = String::new();
     let _ = writeln!(
         s,
-        r#"<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" font-family="sans-serif" font-size="11">"#
+        r#"<svg xmlns="http://www.w3.org/2000/svg" width="{}" height="{}" font-family="sans-serif" font-size="11">"#,
+        num(lay.width),
+        num(lay.height)
     );
     let _ = writeln!(s, r#"<rect width="100%" height="100%" fill="white"/>"#);
-    let _ = writeln!(
-        s,
-        r#"<text x="10" y="20" font-size="14" font-weight="bold">{}</text>"#,
-        xml(title)
-    );
-    let panels: [Panel; 2] = [
-        (
-            "NMSE, dB (llama.cpp practice: fail above -20 dB)",
-            Box::new(|r: &Row| r.against[F64].nmse_db),
-            -160.0,
-            -20.0,
-        ),
-        (
-            "worst |diff| as % of its tolerance atol + rtol|ref| (log colour; >= 100% fails)",
-            Box::new(|r: &Row| r.against[F64].worst_ratio.log10()),
-            -4.0,
-            1.0,
-        ),
-    ];
-    for (p, (name, value, lo, hi)) in panels.iter().enumerate() {
-        let x0 = left + p as f64 * (panel_w + gap);
-        let _ = writeln!(
+    for shape in &lay.shapes {
+        let r = shape.rect;
+        let stroke = match shape.stroke {
+            Stroke::None => "",
+            Stroke::White => r#" stroke="white""#,
+            Stroke::Red => r#" stroke="red" stroke-width="3" pointer-events="none""#,
+            Stroke::Light => r#" stroke="white" stroke-width="1" pointer-events="none""#,
+        };
+        let _ = write!(
             s,
-            r#"<text x="{x0}" y="{}" font-size="12">{}</text>"#,
-            top - 30.0,
-            xml(name)
+            r#"<rect x="{}" y="{}" width="{}" height="{}" fill="{}"{stroke}"#,
+            num(r.x),
+            num(r.y),
+            num(r.w),
+            num(r.h),
+            shape.fill
         );
-        for (j, l) in layers.iter().enumerate() {
-            let _ = writeln!(
-                s,
-                r#"<text x="{}" y="{}" text-anchor="middle">{}</text>"#,
-                x0 + cw * (j as f64 + 0.5),
-                top - 8.0,
-                layer_text(*l)
-            );
-        }
-        for (i, id) in ids.iter().enumerate() {
-            let y = top + ch * i as f64;
-            if p == 0 {
-                let _ = writeln!(
-                    s,
-                    r#"<text x="{}" y="{}" text-anchor="end">{}</text>"#,
-                    left - 6.0,
-                    y + ch * 0.65,
-                    xml(id)
-                );
+        match &shape.hover {
+            Some(h) => {
+                let _ = writeln!(s, "><title>{}</title></rect>", xml(h));
             }
-            for (j, l) in layers.iter().enumerate() {
-                let Some(r) = rows.iter().find(|r| r.id == *id && r.layer == *l) else {
-                    continue;
-                };
-                let v = value(r);
-                let x = x0 + cw * j as f64;
-                let stroke = if r.pass {
-                    r#"stroke="white""#
-                } else {
-                    r#"stroke="red" stroke-width="3""#
-                };
-                let _ = writeln!(
-                    s,
-                    r#"<rect x="{x}" y="{y}" width="{cw}" height="{ch}" fill="{}" {stroke}><title>{} layer {}: {v:.2}</title></rect>"#,
-                    colour((v - lo) / (hi - lo)),
-                    xml(id),
-                    layer_text(*l)
-                );
-                let _ = writeln!(
-                    s,
-                    r#"<text x="{}" y="{}" text-anchor="middle" font-size="10">{}</text>"#,
-                    x + cw / 2.0,
-                    y + ch * 0.65,
-                    match (p, v.is_finite()) {
-                        (_, false) => "-inf".into(),
-                        (0, true) => format!("{v:.0}"),
-                        _ => format!("{:.0}%", 100.0 * 10f64.powf(v)),
-                    }
-                );
-            }
+            None => s.push_str("/>\n"),
         }
+    }
+    for t in &lay.texts {
+        let anchor = match t.anchor {
+            Anchor::Start => "",
+            Anchor::Middle => r#" text-anchor="middle""#,
+            Anchor::End => r#" text-anchor="end""#,
+        };
+        let weight = if t.bold { r#" font-weight="bold""# } else { "" };
+        // Texts without a hover of their own leave it to the cell under them.
+        let (events, hover) = match &t.hover {
+            Some(h) => (String::new(), format!("<title>{}</title>", xml(h))),
+            None => (r#" pointer-events="none""#.to_string(), String::new()),
+        };
+        let fill = t
+            .fill
+            .map(|f| format!(r#" fill="{f}""#))
+            .unwrap_or_default();
         let _ = writeln!(
             s,
-            r#"<text x="{}" y="{}" text-anchor="middle">layer</text>"#,
-            x0 + panel_w / 2.0,
-            top + ch * ids.len() as f64 + 16.0
-        );
-        // Colour bar.
-        let yb = top + ch * ids.len() as f64 + 30.0;
-        for k in 0..20 {
-            let f = k as f64 / 19.0;
-            let _ = writeln!(
-                s,
-                r#"<rect x="{}" y="{yb}" width="{}" height="10" fill="{}"/>"#,
-                x0 + panel_w.max(200.0) * f * 0.95,
-                panel_w.max(200.0) / 20.0 + 0.5,
-                colour(f)
-            );
-        }
-        let _ = writeln!(
-            s,
-            r#"<text x="{x0}" y="{}">{lo}</text><text x="{}" y="{}" text-anchor="end">{hi}</text>"#,
-            yb + 24.0,
-            x0 + panel_w.max(200.0),
-            yb + 24.0
+            r#"<text x="{}" y="{}"{anchor} font-size="{}"{weight}{fill}{events}>{}{hover}</text>"#,
+            num(t.x),
+            num(t.y),
+            num(t.size),
+            xml(&t.text)
         );
     }
     s.push_str("</svg>\n");
     s
 }
 
+fn rgb((r, g, b): (f64, f64, f64)) -> String {
+    format!("rgb({r:.0},{g:.0},{b:.0})")
+}
+
+/// Whether a colour is dark enough that white text reads better on it.
+fn dark((r, g, b): (f64, f64, f64)) -> bool {
+    0.2126 * r + 0.7152 * g + 0.0722 * b < 110.0
+}
+
 /// 0 -> dark blue (tiny error), 1 -> yellow/red (at the limit); clamped.
-fn colour(f: f64) -> String {
+fn colour(f: f64) -> (f64, f64, f64) {
     let f = if f.is_nan() { 1.0 } else { f.clamp(0.0, 1.0) };
     let stops = [
         (0.0, (40.0, 30.0, 110.0)),
@@ -170,5 +639,261 @@ fn colour(f: f64) -> String {
             );
         }
     }
-    format!("rgb({:.0},{:.0},{:.0})", c.0, c.1, c.2)
+    c
+}
+
+#[cfg(test)]
+mod tests {
+    use llorch_checkpoint_spec::manifest::Tolerance;
+
+    use super::*;
+    use crate::metrics::Metrics;
+
+    /// SmolLM2's checkpoints (manifests/llama.yaml).
+    const IDS: [&str; 12] = [
+        "01_attn_norm",
+        "02_q",
+        "02_k",
+        "02_v",
+        "03_q_rope",
+        "03_k_rope",
+        "04_cache_k",
+        "04_cache_v",
+        "05_scores",
+        "06_attn_out",
+        "07_ffn_out",
+        "08_l_out",
+    ];
+    const LONG: &str =
+        "09_a_checkpoint_with_a_rather_long_name_that_someone_might_write_in_a_manifest_one_day";
+
+    fn row(id: &str, layer: Option<u32>, nmse_db: f64, worst_ratio: f64) -> Row {
+        let m = Metrics {
+            max_abs: 1e-3,
+            max_abs_at: 0,
+            p50_abs: 0.0,
+            p99_abs: 0.0,
+            p999_abs: 0.0,
+            max_rel: 0.0,
+            nmse: 10f64.powf(nmse_db / 10.0),
+            nmse_db,
+            cosine: 1.0,
+            n_outside: 0,
+            outside: 0.0,
+            worst_ratio,
+            worst: 0,
+        };
+        Row {
+            id: id.into(),
+            layer,
+            file: format!("checkpoint_{id}.bin"),
+            shape: vec![1, 7, 576],
+            tolerance: Tolerance {
+                atol: 1e-5,
+                rtol: 1e-4,
+                nmse: 1e-6,
+            },
+            against: [(F64.to_string(), m)].into(),
+            pass: worst_ratio < 1.0 && nmse_db <= -60.0,
+            worst_index: vec![0, 0, 0],
+            worst_test: 0.0,
+            worst_ref: 0.0,
+            non_finite_test: 0,
+            non_finite_ref: 0,
+        }
+    }
+
+    /// `ids` x `layers` rows with values over the whole range, the widest
+    /// cell texts among them, and one checkpoint outside the layers.
+    fn rows(ids: &[&str], layers: u32) -> Vec<Row> {
+        let mut rows = vec![row("00_embd", None, -140.0, 1e-3)];
+        for l in 0..layers {
+            for (i, id) in ids.iter().enumerate() {
+                let k = (l as usize * ids.len() + i) as f64;
+                let (db, ratio) = match k as usize % 7 {
+                    0 => (-888.0, 1e12),
+                    1 => (f64::NEG_INFINITY, 0.0),
+                    2 => (f64::NAN, f64::NAN),
+                    3 => (-5555.0, 9999.0),
+                    _ => (
+                        -160.0 + 150.0 * (k * 0.37).sin().abs(),
+                        10f64.powf(-5.0 + 7.0 * (k * 0.71).cos().abs()),
+                    ),
+                };
+                rows.push(row(id, Some(l), db, ratio));
+            }
+        }
+        rows
+    }
+
+    /// Every text's box within the picture, no two texts' boxes sharing an
+    /// area, every box drawn within the picture.
+    fn assert_fits(lay: &Layout, what: &str) {
+        let picture = Rect {
+            x: 0.0,
+            y: 0.0,
+            w: lay.width,
+            h: lay.height,
+        };
+        let boxes: Vec<Rect> = lay.texts.iter().map(Text::bbox).collect();
+        for (t, b) in lay.texts.iter().zip(&boxes) {
+            assert!(
+                picture.contains(b),
+                "{what}: {:?} at {b:?} leaves the picture {picture:?}",
+                t.text
+            );
+        }
+        for s in &lay.shapes {
+            assert!(
+                picture.contains(&s.rect),
+                "{what}: a box at {:?} leaves the picture",
+                s.rect
+            );
+        }
+        for i in 0..boxes.len() {
+            for j in i + 1..boxes.len() {
+                assert!(
+                    !boxes[i].overlaps(&boxes[j]),
+                    "{what}: {:?} at {:?} overlaps {:?} at {:?}",
+                    lay.texts[i].text,
+                    boxes[i],
+                    lay.texts[j].text,
+                    boxes[j]
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn every_text_fits_apart_at_every_size() {
+        let long_title = format!(
+            "llama.cpp vs PyTorch {} (f64), {}",
+            "x".repeat(150),
+            "a very long manifest name indeed.yaml"
+        );
+        let mut with_long = IDS.to_vec();
+        with_long.insert(3, LONG);
+        for layers in [0, 1, 3, 30, 60] {
+            for ids in [&IDS[..], &with_long[..], &["q"][..]] {
+                for title in [
+                    "t",
+                    "llama.cpp vs PyTorch SmolLM2-135M-Instruct (f64), llama.yaml",
+                    &long_title,
+                ] {
+                    let lay = layout(&rows(ids, layers), title);
+                    let what = format!(
+                        "{layers} layers, {} checkpoints, title {} long",
+                        ids.len(),
+                        title.len()
+                    );
+                    assert_fits(&lay, &what);
+                    // One text per cell and per layer number in each panel; the
+                    // row labels once or twice; titles, captions, ticks.
+                    let cells = 2 * (1 + ids.len() * layers as usize);
+                    assert!(
+                        lay.texts.len() > cells + 2 * (layers as usize + 1),
+                        "{what}"
+                    );
+                }
+            }
+        }
+        assert_fits(&layout(&[], "nothing"), "no rows");
+    }
+
+    #[test]
+    fn panels_side_by_side_when_narrow_stacked_when_wide() {
+        for (layers, side_by_side) in [(1, true), (3, true), (30, false), (60, false)] {
+            let lay = layout(&rows(&IDS, layers), "t");
+            let [a, b] = [lay.grids[0], lay.grids[1]];
+            assert_eq!(
+                b.x > a.right() && b.y == a.y,
+                side_by_side,
+                "{layers} layers"
+            );
+            assert_eq!(
+                b.y > a.bottom() && b.x == a.x,
+                !side_by_side,
+                "{layers} layers"
+            );
+            if side_by_side {
+                assert!(
+                    lay.width <= MAX_SIDE_BY_SIDE,
+                    "{layers} layers: {}",
+                    lay.width
+                );
+            }
+            // The checkpoints' rows and the layers' columns (and layer "-").
+            assert_eq!(a.h, CELL_H * 13.0);
+            assert!(a.w >= MIN_CELL_W * (layers + 1) as f64);
+        }
+        // A long name is shortened, whole on hover.
+        let lay = layout(&rows(&[LONG], 1), "t");
+        let label = lay
+            .texts
+            .iter()
+            .find(|t| t.hover.as_deref() == Some(LONG))
+            .unwrap();
+        assert!(label.text.ends_with('…') && width(&label.text, LABEL, false) <= MAX_LABEL_W);
+    }
+
+    #[test]
+    fn every_value_is_inside_its_cell() {
+        let lay = layout(&rows(&IDS, 3), "t");
+        let cells: Vec<Rect> = lay
+            .shapes
+            .iter()
+            .filter(|s| s.stroke == Stroke::White)
+            .map(|s| s.rect)
+            .collect();
+        assert_eq!(cells.len(), 2 * (1 + 3 * IDS.len()));
+        for c in &cells {
+            let inside: Vec<&Text> = lay.texts.iter().filter(|t| c.contains(&t.bbox())).collect();
+            assert_eq!(inside.len(), 1, "{c:?}: {inside:?}");
+        }
+    }
+
+    #[test]
+    fn the_picture_shows_both_panels_failures_values_and_ranges() {
+        let mut rows = rows(&IDS, 2);
+        rows.push(row("a<b&c", Some(0), -10.0, 2.0));
+        let svg = picture(&rows, "SmolLM2 & co");
+        let failing = rows.iter().filter(|r| !r.pass).count();
+        assert!(failing > 0);
+        // Each failing checkpoint outlined in both panels.
+        assert_eq!(svg.matches(r#"stroke="red""#).count(), 2 * failing);
+        for text in [
+            ">SmolLM2 &amp; co<",
+            ">a&lt;b&amp;c<",
+            "NMSE, dB",
+            "worst |diff| as % of its tolerance",
+            ">-160 dB<",
+            ">-20 dB<",
+            ">0.01%<",
+            ">1000%<",
+            ">100%<",
+            ">-inf<",
+            ">nan<",
+            ">1e14%<",
+            ">1e6%<",
+            "<title>02_q layer 1: NMSE",
+            "<title>02_q layer 1: the worst element is",
+        ] {
+            assert!(svg.contains(text), "{text} missing");
+        }
+        assert!(svg.starts_with("<svg xmlns=\"http://www.w3.org/2000/svg\" width=\""));
+        for absent in [
+            "<script",
+            "href",
+            "url(",
+            "@import",
+            "<image",
+            "<foreignObject",
+        ] {
+            assert!(!svg.contains(absent), "{absent}");
+        }
+        assert_eq!(percent(0.0), "0%");
+        assert_eq!(percent(99.994), "9999%");
+        assert_eq!(percent(99.996), "1e4%");
+        assert_eq!(percent(f64::INFINITY), "inf");
+    }
 }

@@ -1,8 +1,13 @@
 //! `report.html` in a real browser: Debian's Chromium, headless, loads the
 //! page from disk with the network off and gives back the DOM it built. The
 //! page must have its sections, tables and pictures, no script error, no
-//! image to break, and every link must land on an element of the page.
+//! image to break, and every link must land on an element of the page; and
+//! in every picture, as Chromium lays it out, no two texts may overlap and
+//! none may leave its picture ([`boxes`]).
 
+mod boxes;
+
+use std::io::{Read, Seek};
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
@@ -21,8 +26,15 @@ fn chromium() -> Result<PathBuf> {
         )
 }
 
-/// The DOM Chromium built from `page`, and what it logged.
-fn load(page: &Path, profile: &Path) -> Result<(String, String)> {
+/// The DOM Chromium built from `page`, and what it logged. Each load has a
+/// fresh profile, in `work`.
+fn load(page: &Path, work: &Path) -> Result<(String, String)> {
+    let profile = tempfile::Builder::new()
+        .prefix("chromium-profile-")
+        .tempdir_in(work)
+        .with_context(|| format!("cannot make a Chromium profile in {}", work.display()))?;
+    let profile = profile.path();
+    let (mut dom, mut log) = (tempfile::tempfile()?, tempfile::tempfile()?);
     let mut child = Command::new(chromium()?)
         .args([
             "--headless",
@@ -38,8 +50,10 @@ fn load(page: &Path, profile: &Path) -> Result<(String, String)> {
         ])
         .arg(format!("--user-data-dir={}", profile.display()))
         .arg(format!("file://{}", page.display()))
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
+        // Into files, not pipes: nothing reads a pipe while Chromium runs,
+        // and a DOM past the pipe's 64 KiB would block it until the deadline.
+        .stdout(dom.try_clone()?)
+        .stderr(log.try_clone()?)
         .spawn()
         .context("cannot start Chromium")?;
     // A page that never settles must not hang verify.
@@ -54,16 +68,15 @@ fn load(page: &Path, profile: &Path) -> Result<(String, String)> {
         }
         std::thread::sleep(Duration::from_millis(100));
     }
-    let out = child.wait_with_output()?;
-    ensure!(
-        out.status.success(),
-        "Chromium failed on {}",
-        page.display()
-    );
-    Ok((
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    ))
+    let status = child.wait()?;
+    ensure!(status.success(), "Chromium failed on {}", page.display());
+    let read = |f: &mut std::fs::File| -> Result<String> {
+        let mut bytes = Vec::new();
+        f.seek(std::io::SeekFrom::Start(0))?;
+        f.read_to_end(&mut bytes)?;
+        Ok(String::from_utf8_lossy(&bytes).into_owned())
+    };
+    Ok((read(&mut dom)?, read(&mut log)?))
 }
 
 /// Opens `page` and checks what a reader would see.
@@ -74,8 +87,7 @@ pub fn report_renders(page: &Path, work: &Path) -> Result<String> {
         "there is no {} to open: the compare above did not write it",
         page.display()
     );
-    let profile = work.join("chromium-profile");
-    let (dom, log) = load(page, &profile)?;
+    let (dom, log) = load(page, work)?;
     ensure!(
         !dom.is_empty(),
         "Chromium gave back no DOM for {}",
@@ -107,9 +119,47 @@ pub fn report_renders(page: &Path, work: &Path) -> Result<String> {
         .filter(|id| !dom.contains(&format!("id=\"{id}\"")))
         .collect();
     ensure!(broken.is_empty(), "links to nothing: {broken:?}");
+    let (texts, measured) = texts_fit(page, work)?;
     Ok(format!(
-        "{}: {tables} tables, {pictures} inline pictures, {} links all landing, no script error",
+        "{}: {tables} tables, {pictures} inline pictures, {} links all landing, no script error; \
+         {texts} text boxes measured in {measured} pictures, none overlapping another, none outside its picture",
         page.display(),
         links.len()
     ))
+}
+
+/// Measures every picture's texts in a copy of `page` with a script added
+/// (the harness, in `work`); fails where two overlap or one leaves its
+/// picture. Returns how many texts it measured, in how many pictures.
+fn texts_fit(page: &Path, work: &Path) -> Result<(usize, usize)> {
+    let html =
+        std::fs::read_to_string(page).with_context(|| format!("cannot read {}", page.display()))?;
+    let harness = work.join("report-text-boxes.html");
+    std::fs::write(&harness, boxes::harness(&html)?)
+        .with_context(|| format!("cannot write {}", harness.display()))?;
+    let (dom, log) = load(&harness, work)?;
+    ensure!(
+        !log.contains("Uncaught"),
+        "the script measuring the pictures' texts failed in {}:\n{log}",
+        harness.display()
+    );
+    let pictures =
+        boxes::parse(&dom).with_context(|| format!("measuring texts in {}", harness.display()))?;
+    let svgs = html.matches("<svg").count();
+    ensure!(
+        pictures.len() == svgs,
+        "{} measured {} pictures of the {svgs} in the page",
+        harness.display(),
+        pictures.len()
+    );
+    let findings = boxes::findings(&pictures);
+    ensure!(
+        findings.is_empty(),
+        "texts that cannot be read in the pictures of {} (measured in {}):\n{}",
+        page.display(),
+        harness.display(),
+        findings.join("\n")
+    );
+    let texts = pictures.iter().map(|p| p.texts.len()).sum();
+    Ok((texts, pictures.len()))
 }

@@ -15,7 +15,7 @@ use std::time::Duration;
 use anyhow::{bail, ensure, Context, Result};
 
 /// Chromium on PATH (Debian: `apt-get install chromium`; .ci/run installs it).
-fn chromium() -> Result<PathBuf> {
+pub fn chromium() -> Result<PathBuf> {
     let path = std::env::var_os("PATH").unwrap_or_default();
     ["chromium", "chromium-browser", "google-chrome"]
         .iter()

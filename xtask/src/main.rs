@@ -11,6 +11,7 @@
 //! doctor   what this machine has and lacks, and the command that fixes each piece
 //! fuzz     the readers of checkpoint files, manifests and run.json under libFuzzer (nightly)
 //! bench    capture cost: steady state and whole process, against no capture and a raw-C floor
+//! layering no import circles between the modules of any crate (cargo-modules)
 //! device-bundle  binaries + pinned source + script -> a .tar.gz for a GPU machine without cargo
 //! ```
 //!
@@ -31,6 +32,7 @@ mod extract;
 mod fetch;
 mod fuzz;
 mod host;
+mod layering;
 mod model;
 mod pin;
 mod project;
@@ -82,6 +84,8 @@ enum Task {
     Fuzz(fuzz::Fuzz),
     /// What capture costs: steady-state and whole-process time against no capture and a raw-C floor; table, bench.json, cost.svg.
     Bench(bench::Bench),
+    /// No import circles between the modules of any crate (needs cargo-modules).
+    Layering(layering::Layering),
     /// Pack the GPU check (binaries, pinned source, patches, tokenizer, one script) for a machine without cargo.
     DeviceBundle(bundle::DeviceBundle),
 }
@@ -115,6 +119,7 @@ fn run(task: Task) -> Result<()> {
         Task::Doctor(task) => task.run(&project),
         Task::Fuzz(task) => task.run(&project),
         Task::Bench(task) => task.run(&project),
+        Task::Layering(task) => task.run(&project),
         Task::DeviceBundle(task) => task.run(&project),
     }
 }

@@ -9,7 +9,7 @@ use xshell::cmd;
 
 use llorch_checkpoint_spec::files::sha256_file;
 
-use super::{check, ensure_tools_built, models_dir, tokenizer_files, Dtype};
+use super::parts::{check, ensure_tools_built, models_dir, tokenizer_files, Dtype};
 use crate::project::Project;
 use crate::python;
 

@@ -9,7 +9,8 @@ use anyhow::Result;
 
 use crate::format;
 use crate::manifest::fmt_ne;
-use crate::output::{file_name, sha256_file};
+use crate::output::file_name;
+use llorch_checkpoint_spec::files::sha256_file;
 use crate::record::RunRecord;
 
 /// The verdict on one file: `Ok(description)` or `Err(defect)`.

@@ -344,7 +344,7 @@ pub fn sha256_cached(path: &Path) -> Result<String> {
     {
         return Ok(sha.to_string());
     }
-    let sha = sha256_file(path)?;
+    let sha = llorch_checkpoint_spec::files::sha256_file(path)?;
     if let Some(cache) = cache {
         // Best effort, atomically: a lost entry only costs a hash later.
         let mut text: String = known
@@ -365,13 +365,6 @@ pub fn sha256_cached(path: &Path) -> Result<String> {
         }
     }
     Ok(sha)
-}
-
-pub fn sha256_file(path: &Path) -> Result<String> {
-    let mut file = File::open(path).with_context(|| format!("cannot read {}", path.display()))?;
-    let mut hasher = Sha256::new();
-    std::io::copy(&mut file, &mut hasher)?;
-    Ok(hex::encode(hasher.finalize()))
 }
 
 #[cfg(test)]

@@ -266,7 +266,7 @@ fn record(
         tensors: cfg.tensors.as_ref().map(|p| p.as_str().to_string()),
         manifest: cfg.manifest.as_ref().map(|p| ManifestInfo {
             path: p.clone(),
-            sha256: output::sha256_file(p).ok(),
+            sha256: llorch_checkpoint_spec::files::sha256_file(p).ok(),
         }),
         extract: cfg.extract,
         prompt: cfg.prompt.clone(),

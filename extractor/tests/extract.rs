@@ -73,7 +73,7 @@ fn the_default_manifest_writes_the_seeds_nine_files_with_their_shapes() {
     assert_eq!(checkpoints.len(), 9);
     for cp in checkpoints {
         let file = cp["file"].as_str().unwrap();
-        let sha = llorch_checkpoint_extractor::output::sha256_file(&dir.join(file)).unwrap();
+        let sha = llorch_checkpoint_spec::files::sha256_file(&dir.join(file)).unwrap();
         assert_eq!(
             cp["sha256"].as_str().unwrap(),
             sha,

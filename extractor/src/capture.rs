@@ -113,12 +113,10 @@ pub struct Capture {
     step: usize,
     scratch: Vec<u8>,
     outbox: Outbox,
-    /// Test hook: panic when observing this node (proves no panic crosses into C).
-    panic_on: Option<Vec<u8>>,
 }
 
 impl Capture {
-    pub fn new(selection: Selection, outbox: Outbox, panic_on: Option<String>) -> Capture {
+    pub fn new(selection: Selection, outbox: Outbox) -> Capture {
         let (checkpoints, glob) = match selection {
             Selection::Manifest(checkpoints) => (checkpoints, None),
             Selection::Glob(pattern) => (Vec::new(), Some(pattern)),
@@ -149,7 +147,6 @@ impl Capture {
             step: 0,
             scratch: Vec::new(),
             outbox,
-            panic_on: panic_on.map(String::into_bytes),
         }
     }
 
@@ -312,13 +309,8 @@ impl Observer for Capture {
     }
 
     fn observe(&mut self, node: &Node<'_>) -> Result<()> {
-        crate::cleanup::test_pause("decode");
-        if self.panic_on.as_deref() == Some(node.name()) {
-            panic!(
-                "injected panic (test hook) while observing `{}`",
-                node.name_lossy()
-            );
-        }
+        #[cfg(feature = "test-hooks")]
+        crate::hooks::observing(node.name());
         if self.reading == Reading::AskOnly {
             if let (None, Some(index)) = (&self.glob, self.find(node)) {
                 self.seen[index] = true;

@@ -46,24 +46,3 @@ pub fn install(cfg: &Config, abandon: Abandon) -> Result<()> {
     });
     Ok(())
 }
-
-static PAUSE_AT: std::sync::OnceLock<String> = std::sync::OnceLock::new();
-static PAUSED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
-
-/// Test hook (`--test-pause decode|write`): where [`test_pause`] waits.
-pub fn set_test_pause(point: Option<&str>) {
-    if let Some(point) = point {
-        let _ = PAUSE_AT.set(point.to_string());
-    }
-}
-
-/// The first time the run reaches `point` (`decode`: the first node observed;
-/// `write`: the first file written) under `--test-pause point`: say so on
-/// stderr and wait 3 s, for a test to signal the run or change its model there.
-pub fn test_pause(point: &str) {
-    use std::sync::atomic::Ordering;
-    if PAUSE_AT.get().is_some_and(|p| p == point) && !PAUSED.swap(true, Ordering::SeqCst) {
-        eprintln!("test hook: paused in the {point}");
-        std::thread::sleep(std::time::Duration::from_secs(3));
-    }
-}

@@ -37,7 +37,7 @@ pub(crate) fn passes(
 ) -> Result<(Decoded, (Vec<CheckpointRecord>, f64))> {
     let (outbox, inbox) = handoff::channel(cfg.buffer_mb << 20);
     let writer = output.spawn_writer(inbox);
-    let capture = selection.map(|s| Capture::new(s, outbox, cfg.inject_panic.clone()));
+    let capture = selection.map(|s| Capture::new(s, outbox));
     let params = ContextParams {
         n_ctx: loaded.n_ctx,
         n_batch: loaded.n_ctx,

@@ -17,6 +17,7 @@
 //! - [`cli`]: logging and exit codes shared by the binaries.
 //! - [`diff`]: two runs (CPU and GPU) compared checkpoint by checkpoint, and their timings.
 //! - [`gpt2_model`]: the seeded synthetic GPT-2 written through ggml's gguf API.
+//! - `hooks` (feature `test-hooks` only): the integration tests' hidden flags.
 
 #![deny(unsafe_code)]
 
@@ -30,6 +31,8 @@ pub mod diff;
 pub mod ffi;
 pub mod gpt2_model;
 pub mod handoff;
+#[cfg(feature = "test-hooks")]
+pub mod hooks;
 pub mod list_nodes;
 pub use llorch_checkpoint_spec::{format, manifest, record};
 pub mod output;

@@ -109,18 +109,17 @@ struct Cli {
     /// Show llama.cpp's own log.
     #[arg(short = 'v', long)]
     verbose: bool,
-    /// Test hook: panic inside the eval callback when observing this node.
-    #[arg(long, hide = true)]
-    inject_panic: Option<String>,
-    /// Test hook: wait 3 s at the first node observed (`decode`) or file written (`write`).
-    #[arg(long, hide = true, value_parser = ["decode", "write"])]
-    test_pause: Option<String>,
+    /// The integration tests' hidden flags (`--features test-hooks` only).
+    #[cfg(feature = "test-hooks")]
+    #[command(flatten)]
+    hooks: llorch_checkpoint_extractor::hooks::HookArgs,
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
     llorch_checkpoint_extractor::cli::init_logging(cli.verbose);
-    llorch_checkpoint_extractor::cleanup::set_test_pause(cli.test_pause.as_deref());
+    #[cfg(feature = "test-hooks")]
+    cli.hooks.install();
     if cli.system_info {
         let (version, commit) = llorch_checkpoint_extractor::ffi::ggml_version();
         println!(
@@ -166,7 +165,6 @@ fn main() -> ExitCode {
         sequential: cli.sequential,
         rpc: cli.rpc,
         tensor_split: cli.tensor_split,
-        inject_panic: cli.inject_panic,
     };
     llorch_checkpoint_extractor::cli::exit_code(run::run(&cfg))
 }

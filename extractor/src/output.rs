@@ -122,7 +122,8 @@ impl Output {
                                         .iter()
                                         .map(|c| {
                                             let record = write_one(staging, format, c);
-                                            crate::cleanup::test_pause("write");
+                                            #[cfg(feature = "test-hooks")]
+                                            crate::hooks::written();
                                             release.done(c);
                                             record
                                         })

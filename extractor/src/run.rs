@@ -55,7 +55,6 @@ pub struct Config {
     pub rpc: Vec<String>,
     /// `--tensor-split`: how the offloaded layers are shared among the devices.
     pub tensor_split: Vec<f32>,
-    pub inject_panic: Option<String>,
 }
 
 /// One run, top-down: refuse what cannot work, load, decode (captured), record, commit.

@@ -88,6 +88,10 @@ fn malformed_yaml_reports_its_line() {
 }
 
 #[test]
+#[cfg_attr(
+    not(feature = "test-hooks"),
+    ignore = "needs --features test-hooks (cargo xtask verify enables it)"
+)]
 fn a_panic_in_the_callback_stops_the_run_and_leaves_no_file() {
     let (err, files) = failing_run(None, &["--inject-panic", "kq_soft_max-0"]);
     assert!(err.contains("panicked on node `kq_soft_max-0`"), "{err}");

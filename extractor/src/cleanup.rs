@@ -9,13 +9,13 @@ use anyhow::{Context, Result};
 
 use crate::ffi::process;
 use crate::output::Abandon;
-use crate::run::Config;
 
 /// Exit code after SIGINT, SIGTERM or SIGHUP (the shell's 128 + SIGINT).
 pub const INTERRUPTED: i32 = 130;
 
-/// Arms both hooks for this run's output.
-pub fn install(cfg: &Config, abandon: Abandon) -> Result<()> {
+/// Arms both hooks for this run's output; `rpc_servers` (`--rpc`) are the
+/// ones to name when ggml aborts.
+pub fn install(rpc_servers: &[String], abandon: Abandon) -> Result<()> {
     let on_signal = abandon.clone();
     ctrlc::set_handler(move || {
         on_signal.abandon();
@@ -24,7 +24,7 @@ pub fn install(cfg: &Config, abandon: Abandon) -> Result<()> {
     })
     .context("cannot install the SIGINT/SIGTERM handler")?;
 
-    let servers = cfg.rpc.clone();
+    let servers = rpc_servers.to_vec();
     process::on_ggml_abort(move |message| {
         abandon.abandon();
         if servers.is_empty() {

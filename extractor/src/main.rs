@@ -7,10 +7,12 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::Parser;
+use llorch_checkpoint_extractor::decode::{DecodeOptions, Steps};
 use llorch_checkpoint_extractor::ffi::llama::KvType;
 use llorch_checkpoint_extractor::format::Format;
+use llorch_checkpoint_extractor::load::Prompt;
 use llorch_checkpoint_extractor::manifest::Layers;
-use llorch_checkpoint_extractor::run::{self, Steps};
+use llorch_checkpoint_extractor::run;
 
 #[derive(Parser)]
 #[command(
@@ -132,7 +134,7 @@ fn main() -> ExitCode {
     let threads = cli
         .threads
         .unwrap_or_else(|| std::thread::available_parallelism().map_or(4, |n| n.get() as i32));
-    let prompt = match &cli.prompt_file {
+    let text = match &cli.prompt_file {
         Some(path) => match std::fs::read_to_string(path) {
             Ok(text) => text,
             Err(e) => {
@@ -146,25 +148,29 @@ fn main() -> ExitCode {
     let cfg = run::Config {
         model: cli.model.expect("clap requires --model"),
         manifest: cli.manifest,
-        prompt,
-        n_predict: cli.n_predict,
-        threads,
+        prompt: Prompt {
+            text,
+            ids: cli.tokens,
+        },
         n_ctx: cli.ctx_size,
         n_gpu_layers: cli.n_gpu_layers,
         out: cli.out,
         format: cli.format,
-        kv_type: cli.kv_type,
-        steps: cli.steps,
         extract: !cli.no_extract,
         list_nodes: cli.list_nodes,
         layers: cli.layers,
-        repeat: cli.repeat,
         tensors: cli.tensors,
-        buffer_mb: cli.buffer_mb,
-        tokens: cli.tokens,
-        sequential: cli.sequential,
         rpc: cli.rpc,
         tensor_split: cli.tensor_split,
+        decode: DecodeOptions {
+            threads,
+            kv_type: cli.kv_type,
+            n_predict: cli.n_predict,
+            steps: cli.steps,
+            sequential: cli.sequential,
+            repeat: cli.repeat,
+            buffer_mb: cli.buffer_mb,
+        },
     };
     llorch_checkpoint_extractor::cli::exit_code(run::run(&cfg))
 }

@@ -14,7 +14,7 @@ use std::thread::JoinHandle;
 use anyhow::{bail, Context, Result};
 use sha2::{Digest, Sha256};
 
-use crate::capture::Captured;
+use crate::captured::Captured;
 use crate::format::{self, Format};
 use crate::handoff::Inbox;
 use crate::record::{CheckpointRecord, RunRecord};
@@ -232,7 +232,7 @@ fn write_one(staging: &Path, format: Format, captured: &Captured) -> Result<Chec
         "  {:<24} {:<18} {:>18}  {}",
         captured.id,
         captured.tensor,
-        crate::capture::shape_text(&captured.shape),
+        crate::manifest::fmt_ne(&captured.shape),
         file
     );
     Ok(CheckpointRecord {

@@ -99,8 +99,9 @@ struct Cli {
     /// Register no eval callback at all (the baseline for overhead and non-interference checks).
     #[arg(long)]
     no_extract: bool,
-    /// The layers `{layer}` expands to, instead of the manifest's: `all`, or numbers like `0,5,29`.
-    #[arg(long, value_name = "all|N,N,...")]
+    /// The layers `{layer}` expands to, instead of the manifest's: `all`, or numbers like `0,5,29`;
+    /// a negative number counts from the end (`-1`: the last layer).
+    #[arg(long, value_name = "all|N,N,...", allow_hyphen_values = true)]
     layers: Option<Layers>,
     /// Print every node of the prompt pass (name, op, type, ne) and exit.
     #[arg(long)]

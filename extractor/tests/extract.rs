@@ -506,3 +506,59 @@ fn several_globs_pick_several_kinds_of_node() {
     assert_eq!(names, expected);
     assert!(record.checkpoints.iter().all(|c| c.shape == [2, 768]));
 }
+
+#[test]
+fn layers_counted_from_the_end_are_taken_as_values_not_flags() {
+    let tmp = tempfile::tempdir().unwrap();
+    let manifest = manifests().join("gpt2-all-layers.yaml");
+    let model = model();
+    for (i, layers) in ["-1", "0,-1", "-2,-1"].into_iter().enumerate() {
+        let dir = tmp.path().join(format!("run{i}"));
+        // `--layers -1` as two arguments: clap must not take `-1` for a flag.
+        run_ok(&[
+            "-m",
+            model.to_str().unwrap(),
+            "--manifest",
+            manifest.to_str().unwrap(),
+            "--layers",
+            layers,
+            "-n",
+            "0",
+            "--out",
+            dir.to_str().unwrap(),
+        ]);
+        let record = llorch_checkpoint_extractor::record::RunRecord::read(&dir).unwrap();
+        let last = record.model.n_layer as u32 - 1;
+        let expected = match layers {
+            "-1" => vec![last],
+            "0,-1" => vec![0, last],
+            _ => vec![last - 1, last],
+        };
+        assert_eq!(
+            record.layers.as_deref(),
+            Some(&expected[..]),
+            "--layers {layers}"
+        );
+        let mut captured: Vec<u32> = record
+            .checkpoints
+            .iter()
+            .map(|c| {
+                c.layer
+                    .expect("every checkpoint of this manifest has a layer")
+            })
+            .collect();
+        captured.sort();
+        captured.dedup();
+        assert_eq!(
+            captured, expected,
+            "--layers {layers}: the checkpoints' layers"
+        );
+        let ln1 = format!("checkpoint_01_ln1_output_l{last}.bin");
+        assert!(
+            files_in(&dir).contains(&ln1),
+            "--layers {layers}: no {ln1} in {:?}",
+            files_in(&dir)
+        );
+        assert_eq!(read(&dir, &ln1).shape, [2, 768]);
+    }
+}

@@ -23,7 +23,7 @@ pub enum Steps {
     All,
 }
 
-/// How a run decodes: the settings [`passes`] reads.
+/// How a run decodes: the settings `passes` reads.
 #[derive(Clone, Debug)]
 pub struct DecodeOptions {
     pub threads: i32,

@@ -2,7 +2,7 @@
 //! inference through the backend scheduler's eval callback.
 //!
 //! - [`ffi`]: all `unsafe`: bindings, model/context owners, the callback trampoline.
-//! - [`manifest`], [`record`], [`format`]: the manifest, `run.json` and the
+//! - [`manifest`], [`record`], [`format`](mod@format): the manifest, `run.json` and the
 //!   checkpoint files, from the pure `llorch-checkpoint-spec` crate that xtask
 //!   reads them with too.
 //! - [`capture`]: the eval-callback logic: which nodes, copied how, sent where.

@@ -42,7 +42,7 @@ impl Prompt {
     }
 }
 
-/// What [`load`] reads.
+/// What `load` reads.
 pub struct LoadOptions<'a> {
     pub model: &'a Path,
     /// `--n-gpu-layers`.

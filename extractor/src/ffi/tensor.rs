@@ -44,7 +44,7 @@ impl<'a> Node<'a> {
     }
 
     pub fn type_name(&self) -> &'static str {
-        super::type_name(self.t.type_)
+        super::backend::type_name(self.t.type_)
     }
 
     /// Whether [`Node::copy_to_f32`] can convert this node's type (no allocation).

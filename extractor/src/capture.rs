@@ -12,30 +12,11 @@ use std::collections::HashMap;
 
 use anyhow::{anyhow, bail, Result};
 
+use crate::captured::Captured;
 use crate::ffi::eval::Observer;
 use crate::ffi::tensor::Node;
 use crate::handoff::Outbox;
-use crate::manifest::{fmt_ne, Checkpoint, Resolved, Symbols};
-
-/// One captured checkpoint on its way to the writer.
-pub struct Captured {
-    pub id: String,
-    pub layer: Option<u32>,
-    /// The ggml node name.
-    pub tensor: String,
-    /// The file name without extension.
-    pub file_stem: String,
-    pub step: usize,
-    pub ggml_ne: [i64; 4],
-    /// Row-major file shape (kept ne reversed).
-    pub shape: Vec<i64>,
-    pub source_dtype: &'static str,
-    pub op: &'static str,
-    pub buffer: String,
-    /// Bytes fetched from the backend (0 when read in host memory).
-    pub fetched: usize,
-    pub data: Vec<f32>,
-}
+use crate::manifest::{Checkpoint, Resolved, Symbols};
 
 /// `--tensors`: globs over node names, separated by commas
 /// (`'attn_norm-*,ffn_out-*'`); a node is wanted when any matches.
@@ -113,12 +94,10 @@ pub struct Capture {
     step: usize,
     scratch: Vec<u8>,
     outbox: Outbox,
-    /// Test hook: panic when observing this node (proves no panic crosses into C).
-    panic_on: Option<Vec<u8>>,
 }
 
 impl Capture {
-    pub fn new(selection: Selection, outbox: Outbox, panic_on: Option<String>) -> Capture {
+    pub fn new(selection: Selection, outbox: Outbox) -> Capture {
         let (checkpoints, glob) = match selection {
             Selection::Manifest(checkpoints) => (checkpoints, None),
             Selection::Glob(pattern) => (Vec::new(), Some(pattern)),
@@ -149,7 +128,6 @@ impl Capture {
             step: 0,
             scratch: Vec::new(),
             outbox,
-            panic_on: panic_on.map(String::into_bytes),
         }
     }
 
@@ -312,13 +290,8 @@ impl Observer for Capture {
     }
 
     fn observe(&mut self, node: &Node<'_>) -> Result<()> {
-        crate::cleanup::test_pause("decode");
-        if self.panic_on.as_deref() == Some(node.name()) {
-            panic!(
-                "injected panic (test hook) while observing `{}`",
-                node.name_lossy()
-            );
-        }
+        #[cfg(feature = "test-hooks")]
+        crate::hooks::observing(node.name());
         if self.reading == Reading::AskOnly {
             if let (None, Some(index)) = (&self.glob, self.find(node)) {
                 self.seen[index] = true;
@@ -337,9 +310,4 @@ impl Observer for Capture {
         }
         self.outbox.push(captured)
     }
-}
-
-/// Shape text for messages, e.g. `[2, 768]`.
-pub fn shape_text(shape: &[i64]) -> String {
-    fmt_ne(shape)
 }

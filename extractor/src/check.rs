@@ -9,8 +9,9 @@ use anyhow::Result;
 
 use crate::format;
 use crate::manifest::fmt_ne;
-use crate::output::{file_name, sha256_file};
+use crate::output::file_name;
 use crate::record::RunRecord;
+use llorch_checkpoint_spec::files::sha256_file;
 
 /// The verdict on one file: `Ok(description)` or `Err(defect)`.
 pub struct FileVerdict {

@@ -9,13 +9,13 @@ use anyhow::{Context, Result};
 
 use crate::ffi::process;
 use crate::output::Abandon;
-use crate::run::Config;
 
 /// Exit code after SIGINT, SIGTERM or SIGHUP (the shell's 128 + SIGINT).
 pub const INTERRUPTED: i32 = 130;
 
-/// Arms both hooks for this run's output.
-pub fn install(cfg: &Config, abandon: Abandon) -> Result<()> {
+/// Arms both hooks for this run's output; `rpc_servers` (`--rpc`) are the
+/// ones to name when ggml aborts.
+pub fn install(rpc_servers: &[String], abandon: Abandon) -> Result<()> {
     let on_signal = abandon.clone();
     ctrlc::set_handler(move || {
         on_signal.abandon();
@@ -24,7 +24,7 @@ pub fn install(cfg: &Config, abandon: Abandon) -> Result<()> {
     })
     .context("cannot install the SIGINT/SIGTERM handler")?;
 
-    let servers = cfg.rpc.clone();
+    let servers = rpc_servers.to_vec();
     process::on_ggml_abort(move |message| {
         abandon.abandon();
         if servers.is_empty() {
@@ -45,25 +45,4 @@ pub fn install(cfg: &Config, abandon: Abandon) -> Result<()> {
         );
     });
     Ok(())
-}
-
-static PAUSE_AT: std::sync::OnceLock<String> = std::sync::OnceLock::new();
-static PAUSED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
-
-/// Test hook (`--test-pause decode|write`): where [`test_pause`] waits.
-pub fn set_test_pause(point: Option<&str>) {
-    if let Some(point) = point {
-        let _ = PAUSE_AT.set(point.to_string());
-    }
-}
-
-/// The first time the run reaches `point` (`decode`: the first node observed;
-/// `write`: the first file written) under `--test-pause point`: say so on
-/// stderr and wait 3 s, for a test to signal the run or change its model there.
-pub fn test_pause(point: &str) {
-    use std::sync::atomic::Ordering;
-    if PAUSE_AT.get().is_some_and(|p| p == point) && !PAUSED.swap(true, Ordering::SeqCst) {
-        eprintln!("test hook: paused in the {point}");
-        std::thread::sleep(std::time::Duration::from_secs(3));
-    }
 }

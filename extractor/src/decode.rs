@@ -8,12 +8,48 @@ use std::time::Instant;
 use anyhow::Result;
 
 use crate::capture::{Capture, Reading, Selection};
-use crate::ffi::llama::{Context, ContextParams, Token};
+use crate::ffi::llama::{Context, ContextParams, KvType, Token};
 use crate::handoff;
+use crate::load::Loaded;
 use crate::manifest::Symbols;
 use crate::output::Output;
 use crate::record::{self, CheckpointRecord, Steady};
-use crate::run::{Config, Loaded, Steps};
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum Steps {
+    /// Capture the prompt pass only.
+    Prompt,
+    /// Capture every pass: the prompt and each generated token's.
+    All,
+}
+
+/// How a run decodes: the settings `passes` reads.
+#[derive(Clone, Debug)]
+pub struct DecodeOptions {
+    pub threads: i32,
+    pub kv_type: KvType,
+    /// `-n`: tokens to generate (greedy) and feed back after the prompt.
+    pub n_predict: usize,
+    /// `--steps`: which passes are captured.
+    pub steps: Steps,
+    /// `--sequential`: the prompt one token per pass, each pass captured.
+    pub sequential: bool,
+    /// `--repeat N`: steady-state timing passes after the run.
+    pub repeat: usize,
+    /// `--buffer-mb`: captured data held in memory before the writer must catch up.
+    pub buffer_mb: usize,
+}
+
+impl DecodeOptions {
+    /// The passes a prompt of `n_tokens` takes: one, or one per token with `--sequential`.
+    pub fn prompt_passes(&self, n_tokens: usize) -> usize {
+        if self.sequential {
+            n_tokens
+        } else {
+            1
+        }
+    }
+}
 
 #[derive(Default)]
 pub(crate) struct Decoded {
@@ -29,34 +65,34 @@ pub(crate) struct Decoded {
 /// asked) by the eval callback; the writer thread stages a pass's files
 /// between passes. Then `--repeat`'s timing passes, which keep nothing.
 pub(crate) fn passes(
-    cfg: &Config,
+    opts: &DecodeOptions,
     loaded: &Loaded,
     selection: Option<Selection>,
     output: &Output,
     flash_attn: bool,
 ) -> Result<(Decoded, (Vec<CheckpointRecord>, f64))> {
-    let (outbox, inbox) = handoff::channel(cfg.buffer_mb << 20);
+    let (outbox, inbox) = handoff::channel(opts.buffer_mb << 20);
     let writer = output.spawn_writer(inbox);
-    let capture = selection.map(|s| Capture::new(s, outbox, cfg.inject_panic.clone()));
+    let capture = selection.map(|s| Capture::new(s, outbox));
     let params = ContextParams {
         n_ctx: loaded.n_ctx,
         n_batch: loaded.n_ctx,
-        n_threads: cfg.threads,
-        kv_type: cfg.kv_type,
+        n_threads: opts.threads,
+        kv_type: opts.kv_type,
         flash_attn: Some(flash_attn),
     };
     let decoded = (|| -> Result<Decoded> {
         let mut ctx = Context::new(&loaded.model, &params, capture)?;
         let mut decoded = Decoded::default();
-        let prompt_passes = prompt_passes(cfg, loaded);
+        let prompt_passes = opts.prompt_passes(loaded.tokens.len());
         let mut n_past = 0usize;
-        for step in 0..prompt_passes + cfg.n_predict {
-            let input: Vec<Token> = match (step < prompt_passes, cfg.sequential) {
+        for step in 0..prompt_passes + opts.n_predict {
+            let input: Vec<Token> = match (step < prompt_passes, opts.sequential) {
                 (true, true) => vec![loaded.tokens[step]],
                 (true, false) => loaded.tokens.clone(),
                 (false, _) => vec![*decoded.next.last().expect("a pass ran before")],
             };
-            let captured = step < prompt_passes || cfg.steps == Steps::All;
+            let captured = step < prompt_passes || opts.steps == Steps::All;
             let symbols = Symbols {
                 n_tokens: input.len() as i64,
                 n_kv: (n_past + input.len()) as i64,
@@ -77,8 +113,8 @@ pub(crate) fn passes(
         if let Some(c) = ctx.observer_mut() {
             c.close();
         }
-        if cfg.repeat > 0 {
-            decoded.steady = Some(steady_state(cfg, loaded, &params, &mut ctx)?);
+        if opts.repeat > 0 {
+            decoded.steady = Some(steady_state(opts, loaded, &params, &mut ctx)?);
         }
         Ok(decoded)
     })();
@@ -89,15 +125,6 @@ pub(crate) fn passes(
     // A writer that failed (a full disk) stops the decode too: its error is the cause.
     let written = written?;
     Ok((decoded?, written))
-}
-
-/// The passes the prompt takes: one, or one per token with `--sequential`.
-pub(crate) fn prompt_passes(cfg: &Config, loaded: &Loaded) -> usize {
-    if cfg.sequential {
-        loaded.tokens.len()
-    } else {
-        1
-    }
 }
 
 /// One decode, timed; `capture` arms the observer for it (step, symbols, reading).
@@ -122,7 +149,7 @@ fn timed_pass(
 /// `--repeat N`: the prompt again N times each way on a cleared cache,
 /// alternating a context with no eval callback and the capturing one.
 fn steady_state(
-    cfg: &Config,
+    opts: &DecodeOptions,
     loaded: &Loaded,
     params: &ContextParams,
     capturing: &mut Context<'_, Capture>,
@@ -135,7 +162,7 @@ fn steady_state(
         ..loaded.base
     };
     let mut steady = Steady::default();
-    for _ in 0..cfg.repeat {
+    for _ in 0..opts.repeat {
         plain.clear_memory();
         let ms = timed_pass(&mut plain, &loaded.tokens, 0, None)?;
         steady.without_ms.push(ms);
@@ -152,7 +179,7 @@ fn steady_state(
     log::info!(
         "  steady state ({} alternating passes each): prompt decode median {:.1} ms with capture, {:.1} ms without: ratio {:.3} \
          ({:.1} ms with the nodes asked for but not read)",
-        cfg.repeat,
+        opts.repeat,
         record::median(&steady.with_ms),
         record::median(&steady.without_ms),
         steady.ratio(),

@@ -17,12 +17,14 @@ use crate::format;
 use crate::manifest::{fmt_ne, Checkpoint};
 use crate::output::file_name;
 use crate::record::{median, Device, RunRecord};
+use llorch_checkpoint_spec::metric;
 
 /// How far `test` is from `reference`.
 #[derive(Debug, Clone, Copy, PartialEq, Serialize)]
 pub struct Stats {
     pub n: usize,
-    /// `mean((test - ref)^2) / var(ref)`; 0 when equal, infinite when ref is constant and they differ.
+    /// `mean((test - ref)^2) / var(ref)` ([`metric::nmse`]); 0 when equal,
+    /// infinite when ref is constant and they differ, NaN when a difference is NaN.
     pub nmse: f64,
     pub max_abs: f64,
     /// Every value has the same bits (so NaN == NaN, and -0.0 != 0.0).
@@ -40,36 +42,20 @@ pub fn stats(reference: &[f32], test: &[f32]) -> Stats {
         .iter()
         .zip(test)
         .all(|(a, b)| a.to_bits() == b.to_bits());
-    if n == 0 {
-        return Stats {
-            n,
-            nmse: 0.0,
-            max_abs: 0.0,
-            bitwise_equal,
-        };
-    }
-    let mean = reference.iter().map(|&v| v as f64).sum::<f64>() / n as f64;
-    let var = reference
-        .iter()
-        .map(|&v| (v as f64 - mean).powi(2))
-        .sum::<f64>()
-        / n as f64;
-    let (mut sq, mut max_abs) = (0f64, 0f64);
+    let mut max_abs = 0f64;
     for (&r, &t) in reference.iter().zip(test) {
         let d = (t as f64 - r as f64).abs();
-        sq += d * d;
         // NaN never compares greater: make it win, so it cannot hide.
         if d > max_abs || d.is_nan() {
             max_abs = d;
         }
     }
-    let mse = sq / n as f64;
-    let nmse = if mse == 0.0 {
-        0.0
-    } else if var == 0.0 {
-        f64::INFINITY
-    } else {
-        mse / var
+    // A NaN difference (a NaN in either run, or the same infinity in both)
+    // makes the NMSE NaN, which passes no bound; `metric::nmse` alone would
+    // see a NaN variance or error as "no error".
+    let nmse = match max_abs.is_nan() {
+        true => f64::NAN,
+        false => metric::nmse(test, reference),
     };
     Stats {
         n,
@@ -300,7 +286,12 @@ mod tests {
         let z = stats(&[0.0, 1.0], &[-0.0, 1.0]);
         assert_eq!((z.nmse, z.bitwise_equal), (0.0, false));
         // A NaN in the test run cannot pass unnoticed.
-        assert!(stats(&r, &[1.0, f32::NAN, 3.0, 4.0]).max_abs.is_nan());
+        let nan = stats(&r, &[1.0, f32::NAN, 3.0, 4.0]);
+        assert!(nan.max_abs.is_nan() && nan.nmse.is_nan(), "{nan:?}");
+        // Nor one in the reference, even where both runs hold it.
+        let both = [1.0, f32::NAN, 3.0];
+        assert!(stats(&both, &both).nmse.is_nan());
+        assert!(stats(&[2.0, f32::NAN], &[2.0, 2.0]).nmse.is_nan());
     }
 
     const MANIFEST: &str = "architecture: gpt2\nlayers: [0]\ncheckpoints:\n  - id: \"01_x\"\n    what: x\n    tensor: \"x-{layer}\"\n    shape: [n_embd, n_tokens]\n    file: checkpoint_01_x\n";

@@ -14,7 +14,7 @@ use std::sync::{Arc, Condvar, Mutex};
 
 use anyhow::{bail, Result};
 
-use crate::capture::Captured;
+use crate::captured::Captured;
 
 /// The default budget, in MB: above a typical pass's checkpoints (the nine of
 /// a 1000-token GPT-2 pass take 65 MB), and what a whole-graph capture may add

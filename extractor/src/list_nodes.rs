@@ -3,11 +3,13 @@
 
 use anyhow::{Context as _, Result};
 
+use std::path::Path;
+
 use crate::ffi::eval::Observer;
-use crate::ffi::llama::{Context, ContextParams, Model};
+use crate::ffi::llama::{Context, ContextParams, KvType, Model};
 use crate::ffi::tensor::Node;
-use crate::preflight;
-use crate::run::Config;
+use crate::load::Prompt;
+use crate::preflight::{self, ContextAsk};
 
 /// `--list-nodes`: prints every node of the prompt pass as the ask path sees
 /// it (name, op, type, ne), computing nothing extra.
@@ -29,23 +31,34 @@ impl Observer for Lister {
     }
 }
 
-pub fn list_nodes(cfg: &Config, flash_attn: bool) -> Result<()> {
-    let model = Model::load(&cfg.model, cfg.n_gpu_layers)?;
-    let tokens = crate::run::prompt_tokens(cfg, &model)?;
-    let n_ctx = preflight::context_size(
-        &Config {
-            n_predict: 0,
-            ..cfg.clone()
-        },
-        &model,
-        tokens.len(),
-    )?;
+/// What [`list_nodes`] reads.
+pub struct ListOptions<'a> {
+    pub model: &'a Path,
+    /// `--n-gpu-layers`.
+    pub n_gpu_layers: i32,
+    pub prompt: &'a Prompt,
+    /// `--ctx-size`.
+    pub ctx_size: Option<u32>,
+    pub threads: i32,
+    pub kv_type: KvType,
+    /// As the run would decide it: the node names differ with flash attention.
+    pub flash_attn: bool,
+}
+
+pub fn list_nodes(opts: &ListOptions<'_>) -> Result<()> {
+    let model = Model::load(opts.model, opts.n_gpu_layers)?;
+    let tokens = opts.prompt.tokens(&model)?;
+    let ask = ContextAsk {
+        ctx_size: opts.ctx_size,
+        n_predict: 0,
+    };
+    let n_ctx = preflight::context_size(ask, opts.model, &model, tokens.len())?;
     let params = ContextParams {
         n_ctx,
         n_batch: n_ctx,
-        n_threads: cfg.threads,
-        kv_type: cfg.kv_type,
-        flash_attn: Some(flash_attn),
+        n_threads: opts.threads,
+        kv_type: opts.kv_type,
+        flash_attn: Some(opts.flash_attn),
     };
     let mut ctx = Context::new(&model, &params, Some(Lister))?;
     ctx.decode(&tokens, 0, true)

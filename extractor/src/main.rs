@@ -7,10 +7,12 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::Parser;
+use llorch_checkpoint_extractor::decode::{DecodeOptions, Steps};
 use llorch_checkpoint_extractor::ffi::llama::KvType;
 use llorch_checkpoint_extractor::format::Format;
+use llorch_checkpoint_extractor::load::Prompt;
 use llorch_checkpoint_extractor::manifest::Layers;
-use llorch_checkpoint_extractor::run::{self, Steps};
+use llorch_checkpoint_extractor::run;
 
 #[derive(Parser)]
 #[command(
@@ -97,8 +99,9 @@ struct Cli {
     /// Register no eval callback at all (the baseline for overhead and non-interference checks).
     #[arg(long)]
     no_extract: bool,
-    /// The layers `{layer}` expands to, instead of the manifest's: `all`, or numbers like `0,5,29`.
-    #[arg(long, value_name = "all|N,N,...")]
+    /// The layers `{layer}` expands to, instead of the manifest's: `all`, or numbers like `0,5,29`;
+    /// a negative number counts from the end (`-1`: the last layer).
+    #[arg(long, value_name = "all|N,N,...", allow_hyphen_values = true)]
     layers: Option<Layers>,
     /// Print every node of the prompt pass (name, op, type, ne) and exit.
     #[arg(long)]
@@ -109,18 +112,17 @@ struct Cli {
     /// Show llama.cpp's own log.
     #[arg(short = 'v', long)]
     verbose: bool,
-    /// Test hook: panic inside the eval callback when observing this node.
-    #[arg(long, hide = true)]
-    inject_panic: Option<String>,
-    /// Test hook: wait 3 s at the first node observed (`decode`) or file written (`write`).
-    #[arg(long, hide = true, value_parser = ["decode", "write"])]
-    test_pause: Option<String>,
+    /// The integration tests' hidden flags (`--features test-hooks` only).
+    #[cfg(feature = "test-hooks")]
+    #[command(flatten)]
+    hooks: llorch_checkpoint_extractor::hooks::HookArgs,
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
     llorch_checkpoint_extractor::cli::init_logging(cli.verbose);
-    llorch_checkpoint_extractor::cleanup::set_test_pause(cli.test_pause.as_deref());
+    #[cfg(feature = "test-hooks")]
+    cli.hooks.install();
     if cli.system_info {
         let (version, commit) = llorch_checkpoint_extractor::ffi::ggml_version();
         println!(
@@ -133,7 +135,7 @@ fn main() -> ExitCode {
     let threads = cli
         .threads
         .unwrap_or_else(|| std::thread::available_parallelism().map_or(4, |n| n.get() as i32));
-    let prompt = match &cli.prompt_file {
+    let text = match &cli.prompt_file {
         Some(path) => match std::fs::read_to_string(path) {
             Ok(text) => text,
             Err(e) => {
@@ -147,26 +149,29 @@ fn main() -> ExitCode {
     let cfg = run::Config {
         model: cli.model.expect("clap requires --model"),
         manifest: cli.manifest,
-        prompt,
-        n_predict: cli.n_predict,
-        threads,
+        prompt: Prompt {
+            text,
+            ids: cli.tokens,
+        },
         n_ctx: cli.ctx_size,
         n_gpu_layers: cli.n_gpu_layers,
         out: cli.out,
         format: cli.format,
-        kv_type: cli.kv_type,
-        steps: cli.steps,
         extract: !cli.no_extract,
         list_nodes: cli.list_nodes,
         layers: cli.layers,
-        repeat: cli.repeat,
         tensors: cli.tensors,
-        buffer_mb: cli.buffer_mb,
-        tokens: cli.tokens,
-        sequential: cli.sequential,
         rpc: cli.rpc,
         tensor_split: cli.tensor_split,
-        inject_panic: cli.inject_panic,
+        decode: DecodeOptions {
+            threads,
+            kv_type: cli.kv_type,
+            n_predict: cli.n_predict,
+            steps: cli.steps,
+            sequential: cli.sequential,
+            repeat: cli.repeat,
+            buffer_mb: cli.buffer_mb,
+        },
     };
     llorch_checkpoint_extractor::cli::exit_code(run::run(&cfg))
 }

@@ -14,7 +14,7 @@ use std::thread::JoinHandle;
 use anyhow::{bail, Context, Result};
 use sha2::{Digest, Sha256};
 
-use crate::capture::Captured;
+use crate::captured::Captured;
 use crate::format::{self, Format};
 use crate::handoff::Inbox;
 use crate::record::{CheckpointRecord, RunRecord};
@@ -122,7 +122,8 @@ impl Output {
                                         .iter()
                                         .map(|c| {
                                             let record = write_one(staging, format, c);
-                                            crate::cleanup::test_pause("write");
+                                            #[cfg(feature = "test-hooks")]
+                                            crate::hooks::written();
                                             release.done(c);
                                             record
                                         })
@@ -231,7 +232,7 @@ fn write_one(staging: &Path, format: Format, captured: &Captured) -> Result<Chec
         "  {:<24} {:<18} {:>18}  {}",
         captured.id,
         captured.tensor,
-        crate::capture::shape_text(&captured.shape),
+        crate::manifest::fmt_ne(&captured.shape),
         file
     );
     Ok(CheckpointRecord {
@@ -344,7 +345,7 @@ pub fn sha256_cached(path: &Path) -> Result<String> {
     {
         return Ok(sha.to_string());
     }
-    let sha = sha256_file(path)?;
+    let sha = llorch_checkpoint_spec::files::sha256_file(path)?;
     if let Some(cache) = cache {
         // Best effort, atomically: a lost entry only costs a hash later.
         let mut text: String = known
@@ -365,13 +366,6 @@ pub fn sha256_cached(path: &Path) -> Result<String> {
         }
     }
     Ok(sha)
-}
-
-pub fn sha256_file(path: &Path) -> Result<String> {
-    let mut file = File::open(path).with_context(|| format!("cannot read {}", path.display()))?;
-    let mut hasher = Sha256::new();
-    std::io::copy(&mut file, &mut hasher)?;
-    Ok(hex::encode(hasher.finalize()))
 }
 
 #[cfg(test)]

@@ -8,8 +8,7 @@ use anyhow::{bail, Context, Result};
 
 use crate::ffi::gguf::GgufFile;
 use crate::ffi::llama::Model;
-use crate::manifest::Manifest;
-use crate::run::Config;
+use crate::manifest::{Layers, Manifest};
 
 /// What the GGUF header says, read before the model is loaded.
 pub struct Header {
@@ -37,24 +36,16 @@ impl Header {
     }
 }
 
-/// The manifest with `--layers` applied, and the layers it was expanded to.
+/// The manifest at `path` with `--layers` applied (checked against the
+/// model's layer count), and the layers it was expanded to.
 pub fn load_manifest(
-    cfg: &Config,
+    path: &Path,
+    layers: Option<&Layers>,
     header: &Header,
-) -> Result<(Option<Manifest>, Option<Vec<u32>>)> {
-    let Some(path) = &cfg.manifest else {
-        if cfg.extract && !cfg.list_nodes && cfg.tensors.is_none() {
-            bail!("--manifest (or --tensors GLOB) is required, or pass --no-extract");
-        }
-        return Ok((None, None));
-    };
-    let layers = cfg
-        .layers
-        .as_ref()
-        .map(|l| l.resolve(header.n_layer))
-        .transpose()?;
+) -> Result<(Manifest, Option<Vec<u32>>)> {
+    let layers = layers.map(|l| l.resolve(header.n_layer)).transpose()?;
     let manifest = Manifest::load_with_layers(path, layers.as_deref())?;
-    Ok((Some(manifest), layers))
+    Ok((manifest, layers))
 }
 
 /// Refuses a model whose architecture is not the manifest's before it is
@@ -88,15 +79,25 @@ pub fn check_architecture(
     )
 }
 
+/// What a run asks of its context.
+#[derive(Clone, Copy, Debug)]
+pub struct ContextAsk {
+    /// `--ctx-size`; `None`: 512 cells, or the trained context if smaller.
+    pub ctx_size: Option<u32>,
+    /// `-n`: the positions the generation adds after the prompt.
+    pub n_predict: usize,
+}
+
 /// The KV-cache size of the run: `--ctx-size` (default 512, at most the
 /// trained context), raised to fit the prompt and the generation. A run that
 /// needs more positions than the model was trained for is refused before any
 /// compute: past them llama.cpp reads outside its tables and aborts.
-pub fn context_size(cfg: &Config, model: &Model, n_prompt: usize) -> Result<u32> {
+/// `path` is the model's file, for the messages.
+pub fn context_size(ask: ContextAsk, path: &Path, model: &Model, n_prompt: usize) -> Result<u32> {
     let trained = model.n_ctx_train().max(0) as u64;
-    let needed = (n_prompt + cfg.n_predict) as u64;
+    let needed = (n_prompt + ask.n_predict) as u64;
     if trained > 0 && needed > trained {
-        let n = cfg.n_predict as u64;
+        let n = ask.n_predict as u64;
         let fix = if (n_prompt as u64) < trained {
             format!(
                 "lower -n to {} or shorten the prompt",
@@ -111,30 +112,30 @@ pub fn context_size(cfg: &Config, model: &Model, n_prompt: usize) -> Result<u32>
         bail!(
             "the prompt is {n_prompt} tokens and -n {n} feeds {n} more: {needed} positions, but {} was \
              trained for a context of {trained}; {fix}",
-            cfg.model.display()
+            path.display()
         );
     }
-    if let Some(asked) = cfg.n_ctx {
+    if let Some(asked) = ask.ctx_size {
         if trained > 0 && asked as u64 > trained {
             bail!(
                 "--ctx-size {asked} is above the context {} was trained for ({trained}); use --ctx-size {trained} or less",
-                cfg.model.display()
+                path.display()
             );
         }
     }
     let default = if trained > 0 { trained.min(512) } else { 512 };
-    Ok(cfg.n_ctx.map_or(default, u64::from).max(needed) as u32)
+    Ok(ask.ctx_size.map_or(default, u64::from).max(needed) as u32)
 }
 
 /// `--rpc`: checks that every server answers (ggml aborts on one that does
 /// not), then registers them. A server that dies later is `cleanup`'s.
-pub fn connect_rpc(cfg: &Config) -> Result<()> {
-    for endpoint in &cfg.rpc {
+pub fn connect_rpc(servers: &[String]) -> Result<()> {
+    for endpoint in servers {
         if let Err(e) = reachable(endpoint) {
             bail!("the RPC server {endpoint} cannot be reached ({e}); start it there with `llorch-checkpoint-rpc-server --host HOST --port PORT`, or fix --rpc");
         }
     }
-    for endpoint in &cfg.rpc {
+    for endpoint in servers {
         crate::ffi::rpc::add_server(endpoint)?;
     }
     Ok(())

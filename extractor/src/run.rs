@@ -4,64 +4,47 @@ use std::path::PathBuf;
 
 use anyhow::{bail, Result};
 
-use crate::capture::Selection;
-use crate::decode::{self, Decoded};
-use crate::ffi::llama::{KvType, Model, Token};
+use crate::capture::{NodeFilter, Selection};
+use crate::decode::{self, DecodeOptions, Decoded};
+use crate::ffi::llama::Token;
 use crate::format::{self, Format};
+use crate::list_nodes::{self, ListOptions};
+use crate::load::{self, LoadOptions, Loaded, Prompt};
 use crate::manifest::{Layers, Manifest, Symbols};
 use crate::output::{self, Output};
-use crate::preflight::{self, Header};
+use crate::preflight::{self, ContextAsk, Header};
 use crate::record::{
     self, CheckpointRecord, Device, LlamaCpp, LogitsRecord, ManifestInfo, ModelInfo, RunRecord,
 };
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
-pub enum Steps {
-    /// Capture the prompt pass only.
-    Prompt,
-    /// Capture every pass: the prompt and each generated token's.
-    All,
-}
-
-#[derive(Clone)]
+/// Everything the command line sets for one run.
 pub struct Config {
     pub model: PathBuf,
     pub manifest: Option<PathBuf>,
-    pub prompt: String,
-    pub n_predict: usize,
-    pub threads: i32,
+    pub prompt: Prompt,
     /// `--ctx-size`; `None`: 512 cells, or the trained context if smaller.
     pub n_ctx: Option<u32>,
     pub n_gpu_layers: i32,
     pub out: PathBuf,
     pub format: Format,
-    pub kv_type: KvType,
-    pub steps: Steps,
     pub extract: bool,
     pub list_nodes: bool,
     /// `--layers`: instead of the manifest's own layers.
     pub layers: Option<Layers>,
-    /// `--repeat N`: steady-state timing passes after the run.
-    pub repeat: usize,
     /// `--tensors GLOB`: every node whose name matches, instead of a manifest.
-    pub tensors: Option<crate::capture::NodeFilter>,
-    /// `--buffer-mb`: captured data held in memory before the writer must catch up.
-    pub buffer_mb: usize,
-    /// `--tokens`: the prompt as token ids, instead of text to tokenize.
-    pub tokens: Option<Vec<Token>>,
-    /// `--sequential`: the prompt one token per pass, each pass captured.
-    pub sequential: bool,
+    pub tensors: Option<NodeFilter>,
     /// `--rpc`: RPC servers (`host:port`) whose devices take offloaded layers.
     pub rpc: Vec<String>,
     /// `--tensor-split`: how the offloaded layers are shared among the devices.
     pub tensor_split: Vec<f32>,
-    pub inject_panic: Option<String>,
+    /// Threads, KV type, generation, steps, `--sequential`, `--repeat`, buffer.
+    pub decode: DecodeOptions,
 }
 
 /// One run, top-down: refuse what cannot work, load, decode (captured), record, commit.
 pub fn run(cfg: &Config) -> Result<()> {
     let header = Header::read(&cfg.model)?;
-    let (manifest, layers) = preflight::load_manifest(cfg, &header)?;
+    let (manifest, layers) = manifest(cfg, &header)?;
     // Scores (kq_soft_max) only exist with flash attention off. The decision
     // depends on the manifest (or --tensors) only, so runs with and without
     // extraction match.
@@ -70,7 +53,7 @@ pub fn run(cfg: &Config) -> Result<()> {
             .as_ref()
             .is_some_and(Manifest::needs_attention_scores);
     if cfg.list_nodes {
-        return crate::list_nodes::list_nodes(cfg, flash_attn);
+        return list_nodes::list_nodes(&list_options(cfg, flash_attn));
     }
     if let (Some(m), Some(path)) = (&manifest, &cfg.manifest) {
         preflight::check_architecture(m, path, &cfg.model, &header)?;
@@ -80,21 +63,21 @@ pub fn run(cfg: &Config) -> Result<()> {
         (None, Some(m)) => Some(Selection::Manifest(m.checkpoints.clone())),
         (None, None) => None,
     };
-    if cfg.repeat > 0 && !(cfg.extract && selection.is_some()) {
+    if cfg.decode.repeat > 0 && !(cfg.extract && selection.is_some()) {
         bail!(
             "--repeat times capture against no capture: it needs --manifest or --tensors, and not --no-extract"
         );
     }
     let output = Output::open(&cfg.out, cfg.format)?;
-    crate::cleanup::install(cfg, output.abandon_handle())?;
-    preflight::connect_rpc(cfg)?;
+    crate::cleanup::install(&cfg.rpc, output.abandon_handle())?;
+    preflight::connect_rpc(&cfg.rpc)?;
 
     let stamp = preflight::ModelStamp::take(&cfg.model)?;
-    let loaded = load(cfg)?;
+    let loaded = load::load(&load_options(cfg))?;
     log_header(cfg, &loaded, manifest.as_ref());
     let selection = selection.filter(|_| cfg.extract);
     let (decoded, (written, write_ms)) =
-        decode::passes(cfg, &loaded, selection, &output, flash_attn)?;
+        decode::passes(&cfg.decode, &loaded, selection, &output, flash_attn)?;
 
     // After the decodes, so that it never shares the CPU with one.
     stamp.check_unchanged(&cfg.model)?;
@@ -112,71 +95,42 @@ pub fn run(cfg: &Config) -> Result<()> {
 
 const LOGITS_FILE: &str = "logits.bin";
 
-/// The model, the prompt's tokens and what follows from both.
-pub(crate) struct Loaded {
-    pub(crate) model: Model,
-    arch: String,
-    pub(crate) tokens: Vec<Token>,
-    pub(crate) n_ctx: u32,
-    /// The symbols of the run; `n_tokens` and `n_kv` are set per pass.
-    pub(crate) base: Symbols,
-}
-
-fn load(cfg: &Config) -> Result<Loaded> {
-    let model = Model::load_split(&cfg.model, cfg.n_gpu_layers, &cfg.tensor_split)?;
-    let arch = model
-        .meta("general.architecture")
-        .unwrap_or_else(|| "unknown".into());
-    let tokens = prompt_tokens(cfg, &model)?;
-    let n_ctx = preflight::context_size(cfg, &model, tokens.len())?;
-    let head_dim = model
-        .meta(&format!("{arch}.attention.key_length"))
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(model.n_embd() / model.n_head().max(1));
-    let base = Symbols {
-        n_embd: model.n_embd(),
-        n_head: model.n_head(),
-        n_head_kv: model.n_head_kv(),
-        head_dim,
-        n_embd_gqa: head_dim.saturating_mul(model.n_head_kv()),
-        n_ff: model
-            .meta(&format!("{arch}.feed_forward_length"))
-            .and_then(|v| v.parse().ok())
-            .unwrap_or(0),
-        n_vocab: model.n_vocab(),
-        n_ctx: n_ctx as i64,
-        n_tokens: 0,
-        n_kv: 0,
-    };
-    Ok(Loaded {
-        model,
-        arch,
-        tokens,
-        n_ctx,
-        base,
-    })
-}
-
-/// The prompt's token ids: `--tokens` as given (each checked against the
-/// vocabulary), or the prompt text tokenized by the model.
-pub fn prompt_tokens(cfg: &Config, model: &Model) -> Result<Vec<Token>> {
-    let tokens = match &cfg.tokens {
-        Some(ids) => {
-            let n_vocab = model.n_vocab();
-            if let Some(bad) = ids.iter().find(|&&t| t < 0 || i64::from(t) >= n_vocab) {
-                bail!(
-                    "--tokens: id {bad} is not in the model's vocabulary (0 to {})",
-                    n_vocab - 1
-                );
-            }
-            ids.clone()
+/// The manifest with `--layers` applied, and the layers it was expanded to;
+/// none with `--tensors`, `--no-extract` or `--list-nodes`.
+fn manifest(cfg: &Config, header: &Header) -> Result<(Option<Manifest>, Option<Vec<u32>>)> {
+    let Some(path) = &cfg.manifest else {
+        if cfg.extract && !cfg.list_nodes && cfg.tensors.is_none() {
+            bail!("--manifest (or --tensors GLOB) is required, or pass --no-extract");
         }
-        None => model.tokenize(&cfg.prompt)?,
+        return Ok((None, None));
     };
-    if tokens.is_empty() {
-        bail!("the prompt {:?} gives no tokens", cfg.prompt);
+    let (manifest, layers) = preflight::load_manifest(path, cfg.layers.as_ref(), header)?;
+    Ok((Some(manifest), layers))
+}
+
+fn load_options(cfg: &Config) -> LoadOptions<'_> {
+    LoadOptions {
+        model: &cfg.model,
+        n_gpu_layers: cfg.n_gpu_layers,
+        tensor_split: &cfg.tensor_split,
+        prompt: &cfg.prompt,
+        context: ContextAsk {
+            ctx_size: cfg.n_ctx,
+            n_predict: cfg.decode.n_predict,
+        },
     }
-    Ok(tokens)
+}
+
+fn list_options(cfg: &Config, flash_attn: bool) -> ListOptions<'_> {
+    ListOptions {
+        model: &cfg.model,
+        n_gpu_layers: cfg.n_gpu_layers,
+        prompt: &cfg.prompt,
+        ctx_size: cfg.n_ctx,
+        threads: cfg.decode.threads,
+        kv_type: cfg.decode.kv_type,
+        flash_attn,
+    }
 }
 
 fn log_header(cfg: &Config, loaded: &Loaded, manifest: Option<&Manifest>) {
@@ -198,7 +152,7 @@ fn log_header(cfg: &Config, loaded: &Loaded, manifest: Option<&Manifest>) {
     );
     log::info!(
         "  prompt    {:?} -> {} tokens {}",
-        cfg.prompt,
+        cfg.prompt.text,
         loaded.tokens.len(),
         first_ids(&loaded.tokens, 32)
     );
@@ -266,24 +220,24 @@ fn record(
         tensors: cfg.tensors.as_ref().map(|p| p.as_str().to_string()),
         manifest: cfg.manifest.as_ref().map(|p| ManifestInfo {
             path: p.clone(),
-            sha256: output::sha256_file(p).ok(),
+            sha256: llorch_checkpoint_spec::files::sha256_file(p).ok(),
         }),
         extract: cfg.extract,
-        prompt: cfg.prompt.clone(),
+        prompt: cfg.prompt.text.clone(),
         tokens: loaded.tokens.clone(),
         generated: {
-            let first = decode::prompt_passes(cfg, loaded) - 1;
-            decoded.next[first..first + cfg.n_predict].to_vec()
+            let first = cfg.decode.prompt_passes(loaded.tokens.len()) - 1;
+            decoded.next[first..first + cfg.decode.n_predict].to_vec()
         },
         next_token: decoded.next.last().copied(),
-        threads: cfg.threads,
+        threads: cfg.decode.threads,
         n_ctx: loaded.n_ctx,
         n_gpu_layers: cfg.n_gpu_layers,
-        kv_type: cfg.kv_type.name().into(),
+        kv_type: cfg.decode.kv_type.name().into(),
         flash_attn,
         format: cfg.format,
-        steps: format!("{:?}", cfg.steps).to_lowercase(),
-        sequential: cfg.sequential,
+        steps: format!("{:?}", cfg.decode.steps).to_lowercase(),
+        sequential: cfg.decode.sequential,
         symbols: Symbols {
             n_tokens: n_prompt,
             n_kv: n_prompt,

@@ -5,6 +5,8 @@
 //! `.ci/run` make sure it exists before running the tests.
 mod common;
 
+use std::path::Path;
+
 use common::{files_in, manifests, model, read, run_ok};
 
 /// A manifest with the seed's checkpoints plus the nodes the correctness checks need.
@@ -73,7 +75,7 @@ fn the_default_manifest_writes_the_seeds_nine_files_with_their_shapes() {
     assert_eq!(checkpoints.len(), 9);
     for cp in checkpoints {
         let file = cp["file"].as_str().unwrap();
-        let sha = llorch_checkpoint_extractor::output::sha256_file(&dir.join(file)).unwrap();
+        let sha = llorch_checkpoint_spec::files::sha256_file(&dir.join(file)).unwrap();
         assert_eq!(
             cp["sha256"].as_str().unwrap(),
             sha,
@@ -106,16 +108,22 @@ fn checkpoints_agree_with_their_neighbours_in_the_graph() {
         "--out",
         dir.to_str().unwrap(),
     ]);
-    let (qkv, q, k, v) = (
-        read(&dir, "qkv.bin"),
-        read(&dir, "q.bin"),
-        read(&dir, "k.bin"),
-        read(&dir, "v.bin"),
-    );
-    let n_tokens = qkv.shape[0] as usize;
+    let n_tokens = read(&dir, "qkv.bin").shape[0] as usize;
     assert!(n_tokens >= 5);
+    qkv_slices_are_q_k_and_v(&dir, n_tokens);
+    the_cache_holds_k_and_v_in_f16(&dir, n_tokens);
+    scores_are_causal_softmax_rows(&dir, n_tokens);
+    the_residual_adds_attn_out_to_the_layer_input(&dir);
+}
 
-    // Q/K/V are exactly the three 768-wide slices of the fused QKV projection.
+/// Q/K/V are exactly the three 768-wide slices of the fused QKV projection.
+fn qkv_slices_are_q_k_and_v(dir: &Path, n_tokens: usize) {
+    let (qkv, q, k, v) = (
+        read(dir, "qkv.bin"),
+        read(dir, "q.bin"),
+        read(dir, "k.bin"),
+        read(dir, "v.bin"),
+    );
     for t in 0..n_tokens {
         let row = &qkv.data[t * 2304..(t + 1) * 2304];
         assert_eq!(
@@ -134,10 +142,13 @@ fn checkpoints_agree_with_their_neighbours_in_the_graph() {
             "V, token {t}"
         );
     }
+}
 
-    // The cache's filled cells hold this prompt's K and V, rounded to f16.
+/// The cache's filled cells hold this prompt's K and V, rounded to f16.
+fn the_cache_holds_k_and_v_in_f16(dir: &Path, n_tokens: usize) {
     let f16 = |x: f32| half::f16::from_f32(x).to_f32();
-    let (cache_k, cache_v) = (read(&dir, "cache_k.bin"), read(&dir, "cache_v.bin"));
+    let (k, v) = (read(dir, "k.bin"), read(dir, "v.bin"));
+    let (cache_k, cache_v) = (read(dir, "cache_k.bin"), read(dir, "cache_v.bin"));
     assert_eq!(cache_k.shape, [1, n_tokens as i64, 12, 64]);
     assert_eq!(cache_v.shape, [1, 64, 12, n_tokens as i64]);
     for (cached, fresh) in cache_k.data.iter().zip(&k.data) {
@@ -156,9 +167,11 @@ fn checkpoints_agree_with_their_neighbours_in_the_graph() {
             }
         }
     }
+}
 
-    // Softmax rows sum to 1 over the filled cells and are 0 beyond the causal mask.
-    let scores = read(&dir, "scores.bin");
+/// Softmax rows sum to 1 over the filled cells and are 0 beyond the causal mask.
+fn scores_are_causal_softmax_rows(dir: &Path, n_tokens: usize) {
+    let scores = read(dir, "scores.bin");
     assert_eq!(scores.shape, [1, 12, n_tokens as i64, n_tokens as i64]);
     let mut non_uniform = false;
     for h in 0..12 {
@@ -181,12 +194,14 @@ fn checkpoints_agree_with_their_neighbours_in_the_graph() {
         non_uniform,
         "attention is uniform everywhere: the model's weights make no useful test"
     );
+}
 
-    // The residual: attn_out + layer input = ffn_inp, bit for bit (one f32 add).
+/// The residual: attn_out + layer input = ffn_inp, bit for bit (one f32 add).
+fn the_residual_adds_attn_out_to_the_layer_input(dir: &Path) {
     let (attn_out, layer_in, ffn_inp) = (
-        read(&dir, "attn_out.bin"),
-        read(&dir, "layer_in.bin"),
-        read(&dir, "ffn_inp.bin"),
+        read(dir, "attn_out.bin"),
+        read(dir, "layer_in.bin"),
+        read(dir, "ffn_inp.bin"),
     );
     for i in 0..ffn_inp.data.len() {
         assert_eq!(
@@ -505,4 +520,60 @@ fn several_globs_pick_several_kinds_of_node() {
     expected.sort();
     assert_eq!(names, expected);
     assert!(record.checkpoints.iter().all(|c| c.shape == [2, 768]));
+}
+
+#[test]
+fn layers_counted_from_the_end_are_taken_as_values_not_flags() {
+    let tmp = tempfile::tempdir().unwrap();
+    let manifest = manifests().join("gpt2-all-layers.yaml");
+    let model = model();
+    for (i, layers) in ["-1", "0,-1", "-2,-1"].into_iter().enumerate() {
+        let dir = tmp.path().join(format!("run{i}"));
+        // `--layers -1` as two arguments: clap must not take `-1` for a flag.
+        run_ok(&[
+            "-m",
+            model.to_str().unwrap(),
+            "--manifest",
+            manifest.to_str().unwrap(),
+            "--layers",
+            layers,
+            "-n",
+            "0",
+            "--out",
+            dir.to_str().unwrap(),
+        ]);
+        let record = llorch_checkpoint_extractor::record::RunRecord::read(&dir).unwrap();
+        let last = record.model.n_layer as u32 - 1;
+        let expected = match layers {
+            "-1" => vec![last],
+            "0,-1" => vec![0, last],
+            _ => vec![last - 1, last],
+        };
+        assert_eq!(
+            record.layers.as_deref(),
+            Some(&expected[..]),
+            "--layers {layers}"
+        );
+        let mut captured: Vec<u32> = record
+            .checkpoints
+            .iter()
+            .map(|c| {
+                c.layer
+                    .expect("every checkpoint of this manifest has a layer")
+            })
+            .collect();
+        captured.sort();
+        captured.dedup();
+        assert_eq!(
+            captured, expected,
+            "--layers {layers}: the checkpoints' layers"
+        );
+        let ln1 = format!("checkpoint_01_ln1_output_l{last}.bin");
+        assert!(
+            files_in(&dir).contains(&ln1),
+            "--layers {layers}: no {ln1} in {:?}",
+            files_in(&dir)
+        );
+        assert_eq!(read(&dir, &ln1).shape, [2, 768]);
+    }
 }

@@ -42,7 +42,8 @@ fn extract_gpt2(model: &Path, dir: &Path) -> (std::process::Output, String) {
     (out, stderr)
 }
 
-/// A run with `--test-pause point`, its stderr lines on a channel.
+/// A run with `--test-pause point` (a hidden flag of `--features test-hooks`
+/// builds only), its stderr lines on a channel.
 fn paused_run(args: &[String], point: &str) -> (Child, mpsc::Receiver<String>) {
     let mut child = extractor()
         .args(args)
@@ -102,6 +103,10 @@ fn earlier_run(dir: &Path) -> Vec<String> {
 }
 
 #[test]
+#[cfg_attr(
+    not(feature = "test-hooks"),
+    ignore = "needs --features test-hooks (cargo xtask verify enables it)"
+)]
 fn sigint_and_sigterm_in_the_decode_or_the_writes_leave_nothing_and_free_the_lock() {
     for (sig, point) in [
         ("INT", "decode"),
@@ -145,6 +150,10 @@ fn sigint_and_sigterm_in_the_decode_or_the_writes_leave_nothing_and_free_the_loc
 }
 
 #[test]
+#[cfg_attr(
+    not(feature = "test-hooks"),
+    ignore = "needs --features test-hooks (cargo xtask verify enables it)"
+)]
 fn after_sigkill_in_the_writes_the_next_run_removes_what_was_staged() {
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path().join("run");
@@ -226,6 +235,10 @@ fn model_copy(dir: &Path) -> PathBuf {
 }
 
 #[test]
+#[cfg_attr(
+    not(feature = "test-hooks"),
+    ignore = "needs --features test-hooks (cargo xtask verify enables it)"
+)]
 fn a_model_that_changes_during_the_run_is_detected_and_nothing_is_written() {
     let tmp = tempfile::tempdir().unwrap();
     let copy = model_copy(tmp.path());

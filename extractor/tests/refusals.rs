@@ -88,6 +88,10 @@ fn malformed_yaml_reports_its_line() {
 }
 
 #[test]
+#[cfg_attr(
+    not(feature = "test-hooks"),
+    ignore = "needs --features test-hooks (cargo xtask verify enables it)"
+)]
 fn a_panic_in_the_callback_stops_the_run_and_leaves_no_file() {
     let (err, files) = failing_run(None, &["--inject-panic", "kq_soft_max-0"]);
     assert!(err.contains("panicked on node `kq_soft_max-0`"), "{err}");
@@ -323,33 +327,82 @@ fn free_port() -> u16 {
 }
 
 /// An RPC server of this build on loopback; killed when dropped.
-struct Server(std::process::Child, u16);
+struct Server {
+    child: std::process::Child,
+    port: u16,
+    /// The server's stdout, a line at a time ("Accepted client connection", ...).
+    log: std::sync::mpsc::Receiver<String>,
+}
+
+const ACCEPTED: &str = "Accepted client connection";
+const CLOSED: &str = "Client connection closed";
 
 impl Server {
+    /// Started, and listening: its log holds nothing of the connection that checked.
     fn start() -> Server {
+        use std::io::BufRead;
         let port = free_port();
-        let child = Command::new(env!("CARGO_BIN_EXE_llorch-checkpoint-rpc-server"))
+        let mut child = Command::new(env!("CARGO_BIN_EXE_llorch-checkpoint-rpc-server"))
             .args(["--port", &port.to_string(), "-t", "1"])
             .stdout(std::process::Stdio::piped())
             .stderr(std::process::Stdio::null())
             .spawn()
             .unwrap();
+        let stdout = std::io::BufReader::new(child.stdout.take().unwrap());
+        let (lines, log) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            for line in stdout.lines().map_while(Result::ok) {
+                let _ = lines.send(line);
+            }
+        });
         // Owned at once, so that a server that never listens is killed too.
-        let server = Server(child, port);
+        let server = Server { child, port, log };
         for _ in 0..100 {
             if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
+                // That connection is the server's first client: its lines go here.
+                server.wait_for(CLOSED, std::time::Duration::from_secs(30));
                 return server;
             }
             std::thread::sleep(std::time::Duration::from_millis(50));
         }
         panic!("the RPC server did not start on port {port}");
     }
+
+    /// Log lines up to one that contains `what`, within `timeout`; false if none came.
+    fn wait_for(&self, what: &str, timeout: std::time::Duration) -> bool {
+        let deadline = std::time::Instant::now() + timeout;
+        loop {
+            let left = deadline.saturating_duration_since(std::time::Instant::now());
+            match self.log.recv_timeout(left) {
+                Ok(line) if line.contains(what) => return true,
+                Ok(_) => {}
+                Err(_) => return false,
+            }
+        }
+    }
+
+    /// Waits for a client connection that stays open: the extractor connects
+    /// briefly to check that the server answers and to ask for its devices,
+    /// then opens the session that takes the model's offloaded layers.
+    fn wait_for_session(&self) {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+        while std::time::Instant::now() < deadline {
+            let left = deadline.saturating_duration_since(std::time::Instant::now());
+            if !self.wait_for(ACCEPTED, left) {
+                break;
+            }
+            if !self.wait_for(CLOSED, std::time::Duration::from_millis(200)) {
+                return;
+            }
+        }
+        panic!("the extractor never opened a session with the server");
+    }
 }
 
 impl Drop for Server {
     fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
+        let _ = self.child.kill();
+        let _ = self.child.wait();
     }
 }
 
@@ -377,17 +430,7 @@ fn an_rpc_server_that_is_not_there_or_dies_mid_run_ends_the_run_cleanly() {
     // Killed once the client is in (the 500 MB model then goes to it): exit
     // code 1, the server named, nothing left in the output directory.
     let mut server = Server::start();
-    let (connected, accepted) = std::sync::mpsc::channel();
-    let server_log = std::io::BufReader::new(server.0.stdout.take().unwrap());
-    std::thread::spawn(move || {
-        use std::io::BufRead;
-        for line in server_log.lines().map_while(Result::ok) {
-            if line.contains("Accepted client connection") {
-                let _ = connected.send(());
-            }
-        }
-    });
-    let endpoint = format!("127.0.0.1:{}", server.1);
+    let endpoint = format!("127.0.0.1:{}", server.port);
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path().join("run");
     let run = Command::new(env!("CARGO_BIN_EXE_llorch-checkpoint-extractor"))
@@ -410,11 +453,8 @@ fn an_rpc_server_that_is_not_there_or_dies_mid_run_ends_the_run_cleanly() {
         .stderr(std::process::Stdio::piped())
         .spawn()
         .unwrap();
-    accepted
-        .recv_timeout(std::time::Duration::from_secs(30))
-        .expect("the extractor never reached the server");
-    std::thread::sleep(std::time::Duration::from_millis(50));
-    server.0.kill().unwrap();
+    server.wait_for_session();
+    server.child.kill().unwrap();
     let out = run.wait_with_output().unwrap();
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(1), "{stderr}");

@@ -30,7 +30,7 @@ impl Model {
     /// As [`Model::load`], with the offloaded layers split over the devices in
     /// these proportions (llama.cpp's `--tensor-split`; empty: by free memory).
     pub fn load_split(path: &Path, n_gpu_layers: i32, tensor_split: &[f32]) -> Result<Model> {
-        super::init();
+        super::backend::init();
         // SAFETY: a constant of the library.
         let max = unsafe { sys::llama_max_devices() };
         ensure!(
@@ -202,7 +202,7 @@ impl Drop for Model {
 /// llama.cpp's own quantize API (`LLAMA_FTYPE_ALL_F32`), so that a run on it
 /// differs from a run on `input` only by how the kernels compute.
 pub fn dequantize_to_f32(input: &Path, output: &Path, threads: i32) -> Result<()> {
-    super::init();
+    super::backend::init();
     ensure!(
         input.is_file(),
         "model file {} does not exist",

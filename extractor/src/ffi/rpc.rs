@@ -24,7 +24,7 @@ type StartServer = unsafe extern "C" fn(
 
 /// The RPC registry's function `name`, or why there is none.
 fn proc_address(name: &str) -> Result<*mut std::ffi::c_void> {
-    super::init();
+    super::backend::init();
     let reg_name = CString::new("RPC").expect("no NUL");
     let c_name = CString::new(name).expect("no NUL");
     // SAFETY: registry lookups by name; both strings outlive the calls.
@@ -65,7 +65,10 @@ pub fn serve(endpoint: &str, device: &str, threads: usize) -> Result<()> {
     // SAFETY: lookup by name of a registered device; null when unknown.
     let mut dev = unsafe { sys::ggml_backend_dev_by_name(c_device.as_ptr()) };
     if dev.is_null() {
-        let known: Vec<String> = super::devices().into_iter().map(|(n, _)| n).collect();
+        let known: Vec<String> = super::backend::devices()
+            .into_iter()
+            .map(|(n, _)| n)
+            .collect();
         bail!(
             "no device `{device}` in this build; known: {}",
             known.join(", ")

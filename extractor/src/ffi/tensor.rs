@@ -44,7 +44,7 @@ impl<'a> Node<'a> {
     }
 
     pub fn type_name(&self) -> &'static str {
-        super::type_name(self.t.type_)
+        super::backend::type_name(self.t.type_)
     }
 
     /// Whether [`Node::copy_to_f32`] can convert this node's type (no allocation).
@@ -82,6 +82,18 @@ impl<'a> Node<'a> {
         scratch: &mut Vec<u8>,
         out: &mut Vec<f32>,
     ) -> Result<usize> {
+        let layout = self.layout(keep)?;
+        // Only up to the last kept byte crosses PCIe or the network: the
+        // padded KV cells at the end of a cache view stay where they are.
+        let extent = layout.extent(keep);
+        let (src, fetched) = self.read(extent, scratch)?;
+        layout.gather(src, keep, out);
+        Ok(fetched)
+    }
+
+    /// What a copy keeping `keep` needs checked before it reads anything, and
+    /// how the node's bytes are laid out.
+    fn layout(&self, keep: [i64; 4]) -> Result<Layout> {
         let t = self.t;
         for (d, (&k, &ne)) in keep.iter().zip(&t.ne).enumerate() {
             ensure!(
@@ -96,39 +108,36 @@ impl<'a> Node<'a> {
         );
         // SAFETY: type traits are static per type.
         let traits = unsafe { &*sys::ggml_get_type_traits(t.type_) };
-        let (blck, type_size) = (traits.blck_size as usize, traits.type_size);
-        let is_f32 = t.type_ == sys::ggml_type::GGML_TYPE_F32;
-        let to_float = traits.to_float;
-        if !is_f32 && to_float.is_none() {
+        let layout = Layout {
+            nb: t.nb,
+            blck: traits.blck_size as usize,
+            type_size: traits.type_size,
+            is_f32: t.type_ == sys::ggml_type::GGML_TYPE_F32,
+            to_float: traits.to_float,
+            row_contiguous: t.nb[0] == traits.type_size,
+        };
+        if !layout.is_f32 && layout.to_float.is_none() {
             bail!(
                 "node `{}` has type {}, which ggml cannot convert to float",
                 self.name_lossy(),
                 self.type_name()
             );
         }
-        let row_contiguous = t.nb[0] == type_size;
-        if blck > 1 {
+        if layout.blck > 1 {
             ensure!(
-                row_contiguous && keep[0] == t.ne[0],
+                layout.row_contiguous && keep[0] == t.ne[0],
                 "quantized node `{}` is not row-contiguous",
                 self.name_lossy()
             );
         }
-        let row_bytes = |n0: usize| match row_contiguous {
-            true => n0 / blck * type_size,
-            false => (n0 - 1) * t.nb[0] + type_size,
-        };
-        // Only up to the last kept byte crosses PCIe or the network: the
-        // padded KV cells at the end of a cache view stay where they are.
-        let extent = match keep.contains(&0) {
-            true => 0,
-            false => {
-                (1..4)
-                    .map(|d| (keep[d] as usize - 1) * t.nb[d])
-                    .sum::<usize>()
-                    + row_bytes(keep[0] as usize)
-            }
-        };
+        Ok(layout)
+    }
+
+    /// The node's first `extent` bytes (at least): read in place from host
+    /// memory, or fetched from the backend into `scratch`. Also returns the
+    /// bytes fetched (0 for host memory).
+    fn read<'s>(&'s self, extent: usize, scratch: &'s mut Vec<u8>) -> Result<(&'s [u8], usize)> {
+        let t = self.t;
         // SAFETY: the tensor is live and allocated; ggml_nbytes covers its whole
         // strided extent, and `extent` lies within it. A host buffer is read in
         // place; any other backend's is copied to `scratch` with
@@ -140,16 +149,56 @@ impl<'a> Node<'a> {
             self.name_lossy()
         );
         let host = unsafe { sys::ggml_backend_buffer_is_host(t.buffer) };
-        let src: &[u8] = if host {
+        if host {
             // SAFETY: host memory of nbytes at t.data, not written while the
             // callback runs (the scheduler waits for it).
-            unsafe { std::slice::from_raw_parts(t.data.cast::<u8>(), nbytes) }
-        } else {
-            scratch.resize(extent, 0);
-            unsafe { sys::ggml_backend_tensor_get(t, scratch.as_mut_ptr().cast(), 0, extent) };
-            scratch
-        };
+            let src = unsafe { std::slice::from_raw_parts(t.data.cast::<u8>(), nbytes) };
+            return Ok((src, 0));
+        }
+        scratch.resize(extent, 0);
+        // SAFETY: `scratch` is writable for `extent` bytes, which lie within the tensor.
+        unsafe { sys::ggml_backend_tensor_get(t, scratch.as_mut_ptr().cast(), 0, extent) };
+        Ok((scratch, extent))
+    }
+}
 
+/// How a node's elements lie in its bytes: strides, type, block size.
+struct Layout {
+    nb: [usize; 4],
+    /// Elements per block (1, or 32 for q8_0 and the like).
+    blck: usize,
+    /// Bytes per block.
+    type_size: usize,
+    is_f32: bool,
+    to_float: sys::ggml_to_float_t,
+    /// Elements of a row are packed (no stride between them).
+    row_contiguous: bool,
+}
+
+impl Layout {
+    /// The bytes of the first `n0` elements of a row.
+    fn row_bytes(&self, n0: usize) -> usize {
+        match self.row_contiguous {
+            true => n0 / self.blck * self.type_size,
+            false => (n0 - 1) * self.nb[0] + self.type_size,
+        }
+    }
+
+    /// The bytes from the node's start to the end of its last kept element.
+    fn extent(&self, keep: [i64; 4]) -> usize {
+        match keep.contains(&0) {
+            true => 0,
+            false => {
+                (1..4)
+                    .map(|d| (keep[d] as usize - 1) * self.nb[d])
+                    .sum::<usize>()
+                    + self.row_bytes(keep[0] as usize)
+            }
+        }
+    }
+
+    /// The kept elements of `src` (the node's bytes), as f32 in ggml order, into `out`.
+    fn gather(&self, src: &[u8], keep: [i64; 4], out: &mut Vec<f32>) {
         let n = (keep[0] * keep[1] * keep[2] * keep[3]) as usize;
         out.clear();
         out.reserve(n);
@@ -157,37 +206,41 @@ impl<'a> Node<'a> {
         for i3 in 0..n3 {
             for i2 in 0..n2 {
                 for i1 in 0..n1 {
-                    let row = i1 * t.nb[1] + i2 * t.nb[2] + i3 * t.nb[3];
-                    if row_contiguous && is_f32 {
-                        let bytes = &src[row..row + n0 * 4];
-                        out.extend(
-                            bytes
-                                .chunks_exact(4)
-                                .map(|b| f32::from_ne_bytes([b[0], b[1], b[2], b[3]])),
-                        );
-                    } else if row_contiguous {
-                        let start = out.len();
-                        out.resize(start + n0, 0.0);
-                        let bytes = &src[row..row + row_bytes(n0)];
-                        convert(bytes, &mut out[start..], is_f32, to_float);
-                    } else {
-                        for i0 in 0..n0 {
-                            let at = row + i0 * t.nb[0];
-                            let start = out.len();
-                            out.push(0.0);
-                            convert(
-                                &src[at..at + type_size],
-                                &mut out[start..],
-                                is_f32,
-                                to_float,
-                            );
-                        }
-                    }
+                    let row = i1 * self.nb[1] + i2 * self.nb[2] + i3 * self.nb[3];
+                    self.gather_row(src, row, n0, out);
                 }
             }
         }
         debug_assert_eq!(out.len(), n);
-        Ok(if host { 0 } else { extent })
+    }
+
+    /// The first `n0` elements of the row at byte `row` of `src`, appended to `out`.
+    fn gather_row(&self, src: &[u8], row: usize, n0: usize, out: &mut Vec<f32>) {
+        if self.row_contiguous && self.is_f32 {
+            let bytes = &src[row..row + n0 * 4];
+            out.extend(
+                bytes
+                    .chunks_exact(4)
+                    .map(|b| f32::from_ne_bytes([b[0], b[1], b[2], b[3]])),
+            );
+        } else if self.row_contiguous {
+            let start = out.len();
+            out.resize(start + n0, 0.0);
+            let bytes = &src[row..row + self.row_bytes(n0)];
+            convert(bytes, &mut out[start..], self.is_f32, self.to_float);
+        } else {
+            for i0 in 0..n0 {
+                let at = row + i0 * self.nb[0];
+                let start = out.len();
+                out.push(0.0);
+                convert(
+                    &src[at..at + self.type_size],
+                    &mut out[start..],
+                    self.is_f32,
+                    self.to_float,
+                );
+            }
+        }
     }
 }
 

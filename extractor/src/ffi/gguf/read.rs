@@ -23,7 +23,7 @@ pub struct TensorInfo {
 
 impl TensorInfo {
     pub fn type_name(&self) -> &'static str {
-        crate::ffi::type_name(self.ty)
+        crate::ffi::backend::type_name(self.ty)
     }
 }
 
@@ -50,7 +50,7 @@ impl GgufFile {
     /// Reads the header. A file that is not GGUF, or is cut short, or whose
     /// tensors point past its end, is an error naming the file.
     pub fn open(path: &Path) -> Result<GgufFile> {
-        crate::ffi::init();
+        crate::ffi::backend::init();
         let meta =
             std::fs::metadata(path).with_context(|| format!("cannot read {}", path.display()))?;
         ensure!(meta.is_file(), "{} is not a file", path.display());

@@ -1,0 +1,22 @@
+//! What the capture hands to the writer: one checkpoint, copied to f32, with
+//! everything its record needs. Shared by `capture`, `handoff` and `output`.
+
+/// One captured checkpoint on its way to the writer.
+pub struct Captured {
+    pub id: String,
+    pub layer: Option<u32>,
+    /// The ggml node name.
+    pub tensor: String,
+    /// The file name without extension.
+    pub file_stem: String,
+    pub step: usize,
+    pub ggml_ne: [i64; 4],
+    /// Row-major file shape (kept ne reversed).
+    pub shape: Vec<i64>,
+    pub source_dtype: &'static str,
+    pub op: &'static str,
+    pub buffer: String,
+    /// Bytes fetched from the backend (0 when read in host memory).
+    pub fetched: usize,
+    pub data: Vec<f32>,
+}

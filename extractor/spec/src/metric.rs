@@ -4,9 +4,12 @@
 /// NMSE from its two sums: `sum((test-ref)^2) / sum((ref-mean(ref))^2)`,
 /// which is `mean((test-ref)^2) / var(ref)`, the measure llama.cpp's own
 /// model-conversion checks use. Infinite when the reference is constant and
-/// the test is not; 0 when both agree exactly.
+/// the test is not; 0 when both agree exactly; NaN when a sum is (never a
+/// perfect score for a NaN).
 pub fn nmse_from_sums(squared_error: f64, variance: f64) -> f64 {
-    if variance > 0.0 {
+    if squared_error.is_nan() || variance.is_nan() {
+        f64::NAN
+    } else if variance > 0.0 {
         squared_error / variance
     } else if squared_error > 0.0 {
         f64::INFINITY
@@ -49,6 +52,8 @@ mod tests {
         assert_eq!(nmse(&[1.0f32, 2.0], &[1.0, 2.0]), 0.0);
         assert_eq!(nmse(&[2.0f32, 2.5], &[2.0, 2.0]), f64::INFINITY);
         assert_eq!(nmse_from_sums(0.0, 0.0), 0.0);
+        assert!(nmse(&[f64::NAN, 1.0], &[1.0, 1.0]).is_nan());
+        assert!(nmse(&[1.0, 1.0], &[f64::NAN, 1.0]).is_nan());
         assert_eq!(db(0.01), -20.0);
         assert_eq!(db(0.0), f64::NEG_INFINITY);
     }

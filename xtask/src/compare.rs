@@ -17,18 +17,13 @@ use xshell::cmd;
 
 use crate::build::Backend;
 use crate::extract::{ensure_extractor, layer_arg};
+use crate::model::ModelArgs;
 use crate::project::Project;
 
 #[derive(clap::Args)]
 pub struct Compare {
-    /// Checkpoint manifest with `reference:` entries [default: the catalogue model's, else manifests/gpt2.yaml].
-    #[arg(long)]
-    manifest: Option<PathBuf>,
-    /// A GGUF path or a model of vendor/models.yaml, e.g. smollm2-135m [default: the synthetic GPT-2 of `cargo xtask model`].
-    #[arg(long)]
-    model: Option<String>,
-    #[arg(long, default_value = "Hello world")]
-    prompt: String,
+    #[command(flatten)]
+    input: ModelArgs,
     /// Output directory (runs, reference tensors, report.json, errors.svg) [default: target/llorch/compare].
     #[arg(long)]
     out: Option<PathBuf>,
@@ -76,11 +71,7 @@ impl Compare {
             Some(dir) => std::path::absolute(dir)?,
             None => project.work_dir().join("compare"),
         };
-        let (model, manifest) = crate::model::model_and_manifest(
-            project,
-            self.model.as_deref(),
-            self.manifest.as_deref(),
-        )?;
+        let (model, manifest) = self.input.resolve(project)?;
         let opts = Options {
             layers: self.layers,
             candidate: self.candidate.map(std::path::absolute).transpose()?,
@@ -89,7 +80,7 @@ impl Compare {
             show: self.show,
             run: self.run.map(std::path::absolute).transpose()?,
             attribution: self.attribution,
-            ..Options::new(&manifest, &model, &self.prompt, out)
+            ..Options::new(&manifest, &model, &self.input.prompt, out)
         };
         if self.sequential {
             print!(

@@ -6,20 +6,15 @@ use anyhow::{Context, Result};
 use llorch_checkpoint_spec::record::RunRecord;
 
 use crate::build::{self, Backend};
+use crate::model::ModelArgs;
 use crate::project::Flavour;
 use crate::project::Project;
 use crate::step::Step;
 
 #[derive(clap::Args)]
 pub struct Extract {
-    /// Checkpoint manifest [default: the catalogue model's, else manifests/gpt2.yaml].
-    #[arg(long)]
-    manifest: Option<PathBuf>,
-    /// A GGUF path or a model of vendor/models.yaml, e.g. smollm2-135m [default: the synthetic GPT-2 of `cargo xtask model`].
-    #[arg(long)]
-    model: Option<String>,
-    #[arg(long, default_value = "Hello world")]
-    prompt: String,
+    #[command(flatten)]
+    input: ModelArgs,
     #[arg(long, value_enum, default_value_t = Backend::Cpu)]
     backend: Backend,
     /// Output directory [default: checkpoints/ in the project root].
@@ -43,11 +38,7 @@ impl Extract {
             .unwrap_or_else(|| project.root().join("checkpoints"));
         // The model first: writing it builds the CPU extractor, and the
         // extractor we run must be the one for the requested backend.
-        let (model, manifest) = crate::model::model_and_manifest(
-            project,
-            self.model.as_deref(),
-            self.manifest.as_deref(),
-        )?;
+        let (model, manifest) = self.input.resolve(project)?;
         let exe = ensure_extractor(project, self.backend)?;
         let args = [
             "-m".into(),
@@ -58,7 +49,7 @@ impl Extract {
         .into_iter()
         .chain([
             "-p".into(),
-            self.prompt.into(),
+            self.input.prompt.into(),
             "--out".into(),
             out.clone().into(),
         ])

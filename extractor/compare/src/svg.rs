@@ -10,7 +10,7 @@
 //! and the picture's size is that of what it holds. `layout` returns the
 //! placed boxes, so the tests check the geometry itself.
 
-mod geometry;
+pub mod geometry;
 
 use std::fmt::Write as _;
 

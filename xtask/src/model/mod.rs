@@ -247,6 +247,27 @@ fn recorded_and_intact(path: &Path) -> Result<Option<String>> {
     Ok(Some(actual))
 }
 
+/// `--model`, `--manifest` and `--prompt`, as extract and compare take them.
+#[derive(clap::Args)]
+pub struct ModelArgs {
+    /// Checkpoint manifest (compare needs its `reference:` entries) [default: the catalogue model's, else manifests/gpt2.yaml].
+    #[arg(long)]
+    pub manifest: Option<PathBuf>,
+    /// A GGUF path or a model of vendor/models.yaml, e.g. smollm2-135m [default: the synthetic GPT-2 of `cargo xtask model`].
+    #[arg(long)]
+    pub model: Option<String>,
+    /// The prompt whose pass is captured.
+    #[arg(long, default_value = "Hello world")]
+    pub prompt: String,
+}
+
+impl ModelArgs {
+    /// The model's path and the manifest's, defaults filled in.
+    pub fn resolve(&self, project: &Project) -> Result<(PathBuf, PathBuf)> {
+        model_and_manifest(project, self.model.as_deref(), self.manifest.as_deref())
+    }
+}
+
 /// `--model` and `--manifest` of extract and compare, defaults filled in:
 /// no model is the synthetic GPT-2 with `manifests/gpt2.yaml`; a catalogue
 /// name is that model (fetched if missing) with its entry's manifest; anything

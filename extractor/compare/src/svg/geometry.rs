@@ -2,8 +2,9 @@
 //! of the box a line of sans-serif text takes, so that texts can be placed
 //! apart without a browser to ask.
 
-/// An axis-aligned box: top-left corner and size, in SVG user units (px).
-#[derive(Clone, Copy, Debug, PartialEq)]
+/// An axis-aligned box: top-left corner and size, in SVG user units (px,
+/// as a browser measures them too).
+#[derive(Clone, Copy, Debug, PartialEq, serde::Deserialize)]
 pub struct Rect {
     pub x: f64,
     pub y: f64,
@@ -18,6 +19,11 @@ impl Rect {
 
     pub fn bottom(&self) -> f64 {
         self.y + self.h
+    }
+
+    /// No area: no glyph to see.
+    pub fn is_empty(&self) -> bool {
+        self.w <= 0.0 || self.h <= 0.0
     }
 
     /// Whether the two share an area (touching edges do not).

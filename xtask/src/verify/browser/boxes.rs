@@ -8,30 +8,9 @@
 //! as JSON; `--dump-dom` gives that back. The judging is [`problems`], pure.
 
 use anyhow::{bail, Context, Result};
-use serde::Deserialize;
-
 /// A box in CSS pixels, relative to its picture's top-left corner.
-#[derive(Clone, Copy, Debug, PartialEq, Deserialize)]
-pub struct Rect {
-    pub x: f64,
-    pub y: f64,
-    pub w: f64,
-    pub h: f64,
-}
-
-impl Rect {
-    fn right(&self) -> f64 {
-        self.x + self.w
-    }
-
-    fn bottom(&self) -> f64 {
-        self.y + self.h
-    }
-
-    fn is_empty(&self) -> bool {
-        self.w <= 0.0 || self.h <= 0.0
-    }
-}
+pub use llorch_checkpoint_compare::svg::geometry::Rect;
+use serde::Deserialize;
 
 /// One picture as Chromium laid it out: its size, and its texts' boxes.
 #[derive(Debug, Deserialize)]

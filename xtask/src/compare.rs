@@ -28,7 +28,7 @@ pub struct Compare {
     #[arg(long)]
     out: Option<PathBuf>,
     /// The layers to compare instead of the manifest's: `all`, or numbers like `0,5,29` (negative from the last: -1).
-    #[arg(long, value_name = "all|N,N,...", allow_negative_numbers = true)]
+    #[arg(long, value_name = "all|N,N,...", allow_hyphen_values = true)]
     layers: Option<String>,
     /// Compare this existing run directory (run.json + checkpoint files) instead of running the extractor.
     #[arg(long)]

@@ -21,8 +21,8 @@ pub struct Extract {
     #[arg(long)]
     out: Option<PathBuf>,
     /// The layers to extract instead of the manifest's: `all`, or numbers like `0,5,29` (negative from the last: -1).
-    #[arg(long, value_name = "all|N,N,...", allow_negative_numbers = true)]
-    layers: Option<String>,
+    #[arg(long, value_name = "all|N,N,...", allow_hyphen_values = true)]
+    pub layers: Option<String>,
     /// Further flags for the extractor (after `--`), e.g. `-- --kv-type f32 --format npy`.
     #[arg(last = true)]
     extractor_args: Vec<String>,

@@ -123,3 +123,31 @@ fn run(task: Task) -> Result<()> {
         Task::DeviceBundle(task) => task.run(&project),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn layers_counted_from_the_end_are_values_not_flags() {
+        for layers in ["-1", "0,-1", "-2,-1"] {
+            let cli = Cli::try_parse_from(["cargo xtask", "extract", "--layers", layers]);
+            let Ok(Cli {
+                task: Task::Extract(extract),
+                ..
+            }) = cli
+            else {
+                panic!("extract --layers {layers} is refused");
+            };
+            assert_eq!(extract.layers.as_deref(), Some(layers));
+            let cli = Cli::try_parse_from([
+                "cargo xtask",
+                "compare",
+                "--layers",
+                layers,
+                "--attribution",
+            ]);
+            assert!(cli.is_ok(), "compare --layers {layers} is refused");
+        }
+    }
+}

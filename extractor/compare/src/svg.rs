@@ -242,26 +242,41 @@ fn axes(rows: &[Row]) -> (Vec<&str>, Vec<Option<u32>>) {
     (ids, layers)
 }
 
+/// One panel's cells: per checkpoint (row) and layer (column), its value
+/// and verdict, or nothing where the run has no such checkpoint.
+fn panel_cells(rows: &[Row], p: &Panel, ids: &[&str], layers: &[Option<u32>]) -> Cells {
+    ids.iter()
+        .map(|id| {
+            layers
+                .iter()
+                .map(|l| {
+                    rows.iter()
+                        .find(|r| r.id == *id && r.layer == *l)
+                        .map(|r| ((p.value)(r), r.pass))
+                })
+                .collect()
+        })
+        .collect()
+}
+
+/// Each row's label, and the whole name on hover where it is shortened.
+fn row_labels(ids: &[&str]) -> Vec<(String, Option<String>)> {
+    ids.iter()
+        .map(|id| {
+            let short = shorten(id, LABEL, false, MAX_LABEL_W);
+            let hover = (short != *id).then(|| id.to_string());
+            (short, hover)
+        })
+        .collect()
+}
+
 /// Places everything the picture shows; see the module's doc.
 pub(crate) fn layout(rows: &[Row], title: &str) -> Layout {
     let (ids, layers) = axes(rows);
     let panels = panels();
     let cells: Vec<Cells> = panels
         .iter()
-        .map(|p| {
-            ids.iter()
-                .map(|id| {
-                    layers
-                        .iter()
-                        .map(|l| {
-                            rows.iter()
-                                .find(|r| r.id == *id && r.layer == *l)
-                                .map(|r| ((p.value)(r), r.pass))
-                        })
-                        .collect()
-                })
-                .collect()
-        })
+        .map(|p| panel_cells(rows, p, &ids, &layers))
         .collect();
     // One cell width for both panels, so stacked panels' columns line up.
     let cw = cells
@@ -273,15 +288,7 @@ pub(crate) fn layout(rows: &[Row], title: &str) -> Layout {
         .chain(layers.iter().map(|l| width(&layer_text(*l), SMALL, false)))
         .fold(0.0, f64::max);
     let cw = (cw + CELL_PAD).max(MIN_CELL_W).ceil();
-    // Each row's label, and the whole name on hover where it is shortened.
-    let labels: Vec<(String, Option<String>)> = ids
-        .iter()
-        .map(|id| {
-            let short = shorten(id, LABEL, false, MAX_LABEL_W);
-            let hover = (short != *id).then(|| id.to_string());
-            (short, hover)
-        })
-        .collect();
+    let labels = row_labels(&ids);
     let label_w = labels
         .iter()
         .map(|(l, _)| width(l, LABEL, false))
@@ -300,45 +307,26 @@ pub(crate) fn layout(rows: &[Row], title: &str) -> Layout {
 
     let mut lay = Layout::default();
     let title_w = (content_right - MARGIN).max(MIN_TITLE_W);
-    let mut top = lay.lines(title, MARGIN, MARGIN, TITLE, true, title_w) + 10.0;
+    let top = lay.lines(title, MARGIN, MARGIN, TITLE, true, title_w) + 10.0;
     if ids.is_empty() {
         let bottom = lay.lines("No checkpoint to show.", MARGIN, top, LABEL, false, title_w);
         return lay.sized(bottom);
     }
-    if side_by_side {
-        // Both grids start below the taller title.
-        let x1 = grid_x + panel_w + PANEL_GAP;
-        let t0 = lay.lines(panels[0].title, grid_x, top, PANEL_TITLE, false, panel_w);
-        let t1 = lay.lines(panels[1].title, x1, top, PANEL_TITLE, false, panel_w);
-        let grid_top = t0.max(t1) + HEADER_H;
-        let grid = Grid {
-            cw,
-            panel_w,
-            top: grid_top,
-            layers: &layers,
-        };
-        let b0 = panel(
-            &mut lay,
-            &panels[0],
-            &cells[0],
-            Some(&labels),
-            grid_x,
-            &grid,
-        );
-        let b1 = panel(&mut lay, &panels[1], &cells[1], None, x1, &grid);
-        top = b0.max(b1);
-    } else {
-        for (p, cells) in panels.iter().zip(&cells) {
-            let grid_top = lay.lines(p.title, grid_x, top, PANEL_TITLE, false, panel_w) + HEADER_H;
-            let grid = Grid {
-                cw,
-                panel_w,
-                top: grid_top,
-                layers: &layers,
-            };
-            top = panel(&mut lay, p, cells, Some(&labels), grid_x, &grid) + 16.0;
-        }
-    }
+    let grid = Grid {
+        cw,
+        panel_w,
+        top,
+        layers: &layers,
+    };
+    let top = place_panels(
+        &mut lay,
+        &panels,
+        &cells,
+        &labels,
+        grid_x,
+        side_by_side,
+        grid,
+    );
     let bottom = lay.lines(
         "Outlined red: a checkpoint over its tolerance (an element outside atol + rtol|ref|, or NMSE above the manifest's).",
         MARGIN,
@@ -350,12 +338,47 @@ pub(crate) fn layout(rows: &[Row], title: &str) -> Layout {
     lay.sized(bottom)
 }
 
+/// Both panels under their titles, from `g.top`: side by side (grids level,
+/// below the taller title) or one above the other. Returns their bottom.
+fn place_panels(
+    lay: &mut Layout,
+    panels: &[Panel; 2],
+    cells: &[Cells],
+    labels: &[(String, Option<String>)],
+    grid_x: f64,
+    side_by_side: bool,
+    g: Grid<'_>,
+) -> f64 {
+    let (panel_w, mut top) = (g.panel_w, g.top);
+    if side_by_side {
+        let x1 = grid_x + panel_w + PANEL_GAP;
+        let t0 = lay.lines(panels[0].title, grid_x, top, PANEL_TITLE, false, panel_w);
+        let t1 = lay.lines(panels[1].title, x1, top, PANEL_TITLE, false, panel_w);
+        let grid = Grid {
+            top: t0.max(t1) + HEADER_H,
+            ..g
+        };
+        let b0 = panel(lay, &panels[0], &cells[0], Some(labels), grid_x, &grid);
+        let b1 = panel(lay, &panels[1], &cells[1], None, x1, &grid);
+        return b0.max(b1);
+    }
+    for (p, cells) in panels.iter().zip(cells) {
+        let grid = Grid {
+            top: lay.lines(p.title, grid_x, top, PANEL_TITLE, false, panel_w) + HEADER_H,
+            ..g
+        };
+        top = panel(lay, p, cells, Some(labels), grid_x, &grid) + 16.0;
+    }
+    top
+}
+
 /// From a panel title's last line to its grid: the row of layer numbers
 /// (10 px text: 13 px high).
 const HEADER_H: f64 = 4.0 + 13.0 + 3.0;
 
 /// What the panels share: the cells' width, a panel's width, the grids' top
 /// and the columns.
+#[derive(Clone, Copy)]
 struct Grid<'a> {
     cw: f64,
     panel_w: f64,
@@ -402,6 +425,40 @@ fn panel(
         let x = x0 + cw * (j as f64 + 0.5);
         lay.text(x, header_top, Anchor::Middle, SMALL, false, layer_text(*l));
     }
+    let outlines = grid_cells(lay, cells, labels, x0, g);
+    outline(lay, outlines);
+    let grid = Rect {
+        x: x0,
+        y: grid_top,
+        w: cw * layers.len() as f64,
+        h: CELL_H * cells.len() as f64,
+    };
+    lay.grids.push(grid);
+    // The axis caption under the grid's middle, within the panel.
+    let caption = "layer";
+    let half = width(caption, LABEL, false) / 2.0;
+    let middle = (x0 + grid.w / 2.0).clamp(x0 + half, x0 + panel_w - half);
+    let y = grid.bottom() + 5.0;
+    lay.text(middle, y, Anchor::Middle, LABEL, false, caption.into());
+    colour_bar(
+        lay,
+        p,
+        x0,
+        y + line_height(LABEL) + 8.0,
+        grid.w.clamp(MIN_PANEL_W, MAX_BAR_W),
+    )
+}
+
+/// The row labels (where given) and the cells of one grid at `x0`; the
+/// rectangles of the failing cells, to outline last (over their neighbours).
+fn grid_cells(
+    lay: &mut Layout,
+    cells: &Cells,
+    labels: Option<&[(String, Option<String>)]>,
+    x0: f64,
+    g: &Grid<'_>,
+) -> Vec<Rect> {
+    let (cw, grid_top) = (g.cw, g.top);
     let text_top = |size: f64, y: f64| y + (CELL_H - line_height(size)) / 2.0;
     let mut outlines = Vec::new();
     for (i, row) in cells.iter().enumerate() {
@@ -452,7 +509,12 @@ fn panel(
             }
         }
     }
-    for rect in outlines {
+    outlines
+}
+
+/// A red outline with a light inner line, so it shows on red cells too.
+fn outline(lay: &mut Layout, rects: Vec<Rect>) {
+    for rect in rects {
         lay.shape(rect, "none".into(), Stroke::Red, None);
         let inner = Rect {
             x: rect.x + 2.0,
@@ -462,26 +524,6 @@ fn panel(
         };
         lay.shape(inner, "none".into(), Stroke::Light, None);
     }
-    let grid = Rect {
-        x: x0,
-        y: grid_top,
-        w: cw * layers.len() as f64,
-        h: CELL_H * cells.len() as f64,
-    };
-    lay.grids.push(grid);
-    // The axis caption under the grid's middle, within the panel.
-    let caption = "layer";
-    let half = width(caption, LABEL, false) / 2.0;
-    let middle = (x0 + grid.w / 2.0).clamp(x0 + half, x0 + panel_w - half);
-    let y = grid.bottom() + 5.0;
-    lay.text(middle, y, Anchor::Middle, LABEL, false, caption.into());
-    colour_bar(
-        lay,
-        p,
-        x0,
-        y + line_height(LABEL) + 8.0,
-        grid.w.clamp(MIN_PANEL_W, MAX_BAR_W),
-    )
 }
 
 /// The colour bar at (`x0`, `top`), `w` wide, and as many of its labels as

@@ -91,8 +91,10 @@ pub fn split_matches_local(
             .collect();
         ensure!(
             held == half.clone().collect::<BTreeSet<u32>>(),
-            "the server on {} holds the checkpoints of layers {held:?}, not of layers {half:?}",
-            server.endpoint
+            "the server on {} holds the checkpoints of layers {held:?}, not of layers {}-{}",
+            server.endpoint,
+            half.start,
+            half.end - 1
         );
     }
     let differing = differing_files(&mine, &local, &theirs, &remote)?;
@@ -103,9 +105,14 @@ pub fn split_matches_local(
         mine.checkpoints.len() + 1,
         differing.join(", ")
     );
+    let shown = |h: &std::ops::Range<u32>| format!("{}-{}", h.start, h.end - 1);
     Ok(format!(
-        "layers {:?} on {}, {:?} on {}: all {} checkpoint files and logits.bin bitwise equal to the local CPU run",
-        halves[0], servers[0].endpoint, halves[1], servers[1].endpoint, mine.checkpoints.len()
+        "layers {} on {}, {} on {}: all {} checkpoint files and logits.bin bitwise equal to the local CPU run",
+        shown(&halves[0]),
+        servers[0].endpoint,
+        shown(&halves[1]),
+        servers[1].endpoint,
+        mine.checkpoints.len()
     ))
 }
 

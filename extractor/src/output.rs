@@ -354,16 +354,10 @@ pub fn sha256_cached(path: &Path) -> Result<String> {
             .map(|l| format!("{l}\n"))
             .collect();
         text.push_str(&format!("{key}\t{sha}\n"));
-        let tmp = cache.with_extension(format!("tmp{}", std::process::id()));
-        let written = cache
-            .parent()
-            .map(fs::create_dir_all)
-            .transpose()
-            .and_then(|_| fs::write(&tmp, text))
-            .and_then(|()| fs::rename(&tmp, &cache));
-        if written.is_err() {
-            let _ = fs::remove_file(&tmp);
+        if let Some(dir) = cache.parent() {
+            let _ = fs::create_dir_all(dir);
         }
+        let _ = llorch_checkpoint_spec::files::write_atomically(&cache, text.as_bytes());
     }
     Ok(sha)
 }

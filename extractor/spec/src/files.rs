@@ -9,12 +9,20 @@ use anyhow::{Context, Result};
 use sha2::{Digest, Sha256};
 
 /// Writes `bytes` to a temporary file beside `path`, then renames it over
-/// `path`: a reader sees the old file or the new one, never a part.
+/// `path`: a reader sees the old file or the new one, never a part; on
+/// failure the temporary file is removed.
 pub fn write_atomically(path: &Path, bytes: &[u8]) -> Result<()> {
     let tmp = path.with_extension(format!("tmp{}", std::process::id()));
-    fs::write(&tmp, bytes).with_context(|| format!("cannot write {}", tmp.display()))?;
-    fs::rename(&tmp, path)
-        .with_context(|| format!("cannot rename {} to {}", tmp.display(), path.display()))
+    let written = fs::write(&tmp, bytes)
+        .with_context(|| format!("cannot write {}", tmp.display()))
+        .and_then(|()| {
+            fs::rename(&tmp, path)
+                .with_context(|| format!("cannot rename {} to {}", tmp.display(), path.display()))
+        });
+    if written.is_err() {
+        let _ = fs::remove_file(&tmp);
+    }
+    written
 }
 
 /// The sha256 of a file's content, as lowercase hex.
@@ -63,6 +71,15 @@ mod tests {
             .map(|e| e.unwrap().file_name().into_string().unwrap())
             .collect();
         assert_eq!(names, ["a.bin"]);
+        // A write that cannot land leaves no temporary file behind.
+        let dir_in_the_way = run.join("sub");
+        assert!(write_atomically(&dir_in_the_way, b"x").is_err());
+        let left: Vec<_> = fs::read_dir(&run)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().into_string().unwrap())
+            .filter(|n| n.contains("tmp"))
+            .collect();
+        assert!(left.is_empty(), "{left:?}");
         // sha256("abc"), the FIPS 180-2 example.
         assert_eq!(
             sha256_file(&copy.join("a.bin")).unwrap(),

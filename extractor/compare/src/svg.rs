@@ -10,14 +10,16 @@
 //! and the picture's size is that of what it holds. `layout` returns the
 //! placed boxes, so the tests check the geometry itself.
 
+mod canvas;
 pub mod geometry;
 mod render;
 mod scales;
 
-use geometry::{ascent, line_height, shorten, width, wrap, Anchor, Rect, Text};
+use geometry::{ascent, line_height, shorten, width, Anchor, Rect, Text};
 
 use crate::metrics::Row;
 use crate::text::layer_text;
+use canvas::{Layout, Stroke};
 use render::render;
 use scales::{colour, dark, panels, rgb, Panel, Value};
 
@@ -52,79 +54,10 @@ const PANEL_GAP: f64 = 48.0;
 const MAX_SIDE_BY_SIDE: f64 = 1300.0;
 /// The picture's title wraps at no less than this.
 const MIN_TITLE_W: f64 = 360.0;
-/// Between lines of a wrapped title.
-const LINE_GAP: f64 = 2.0;
 
 /// A panel's cells, [checkpoint][layer]: the value, and whether the
 /// checkpoint passes; none where the rows hold no such pair.
 type Cells = Vec<Vec<Option<(Value, bool)>>>;
-
-/// How a box is outlined.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum Stroke {
-    None,
-    /// A cell among others.
-    White,
-    /// A checkpoint over its tolerance: drawn inside its cell, over the others.
-    Red,
-    /// A thin line inside a red one, that parts it from a red cell.
-    Light,
-}
-
-/// A filled box: a cell, a piece of a colour bar, a tick.
-#[derive(Clone, Debug)]
-struct Shape {
-    rect: Rect,
-    fill: String,
-    stroke: Stroke,
-    hover: Option<String>,
-}
-
-/// The picture as placed: its size, its boxes and its texts, each where it
-/// is drawn; and each panel's grid of cells.
-#[derive(Debug, Default)]
-pub(crate) struct Layout {
-    width: f64,
-    height: f64,
-    shapes: Vec<Shape>,
-    texts: Vec<Text>,
-    grids: Vec<Rect>,
-}
-
-impl Layout {
-    /// Lines of `text` from `top`, wrapped at `max`; returns the next top.
-    fn lines(&mut self, text: &str, x: f64, top: f64, size: f64, bold: bool, max: f64) -> f64 {
-        let mut y = top;
-        for line in wrap(text, size, bold, max) {
-            self.text(x, y, Anchor::Start, size, bold, line);
-            y += line_height(size) + LINE_GAP;
-        }
-        y - LINE_GAP
-    }
-
-    /// A line of text whose box starts at `top`.
-    fn text(&mut self, x: f64, top: f64, anchor: Anchor, size: f64, bold: bool, text: String) {
-        self.texts.push(Text {
-            x,
-            y: top + ascent(size),
-            anchor,
-            size,
-            bold,
-            text,
-            hover: None,
-            fill: None,
-        });
-    }
-
-    fn shape(&mut self, rect: Rect, fill: String, stroke: Stroke, hover: Option<String>) {
-        self.shapes.push(Shape {
-            rect,
-            fill,
-            stroke,
-            hover,
-        });
-    }
-}
 
 /// The checkpoints (in the rows' order) and the layers (sorted) the rows hold.
 fn axes(rows: &[Row]) -> (Vec<&str>, Vec<Option<u32>>) {

@@ -2,8 +2,8 @@
 
 use std::fmt::Write as _;
 
+use super::canvas::{Layout, Stroke};
 use super::geometry::Anchor;
-use super::{Layout, Stroke};
 use crate::text::xml;
 
 /// A coordinate as written: at most two decimals.

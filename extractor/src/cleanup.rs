@@ -2,13 +2,14 @@
 //! drop), not when ggml aborts (an RPC server gone, an assertion), not on
 //! SIGINT, SIGTERM or SIGHUP. The last two cannot unwind through llama.cpp's
 //! compute, so they remove the staged files from their own hook and end the
-//! process at once. The lock goes with the process; after a SIGKILL the next
-//! run in the directory removes what was staged.
+//! process at once (after a swap in progress, if one is). The lock goes with
+//! the process; after a SIGKILL the next run beside the directory removes
+//! what was staged.
 
 use anyhow::{Context, Result};
 
 use crate::ffi::process;
-use crate::output::Abandon;
+use crate::rundir::Abandon;
 
 /// Exit code after SIGINT, SIGTERM or SIGHUP (the shell's 128 + SIGINT).
 pub const INTERRUPTED: i32 = 130;
@@ -18,8 +19,14 @@ pub const INTERRUPTED: i32 = 130;
 pub fn install(rpc_servers: &[String], abandon: Abandon) -> Result<()> {
     let on_signal = abandon.clone();
     ctrlc::set_handler(move || {
-        on_signal.abandon();
-        eprintln!("error: interrupted (SIGINT, SIGTERM or SIGHUP); nothing was written");
+        match on_signal.abandon() {
+            true => eprintln!(
+                "error: interrupted (SIGINT, SIGTERM or SIGHUP) after the run was published; the output directory holds it"
+            ),
+            false => eprintln!(
+                "error: interrupted (SIGINT, SIGTERM or SIGHUP); nothing was written, the output directory is as it was"
+            ),
+        }
         process::exit_now(INTERRUPTED)
     })
     .context("cannot install the SIGINT/SIGTERM handler")?;

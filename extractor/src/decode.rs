@@ -49,6 +49,15 @@ impl DecodeOptions {
             1
         }
     }
+
+    /// The most tokens one decode takes: the whole prompt, unless every pass
+    /// is a single token (`--sequential` without `--repeat`'s whole-prompt passes).
+    pub fn largest_pass(&self, n_tokens: usize) -> usize {
+        match self.sequential && self.repeat == 0 {
+            true => 1,
+            false => n_tokens.max(1),
+        }
+    }
 }
 
 #[derive(Default)]
@@ -76,11 +85,15 @@ pub(crate) fn passes(
     let capture = selection.map(|s| Capture::new(s, outbox));
     let params = ContextParams {
         n_ctx: loaded.n_ctx,
-        n_batch: loaded.n_ctx,
+        // Sized by the largest pass, not the context: the scheduler reserves
+        // its buffers (KQ: n_ctx x n_batch x n_head floats) for this many tokens.
+        n_batch: opts.largest_pass(loaded.tokens.len()) as u32,
         n_threads: opts.threads,
         kv_type: opts.kv_type,
         flash_attn: Some(flash_attn),
     };
+    #[cfg(feature = "test-hooks")]
+    crate::hooks::phase("decode");
     let decoded = (|| -> Result<Decoded> {
         let mut ctx = Context::new(&loaded.model, &params, capture)?;
         let mut decoded = Decoded::default();
@@ -119,10 +132,13 @@ pub(crate) fn passes(
         Ok(decoded)
     })();
     // The context (and with it the capture's sender) is gone: the writer drains and stops.
+    #[cfg(feature = "test-hooks")]
+    crate::hooks::phase("writing");
     let written = writer
         .join()
         .map_err(|_| anyhow::anyhow!("the writer thread panicked"))?;
-    // A writer that failed (a full disk) stops the decode too: its error is the cause.
+    // A writer that failed (a full disk) stops the decode too: its error is
+    // the cause, and the one reported.
     let written = written?;
     Ok((decoded?, written))
 }

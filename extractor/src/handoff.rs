@@ -10,7 +10,7 @@
 //! for room. Only then does writing overlap the compute.
 
 use std::sync::mpsc::{Receiver, Sender};
-use std::sync::{Arc, Condvar, Mutex};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 
 use anyhow::{bail, Result};
 
@@ -23,10 +23,37 @@ pub const DEFAULT_BUDGET_MB: usize = 256;
 
 /// Bytes of captured data in memory, shared by the capture and the writer.
 struct Budget {
-    used: Mutex<usize>,
-    freed: Condvar,
+    ledger: Mutex<Ledger>,
+    /// Signalled when bytes are given back or the writer stops.
+    changed: Condvar,
     limit: usize,
 }
+
+struct Ledger {
+    used: usize,
+    /// The writer is gone (finished, failed or panicked): nothing will be given back.
+    writer_stopped: bool,
+}
+
+impl Budget {
+    fn ledger(&self) -> MutexGuard<'_, Ledger> {
+        self.ledger.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Waits until `done` holds; an error, not a hang, once the writer stopped.
+    fn wait_until(&self, done: impl Fn(&Ledger) -> bool) -> Result<MutexGuard<'_, Ledger>> {
+        let mut ledger = self.ledger();
+        while !done(&ledger) {
+            if ledger.writer_stopped {
+                bail!(WRITER_STOPPED);
+            }
+            ledger = self.changed.wait(ledger).unwrap_or_else(|p| p.into_inner());
+        }
+        Ok(ledger)
+    }
+}
+
+const WRITER_STOPPED: &str = "the writer thread stopped (its error follows)";
 
 /// The capture's end: collects a pass's copies and hands them over.
 pub struct Outbox {
@@ -36,7 +63,9 @@ pub struct Outbox {
     sink: Option<Sender<Vec<Captured>>>,
 }
 
-/// The writer's end: batches in order, each tensor's bytes given back once written.
+/// The writer's end: batches in order, each tensor's bytes given back once
+/// written. Dropping it (the writer thread ending, by error or panic too)
+/// wakes a capture waiting for room: it fails instead of waiting for ever.
 pub struct Inbox {
     budget: Arc<Budget>,
     batches: Receiver<Vec<Captured>>,
@@ -45,8 +74,11 @@ pub struct Inbox {
 /// A connected outbox and inbox with a budget of `limit` bytes.
 pub fn channel(limit: usize) -> (Outbox, Inbox) {
     let budget = Arc::new(Budget {
-        used: Mutex::new(0),
-        freed: Condvar::new(),
+        ledger: Mutex::new(Ledger {
+            used: 0,
+            writer_stopped: false,
+        }),
+        changed: Condvar::new(),
         limit,
     });
     let (tx, rx) = std::sync::mpsc::channel();
@@ -76,13 +108,13 @@ impl Outbox {
         if self.pending_bytes + n > self.budget.limit {
             self.flush()?;
         }
-        let mut used = self.budget.used.lock().expect("budget lock");
+        let limit = self.budget.limit;
         // A tensor larger than the whole budget still goes, alone.
-        while *used > 0 && *used + n > self.budget.limit {
-            used = self.budget.freed.wait(used).expect("budget lock");
-        }
-        *used += n;
-        drop(used);
+        let mut ledger = self
+            .budget
+            .wait_until(|l| l.used == 0 || l.used + n <= limit)?;
+        ledger.used += n;
+        drop(ledger);
         self.pending_bytes += n;
         self.pending.push(captured);
         Ok(())
@@ -97,37 +129,15 @@ impl Outbox {
         self.pending_bytes = 0;
         match &self.sink {
             Some(sink) if sink.send(batch).is_ok() => Ok(()),
-            _ => bail!("the writer thread stopped (see its error)"),
+            _ => bail!(WRITER_STOPPED),
         }
     }
 
     /// Hands over what is kept and waits until the writer has written it all.
     pub fn drain(&mut self) -> Result<()> {
         self.flush()?;
-        let mut used = self.budget.used.lock().expect("budget lock");
-        while *used > 0 {
-            if self.sink.is_none() {
-                break;
-            }
-            let (guard, timeout) = self
-                .budget
-                .freed
-                .wait_timeout(used, std::time::Duration::from_millis(200))
-                .expect("budget lock");
-            used = guard;
-            // A writer that died gives nothing back: stop waiting for it.
-            if timeout.timed_out() && self.writer_gone() {
-                bail!("the writer thread stopped (see its error)");
-            }
-        }
+        drop(self.budget.wait_until(|l| l.used == 0)?);
         Ok(())
-    }
-
-    fn writer_gone(&self) -> bool {
-        // Sending an empty batch fails once the writer dropped its receiver.
-        self.sink
-            .as_ref()
-            .is_none_or(|sink| sink.send(Vec::new()).is_err())
     }
 
     /// No more batches: the writer finishes what it has and stops.
@@ -148,16 +158,23 @@ impl Inbox {
     }
 }
 
+impl Drop for Inbox {
+    fn drop(&mut self) {
+        self.budget.ledger().writer_stopped = true;
+        self.budget.changed.notify_all();
+    }
+}
+
 /// Gives a written tensor's bytes back to the budget (shared by writing threads).
 #[derive(Clone)]
 pub struct Release(Arc<Budget>);
 
 impl Release {
-    /// The tensor is written: its bytes are free again.
+    /// The tensor is written (or dropped after an error): its bytes are free again.
     pub fn done(&self, captured: &Captured) {
-        let mut used = self.0.used.lock().expect("budget lock");
-        *used = used.saturating_sub(bytes_of(captured));
-        self.0.freed.notify_all();
+        let mut ledger = self.0.ledger();
+        ledger.used = ledger.used.saturating_sub(bytes_of(captured));
+        self.0.changed.notify_all();
     }
 }
 
@@ -229,5 +246,22 @@ mod tests {
         drop(inbox);
         let err = out.drain().unwrap_err().to_string();
         assert!(err.contains("writer thread stopped"), "{err}");
+    }
+
+    #[test]
+    fn a_capture_waiting_for_room_fails_when_the_writer_dies() {
+        // The writer takes the first batch, then fails without giving its bytes back.
+        let (mut out, inbox) = channel(400);
+        let writer = std::thread::spawn(move || {
+            let first = inbox.next_batch();
+            std::thread::sleep(std::time::Duration::from_millis(50));
+            drop(inbox);
+            first.map(|b| b.len())
+        });
+        out.push(tensor(60)).unwrap();
+        // 240 + 240 > 400: this push hands the first over and waits for room.
+        let err = out.push(tensor(60)).unwrap_err().to_string();
+        assert!(err.contains("writer thread stopped"), "{err}");
+        assert_eq!(writer.join().unwrap(), Some(1));
     }
 }

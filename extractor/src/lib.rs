@@ -8,7 +8,8 @@
 //! - [`capture`]: the eval-callback logic: which nodes, copied how, sent where.
 //! - [`captured`]: one captured checkpoint, as the capture hands it to the writer.
 //! - [`handoff`]: captured tensors to the writer, a pass at a time, memory bounded by bytes.
-//! - [`output`]: the locked, staged output directory and its writer thread.
+//! - [`output`]: the writer thread and the run's files, committed whole.
+//! - [`rundir`]: the staging directory beside `--out`, swapped into its place in one step.
 //! - [`cleanup`]: nothing left behind by a run that ggml aborts or a signal ends.
 //! - [`preflight`]: what is refused before any compute (architecture, layers, context).
 //! - [`run`]: one extraction run, from model load to `run.json`.
@@ -42,3 +43,4 @@ pub use llorch_checkpoint_spec::{format, manifest, record};
 pub mod output;
 pub mod preflight;
 pub mod run;
+pub mod rundir;

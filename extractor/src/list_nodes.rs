@@ -55,7 +55,7 @@ pub fn list_nodes(opts: &ListOptions<'_>) -> Result<()> {
     let n_ctx = preflight::context_size(ask, opts.model, &model, tokens.len())?;
     let params = ContextParams {
         n_ctx,
-        n_batch: n_ctx,
+        n_batch: tokens.len().max(1) as u32,
         n_threads: opts.threads,
         kv_type: opts.kv_type,
         flash_attn: Some(opts.flash_attn),

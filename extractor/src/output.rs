@@ -1,142 +1,62 @@
-//! The output directory: locked, staged, committed.
-//!
-//! Checkpoint files are written by a writer thread into a hidden staging
-//! directory inside the output directory; only when the whole run succeeded
-//! are they renamed into place, then `run.json` is written (also by rename).
-//! A failed or interrupted run therefore leaves no checkpoint file behind, and
-//! an exclusive lock on `.llorch.lock` keeps two runs from interleaving.
+//! A run's files: written by a writer thread into the run's staging
+//! directory (see `rundir`), published with `run.json` when the run succeeded.
 
 use std::fs::{self, File};
 use std::io::Write;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::thread::JoinHandle;
 
-use anyhow::{bail, Context, Result};
+use anyhow::{Context, Result};
 use sha2::{Digest, Sha256};
 
 use crate::captured::Captured;
 use crate::format::{self, Format};
 use crate::handoff::Inbox;
 use crate::record::{CheckpointRecord, RunRecord};
-
-const LOCK_FILE: &str = ".llorch.lock";
-const STAGING_PREFIX: &str = ".staging-";
+use crate::rundir::{Abandon, RunDir};
 
 pub struct Output {
-    dir: PathBuf,
-    staging: PathBuf,
+    run: RunDir,
     format: Format,
-    /// The run made `dir`: if it fails, it removes `dir` again.
-    created: bool,
-    committed: bool,
-    _lock: File,
 }
 
 impl Output {
-    /// Creates and locks the output directory; fails before any inference if
-    /// it cannot be written or another run holds it.
+    /// Checks `--out` and stages the run beside it; fails before any inference
+    /// if it cannot be written or another run holds it. Nothing in `--out`
+    /// changes until [`Output::commit`].
     pub fn open(dir: &Path, format: Format) -> Result<Output> {
-        let unwritable = || {
-            format!(
-                "cannot write to the output directory {}; choose another with --out, or fix its permissions",
-                dir.display()
-            )
-        };
-        let created = !dir.exists();
-        fs::create_dir_all(dir).with_context(unwritable)?;
-        let lock = File::options()
-            .create(true)
-            .truncate(false)
-            .write(true)
-            .open(dir.join(LOCK_FILE))
-            .with_context(unwritable)?;
-        match lock.try_lock() {
-            Ok(()) => {}
-            Err(fs::TryLockError::WouldBlock) => bail!(
-                "another extraction is writing to {} (it holds {}); wait for it to finish or use another --out",
-                dir.display(),
-                LOCK_FILE
-            ),
-            Err(fs::TryLockError::Error(e)) => return Err(e).with_context(unwritable),
-        }
-        // Staging directories of runs that were killed: ours to clean, we hold the lock.
-        for entry in fs::read_dir(dir).with_context(unwritable)? {
-            let entry = entry?;
-            if entry
-                .file_name()
-                .to_string_lossy()
-                .starts_with(STAGING_PREFIX)
-            {
-                fs::remove_dir_all(entry.path()).with_context(unwritable)?;
-            }
-        }
-        let staging = dir.join(format!("{STAGING_PREFIX}{}", std::process::id()));
-        fs::create_dir(&staging).with_context(unwritable)?;
         Ok(Output {
-            dir: dir.to_path_buf(),
-            staging,
+            run: RunDir::create(dir)?,
             format,
-            created,
-            committed: false,
-            _lock: lock,
         })
     }
 
     pub fn dir(&self) -> &Path {
-        &self.dir
+        self.run.out()
     }
 
     /// What removes this run's files when the process cannot unwind (ggml
-    /// aborting): the same cleanup as a failed run's drop.
+    /// aborting, a signal): the same cleanup as a failed run's drop.
     pub fn abandon_handle(&self) -> Abandon {
-        Abandon {
-            dir: self.dir.clone(),
-            staging: self.staging.clone(),
-            created: self.created,
-        }
+        self.run.abandon_handle()
     }
 
     /// Starts the writer thread: it writes each batch the capture hands over
     /// (on every core: no decode runs meanwhile), until the capture closes,
-    /// and returns the files' records and the time it spent writing them.
+    /// and returns the files' records and the time it spent writing them. At
+    /// its first error it stops, and its inbox tells the capture so.
     pub fn spawn_writer(&self, inbox: Inbox) -> JoinHandle<Result<(Vec<CheckpointRecord>, f64)>> {
-        let staging = self.staging.clone();
+        let staging = self.run.staging().to_path_buf();
         let format = self.format;
-        let workers = std::thread::available_parallelism().map_or(2, |n| n.get());
         std::thread::Builder::new()
             .name("checkpoint-writer".into())
             .spawn(move || {
                 let mut written = Vec::new();
                 let mut busy = std::time::Duration::ZERO;
-                let release = inbox.release();
                 while let Some(batch) = inbox.next_batch() {
                     let started = std::time::Instant::now();
-                    let per_worker = batch.len().div_ceil(workers).max(1);
-                    let records = std::thread::scope(|s| {
-                        let handles: Vec<_> = batch
-                            .chunks(per_worker)
-                            .map(|chunk| {
-                                let (staging, release) = (&staging, &release);
-                                s.spawn(move || -> Result<Vec<CheckpointRecord>> {
-                                    chunk
-                                        .iter()
-                                        .map(|c| {
-                                            let record = write_one(staging, format, c);
-                                            #[cfg(feature = "test-hooks")]
-                                            crate::hooks::written();
-                                            release.done(c);
-                                            record
-                                        })
-                                        .collect()
-                                })
-                            })
-                            .collect();
-                        handles
-                            .into_iter()
-                            .map(|h| h.join().map_err(|_| anyhow::anyhow!("a writer panicked"))?)
-                            .collect::<Result<Vec<_>>>()
-                    })?;
-                    written.extend(records.into_iter().flatten());
+                    written.extend(write_batch(&staging, format, &inbox, &batch)?);
                     busy += started.elapsed();
                 }
                 Ok((written, busy.as_secs_f64() * 1e3))
@@ -144,70 +64,77 @@ impl Output {
             .expect("cannot start the writer thread")
     }
 
-    /// Moves the staged files into the output directory, then writes the run record.
-    pub fn commit(mut self, record: &RunRecord, extra: &[(&str, &[u8])]) -> Result<()> {
-        for (name, bytes) in extra {
-            fs::write(self.staging.join(name), bytes)
-                .with_context(|| format!("cannot write {} in {}", name, self.staging.display()))?;
+    /// Writes the run's last files, then publishes the run: it replaces what
+    /// `--out` held in one step.
+    pub fn commit(self, record: &RunRecord, extra: &[(&str, &[u8])]) -> Result<()> {
+        #[cfg(feature = "test-hooks")]
+        crate::hooks::phase("commit");
+        let staging = self.run.staging();
+        let json = record.to_json();
+        let files = extra.iter().copied().chain([(crate::record::FILE, json.as_slice())]);
+        for (name, bytes) in files {
+            fs::write(staging.join(name), bytes)
+                .with_context(|| format!("cannot write {name} in {}", staging.display()))?;
+            #[cfg(feature = "test-hooks")]
+            crate::hooks::phase("commit");
         }
-        let names = record
-            .checkpoints
-            .iter()
-            .map(|w| w.file.as_str())
-            .chain(extra.iter().map(|(n, _)| *n));
-        for name in names {
-            fs::rename(self.staging.join(name), self.dir.join(name))
-                .with_context(|| format!("cannot move {name} into {}", self.dir.display()))?;
-        }
-        let tmp = self.staging.join(crate::record::FILE);
-        fs::write(&tmp, record.to_json())
-            .with_context(|| format!("cannot write {}", tmp.display()))?;
-        fs::rename(&tmp, self.dir.join(crate::record::FILE))
-            .context("cannot move run.json into place")?;
-        self.committed = true;
-        Ok(())
+        self.run.publish()
     }
 }
 
-impl Drop for Output {
-    fn drop(&mut self) {
-        // Committed or not, the staging directory goes: a failed run leaves nothing,
-        // not even the directory it made (remove_dir only takes an empty one).
-        let _ = fs::remove_dir_all(&self.staging);
-        if !self.committed {
-            self.abandon_handle().remove_created_dir();
-        }
-    }
-}
-
-/// A failed run's cleanup, callable from ggml's abort hook and the signal
-/// handler (no `Output` there).
-#[derive(Clone)]
-pub struct Abandon {
-    dir: PathBuf,
-    staging: PathBuf,
-    created: bool,
-}
-
-impl Abandon {
-    /// Removes the staged files and, if the run made the output directory, that too.
-    /// The writer may still be adding files: once the staging directory is gone,
-    /// it cannot (a file cannot be created in a removed directory).
-    pub fn abandon(&self) {
-        for _ in 0..10 {
-            if fs::remove_dir_all(&self.staging).is_ok() || !self.staging.exists() {
-                break;
+/// One batch over all cores; the first error stops every worker, and each
+/// tensor's memory goes back to the capture whether it was written or not.
+fn write_batch(
+    staging: &Path,
+    format: Format,
+    inbox: &Inbox,
+    batch: &[Captured],
+) -> Result<Vec<CheckpointRecord>> {
+    let workers = std::thread::available_parallelism().map_or(2, |n| n.get());
+    let per_worker = batch.len().div_ceil(workers).max(1);
+    let failed = AtomicBool::new(false);
+    std::thread::scope(|s| {
+        let handles: Vec<_> = batch
+            .chunks(per_worker)
+            .map(|chunk| {
+                let (release, failed) = (inbox.release(), &failed);
+                s.spawn(move || -> Result<Vec<CheckpointRecord>> {
+                    let mut records = Vec::new();
+                    for c in chunk {
+                        let record = match failed.load(Ordering::Relaxed) {
+                            true => None,
+                            false => Some(write_one(staging, format, c)),
+                        };
+                        #[cfg(feature = "test-hooks")]
+                        crate::hooks::written();
+                        release.done(c);
+                        match record {
+                            Some(Ok(r)) => records.push(r),
+                            Some(Err(e)) => {
+                                failed.store(true, Ordering::Relaxed);
+                                return Err(e);
+                            }
+                            None => {}
+                        }
+                    }
+                    Ok(records)
+                })
+            })
+            .collect();
+        let mut records = Vec::new();
+        let mut first_error = None;
+        for h in handles {
+            match h.join() {
+                Ok(Ok(r)) => records.extend(r),
+                Ok(Err(e)) => first_error = first_error.or(Some(e)),
+                Err(_) => first_error = first_error.or(Some(anyhow::anyhow!("a writer panicked"))),
             }
         }
-        self.remove_created_dir();
-    }
-
-    fn remove_created_dir(&self) {
-        if self.created {
-            let _ = fs::remove_file(self.dir.join(LOCK_FILE));
-            let _ = fs::remove_dir(&self.dir);
+        match first_error {
+            Some(e) => Err(e),
+            None => Ok(records),
         }
-    }
+    })
 }
 
 /// Writes one checkpoint file, hashing its bytes on the way to the disk.
@@ -263,6 +190,8 @@ struct Hashing<W> {
 
 impl<W: Write> Write for Hashing<W> {
     fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        #[cfg(feature = "test-hooks")]
+        crate::hooks::writing(buf.len())?;
         let n = self.inner.write(buf)?;
         self.hasher.update(&buf[..n]);
         Ok(n)

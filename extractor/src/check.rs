@@ -51,7 +51,9 @@ pub fn check_complete(dir: &Path) -> Result<Vec<FileVerdict>> {
             file: file.to_string(),
             verdict: match sha256_file(&dir.join(file)) {
                 Ok(actual) if actual == sha => Ok("listed in run.json, sha256 matches".into()),
-                Ok(actual) => Err(format!("{file}: sha256 {actual} differs from run.json's {sha}")),
+                Ok(actual) => Err(format!(
+                    "{file}: sha256 {actual} differs from run.json's {sha}"
+                )),
                 Err(_) => Err(format!("{file}: listed in run.json but missing")),
             },
         })
@@ -63,7 +65,9 @@ pub fn check_complete(dir: &Path) -> Result<Vec<FileVerdict>> {
     for name in present {
         if name != crate::record::FILE && !verdicts.iter().any(|v| v.file == name) {
             verdicts.push(FileVerdict {
-                verdict: Err(format!("{name}: not listed in run.json (left by another run?)")),
+                verdict: Err(format!(
+                    "{name}: not listed in run.json (left by another run?)"
+                )),
                 file: name,
             });
         }

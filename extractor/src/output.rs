@@ -71,7 +71,10 @@ impl Output {
         crate::hooks::phase("commit");
         let staging = self.run.staging();
         let json = record.to_json();
-        let files = extra.iter().copied().chain([(crate::record::FILE, json.as_slice())]);
+        let files = extra
+            .iter()
+            .copied()
+            .chain([(crate::record::FILE, json.as_slice())]);
         for (name, bytes) in files {
             fs::write(staging.join(name), bytes)
                 .with_context(|| format!("cannot write {name} in {}", staging.display()))?;

@@ -365,11 +365,18 @@ mod tests {
         let tmp = tempfile::tempdir().unwrap();
         let out = tmp.path().join("a/b/out");
         drop(staged_run(&out, "lost"));
-        assert_eq!(files(tmp.path()), Vec::<String>::new(), "parents it made go too");
+        assert_eq!(
+            files(tmp.path()),
+            Vec::<String>::new(),
+            "parents it made go too"
+        );
         staged_run(&out, "first").publish().unwrap();
         let run = staged_run(&out, "second");
         assert!(!run.abandon_handle().abandon(), "not published");
-        assert!(run.publish().is_err(), "an abandoned run cannot be published");
+        assert!(
+            run.publish().is_err(),
+            "an abandoned run cannot be published"
+        );
         assert_eq!(files(&out), ["first.bin", "run.json"]);
         assert_eq!(files(&out.parent().unwrap()), ["out"]);
     }

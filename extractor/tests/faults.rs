@@ -156,34 +156,125 @@ fn sigint_and_sigterm_in_the_decode_or_the_writes_leave_nothing_and_free_the_loc
     }
 }
 
+/// The staging directories beside `dir` (`.NAME.llorch-run-PID`).
+fn staged_beside(dir: &Path) -> Vec<String> {
+    let prefix = format!(".{}.llorch-", dir.file_name().unwrap().to_string_lossy());
+    files_in(dir.parent().unwrap())
+        .into_iter()
+        .filter(|f| f.starts_with(&prefix))
+        .collect()
+}
+
 #[test]
 #[cfg_attr(
     not(feature = "test-hooks"),
     ignore = "needs --features test-hooks (cargo xtask verify enables it)"
 )]
-fn after_sigkill_in_the_writes_the_next_run_removes_what_was_staged() {
+fn after_sigkill_in_the_writes_the_run_is_as_it_was_and_the_next_run_removes_the_staging() {
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path().join("run");
+    let before = earlier_run(&dir);
     let (mut child, rx) = paused_run(&all_layers(&model(), &dir), "write");
     wait_for_pause(&rx, "write");
     signal(&child, "KILL");
     child.wait().unwrap();
-    let staged: Vec<String> = files_in(&dir)
-        .into_iter()
-        .filter(|f| f.starts_with(".staging-"))
-        .collect();
+    assert_eq!(files_in(&dir), before, "SIGKILL changed the earlier run");
     assert_eq!(
-        staged.len(),
+        staged_beside(&dir).len(),
         1,
-        "SIGKILL leaves its staging directory: {:?}",
-        files_in(&dir)
+        "SIGKILL leaves its staging directory beside the output: {:?}",
+        files_in(tmp.path())
     );
-    let after = earlier_run(&dir);
+    assert_eq!(earlier_run(&dir), before);
+    assert_eq!(staged_beside(&dir), Vec::<String>::new());
+}
+
+#[test]
+#[cfg_attr(
+    not(feature = "test-hooks"),
+    ignore = "needs --features test-hooks (cargo xtask verify enables it)"
+)]
+fn a_second_run_into_a_directory_a_live_run_writes_to_is_refused() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("run");
+    let before = earlier_run(&dir);
+    let (mut first, rx) = paused_run(&args(&model(), "gpt2.yaml", &dir), "decode");
+    wait_for_pause(&rx, "decode");
+    let (out, stderr) = extract_gpt2(&model(), &dir);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
     assert!(
-        after.iter().all(|f| !f.starts_with(".staging-"))
-            && after.contains(&"run.json".to_string()),
-        "{after:?}"
+        stderr.contains("another extraction is writing to"),
+        "{stderr}"
     );
+    assert_eq!(
+        files_in(&dir),
+        before,
+        "the refused run changed the directory"
+    );
+    assert!(first.wait().unwrap().success(), "{}", rest(rx));
+    assert_eq!(staged_beside(&dir), Vec::<String>::new());
+}
+
+/// A prompt of `n` GPT-2 tokens (" the" is one token).
+fn long_prompt(n: usize) -> String {
+    "the".to_string() + &" the".repeat(n - 1)
+}
+
+#[test]
+#[cfg_attr(
+    not(feature = "test-hooks"),
+    ignore = "needs --features test-hooks (cargo xtask verify enables it)"
+)]
+fn a_writer_that_fails_mid_capture_ends_the_run_with_its_error_not_a_hang() {
+    // The whole graph of a 950-token prompt (over a GB) through a 64 MB buffer:
+    // the capture waits for the writer, which fails at 32 MB as a full disk would.
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("run");
+    let before = earlier_run(&dir);
+    let mut child = extractor()
+        .args([
+            "-m",
+            model().to_str().unwrap(),
+            "--out",
+            dir.to_str().unwrap(),
+        ])
+        .args(["--tensors", "*", "--buffer-mb", "64", "-n", "0"])
+        .args(["--test-fail-write-at", &(32u64 << 20).to_string()])
+        .arg("-p")
+        .arg(long_prompt(950))
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let started = std::time::Instant::now();
+    let mut pipe = child.stderr.take().unwrap();
+    let reader = std::thread::spawn(move || {
+        let mut text = String::new();
+        std::io::Read::read_to_string(&mut pipe, &mut text).unwrap();
+        text
+    });
+    // A hang is the defect: give up (and fail) after two minutes, not a timing gate.
+    while child.try_wait().unwrap().is_none() {
+        if started.elapsed() > Duration::from_secs(120) {
+            child.kill().unwrap();
+            panic!("the run still waits 120 s after its writer failed");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let ended = started.elapsed().as_secs_f64();
+    let status = child.wait().unwrap();
+    let stderr = reader.join().unwrap();
+    let error = stderr
+        .lines()
+        .find(|l| l.starts_with("error:"))
+        .unwrap_or_default();
+    eprintln!("ended after {ended:.1} s with: {error}");
+    assert_eq!(status.code(), Some(1), "{stderr}");
+    assert!(
+        error.contains("cannot write") && stderr.contains("No space left on device"),
+        "the writer's error is the one reported: {stderr}"
+    );
+    assert_eq!(files_in(&dir), before);
+    assert_eq!(staged_beside(&dir), Vec::<String>::new());
 }
 
 /// A private copy of the default model, to damage.

@@ -37,7 +37,10 @@ fn failing_run(manifest_text: Option<&str>, extra: &[&str]) -> (String, Vec<Stri
         ]
         .concat(),
     );
-    (err, files_in(&dir))
+    // Nothing in the output directory, and nothing beside it (no staging).
+    let mut left = files_in(tmp.path());
+    left.retain(|f| f != "m.yaml");
+    (err, left)
 }
 
 #[test]
@@ -120,25 +123,93 @@ fn an_unwritable_output_directory_is_refused_with_the_fix() {
     );
 }
 
+/// Every file under `dir`, with its sha256: what "byte-identical" compares.
+fn snapshot(dir: &std::path::Path) -> Vec<(String, String)> {
+    let mut all = Vec::new();
+    for entry in std::fs::read_dir(dir).unwrap() {
+        let path = entry.unwrap().path();
+        let name = path.file_name().unwrap().to_string_lossy().into_owned();
+        if path.is_dir() {
+            all.extend(
+                snapshot(&path)
+                    .into_iter()
+                    .map(|(f, sha)| (format!("{name}/{f}"), sha)),
+            );
+        } else {
+            let sha = llorch_checkpoint_spec::files::sha256_file(&path).unwrap();
+            all.push((name, sha));
+        }
+    }
+    all.sort();
+    all
+}
+
 #[test]
-fn two_runs_cannot_write_into_one_directory() {
+#[cfg_attr(
+    not(feature = "test-hooks"),
+    ignore = "needs --features test-hooks (cargo xtask verify enables it)"
+)]
+fn a_refused_run_leaves_the_earlier_run_byte_identical_and_nothing_beside_it() {
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path().join("run");
-    std::fs::create_dir_all(&dir).unwrap();
-    let lock = std::fs::File::create(dir.join(".llorch.lock")).unwrap();
-    lock.try_lock().unwrap(); // another run holds the directory
-    let model = model();
-    let manifest = manifests().join("gpt2.yaml");
-    let err = run_err(&[
-        "-m",
+    let (model, manifest) = (model(), manifests().join("gpt2.yaml"));
+    let (m, mf, d) = (
         model.to_str().unwrap(),
-        "--manifest",
         manifest.to_str().unwrap(),
-        "--out",
         dir.to_str().unwrap(),
-    ]);
-    assert!(err.contains("another extraction is writing to"), "{err}");
-    assert!(files_in(&dir).is_empty());
+    );
+    run_ok(&["-m", m, "--manifest", mf, "--out", d]);
+    let file = tmp.path().join("a-file");
+    std::fs::write(&file, "not a directory").unwrap();
+    let before = snapshot(tmp.path());
+    let long = "the ".repeat(1100);
+    let refusals: [(&str, Vec<&str>, &str); 5] = [
+        (
+            "a prompt past the trained context",
+            vec!["--out", d, "--manifest", mf, "-p", &long],
+            "trained for a context",
+        ),
+        (
+            "a panic in the callback",
+            vec![
+                "--out",
+                d,
+                "--manifest",
+                mf,
+                "--inject-panic",
+                "kq_soft_max-0",
+            ],
+            "panicked on node",
+        ),
+        (
+            "a glob that matches no node",
+            vec!["--out", d, "--tensors", "no-such-node*"],
+            "no node of pass 0",
+        ),
+        (
+            "writes that fail (a full disk)",
+            vec![
+                "--out",
+                d,
+                "--manifest",
+                mf,
+                "--layers=all",
+                "--test-fail-write-at",
+                "100000",
+            ],
+            "No space left on device",
+        ),
+        (
+            "a file where the output directory should be",
+            vec!["--manifest", mf, "--out", file.to_str().unwrap()],
+            "is a file, not a directory",
+        ),
+    ];
+    for (why, args, expect) in refusals {
+        let err = run_err(&[&["-m", m][..], &args].concat());
+        assert!(err.contains(expect), "{why}: {err}");
+        assert_eq!(snapshot(tmp.path()), before, "{why} changed the directory");
+    }
 }
 
 #[test]

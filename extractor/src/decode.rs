@@ -92,8 +92,6 @@ pub(crate) fn passes(
         kv_type: opts.kv_type,
         flash_attn: Some(flash_attn),
     };
-    #[cfg(feature = "test-hooks")]
-    crate::hooks::phase("decode");
     let decoded = (|| -> Result<Decoded> {
         let mut ctx = Context::new(&loaded.model, &params, capture)?;
         let mut decoded = Decoded::default();
@@ -132,8 +130,6 @@ pub(crate) fn passes(
         Ok(decoded)
     })();
     // The context (and with it the capture's sender) is gone: the writer drains and stops.
-    #[cfg(feature = "test-hooks")]
-    crate::hooks::phase("writing");
     let written = writer
         .join()
         .map_err(|_| anyhow::anyhow!("the writer thread panicked"))?;
@@ -153,6 +149,8 @@ fn timed_pass(
     if let (Some(c), Some((step, symbols, reading))) = (ctx.observer_mut(), capture) {
         c.begin_pass(step, symbols, reading)?;
     }
+    #[cfg(feature = "test-hooks")]
+    crate::hooks::phase("decode");
     let started = Instant::now();
     ctx.decode(tokens, n_past as i32, n_past == 0)?;
     let ms = started.elapsed().as_secs_f64() * 1e3;

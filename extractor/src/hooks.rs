@@ -19,7 +19,8 @@ pub struct HookArgs {
     #[arg(long, hide = true, value_parser = ["decode", "write"])]
     test_pause: Option<String>,
     /// Test hook: print `test hook: phase NAME` on stderr as the run enters each
-    /// phase (decode, writing, commit, published), and stretch the commit
+    /// phase (decode: a pass starts; writing: the writer takes a pass's files;
+    /// commit: each step of it; published: the swap is done), and stretch the commit
     /// (20 ms per step) so that a signal at a random moment can land inside it.
     #[arg(long, hide = true)]
     test_phases: bool,

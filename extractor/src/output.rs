@@ -55,6 +55,8 @@ impl Output {
                 let mut written = Vec::new();
                 let mut busy = std::time::Duration::ZERO;
                 while let Some(batch) = inbox.next_batch() {
+                    #[cfg(feature = "test-hooks")]
+                    crate::hooks::phase("writing");
                     let started = std::time::Instant::now();
                     written.extend(write_batch(&staging, format, &inbox, &batch)?);
                     busy += started.elapsed();

@@ -9,6 +9,7 @@
 //! compare  the llorch-checkpoint-compare library: extractor run + transformers (f32, f64) -> errors, report.json/.html
 //! verify   tests, then build, runtime, format, faults, performance, compare, real-model, RPC and fuzz checks (what CI runs)
 //! doctor   what this machine has and lacks, and the command that fixes each piece
+//! kills    seeded runs into one directory killed at random moments: it always holds one complete run
 //! fuzz     the readers of checkpoint files, manifests and run.json under libFuzzer (nightly)
 //! bench    capture cost: steady state and whole process, against no capture and a raw-C floor
 //! layering no import circles between the modules of any crate (cargo-modules)
@@ -32,6 +33,7 @@ mod extract;
 mod fetch;
 mod fuzz;
 mod host;
+mod kills;
 mod layering;
 mod model;
 mod pin;
@@ -80,6 +82,8 @@ enum Task {
     Verify(verify::Verify),
     /// What this machine has and lacks for each backend and for compare, with the fix for each; changes nothing.
     Doctor(doctor::Doctor),
+    /// Kill runs into one directory at random moments (seeded) and check it always holds exactly one complete run.
+    Kills(kills::Kills),
     /// Fuzz the readers of checkpoint and candidate files, manifests and run.json (cargo-fuzz, nightly).
     Fuzz(fuzz::Fuzz),
     /// What capture costs: steady-state and whole-process time against no capture and a raw-C floor; table, bench.json, cost.svg.
@@ -118,6 +122,7 @@ fn run(task: Task) -> Result<()> {
         Task::Verify(task) => task.run(&project),
         Task::Doctor(task) => task.run(&project),
         Task::Fuzz(task) => task.run(&project),
+        Task::Kills(task) => task.run(&project),
         Task::Bench(task) => task.run(&project),
         Task::Layering(task) => task.run(&project),
         Task::DeviceBundle(task) => task.run(&project),

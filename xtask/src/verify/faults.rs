@@ -1,6 +1,8 @@
-//! verify's faults: what the extractor does when the disk fills up. The
-//! disk is a 2 MB tmpfs mounted in a private mount namespace (`unshare`),
-//! where the machine lets us: as root, or as a user with user namespaces.
+//! verify's faults: what the extractor does when the disk fills up in the
+//! middle of a capture larger than its buffer (a 16 MB tmpfs mounted in a
+//! private mount namespace with `unshare`, where the machine lets us: as
+//! root, or as a user with user namespaces), and when runs into one
+//! directory are killed at random moments (`crate::kills`).
 
 use std::path::Path;
 use std::process::Command;
@@ -10,40 +12,73 @@ use anyhow::{ensure, Context, Result};
 
 use super::ctx::Ctx;
 use super::report::{Checked, Report};
-use crate::prompts::PERF_PROMPT;
+use crate::kills::Campaign;
+use crate::prompts::words_of_english;
+
+/// verify's kill campaign: a fixed, seeded budget; `cargo xtask kills --runs N` goes on.
+const KILL_RUNS: usize = 200;
+const KILL_SEED: u64 = 1;
 
 pub fn checks(report: &mut Report, ctx: &Ctx<'_>) {
     report.section("faults");
     let t = Instant::now();
     report.record(
-        "a full disk (2 MB tmpfs) is named and leaves no file",
+        "a full disk (16 MB tmpfs) mid-capture of a whole 950-token graph ends the run at once, named, leaving nothing",
         t,
         full_disk(ctx),
     );
+    let t = Instant::now();
+    report.check(
+        &format!("{KILL_RUNS} runs into one directory killed at random moments (seed {KILL_SEED}): always one complete run"),
+        t,
+        kill_campaign(ctx),
+    );
 }
 
-/// Mounts the tmpfs on `$1`, runs the extractor into it (every layer of the
-/// default model: 43 MB), then lists what is left there.
-const SCRIPT: &str = r#"mount -t tmpfs -o size=2m tmpfs "$1" || exit 97
+fn kill_campaign(ctx: &Ctx<'_>) -> Result<String> {
+    let campaign = Campaign::prepare(
+        ctx.project,
+        ctx.model.clone(),
+        ctx.manifest.clone(),
+        &ctx.work.join("kills"),
+    )?;
+    let tally = campaign.run(ctx.project, KILL_RUNS, KILL_SEED)?;
+    ensure!(
+        tally.broken.is_empty(),
+        "{}\n{}",
+        tally.summary(),
+        tally.broken.join("\n")
+    );
+    Ok(tally.summary())
+}
+
+/// Mounts the tmpfs on `$1`, runs the extractor into it (the whole graph of
+/// a 950-token prompt: over a GB through a 64 MB buffer), then says how long
+/// the run took and lists what is left there.
+const SCRIPT: &str = r#"mount -t tmpfs -o size=16m tmpfs "$1" || exit 97
 echo MOUNTED
 shift
 out="$1"; shift
+start=$(date +%s%N)
 "$@" --out "$out/run"
-echo "EXIT $?"
+code=$?
+echo "EXIT $code $(( ($(date +%s%N) - start) / 1000000 ))"
 ls -A "$out"
 "#;
 
 fn full_disk(ctx: &Ctx<'_>) -> Result<Checked> {
     let mnt = ctx.work.join("full-disk");
+    let prompt = words_of_english(820);
     std::fs::create_dir_all(&mnt)?;
     let args = [
         "-m".as_ref(),
         ctx.model.as_os_str(),
-        "--manifest".as_ref(),
-        ctx.manifest.as_os_str(),
-        "--layers=all".as_ref(),
+        "--tensors".as_ref(),
+        "*".as_ref(),
+        "--buffer-mb".as_ref(),
+        "64".as_ref(),
         "-p".as_ref(),
-        PERF_PROMPT.as_ref(),
+        prompt.as_ref(),
         "-n".as_ref(),
         "0".as_ref(),
         "-t".as_ref(),
@@ -83,12 +118,25 @@ fn judge(out: &std::process::Output, mnt: &Path) -> Result<String> {
     let stdout = String::from_utf8_lossy(&out.stdout);
     let stderr = String::from_utf8_lossy(&out.stderr);
     let mut lines = stdout.lines().skip_while(|l| !l.starts_with("EXIT "));
-    let code = lines.next().context("the script did not finish")?;
+    let exit = lines.next().context("the script did not finish")?;
     let left: Vec<&str> = lines.collect();
+    let (code, ms) = exit[5..].split_once(' ').context("EXIT CODE MS")?;
     ensure!(
-        code == "EXIT 1",
+        code == "1",
         "the extractor ended with {code}, not 1:\n{stderr}"
     );
+    let tokens = stderr
+        .lines()
+        .find_map(|l| {
+            l.split_once("\" -> ")?
+                .1
+                .split(' ')
+                .next()?
+                .parse::<usize>()
+                .ok()
+        })
+        .context("the run did not say its prompt's length")?;
+    ensure!(tokens >= 900, "the prompt is only {tokens} tokens");
     let error = stderr
         .lines()
         .find(|l| l.starts_with("error:"))
@@ -98,5 +146,8 @@ fn judge(out: &std::process::Output, mnt: &Path) -> Result<String> {
         "the error does not name the full disk and the directory:\n{stderr}"
     );
     ensure!(left.is_empty(), "left on the full disk: {left:?}");
-    Ok(format!("{error}; nothing left on the disk"))
+    Ok(format!(
+        "{tokens}-token prompt, --tensors '*', --buffer-mb 64: exit 1 after {:.1} s with `{error}`; nothing left on the disk",
+        ms.parse::<f64>()? / 1e3
+    ))
 }

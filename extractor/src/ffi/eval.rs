@@ -8,9 +8,19 @@
 //! the pointers llama.cpp keeps stay valid however the owner moves (a moved
 //! `Box` asserts it is the only pointer, which invalidates those handed out).
 //!
-//! No panic crosses into C: the body runs inside `catch_unwind`, a panic or an
-//! error becomes the hook's stored error, and the computation is stopped (the
-//! callback returns false and the abort callback fires from then on).
+//! No panic crosses into C: the observer runs inside `catch_unwind`. The first
+//! error or panic is recorded and stops the computation:
+//! - the failing `ask = false` call returns true, so the scheduler finishes the
+//!   split it is in normally (breaking out of it would leave later splits to
+//!   compute on inputs that were never written);
+//! - from then on `ask = true` returns false (no node is wanted, so no more
+//!   stops between nodes) and `ask = false` returns true without observing;
+//! - the abort callback returns true, so the CPU backend aborts at its next
+//!   node (GPU backends never consult it and run to the end).
+//!
+//! [`super::llama::Context::decode`] then reports the recorded error whatever
+//! status `llama_decode` returned, and [`InstalledHook::take_error`] re-arms
+//! the hook for the next decode.
 
 use std::any::Any;
 use std::ffi::c_void;
@@ -64,9 +74,8 @@ impl<O: Observer> EvalHook<O> {
                 Err(panic) => self.fail(panic_error(node, panic.as_ref())),
             }
         }
-        // Stopping: want every node, so that the scheduler reaches an
-        // `ask = false` call soon and we can refuse it.
-        ask
+        // Stopped: want no more nodes, and let the split in progress finish.
+        !ask
     }
 
     fn fail(&mut self, err: anyhow::Error) {
@@ -219,7 +228,7 @@ mod tests {
     }
 
     /// Wants `keep-*`, `bad-*` and `boom`; `bad-*` fails to observe, `boom`
-    /// panics there.
+    /// panics there, `wants-boom` panics when asked.
     #[derive(Default)]
     struct Scripted {
         seen: Vec<String>,
@@ -227,6 +236,9 @@ mod tests {
     impl Observer for Scripted {
         fn wants(&mut self, node: &Node<'_>) -> bool {
             let name = node.name();
+            if name == b"wants-boom" {
+                panic!("injected in wants");
+            }
             name.starts_with(b"keep-") || name.starts_with(b"bad-") || name == b"boom"
         }
         fn observe(&mut self, node: &Node<'_>) -> Result<()> {
@@ -305,7 +317,44 @@ mod tests {
     }
 
     #[test]
-    fn a_panic_becomes_an_error_and_stops_the_compute() {
+    fn a_failed_observe_finishes_the_split_then_stops_everything() {
+        let mut hook = InstalledHook::new(Scripted::default());
+        let (answers, fired) = with_compute_thread(&hook, || {
+            [
+                eval(&hook, "keep-0", true),
+                eval(&hook, "keep-0", false),
+                eval(&hook, "bad-1", true),
+                eval(&hook, "bad-1", false),
+                eval(&hook, "keep-1", true),
+                eval(&hook, "bad-2", true),
+                eval(&hook, "bad-2", false),
+            ]
+        });
+        assert_eq!(
+            answers,
+            [true, true, true, true, false, false, true],
+            "the failing observe finishes its split; then no node is wanted"
+        );
+        assert!(fired, "the compute thread sees the abort");
+        assert!(abort(&hook), "and keeps seeing it until the error is taken");
+        assert_eq!(
+            hook.observer().seen,
+            ["keep-0", "bad-1"],
+            "nothing is observed after the failure"
+        );
+        let err = hook.take_error().expect("the error is recorded");
+        assert_eq!(
+            format!("{err}"),
+            "cannot read bad-1",
+            "the first error is kept"
+        );
+        assert!(!abort(&hook), "taking the error re-arms the hook");
+        assert!(eval(&hook, "keep-2", true) && eval(&hook, "keep-2", false));
+        assert!(hook.take_error().is_none());
+    }
+
+    #[test]
+    fn a_panic_in_observe_is_the_error_and_stops_the_compute() {
         let mut hook = InstalledHook::new(Scripted::default());
         let (answers, fired) = with_compute_thread(&hook, || {
             [
@@ -315,14 +364,34 @@ mod tests {
                 eval(&hook, "bad-1", false),
             ]
         });
-        assert_eq!(answers, [true, false, true, false]);
-        assert!(fired, "the compute thread sees the abort");
+        assert_eq!(answers, [true, true, false, true]);
+        assert!(fired);
         assert_eq!(hook.observer().seen, ["boom"]);
         let err = hook.take_error().expect("the panic is recorded");
         assert_eq!(
             format!("{err}"),
             "the eval callback panicked on node `boom`: injected"
         );
-        assert!(!abort(&hook), "taking the error re-arms the hook");
+        assert!(!abort(&hook));
+    }
+
+    #[test]
+    fn a_panic_in_wants_is_the_error_and_stops_the_compute() {
+        let mut hook = InstalledHook::new(Scripted::default());
+        let (answers, fired) = with_compute_thread(&hook, || {
+            [
+                eval(&hook, "wants-boom", true),
+                eval(&hook, "keep-0", true),
+                eval(&hook, "keep-0", false),
+            ]
+        });
+        assert_eq!(answers, [false, false, true]);
+        assert!(fired);
+        assert!(hook.observer().seen.is_empty());
+        let err = hook.take_error().expect("the panic is recorded");
+        assert_eq!(
+            format!("{err}"),
+            "the eval callback panicked on node `wants-boom`: injected in wants"
+        );
     }
 }

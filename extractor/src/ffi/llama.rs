@@ -347,6 +347,8 @@ impl<'m, O: Observer> Context<'m, O> {
             sys::llama_synchronize(self.ptr.as_ptr());
             status
         };
+        // Whatever the status: the scheduler may have finished the graph
+        // (GPU backends never abort), or aborted it because of this error.
         if let Some(err) = self.hook.as_mut().and_then(InstalledHook::take_error) {
             return Err(err.context("extraction stopped the computation"));
         }

@@ -1,12 +1,12 @@
 //! Safe owners of llama.cpp's model and context.
 
-use std::ffi::{c_void, CString};
+use std::ffi::CString;
 use std::path::Path;
 use std::ptr::NonNull;
 
 use anyhow::{bail, ensure, Context as _, Result};
 
-use super::eval::{EvalHook, Observer};
+use super::eval::{abort_trampoline, eval_trampoline, InstalledHook, Observer};
 use super::sys;
 
 pub type Token = sys::llama_token;
@@ -260,10 +260,11 @@ pub struct ContextParams {
 }
 
 /// An inference context over a borrowed model, with an optional eval hook.
-/// The hook is boxed and owned here, so it outlives every callback llama.cpp makes.
 pub struct Context<'m, O: Observer> {
     ptr: NonNull<sys::llama_context>,
-    hook: Option<Box<EvalHook<O>>>,
+    /// Registered with the context; a field, so dropped after `Drop::drop`
+    /// has freed the context: it outlives every callback llama.cpp makes.
+    hook: Option<InstalledHook<O>>,
     n_vocab: usize,
     _model: std::marker::PhantomData<&'m Model>,
 }
@@ -276,13 +277,15 @@ impl<'m, O: Observer> Context<'m, O> {
         params: &ContextParams,
         observer: Option<O>,
     ) -> Result<Context<'m, O>> {
-        let mut hook = observer.map(|o| Box::new(EvalHook::new(o)));
+        let hook = observer.map(InstalledHook::new);
         let kv = match params.kv_type {
             KvType::F16 => sys::ggml_type::GGML_TYPE_F16,
             KvType::F32 => sys::ggml_type::GGML_TYPE_F32,
         };
-        // SAFETY: default params are plain data. The hook's address is stable
-        // (boxed) and it is dropped only after llama_free in Drop.
+        // SAFETY: default params are plain data. The hook's pointers stay valid
+        // until it is dropped, after llama_free (see Drop); `cb_eval` runs
+        // only inside llama_decode, which `decode` calls from `&mut self`, so
+        // no reference from the hook's accessors is alive then.
         let ptr = unsafe {
             let mut p = sys::llama_context_default_params();
             p.n_ctx = params.n_ctx;
@@ -298,12 +301,11 @@ impl<'m, O: Observer> Context<'m, O> {
                 None => sys::llama_flash_attn_type::LLAMA_FLASH_ATTN_TYPE_AUTO,
             };
             p.no_perf = true;
-            if let Some(hook) = hook.as_mut() {
-                let user = (&mut **hook as *mut EvalHook<O>).cast::<c_void>();
-                p.cb_eval = Some(super::eval::eval_trampoline::<O>);
-                p.cb_eval_user_data = user;
-                p.abort_callback = Some(super::eval::abort_trampoline::<O>);
-                p.abort_callback_data = user;
+            if let Some(hook) = &hook {
+                p.cb_eval = Some(eval_trampoline::<O>);
+                p.cb_eval_user_data = hook.user_data();
+                p.abort_callback = Some(abort_trampoline);
+                p.abort_callback_data = hook.abort_data();
             }
             sys::llama_init_from_model(model.ptr.as_ptr(), p)
         };
@@ -324,7 +326,9 @@ impl<'m, O: Observer> Context<'m, O> {
         ensure!(!tokens.is_empty(), "nothing to decode");
         let n = tokens.len() as i32;
         // SAFETY: the batch is allocated for n tokens and one sequence id each,
-        // filled within bounds, and freed below in every path.
+        // filled within bounds, and freed below in every path. llama_decode
+        // runs the hook's callbacks: `&mut self` means that no reference
+        // from the hook's accessors is alive meanwhile.
         let status = unsafe {
             let batch = sys::llama_batch_init(n, 0, 1);
             for (i, &tok) in tokens.iter().enumerate() {
@@ -343,7 +347,9 @@ impl<'m, O: Observer> Context<'m, O> {
             sys::llama_synchronize(self.ptr.as_ptr());
             status
         };
-        if let Some(err) = self.hook.as_mut().and_then(|h| h.take_error()) {
+        // Whatever the status: the scheduler may have finished the graph
+        // (GPU backends never abort), or aborted it because of this error.
+        if let Some(err) = self.hook.as_mut().and_then(InstalledHook::take_error) {
             return Err(err.context("extraction stopped the computation"));
         }
         match status {
@@ -371,17 +377,18 @@ impl<'m, O: Observer> Context<'m, O> {
     }
 
     pub fn observer(&self) -> Option<&O> {
-        self.hook.as_ref().map(|h| h.observer())
+        self.hook.as_ref().map(InstalledHook::observer)
     }
 
     pub fn observer_mut(&mut self) -> Option<&mut O> {
-        self.hook.as_mut().map(|h| h.observer_mut())
+        self.hook.as_mut().map(InstalledHook::observer_mut)
     }
 }
 
 impl<O: Observer> Drop for Context<'_, O> {
     fn drop(&mut self) {
-        // SAFETY: we own the context; the hook (dropped after this) is no longer referenced once it is freed.
+        // SAFETY: we own the context. Once it is freed no callback can run,
+        // and only then is the hook (a field) dropped.
         unsafe { sys::llama_free(self.ptr.as_ptr()) }
     }
 }

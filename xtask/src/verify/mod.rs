@@ -8,7 +8,7 @@
 //! - runtime: with and without extraction, the same token, bitwise-equal
 //!   logits, every checkpoint once;
 //! - format: the validator on the run and on corrupted copies;
-//! - faults: a full disk;
+//! - faults: a full disk mid-capture, and a seeded kill campaign into one directory;
 //! - performance: the steady-state ratio with/without extraction (gated),
 //!   all-layers throughput and memory (INFO);
 //! - compare: every checkpoint of the synthetic GPT-2 against PyTorch, a
@@ -16,6 +16,7 @@
 //! - real weights (SmolLM2 and Gemma 3 from PyPI): layers 0, 7 and the last
 //!   against transformers, bitwise-equal logits, a candidate, sliding windows;
 //! - rpc: every layer over two servers, bitwise equal to the local CPU;
+//! - miri: the eval hook's and the handoff's tests under Stacked and Tree Borrows;
 //! - fuzz: the readers, on a fixed budget.
 
 use std::path::{Path, PathBuf};
@@ -36,6 +37,7 @@ mod cargo_test;
 mod checks;
 mod ctx;
 mod faults;
+mod miri;
 mod report;
 mod rpc;
 use checks::{
@@ -96,6 +98,13 @@ impl Verify {
             real_model_checks(&mut report, &ctx, name);
         }
         rpc_checks(&mut report, &ctx);
+        report.section("miri: the eval hook's ownership and the handoff");
+        let t = Instant::now();
+        report.record(
+            "the hook's and the handoff's tests under Miri: no undefined behaviour",
+            t,
+            miri::check(project),
+        );
         fuzz_checks(&mut report, project);
 
         let header =

@@ -378,7 +378,7 @@ mod tests {
             "an abandoned run cannot be published"
         );
         assert_eq!(files(&out), ["first.bin", "run.json"]);
-        assert_eq!(files(&out.parent().unwrap()), ["out"]);
+        assert_eq!(files(out.parent().unwrap()), ["out"]);
     }
 
     #[test]

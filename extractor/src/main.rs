@@ -72,7 +72,8 @@ struct Cli {
     /// Layers offloaded to a GPU or RPC backend, if the build has one.
     #[arg(long = "n-gpu-layers", visible_alias = "ngl", default_value_t = 0)]
     n_gpu_layers: i32,
-    /// Output directory (created; locked while the run writes to it).
+    /// Output directory: absent, empty, or an earlier run. The run is staged beside it and,
+    /// only once it succeeded, replaces it whole in one rename; a failed run changes nothing.
     #[arg(long, default_value = "checkpoints")]
     out: PathBuf,
     /// Checkpoint file format.

@@ -54,7 +54,7 @@ pub fn run_err(args: &[&str]) -> String {
     String::from_utf8_lossy(&out.stderr).into_owned()
 }
 
-/// Files in `dir` other than the lock (hidden files included: no staging may be left).
+/// Files in `dir`, hidden ones included, sorted (empty if `dir` does not exist).
 pub fn files_in(dir: &Path) -> Vec<String> {
     let mut names: Vec<String> = std::fs::read_dir(dir)
         .map(|rd| {
@@ -62,7 +62,6 @@ pub fn files_in(dir: &Path) -> Vec<String> {
                 .collect()
         })
         .unwrap_or_default();
-    names.retain(|n| n != ".llorch.lock");
     names.sort();
     names
 }

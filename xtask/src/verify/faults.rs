@@ -23,7 +23,7 @@ pub fn checks(report: &mut Report, ctx: &Ctx<'_>) {
     report.section("faults");
     let t = Instant::now();
     report.record(
-        "a full disk (16 MB tmpfs) mid-capture of a whole 950-token graph ends the run at once, named, leaving nothing",
+        "a full disk (16 MB tmpfs) mid-capture of the whole graph of a 900-token prompt ends the run at once, named, leaving nothing",
         t,
         full_disk(ctx),
     );

@@ -85,6 +85,8 @@ pub struct Capture {
     matched: usize,
     /// Node name -> checkpoints with that name (several only when `op` disambiguates).
     by_name: HashMap<Box<[u8]>, Vec<usize>>,
+    /// Operand name -> checkpoints found by an operand alone (no `tensor`).
+    by_operand: HashMap<Box<[u8]>, Vec<usize>>,
     resolved: Vec<Resolved>,
     seen: Vec<bool>,
     /// Capturing this pass? Between passes, and for passes not captured, nothing is wanted.
@@ -103,11 +105,13 @@ impl Capture {
             Selection::Glob(pattern) => (Vec::new(), Some(pattern)),
         };
         let mut by_name: HashMap<Box<[u8]>, Vec<usize>> = HashMap::new();
+        let mut by_operand: HashMap<Box<[u8]>, Vec<usize>> = HashMap::new();
         for (i, cp) in checkpoints.iter().enumerate() {
-            by_name
-                .entry(cp.tensor.as_bytes().into())
-                .or_default()
-                .push(i);
+            let (map, key) = match (&cp.operand, cp.tensor.is_empty()) {
+                (Some(operand), true) => (&mut by_operand, operand.as_str()),
+                _ => (&mut by_name, cp.tensor.as_str()),
+            };
+            map.entry(key.as_bytes().into()).or_default().push(i);
         }
         let n = checkpoints.len();
         let placeholder = Resolved {
@@ -121,6 +125,7 @@ impl Capture {
             node_index: 0,
             matched: 0,
             by_name,
+            by_operand,
             resolved: vec![placeholder; n],
             seen: vec![false; n],
             active: false,
@@ -163,7 +168,7 @@ impl Capture {
             .iter()
             .zip(&self.seen)
             .filter(|(_, seen)| !**seen)
-            .map(|(cp, _)| format!("{} (tensor `{}`)", cp.id, cp.tensor))
+            .map(|(cp, _)| format!("{} ({})", cp.id, cp.node()))
             .collect();
         if !missing.is_empty() {
             bail!(
@@ -192,19 +197,19 @@ impl Capture {
         let cp = &self.checkpoints[index];
         if std::mem::replace(&mut self.seen[index], true) {
             bail!(
-                "checkpoint {}: tensor `{}` matched two nodes in one pass; ggml gives this name to several nodes, \
+                "checkpoint {}: {} matched two nodes in one pass; ggml gives this name to several nodes, \
                  so add `op: {}` (or another op) to its manifest entry",
                 cp.id,
-                cp.tensor,
+                cp.node(),
                 node.op_name()
             );
         }
         let resolved = self.resolved[index];
         let keep = resolved.keep(node.ne()).map_err(|mismatch| {
             anyhow!(
-                "checkpoint {} (tensor `{}`, manifest shape {}): shape mismatch: {mismatch}",
+                "checkpoint {} ({}, manifest shape {}): shape mismatch: {mismatch}",
                 cp.id,
-                cp.tensor,
+                cp.node(),
                 cp.shape_text()
             )
         })?;
@@ -214,7 +219,8 @@ impl Capture {
             fetched,
             id: cp.id.clone(),
             layer: cp.layer,
-            tensor: cp.tensor.clone(),
+            // The node's own name: what the graph calls it, however it was found.
+            tensor: node.name_lossy(),
             file_stem: cp.file_stem.clone(),
             step: self.step,
             ggml_ne: node.ne(),
@@ -260,15 +266,24 @@ impl Capture {
         })
     }
 
+    /// The checkpoint this node is: by its name, else by an operand's name;
+    /// `op` and `operand`, where given, must fit too. Allocation-free.
     fn find(&self, node: &Node<'_>) -> Option<usize> {
-        let candidates = self.by_name.get(node.name())?;
-        candidates
-            .iter()
-            .copied()
-            .find(|&i| match &self.checkpoints[i].op {
-                None => true,
-                Some(op) => op == node.op_name(),
-            })
+        let fits = |&i: &usize| {
+            let cp = &self.checkpoints[i];
+            cp.op.as_ref().is_none_or(|op| op == node.op_name())
+                && cp.operand.as_ref().is_none_or(|operand| {
+                    node.source_names().any(|s| s == operand.as_bytes())
+                })
+        };
+        if let Some(i) = self.by_name.get(node.name()).and_then(|c| c.iter().copied().find(fits)) {
+            return Some(i);
+        }
+        if self.by_operand.is_empty() {
+            return None;
+        }
+        node.source_names()
+            .find_map(|s| self.by_operand.get(s)?.iter().copied().find(fits))
     }
 }
 

@@ -1,5 +1,5 @@
 //! `--list-nodes`: every node of a prompt pass as the eval callback's ask path
-//! sees it (name, op, type, ne), to write a manifest for a new architecture.
+//! sees it (name, op, type, ne, operands), to write a manifest for a new architecture.
 
 use anyhow::{Context as _, Result};
 
@@ -12,17 +12,22 @@ use crate::load::Prompt;
 use crate::preflight::{self, ContextAsk};
 
 /// `--list-nodes`: prints every node of the prompt pass as the ask path sees
-/// it (name, op, type, ne), computing nothing extra.
+/// it (name, op, type, ne, operand names), computing nothing extra.
 struct Lister;
 
 impl Observer for Lister {
     fn wants(&mut self, node: &Node<'_>) -> bool {
+        let operands: Vec<String> = node
+            .source_names()
+            .map(|n| String::from_utf8_lossy(n).into_owned())
+            .collect();
         println!(
-            "{:<28} {:<10} {:<5} {}",
+            "{:<28} {:<10} {:<5} {:<22} <- {}",
             node.name_lossy(),
             node.op_name(),
             node.type_name(),
-            crate::manifest::fmt_ne(&node.ne())
+            crate::manifest::fmt_ne(&node.ne()),
+            operands.join(", ")
         );
         false
     }

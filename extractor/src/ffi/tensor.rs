@@ -11,6 +11,14 @@ pub struct Node<'a> {
     t: &'a sys::ggml_tensor,
 }
 
+/// A tensor's name as bytes, up to its NUL.
+fn name_of(t: &sys::ggml_tensor) -> &[u8] {
+    // SAFETY: c_char and u8 have the same layout; the array lives as long as the tensor.
+    let bytes: &[u8] = unsafe { std::slice::from_raw_parts(t.name.as_ptr().cast(), t.name.len()) };
+    let end = bytes.iter().position(|&b| b == 0).unwrap_or(bytes.len());
+    &bytes[..end]
+}
+
 impl<'a> Node<'a> {
     /// # Safety
     /// `t` must be a tensor of a graph being computed, valid for `'a`.
@@ -20,11 +28,17 @@ impl<'a> Node<'a> {
 
     /// The node's name as bytes, without allocating.
     pub fn name(&self) -> &'a [u8] {
-        // SAFETY: c_char and u8 have the same layout; the array lives as long as the tensor.
-        let bytes: &'a [u8] =
-            unsafe { std::slice::from_raw_parts(self.t.name.as_ptr().cast(), self.t.name.len()) };
-        let end = bytes.iter().position(|&b| b == 0).unwrap_or(bytes.len());
-        &bytes[..end]
+        name_of(self.t)
+    }
+
+    /// The names of the node's operands (weights, caches, other nodes), in
+    /// order, without allocating: what finds nodes llama.cpp leaves unnamed.
+    pub fn source_names(&self) -> impl Iterator<Item = &'a [u8]> + 'a {
+        self.t.src.iter().filter(|p| !p.is_null()).map(|&p| {
+            // SAFETY: a node's non-null sources are tensors of the same graph
+            // or the model's weights, alive at least as long as the node.
+            name_of(unsafe { &*p })
+        })
     }
 
     pub fn name_lossy(&self) -> String {

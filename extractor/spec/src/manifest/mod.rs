@@ -12,6 +12,9 @@
 //!     what: LayerNorm (ln_1) output
 //!     tensor: "attn_norm-{layer}"
 //!     shape: [n_embd, n_tokens]          # ggml ne order, innermost first
+//!   - id: "05_output"                    # a node llama.cpp leaves unnamed:
+//!     op: ADD                            # found by its op and an operand's
+//!     operand: "blk.{layer}.attn_output.bias"   # name (a GGUF weight, a cache)
 //!     file: "checkpoint_01_ln1_output"   # extension added by --format
 //!     reference: { capture: "h.{layer}.ln_1", ops: [drop_batch] }
 //!     tolerance: { atol: 5.0e-3, rtol: 1.0e-3, nmse: 1.0e-5 }
@@ -51,10 +54,17 @@ struct RawCheckpoint {
     id: String,
     #[serde(default)]
     what: Option<String>,
-    tensor: String,
+    /// The node's name; may be left out when `operand` finds the node.
+    #[serde(default)]
+    tensor: Option<String>,
     /// Disambiguates a name ggml gives to several nodes (e.g. `norm-0`).
     #[serde(default)]
     op: Option<String>,
+    /// The name of one of the node's operands (a weight such as
+    /// `blk.{layer}.attn_output.weight`, a cache such as `cache_k_l{layer}`):
+    /// finds nodes llama.cpp leaves unnamed, in any version of its graph.
+    #[serde(default)]
+    operand: Option<String>,
     shape: Vec<Dim>,
     file: String,
     /// Layers for this checkpoint, overriding the manifest's.
@@ -76,9 +86,11 @@ pub struct Checkpoint {
     pub id: String,
     pub what: String,
     pub layer: Option<u32>,
-    /// The ggml node name, e.g. `attn_norm-0`.
+    /// The ggml node name, e.g. `attn_norm-0`; empty when `operand` alone finds the node.
     pub tensor: String,
     pub op: Option<String>,
+    /// An operand's name the node must have, e.g. `blk.0.attn_output.weight`.
+    pub operand: Option<String>,
     /// Expected ne, innermost first.
     pub shape: Vec<Dim>,
     /// File name without extension.
@@ -99,6 +111,19 @@ pub struct Manifest {
 }
 
 impl Checkpoint {
+    /// How the manifest names the node, for messages: "tensor `attn_norm-0`",
+    /// or "the ADD node with operand `blk.0.attn_output.bias`".
+    pub fn node(&self) -> String {
+        let op = self.op.as_deref().map(|o| format!("{o} ")).unwrap_or_default();
+        match (&self.operand, self.tensor.is_empty()) {
+            (None, _) => format!("tensor `{}`", self.tensor),
+            (Some(operand), true) => format!("the {op}node with operand `{operand}`"),
+            (Some(operand), false) => {
+                format!("tensor `{}` ({op}with operand `{operand}`)", self.tensor)
+            }
+        }
+    }
+
     /// The expected ne for one pass (an error only for a quotient that does
     /// not divide exactly with this model's symbols).
     pub fn resolve(&self, symbols: &Symbols) -> Result<Resolved> {
@@ -341,6 +366,9 @@ fn check_entry(cp: &RawCheckpoint) -> Result<(Option<Reference>, Tolerance), Str
     if cp.id.len() > MAX_FIELD || cp.file.len() > MAX_FIELD {
         return Err(format!("id and file may have at most {MAX_FIELD} bytes"));
     }
+    if cp.tensor.as_deref().is_none_or(str::is_empty) && cp.operand.is_none() {
+        return Err("name the node: `tensor` (its name), or `op` and `operand` (an operand's name)".into());
+    }
     if cp.shape.is_empty() || cp.shape.len() > 4 {
         return Err(format!(
             "shape must have 1 to 4 dimensions (ggml ne order), not {}",
@@ -369,7 +397,8 @@ impl RawCheckpoint {
     /// The layers `{layer}` expands to: `--layers`, else the entry's, else
     /// the manifest's; `[None]` for a node outside the layers.
     fn layers_of(&self, overridden: Option<&[u32]>, manifest: &[u32]) -> Vec<Option<u32>> {
-        if !self.tensor.contains("{layer}") {
+        let templated = |s: &Option<String>| s.as_deref().is_some_and(|s| s.contains("{layer}"));
+        if !templated(&self.tensor) && !templated(&self.operand) {
             return vec![None];
         }
         let layers = overridden.or(self.layers.as_deref()).unwrap_or(manifest);
@@ -391,12 +420,15 @@ impl RawCheckpoint {
             Some(l) => s.replace("{layer}", &l.to_string()),
             None => s.to_string(),
         };
-        let tensor = expand(&self.tensor);
-        if tensor.len() > MAX_TENSOR_NAME {
-            return Err(format!(
-                "tensor name of {} bytes: ggml names have at most {MAX_TENSOR_NAME}, so no node can match it",
-                tensor.len()
-            ));
+        let tensor = expand(self.tensor.as_deref().unwrap_or_default());
+        let operand = self.operand.as_deref().map(expand);
+        for name in std::iter::once(&tensor).chain(operand.as_ref()) {
+            if name.len() > MAX_TENSOR_NAME {
+                return Err(format!(
+                    "tensor name of {} bytes: ggml names have at most {MAX_TENSOR_NAME}, so no node can match it",
+                    name.len()
+                ));
+            }
         }
         let mut file_stem = expand(&self.file);
         if file_stem.contains('{') || file_stem.contains('}') {
@@ -414,6 +446,7 @@ impl RawCheckpoint {
             layer,
             tensor,
             op: self.op.clone(),
+            operand,
             shape: self.shape.clone(),
             file_stem,
             reference: reference.clone().map(|r| Reference {
@@ -426,15 +459,15 @@ impl RawCheckpoint {
     }
 }
 
-/// No node (name and op) is captured twice.
+/// No node (name, op and operand) is captured twice.
 fn check_nodes_unique(text: &str, checkpoints: &[Checkpoint]) -> Result<()> {
     let mut nodes = HashSet::new();
     for cp in checkpoints {
-        if !nodes.insert((cp.tensor.as_str(), cp.op.as_deref())) {
+        if !nodes.insert((cp.tensor.as_str(), cp.op.as_deref(), cp.operand.as_deref())) {
             bail!(
-                "line {}: tensor `{}` is listed twice",
-                line_of(text, &cp.tensor),
-                cp.tensor
+                "line {}: {} is listed twice",
+                line_of(text, cp.operand.as_deref().unwrap_or(&cp.tensor)),
+                cp.node()
             );
         }
     }

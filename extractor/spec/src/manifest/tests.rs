@@ -360,3 +360,31 @@ fn shape_expressions_on_hostile_symbols_are_refused_not_overflowed() {
         "`n_embd / n_embd * 0` is 0, not a positive dimension"
     );
 }
+
+#[test]
+fn a_node_found_by_op_and_operand_expands_per_layer_and_a_nameless_entry_is_refused() {
+    let m = Manifest::parse(
+        "architecture: llama\nlayers: [0, 3]\ncheckpoints:\n  - id: attn_out\n    op: MUL_MAT\n    operand: \"blk.{layer}.attn_output.weight\"\n    shape: [n_embd, n_tokens]\n    file: attn_out\n",
+    )
+    .unwrap();
+    let found: Vec<_> = m
+        .checkpoints
+        .iter()
+        .map(|c| (c.tensor.as_str(), c.operand.as_deref(), c.file_stem.as_str()))
+        .collect();
+    assert_eq!(
+        found,
+        [
+            ("", Some("blk.0.attn_output.weight"), "attn_out_l0"),
+            ("", Some("blk.3.attn_output.weight"), "attn_out_l3")
+        ]
+    );
+    assert_eq!(
+        m.checkpoints[1].node(),
+        "the MUL_MAT node with operand `blk.3.attn_output.weight`"
+    );
+    let msg = err("checkpoints:\n  - id: x\n    op: ADD\n    shape: [1]\n    file: x\n");
+    assert!(msg.contains("name the node: `tensor`"), "{msg}");
+    let msg = err("checkpoints:\n  - id: a\n    operand: w\n    shape: [1]\n    file: a\n  - id: b\n    operand: w\n    shape: [1]\n    file: b\n");
+    assert!(msg.contains("the node with operand `w` is listed twice"), "{msg}");
+}

@@ -272,11 +272,16 @@ impl Capture {
         let fits = |&i: &usize| {
             let cp = &self.checkpoints[i];
             cp.op.as_ref().is_none_or(|op| op == node.op_name())
-                && cp.operand.as_ref().is_none_or(|operand| {
-                    node.source_names().any(|s| s == operand.as_bytes())
-                })
+                && cp
+                    .operand
+                    .as_ref()
+                    .is_none_or(|operand| node.source_names().any(|s| s == operand.as_bytes()))
         };
-        if let Some(i) = self.by_name.get(node.name()).and_then(|c| c.iter().copied().find(fits)) {
+        if let Some(i) = self
+            .by_name
+            .get(node.name())
+            .and_then(|c| c.iter().copied().find(fits))
+        {
             return Some(i);
         }
         if self.by_operand.is_empty() {

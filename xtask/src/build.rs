@@ -335,6 +335,20 @@ pub fn default_build_dir(
         .join(format!("{}-{}{}", backend.name(), pin.id(), suffix))
 }
 
+/// Where each flavour's extractor is built, and the build description its
+/// build script reads: the patched one in the workspace's own target
+/// directory (what `cargo build` and the tests use), the unpatched one in a
+/// target directory of its own, so that building one never undoes the other.
+fn extractor_placement(project: &Project, flavour: Flavour) -> (PathBuf, PathBuf) {
+    match flavour {
+        Flavour::Patched => (project.active_build_file(), project.root().join("target")),
+        Flavour::Unpatched => {
+            let dir = project.work_dir().join("unpatched");
+            (dir.join("active-build.json"), dir.join("target"))
+        }
+    }
+}
+
 /// Points the extractor at `lib_dir` and builds it (release: it is what we measure).
 pub fn build_extractor(
     project: &Project,
@@ -355,18 +369,15 @@ pub fn build_extractor(
         include_dirs: [tree.join("include"), tree.join("ggml/include")],
     };
     let json = serde_json::to_string_pretty(&active)?;
+    let (active_file, target_dir) = extractor_placement(project, flavour);
     // Rewrite only on change, so the extractor's build script does not rerun for nothing.
-    if std::fs::read_to_string(project.active_build_file())
-        .ok()
-        .as_deref()
-        != Some(json.as_str())
-    {
-        std::fs::create_dir_all(project.work_dir())?;
-        write_atomically(&project.active_build_file(), json.as_bytes())?;
+    if std::fs::read_to_string(&active_file).ok().as_deref() != Some(json.as_str()) {
+        std::fs::create_dir_all(active_file.parent().expect("under target"))?;
+        write_atomically(&active_file, json.as_bytes())?;
     }
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
     let step = Step::start(project, "extractor", "cargo build --release")?;
-    let build = duct::cmd!(
+    let mut build = duct::cmd!(
         cargo,
         "build",
         "--release",
@@ -374,6 +385,13 @@ pub fn build_extractor(
         "llorch-checkpoint-extractor"
     )
     .dir(project.root());
+    // The patched build keeps cargo's defaults: set, this variable would
+    // differ from a plain `cargo test` and rebuild the extractor each time.
+    if flavour == Flavour::Unpatched {
+        build = build
+            .env("LLORCH_ACTIVE_BUILD", &active_file)
+            .env("CARGO_TARGET_DIR", &target_dir);
+    }
     let compiled = std::cell::Cell::new(false);
     step.run_watched("cargo build --release (extractor)", build, |step, line| {
         if line.trim_start().starts_with("Compiling ") && !compiled.replace(true) {
@@ -382,9 +400,7 @@ pub fn build_extractor(
         step::cargo_progress(step, line);
     })
     .context("building the extractor failed")?;
-    let exe = project
-        .root()
-        .join("target/release/llorch-checkpoint-extractor");
+    let exe = target_dir.join("release/llorch-checkpoint-extractor");
     let summary = format!("llorch-checkpoint-extractor in {}", exe.display());
     match compiled.get() {
         true => step.finish(&summary),

@@ -19,6 +19,9 @@ pub struct Ctx<'a> {
     pub manifest: PathBuf,
     /// target/llorch/verify, or a directory under it.
     pub work: PathBuf,
+    /// The release extractor built on the unpatched tree (the build section
+    /// makes it; none with `--quick` or when it failed).
+    pub unpatched: Option<PathBuf>,
 }
 
 impl<'a> Ctx<'a> {
@@ -32,6 +35,7 @@ impl<'a> Ctx<'a> {
             model,
             manifest,
             work: self.work.join(name),
+            unpatched: self.unpatched.clone(),
         })
     }
 }

@@ -43,7 +43,7 @@ mod rpc;
 use checks::{
     candidate_caught, clean_build, corrupted_copy_rejected, logits_unchanged, no_amx,
     overhead_ratio, quietly, real_model_compare, seen_once, sliding_window_masks, throughput,
-    validate, CORRUPTIONS,
+    unpatched_matches, validate, CORRUPTIONS,
 };
 use ctx::Ctx;
 use report::{Checked, Report};
@@ -82,13 +82,13 @@ impl Verify {
     pub fn run(self, project: &Project) -> Result<()> {
         let started = Instant::now();
         let mut report = Report::default();
-        let ctx = self.setup(project)?;
+        let mut ctx = self.setup(project)?;
         if !self.no_tests {
             report.section("tests");
             let t = Instant::now();
             report.check("cargo test --workspace", t, cargo_test::run(project));
         }
-        self.build_checks(&mut report, &ctx);
+        self.build_checks(&mut report, &mut ctx);
         let ran = runtime_checks(&mut report, &ctx);
         format_checks(&mut report, &ctx, ran);
         faults::checks(&mut report, &ctx);
@@ -154,10 +154,11 @@ impl Verify {
             model,
             manifest,
             work,
+            unpatched: None,
         })
     }
 
-    fn build_checks(&self, report: &mut Report, ctx: &Ctx<'_>) {
+    fn build_checks(&self, report: &mut Report, ctx: &mut Ctx<'_>) {
         report.section("build");
         let (project, sh) = (ctx.project, &ctx.sh);
         let quick = |what: &str| Ok(Checked::Skipped(format!("--quick skips the {what}")));
@@ -172,16 +173,23 @@ impl Verify {
         );
         let t = Instant::now();
         let unpatched = || {
-            build::build_llama(project, Backend::Cpu, Flavour::Unpatched, None)
-                .map(|dir| Checked::Pass(format!("unpatched tree builds ({})", dir.display())))
+            let lib_dir = build::build_llama(project, Backend::Cpu, Flavour::Unpatched, None)?;
+            build::build_extractor(project, Backend::Cpu, Flavour::Unpatched, &lib_dir)
         };
+        let built = match self.quick {
+            true => quick("unpatched build"),
+            false => unpatched().map(|exe| {
+                let said = format!("unpatched tree and its extractor build ({})", exe.display());
+                ctx.unpatched = Some(exe);
+                Checked::Pass(said)
+            }),
+        };
+        report.record("unpatched llama.cpp and an extractor on it build", t, built);
+        let t = Instant::now();
         report.record(
-            "unpatched llama.cpp builds",
+            "the unpatched tree finds all nine GPT-2 checkpoints, bitwise the patched tree's",
             t,
-            match self.quick {
-                true => quick("unpatched build"),
-                false => unpatched(),
-            },
+            unpatched_matches(ctx, "0"),
         );
         let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
         let t = Instant::now();
@@ -391,6 +399,12 @@ fn real_model_checks(report: &mut Report, ctx: &Ctx<'_>, name: &str) {
         "bitwise-equal logits with and without extraction",
         t,
         logits_unchanged(&ctx),
+    );
+    let t = Instant::now();
+    report.record(
+        "every layer on the unpatched tree: every checkpoint found, bitwise the patched tree's",
+        t,
+        unpatched_matches(&ctx, "all"),
     );
     if name == "smollm2-135m" {
         let t = Instant::now();

@@ -114,7 +114,11 @@ impl Checkpoint {
     /// How the manifest names the node, for messages: "tensor `attn_norm-0`",
     /// or "the ADD node with operand `blk.0.attn_output.bias`".
     pub fn node(&self) -> String {
-        let op = self.op.as_deref().map(|o| format!("{o} ")).unwrap_or_default();
+        let op = self
+            .op
+            .as_deref()
+            .map(|o| format!("{o} "))
+            .unwrap_or_default();
         match (&self.operand, self.tensor.is_empty()) {
             (None, _) => format!("tensor `{}`", self.tensor),
             (Some(operand), true) => format!("the {op}node with operand `{operand}`"),
@@ -367,7 +371,9 @@ fn check_entry(cp: &RawCheckpoint) -> Result<(Option<Reference>, Tolerance), Str
         return Err(format!("id and file may have at most {MAX_FIELD} bytes"));
     }
     if cp.tensor.as_deref().is_none_or(str::is_empty) && cp.operand.is_none() {
-        return Err("name the node: `tensor` (its name), or `op` and `operand` (an operand's name)".into());
+        return Err(
+            "name the node: `tensor` (its name), or `op` and `operand` (an operand's name)".into(),
+        );
     }
     if cp.shape.is_empty() || cp.shape.len() > 4 {
         return Err(format!(

@@ -370,7 +370,13 @@ fn a_node_found_by_op_and_operand_expands_per_layer_and_a_nameless_entry_is_refu
     let found: Vec<_> = m
         .checkpoints
         .iter()
-        .map(|c| (c.tensor.as_str(), c.operand.as_deref(), c.file_stem.as_str()))
+        .map(|c| {
+            (
+                c.tensor.as_str(),
+                c.operand.as_deref(),
+                c.file_stem.as_str(),
+            )
+        })
         .collect();
     assert_eq!(
         found,
@@ -386,5 +392,8 @@ fn a_node_found_by_op_and_operand_expands_per_layer_and_a_nameless_entry_is_refu
     let msg = err("checkpoints:\n  - id: x\n    op: ADD\n    shape: [1]\n    file: x\n");
     assert!(msg.contains("name the node: `tensor`"), "{msg}");
     let msg = err("checkpoints:\n  - id: a\n    operand: w\n    shape: [1]\n    file: a\n  - id: b\n    operand: w\n    shape: [1]\n    file: b\n");
-    assert!(msg.contains("the node with operand `w` is listed twice"), "{msg}");
+    assert!(
+        msg.contains("the node with operand `w` is listed twice"),
+        "{msg}"
+    );
 }

@@ -48,6 +48,7 @@ impl Output {
     /// its first error it stops, and its inbox tells the capture so.
     pub fn spawn_writer(&self, inbox: Inbox) -> JoinHandle<Result<(Vec<CheckpointRecord>, f64)>> {
         let staging = self.run.staging().to_path_buf();
+        let out = self.run.out().to_path_buf();
         let format = self.format;
         std::thread::Builder::new()
             .name("checkpoint-writer".into())
@@ -58,7 +59,14 @@ impl Output {
                     #[cfg(feature = "test-hooks")]
                     crate::hooks::phase("writing");
                     let started = std::time::Instant::now();
-                    written.extend(write_batch(&staging, format, &inbox, &batch)?);
+                    let batch =
+                        write_batch(&staging, format, &inbox, &batch).with_context(|| {
+                            format!(
+                                "cannot write the run for {}; nothing there changed",
+                                out.display()
+                            )
+                        })?;
+                    written.extend(batch);
                     busy += started.elapsed();
                 }
                 Ok((written, busy.as_secs_f64() * 1e3))

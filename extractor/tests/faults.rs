@@ -270,7 +270,9 @@ fn a_writer_that_fails_mid_capture_ends_the_run_with_its_error_not_a_hang() {
     eprintln!("ended after {ended:.1} s with: {error}");
     assert_eq!(status.code(), Some(1), "{stderr}");
     assert!(
-        error.contains("cannot write") && stderr.contains("No space left on device"),
+        error.contains("cannot write the run for")
+            && stderr.contains("cannot write")
+            && stderr.contains("No space left on device"),
         "the writer's error is the one reported: {stderr}"
     );
     assert_eq!(files_in(&dir), before);

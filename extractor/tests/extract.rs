@@ -581,3 +581,66 @@ fn layers_counted_from_the_end_are_taken_as_values_not_flags() {
         assert_eq!(read(&dir, &ln1).shape, [2, 768]);
     }
 }
+
+/// The nodes the naming patch names, found instead by op and operand: the
+/// same files, bitwise, as by their patched names (on an unpatched tree only
+/// the second way works; verify runs that tree).
+#[test]
+fn nodes_found_by_op_and_operand_are_the_named_ones_bitwise() {
+    let by_name = r#"
+architecture: gpt2
+layers: [0, 11]
+checkpoints:
+  - { id: cache_k, tensor: "cache_k-{layer}", shape: [head_dim, n_head, n_kv, 1], file: "cache_k_l{layer}" }
+  - { id: cache_v, tensor: "cache_v-{layer}", shape: [n_kv, n_head, head_dim, 1], file: "cache_v_l{layer}" }
+  - { id: attn_out, tensor: "attn_out-{layer}", shape: [n_embd, n_tokens, 1], file: "attn_out_l{layer}" }
+  # Scores keep flash attention off: the V cache transposed, as the shape says.
+  - { id: scores, tensor: "kq_soft_max-{layer}", shape: [n_kv, n_tokens, n_head, 1], file: "scores_l{layer}" }
+"#;
+    let by_operand = by_name
+        .replace(
+            r#"tensor: "cache_k-{layer}""#,
+            r#"op: VIEW, operand: "cache_k_l{layer}""#,
+        )
+        .replace(
+            r#"tensor: "cache_v-{layer}""#,
+            r#"op: VIEW, operand: "cache_v_l{layer}""#,
+        )
+        .replace(
+            r#"tensor: "attn_out-{layer}""#,
+            r#"op: ADD, operand: "blk.{layer}.attn_output.bias""#,
+        );
+    let tmp = tempfile::tempdir().unwrap();
+    let model = model();
+    let mut records = Vec::new();
+    for (name, text) in [("name", by_name.to_string()), ("operand", by_operand)] {
+        let manifest = tmp.path().join(format!("{name}.yaml"));
+        std::fs::write(&manifest, text).unwrap();
+        let dir = tmp.path().join(name);
+        run_ok(&[
+            "-m",
+            model.to_str().unwrap(),
+            "--manifest",
+            manifest.to_str().unwrap(),
+            "-p",
+            "Hello world",
+            "--out",
+            dir.to_str().unwrap(),
+        ]);
+        records.push(llorch_checkpoint_extractor::record::RunRecord::read(&dir).unwrap());
+    }
+    let seen =
+        |r: &llorch_checkpoint_extractor::record::RunRecord| -> Vec<(String, String, String)> {
+            r.checkpoints
+                .iter()
+                .map(|c| (c.file.clone(), c.tensor.clone(), c.sha256.clone()))
+                .collect()
+        };
+    assert_eq!(records[0].checkpoints.len(), 8);
+    assert_eq!(seen(&records[0]), seen(&records[1]));
+    let attn_out = records[1].checkpoint("attn_out_l11.bin").unwrap();
+    assert_eq!(
+        attn_out.tensor, "attn_out-11",
+        "the node's own name is recorded"
+    );
+}

@@ -32,19 +32,22 @@ pub struct Kills {
     /// Seed of the choices (layers, signal, phase, moment): the same seed replays the same campaign.
     #[arg(long, default_value_t = 1)]
     seed: u64,
-    /// GGUF model [default: the synthetic GPT-2 of `cargo xtask model`].
+    /// A GGUF path or a catalogue model [default: the synthetic GPT-2 of `cargo xtask model`].
     #[arg(long)]
-    model: Option<PathBuf>,
+    model: Option<String>,
+    /// Checkpoint manifest [default: the catalogue model's, else manifests/gpt2.yaml].
+    #[arg(long)]
+    manifest: Option<PathBuf>,
 }
 
 impl Kills {
     pub fn run(self, project: &Project) -> Result<()> {
         crate::extract::ensure_extractor(project, crate::build::Backend::Cpu)?;
-        let model = match self.model {
-            Some(m) => std::path::absolute(m)?,
-            None => crate::model::default_model(project)?,
-        };
-        let manifest = project.root().join("manifests/gpt2.yaml");
+        let (model, manifest) = crate::model::model_and_manifest(
+            project,
+            self.model.as_deref(),
+            self.manifest.as_deref(),
+        )?;
         let campaign =
             Campaign::prepare(project, model, manifest, &project.work_dir().join("kills"))?;
         let tally = campaign.run(project, self.runs, self.seed)?;

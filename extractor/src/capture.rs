@@ -93,6 +93,8 @@ pub struct Capture {
     active: bool,
     /// What this pass does with the nodes it asked for.
     reading: Reading,
+    /// A FLASH_ATTN_EXT node was asked about: the graph fuses attention.
+    flash_attn_seen: bool,
     step: usize,
     scratch: Vec<u8>,
     outbox: Outbox,
@@ -130,6 +132,7 @@ impl Capture {
             seen: vec![false; n],
             active: false,
             reading: Reading::Keep,
+            flash_attn_seen: false,
             step: 0,
             scratch: Vec::new(),
             outbox,
@@ -186,6 +189,11 @@ impl Capture {
     /// No more passes will be kept: the writer may finish.
     pub fn close(&mut self) {
         self.outbox.close();
+    }
+
+    /// Whether any captured pass's graph had a FLASH_ATTN_EXT node.
+    pub fn flash_attn_seen(&self) -> bool {
+        self.flash_attn_seen
     }
 
     pub fn checkpoints(&self) -> &[Checkpoint] {
@@ -297,6 +305,8 @@ impl Observer for Capture {
         if !self.active {
             return false;
         }
+        // A comparison of static strings: the ask path allocates nothing.
+        self.flash_attn_seen |= node.op_name() == "FLASH_ATTN_EXT";
         match &self.glob {
             None => self.find(node).is_some(),
             Some(pattern) => {

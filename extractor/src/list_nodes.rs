@@ -10,6 +10,7 @@ use crate::ffi::llama::{Context, ContextParams, KvType, Model};
 use crate::ffi::tensor::Node;
 use crate::load::Prompt;
 use crate::preflight::{self, ContextAsk};
+use crate::record::FlashAttnMode;
 
 /// `--list-nodes`: prints every node of the prompt pass as the ask path sees
 /// it (name, op, type, ne, operand names), computing nothing extra.
@@ -47,7 +48,7 @@ pub struct ListOptions<'a> {
     pub threads: i32,
     pub kv_type: KvType,
     /// As the run would decide it: the node names differ with flash attention.
-    pub flash_attn: bool,
+    pub flash_attn: FlashAttnMode,
 }
 
 pub fn list_nodes(opts: &ListOptions<'_>) -> Result<()> {
@@ -63,7 +64,7 @@ pub fn list_nodes(opts: &ListOptions<'_>) -> Result<()> {
         n_batch: tokens.len().max(1) as u32,
         n_threads: opts.threads,
         kv_type: opts.kv_type,
-        flash_attn: Some(opts.flash_attn),
+        flash_attn: opts.flash_attn,
     };
     let mut ctx = Context::new(&model, &params, Some(Lister))?;
     ctx.decode(&tokens, 0, true)

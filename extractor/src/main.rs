@@ -12,12 +12,13 @@ use llorch_checkpoint_extractor::ffi::llama::KvType;
 use llorch_checkpoint_extractor::format::Format;
 use llorch_checkpoint_extractor::load::Prompt;
 use llorch_checkpoint_extractor::manifest::Layers;
+use llorch_checkpoint_extractor::record::FlashAttnMode;
 use llorch_checkpoint_extractor::run;
 
 #[derive(Parser)]
 #[command(
     name = "llorch-checkpoint-extractor",
-    version = concat!(env!("CARGO_PKG_VERSION"), " (llama.cpp ", env!("LLORCH_PIN"), ", ", env!("LLORCH_FLAVOUR"), " tree, backend ", env!("LLORCH_BACKEND"), ")"),
+    version = concat!(env!("CARGO_PKG_VERSION"), " (llama.cpp ", env!("LLORCH_TREE_NAME"), ", backend ", env!("LLORCH_BACKEND"), ")"),
     about = "Capture intermediate tensors (checkpoints) of a llama.cpp inference through the eval callback",
     long_about = "Runs PROMPT through MODEL with llama.cpp, captures the graph nodes that the checkpoint \
 manifest names (after the scheduler computed them, through the eval callback), and writes one file per \
@@ -79,6 +80,10 @@ struct Cli {
     /// Checkpoint file format.
     #[arg(long, value_enum, default_value_t = Format::Bin)]
     format: Format,
+    /// Flash attention: on, off, or auto (llama.cpp's choice for the backend). Without it:
+    /// off when the manifest names attention scores (they exist only without it), else on.
+    #[arg(long, value_enum, value_name = "on|off|auto")]
+    flash_attn: Option<FlashAttnMode>,
     /// KV-cache type (llama.cpp's default is f16).
     #[arg(long = "kv-type", value_enum, default_value_t = KvType::F16)]
     kv_type: KvType,
@@ -164,6 +169,7 @@ fn main() -> ExitCode {
         tensors: cli.tensors,
         rpc: cli.rpc,
         tensor_split: cli.tensor_split,
+        flash_attn: cli.flash_attn,
         decode: DecodeOptions {
             threads,
             kv_type: cli.kv_type,

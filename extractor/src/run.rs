@@ -14,7 +14,8 @@ use crate::manifest::{Layers, Manifest, Symbols};
 use crate::output::{self, Output};
 use crate::preflight::{self, ContextAsk, Header};
 use crate::record::{
-    self, CheckpointRecord, Device, LlamaCpp, LogitsRecord, ManifestInfo, ModelInfo, RunRecord,
+    self, CheckpointRecord, Device, FlashAttn, FlashAttnMode, LlamaCpp, LlamaTree, LogitsRecord,
+    ManifestInfo, ModelInfo, RunRecord,
 };
 
 /// Everything the command line sets for one run.
@@ -37,6 +38,9 @@ pub struct Config {
     pub rpc: Vec<String>,
     /// `--tensor-split`: how the offloaded layers are shared among the devices.
     pub tensor_split: Vec<f32>,
+    /// `--flash-attn`; `None`: off when the manifest names attention scores
+    /// (they exist only without it), else on.
+    pub flash_attn: Option<FlashAttnMode>,
     /// Threads, KV type, generation, steps, `--sequential`, `--repeat`, buffer.
     pub decode: DecodeOptions,
 }
@@ -45,13 +49,7 @@ pub struct Config {
 pub fn run(cfg: &Config) -> Result<()> {
     let header = Header::read(&cfg.model)?;
     let (manifest, layers) = manifest(cfg, &header)?;
-    // Scores (kq_soft_max) only exist with flash attention off. The decision
-    // depends on the manifest (or --tensors) only, so runs with and without
-    // extraction match.
-    let flash_attn = cfg.tensors.is_none()
-        && !manifest
-            .as_ref()
-            .is_some_and(Manifest::needs_attention_scores);
+    let flash_attn = flash_attn_mode(cfg, manifest.as_ref());
     if cfg.list_nodes {
         return list_nodes::list_nodes(&list_options(cfg, flash_attn));
     }
@@ -121,7 +119,19 @@ fn load_options(cfg: &Config) -> LoadOptions<'_> {
     }
 }
 
-fn list_options(cfg: &Config, flash_attn: bool) -> ListOptions<'_> {
+/// `--flash-attn` as given; without it, scores (kq_soft_max, which exist only
+/// with flash attention off) decide. The decision depends on the options and
+/// the manifest only, so runs with and without extraction match.
+fn flash_attn_mode(cfg: &Config, manifest: Option<&Manifest>) -> FlashAttnMode {
+    let needs_scores =
+        cfg.tensors.is_some() || manifest.is_some_and(Manifest::needs_attention_scores);
+    cfg.flash_attn.unwrap_or(match needs_scores {
+        true => FlashAttnMode::Off,
+        false => FlashAttnMode::On,
+    })
+}
+
+fn list_options(cfg: &Config, flash_attn: FlashAttnMode) -> ListOptions<'_> {
     ListOptions {
         model: &cfg.model,
         n_gpu_layers: cfg.n_gpu_layers,
@@ -191,7 +201,7 @@ fn record(
     checkpoints: Vec<CheckpointRecord>,
     model_sha256: String,
     logits: &[u8],
-    flash_attn: bool,
+    flash_attn: FlashAttnMode,
 ) -> RunRecord {
     let (ggml_version, ggml_commit) = crate::ffi::ggml_version();
     let n_prompt = loaded.tokens.len() as i64;
@@ -199,8 +209,7 @@ fn record(
         schema_version: record::SCHEMA_VERSION,
         tool: format!("llorch-checkpoint-extractor {}", env!("CARGO_PKG_VERSION")),
         llama_cpp: LlamaCpp {
-            pin: env!("LLORCH_PIN").into(),
-            tree: env!("LLORCH_FLAVOUR").into(),
+            tree: built_from(),
             ggml_version,
             ggml_commit,
         },
@@ -234,7 +243,10 @@ fn record(
         n_ctx: loaded.n_ctx,
         n_gpu_layers: cfg.n_gpu_layers,
         kv_type: cfg.decode.kv_type.name().into(),
-        flash_attn,
+        flash_attn: FlashAttn {
+            requested: flash_attn,
+            used: decoded.flash_attn_used,
+        },
         format: cfg.format,
         steps: format!("{:?}", cfg.decode.steps).to_lowercase(),
         sequential: cfg.decode.sequential,
@@ -326,9 +338,13 @@ fn peak_rss_mb() -> Option<f64> {
 
 pub fn describe_build() -> String {
     format!(
-        "llama.cpp {} ({} tree), backend {}",
-        env!("LLORCH_PIN"),
-        env!("LLORCH_FLAVOUR"),
+        "llama.cpp {}, backend {}",
+        built_from().describe(),
         env!("LLORCH_BACKEND")
     )
+}
+
+/// The tree the linked llama.cpp was built from, as `cargo xtask build` recorded it.
+pub fn built_from() -> LlamaTree {
+    serde_json::from_str(env!("LLORCH_TREE")).expect("build.rs passes the tree xtask recorded")
 }

@@ -1,6 +1,7 @@
-//! `cargo xtask bindgen`: Rust bindings for the pinned llama.cpp headers.
+//! `cargo xtask bindgen`: Rust bindings for the pinned llama.cpp headers,
+//! and for a user's tree (`--llama-cpp`) generated at build time.
 //!
-//! The bindings are committed (`extractor/src/ffi/bindings.rs`) and checked for
+//! The pin's bindings are committed (`extractor/src/ffi/bindings.rs`) and checked for
 //! freshness with `--check`, rust-analyzer style: they are a pure function of the
 //! pin and of the pinned libclang, so committing them costs nothing in
 //! correctness, lets the extractor build without libclang, and turns every pin
@@ -9,10 +10,11 @@
 use anyhow::{bail, Context, Result};
 use llorch_checkpoint_spec::files::write_atomically;
 
-use crate::pin::Pin;
-use crate::project::Flavour;
-use crate::project::Project;
-use crate::{fetch, tools};
+use std::path::PathBuf;
+
+use crate::project::{Flavour, Project};
+use crate::tools;
+use crate::tree::Tree;
 
 #[derive(clap::Args)]
 pub struct Bindgen {
@@ -44,6 +46,7 @@ const FUNCTIONS: &[&str] = &[
     "ggml_nbytes",
     "ggml_n_dims",
     "ggml_get_name",
+    "ggml_get_tensor",
     "ggml_set_name",
     "ggml_op_name",
     "ggml_op_desc",
@@ -71,6 +74,17 @@ const TYPES: &[&str] = &[
     "ggml_tensor",
     "ggml_type_traits",
 ];
+/// Functions the extractor calls that trees older than [`OLDEST_WORKING`]
+/// lack and that no bridge in `extractor/src/ffi/compat.rs` replaces: a tree
+/// without one of them is refused before anything is built.
+const REQUIRED: &[(&str, &str)] = &[
+    ("llama_get_memory", "the llama_memory_* API (mid 2025)"),
+    ("llama_memory_clear", "the llama_memory_* API (mid 2025)"),
+    ("llama_model_n_head_kv", "the model accessors"),
+    ("ggml_set_abort_callback", "ggml's abort hook"),
+];
+/// The oldest tree the extractor was built and run on.
+const OLDEST_WORKING: &str = "the llama.cpp of crate llama-cpp-sys-2 0.1.120";
 const VARS: &[&str] = &[
     "GGML_MAX_DIMS",
     "GGML_MAX_NAME",
@@ -80,7 +94,8 @@ const VARS: &[&str] = &[
 
 impl Bindgen {
     pub fn run(self, project: &Project) -> Result<()> {
-        let generated = generate(project)?;
+        let tree = Tree::pinned(project, Flavour::Patched)?;
+        let generated = generate(project, &tree)?;
         let path = project.bindings_file();
         let committed = std::fs::read_to_string(&path).unwrap_or_default();
         if committed == generated {
@@ -100,17 +115,45 @@ impl Bindgen {
     }
 }
 
-fn generate(project: &Project) -> Result<String> {
-    let tree = fetch::ensure_tree(project, Flavour::Patched, false)?;
+/// The bindings the extractor compiles against for `tree`: None for the pin
+/// (the committed ones), else generated from the tree's own headers into
+/// its extractor directory, after checking that it declares what is required.
+pub fn for_tree(project: &Project, tree: &Tree) -> Result<Option<PathBuf>> {
+    if !tree.is_local() {
+        return Ok(None);
+    }
+    let generated = generate(project, tree)?;
+    let missing: Vec<String> = REQUIRED
+        .iter()
+        .filter(|(name, _)| !generated.contains(&format!("pub fn {name}(")))
+        .map(|(name, what)| format!("{name} ({what})"))
+        .collect();
+    if !missing.is_empty() {
+        bail!(
+            "the llama.cpp tree {} is too old for this extractor: its headers lack {}.\n\
+             The oldest tree known to work is {OLDEST_WORKING}; update the checkout (git pull) or use the pin (no --llama-cpp).",
+            tree.root.display(),
+            missing.join(", ")
+        );
+    }
+    let path = project.extractor_dir(&tree.id).join("bindings.rs");
+    if std::fs::read_to_string(&path).ok().as_deref() != Some(generated.as_str()) {
+        std::fs::create_dir_all(path.parent().expect("in a directory"))?;
+        write_atomically(&path, generated.as_bytes())?;
+    }
+    Ok(Some(path))
+}
+
+fn generate(project: &Project, tree: &Tree) -> Result<String> {
     let tools = tools::ensure(project)?;
-    let pin = Pin::load(&project.pin_file())?;
+    let tree_root = &tree.root;
     // bindgen loads libclang at run time from here.
     std::env::set_var("LIBCLANG_PATH", &tools.libclang_dir);
 
     let mut builder = bindgen::Builder::default()
         .header_contents("llorch_wrapper.h", "#include \"llama.h\"\n#include \"ggml-backend.h\"\n#include \"gguf.h\"\n")
-        .clang_arg(format!("-I{}", tree.join("include").display()))
-        .clang_arg(format!("-I{}", tree.join("ggml/include").display()))
+        .clang_arg(format!("-I{}", tree_root.join("include").display()))
+        .clang_arg(format!("-I{}", tree_root.join("ggml/include").display()))
         // The libclang wheel has no resource headers (stddef.h, stdbool.h); the C
         // compiler's are equivalent for these declarations.
         .clang_args(compiler_include_dirs().into_iter().map(|dir| format!("-isystem{dir}")))
@@ -121,7 +164,7 @@ fn generate(project: &Project) -> Result<String> {
         .raw_line(format!(
             "// @generated by `cargo xtask bindgen` from the headers of {} (libclang from PyPI, see xtask/src/tools.rs).\n\
              // Do not edit: `cargo xtask bindgen --check` fails when this file is stale.",
-            pin.id()
+            tree.record.name
         ));
     for f in FUNCTIONS {
         builder = builder.allowlist_function(f);
@@ -137,7 +180,7 @@ fn generate(project: &Project) -> Result<String> {
     }
     let bindings = builder
         .generate()
-        .context("bindgen failed on the pinned headers")?;
+        .with_context(|| format!("bindgen failed on the headers of {}", tree_root.display()))?;
     Ok(bindings.to_string())
 }
 

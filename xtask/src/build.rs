@@ -11,20 +11,23 @@ use anyhow::{bail, Context, Result};
 use llorch_checkpoint_spec::files::write_atomically;
 use serde::Serialize;
 
-use crate::pin::Pin;
-use crate::project::Flavour;
-use crate::project::Project;
+use llorch_checkpoint_spec::record::LlamaTree;
+
+use crate::project::{Flavour, Project};
 use crate::step::{self, Step};
-use crate::{fetch, tools};
+use crate::tree::{Tree, TreeArg};
+use crate::{bindgen, tools};
 
 #[derive(clap::Args)]
 pub struct Build {
     /// Which ggml backend to build.
     #[arg(long, value_enum, default_value_t = Backend::Cpu)]
     backend: Backend,
-    /// Build the pristine tree (vendor/llama.cpp-unpatched) instead of the patched one.
-    #[arg(long)]
+    /// Build the pristine pin (vendor/llama.cpp-unpatched) instead of the patched one.
+    #[arg(long, conflicts_with = "llama_cpp")]
     unpatched: bool,
+    #[command(flatten)]
+    tree: TreeArg,
     /// Only build llama.cpp, not the extractor.
     #[arg(long)]
     llama_only: bool,
@@ -180,27 +183,52 @@ fn extra_defines() -> Vec<String> {
 
 /// What the extractor's build script reads to link against the active build.
 #[derive(Serialize)]
-struct ActiveBuild<'a> {
-    backend: Backend,
-    pin: &'a str,
-    flavour: &'a str,
-    lib_dir: &'a Path,
-    include_dirs: [PathBuf; 2],
+pub struct ActiveBuild<'a> {
+    pub backend: Backend,
+    pub lib_dir: &'a Path,
+    pub include_dirs: [PathBuf; 2],
+    /// Bindings generated from the tree's own headers; None: the committed
+    /// ones of the pin.
+    pub bindings: Option<PathBuf>,
+    pub tree: &'a LlamaTree,
+}
+
+impl ActiveBuild<'_> {
+    /// Writes the description (only on change, so that the extractor's
+    /// build script does not rerun for nothing).
+    pub fn write(&self, path: &Path) -> Result<()> {
+        let json = serde_json::to_string_pretty(self)?;
+        if std::fs::read_to_string(path).ok().as_deref() != Some(json.as_str()) {
+            std::fs::create_dir_all(path.parent().expect("a file in a directory"))?;
+            write_atomically(path, json.as_bytes())?;
+        }
+        Ok(())
+    }
 }
 
 impl Build {
     pub fn run(self, project: &Project) -> Result<()> {
-        let flavour = if self.unpatched {
-            Flavour::Unpatched
-        } else {
-            Flavour::Patched
+        let tree = match self.unpatched {
+            true => Tree::pinned(project, Flavour::Unpatched)?,
+            false => self.tree.resolve(project)?,
         };
-        let lib_dir = build_llama(project, self.backend, flavour, None)?;
-        if !self.llama_only {
-            build_extractor(project, self.backend, flavour, &lib_dir)?;
+        match self.llama_only {
+            true => {
+                bindgen::for_tree(project, &tree)?;
+                build_llama(project, self.backend, &tree, None).map(drop)
+            }
+            false => ensure_extractor(project, self.backend, &tree).map(drop),
         }
-        Ok(())
     }
+}
+
+/// llama.cpp and the extractor on `tree` for `backend`, each a no-op when up
+/// to date; returns the extractor. A local tree's headers are checked first,
+/// so a tree too old fails in a second, not after its build.
+pub fn ensure_extractor(project: &Project, backend: Backend, tree: &Tree) -> Result<PathBuf> {
+    let bindings = bindgen::for_tree(project, tree)?;
+    let lib_dir = build_llama(project, backend, tree, None)?;
+    build_extractor(project, backend, tree, &lib_dir, bindings)
 }
 
 /// Builds llama.cpp into its keyed build directory (or `build_dir` if given)
@@ -208,20 +236,18 @@ impl Build {
 pub fn build_llama(
     project: &Project,
     backend: Backend,
-    flavour: Flavour,
+    tree: &Tree,
     build_dir: Option<PathBuf>,
 ) -> Result<PathBuf> {
     backend.check_toolchain()?;
-    let pin = Pin::load(&project.pin_file())?;
-    let tree = fetch::ensure_tree(project, flavour, false)?;
     let tools = tools::ensure(project)?;
-    let build_dir = build_dir.unwrap_or_else(|| default_build_dir(project, backend, flavour, &pin));
+    let build_dir = build_dir.unwrap_or_else(|| default_build_dir(project, backend, tree));
     let step = Step::start(
         project,
         "build",
-        &format!("llama.cpp {} ({})", backend.name(), pin.id()),
+        &format!("llama.cpp {} ({})", backend.name(), tree.record.describe()),
     )?;
-    let reconfigured = configure(&step, &tools, backend, &tree, &build_dir)?;
+    let reconfigured = configure(&step, &tools, backend, &tree.root, &build_dir)?;
     let jobs = std::thread::available_parallelism()
         .map(|n| n.get())
         .unwrap_or(2)
@@ -265,9 +291,14 @@ fn configure(
     tree: &Path,
     build_dir: &Path,
 ) -> Result<bool> {
+    // Trees packaged without ggml's RPC backend (older crates) build without it.
+    let has_rpc = tree.join("ggml/src/ggml-rpc").is_dir();
     let defines: Vec<String> = cmake_defines(backend, backend.backend_dl())
         .iter()
-        .map(|d| format!("-D{d}"))
+        .map(|d| match *d {
+            "GGML_RPC=ON" if !has_rpc => "-DGGML_RPC=OFF".to_string(),
+            d => format!("-D{d}"),
+        })
         .chain([format!("-DCMAKE_MAKE_PROGRAM={}", tools.ninja.display())])
         .chain(extra_defines())
         .collect();
@@ -319,31 +350,22 @@ fn check_libraries(backend: Backend, lib_dir: &Path) -> Result<()> {
     Ok(())
 }
 
-pub fn default_build_dir(
-    project: &Project,
-    backend: Backend,
-    flavour: Flavour,
-    pin: &Pin,
-) -> PathBuf {
-    let suffix = match flavour {
-        Flavour::Patched => "",
-        Flavour::Unpatched => "-unpatched",
-    };
+pub fn default_build_dir(project: &Project, backend: Backend, tree: &Tree) -> PathBuf {
     project
         .work_dir()
         .join("llama")
-        .join(format!("{}-{}{}", backend.name(), pin.id(), suffix))
+        .join(format!("{}-{}", backend.name(), tree.id))
 }
 
-/// Where each flavour's extractor is built, and the build description its
-/// build script reads: the patched one in the workspace's own target
-/// directory (what `cargo build` and the tests use), the unpatched one in a
-/// target directory of its own, so that building one never undoes the other.
-fn extractor_placement(project: &Project, flavour: Flavour) -> (PathBuf, PathBuf) {
-    match flavour {
-        Flavour::Patched => (project.active_build_file(), project.root().join("target")),
-        Flavour::Unpatched => {
-            let dir = project.work_dir().join("unpatched");
+/// Where a tree's extractor is built, and the build description its build
+/// script reads: the pin's in the workspace's own target directory (what
+/// `cargo build` and the tests use), every other tree's in a target
+/// directory of its own, so that building one never undoes another.
+pub fn extractor_placement(project: &Project, tree: &Tree) -> (PathBuf, PathBuf) {
+    match tree.flavour {
+        Some(Flavour::Patched) => (project.active_build_file(), project.root().join("target")),
+        _ => {
+            let dir = project.extractor_dir(&tree.id);
             (dir.join("active-build.json"), dir.join("target"))
         }
     }
@@ -353,28 +375,19 @@ fn extractor_placement(project: &Project, flavour: Flavour) -> (PathBuf, PathBuf
 pub fn build_extractor(
     project: &Project,
     backend: Backend,
-    flavour: Flavour,
+    tree: &Tree,
     lib_dir: &Path,
+    bindings: Option<PathBuf>,
 ) -> Result<PathBuf> {
-    let pin = Pin::load(&project.pin_file())?;
-    let tree = project.tree(flavour);
-    let active = ActiveBuild {
+    let (active_file, target_dir) = extractor_placement(project, tree);
+    ActiveBuild {
         backend,
-        pin: &pin.id(),
-        flavour: match flavour {
-            Flavour::Patched => "patched",
-            Flavour::Unpatched => "unpatched",
-        },
         lib_dir,
-        include_dirs: [tree.join("include"), tree.join("ggml/include")],
-    };
-    let json = serde_json::to_string_pretty(&active)?;
-    let (active_file, target_dir) = extractor_placement(project, flavour);
-    // Rewrite only on change, so the extractor's build script does not rerun for nothing.
-    if std::fs::read_to_string(&active_file).ok().as_deref() != Some(json.as_str()) {
-        std::fs::create_dir_all(active_file.parent().expect("under target"))?;
-        write_atomically(&active_file, json.as_bytes())?;
+        include_dirs: tree.include_dirs(),
+        bindings,
+        tree: &tree.record,
     }
+    .write(&active_file)?;
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
     let step = Step::start(project, "extractor", "cargo build --release")?;
     let mut build = duct::cmd!(
@@ -385,9 +398,9 @@ pub fn build_extractor(
         "llorch-checkpoint-extractor"
     )
     .dir(project.root());
-    // The patched build keeps cargo's defaults: set, this variable would
+    // The pin's build keeps cargo's defaults: set, this variable would
     // differ from a plain `cargo test` and rebuild the extractor each time.
-    if flavour == Flavour::Unpatched {
+    if tree.flavour != Some(Flavour::Patched) {
         build = build
             .env("LLORCH_ACTIVE_BUILD", &active_file)
             .env("CARGO_TARGET_DIR", &target_dir);

@@ -31,7 +31,6 @@ use crate::build::{self, Backend};
 use crate::fetch;
 use crate::model::{self, Dtype, Synthetic};
 use crate::pin::{CrateSource, Pin, SourceRef};
-use crate::project::Flavour;
 use crate::project::Project;
 
 /// The bundle must fit through the device machine's transfer limit.
@@ -142,8 +141,7 @@ fn make(project: &Project, dir: &Path) -> Result<()> {
 /// they run against the libraries the script builds there), into `bin`.
 fn copy_binaries(project: &Project, bin: &Path) -> Result<()> {
     let sh = project.shell()?;
-    let lib_dir = build::build_llama(project, Backend::Cpu, Flavour::Patched, None)?;
-    build::build_extractor(project, Backend::Cpu, Flavour::Patched, &lib_dir)?;
+    crate::extract::ensure_extractor(project, Backend::Cpu)?;
     let release = project.root().join("target/release");
     let xtask = std::env::current_exe().context("cannot find the running xtask binary")?;
     for (src, name) in BINARIES

@@ -10,6 +10,7 @@ use crate::model::ModelArgs;
 use crate::project::Flavour;
 use crate::project::Project;
 use crate::step::Step;
+use crate::tree::{Tree, TreeArg};
 
 #[derive(clap::Args)]
 pub struct Extract {
@@ -17,6 +18,8 @@ pub struct Extract {
     input: ModelArgs,
     #[arg(long, value_enum, default_value_t = Backend::Cpu)]
     backend: Backend,
+    #[command(flatten)]
+    tree: TreeArg,
     /// Output directory [default: checkpoints/ in the project root].
     #[arg(long)]
     out: Option<PathBuf>,
@@ -39,7 +42,8 @@ impl Extract {
         // The model first: writing it builds the CPU extractor, and the
         // extractor we run must be the one for the requested backend.
         let (model, manifest) = self.input.resolve(project)?;
-        let exe = ensure_extractor(project, self.backend)?;
+        let tree = self.tree.resolve(project)?;
+        let exe = build::ensure_extractor(project, self.backend, &tree)?;
         let args = [
             "-m".into(),
             model.into_os_string(),
@@ -75,10 +79,9 @@ pub fn layer_arg(layers: &str) -> String {
     format!("--layers={layers}")
 }
 
-/// Builds llama.cpp and the extractor for `backend` (a no-op when up to date).
+/// Builds llama.cpp and the extractor on the pin for `backend` (a no-op when up to date).
 pub fn ensure_extractor(project: &Project, backend: Backend) -> Result<PathBuf> {
-    let lib_dir = build::build_llama(project, backend, Flavour::Patched, None)?;
-    build::build_extractor(project, backend, Flavour::Patched, &lib_dir)
+    build::ensure_extractor(project, backend, &Tree::pinned(project, Flavour::Patched)?)
 }
 
 fn print_table(dir: &Path, shown: &str) -> Result<()> {

@@ -42,6 +42,7 @@ mod prompts;
 mod python;
 mod step;
 mod tools;
+mod tree;
 mod verify;
 
 use anyhow::Result;

@@ -80,6 +80,11 @@ impl Project {
         self.root.join("extractor/src/ffi/bindings.rs")
     }
 
+    /// A tree's own extractor: its description, bindings and cargo target directory.
+    pub fn extractor_dir(&self, tree_id: &str) -> PathBuf {
+        self.work_dir().join("extractors").join(tree_id)
+    }
+
     /// Written by `build`: which llama.cpp build the extractor links against.
     pub fn active_build_file(&self) -> PathBuf {
         self.work_dir().join("active-build.json")

@@ -12,7 +12,7 @@ use crate::format::Format;
 use crate::manifest::{Manifest, Symbols};
 
 /// Bumped whenever a field changes meaning or a required field is added.
-pub const SCHEMA_VERSION: u32 = 1;
+pub const SCHEMA_VERSION: u32 = 2;
 
 /// The file name of the record inside a run directory.
 pub const FILE: &str = "run.json";
@@ -48,7 +48,7 @@ pub struct RunRecord {
     pub n_gpu_layers: i32,
     /// KV-cache type: `f16` or `f32`.
     pub kv_type: String,
-    pub flash_attn: bool,
+    pub flash_attn: FlashAttn,
     pub format: Format,
     /// `prompt` or `all`: which passes were captured.
     pub steps: String,
@@ -74,11 +74,66 @@ pub struct RunRecord {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct LlamaCpp {
-    pub pin: String,
-    /// `patched` or `unpatched`.
-    pub tree: String,
+    pub tree: LlamaTree,
     pub ggml_version: String,
     pub ggml_commit: String,
+}
+
+/// llama.cpp's flash attention setting: `on`, `off`, or `auto` (llama.cpp's
+/// default: on where the backend supports it for the model).
+#[derive(
+    Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum, serde::Serialize, serde::Deserialize,
+)]
+#[serde(rename_all = "lowercase")]
+pub enum FlashAttnMode {
+    On,
+    Off,
+    Auto,
+}
+
+/// What a run asked of flash attention and what the graph did.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FlashAttn {
+    pub requested: FlashAttnMode,
+    /// Whether a FLASH_ATTN_EXT node ran (None when nothing was observed:
+    /// `--no-extract`). Under `auto` this is llama.cpp's choice.
+    pub used: Option<bool>,
+}
+
+/// The llama.cpp source tree a build was made from. `cargo xtask build`
+/// records it beside the build; the extractor copies it into every run.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LlamaTree {
+    /// `pinned` (vendor/pin.yaml), `pinned-unpatched` (the pin without
+    /// vendor/patches) or `local` (a directory given with `--llama-cpp`).
+    pub kind: String,
+    /// The pin's id (`llama-cpp-sys-2-0.1.161`), or the local directory's name.
+    pub name: String,
+    /// Where the tree is, as it was built.
+    pub path: PathBuf,
+    /// sha256 over every source file's relative path and content (build
+    /// directories, `.git` and `*.gguf` left out): equal hashes, equal trees.
+    pub content_sha256: String,
+    /// `git describe --always --tags --dirty`, when the tree is a git checkout.
+    pub git_describe: Option<String>,
+}
+
+impl LlamaTree {
+    /// One line for tables and `--version`.
+    pub fn describe(&self) -> String {
+        let mut line = format!(
+            "{} ({}, {})",
+            self.name,
+            self.kind,
+            &self.content_sha256[..12.min(self.content_sha256.len())]
+        );
+        if let Some(git) = &self.git_describe {
+            line.push_str(&format!(", git {git}"));
+        }
+        line
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -242,8 +297,13 @@ pub fn example() -> RunRecord {
         schema_version: SCHEMA_VERSION,
         tool: "llorch-checkpoint-extractor 0.1.0".into(),
         llama_cpp: LlamaCpp {
-            pin: "pin".into(),
-            tree: "patched".into(),
+            tree: LlamaTree {
+                kind: "pinned".into(),
+                name: "pin".into(),
+                path: "vendor/llama.cpp".into(),
+                content_sha256: "0123456789abcdef".into(),
+                git_describe: None,
+            },
             ggml_version: "0.26.0".into(),
             ggml_commit: "abc".into(),
         },
@@ -271,7 +331,10 @@ pub fn example() -> RunRecord {
         n_ctx: 512,
         n_gpu_layers: 0,
         kv_type: "f16".into(),
-        flash_attn: false,
+        flash_attn: FlashAttn {
+            requested: FlashAttnMode::Auto,
+            used: Some(false),
+        },
         format: Format::Bin,
         steps: "prompt".into(),
         sequential: false,

@@ -541,6 +541,12 @@ unsafe extern "C" {
     ) -> *mut ggml_tensor;
 }
 unsafe extern "C" {
+    pub fn ggml_get_tensor(
+        ctx: *mut ggml_context,
+        name: *const ::std::os::raw::c_char,
+    ) -> *mut ggml_tensor;
+}
+unsafe extern "C" {
     pub fn ggml_get_data(tensor: *const ggml_tensor) -> *mut ::std::os::raw::c_void;
 }
 unsafe extern "C" {

@@ -7,7 +7,8 @@ use std::ptr::NonNull;
 use anyhow::{bail, ensure, Context as _, Result};
 
 use super::eval::{abort_trampoline, eval_trampoline, InstalledHook, Observer};
-use super::sys;
+use super::{compat, sys};
+use llorch_checkpoint_spec::record::FlashAttnMode;
 
 pub type Token = sys::llama_token;
 
@@ -55,9 +56,7 @@ impl Model {
                 // llama.cpp reads llama_max_devices() values; `split` outlives the load.
                 params.tensor_split = split.as_ptr();
             }
-            // Read the weights at load time: with mmap, the first decode pays
-            // for the page faults and its time says little about compute.
-            params.load_mode = sys::llama_load_mode::LLAMA_LOAD_MODE_NONE;
+            compat::read_weights_at_load(&mut params);
             sys::llama_model_load_from_file(c_path.as_ptr(), params)
         };
         match NonNull::new(ptr) {
@@ -255,8 +254,8 @@ pub struct ContextParams {
     pub n_threads: i32,
     pub kv_type: KvType,
     /// Flash attention fuses softmax into one op, so `kq_soft_max` never exists
-    /// with it on. `None`: llama.cpp decides (auto).
-    pub flash_attn: Option<bool>,
+    /// with it on. `Auto`: llama.cpp decides, as it does by default.
+    pub flash_attn: FlashAttnMode,
 }
 
 /// An inference context over a borrowed model, with an optional eval hook.
@@ -295,11 +294,7 @@ impl<'m, O: Observer> Context<'m, O> {
             p.n_threads_batch = params.n_threads;
             p.type_k = kv;
             p.type_v = kv;
-            p.flash_attn_type = match params.flash_attn {
-                Some(true) => sys::llama_flash_attn_type::LLAMA_FLASH_ATTN_TYPE_ENABLED,
-                Some(false) => sys::llama_flash_attn_type::LLAMA_FLASH_ATTN_TYPE_DISABLED,
-                None => sys::llama_flash_attn_type::LLAMA_FLASH_ATTN_TYPE_AUTO,
-            };
+            compat::set_flash_attn(&mut p, params.flash_attn);
             p.no_perf = true;
             if let Some(hook) = &hook {
                 p.cb_eval = Some(eval_trampoline::<O>);

@@ -8,6 +8,7 @@
 //! - [`gguf`]: GGUF files through ggml's gguf API: the model writer and a header reader.
 //! - [`rpc`]: ggml's RPC backend (servers, and registering them).
 //! - [`process`]: ggml's abort hook, and leaving the process from a signal handler.
+//! - `compat`: every call that differs between the llama.cpp versions supported.
 //!
 //! Everything outside this module is safe Rust.
 
@@ -20,8 +21,14 @@
     clippy::all
 )]
 pub mod sys {
+    // The pin's committed bindings, or those build.rs made from another tree's headers.
+    #[cfg(not(llorch_tree_bindings))]
     include!("bindings.rs");
+    #[cfg(llorch_tree_bindings)]
+    include!(concat!(env!("OUT_DIR"), "/bindings.rs"));
 }
+
+mod compat;
 
 pub mod backend;
 pub mod eval;

@@ -52,9 +52,7 @@ pub fn add_server(endpoint: &str) -> Result<()> {
     if reg.is_null() {
         bail!("ggml could not register the RPC server {endpoint}");
     }
-    // SAFETY: a valid registry from add_server, registered once.
-    unsafe { sys::ggml_backend_register(reg) };
-    Ok(())
+    super::compat::register_backend(reg)
 }
 
 /// Serves `device` (a name from `devices()`, e.g. `CPU`) at `endpoint` with

@@ -8,6 +8,7 @@ use anyhow::Result;
 use crate::ffi::eval::Observer;
 use crate::ffi::llama::{Context, ContextParams, KvType, Model};
 use crate::ffi::tensor::Node;
+use crate::record::FlashAttnMode;
 
 /// A prompt with repetition, punctuation and a long-ish span (29 tokens).
 pub const PROMPT: &str = "The quick brown fox jumps over the lazy dog. The dog, surprised, barks twice; the fox runs away!";
@@ -124,7 +125,7 @@ pub fn measure(model_path: &Path, threads: i32) -> Result<Vec<Layer>> {
         n_batch: 256,
         n_threads: threads,
         kv_type: KvType::F32,
-        flash_attn: Some(false),
+        flash_attn: FlashAttnMode::Off,
     };
     let collect = Collect {
         n_tokens: tokens.len() as i64,

@@ -10,9 +10,9 @@ use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 use xshell::cmd;
 
-use crate::build::{self, Backend};
+use crate::build::Backend;
 use crate::fetch;
-use crate::project::{Flavour, Project};
+use crate::project::Project;
 
 /// Where GPT-2's tokenizer files come from.
 pub const TIKTOKEN: (&str, &str) = ("tiktoken-rs", "0.12.1");
@@ -57,8 +57,7 @@ pub fn models_dir(project: &Project) -> PathBuf {
 
 /// Builds llama.cpp and the extractor package (both binaries); returns the model tool.
 pub fn ensure_tools_built(project: &Project) -> Result<PathBuf> {
-    let lib_dir = build::build_llama(project, Backend::Cpu, Flavour::Patched, None)?;
-    build::build_extractor(project, Backend::Cpu, Flavour::Patched, &lib_dir)?;
+    crate::extract::ensure_extractor(project, Backend::Cpu)?;
     let exe = project
         .root()
         .join("target/release/llorch-checkpoint-model");

@@ -14,29 +14,27 @@ use super::ctx::Ctx;
 use super::report::Checked;
 use crate::build::{self, Backend};
 use crate::compare::{LlamaCpp, PyTorch};
-use crate::pin::Pin;
 use crate::project::Flavour;
 use crate::project::Project;
 use crate::prompts::{words_of_english, PERF_PROMPT};
+use crate::tree::Tree;
 
 /// A fresh CMake build directory and a fresh cargo target directory: nothing reused.
 pub fn clean_build(project: &Project, work: &Path) -> Result<String> {
     let fresh = work.join("clean-build");
     let t = Instant::now();
-    let lib_dir = build::build_llama(
-        project,
-        Backend::Cpu,
-        Flavour::Patched,
-        Some(fresh.join("llama")),
-    )?;
+    let tree = Tree::pinned(project, Flavour::Patched)?;
+    let lib_dir = build::build_llama(project, Backend::Cpu, &tree, Some(fresh.join("llama")))?;
     let llama_secs = t.elapsed().as_secs_f64();
     let active = fresh.join("active-build.json");
-    let tree = project.tree(Flavour::Patched);
-    let json = serde_json::json!({
-        "backend": "cpu", "pin": Pin::load(&project.pin_file())?.id(), "flavour": "patched",
-        "lib_dir": lib_dir, "include_dirs": [tree.join("include"), tree.join("ggml/include")],
-    });
-    std::fs::write(&active, serde_json::to_vec_pretty(&json)?)?;
+    build::ActiveBuild {
+        backend: Backend::Cpu,
+        lib_dir: &lib_dir,
+        include_dirs: tree.include_dirs(),
+        bindings: None,
+        tree: &tree.record,
+    }
+    .write(&active)?;
     let sh = project.shell()?;
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
     let target = fresh.join("target");
@@ -439,9 +437,9 @@ pub fn unpatched_matches(ctx: &Ctx<'_>, layers: &str) -> Result<Checked> {
     }
     let (patched, plain) = (&records[0], &records[1]);
     ensure!(
-        plain.llama_cpp.tree == "unpatched",
+        plain.llama_cpp.tree.kind == "pinned-unpatched",
         "the second run is on the {} tree",
-        plain.llama_cpp.tree
+        plain.llama_cpp.tree.kind
     );
     let files = |r: &RunRecord| -> Vec<(String, String)> {
         r.checkpoints

@@ -31,6 +31,7 @@ use crate::extract::ensure_extractor;
 use crate::pin::Pin;
 use crate::project::Flavour;
 use crate::project::Project;
+use crate::tree::Tree;
 
 mod browser;
 mod cargo_test;
@@ -173,8 +174,8 @@ impl Verify {
         );
         let t = Instant::now();
         let unpatched = || {
-            let lib_dir = build::build_llama(project, Backend::Cpu, Flavour::Unpatched, None)?;
-            build::build_extractor(project, Backend::Cpu, Flavour::Unpatched, &lib_dir)
+            let tree = Tree::pinned(project, Flavour::Unpatched)?;
+            build::ensure_extractor(project, Backend::Cpu, &tree)
         };
         let built = match self.quick {
             true => quick("unpatched build"),

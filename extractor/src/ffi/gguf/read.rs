@@ -30,6 +30,9 @@ impl TensorInfo {
 /// A GGUF file's metadata and tensor table (no tensor data is read).
 pub struct GgufFile {
     ctx: NonNull<sys::gguf_context>,
+    /// ggml's tensors of the table, metadata only (no data): their `ne`
+    /// through the one accessor every llama.cpp version has.
+    tensors: NonNull<sys::ggml_context>,
     path: PathBuf,
     file_len: u64,
 }
@@ -56,20 +59,22 @@ impl GgufFile {
         ensure!(meta.is_file(), "{} is not a file", path.display());
         let c_path = CString::new(path.as_os_str().as_encoded_bytes())
             .context("path contains a NUL byte")?;
-        // SAFETY: metadata only (ctx = NULL, no tensor data). gguf_init_from_file
-        // returns NULL on any malformed or truncated header.
+        let mut tensors: *mut sys::ggml_context = std::ptr::null_mut();
+        // SAFETY: metadata only (no_alloc: no tensor data). gguf_init_from_file
+        // returns NULL on any malformed or truncated header, and then makes no
+        // ggml context; otherwise `tensors` is a context of its own, ours to free.
         let ctx = unsafe {
             sys::gguf_init_from_file(
                 c_path.as_ptr(),
                 sys::gguf_init_params {
                     no_alloc: true,
-                    ctx: std::ptr::null_mut(),
+                    ctx: &mut tensors,
                 },
             )
         };
-        let ctx = match NonNull::new(ctx) {
-            Some(ctx) => ctx,
-            None => bail!(
+        let (ctx, tensors) = match (NonNull::new(ctx), NonNull::new(tensors)) {
+            (Some(ctx), Some(tensors)) => (ctx, tensors),
+            _ => bail!(
                 "{} is not a readable GGUF file ({} bytes): bad magic, unsupported version, or a header cut short \
                  (ggml's reason: llorch-checkpoint-model -v check {})",
                 path.display(),
@@ -79,6 +84,7 @@ impl GgufFile {
         };
         let file = GgufFile {
             ctx,
+            tensors,
             path: path.to_path_buf(),
             file_len: meta.len(),
         };
@@ -217,9 +223,15 @@ impl GgufFile {
                     let name = CStr::from_ptr(sys::gguf_get_tensor_name(self.raw(), i))
                         .to_string_lossy()
                         .into_owned();
-                    let ne_ptr = sys::gguf_get_tensor_ne(self.raw(), i);
-                    let mut ne =
-                        std::slice::from_raw_parts(ne_ptr, sys::GGML_MAX_DIMS as usize).to_vec();
+                    let tensor = sys::ggml_get_tensor(
+                        self.tensors.as_ptr(),
+                        sys::gguf_get_tensor_name(self.raw(), i),
+                    );
+                    assert!(
+                        !tensor.is_null(),
+                        "gguf made a ggml tensor of every table entry"
+                    );
+                    let mut ne = (*tensor).ne.to_vec();
                     while ne.len() > 1 && ne.last() == Some(&1) {
                         ne.pop();
                     }
@@ -239,7 +251,10 @@ impl GgufFile {
 
 impl Drop for GgufFile {
     fn drop(&mut self) {
-        // SAFETY: ours, freed once.
-        unsafe { sys::gguf_free(self.ctx.as_ptr()) }
+        // SAFETY: both ours, freed once.
+        unsafe {
+            sys::gguf_free(self.ctx.as_ptr());
+            sys::ggml_free(self.tensors.as_ptr());
+        }
     }
 }

@@ -1,0 +1,239 @@
+//! Which llama.cpp source tree a build uses: the pin (fetched into `vendor/`,
+//! with or without our patches) or a directory of the user's, which is only
+//! ever read. Everything made from a tree lives under `target/llorch/`,
+//! keyed by [`Tree::id`].
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use anyhow::{bail, Context, Result};
+use llorch_checkpoint_spec::record::LlamaTree;
+use sha2::{Digest, Sha256};
+
+use crate::fetch;
+use crate::pin::Pin;
+use crate::project::{Flavour, Project};
+
+/// `--llama-cpp DIR`, shared by every task that builds or runs the extractor.
+#[derive(clap::Args, Clone, Debug, Default)]
+pub struct TreeArg {
+    /// Your own llama.cpp checkout to build and run instead of the pin. It is
+    /// only read: its build, bindings and extractor live under
+    /// target/llorch/, rebuilt (incrementally) when the tree changes.
+    #[arg(long = "llama-cpp", value_name = "DIR")]
+    pub llama_cpp: Option<PathBuf>,
+}
+
+impl TreeArg {
+    pub fn resolve(&self, project: &Project) -> Result<Tree> {
+        match &self.llama_cpp {
+            Some(dir) => Tree::local(dir),
+            None => Tree::pinned(project, Flavour::Patched),
+        }
+    }
+}
+
+pub struct Tree {
+    pub root: PathBuf,
+    /// Keys the tree's build and extractor directories: the pin's id, or
+    /// `local-<name>-<hash of its path>` (one incremental build per checkout).
+    pub id: String,
+    pub flavour: Option<Flavour>,
+    pub record: LlamaTree,
+}
+
+impl Tree {
+    /// The pinned tree, fetched (and checked against its stamp) if needed.
+    pub fn pinned(project: &Project, flavour: Flavour) -> Result<Tree> {
+        let root = fetch::ensure_tree(project, flavour, false)?;
+        let pin = Pin::load(&project.pin_file())?;
+        let (kind, id) = match flavour {
+            Flavour::Patched => ("pinned", pin.id()),
+            Flavour::Unpatched => ("pinned-unpatched", format!("{}-unpatched", pin.id())),
+        };
+        let record = LlamaTree {
+            kind: kind.into(),
+            name: pin.id(),
+            path: root.clone(),
+            content_sha256: content_sha256(&root)?,
+            git_describe: None,
+        };
+        Ok(Tree {
+            root,
+            id,
+            flavour: Some(flavour),
+            record,
+        })
+    }
+
+    /// A directory of the user's. Refused unless it holds a llama.cpp tree.
+    pub fn local(dir: &Path) -> Result<Tree> {
+        let root = std::fs::canonicalize(dir)
+            .with_context(|| format!("--llama-cpp {}: no such directory", dir.display()))?;
+        let missing: Vec<&str> = ["CMakeLists.txt", "include/llama.h", "ggml/include/ggml.h"]
+            .into_iter()
+            .filter(|f| !root.join(f).is_file())
+            .collect();
+        if !missing.is_empty() {
+            bail!(
+                "--llama-cpp {}: not a llama.cpp source tree (no {}).\n\
+                 Give the top directory of a llama.cpp checkout (the one with CMakeLists.txt, include/ and ggml/).",
+                dir.display(),
+                missing.join(", ")
+            );
+        }
+        let name = root
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_else(|| "llama.cpp".into());
+        let path_hash = hex::encode(Sha256::digest(root.as_os_str().as_encoded_bytes()));
+        let safe: String = name
+            .chars()
+            .map(|c| {
+                if c.is_ascii_alphanumeric() || c == '.' || c == '-' {
+                    c
+                } else {
+                    '_'
+                }
+            })
+            .collect();
+        let record = LlamaTree {
+            kind: "local".into(),
+            name,
+            path: root.clone(),
+            content_sha256: content_sha256(&root)?,
+            git_describe: git_describe(&root),
+        };
+        Ok(Tree {
+            id: format!("local-{safe}-{}", &path_hash[..10]),
+            root,
+            flavour: None,
+            record,
+        })
+    }
+
+    pub fn is_local(&self) -> bool {
+        self.flavour.is_none()
+    }
+
+    pub fn include_dirs(&self) -> [PathBuf; 2] {
+        [self.root.join("include"), self.root.join("ggml/include")]
+    }
+}
+
+/// sha256 over (relative path, sha256 of content) of every source file:
+/// CMake build directories, `.git` and GGUF models inside the tree are not
+/// source and are left out.
+pub fn content_sha256(root: &Path) -> Result<String> {
+    let files = source_files(root)?;
+    let mut hasher = Sha256::new();
+    for (path, digest) in &files {
+        hasher.update(path.as_bytes());
+        hasher.update([0]);
+        hasher.update(digest.as_bytes());
+        hasher.update([b'\n']);
+    }
+    Ok(hex::encode(hasher.finalize()))
+}
+
+fn source_files(root: &Path) -> Result<BTreeMap<String, String>> {
+    let mut files = BTreeMap::new();
+    let walk = walkdir::WalkDir::new(root)
+        .sort_by_file_name()
+        .into_iter()
+        .filter_entry(|e| !is_skipped(e));
+    for entry in walk {
+        let entry = entry.with_context(|| format!("cannot read the tree {}", root.display()))?;
+        if entry.file_type().is_dir() {
+            continue;
+        }
+        let relative = entry
+            .path()
+            .strip_prefix(root)?
+            .to_string_lossy()
+            .replace('\\', "/");
+        let bytes = if entry.file_type().is_symlink() {
+            std::fs::read_link(entry.path())?
+                .into_os_string()
+                .into_encoded_bytes()
+        } else {
+            std::fs::read(entry.path())
+                .with_context(|| format!("cannot read {}", entry.path().display()))?
+        };
+        files.insert(relative, hex::encode(Sha256::digest(&bytes)));
+    }
+    Ok(files)
+}
+
+fn is_skipped(entry: &walkdir::DirEntry) -> bool {
+    let name = entry.file_name().to_string_lossy();
+    if entry.file_type().is_dir() {
+        name == ".git" || entry.path().join("CMakeCache.txt").is_file()
+    } else {
+        name.ends_with(".gguf")
+    }
+}
+
+/// `git describe` of a checkout, without taking git's index lock or
+/// refreshing the index: the user's tree is never written to.
+fn git_describe(root: &Path) -> Option<String> {
+    if !root.join(".git").exists() {
+        return None;
+    }
+    let out = std::process::Command::new("git")
+        .args(["--no-optional-locks", "-C"])
+        .arg(root)
+        .args(["describe", "--always", "--tags", "--dirty"])
+        .output()
+        .ok()?;
+    out.status
+        .success()
+        .then(|| String::from_utf8_lossy(&out.stdout).trim().to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn fake_tree(dir: &Path) {
+        for f in ["CMakeLists.txt", "include/llama.h", "ggml/include/ggml.h"] {
+            std::fs::create_dir_all(dir.join(f).parent().unwrap()).unwrap();
+            std::fs::write(dir.join(f), f).unwrap();
+        }
+    }
+
+    #[test]
+    fn a_directory_without_llama_cpp_is_refused_naming_what_is_missing() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("CMakeLists.txt"), "").unwrap();
+        let err = format!("{:#}", Tree::local(dir.path()).err().unwrap());
+        assert!(err.contains("not a llama.cpp source tree"), "{err}");
+        assert!(
+            err.contains("include/llama.h, ggml/include/ggml.h"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn the_content_hash_follows_sources_not_builds_or_models() {
+        let dir = tempfile::tempdir().unwrap();
+        fake_tree(dir.path());
+        let before = Tree::local(dir.path()).unwrap();
+        std::fs::create_dir_all(dir.path().join("build-x")).unwrap();
+        std::fs::write(dir.path().join("build-x/CMakeCache.txt"), "cache").unwrap();
+        std::fs::write(dir.path().join("model.gguf"), "weights").unwrap();
+        let with_build = Tree::local(dir.path()).unwrap();
+        assert_eq!(
+            before.record.content_sha256,
+            with_build.record.content_sha256
+        );
+        assert_eq!(
+            before.id, with_build.id,
+            "the same checkout keeps its build"
+        );
+        std::fs::write(dir.path().join("include/llama.h"), "changed").unwrap();
+        let edited = Tree::local(dir.path()).unwrap();
+        assert_ne!(before.record.content_sha256, edited.record.content_sha256);
+        assert_eq!(before.id, edited.id);
+    }
+}

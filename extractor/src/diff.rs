@@ -1,5 +1,6 @@
 //! Two extraction runs of the same manifest and prompt, side by side: one on a
-//! reference backend (CPU), one on the backend under test (CUDA, Metal).
+//! reference backend (CPU), one on the backend under test (CUDA, Metal); or
+//! the same backend on two llama.cpp trees (`cargo xtask diff-trees`).
 //!
 //! For every checkpoint of the prompt pass: the backend buffer each run read it
 //! from, NMSE (`mean((test - ref)^2) / var(ref)`, the measure llama.cpp's own
@@ -16,7 +17,7 @@ use serde::Serialize;
 use crate::format;
 use crate::manifest::{fmt_ne, Checkpoint};
 use crate::output::file_name;
-use crate::record::{median, Device, RunRecord};
+use crate::record::{median, Device, LlamaCpp, RunRecord};
 use llorch_checkpoint_spec::metric;
 
 /// How far `test` is from `reference`.
@@ -27,6 +28,8 @@ pub struct Stats {
     /// infinite when ref is constant and they differ, NaN when a difference is NaN.
     pub nmse: f64,
     pub max_abs: f64,
+    /// Where `max_abs` is: its flat (row-major) index.
+    pub max_abs_index: usize,
     /// Every value has the same bits (so NaN == NaN, and -0.0 != 0.0).
     pub bitwise_equal: bool,
 }
@@ -42,12 +45,12 @@ pub fn stats(reference: &[f32], test: &[f32]) -> Stats {
         .iter()
         .zip(test)
         .all(|(a, b)| a.to_bits() == b.to_bits());
-    let mut max_abs = 0f64;
-    for (&r, &t) in reference.iter().zip(test) {
+    let (mut max_abs, mut max_abs_index) = (0f64, 0);
+    for (i, (&r, &t)) in reference.iter().zip(test).enumerate() {
         let d = (t as f64 - r as f64).abs();
         // NaN never compares greater: make it win, so it cannot hide.
-        if d > max_abs || d.is_nan() {
-            max_abs = d;
+        if (d > max_abs || d.is_nan()) && !max_abs.is_nan() {
+            (max_abs, max_abs_index) = (d, i);
         }
     }
     // A NaN difference (a NaN in either run, or the same infinity in both)
@@ -61,8 +64,20 @@ pub fn stats(reference: &[f32], test: &[f32]) -> Stats {
         n,
         nmse,
         max_abs,
+        max_abs_index,
         bitwise_equal,
     }
+}
+
+/// The coordinate (row-major, as files store it) of flat index `i` in `shape`.
+pub fn coordinate(shape: &[i64], mut i: usize) -> Vec<i64> {
+    let mut at = vec![0; shape.len()];
+    for (d, &n) in shape.iter().enumerate().rev() {
+        let n = n.max(1) as usize;
+        at[d] = (i % n) as i64;
+        i /= n;
+    }
+    at
 }
 
 /// One compared file.
@@ -75,6 +90,8 @@ pub struct Row {
     pub buffer_a: String,
     pub buffer_b: String,
     pub stats: Stats,
+    /// Where the largest difference is (row-major, the file's shape).
+    pub max_abs_at: Vec<i64>,
     pub pass: bool,
 }
 
@@ -83,6 +100,8 @@ pub struct Side {
     pub dir: PathBuf,
     pub n_gpu_layers: i64,
     pub devices: Vec<Device>,
+    pub llama_cpp: LlamaCpp,
+    pub next_token: Option<i32>,
 }
 
 /// A whole comparison: `b` (under test) against `a` (the reference).
@@ -93,6 +112,10 @@ pub struct Comparison {
     pub max_nmse: f64,
     pub checkpoints: Vec<Row>,
     pub logits: Row,
+    /// How many checkpoints have the same bits in both runs.
+    pub bitwise_equal: usize,
+    /// The first checkpoint, in the order the graph computed them, whose bits differ.
+    pub first_difference: Option<String>,
     pub pass: bool,
 }
 
@@ -120,6 +143,7 @@ pub fn compare_runs(
         rows.push(Row {
             id: cp.id.clone(),
             file: fb.clone(),
+            max_abs_at: coordinate(&shape, s.max_abs_index),
             shape,
             buffer_a: buffer(&ra, &fa),
             buffer_b: buffer(&rb, &fb),
@@ -127,10 +151,14 @@ pub fn compare_runs(
             pass: s.nmse <= max_nmse,
         });
     }
+    // Graph order: the order the run recorded its checkpoints in.
+    let position = |file: &str| rb.checkpoints.iter().position(|c| c.file == file);
+    rows.sort_by_key(|r| position(&r.file));
     let (s, shape) = compare_files(&a.join("logits.bin"), &b.join("logits.bin"))?;
     let logits = Row {
         id: "logits".into(),
         file: "logits.bin".into(),
+        max_abs_at: coordinate(&shape, s.max_abs_index),
         shape,
         buffer_a: "-".into(),
         buffer_b: "-".into(),
@@ -142,11 +170,18 @@ pub fn compare_runs(
         dir: dir.to_path_buf(),
         n_gpu_layers: r.n_gpu_layers as i64,
         devices: r.devices.clone(),
+        llama_cpp: r.llama_cpp.clone(),
+        next_token: r.next_token,
     };
     Ok(Comparison {
         a: side(a, &ra),
         b: side(b, &rb),
         max_nmse,
+        bitwise_equal: rows.iter().filter(|r| r.stats.bitwise_equal).count(),
+        first_difference: rows
+            .iter()
+            .find(|r| !r.stats.bitwise_equal)
+            .map(|r| format!("{} ({})", r.id, r.file)),
         checkpoints: rows,
         logits,
         pass,
@@ -171,18 +206,27 @@ impl Comparison {
     /// The table the command line prints.
     pub fn table(&self) -> String {
         let mut out = format!(
-            "{:<16} {:>16} {:<7} {:<7} {:>11} {:>11} {:<7} verdict (NMSE <= {:.0e})\n",
-            "checkpoint", "shape", "ref", "test", "NMSE", "max |diff|", "bitwise", self.max_nmse
+            "{:<16} {:>16} {:<7} {:<7} {:>11} {:>11} {:>16} {:<7} verdict (NMSE <= {:.0e})\n",
+            "checkpoint",
+            "shape",
+            "ref",
+            "test",
+            "NMSE",
+            "max |diff|",
+            "at",
+            "bitwise",
+            self.max_nmse
         );
         for r in self.checkpoints.iter().chain([&self.logits]) {
             out += &format!(
-                "{:<16} {:>16} {:<7} {:<7} {:>11.3e} {:>11.3e} {:<7} {}\n",
+                "{:<16} {:>16} {:<7} {:<7} {:>11.3e} {:>11.3e} {:>16} {:<7} {}\n",
                 r.id,
                 fmt_ne(&r.shape),
                 r.buffer_a,
                 r.buffer_b,
                 r.stats.nmse,
                 r.stats.max_abs,
+                fmt_ne(&r.max_abs_at),
                 if r.stats.bitwise_equal { "yes" } else { "no" },
                 if r.pass { "ok" } else { "FAIL" }
             );
@@ -202,8 +246,82 @@ impl Comparison {
             self.checkpoints.len() + 1,
             self.max_nmse
         );
+        out += &format!(
+            "{} of {} checkpoints bitwise equal; first that differs: {}; logits {}; next token {} vs {}\n",
+            self.bitwise_equal,
+            self.checkpoints.len(),
+            self.first_difference.as_deref().unwrap_or("none"),
+            if self.logits.stats.bitwise_equal { "bitwise equal".to_string() } else { format!("NMSE {:.3e}", self.logits.stats.nmse) },
+            token(self.a.next_token),
+            token(self.b.next_token),
+        );
         out
     }
+}
+
+impl Comparison {
+    /// A page of its own: both sides named, the summary, one row per checkpoint.
+    pub fn html(&self) -> String {
+        let esc = |s: &str| {
+            s.replace('&', "&amp;")
+                .replace('<', "&lt;")
+                .replace('>', "&gt;")
+        };
+        let side = |name: &str, s: &Side| {
+            format!(
+                "<tr><th>{name}</th><td>{}</td><td>ggml {}</td><td>{}</td><td>next token {}</td></tr>",
+                esc(&s.llama_cpp.tree.describe()),
+                esc(&s.llama_cpp.ggml_version),
+                esc(&s.dir.display().to_string()),
+                token(s.next_token)
+            )
+        };
+        let mut page = String::from(
+            "<!doctype html><meta charset=utf-8><title>llama.cpp against llama.cpp</title>\
+             <style>body{font-family:sans-serif;margin:2em}table{border-collapse:collapse;font-size:13px}\
+             td,th{border:1px solid #ccc;padding:3px 8px;text-align:right}.same{background:#e6f4e6}.diff{background:#fdf3d8}\
+             .fail{background:#f8d7da}</style><h1>Checkpoint by checkpoint: two llama.cpp runs</h1><table>",
+        );
+        page += &side("reference (a)", &self.a);
+        page += &side("under test (b)", &self.b);
+        page += &format!("</table><pre>{}</pre><table><tr>", esc(&self.table()));
+        for h in [
+            "checkpoint",
+            "file",
+            "shape",
+            "NMSE",
+            "max |diff|",
+            "at",
+            "bitwise",
+            "verdict",
+        ] {
+            page += &format!("<th>{h}</th>");
+        }
+        page += "</tr>";
+        for r in self.checkpoints.iter().chain([&self.logits]) {
+            let class = match (r.pass, r.stats.bitwise_equal) {
+                (false, _) => "fail",
+                (true, true) => "same",
+                (true, false) => "diff",
+            };
+            page += &format!(
+                "<tr class={class}><td>{}</td><td>{}</td><td>{}</td><td>{:.3e}</td><td>{:.3e}</td><td>{}</td><td>{}</td><td>{}</td></tr>",
+                esc(&r.id),
+                esc(&r.file),
+                fmt_ne(&r.shape),
+                r.stats.nmse,
+                r.stats.max_abs,
+                fmt_ne(&r.max_abs_at),
+                if r.stats.bitwise_equal { "yes" } else { "no" },
+                if r.pass { "ok" } else { "FAIL" }
+            );
+        }
+        page + "</table>\n"
+    }
+}
+
+fn token(t: Option<i32>) -> String {
+    t.map_or_else(|| "-".into(), |t| t.to_string())
 }
 
 /// Decode times of runs with and without extraction (medians over runs).
@@ -264,6 +382,13 @@ mod tests {
     use super::*;
     use crate::format::Format;
     use crate::manifest::Manifest;
+
+    #[test]
+    fn a_flat_index_is_a_row_major_coordinate() {
+        assert_eq!(coordinate(&[2, 3, 4], 0), [0, 0, 0]);
+        assert_eq!(coordinate(&[2, 3, 4], 4 * 3 + 2 * 4 + 1), [1, 2, 1]);
+        assert_eq!(coordinate(&[5], 4), [4]);
+    }
 
     #[test]
     fn nmse_and_max_abs_follow_their_definitions() {
@@ -339,7 +464,17 @@ mod tests {
         );
         assert_eq!(row.shape, [2, 2]);
         assert!(row.pass && !row.stats.bitwise_equal && (row.stats.max_abs - 0.001).abs() < 1e-6);
+        assert_eq!(row.max_abs_at, [1, 1], "the last element differs");
         assert!(c.logits.stats.bitwise_equal && c.pass);
+        assert_eq!(
+            (c.bitwise_equal, c.first_difference.as_deref()),
+            (0, Some("01_x (checkpoint_01_x.bin)"))
+        );
+        let html = c.html();
+        assert!(
+            html.contains("<td>[1, 1]</td>") && html.contains("class=diff"),
+            "{html}"
+        );
         let table = c.table();
         assert!(
             table.contains("01_x")

@@ -28,6 +28,7 @@ mod build;
 mod bundle;
 mod catalogue;
 mod compare;
+mod diff_trees;
 mod doctor;
 mod extract;
 mod fetch;
@@ -79,6 +80,8 @@ enum Task {
     Extract(extract::Extract),
     /// Compare every checkpoint with transformers on the same GGUF (f32 and f64): table, report.json, report.html; fails beyond tolerance.
     Compare(compare::Compare),
+    /// The same model, manifest and prompt through two llama.cpp trees (--llama-cpp DIR against the pin or --against DIR), checkpoint by checkpoint.
+    DiffTrees(diff_trees::DiffTrees),
     /// The test command: cargo test, then build, runtime, format, performance, compare and real-model checks.
     Verify(verify::Verify),
     /// What this machine has and lacks for each backend and for compare, with the fix for each; changes nothing.
@@ -120,6 +123,7 @@ fn run(task: Task) -> Result<()> {
         Task::Model(task) => task.run(&project),
         Task::Extract(task) => task.run(&project),
         Task::Compare(task) => task.run(&project),
+        Task::DiffTrees(task) => task.run(&project),
         Task::Verify(task) => task.run(&project),
         Task::Doctor(task) => task.run(&project),
         Task::Fuzz(task) => task.run(&project),

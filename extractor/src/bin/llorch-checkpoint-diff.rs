@@ -43,6 +43,9 @@ enum Command {
         /// Also write the comparison as JSON here.
         #[arg(long)]
         json: Option<PathBuf>,
+        /// Also write it as a page here.
+        #[arg(long)]
+        html: Option<PathBuf>,
     },
     /// Median decode times of run directories with and without extraction, and their ratios.
     Timing {
@@ -75,6 +78,7 @@ fn run(command: Command) -> Result<bool> {
             logits_only: _,
             max_nmse,
             json,
+            html,
         } => {
             // Expanded as run `b` expanded it (`--layers`).
             let checkpoints = match manifest {
@@ -84,6 +88,10 @@ fn run(command: Command) -> Result<bool> {
             let comparison = compare_runs(&a, &b, &checkpoints, max_nmse)?;
             print!("{}", comparison.table());
             write_json(&json, &comparison)?;
+            if let Some(path) = &html {
+                std::fs::write(path, comparison.html())
+                    .with_context(|| format!("cannot write {}", path.display()))?;
+            }
             Ok(comparison.pass)
         }
         Command::Timing {

@@ -2,7 +2,7 @@
 //! on, in one place. `build.rs` sets `llama_has="NAME"` from what the tree's
 //! headers declare; the rest of `ffi` calls these and never asks.
 
-use anyhow::{bail, Result};
+use anyhow::Result;
 use llorch_checkpoint_spec::record::FlashAttnMode;
 
 use super::sys;
@@ -53,6 +53,6 @@ pub fn register_backend(reg: sys::ggml_backend_reg_t) -> Result<()> {
     #[cfg(not(llama_has = "ggml_backend_register"))]
     {
         let _ = reg;
-        bail!("this llama.cpp tree cannot register RPC servers as devices (no ggml_backend_register; it came in late 2025): build a newer tree for --rpc")
+        anyhow::bail!("this llama.cpp tree cannot register RPC servers as devices (no ggml_backend_register; it came in late 2025): build a newer tree for --rpc")
     }
 }

@@ -1,0 +1,117 @@
+//! `cargo xtask diff-trees`: the same model, manifest, layers and prompt
+//! through two llama.cpp trees (the pin, or directories), checkpoint by
+//! checkpoint. This is how a llama.cpp change shows in the numbers.
+
+use std::path::{Path, PathBuf};
+
+use anyhow::{bail, Context, Result};
+
+use crate::build::{self, Backend};
+use crate::extract::layer_arg;
+use crate::model::ModelArgs;
+use crate::project::{Flavour, Project};
+use crate::step::Step;
+use crate::tree::Tree;
+
+#[derive(clap::Args)]
+pub struct DiffTrees {
+    #[command(flatten)]
+    input: ModelArgs,
+    /// The llama.cpp tree under test (a directory; only read).
+    #[arg(long = "llama-cpp", value_name = "DIR")]
+    llama_cpp: PathBuf,
+    /// The reference tree [default: the pin].
+    #[arg(long, value_name = "DIR")]
+    against: Option<PathBuf>,
+    /// The layers to compare instead of the manifest's: `all`, or numbers like `0,5,29`.
+    #[arg(long, value_name = "all|N,N,...", allow_hyphen_values = true)]
+    layers: Option<String>,
+    /// The NMSE above which a checkpoint is reported as differing beyond noise (exit 1).
+    #[arg(long, default_value_t = 1e-4)]
+    max_nmse: f64,
+    /// Output directory: a/ and b/ (the two runs), report.json, report.html [default: target/llorch/diff-trees].
+    #[arg(long)]
+    out: Option<PathBuf>,
+    /// Further flags for both extractor runs (after `--`), e.g. `-- --flash-attn off`.
+    #[arg(last = true)]
+    extractor_args: Vec<String>,
+}
+
+impl DiffTrees {
+    pub fn run(self, project: &Project) -> Result<()> {
+        let out = match &self.out {
+            Some(dir) => std::path::absolute(dir)?,
+            None => project.work_dir().join("diff-trees"),
+        };
+        let (model, manifest) = self.input.resolve(project)?;
+        let reference = match &self.against {
+            Some(dir) => Tree::local(dir)?,
+            None => Tree::pinned(project, Flavour::Patched)?,
+        };
+        let test = Tree::local(&self.llama_cpp)?;
+        let sides = [(&reference, out.join("a")), (&test, out.join("b"))];
+        for (tree, dir) in &sides {
+            let exe = build::ensure_extractor(project, Backend::Cpu, tree)?;
+            self.extract(project, &exe, tree, &model, &manifest, dir)?;
+        }
+        let diff = project.root().join("target/release/llorch-checkpoint-diff");
+        let (report, page) = (out.join("report.json"), out.join("report.html"));
+        let args: Vec<std::ffi::OsString> = vec![
+            "compare".into(),
+            sides[0].1.clone().into(),
+            sides[1].1.clone().into(),
+            "--manifest".into(),
+            manifest.clone().into(),
+            "--max-nmse".into(),
+            self.max_nmse.to_string().into(),
+            "--json".into(),
+            report.clone().into(),
+            "--html".into(),
+            page.clone().into(),
+        ];
+        let result = duct::cmd(&diff, args)
+            .unchecked()
+            .run()
+            .with_context(|| format!("cannot run {}", diff.display()))?;
+        println!("\nreport: {}\npage: {}", report.display(), page.display());
+        if !result.status.success() {
+            bail!(
+                "the two trees differ beyond NMSE {:e} (or the comparison failed: see above)",
+                self.max_nmse
+            );
+        }
+        Ok(())
+    }
+
+    fn extract(
+        &self,
+        project: &Project,
+        exe: &Path,
+        tree: &Tree,
+        model: &Path,
+        manifest: &Path,
+        dir: &Path,
+    ) -> Result<()> {
+        let mut args: Vec<std::ffi::OsString> = vec![
+            "-m".into(),
+            model.into(),
+            "--manifest".into(),
+            manifest.into(),
+            "-p".into(),
+            (&self.input.prompt).into(),
+            "--out".into(),
+            dir.into(),
+        ];
+        args.extend(self.layers.as_deref().map(layer_arg).map(Into::into));
+        args.extend(self.extractor_args.iter().map(Into::into));
+        let step = Step::start(
+            project,
+            "extract",
+            &format!("on {}", tree.record.describe()),
+        )?;
+        step.run("llorch-checkpoint-extractor", duct::cmd(exe, args))
+            .with_context(|| format!("the extractor on {} failed", tree.root.display()))?;
+        step.finish(&format!("run in {}", dir.display()));
+        Ok(())
+    }
+}

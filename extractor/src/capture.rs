@@ -10,13 +10,14 @@
 
 use std::collections::HashMap;
 
-use anyhow::{anyhow, bail, Result};
+use anyhow::{bail, Result};
 
 use crate::captured::Captured;
 use crate::ffi::eval::Observer;
 use crate::ffi::tensor::Node;
 use crate::handoff::Outbox;
-use crate::manifest::{Checkpoint, Resolved, Symbols};
+use crate::manifest::{Checkpoint, Resolved, Symbols, UnderFlashAttn};
+use crate::record::AbsentCheckpoint;
 
 /// `--tensors`: globs over node names, separated by commas
 /// (`'attn_norm-*,ffn_out-*'`); a node is wanted when any matches.
@@ -88,12 +89,19 @@ pub struct Capture {
     /// Operand name -> checkpoints found by an operand alone (no `tensor`).
     by_operand: HashMap<Box<[u8]>, Vec<usize>>,
     resolved: Vec<Resolved>,
+    /// The layout under flash attention, where the manifest gives one.
+    resolved_fa: Vec<Option<Resolved>>,
     seen: Vec<bool>,
+    /// Which layout each node had: Some(true) flash attention's, Some(false)
+    /// its own, None when only one is given or both fit.
+    layout_fa: Vec<Option<bool>>,
+    /// Checkpoints the prompt pass's graph did not have, by flash attention.
+    absent: Vec<AbsentCheckpoint>,
     /// Capturing this pass? Between passes, and for passes not captured, nothing is wanted.
     active: bool,
     /// What this pass does with the nodes it asked for.
     reading: Reading,
-    /// A FLASH_ATTN_EXT node was asked about: the graph fuses attention.
+    /// A FLASH_ATTN_EXT node was asked about this pass: the graph fuses attention.
     flash_attn_seen: bool,
     step: usize,
     scratch: Vec<u8>,
@@ -129,7 +137,10 @@ impl Capture {
             by_name,
             by_operand,
             resolved: vec![placeholder; n],
+            resolved_fa: vec![None; n],
             seen: vec![false; n],
+            layout_fa: vec![None; n],
+            absent: Vec::new(),
             active: false,
             reading: Reading::Keep,
             flash_attn_seen: false,
@@ -141,10 +152,22 @@ impl Capture {
 
     /// Arms the capture for one forward pass with that pass's symbol values.
     pub fn begin_pass(&mut self, step: usize, symbols: &Symbols, reading: Reading) -> Result<()> {
-        for (r, cp) in self.resolved.iter_mut().zip(&self.checkpoints) {
-            *r = cp.resolve(symbols)?;
+        for (i, cp) in self.checkpoints.iter().enumerate() {
+            self.resolved[i] = cp.resolve(symbols)?;
+            self.resolved_fa[i] = match &cp.flash_attn {
+                Some(UnderFlashAttn::Layout { shape, .. }) => Some(
+                    Checkpoint {
+                        shape: shape.clone(),
+                        ..cp.clone()
+                    }
+                    .resolve(symbols)?,
+                ),
+                _ => None,
+            };
         }
         self.seen.fill(false);
+        self.layout_fa.fill(None);
+        self.flash_attn_seen = false;
         self.step = step;
         self.reading = reading;
         self.node_index = 0;
@@ -166,21 +189,52 @@ impl Capture {
                 pattern.as_str()
             );
         }
-        let missing: Vec<String> = self
-            .checkpoints
-            .iter()
-            .zip(&self.seen)
-            .filter(|(_, seen)| !**seen)
-            .map(|(cp, _)| format!("{} ({})", cp.id, cp.node()))
-            .collect();
+        self.check_graph()
+    }
+
+    /// Every checkpoint seen, in the layout of the graph's flash attention
+    /// setting, except those the manifest says it fuses away (recorded).
+    fn check_graph(&mut self) -> Result<()> {
+        let fa = self.flash_attn_seen;
+        let mut missing = Vec::new();
+        let mut wrong_layout = Vec::new();
+        for (i, cp) in self.checkpoints.iter().enumerate() {
+            match (self.seen[i], &cp.flash_attn) {
+                (false, Some(UnderFlashAttn::Absent(why))) if fa => {
+                    if self.step == 0 {
+                        self.absent.push(AbsentCheckpoint {
+                            id: cp.id.clone(),
+                            file: cp.file_stem.clone(),
+                            reason: format!("flash attention on: {why}"),
+                        });
+                    }
+                }
+                (false, _) => missing.push(format!("{} ({})", cp.id, cp.node())),
+                (true, _) if self.layout_fa[i] == Some(!fa) => wrong_layout.push(cp.id.clone()),
+                (true, _) => {}
+            }
+        }
         if !missing.is_empty() {
+            let hint = match fa {
+                true => " Flash attention was on in this graph: a node that exists only without it needs \
+                         --flash-attn off, or `flash_attn: {absent: <why>}` in its manifest entry.",
+                false => "",
+            };
             bail!(
                 "{} checkpoint(s) not seen in pass {}: {}.\nThe graph has no node of that name: a typo in the manifest, \
                  a node renamed upstream, or the patches not applied (see `cargo xtask fetch`). Run with \
-                 --list-nodes to see the graph's node names.",
+                 --list-nodes to see the graph's node names.{hint}",
                 missing.len(),
                 self.step,
                 missing.join(", ")
+            );
+        }
+        if !wrong_layout.is_empty() {
+            bail!(
+                "checkpoint(s) {} have the layout of flash attention {}, but the graph ran with it {}",
+                wrong_layout.join(", "),
+                if fa { "off" } else { "on" },
+                if fa { "on" } else { "off" }
             );
         }
         Ok(())
@@ -191,9 +245,14 @@ impl Capture {
         self.outbox.close();
     }
 
-    /// Whether any captured pass's graph had a FLASH_ATTN_EXT node.
+    /// Whether the last captured pass's graph had a FLASH_ATTN_EXT node.
     pub fn flash_attn_seen(&self) -> bool {
         self.flash_attn_seen
+    }
+
+    /// The checkpoints the prompt pass's graph did not have, with the reason.
+    pub fn absent(&self) -> &[AbsentCheckpoint] {
+        &self.absent
     }
 
     pub fn checkpoints(&self) -> &[Checkpoint] {
@@ -212,15 +271,32 @@ impl Capture {
                 node.op_name()
             );
         }
-        let resolved = self.resolved[index];
-        let keep = resolved.keep(node.ne()).map_err(|mismatch| {
-            anyhow!(
-                "checkpoint {} ({}, manifest shape {}): shape mismatch: {mismatch}",
+        let (own, under_fa) = (self.resolved[index], self.resolved_fa[index]);
+        let (resolved, keep) = match (
+            own.keep(node.ne()),
+            under_fa.map(|r| (r, r.keep(node.ne()))),
+        ) {
+            (Ok(keep), None) => (own, keep),
+            (Ok(keep), Some((_, fits_fa))) => {
+                self.layout_fa[index] = fits_fa.is_err().then_some(false);
+                (own, keep)
+            }
+            (Err(_), Some((fa, Ok(keep)))) => {
+                self.layout_fa[index] = Some(true);
+                (fa, keep)
+            }
+            (Err(mismatch), _) => bail!(
+                "checkpoint {} ({}, manifest shape {}{}): shape mismatch: {mismatch}",
                 cp.id,
                 cp.node(),
-                cp.shape_text()
-            )
-        })?;
+                cp.shape_text(),
+                if under_fa.is_some() {
+                    ", nor its flash attention layout"
+                } else {
+                    ""
+                }
+            ),
+        };
         let mut data = Vec::new();
         let fetched = node.copy_to_f32(keep, &mut self.scratch, &mut data)?;
         Ok(Captured {

@@ -70,6 +70,8 @@ pub(crate) struct Decoded {
     pub(crate) next: Vec<Token>,
     /// Whether the graph had flash attention (None: nothing observed it).
     pub(crate) flash_attn_used: Option<bool>,
+    /// Checkpoints the prompt pass's graph did not have.
+    pub(crate) absent: Vec<record::AbsentCheckpoint>,
 }
 
 /// The prompt pass, then one pass per generated token, each captured (when
@@ -126,6 +128,7 @@ pub(crate) fn passes(
         if let Some(c) = ctx.observer_mut() {
             c.close();
             decoded.flash_attn_used = Some(c.flash_attn_seen());
+            decoded.absent = c.absent().to_vec();
         }
         if opts.repeat > 0 {
             decoded.steady = Some(steady_state(opts, loaded, &params, &mut ctx)?);

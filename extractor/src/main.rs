@@ -80,10 +80,11 @@ struct Cli {
     /// Checkpoint file format.
     #[arg(long, value_enum, default_value_t = Format::Bin)]
     format: Format,
-    /// Flash attention: on, off, or auto (llama.cpp's choice for the backend). Without it:
-    /// off when the manifest names attention scores (they exist only without it), else on.
-    #[arg(long, value_enum, value_name = "on|off|auto")]
-    flash_attn: Option<FlashAttnMode>,
+    /// Flash attention: on, off, or auto (llama.cpp's default: on where the backend supports
+    /// it). With it on there are no attention scores (kq_soft_max): such checkpoints are
+    /// recorded as absent, with the reason, and V is cached untransposed.
+    #[arg(long, value_enum, default_value_t = FlashAttnMode::Auto)]
+    flash_attn: FlashAttnMode,
     /// KV-cache type (llama.cpp's default is f16).
     #[arg(long = "kv-type", value_enum, default_value_t = KvType::F16)]
     kv_type: KvType,

@@ -38,9 +38,8 @@ pub struct Config {
     pub rpc: Vec<String>,
     /// `--tensor-split`: how the offloaded layers are shared among the devices.
     pub tensor_split: Vec<f32>,
-    /// `--flash-attn`; `None`: off when the manifest names attention scores
-    /// (they exist only without it), else on.
-    pub flash_attn: Option<FlashAttnMode>,
+    /// `--flash-attn`: as asked; llama.cpp decides under `auto`.
+    pub flash_attn: FlashAttnMode,
     /// Threads, KV type, generation, steps, `--sequential`, `--repeat`, buffer.
     pub decode: DecodeOptions,
 }
@@ -49,7 +48,7 @@ pub struct Config {
 pub fn run(cfg: &Config) -> Result<()> {
     let header = Header::read(&cfg.model)?;
     let (manifest, layers) = manifest(cfg, &header)?;
-    let flash_attn = flash_attn_mode(cfg, manifest.as_ref());
+    let flash_attn = cfg.flash_attn;
     if cfg.list_nodes {
         return list_nodes::list_nodes(&list_options(cfg, flash_attn));
     }
@@ -117,18 +116,6 @@ fn load_options(cfg: &Config) -> LoadOptions<'_> {
             n_predict: cfg.decode.n_predict,
         },
     }
-}
-
-/// `--flash-attn` as given; without it, scores (kq_soft_max, which exist only
-/// with flash attention off) decide. The decision depends on the options and
-/// the manifest only, so runs with and without extraction match.
-fn flash_attn_mode(cfg: &Config, manifest: Option<&Manifest>) -> FlashAttnMode {
-    let needs_scores =
-        cfg.tensors.is_some() || manifest.is_some_and(Manifest::needs_attention_scores);
-    cfg.flash_attn.unwrap_or(match needs_scores {
-        true => FlashAttnMode::Off,
-        false => FlashAttnMode::On,
-    })
 }
 
 fn list_options(cfg: &Config, flash_attn: FlashAttnMode) -> ListOptions<'_> {
@@ -247,6 +234,7 @@ fn record(
             requested: flash_attn,
             used: decoded.flash_attn_used,
         },
+        absent: decoded.absent.clone(),
         format: cfg.format,
         steps: format!("{:?}", cfg.decode.steps).to_lowercase(),
         sequential: cfg.decode.sequential,
@@ -296,6 +284,14 @@ fn log_summary(cfg: &Config, loaded: &Loaded, record: &RunRecord) {
             continue;
         }
         log::info!("  read from {buffer}: {}", ids.join(" "));
+    }
+    if let Some(first) = record.absent.first() {
+        let ids: Vec<&str> = record.absent.iter().map(|a| a.file.as_str()).collect();
+        log::warn!(
+            "  absent from this graph: {} ({})",
+            ids.join(" "),
+            first.reason
+        );
     }
     // Captured as they are (that is what one debugs), but never in silence.
     let broken: Vec<String> = record

@@ -95,7 +95,7 @@ fn llama_cpp_loads_it_as_gpt2_tokenizes_hello_world_and_computes_finite_logits()
         n_batch: 64,
         n_threads: 2,
         kv_type: KvType::F32,
-        flash_attn: Some(false),
+        flash_attn: llorch_checkpoint_extractor::record::FlashAttnMode::Off,
     };
     let mut ctx = Context::<Nothing>::new(&model, &params, None).unwrap();
     ctx.decode(&tokens, 0, true).unwrap();
@@ -201,7 +201,7 @@ fn f16_and_q8_0_models_load_and_compute() {
             n_batch: 64,
             n_threads: 2,
             kv_type: KvType::F16,
-            flash_attn: Some(false),
+            flash_attn: llorch_checkpoint_extractor::record::FlashAttnMode::Off,
         };
         let mut ctx = Context::<Nothing>::new(&model, &params, None).unwrap();
         ctx.decode(&[15496, 995], 0, false).unwrap();

@@ -96,8 +96,8 @@ fn malformed_yaml_reports_its_line() {
     ignore = "needs --features test-hooks (cargo xtask verify enables it)"
 )]
 fn a_panic_in_the_callback_stops_the_run_and_leaves_no_file() {
-    let (err, files) = failing_run(None, &["--inject-panic", "kq_soft_max-0"]);
-    assert!(err.contains("panicked on node `kq_soft_max-0`"), "{err}");
+    let (err, files) = failing_run(None, &["--inject-panic", "ffn_out-0"]);
+    assert!(err.contains("panicked on node `ffn_out-0`"), "{err}");
     assert!(files.is_empty(), "left behind: {files:?}");
 }
 
@@ -171,14 +171,7 @@ fn a_refused_run_leaves_the_earlier_run_byte_identical_and_nothing_beside_it() {
         ),
         (
             "a panic in the callback",
-            vec![
-                "--out",
-                d,
-                "--manifest",
-                mf,
-                "--inject-panic",
-                "kq_soft_max-0",
-            ],
+            vec!["--out", d, "--manifest", mf, "--inject-panic", "ffn_out-0"],
             "panicked on node",
         ),
         (
@@ -358,8 +351,8 @@ fn every_reader_refuses_a_run_record_of_a_future_schema_naming_its_version() {
     let path = dir.join("run.json");
     let mut record: serde_json::Value =
         serde_json::from_slice(&std::fs::read(&path).unwrap()).unwrap();
-    assert_eq!(record["schema_version"], 1);
-    record["schema_version"] = 2.into();
+    assert_eq!(record["schema_version"], 2);
+    record["schema_version"] = 3.into();
     std::fs::write(&path, record.to_string()).unwrap();
 
     let (m, d) = (manifest.to_str().unwrap(), dir.to_str().unwrap());
@@ -382,7 +375,7 @@ fn every_reader_refuses_a_run_record_of_a_future_schema_naming_its_version() {
         let stderr = String::from_utf8_lossy(&out.stderr);
         assert_eq!(out.status.code(), Some(1), "{args:?}: {stderr}");
         assert!(
-            stderr.contains("run record schema version 2 is newer than this tool's (1)"),
+            stderr.contains("run record schema version 3 is newer than this tool's (2)"),
             "{args:?}: {stderr}"
         );
     }

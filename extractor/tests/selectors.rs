@@ -22,6 +22,9 @@ fn run_with(dir: &Path, name: &str, text: &str) -> RunRecord {
         args[1],
         "-p",
         "Hello world",
+        // The scores need it.
+        "--flash-attn",
+        "off",
         "--out",
         args[2],
     ]);

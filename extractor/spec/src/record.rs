@@ -49,6 +49,9 @@ pub struct RunRecord {
     /// KV-cache type: `f16` or `f32`.
     pub kv_type: String,
     pub flash_attn: FlashAttn,
+    /// Checkpoints of the manifest the graph did not have (scores under
+    /// flash attention), each with the reason.
+    pub absent: Vec<AbsentCheckpoint>,
     pub format: Format,
     /// `prompt` or `all`: which passes were captured.
     pub steps: String,
@@ -89,6 +92,15 @@ pub enum FlashAttnMode {
     On,
     Off,
     Auto,
+}
+
+/// A checkpoint the run's graph did not have.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AbsentCheckpoint {
+    pub id: String,
+    pub file: String,
+    pub reason: String,
 }
 
 /// What a run asked of flash attention and what the graph did.
@@ -271,9 +283,15 @@ impl RunRecord {
         serde_json::to_vec_pretty(self).expect("a run record always serializes")
     }
 
-    /// The manifest at `path` expanded as this run expanded it (`--layers`).
+    /// The manifest at `path` expanded as this run expanded it (`--layers`),
+    /// as its graph had it: with flash attention, each checkpoint's layout
+    /// then, and without those the graph did not have (`absent`).
     pub fn manifest(&self, path: &Path) -> Result<Manifest> {
-        Manifest::load_with_layers(path, self.layers.as_deref())
+        let manifest = Manifest::load_with_layers(path, self.layers.as_deref())?;
+        Ok(match self.flash_attn.used {
+            Some(true) => manifest.under_flash_attn().0,
+            _ => manifest,
+        })
     }
 
     /// The prompt pass's first checkpoint read from node `tensor`.
@@ -335,6 +353,7 @@ pub fn example() -> RunRecord {
             requested: FlashAttnMode::Auto,
             used: Some(false),
         },
+        absent: Vec::new(),
         format: Format::Bin,
         steps: "prompt".into(),
         sequential: false,
@@ -431,7 +450,7 @@ mod tests {
         let future = RunRecord::parse(&with_version(Some(7))).unwrap_err();
         assert_eq!(
             future.to_string(),
-            "run record schema version 7 is newer than this tool's (1): update llorch-checkpoint to read it"
+            "run record schema version 7 is newer than this tool's (2): update llorch-checkpoint to read it"
         );
         let old = RunRecord::parse(&with_version(Some(0))).unwrap_err();
         assert!(old.to_string().contains("version 0 is older"), "{old}");

@@ -78,6 +78,33 @@ struct RawCheckpoint {
     /// For `cargo xtask compare`: `{atol, rtol, nmse}`.
     #[serde(default)]
     tolerance: Option<serde_yaml::Value>,
+    /// What flash attention changes: `{absent: why}` (the graph has no such
+    /// node then) or `{shape: [...], reference: {...}}` (its layout then).
+    #[serde(default)]
+    flash_attn: Option<RawUnderFlashAttn>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawUnderFlashAttn {
+    #[serde(default)]
+    absent: Option<String>,
+    #[serde(default)]
+    shape: Option<Vec<Dim>>,
+    #[serde(default)]
+    reference: Option<serde_yaml::Value>,
+}
+
+/// A checkpoint under flash attention, where it differs.
+#[derive(Debug, Clone, PartialEq)]
+pub enum UnderFlashAttn {
+    /// No node: flash attention fuses it away. Why, in words.
+    Absent(String),
+    /// Another layout: its shape and (for compare) its reference.
+    Layout {
+        shape: Vec<Dim>,
+        reference: Option<Reference>,
+    },
 }
 
 /// One checkpoint of one layer, names expanded.
@@ -101,6 +128,8 @@ pub struct Checkpoint {
     pub tolerance: Tolerance,
     /// The position of its entry in the manifest (graph order within a layer).
     pub index: usize,
+    /// What it is with flash attention on, where that differs.
+    pub flash_attn: Option<UnderFlashAttn>,
 }
 
 #[derive(Debug)]
@@ -262,6 +291,12 @@ impl Manifest {
                 )
             };
             let (reference, tolerance) = check_entry(cp).map_err(&at)?;
+            let flash_attn = cp
+                .flash_attn
+                .as_ref()
+                .map(under_flash_attn)
+                .transpose()
+                .map_err(&at)?;
             let layers = cp.layers_of(override_layers, &raw.layers);
             if layers.is_empty() {
                 return Err(at("`tensor` uses {layer} but no layers are listed".into()));
@@ -274,7 +309,7 @@ impl Manifest {
             let suffix = layers.len() > 1 && !cp.file.contains("{layer}");
             for layer in layers {
                 let expanded = cp
-                    .expand(layer, suffix, index, &reference, tolerance)
+                    .expand(layer, suffix, index, (&reference, &flash_attn), tolerance)
                     .map_err(&at)?;
                 if !files.insert(expanded.file_stem.clone()) {
                     return Err(at(format!(
@@ -301,11 +336,30 @@ impl Manifest {
         order
     }
 
-    /// Attention scores only exist with flash attention off.
-    pub fn needs_attention_scores(&self) -> bool {
-        self.checkpoints
-            .iter()
-            .any(|c| c.tensor.starts_with("kq_soft_max"))
+    /// The checkpoints as a graph with flash attention on has them: each
+    /// `flash_attn:` layout in place of its own, the absent ones taken out
+    /// and returned with their reason.
+    pub fn under_flash_attn(self) -> (Manifest, Vec<(Checkpoint, String)>) {
+        let mut absent = Vec::new();
+        let mut checkpoints = Vec::new();
+        for cp in self.checkpoints {
+            match cp.flash_attn.clone() {
+                Some(UnderFlashAttn::Absent(why)) => absent.push((cp, why)),
+                Some(UnderFlashAttn::Layout { shape, reference }) => checkpoints.push(Checkpoint {
+                    shape,
+                    reference: reference.or(cp.reference.clone()),
+                    ..cp
+                }),
+                None => checkpoints.push(cp),
+            }
+        }
+        (
+            Manifest {
+                checkpoints,
+                ..self
+            },
+            absent,
+        )
     }
 }
 
@@ -399,6 +453,36 @@ fn check_entry(cp: &RawCheckpoint) -> Result<(Option<Reference>, Tolerance), Str
     Ok((reference, tolerance))
 }
 
+/// `flash_attn:` is either `{absent: why}` or `{shape, reference}`.
+fn under_flash_attn(raw: &RawUnderFlashAttn) -> Result<UnderFlashAttn, String> {
+    match (&raw.absent, &raw.shape) {
+        (Some(why), None) if raw.reference.is_none() => Ok(UnderFlashAttn::Absent(why.clone())),
+        (None, Some(shape)) => {
+            if shape.is_empty() || shape.len() > 4 {
+                return Err("`flash_attn.shape` must have 1 to 4 dimensions".into());
+            }
+            for dim in shape {
+                dim.check()
+                    .map_err(|e| format!("{e} in flash_attn.shape"))?;
+            }
+            let reference = raw
+                .reference
+                .clone()
+                .map(serde_yaml::from_value)
+                .transpose()
+                .map_err(|e| format!("`flash_attn.reference`: {e}"))?;
+            Ok(UnderFlashAttn::Layout {
+                shape: shape.clone(),
+                reference,
+            })
+        }
+        _ => Err(
+            "`flash_attn` takes either `absent: <why>` or `shape` (and `reference`), not both"
+                .into(),
+        ),
+    }
+}
+
 impl RawCheckpoint {
     /// The layers `{layer}` expands to: `--layers`, else the entry's, else
     /// the manifest's; `[None]` for a node outside the layers.
@@ -419,7 +503,7 @@ impl RawCheckpoint {
         layer: Option<u32>,
         suffix: bool,
         index: usize,
-        reference: &Option<Reference>,
+        (reference, flash_attn): (&Option<Reference>, &Option<UnderFlashAttn>),
         tolerance: Tolerance,
     ) -> Result<Checkpoint, String> {
         let expand = |s: &str| match layer {
@@ -455,12 +539,16 @@ impl RawCheckpoint {
             operand,
             shape: self.shape.clone(),
             file_stem,
-            reference: reference.clone().map(|r| Reference {
-                capture: expand(&r.capture),
-                ops: r.ops,
-            }),
+            reference: reference.clone().map(|r| r.for_layer(&expand)),
             tolerance,
             index,
+            flash_attn: flash_attn.clone().map(|f| match f {
+                UnderFlashAttn::Layout { shape, reference } => UnderFlashAttn::Layout {
+                    shape,
+                    reference: reference.map(|r| r.for_layer(&expand)),
+                },
+                absent => absent,
+            }),
         })
     }
 }

@@ -16,6 +16,16 @@ pub struct Reference {
     pub ops: Vec<Op>,
 }
 
+impl Reference {
+    /// With `{layer}` of `capture` expanded by `expand`.
+    pub fn for_layer(self, expand: &dyn Fn(&str) -> String) -> Reference {
+        Reference {
+            capture: expand(&self.capture),
+            ops: self.ops,
+        }
+    }
+}
+
 /// The layout ops, applied in order to the captured tensor (row-major, batch first).
 /// In YAML: `drop_batch`, `{slice: {axis: -1, start: 0, len: n_embd}}`,
 /// `{reshape: [n_tokens, n_head, head_dim]}`, `{permute: [0, 2, 1, 3]}`.

@@ -397,3 +397,24 @@ fn a_node_found_by_op_and_operand_expands_per_layer_and_a_nameless_entry_is_refu
         "{msg}"
     );
 }
+
+#[test]
+fn flash_attention_makes_a_checkpoint_absent_or_changes_its_layout() {
+    let m = parse(
+        "layers: [2]\ncheckpoints:\n  - id: v\n    operand: cache_v_l{layer}\n    shape: [n_kv, n_head, head_dim]\n    file: v\n    reference: {capture: \"present.{layer}.value\"}\n    flash_attn: {shape: [head_dim, n_head, n_kv], reference: {capture: \"v.{layer}\", ops: [drop_batch]}}\n  - id: s\n    tensor: kq_soft_max-{layer}\n    shape: [n_kv]\n    file: s\n    flash_attn: {absent: fused}\n  - id: o\n    tensor: l_out-{layer}\n    shape: [n_embd]\n    file: o\n",
+    )
+    .unwrap();
+    let own: Vec<String> = m.checkpoints.iter().map(|c| c.shape_text()).collect();
+    let (fa, absent) = m.under_flash_attn();
+    assert_eq!(fa.checkpoints.len(), 2);
+    assert_eq!((absent[0].0.id.as_str(), absent[0].1.as_str()), ("s", "fused"));
+    assert_eq!(fa.checkpoints[0].shape_text(), "[head_dim, n_head, n_kv]");
+    assert_ne!(own[0], fa.checkpoints[0].shape_text());
+    assert_eq!(fa.checkpoints[0].reference.as_ref().unwrap().capture, "v.2", "{{layer}} expanded");
+    assert_eq!(fa.checkpoints[1].id, "o");
+
+    let both = "checkpoints:\n  - id: s\n    tensor: t\n    shape: [1]\n    file: s\n    flash_attn: {absent: x, shape: [1]}\n";
+    assert!(err(both).contains("either `absent: <why>` or `shape`"), "{}", err(both));
+    let unknown = "checkpoints:\n  - id: s\n    tensor: t\n    shape: [1]\n    file: s\n    flash_attn: {gone: yes}\n";
+    assert!(err(unknown).contains("gone"), "{}", err(unknown));
+}

@@ -285,13 +285,8 @@ fn log_summary(cfg: &Config, loaded: &Loaded, record: &RunRecord) {
         }
         log::info!("  read from {buffer}: {}", ids.join(" "));
     }
-    if let Some(first) = record.absent.first() {
-        let ids: Vec<&str> = record.absent.iter().map(|a| a.file.as_str()).collect();
-        log::warn!(
-            "  absent from this graph: {} ({})",
-            ids.join(" "),
-            first.reason
-        );
+    if let Some(absent) = record.absent_summary() {
+        log::warn!("  absent from this graph: {absent}");
     }
     // Captured as they are (that is what one debugs), but never in silence.
     let broken: Vec<String> = record

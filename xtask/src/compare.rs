@@ -15,10 +15,13 @@ use llorch_checkpoint_compare::sides::{Extraction, Extractor, Reference, Referen
 use llorch_checkpoint_compare::{compare, self_test, sequential, Options};
 use xshell::cmd;
 
-use crate::build::Backend;
-use crate::extract::{ensure_extractor, layer_arg};
+use llorch_checkpoint_spec::record::FlashAttnMode;
+
+use crate::build::{self, Backend};
+use crate::extract::layer_arg;
 use crate::model::ModelArgs;
 use crate::project::Project;
+use crate::tree::TreeArg;
 
 #[derive(clap::Args)]
 pub struct Compare {
@@ -57,11 +60,18 @@ pub struct Compare {
     /// checkpoint position by position (no PyTorch needed).
     #[arg(long, conflicts_with_all = ["candidate", "attribution", "run", "self_test"])]
     sequential: bool,
+    /// Flash attention for llama.cpp's runs [default: auto, llama.cpp's own]. With it on,
+    /// scores do not exist (reported absent) and V is compared in its untransposed layout.
+    #[arg(long, value_enum)]
+    flash_attn: Option<FlashAttnMode>,
+    #[command(flatten)]
+    tree: TreeArg,
 }
 
 impl Compare {
     pub fn run(self, project: &Project) -> Result<()> {
-        let (llama, torch) = (LlamaCpp::new(project), PyTorch::new(project));
+        let llama = LlamaCpp::on(project, self.tree.clone(), self.flash_attn);
+        let torch = PyTorch::new(project);
         if self.self_test {
             let line = run_self_test(project, &llama, &torch)?;
             println!("self-test passed: {line}");
@@ -117,16 +127,27 @@ pub fn run_self_test(
     self_test(llama, torch, &manifest, &model, &out)
 }
 
-/// llama.cpp: the extractor of the CPU build (built on first use).
+/// llama.cpp: the extractor of the CPU build on a tree (built on first use).
 pub struct LlamaCpp<'a> {
     project: &'a Project,
+    tree: TreeArg,
+    /// `--flash-attn` for every run; None: the extractor's default (auto).
+    flash_attn: Option<FlashAttnMode>,
     exe: OnceCell<PathBuf>,
 }
 
 impl LlamaCpp<'_> {
+    /// On the pin, with flash attention off: the graph with every checkpoint
+    /// (scores too), as the project's own checks want it.
     pub fn new(project: &Project) -> LlamaCpp<'_> {
+        LlamaCpp::on(project, TreeArg::default(), Some(FlashAttnMode::Off))
+    }
+
+    pub fn on(project: &Project, tree: TreeArg, flash_attn: Option<FlashAttnMode>) -> LlamaCpp<'_> {
         LlamaCpp {
             project,
+            tree,
+            flash_attn,
             exe: OnceCell::new(),
         }
     }
@@ -135,7 +156,8 @@ impl LlamaCpp<'_> {
         if let Some(exe) = self.exe.get() {
             return Ok(exe);
         }
-        let built = ensure_extractor(self.project, Backend::Cpu)?;
+        let tree = self.tree.resolve(self.project)?;
+        let built = build::ensure_extractor(self.project, Backend::Cpu, &tree)?;
         Ok(self.exe.get_or_init(|| built))
     }
 }
@@ -152,6 +174,9 @@ impl Extractor for LlamaCpp<'_> {
         }
         if run.sequential {
             extra.push("--sequential".into());
+        }
+        if let Some(mode) = self.flash_attn {
+            extra.extend(["--flash-attn".into(), mode.name().into()]);
         }
         let out = cmd!(
             sh,

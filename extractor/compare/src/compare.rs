@@ -189,15 +189,27 @@ fn verdict(rows: &[metrics::Row], failure: Option<&str>, text: &mut String) -> S
 
 /// The table's first line: both sides, the prompt, the next tokens.
 fn header(record: &RunRecord, info: &Info) -> String {
-    format!(
-        "\nllama.cpp (kv cache {}, {} threads) vs PyTorch {} ({}), {} prompt tokens; next token: llama.cpp {}, PyTorch f32 {}, f64 {}\n",
+    let flash_attn = match record.flash_attn.used {
+        Some(true) => "on",
+        Some(false) => "off",
+        None => "unknown",
+    };
+    let mut text = format!(
+        "\nllama.cpp {} (kv cache {}, {} threads, flash attention {flash_attn}, asked {}) vs PyTorch {} ({}), {} prompt tokens; \
+         next token: llama.cpp {}, PyTorch f32 {}, f64 {}\n",
+        record.llama_cpp.tree.describe(),
         record.kv_type,
         record.threads,
+        record.flash_attn.requested.name(),
         info.model,
         record.model.architecture,
         record.tokens.len(),
         record.next_token.unwrap_or(-1),
         info.next_token.get(F32).copied().unwrap_or(-1),
         info.next_token.get(F64).copied().unwrap_or(-1),
-    )
+    );
+    if let Some(absent) = record.absent_summary() {
+        text += &format!("absent from llama.cpp's graph, not compared: {absent}\n");
+    }
+    text
 }

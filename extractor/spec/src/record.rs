@@ -103,6 +103,17 @@ pub struct AbsentCheckpoint {
     pub reason: String,
 }
 
+impl FlashAttnMode {
+    /// As the command line and run.json spell it.
+    pub fn name(self) -> &'static str {
+        match self {
+            FlashAttnMode::On => "on",
+            FlashAttnMode::Off => "off",
+            FlashAttnMode::Auto => "auto",
+        }
+    }
+}
+
 /// What a run asked of flash attention and what the graph did.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -292,6 +303,26 @@ impl RunRecord {
             Some(true) => manifest.under_flash_attn().0,
             _ => manifest,
         })
+    }
+
+    /// One line naming the checkpoints the graph did not have, by id, with
+    /// the reason; None when it had them all.
+    pub fn absent_summary(&self) -> Option<String> {
+        let mut ids: Vec<(&str, usize, &str)> = Vec::new();
+        for a in &self.absent {
+            match ids.iter_mut().find(|(id, _, _)| *id == a.id) {
+                Some((_, n, _)) => *n += 1,
+                None => ids.push((&a.id, 1, &a.reason)),
+            }
+        }
+        let parts: Vec<String> = ids
+            .iter()
+            .map(|(id, n, why)| match n {
+                1 => format!("{id} ({why})"),
+                n => format!("{id} x{n} ({why})"),
+            })
+            .collect();
+        (!parts.is_empty()).then(|| parts.join(", "))
     }
 
     /// The prompt pass's first checkpoint read from node `tensor`.

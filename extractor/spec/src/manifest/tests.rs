@@ -407,14 +407,25 @@ fn flash_attention_makes_a_checkpoint_absent_or_changes_its_layout() {
     let own: Vec<String> = m.checkpoints.iter().map(|c| c.shape_text()).collect();
     let (fa, absent) = m.under_flash_attn();
     assert_eq!(fa.checkpoints.len(), 2);
-    assert_eq!((absent[0].0.id.as_str(), absent[0].1.as_str()), ("s", "fused"));
+    assert_eq!(
+        (absent[0].0.id.as_str(), absent[0].1.as_str()),
+        ("s", "fused")
+    );
     assert_eq!(fa.checkpoints[0].shape_text(), "[head_dim, n_head, n_kv]");
     assert_ne!(own[0], fa.checkpoints[0].shape_text());
-    assert_eq!(fa.checkpoints[0].reference.as_ref().unwrap().capture, "v.2", "{{layer}} expanded");
+    assert_eq!(
+        fa.checkpoints[0].reference.as_ref().unwrap().capture,
+        "v.2",
+        "{{layer}} expanded"
+    );
     assert_eq!(fa.checkpoints[1].id, "o");
 
     let both = "checkpoints:\n  - id: s\n    tensor: t\n    shape: [1]\n    file: s\n    flash_attn: {absent: x, shape: [1]}\n";
-    assert!(err(both).contains("either `absent: <why>` or `shape`"), "{}", err(both));
+    assert!(
+        err(both).contains("either `absent: <why>` or `shape`"),
+        "{}",
+        err(both)
+    );
     let unknown = "checkpoints:\n  - id: s\n    tensor: t\n    shape: [1]\n    file: s\n    flash_attn: {gone: yes}\n";
     assert!(err(unknown).contains("gone"), "{}", err(unknown));
 }

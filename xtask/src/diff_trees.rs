@@ -49,69 +49,102 @@ impl DiffTrees {
             None => Tree::pinned(project, Flavour::Patched)?,
         };
         let test = Tree::local(&self.llama_cpp)?;
-        let sides = [(&reference, out.join("a")), (&test, out.join("b"))];
-        for (tree, dir) in &sides {
-            let exe = build::ensure_extractor(project, Backend::Cpu, tree)?;
-            self.extract(project, &exe, tree, &model, &manifest, dir)?;
+        let runs = Runs {
+            model: &model,
+            manifest: &manifest,
+            prompt: &self.input.prompt,
+            layers: self.layers.as_deref(),
+            extra: &self.extractor_args,
+            max_nmse: self.max_nmse,
+            out: &out,
+        };
+        let outcome = diff_trees(project, [&reference, &test], &runs)?;
+        print!("{}", outcome.table);
+        println!("\nreport: {}\npage: {}", outcome.report.display(), outcome.page.display());
+        match outcome.pass {
+            true => Ok(()),
+            false => bail!("the two trees differ beyond NMSE {:e}", self.max_nmse),
         }
-        let diff = project.root().join("target/release/llorch-checkpoint-diff");
-        let (report, page) = (out.join("report.json"), out.join("report.html"));
-        let args: Vec<std::ffi::OsString> = vec![
-            "compare".into(),
-            sides[0].1.clone().into(),
-            sides[1].1.clone().into(),
-            "--manifest".into(),
-            manifest.clone().into(),
-            "--max-nmse".into(),
-            self.max_nmse.to_string().into(),
-            "--json".into(),
-            report.clone().into(),
-            "--html".into(),
-            page.clone().into(),
-        ];
-        let result = duct::cmd(&diff, args)
-            .unchecked()
-            .run()
-            .with_context(|| format!("cannot run {}", diff.display()))?;
-        println!("\nreport: {}\npage: {}", report.display(), page.display());
-        if !result.status.success() {
-            bail!(
-                "the two trees differ beyond NMSE {:e} (or the comparison failed: see above)",
-                self.max_nmse
-            );
-        }
-        Ok(())
     }
+}
 
-    fn extract(
-        &self,
-        project: &Project,
-        exe: &Path,
-        tree: &Tree,
-        model: &Path,
-        manifest: &Path,
-        dir: &Path,
-    ) -> Result<()> {
-        let mut args: Vec<std::ffi::OsString> = vec![
-            "-m".into(),
-            model.into(),
-            "--manifest".into(),
-            manifest.into(),
-            "-p".into(),
-            (&self.input.prompt).into(),
-            "--out".into(),
-            dir.into(),
-        ];
-        args.extend(self.layers.as_deref().map(layer_arg).map(Into::into));
-        args.extend(self.extractor_args.iter().map(Into::into));
-        let step = Step::start(
-            project,
-            "extract",
-            &format!("on {}", tree.record.describe()),
-        )?;
-        step.run("llorch-checkpoint-extractor", duct::cmd(exe, args))
-            .with_context(|| format!("the extractor on {} failed", tree.root.display()))?;
-        step.finish(&format!("run in {}", dir.display()));
-        Ok(())
+/// What both trees run.
+pub struct Runs<'a> {
+    pub model: &'a Path,
+    pub manifest: &'a Path,
+    pub prompt: &'a str,
+    pub layers: Option<&'a str>,
+    /// Further extractor flags, the same for both.
+    pub extra: &'a [String],
+    pub max_nmse: f64,
+    /// a/ and b/ (the runs), report.json and report.html.
+    pub out: &'a Path,
+}
+
+pub struct Outcome {
+    pub table: String,
+    pub report: PathBuf,
+    pub page: PathBuf,
+    /// Every checkpoint and the logits within `max_nmse`.
+    pub pass: bool,
+}
+
+/// Builds what is missing, runs both trees' extractors, compares the runs
+/// (`llorch-checkpoint-diff`, the pin's build of it).
+pub fn diff_trees(project: &Project, [reference, test]: [&Tree; 2], runs: &Runs<'_>) -> Result<Outcome> {
+    let sides = [(reference, runs.out.join("a")), (test, runs.out.join("b"))];
+    for (tree, dir) in &sides {
+        let exe = build::ensure_extractor(project, Backend::Cpu, tree)?;
+        extract(project, &exe, tree, runs, dir)?;
     }
+    let diff = project.root().join("target/release/llorch-checkpoint-diff");
+    let (report, page) = (runs.out.join("report.json"), runs.out.join("report.html"));
+    let args: Vec<std::ffi::OsString> = vec![
+        "compare".into(),
+        sides[0].1.clone().into(),
+        sides[1].1.clone().into(),
+        "--manifest".into(),
+        runs.manifest.into(),
+        "--max-nmse".into(),
+        runs.max_nmse.to_string().into(),
+        "--json".into(),
+        report.clone().into(),
+        "--html".into(),
+        page.clone().into(),
+    ];
+    let result = duct::cmd(&diff, args)
+        .stdout_capture()
+        .stderr_capture()
+        .unchecked()
+        .run()
+        .with_context(|| format!("cannot run {}", diff.display()))?;
+    if !report.is_file() {
+        bail!("{} failed: {}", diff.display(), String::from_utf8_lossy(&result.stderr).trim());
+    }
+    Ok(Outcome {
+        table: String::from_utf8_lossy(&result.stdout).into_owned(),
+        report,
+        page,
+        pass: result.status.success(),
+    })
+}
+
+fn extract(project: &Project, exe: &Path, tree: &Tree, runs: &Runs<'_>, dir: &Path) -> Result<()> {
+    let mut args: Vec<std::ffi::OsString> = vec![
+        "-m".into(),
+        runs.model.into(),
+        "--manifest".into(),
+        runs.manifest.into(),
+        "-p".into(),
+        runs.prompt.into(),
+        "--out".into(),
+        dir.into(),
+    ];
+    args.extend(runs.layers.map(layer_arg).map(Into::into));
+    args.extend(runs.extra.iter().map(Into::into));
+    let step = Step::start(project, "extract", &format!("on {}", tree.record.describe()))?;
+    step.run("llorch-checkpoint-extractor", duct::cmd(exe, args))
+        .with_context(|| format!("the extractor on {} failed", tree.root.display()))?;
+    step.finish(&format!("run in {}", dir.display()));
+    Ok(())
 }

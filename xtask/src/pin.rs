@@ -47,6 +47,41 @@ pub struct GitSource {
     pub commit: String,
 }
 
+/// `vendor/trees.yaml`: llama.cpp trees other than the pin, to try the tool on.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct OtherTrees {
+    pub trees: std::collections::BTreeMap<String, OtherTree>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct OtherTree {
+    #[serde(rename = "crate")]
+    pub krate: CrateSource,
+    /// llama.cpp's build tag and date, where known.
+    pub upstream: Option<String>,
+    /// What happened when this tool was built and run on it.
+    pub status: String,
+}
+
+impl OtherTrees {
+    pub fn load(path: &Path) -> Result<OtherTrees> {
+        let text = std::fs::read_to_string(path)
+            .with_context(|| format!("cannot read {}", path.display()))?;
+        serde_yaml::from_str(&text).with_context(|| format!("{} is not a valid trees file", path.display()))
+    }
+
+    pub fn get(&self, name: &str) -> Result<&OtherTree> {
+        self.trees.get(name).with_context(|| {
+            format!(
+                "no tree `{name}` in vendor/trees.yaml; it has: {}",
+                self.trees.keys().cloned().collect::<Vec<_>>().join(", ")
+            )
+        })
+    }
+}
+
 pub enum SourceRef<'a> {
     Crate(&'a CrateSource),
     Git(&'a GitSource),
@@ -116,6 +151,15 @@ mod tests {
     fn the_committed_pin_is_valid() {
         let pin = Pin::load(&crate::project::Project::from_env().unwrap().pin_file()).unwrap();
         assert_eq!(pin.id(), "llama-cpp-sys-2-0.1.161");
+    }
+
+    #[test]
+    fn the_committed_trees_file_is_valid() {
+        let project = crate::project::Project::from_env().unwrap();
+        let trees = OtherTrees::load(&project.trees_file()).unwrap();
+        assert!(trees.get("llama-cpp-sys-2-0.1.150").is_ok());
+        let err = format!("{:#}", trees.get("nope").unwrap_err());
+        assert!(err.contains("llama-cpp-sys-2-0.1.100"), "{err}");
     }
 
     #[test]

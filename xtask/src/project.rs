@@ -51,6 +51,16 @@ impl Project {
         self.root.join("vendor/pin.yaml")
     }
 
+    /// Other llama.cpp trees to try the tool on (`vendor/trees.yaml`).
+    pub fn trees_file(&self) -> PathBuf {
+        self.root.join("vendor/trees.yaml")
+    }
+
+    /// Where `fetch --tree NAME` unpacks one.
+    pub fn other_tree(&self, name: &str) -> PathBuf {
+        self.work_dir().join("trees").join(name)
+    }
+
     pub fn patches_dir(&self) -> PathBuf {
         self.root.join("vendor/patches")
     }

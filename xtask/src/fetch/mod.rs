@@ -17,7 +17,7 @@ use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 use xshell::cmd;
 
-use crate::pin::{CrateSource, GitSource, Pin, SourceRef};
+use crate::pin::{CrateSource, GitSource, OtherTrees, Pin, SourceRef};
 use crate::project::Flavour;
 use crate::project::Project;
 use crate::step::Step;
@@ -32,10 +32,19 @@ pub struct Fetch {
     /// Unpack the pristine tree into vendor/llama.cpp-unpatched, without vendor/patches.
     #[arg(long)]
     unpatched: bool,
+    /// Instead: unpack a tree of vendor/trees.yaml into target/llorch/trees/NAME (read-only),
+    /// to build with --llama-cpp.
+    #[arg(long, value_name = "NAME", conflicts_with_all = ["unpatched", "force"])]
+    tree: Option<String>,
 }
 
 impl Fetch {
     pub fn run(self, project: &Project) -> Result<()> {
+        if let Some(name) = &self.tree {
+            let dir = other_tree(project, name)?;
+            println!("{}", dir.display());
+            return Ok(());
+        }
         let flavour = if self.unpatched {
             Flavour::Unpatched
         } else {
@@ -152,6 +161,42 @@ fn intact_stamp(tree: &Path, stamp_path: &Path) -> Result<Stamp> {
     Ok(stamp)
 }
 
+/// A tree of `vendor/trees.yaml`, downloaded, checked and unpacked (once)
+/// into `target/llorch/trees/NAME`, its files made read-only: it stands for
+/// a user's own tree, which nothing here may write to.
+pub fn other_tree(project: &Project, name: &str) -> Result<PathBuf> {
+    let trees = OtherTrees::load(&project.trees_file())?;
+    let tree = trees.get(name)?;
+    let src = &tree.krate;
+    let dir = project.other_tree(name);
+    if dir.join("CMakeLists.txt").is_file() {
+        return Ok(dir);
+    }
+    let step = Step::start(project, "fetch", &format!("{} {}", src.name, src.version))?;
+    step.set_message(&format!("downloading {} {} with cargo", src.name, src.version));
+    let crate_file = download_crate(project, src)?;
+    let staging = dir.with_extension("partial");
+    remove_dir_if_exists(&staging)?;
+    fs::create_dir_all(&staging)?;
+    unpack_crate(&crate_file, src, &staging, "vendor/trees.yaml")?;
+    for entry in walkdir::WalkDir::new(&staging) {
+        let entry = entry?;
+        if entry.file_type().is_file() {
+            let mut perms = entry.metadata()?.permissions();
+            perms.set_readonly(true);
+            fs::set_permissions(entry.path(), perms)?;
+        }
+    }
+    fs::rename(&staging, &dir).with_context(|| format!("cannot move the tree to {}", dir.display()))?;
+    step.finish(&format!(
+        "{} ready (read-only; llama.cpp {}; here: {})",
+        dir.display(),
+        tree.upstream.as_deref().unwrap_or("build unknown"),
+        tree.status
+    ));
+    Ok(dir)
+}
+
 /// The pinned source, downloaded or checked out, unpacked into `staging`.
 fn stage_source(
     project: &Project,
@@ -167,7 +212,7 @@ fn stage_source(
                 src.name, src.version
             ));
             let crate_file = download(project, src)?;
-            unpack_crate(&crate_file, src, staging)
+            unpack_crate(&crate_file, src, staging, "vendor/pin.yaml")
         }
         SourceRef::Git(src) => {
             step.set_message(&format!("checking out {} at {}", src.url, src.commit));
@@ -285,8 +330,9 @@ pub fn check_sha256(file: &Path, bytes: &[u8], what: &str, pinned: &str, fix: &s
     Ok(())
 }
 
-/// Checks the `.crate` against the pin, then unpacks only its llama.cpp subtree.
-fn unpack_crate(crate_file: &Path, src: &CrateSource, dest: &Path) -> Result<()> {
+/// Checks the `.crate` against its pinned sha256 (in `pinned_in`), then
+/// unpacks only its llama.cpp subtree.
+fn unpack_crate(crate_file: &Path, src: &CrateSource, dest: &Path, pinned_in: &str) -> Result<()> {
     let bytes =
         fs::read(crate_file).with_context(|| format!("cannot read {}", crate_file.display()))?;
     check_sha256(
@@ -294,7 +340,7 @@ fn unpack_crate(crate_file: &Path, src: &CrateSource, dest: &Path) -> Result<()>
         &bytes,
         &format!("{} {}", src.name, src.version),
         &src.sha256,
-        "vendor/pin.yaml",
+        pinned_in,
     )?;
     let prefix = PathBuf::from(format!("{}-{}", src.name, src.version)).join(&src.subdir);
     let unpacked = unpack_tar_gz_subdir(&bytes, &prefix, dest)?;

@@ -15,6 +15,8 @@ use super::report::Checked;
 use crate::build::{self, Backend};
 use crate::compare::{LlamaCpp, PyTorch};
 use crate::project::Flavour;
+use crate::tree::TreeArg;
+use llorch_checkpoint_spec::record::FlashAttnMode;
 use crate::project::Project;
 use crate::prompts::{words_of_english, PERF_PROMPT};
 use crate::tree::Tree;
@@ -247,14 +249,19 @@ pub fn throughput(ctx: &Ctx<'_>) -> Result<String> {
 
 /// The real model's layers 0, 7 and the last against transformers, on a prompt of
 /// 100-odd tokens: every checkpoint within tolerance, the same greedy token.
-pub fn real_model_compare(ctx: &Ctx<'_>) -> Result<String> {
+pub fn real_model_compare(ctx: &Ctx<'_>, flash_attn: FlashAttnMode) -> Result<String> {
     let (project, model, manifest, work) = (ctx.project, &ctx.model, &ctx.manifest, &ctx.work);
+    // Off: every checkpoint, scores too, in real-compare/ (the candidate check reads it).
+    let dir = match flash_attn {
+        FlashAttnMode::Off => work.join("real-compare"),
+        other => work.join(format!("real-compare-flash-attn-{}", other.name())),
+    };
     let outcome = compare(
-        &LlamaCpp::new(project),
+        &LlamaCpp::on(project, TreeArg::default(), Some(flash_attn)),
         &PyTorch::new(project),
         &Options {
             layers: Some("0,7,-1".into()),
-            ..Options::new(manifest, model, PERF_PROMPT, work.join("real-compare"))
+            ..Options::new(manifest, model, PERF_PROMPT, dir.clone())
         },
     )?;
     if let Some(why) = outcome.failure {
@@ -266,10 +273,12 @@ pub fn real_model_compare(ctx: &Ctx<'_>) -> Result<String> {
         "{}; but the next token differs: llama.cpp {llama:?}, transformers f64 {torch:?}",
         outcome.summary
     );
+    let absent = RunRecord::read(&dir.join("llama"))?.absent_summary();
     Ok(format!(
-        "{}; next token {} in both ({})",
+        "{}; next token {} in both; absent: {} ({})",
         outcome.summary,
         llama.unwrap_or_default(),
+        absent.as_deref().unwrap_or("none"),
         outcome.report.display()
     ))
 }
@@ -363,7 +372,7 @@ pub fn sliding_window_masks(ctx: &Ctx<'_>) -> Result<String> {
     let out = work.join("sliding-window");
     quietly(cmd!(
         sh,
-        "{exe} -m {model} --manifest {manifest} --layers 0,5 -p {prompt} -n 0 -t 2 --out {out}"
+        "{exe} -m {model} --manifest {manifest} --layers 0,5 -p {prompt} -n 0 -t 2 --flash-attn off --out {out}"
     ))?;
     let record = RunRecord::read(&out)?;
     let scores = |layer: u32| -> Result<llorch_checkpoint_spec::format::Tensor> {

@@ -15,6 +15,9 @@
 //!   deliberate 1e-2 error caught, report.html in a real browser;
 //! - real weights (SmolLM2 and Gemma 3 from PyPI): layers 0, 7 and the last
 //!   against transformers, bitwise-equal logits, a candidate, sliding windows;
+//! - your own llama.cpp: an older tree as a read-only directory, built and
+//!   compared with the pin checkpoint by checkpoint, unchanged after; a
+//!   tree too old refused by name;
 //! - rpc: every layer over two servers, bitwise equal to the local CPU;
 //! - miri: the eval hook's and the handoff's tests under Stacked and Tree Borrows;
 //! - fuzz: the readers, on a fixed budget.
@@ -22,8 +25,8 @@
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
-use anyhow::{bail, Context, Result};
-use llorch_checkpoint_spec::record::RunRecord;
+use anyhow::{bail, ensure, Context, Result};
+use llorch_checkpoint_spec::record::{FlashAttnMode, RunRecord};
 use xshell::cmd;
 
 use crate::build::{self, Backend};
@@ -41,6 +44,7 @@ mod faults;
 mod miri;
 mod report;
 mod rpc;
+mod trees;
 use checks::{
     candidate_caught, clean_build, corrupted_copy_rejected, logits_unchanged, no_amx,
     overhead_ratio, quietly, real_model_compare, seen_once, sliding_window_masks, throughput,
@@ -98,6 +102,7 @@ impl Verify {
         for name in REAL_MODELS {
             real_model_checks(&mut report, &ctx, name);
         }
+        trees::tree_checks(&mut report, &ctx);
         rpc_checks(&mut report, &ctx);
         report.section("miri: the eval hook's ownership and the handoff");
         let t = Instant::now();
@@ -393,7 +398,16 @@ fn real_model_checks(report: &mut Report, ctx: &Ctx<'_>, name: &str) {
     report.check(
         "layers 0, 7 and the last match transformers (f64) within the manifest's tolerance; same next token",
         t,
-        real_model_compare(&ctx),
+        real_model_compare(&ctx, FlashAttnMode::Off),
+    );
+    let t = Instant::now();
+    report.check(
+        "the same with flash attention on: V compared in its own layout, the scores named absent",
+        t,
+        real_model_compare(&ctx, FlashAttnMode::On).and_then(|said| {
+            ensure!(!said.contains("absent: none"), "no checkpoint named absent: {said}");
+            Ok(said)
+        }),
     );
     let t = Instant::now();
     report.check(

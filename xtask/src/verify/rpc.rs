@@ -74,12 +74,12 @@ pub fn split_matches_local(
 ) -> Result<String> {
     let (sh, exe) = (&ctx.sh, &ctx.exe);
     let (local, remote) = (work.join("local"), work.join("remote"));
-    quietly(cmd!(sh, "{exe} -m {model} --manifest {manifest} --layers all -p {PERF_PROMPT} -n 1 -t 2 --out {local}"))?;
+    quietly(cmd!(sh, "{exe} -m {model} --manifest {manifest} --layers all -p {PERF_PROMPT} -n 1 -t 2 --flash-attn off --out {local}"))?;
     let n_layer = u32::try_from(RunRecord::read(&local)?.model.n_layer)?;
     let rpc = format!("{},{}", servers[0].endpoint, servers[1].endpoint);
     // llama.cpp counts the output layer too: n/2 blocks on the first server.
     let split = format!("{},{}", n_layer / 2, n_layer + 1 - n_layer / 2);
-    quietly(cmd!(sh, "{exe} -m {model} --manifest {manifest} --layers all -p {PERF_PROMPT} -n 1 -t 2 --out {remote} --rpc {rpc} --n-gpu-layers 99 --tensor-split {split}"))?;
+    quietly(cmd!(sh, "{exe} -m {model} --manifest {manifest} --layers all -p {PERF_PROMPT} -n 1 -t 2 --flash-attn off --out {remote} --rpc {rpc} --n-gpu-layers 99 --tensor-split {split}"))?;
     let (mine, theirs) = (RunRecord::read(&local)?, RunRecord::read(&remote)?);
     let halves = [0..n_layer / 2, n_layer / 2..n_layer];
     for (server, half) in servers.iter().zip(&halves) {
@@ -151,7 +151,7 @@ pub fn cost(ctx: &Ctx<'_>, servers: &[Server; 2], work: &Path) -> Result<String>
     let (sh, exe, model, manifest) = (&ctx.sh, &ctx.exe, &ctx.model, &ctx.manifest);
     let out: PathBuf = work.join("cost");
     let rpc = format!("{},{}", servers[0].endpoint, servers[1].endpoint);
-    quietly(cmd!(sh, "{exe} -m {model} --manifest {manifest} --layers all -p {PERF_PROMPT} -n 0 -t 2 --repeat 7 --out {out} --rpc {rpc} --n-gpu-layers 99"))?;
+    quietly(cmd!(sh, "{exe} -m {model} --manifest {manifest} --layers all -p {PERF_PROMPT} -n 0 -t 2 --repeat 7 --flash-attn off --out {out} --rpc {rpc} --n-gpu-layers 99"))?;
     let record = RunRecord::read(&out)?;
     let steady = record.steady.context("no steady-state figures")?;
     let bytes: Vec<f64> = record

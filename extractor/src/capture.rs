@@ -16,8 +16,7 @@ use crate::captured::Captured;
 use crate::ffi::eval::Observer;
 use crate::ffi::tensor::Node;
 use crate::handoff::Outbox;
-use crate::manifest::{Checkpoint, Resolved, Symbols, UnderFlashAttn};
-use crate::record::AbsentCheckpoint;
+use crate::manifest::{Checkpoint, Resolved, Symbols};
 
 /// `--tensors`: globs over node names, separated by commas
 /// (`'attn_norm-*,ffn_out-*'`); a node is wanted when any matches.
@@ -88,20 +87,18 @@ pub struct Capture {
     by_name: HashMap<Box<[u8]>, Vec<usize>>,
     /// Operand name -> checkpoints found by an operand alone (no `tensor`).
     by_operand: HashMap<Box<[u8]>, Vec<usize>>,
+    /// Checkpoints found by an operand further up (`operand_depth` > 1, no `tensor`).
+    deep: Vec<usize>,
     resolved: Vec<Resolved>,
-    /// The layout under flash attention, where the manifest gives one.
-    resolved_fa: Vec<Option<Resolved>>,
     seen: Vec<bool>,
-    /// Which layout each node had: Some(true) flash attention's, Some(false)
-    /// its own, None when only one is given or both fit.
-    layout_fa: Vec<Option<bool>>,
-    /// Checkpoints the prompt pass's graph did not have, by flash attention.
-    absent: Vec<AbsentCheckpoint>,
     /// Capturing this pass? Between passes, and for passes not captured, nothing is wanted.
     active: bool,
     /// What this pass does with the nodes it asked for.
     reading: Reading,
-    /// A FLASH_ATTN_EXT node was asked about this pass: the graph fuses attention.
+    /// Whether the context was made with flash attention (the checkpoints
+    /// are in its layouts), and whether this pass's graph had a
+    /// FLASH_ATTN_EXT node: the two must agree.
+    flash_attn: bool,
     flash_attn_seen: bool,
     step: usize,
     scratch: Vec<u8>,
@@ -109,15 +106,22 @@ pub struct Capture {
 }
 
 impl Capture {
-    pub fn new(selection: Selection, outbox: Outbox) -> Capture {
+    /// `flash_attn`: how the context is made; a manifest's checkpoints must
+    /// already be in that graph's layouts (`Manifest::under_flash_attn`).
+    pub fn new(selection: Selection, outbox: Outbox, flash_attn: bool) -> Capture {
         let (checkpoints, glob) = match selection {
             Selection::Manifest(checkpoints) => (checkpoints, None),
             Selection::Glob(pattern) => (Vec::new(), Some(pattern)),
         };
         let mut by_name: HashMap<Box<[u8]>, Vec<usize>> = HashMap::new();
         let mut by_operand: HashMap<Box<[u8]>, Vec<usize>> = HashMap::new();
+        let mut deep = Vec::new();
         for (i, cp) in checkpoints.iter().enumerate() {
             let (map, key) = match (&cp.operand, cp.tensor.is_empty()) {
+                (Some(_), true) if cp.operand_depth > 1 => {
+                    deep.push(i);
+                    continue;
+                }
                 (Some(operand), true) => (&mut by_operand, operand.as_str()),
                 _ => (&mut by_name, cp.tensor.as_str()),
             };
@@ -136,13 +140,12 @@ impl Capture {
             matched: 0,
             by_name,
             by_operand,
+            deep,
             resolved: vec![placeholder; n],
-            resolved_fa: vec![None; n],
             seen: vec![false; n],
-            layout_fa: vec![None; n],
-            absent: Vec::new(),
             active: false,
             reading: Reading::Keep,
+            flash_attn,
             flash_attn_seen: false,
             step: 0,
             scratch: Vec::new(),
@@ -152,21 +155,10 @@ impl Capture {
 
     /// Arms the capture for one forward pass with that pass's symbol values.
     pub fn begin_pass(&mut self, step: usize, symbols: &Symbols, reading: Reading) -> Result<()> {
-        for (i, cp) in self.checkpoints.iter().enumerate() {
-            self.resolved[i] = cp.resolve(symbols)?;
-            self.resolved_fa[i] = match &cp.flash_attn {
-                Some(UnderFlashAttn::Layout { shape, .. }) => Some(
-                    Checkpoint {
-                        shape: shape.clone(),
-                        ..cp.clone()
-                    }
-                    .resolve(symbols)?,
-                ),
-                _ => None,
-            };
+        for (r, cp) in self.resolved.iter_mut().zip(&self.checkpoints) {
+            *r = cp.resolve(symbols)?;
         }
         self.seen.fill(false);
-        self.layout_fa.fill(None);
         self.flash_attn_seen = false;
         self.step = step;
         self.reading = reading;
@@ -192,32 +184,30 @@ impl Capture {
         self.check_graph()
     }
 
-    /// Every checkpoint seen, in the layout of the graph's flash attention
-    /// setting, except those the manifest says it fuses away (recorded).
-    fn check_graph(&mut self) -> Result<()> {
-        let fa = self.flash_attn_seen;
-        let mut missing = Vec::new();
-        let mut wrong_layout = Vec::new();
-        for (i, cp) in self.checkpoints.iter().enumerate() {
-            match (self.seen[i], &cp.flash_attn) {
-                (false, Some(UnderFlashAttn::Absent(why))) if fa => {
-                    if self.step == 0 {
-                        self.absent.push(AbsentCheckpoint {
-                            id: cp.id.clone(),
-                            file: cp.file_stem.clone(),
-                            reason: format!("flash attention on: {why}"),
-                        });
-                    }
-                }
-                (false, _) => missing.push(format!("{} ({})", cp.id, cp.node())),
-                (true, _) if self.layout_fa[i] == Some(!fa) => wrong_layout.push(cp.id.clone()),
-                (true, _) => {}
-            }
+    /// Every checkpoint seen, in a graph whose flash attention is the one
+    /// the context was made with.
+    fn check_graph(&self) -> Result<()> {
+        if self.flash_attn_seen != self.flash_attn {
+            bail!(
+                "the context was made with flash attention {} but the graph of pass {} {} a FLASH_ATTN_EXT node \
+                 (the backend decided otherwise): run with --flash-attn {}",
+                if self.flash_attn { "on" } else { "off" },
+                self.step,
+                if self.flash_attn_seen { "has" } else { "has no" },
+                if self.flash_attn_seen { "on" } else { "off" },
+            );
         }
+        let missing: Vec<String> = self
+            .checkpoints
+            .iter()
+            .zip(&self.seen)
+            .filter(|(_, seen)| !**seen)
+            .map(|(cp, _)| format!("{} ({})", cp.id, cp.node()))
+            .collect();
         if !missing.is_empty() {
-            let hint = match fa {
-                true => " Flash attention was on in this graph: a node that exists only without it needs \
-                         --flash-attn off, or `flash_attn: {absent: <why>}` in its manifest entry.",
+            let hint = match self.flash_attn {
+                true => " Flash attention is on: a node that exists only without it needs --flash-attn off, \
+                         or `flash_attn: {absent: <why>}` in its manifest entry.",
                 false => "",
             };
             bail!(
@@ -229,30 +219,12 @@ impl Capture {
                 missing.join(", ")
             );
         }
-        if !wrong_layout.is_empty() {
-            bail!(
-                "checkpoint(s) {} have the layout of flash attention {}, but the graph ran with it {}",
-                wrong_layout.join(", "),
-                if fa { "off" } else { "on" },
-                if fa { "on" } else { "off" }
-            );
-        }
         Ok(())
     }
 
     /// No more passes will be kept: the writer may finish.
     pub fn close(&mut self) {
         self.outbox.close();
-    }
-
-    /// Whether the last captured pass's graph had a FLASH_ATTN_EXT node.
-    pub fn flash_attn_seen(&self) -> bool {
-        self.flash_attn_seen
-    }
-
-    /// The checkpoints the prompt pass's graph did not have, with the reason.
-    pub fn absent(&self) -> &[AbsentCheckpoint] {
-        &self.absent
     }
 
     pub fn checkpoints(&self) -> &[Checkpoint] {
@@ -271,30 +243,16 @@ impl Capture {
                 node.op_name()
             );
         }
-        let (own, under_fa) = (self.resolved[index], self.resolved_fa[index]);
-        let (resolved, keep) = match (
-            own.keep(node.ne()),
-            under_fa.map(|r| (r, r.keep(node.ne()))),
-        ) {
-            (Ok(keep), None) => (own, keep),
-            (Ok(keep), Some((_, fits_fa))) => {
-                self.layout_fa[index] = fits_fa.is_err().then_some(false);
-                (own, keep)
-            }
-            (Err(_), Some((fa, Ok(keep)))) => {
-                self.layout_fa[index] = Some(true);
-                (fa, keep)
-            }
-            (Err(mismatch), _) => bail!(
-                "checkpoint {} ({}, manifest shape {}{}): shape mismatch: {mismatch}",
+        let resolved = self.resolved[index];
+        let keep = match resolved.keep(node.ne()) {
+            Ok(keep) => keep,
+            // Another llama.cpp may reshape later: the same elements in the same order.
+            Err(_) if resolved.regroups(node.ne()) => node.ne(),
+            Err(mismatch) => bail!(
+                "checkpoint {} ({}, manifest shape {}): shape mismatch: {mismatch}",
                 cp.id,
                 cp.node(),
-                cp.shape_text(),
-                if under_fa.is_some() {
-                    ", nor its flash attention layout"
-                } else {
-                    ""
-                }
+                cp.shape_text()
             ),
         };
         let mut data = Vec::new();
@@ -308,7 +266,8 @@ impl Capture {
             file_stem: cp.file_stem.clone(),
             step: self.step,
             ggml_ne: node.ne(),
-            shape: keep[..resolved.n_dims].iter().rev().copied().collect(),
+            // The manifest's shape: a regrouped node's elements, in the same order.
+            shape: resolved.file_shape(),
             source_dtype: node.type_name(),
             op: node.op_name(),
             buffer: node.buffer_name(),
@@ -359,7 +318,7 @@ impl Capture {
                 && cp
                     .operand
                     .as_ref()
-                    .is_none_or(|operand| node.source_names().any(|s| s == operand.as_bytes()))
+                    .is_none_or(|operand| has_operand(node, operand.as_bytes(), cp.operand_depth))
         };
         if let Some(i) = self
             .by_name
@@ -368,12 +327,25 @@ impl Capture {
         {
             return Some(i);
         }
+        if let Some(i) = self.deep.iter().copied().find(fits) {
+            return Some(i);
+        }
         if self.by_operand.is_empty() {
             return None;
         }
         node.source_names()
             .find_map(|s| self.by_operand.get(s)?.iter().copied().find(fits))
     }
+}
+
+/// Whether `name` is an operand of `node` at most `depth` steps up (1: a
+/// direct operand). Allocation-free; deep walks only follow nodes whose op
+/// already fits, so they stay rare.
+fn has_operand(node: &Node<'_>, name: &[u8], depth: u8) -> bool {
+    depth > 0
+        && node
+            .sources()
+            .any(|s| s.name() == name || has_operand(&s, name, depth - 1))
 }
 
 impl Observer for Capture {

@@ -13,7 +13,7 @@ use crate::handoff;
 use crate::load::Loaded;
 use crate::manifest::Symbols;
 use crate::output::Output;
-use crate::record::{self, CheckpointRecord, FlashAttnMode, Steady};
+use crate::record::{self, CheckpointRecord, Steady};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
 pub enum Steps {
@@ -68,10 +68,6 @@ pub(crate) struct Decoded {
     pub(crate) logits: Vec<f32>,
     /// Greedy next token after every pass.
     pub(crate) next: Vec<Token>,
-    /// Whether the graph had flash attention (None: nothing observed it).
-    pub(crate) flash_attn_used: Option<bool>,
-    /// Checkpoints the prompt pass's graph did not have.
-    pub(crate) absent: Vec<record::AbsentCheckpoint>,
 }
 
 /// The prompt pass, then one pass per generated token, each captured (when
@@ -82,11 +78,11 @@ pub(crate) fn passes(
     loaded: &Loaded,
     selection: Option<Selection>,
     output: &Output,
-    flash_attn: FlashAttnMode,
+    flash_attn: bool,
 ) -> Result<(Decoded, (Vec<CheckpointRecord>, f64))> {
     let (outbox, inbox) = handoff::channel(opts.buffer_mb << 20);
     let writer = output.spawn_writer(inbox);
-    let capture = selection.map(|s| Capture::new(s, outbox));
+    let capture = selection.map(|s| Capture::new(s, outbox, flash_attn));
     let params = ContextParams {
         n_ctx: loaded.n_ctx,
         // Sized by the largest pass, not the context: the scheduler reserves
@@ -94,7 +90,7 @@ pub(crate) fn passes(
         n_batch: opts.largest_pass(loaded.tokens.len()) as u32,
         n_threads: opts.threads,
         kv_type: opts.kv_type,
-        flash_attn,
+        flash_attn: flash_attn.into(),
     };
     let decoded = (|| -> Result<Decoded> {
         let mut ctx = Context::new(&loaded.model, &params, capture)?;
@@ -127,8 +123,6 @@ pub(crate) fn passes(
         }
         if let Some(c) = ctx.observer_mut() {
             c.close();
-            decoded.flash_attn_used = Some(c.flash_attn_seen());
-            decoded.absent = c.absent().to_vec();
         }
         if opts.repeat > 0 {
             decoded.steady = Some(steady_state(opts, loaded, &params, &mut ctx)?);

@@ -2,7 +2,7 @@
 
 use std::path::PathBuf;
 
-use anyhow::{bail, Result};
+use anyhow::{bail, Context as _, Result};
 
 use crate::capture::{NodeFilter, Selection};
 use crate::decode::{self, DecodeOptions, Decoded};
@@ -14,8 +14,8 @@ use crate::manifest::{Layers, Manifest, Symbols};
 use crate::output::{self, Output};
 use crate::preflight::{self, ContextAsk, Header};
 use crate::record::{
-    self, CheckpointRecord, Device, FlashAttn, FlashAttnMode, LlamaCpp, LlamaTree, LogitsRecord,
-    ManifestInfo, ModelInfo, RunRecord,
+    self, AbsentCheckpoint, CheckpointRecord, Device, FlashAttn, FlashAttnMode, LlamaCpp,
+    LlamaTree, LogitsRecord, ManifestInfo, ModelInfo, RunRecord,
 };
 
 /// Everything the command line sets for one run.
@@ -48,19 +48,14 @@ pub struct Config {
 pub fn run(cfg: &Config) -> Result<()> {
     let header = Header::read(&cfg.model)?;
     let (manifest, layers) = manifest(cfg, &header)?;
-    let flash_attn = cfg.flash_attn;
     if cfg.list_nodes {
-        return list_nodes::list_nodes(&list_options(cfg, flash_attn));
+        return list_nodes::list_nodes(&list_options(cfg));
     }
     if let (Some(m), Some(path)) = (&manifest, &cfg.manifest) {
         preflight::check_architecture(m, path, &cfg.model, &header)?;
     }
-    let selection = match (&cfg.tensors, manifest.as_ref()) {
-        (Some(pattern), _) => Some(Selection::Glob(pattern.clone())),
-        (None, Some(m)) => Some(Selection::Manifest(m.checkpoints.clone())),
-        (None, None) => None,
-    };
-    if cfg.decode.repeat > 0 && !(cfg.extract && selection.is_some()) {
+    let selects = cfg.tensors.is_some() || manifest.is_some();
+    if cfg.decode.repeat > 0 && !(cfg.extract && selects) {
         bail!(
             "--repeat times capture against no capture: it needs --manifest or --tensors, and not --no-extract"
         );
@@ -72,7 +67,11 @@ pub fn run(cfg: &Config) -> Result<()> {
     let stamp = preflight::ModelStamp::take(&cfg.model)?;
     let loaded = load::load(&load_options(cfg))?;
     log_header(cfg, &loaded, manifest.as_ref());
-    let selection = selection.filter(|_| cfg.extract);
+    let first = *loaded.tokens.first().context("the prompt has no tokens")?;
+    let (threads, kv_type) = (cfg.decode.threads, cfg.decode.kv_type);
+    let flash_attn =
+        list_nodes::flash_attn_on(&loaded.model, cfg.flash_attn, kv_type, threads, first)?;
+    let (selection, absent) = selection(cfg, manifest, flash_attn);
     let (decoded, (written, write_ms)) =
         decode::passes(&cfg.decode, &loaded, selection, &output, flash_attn)?;
 
@@ -80,9 +79,9 @@ pub fn run(cfg: &Config) -> Result<()> {
     stamp.check_unchanged(&cfg.model)?;
     let model_sha = output::sha256_cached(&cfg.model)?;
     let logits = logits_file(&loaded, &decoded)?;
-    let mut record = record(
-        cfg, &loaded, &decoded, written, model_sha, &logits, flash_attn,
-    );
+    let mut record = record(cfg, &loaded, &decoded, written, model_sha, &logits);
+    record.flash_attn.used = Some(flash_attn);
+    record.absent = absent;
     record.layers = layers;
     record.write_ms = write_ms;
     output.commit(&record, &[(LOGITS_FILE, &logits)])?;
@@ -118,7 +117,39 @@ fn load_options(cfg: &Config) -> LoadOptions<'_> {
     }
 }
 
-fn list_options(cfg: &Config, flash_attn: FlashAttnMode) -> ListOptions<'_> {
+/// What the capture takes: the glob, or the manifest's checkpoints as the
+/// graph has them (with flash attention, in its layouts, and those it does
+/// not have set apart with the reason); nothing with `--no-extract`.
+fn selection(
+    cfg: &Config,
+    manifest: Option<Manifest>,
+    flash_attn: bool,
+) -> (Option<Selection>, Vec<AbsentCheckpoint>) {
+    let (manifest, absent) = match (manifest, flash_attn) {
+        (Some(m), true) => {
+            let (m, absent) = m.under_flash_attn();
+            (Some(m), absent)
+        }
+        (m, _) => (m, Vec::new()),
+    };
+    let absent = absent
+        .into_iter()
+        .map(|(cp, why)| AbsentCheckpoint {
+            id: cp.id,
+            file: cp.file_stem,
+            reason: format!("flash attention on: {why}"),
+        })
+        .collect();
+    let selection = match (&cfg.tensors, manifest) {
+        (_, _) if !cfg.extract => None,
+        (Some(pattern), _) => Some(Selection::Glob(pattern.clone())),
+        (None, Some(m)) => Some(Selection::Manifest(m.checkpoints)),
+        (None, None) => None,
+    };
+    (selection, absent)
+}
+
+fn list_options(cfg: &Config) -> ListOptions<'_> {
     ListOptions {
         model: &cfg.model,
         n_gpu_layers: cfg.n_gpu_layers,
@@ -126,7 +157,7 @@ fn list_options(cfg: &Config, flash_attn: FlashAttnMode) -> ListOptions<'_> {
         ctx_size: cfg.n_ctx,
         threads: cfg.decode.threads,
         kv_type: cfg.decode.kv_type,
-        flash_attn,
+        flash_attn: cfg.flash_attn,
     }
 }
 
@@ -188,7 +219,6 @@ fn record(
     checkpoints: Vec<CheckpointRecord>,
     model_sha256: String,
     logits: &[u8],
-    flash_attn: FlashAttnMode,
 ) -> RunRecord {
     let (ggml_version, ggml_commit) = crate::ffi::ggml_version();
     let n_prompt = loaded.tokens.len() as i64;
@@ -231,10 +261,10 @@ fn record(
         n_gpu_layers: cfg.n_gpu_layers,
         kv_type: cfg.decode.kv_type.name().into(),
         flash_attn: FlashAttn {
-            requested: flash_attn,
-            used: decoded.flash_attn_used,
+            requested: cfg.flash_attn,
+            used: None,
         },
-        absent: decoded.absent.clone(),
+        absent: Vec::new(),
         format: cfg.format,
         steps: format!("{:?}", cfg.decode.steps).to_lowercase(),
         sequential: cfg.decode.sequential,

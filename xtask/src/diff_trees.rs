@@ -60,7 +60,11 @@ impl DiffTrees {
         };
         let outcome = diff_trees(project, [&reference, &test], &runs)?;
         print!("{}", outcome.table);
-        println!("\nreport: {}\npage: {}", outcome.report.display(), outcome.page.display());
+        println!(
+            "\nreport: {}\npage: {}",
+            outcome.report.display(),
+            outcome.page.display()
+        );
         match outcome.pass {
             true => Ok(()),
             false => bail!("the two trees differ beyond NMSE {:e}", self.max_nmse),
@@ -91,7 +95,11 @@ pub struct Outcome {
 
 /// Builds what is missing, runs both trees' extractors, compares the runs
 /// (`llorch-checkpoint-diff`, the pin's build of it).
-pub fn diff_trees(project: &Project, [reference, test]: [&Tree; 2], runs: &Runs<'_>) -> Result<Outcome> {
+pub fn diff_trees(
+    project: &Project,
+    [reference, test]: [&Tree; 2],
+    runs: &Runs<'_>,
+) -> Result<Outcome> {
     let sides = [(reference, runs.out.join("a")), (test, runs.out.join("b"))];
     for (tree, dir) in &sides {
         let exe = build::ensure_extractor(project, Backend::Cpu, tree)?;
@@ -119,7 +127,11 @@ pub fn diff_trees(project: &Project, [reference, test]: [&Tree; 2], runs: &Runs<
         .run()
         .with_context(|| format!("cannot run {}", diff.display()))?;
     if !report.is_file() {
-        bail!("{} failed: {}", diff.display(), String::from_utf8_lossy(&result.stderr).trim());
+        bail!(
+            "{} failed: {}",
+            diff.display(),
+            String::from_utf8_lossy(&result.stderr).trim()
+        );
     }
     Ok(Outcome {
         table: String::from_utf8_lossy(&result.stdout).into_owned(),
@@ -142,7 +154,11 @@ fn extract(project: &Project, exe: &Path, tree: &Tree, runs: &Runs<'_>, dir: &Pa
     ];
     args.extend(runs.layers.map(layer_arg).map(Into::into));
     args.extend(runs.extra.iter().map(Into::into));
-    let step = Step::start(project, "extract", &format!("on {}", tree.record.describe()))?;
+    let step = Step::start(
+        project,
+        "extract",
+        &format!("on {}", tree.record.describe()),
+    )?;
     step.run("llorch-checkpoint-extractor", duct::cmd(exe, args))
         .with_context(|| format!("the extractor on {} failed", tree.root.display()))?;
     step.finish(&format!("run in {}", dir.display()));

@@ -69,7 +69,8 @@ impl OtherTrees {
     pub fn load(path: &Path) -> Result<OtherTrees> {
         let text = std::fs::read_to_string(path)
             .with_context(|| format!("cannot read {}", path.display()))?;
-        serde_yaml::from_str(&text).with_context(|| format!("{} is not a valid trees file", path.display()))
+        serde_yaml::from_str(&text)
+            .with_context(|| format!("{} is not a valid trees file", path.display()))
     }
 
     pub fn get(&self, name: &str) -> Result<&OtherTree> {

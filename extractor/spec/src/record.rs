@@ -103,6 +103,15 @@ pub struct AbsentCheckpoint {
     pub reason: String,
 }
 
+impl From<bool> for FlashAttnMode {
+    fn from(on: bool) -> FlashAttnMode {
+        match on {
+            true => FlashAttnMode::On,
+            false => FlashAttnMode::Off,
+        }
+    }
+}
+
 impl FlashAttnMode {
     /// As the command line and run.json spell it.
     pub fn name(self) -> &'static str {

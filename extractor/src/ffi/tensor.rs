@@ -41,6 +41,14 @@ impl<'a> Node<'a> {
         })
     }
 
+    /// The node's operands, in order, without allocating.
+    pub fn sources(&self) -> impl Iterator<Item = Node<'a>> + 'a {
+        self.t.src.iter().filter(|p| !p.is_null()).map(|&p| {
+            // SAFETY: as in `source_names`: alive at least as long as the node.
+            Node { t: unsafe { &*p } }
+        })
+    }
+
     pub fn name_lossy(&self) -> String {
         String::from_utf8_lossy(self.name()).into_owned()
     }

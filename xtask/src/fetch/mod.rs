@@ -173,7 +173,10 @@ pub fn other_tree(project: &Project, name: &str) -> Result<PathBuf> {
         return Ok(dir);
     }
     let step = Step::start(project, "fetch", &format!("{} {}", src.name, src.version))?;
-    step.set_message(&format!("downloading {} {} with cargo", src.name, src.version));
+    step.set_message(&format!(
+        "downloading {} {} with cargo",
+        src.name, src.version
+    ));
     let crate_file = download_crate(project, src)?;
     let staging = dir.with_extension("partial");
     remove_dir_if_exists(&staging)?;
@@ -187,7 +190,8 @@ pub fn other_tree(project: &Project, name: &str) -> Result<PathBuf> {
             fs::set_permissions(entry.path(), perms)?;
         }
     }
-    fs::rename(&staging, &dir).with_context(|| format!("cannot move the tree to {}", dir.display()))?;
+    fs::rename(&staging, &dir)
+        .with_context(|| format!("cannot move the tree to {}", dir.display()))?;
     step.finish(&format!(
         "{} ready (read-only; llama.cpp {}; here: {})",
         dir.display(),

@@ -15,11 +15,11 @@ use super::report::Checked;
 use crate::build::{self, Backend};
 use crate::compare::{LlamaCpp, PyTorch};
 use crate::project::Flavour;
-use crate::tree::TreeArg;
-use llorch_checkpoint_spec::record::FlashAttnMode;
 use crate::project::Project;
 use crate::prompts::{words_of_english, PERF_PROMPT};
 use crate::tree::Tree;
+use crate::tree::TreeArg;
+use llorch_checkpoint_spec::record::FlashAttnMode;
 
 /// A fresh CMake build directory and a fresh cargo target directory: nothing reused.
 pub fn clean_build(project: &Project, work: &Path) -> Result<String> {

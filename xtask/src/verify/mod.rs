@@ -405,7 +405,10 @@ fn real_model_checks(report: &mut Report, ctx: &Ctx<'_>, name: &str) {
         "the same with flash attention on: V compared in its own layout, the scores named absent",
         t,
         real_model_compare(&ctx, FlashAttnMode::On).and_then(|said| {
-            ensure!(!said.contains("absent: none"), "no checkpoint named absent: {said}");
+            ensure!(
+                !said.contains("absent: none"),
+                "no checkpoint named absent: {said}"
+            );
             Ok(said)
         }),
     );

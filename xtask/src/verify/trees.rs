@@ -23,15 +23,21 @@ const OLDER: &str = "llama-cpp-sys-2-0.1.150";
 const TOO_OLD: &str = "llama-cpp-sys-2-0.1.100";
 
 pub fn tree_checks(report: &mut Report, ctx: &Ctx<'_>) {
-    report.section(&format!("your own llama.cpp: {OLDER} as a plain read-only directory"));
+    report.section(&format!(
+        "your own llama.cpp: {OLDER} as a plain read-only directory"
+    ));
     let t = Instant::now();
     let fetched = fetch::other_tree(ctx.project, OLDER).and_then(|dir| {
         let hash = content_sha256(&dir)?;
         Ok((dir, hash))
     });
-    let Some((dir, before)) = report_ok(report, "the tree is fetched and hashed", t, fetched, |(dir, hash)| {
-        format!("{} (content sha256 {})", dir.display(), &hash[..16])
-    }) else {
+    let Some((dir, before)) = report_ok(
+        report,
+        "the tree is fetched and hashed",
+        t,
+        fetched,
+        |(dir, hash)| format!("{} (content sha256 {})", dir.display(), &hash[..16]),
+    ) else {
         return;
     };
     let t = Instant::now();
@@ -39,9 +45,19 @@ pub fn tree_checks(report: &mut Report, ctx: &Ctx<'_>) {
         let exe = build::ensure_extractor(ctx.project, Backend::Cpu, &tree)?;
         Ok((tree, exe))
     });
-    let Some((tree, _)) = report_ok(report, "llama.cpp and an extractor build on it, bindings from its headers", t, built, |(_, exe)| {
-        format!("{} in {:.0} s (0 when already built)", exe.display(), t.elapsed().as_secs_f64())
-    }) else {
+    let Some((tree, _)) = report_ok(
+        report,
+        "llama.cpp and an extractor build on it, bindings from its headers",
+        t,
+        built,
+        |(_, exe)| {
+            format!(
+                "{} in {:.0} s (0 when already built)",
+                exe.display(),
+                t.elapsed().as_secs_f64()
+            )
+        },
+    ) else {
         return;
     };
     let t = Instant::now();
@@ -55,14 +71,27 @@ pub fn tree_checks(report: &mut Report, ctx: &Ctx<'_>) {
     report.info(
         "SmolLM2 every layer, the pin against it (flash attention off)",
         t,
-        smollm2.and_then(|(model, manifest)| against_pin(ctx, &tree, &model, &manifest, Some("all"), "smollm2", f64::INFINITY)),
+        smollm2.and_then(|(model, manifest)| {
+            against_pin(
+                ctx,
+                &tree,
+                &model,
+                &manifest,
+                Some("all"),
+                "smollm2",
+                f64::INFINITY,
+            )
+        }),
     );
     let t = Instant::now();
     report.check(
         "its files are byte-identical after all this (content sha256)",
         t,
         content_sha256(&dir).and_then(|after| {
-            ensure!(after == before, "the tree changed: {before} before, {after} after");
+            ensure!(
+                after == before,
+                "the tree changed: {before} before, {after} after"
+            );
             Ok(format!("{} before and after", &after[..16]))
         }),
     );
@@ -75,7 +104,13 @@ pub fn tree_checks(report: &mut Report, ctx: &Ctx<'_>) {
 }
 
 /// Logs `result` as a check and hands on its value.
-fn report_ok<T>(report: &mut Report, name: &str, t: Instant, result: Result<T>, said: impl Fn(&T) -> String) -> Option<T> {
+fn report_ok<T>(
+    report: &mut Report,
+    name: &str,
+    t: Instant,
+    result: Result<T>,
+    said: impl Fn(&T) -> String,
+) -> Option<T> {
     match result {
         Ok(value) => {
             report.check(name, t, Ok(said(&value)));
@@ -113,7 +148,11 @@ fn against_pin(
     let outcome = diff_trees(ctx.project, [&pin, tree], &runs)?;
     let b = RunRecord::read(&out.join("b"))?;
     let expected = b.manifest(manifest)?.checkpoints.len();
-    ensure!(b.checkpoints.len() == expected, "{} of {expected} checkpoints on the tree", b.checkpoints.len());
+    ensure!(
+        b.checkpoints.len() == expected,
+        "{} of {expected} checkpoints on the tree",
+        b.checkpoints.len()
+    );
     ensure!(outcome.pass, "beyond NMSE {max_nmse:e}:\n{}", outcome.table);
     let summary: Vec<&str> = outcome.table.lines().rev().take(2).collect();
     Ok(format!("{}; {}", summary[1], summary[0]))

@@ -65,6 +65,12 @@ struct RawCheckpoint {
     /// finds nodes llama.cpp leaves unnamed, in any version of its graph.
     #[serde(default)]
     operand: Option<String>,
+    /// How far up the node's operands `operand` may be: 1 (a direct
+    /// operand, the default) to 8. For nodes neither they nor their operands
+    /// are named in some llama.cpp versions (the softmax over K read from
+    /// `cache_k_l{layer}` four steps up); needs `op`.
+    #[serde(default)]
+    operand_depth: Option<u8>,
     shape: Vec<Dim>,
     file: String,
     /// Layers for this checkpoint, overriding the manifest's.
@@ -118,6 +124,8 @@ pub struct Checkpoint {
     pub op: Option<String>,
     /// An operand's name the node must have, e.g. `blk.0.attn_output.weight`.
     pub operand: Option<String>,
+    /// Up to how many steps up the operands `operand` is (1: a direct operand).
+    pub operand_depth: u8,
     /// Expected ne, innermost first.
     pub shape: Vec<Dim>,
     /// File name without extension.
@@ -440,6 +448,12 @@ fn check_entry(cp: &RawCheckpoint) -> Result<(Option<Reference>, Tolerance), Str
     }
     check_file_name(&cp.file)?;
     check_compare_keys(cp)?;
+    match (cp.operand_depth, &cp.operand, &cp.op) {
+        (None | Some(1), _, _) => {}
+        (Some(0) | Some(9..), _, _) => return Err("`operand_depth` is 1 to 8".into()),
+        (Some(_), Some(_), Some(_)) => {}
+        (Some(_), _, _) => return Err("`operand_depth` needs `operand` and `op`".into()),
+    }
     let reference = cp
         .reference
         .clone()
@@ -537,6 +551,7 @@ impl RawCheckpoint {
             tensor,
             op: self.op.clone(),
             operand,
+            operand_depth: self.operand_depth.unwrap_or(1),
             shape: self.shape.clone(),
             file_stem,
             reference: reference.clone().map(|r| r.for_layer(&expand)),

@@ -178,6 +178,28 @@ impl Resolved {
         Ok(keep)
     }
 
+    /// Whether a node of ne `actual` holds this shape's elements in the same
+    /// order, its dimensions only grouped differently: [768, 2] for
+    /// [64, 12, 2] (another llama.cpp reshapes later), never [2, 768]. True
+    /// when the totals match and every boundary between `actual`'s
+    /// dimensions is one of this shape's. Not for shapes over KV cells,
+    /// whose padding must be cut per dimension.
+    pub fn regroups(&self, actual: [i64; 4]) -> bool {
+        let products = |ne: [i64; 4]| {
+            let mut p = [1i64; 4];
+            let mut acc = 1i64;
+            for d in 0..4 {
+                acc = acc.saturating_mul(ne[d]);
+                p[d] = acc;
+            }
+            p
+        };
+        let (mine, theirs) = (products(self.ne), products(actual));
+        !self.kv_dims.iter().any(|&k| k)
+            && mine[3] == theirs[3]
+            && theirs.iter().all(|b| mine.contains(b))
+    }
+
     /// The file's shape: row-major, outermost first (ggml ne reversed).
     pub fn file_shape(&self) -> Vec<i64> {
         self.ne[..self.n_dims].iter().rev().copied().collect()

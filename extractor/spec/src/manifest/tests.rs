@@ -429,3 +429,30 @@ fn flash_attention_makes_a_checkpoint_absent_or_changes_its_layout() {
     let unknown = "checkpoints:\n  - id: s\n    tensor: t\n    shape: [1]\n    file: s\n    flash_attn: {gone: yes}\n";
     assert!(err(unknown).contains("gone"), "{}", err(unknown));
 }
+
+#[test]
+fn a_node_regroups_a_shape_only_when_its_dimensions_merge_or_split_in_order() {
+    let shape = |ne: [i64; 4], n_dims, kv: bool| Resolved {
+        ne,
+        n_dims,
+        kv_dims: [kv, false, false, false],
+    };
+    let q = shape([64, 12, 2, 1], 3, false);
+    assert!(q.regroups([768, 2, 1, 1]), "heads merged");
+    assert!(q.regroups([64, 12, 2, 1]));
+    assert!(q.regroups([1536, 1, 1, 1]), "one flat row");
+    assert!(
+        !q.regroups([2, 768, 1, 1]),
+        "transposed: same count, other order"
+    );
+    assert!(q.regroups([64, 24, 1, 1]), "tokens and heads merged");
+    assert!(
+        !q.regroups([128, 12, 1, 1]),
+        "a boundary that is not the shape's"
+    );
+    assert!(!q.regroups([768, 3, 1, 1]), "another total");
+    assert!(
+        !shape([64, 12, 2, 1], 3, true).regroups([768, 2, 1, 1]),
+        "KV cells are cut, not regrouped"
+    );
+}

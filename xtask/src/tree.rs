@@ -174,21 +174,30 @@ fn is_skipped(entry: &walkdir::DirEntry) -> bool {
     }
 }
 
-/// `git describe` of a checkout, without taking git's index lock or
-/// refreshing the index: the user's tree is never written to.
+/// `git describe` of a checkout, `-dirty` when tracked files changed,
+/// without writing to it: `describe --dirty` refreshes (rewrites) git's
+/// index even with `--no-optional-locks`, `status` with it does not.
 fn git_describe(root: &Path) -> Option<String> {
     if !root.join(".git").exists() {
         return None;
     }
-    let out = std::process::Command::new("git")
-        .args(["--no-optional-locks", "-C"])
-        .arg(root)
-        .args(["describe", "--always", "--tags", "--dirty"])
-        .output()
-        .ok()?;
-    out.status
-        .success()
-        .then(|| String::from_utf8_lossy(&out.stdout).trim().to_string())
+    let git = |args: &[&str]| -> Option<String> {
+        let out = std::process::Command::new("git")
+            .args(["--no-optional-locks", "-C"])
+            .arg(root)
+            .args(args)
+            .output()
+            .ok()?;
+        out.status
+            .success()
+            .then(|| String::from_utf8_lossy(&out.stdout).trim().to_string())
+    };
+    let described = git(&["describe", "--always", "--tags"])?;
+    let changed = git(&["status", "--porcelain", "--untracked-files=no"])?;
+    Some(match changed.is_empty() {
+        true => described,
+        false => format!("{described}-dirty"),
+    })
 }
 
 #[cfg(test)]
@@ -235,5 +244,40 @@ mod tests {
         let edited = Tree::local(dir.path()).unwrap();
         assert_ne!(before.record.content_sha256, edited.record.content_sha256);
         assert_eq!(before.id, edited.id);
+    }
+
+    #[test]
+    fn a_git_checkout_is_described_without_writing_to_it() {
+        let dir = tempfile::tempdir().unwrap();
+        fake_tree(dir.path());
+        let git = |args: &[&str]| {
+            let out = std::process::Command::new("git")
+                .args(["-c", "user.name=t", "-c", "user.email=t@t", "-C"])
+                .arg(dir.path())
+                .args(args)
+                .output()
+                .expect("git runs");
+            assert!(
+                out.status.success(),
+                "{}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        };
+        git(&["init", "-q"]);
+        git(&["add", "."]);
+        git(&["commit", "-qm", "tree"]);
+        git(&["tag", "b1234"]);
+        let index = dir.path().join(".git/index");
+        let before = std::fs::metadata(&index).unwrap().modified().unwrap();
+        let tree = Tree::local(dir.path()).unwrap();
+        assert_eq!(tree.record.git_describe.as_deref(), Some("b1234"));
+        std::fs::write(dir.path().join("include/llama.h"), "edited").unwrap();
+        let edited = Tree::local(dir.path()).unwrap();
+        assert_eq!(edited.record.git_describe.as_deref(), Some("b1234-dirty"));
+        assert_eq!(
+            std::fs::metadata(&index).unwrap().modified().unwrap(),
+            before,
+            "git's index untouched"
+        );
     }
 }

@@ -137,9 +137,9 @@ if ((!CPU_ONLY)); then
     # Only the GPU present: `native` (the defines' choice) needs CMake >= 3.24, so name it when nvidia-smi can.
     CUDA_ARCHITECTURES=${CUDA_ARCHITECTURES:-$(nvidia-smi --query-gpu=compute_cap --format=csv,noheader 2>/dev/null | head -1 | tr -d '. ' || true)}
     [[ -n "$CUDA_ARCHITECTURES" ]] && DEFINES+=("-DCMAKE_CUDA_ARCHITECTURES=$CUDA_ARCHITECTURES")
-    # Every run here has flash attention off (the manifest asks for the attention
-    # scores, which only exist without it), so its kernels, about half of the
-    # CUDA compile time, are not built unless LLORCH_CUDA_FA=ON.
+    # Every run here has flash attention off (--flash-attn off below: the
+    # manifest's scores only exist without it), so its kernels, about half of
+    # the CUDA compile time, are not built unless LLORCH_CUDA_FA=ON.
     DEFINES+=("-DGGML_CUDA_FA=${LLORCH_CUDA_FA:-OFF}")
 fi
 echo "defines: ${DEFINES[*]}"
@@ -192,7 +192,7 @@ extract() { # OUT_DIR NGL [extractor flags...]
     local out=$1 ngl=$2
     shift 2
     rm -rf "$out"
-    "$BIN/llorch-checkpoint-extractor" -m "$MODEL" --manifest "$MANIFEST" --n-gpu-layers "$ngl" --out "$out" "$@"
+    "$BIN/llorch-checkpoint-extractor" -m "$MODEL" --manifest "$MANIFEST" --n-gpu-layers "$ngl" --flash-attn off --out "$out" "$@"
 }
 
 step "extraction: CPU (--n-gpu-layers 0) and GPU (--n-gpu-layers 99), with and without extraction"

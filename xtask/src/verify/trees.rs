@@ -15,6 +15,7 @@ use crate::build::{self, Backend};
 use crate::diff_trees::{diff_trees, Runs};
 use crate::fetch;
 use crate::project::Flavour;
+use crate::prompts::PERF_PROMPT;
 use crate::tree::{content_sha256, Tree};
 
 /// The tree verify builds: the newest before the pin.
@@ -139,7 +140,7 @@ fn against_pin(
     let runs = Runs {
         model,
         manifest,
-        prompt: "Hello world",
+        prompt: PERF_PROMPT,
         layers,
         extra: &extra,
         max_nmse,

@@ -26,11 +26,14 @@ use std::path::Path;
 use anyhow::{bail, Context, Result};
 use serde::Deserialize;
 
+mod flash_attn;
 mod reference;
 mod shape;
 #[cfg(test)]
 mod tests;
 
+pub use flash_attn::UnderFlashAttn;
+use flash_attn::{under_flash_attn, RawUnderFlashAttn};
 pub use reference::{Op, Reference, Tolerance};
 pub use shape::{fmt_ne, Dim, Resolved, Symbols, SYMBOLS};
 
@@ -88,29 +91,6 @@ struct RawCheckpoint {
     /// node then) or `{shape: [...], reference: {...}}` (its layout then).
     #[serde(default)]
     flash_attn: Option<RawUnderFlashAttn>,
-}
-
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct RawUnderFlashAttn {
-    #[serde(default)]
-    absent: Option<String>,
-    #[serde(default)]
-    shape: Option<Vec<Dim>>,
-    #[serde(default)]
-    reference: Option<serde_yaml::Value>,
-}
-
-/// A checkpoint under flash attention, where it differs.
-#[derive(Debug, Clone, PartialEq)]
-pub enum UnderFlashAttn {
-    /// No node: flash attention fuses it away. Why, in words.
-    Absent(String),
-    /// Another layout: its shape and (for compare) its reference.
-    Layout {
-        shape: Vec<Dim>,
-        reference: Option<Reference>,
-    },
 }
 
 /// One checkpoint of one layer, names expanded.
@@ -343,32 +323,6 @@ impl Manifest {
         order.sort_by_key(|c| (c.layer, c.index));
         order
     }
-
-    /// The checkpoints as a graph with flash attention on has them: each
-    /// `flash_attn:` layout in place of its own, the absent ones taken out
-    /// and returned with their reason.
-    pub fn under_flash_attn(self) -> (Manifest, Vec<(Checkpoint, String)>) {
-        let mut absent = Vec::new();
-        let mut checkpoints = Vec::new();
-        for cp in self.checkpoints {
-            match cp.flash_attn.clone() {
-                Some(UnderFlashAttn::Absent(why)) => absent.push((cp, why)),
-                Some(UnderFlashAttn::Layout { shape, reference }) => checkpoints.push(Checkpoint {
-                    shape,
-                    reference: reference.or(cp.reference.clone()),
-                    ..cp
-                }),
-                None => checkpoints.push(cp),
-            }
-        }
-        (
-            Manifest {
-                checkpoints,
-                ..self
-            },
-            absent,
-        )
-    }
 }
 
 /// The manifests in `dir` written for `architecture` (unreadable ones are skipped).
@@ -447,7 +401,7 @@ fn check_entry(cp: &RawCheckpoint) -> Result<(Option<Reference>, Tolerance), Str
         dim.check().map_err(|e| format!("{e} in shape"))?;
     }
     check_file_name(&cp.file)?;
-    check_compare_keys(cp)?;
+    reference::check_compare_keys(cp.reference.as_ref(), cp.tolerance.as_ref())?;
     match (cp.operand_depth, &cp.operand, &cp.op) {
         (None | Some(1), _, _) => {}
         (Some(0) | Some(9..), _, _) => return Err("`operand_depth` is 1 to 8".into()),
@@ -465,36 +419,6 @@ fn check_entry(cp: &RawCheckpoint) -> Result<(Option<Reference>, Tolerance), Str
         None => Tolerance::DEFAULT,
     };
     Ok((reference, tolerance))
-}
-
-/// `flash_attn:` is either `{absent: why}` or `{shape, reference}`.
-fn under_flash_attn(raw: &RawUnderFlashAttn) -> Result<UnderFlashAttn, String> {
-    match (&raw.absent, &raw.shape) {
-        (Some(why), None) if raw.reference.is_none() => Ok(UnderFlashAttn::Absent(why.clone())),
-        (None, Some(shape)) => {
-            if shape.is_empty() || shape.len() > 4 {
-                return Err("`flash_attn.shape` must have 1 to 4 dimensions".into());
-            }
-            for dim in shape {
-                dim.check()
-                    .map_err(|e| format!("{e} in flash_attn.shape"))?;
-            }
-            let reference = raw
-                .reference
-                .clone()
-                .map(serde_yaml::from_value)
-                .transpose()
-                .map_err(|e| format!("`flash_attn.reference`: {e}"))?;
-            Ok(UnderFlashAttn::Layout {
-                shape: shape.clone(),
-                reference,
-            })
-        }
-        _ => Err(
-            "`flash_attn` takes either `absent: <why>` or `shape` (and `reference`), not both"
-                .into(),
-        ),
-    }
 }
 
 impl RawCheckpoint {
@@ -578,42 +502,6 @@ fn check_nodes_unique(text: &str, checkpoints: &[Checkpoint]) -> Result<()> {
                 line_of(text, cp.operand.as_deref().unwrap_or(&cp.tensor)),
                 cp.node()
             );
-        }
-    }
-    Ok(())
-}
-
-/// `reference:` needs a `capture` string and may have `ops` (a list);
-/// `tolerance:` has numbers for atol, rtol and nmse. xtask checks the rest.
-fn check_compare_keys(cp: &RawCheckpoint) -> Result<(), String> {
-    if let Some(r) = &cp.reference {
-        let map = r
-            .as_mapping()
-            .ok_or("`reference` must be a mapping {capture, ops}")?;
-        if map.get("capture").and_then(|c| c.as_str()).is_none() {
-            return Err(
-                "`reference` needs `capture`, the PyTorch tensor (e.g. h.{layer}.ln_1)".into(),
-            );
-        }
-        if let Some(key) = map
-            .keys()
-            .find(|k| !matches!(k.as_str(), Some("capture" | "ops")))
-        {
-            return Err(format!("unknown key {key:?} in `reference` (capture, ops)"));
-        }
-        if map.get("ops").is_some_and(|o| !o.is_sequence()) {
-            return Err("`reference.ops` must be a list".into());
-        }
-    }
-    if let Some(t) = &cp.tolerance {
-        let map = t
-            .as_mapping()
-            .ok_or("`tolerance` must be a mapping {atol, rtol, nmse}")?;
-        for (k, v) in map {
-            let known = matches!(k.as_str(), Some("atol" | "rtol" | "nmse"));
-            if !known || !v.as_f64().is_some_and(|x| x >= 0.0) {
-                return Err(format!("`tolerance` takes atol, rtol and nmse as non-negative numbers, not {k:?}: {v:?}"));
-            }
         }
     }
     Ok(())

@@ -117,3 +117,42 @@ fn default_rtol() -> f64 {
 fn default_nmse() -> f64 {
     Tolerance::DEFAULT.nmse
 }
+
+/// `reference:` needs a `capture` string and may have `ops` (a list);
+/// `tolerance:` has numbers for atol, rtol and nmse. xtask checks the rest.
+pub(super) fn check_compare_keys(
+    reference: Option<&serde_yaml::Value>,
+    tolerance: Option<&serde_yaml::Value>,
+) -> Result<(), String> {
+    if let Some(r) = reference {
+        let map = r
+            .as_mapping()
+            .ok_or("`reference` must be a mapping {capture, ops}")?;
+        if map.get("capture").and_then(|c| c.as_str()).is_none() {
+            return Err(
+                "`reference` needs `capture`, the PyTorch tensor (e.g. h.{layer}.ln_1)".into(),
+            );
+        }
+        if let Some(key) = map
+            .keys()
+            .find(|k| !matches!(k.as_str(), Some("capture" | "ops")))
+        {
+            return Err(format!("unknown key {key:?} in `reference` (capture, ops)"));
+        }
+        if map.get("ops").is_some_and(|o| !o.is_sequence()) {
+            return Err("`reference.ops` must be a list".into());
+        }
+    }
+    if let Some(t) = tolerance {
+        let map = t
+            .as_mapping()
+            .ok_or("`tolerance` must be a mapping {atol, rtol, nmse}")?;
+        for (k, v) in map {
+            let known = matches!(k.as_str(), Some("atol" | "rtol" | "nmse"));
+            if !known || !v.as_f64().is_some_and(|x| x >= 0.0) {
+                return Err(format!("`tolerance` takes atol, rtol and nmse as non-negative numbers, not {k:?}: {v:?}"));
+            }
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,88 @@
+//! What flash attention changes in a manifest: a checkpoint absent from
+//! the graph (the scores, fused into FLASH_ATTN_EXT) or in another layout
+//! (V, cached untransposed), and the manifest as that graph has it.
+
+use serde::Deserialize;
+
+use super::{Checkpoint, Dim, Manifest, Reference};
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawUnderFlashAttn {
+    #[serde(default)]
+    absent: Option<String>,
+    #[serde(default)]
+    shape: Option<Vec<Dim>>,
+    #[serde(default)]
+    reference: Option<serde_yaml::Value>,
+}
+
+/// A checkpoint under flash attention, where it differs.
+#[derive(Debug, Clone, PartialEq)]
+pub enum UnderFlashAttn {
+    /// No node: flash attention fuses it away. Why, in words.
+    Absent(String),
+    /// Another layout: its shape and (for compare) its reference.
+    Layout {
+        shape: Vec<Dim>,
+        reference: Option<Reference>,
+    },
+}
+
+impl Manifest {
+    /// The checkpoints as a graph with flash attention on has them: each
+    /// `flash_attn:` layout in place of its own, the absent ones taken out
+    /// and returned with their reason.
+    pub fn under_flash_attn(self) -> (Manifest, Vec<(Checkpoint, String)>) {
+        let mut absent = Vec::new();
+        let mut checkpoints = Vec::new();
+        for cp in self.checkpoints {
+            match cp.flash_attn.clone() {
+                Some(UnderFlashAttn::Absent(why)) => absent.push((cp, why)),
+                Some(UnderFlashAttn::Layout { shape, reference }) => checkpoints.push(Checkpoint {
+                    shape,
+                    reference: reference.or(cp.reference.clone()),
+                    ..cp
+                }),
+                None => checkpoints.push(cp),
+            }
+        }
+        (
+            Manifest {
+                checkpoints,
+                ..self
+            },
+            absent,
+        )
+    }
+}
+
+/// `flash_attn:` is either `{absent: why}` or `{shape, reference}`.
+pub(super) fn under_flash_attn(raw: &RawUnderFlashAttn) -> Result<UnderFlashAttn, String> {
+    match (&raw.absent, &raw.shape) {
+        (Some(why), None) if raw.reference.is_none() => Ok(UnderFlashAttn::Absent(why.clone())),
+        (None, Some(shape)) => {
+            if shape.is_empty() || shape.len() > 4 {
+                return Err("`flash_attn.shape` must have 1 to 4 dimensions".into());
+            }
+            for dim in shape {
+                dim.check()
+                    .map_err(|e| format!("{e} in flash_attn.shape"))?;
+            }
+            let reference = raw
+                .reference
+                .clone()
+                .map(serde_yaml::from_value)
+                .transpose()
+                .map_err(|e| format!("`flash_attn.reference`: {e}"))?;
+            Ok(UnderFlashAttn::Layout {
+                shape: shape.clone(),
+                reference,
+            })
+        }
+        _ => Err(
+            "`flash_attn` takes either `absent: <why>` or `shape` (and `reference`), not both"
+                .into(),
+        ),
+    }
+}

@@ -136,8 +136,8 @@ fn a_run_within_tolerance_passes_and_writes_every_report() {
         "4 of 4 checkpoints within tolerance of the f64 reference"
     );
     assert!(outcome.text.contains(
-        "llama.cpp (kv cache f16, 2 threads) vs PyTorch FakeForCausalLM (gpt2), 2 prompt tokens; \
-         next token: llama.cpp 11, PyTorch f32 11, f64 11"
+        "llama.cpp pin (pinned, 0123456789ab) (kv cache f16, 2 threads, flash attention off, asked auto) \
+         vs PyTorch FakeForCausalLM (gpt2), 2 prompt tokens; next token: llama.cpp 11, PyTorch f32 11, f64 11"
     ), "{}", outcome.text);
     assert_eq!(outcome.next_token, (Some(11), Some(11)));
     for file in [&outcome.report, &outcome.picture, &outcome.html] {

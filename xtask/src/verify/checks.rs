@@ -440,7 +440,7 @@ pub fn unpatched_matches(ctx: &Ctx<'_>, layers: &str) -> Result<Checked> {
     let mut records = Vec::new();
     for (exe, side) in [(&ctx.exe, "patched"), (unpatched, "unpatched")] {
         let out = ctx.work.join(format!("tree-{side}"));
-        quietly(cmd!(sh, "{exe} -m {model} --manifest {manifest} --layers {layers} -p 'Hello world' -n 1 -t 2 --out {out}"))
+        quietly(cmd!(sh, "{exe} -m {model} --manifest {manifest} --layers {layers} -p 'Hello world' -n 1 -t 2 --flash-attn off --out {out}"))
             .with_context(|| format!("the {side} tree's run"))?;
         records.push(RunRecord::read(&out)?);
     }

@@ -137,11 +137,21 @@ pub fn content_sha256(root: &Path) -> Result<String> {
 }
 
 fn source_files(root: &Path) -> Result<BTreeMap<String, String>> {
+    file_hashes(root, &is_skipped)
+}
+
+/// sha256 of every file under `root` that `skip` leaves in (a skipped
+/// directory with everything below it), by relative path; a symlink
+/// counts as its target's path.
+pub fn file_hashes(
+    root: &Path,
+    skip: &dyn Fn(&walkdir::DirEntry) -> bool,
+) -> Result<BTreeMap<String, String>> {
     let mut files = BTreeMap::new();
     let walk = walkdir::WalkDir::new(root)
         .sort_by_file_name()
         .into_iter()
-        .filter_entry(|e| !is_skipped(e));
+        .filter_entry(|e| !skip(e));
     for entry in walk {
         let entry = entry.with_context(|| format!("cannot read the tree {}", root.display()))?;
         if entry.file_type().is_dir() {

@@ -464,27 +464,7 @@ fn apply_patch(project: &Project, patch: &Path, tree: &Path, pin: &Pin) -> Resul
 
 /// sha256 of every file under `root`, by relative path.
 fn hash_tree(root: &Path) -> Result<BTreeMap<String, String>> {
-    let mut files = BTreeMap::new();
-    let mut buf = Vec::new();
-    for entry in walkdir::WalkDir::new(root).sort_by_file_name() {
-        let entry = entry?;
-        if entry.file_type().is_dir() {
-            continue;
-        }
-        let relative = entry
-            .path()
-            .strip_prefix(root)?
-            .to_string_lossy()
-            .replace('\\', "/");
-        buf.clear();
-        if entry.file_type().is_symlink() {
-            buf.extend_from_slice(fs::read_link(entry.path())?.as_os_str().as_encoded_bytes());
-        } else {
-            fs::File::open(entry.path())?.read_to_end(&mut buf)?;
-        }
-        files.insert(relative, hex::encode(Sha256::digest(&buf)));
-    }
-    Ok(files)
+    crate::tree::file_hashes(root, &|_| false)
 }
 
 /// Human-readable differences between what was unpacked and what is there now.

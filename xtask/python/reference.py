@@ -35,6 +35,7 @@ A missing package is reported in one paragraph with its fix, exit code 3.
 
 import json
 import os
+import shutil
 import sys
 import time
 
@@ -63,14 +64,29 @@ except ImportError as e:  # one paragraph, no traceback: xtask wraps it with the
 TANH_GELUS = {"NewGELUActivation", "GELUTanh", "PytorchGELUTanh", "GELUPytorchTanh"}
 
 
-def load_model(path):
+def load_model(path, sha256):
+    """The GGUF's model in transformers, in float32, and whether it came from the saved copy.
+
+    Parsing a GGUF (its vocabulary above all) takes 9 to 40 s; the model it gives is saved once as
+    safetensors in $LLORCH_REFERENCE_MODELS/<sha256 of the GGUF>, and later jobs load that."""
+    eager = dict(dtype=torch.float32, attn_implementation="eager")  # eager: attention probabilities exist
+    root = os.environ.get("LLORCH_REFERENCE_MODELS")
+    saved = os.path.join(root, sha256) if root and sha256 else None
+    if saved and os.path.isfile(os.path.join(saved, "config.json")):
+        return AutoModelForCausalLM.from_pretrained(saved, **eager).eval(), True
     model = AutoModelForCausalLM.from_pretrained(
-        os.path.dirname(os.path.abspath(path)),
-        gguf_file=os.path.basename(path),
-        dtype=torch.float32,
-        attn_implementation="eager",  # so attention probabilities exist
-    )
-    return model.eval()
+        os.path.dirname(os.path.abspath(path)), gguf_file=os.path.basename(path), **eager
+    ).eval()
+    if saved:
+        # Whole or not at all: written beside, then renamed into place.
+        partial = f"{saved}.partial-{os.getpid()}"
+        shutil.rmtree(partial, ignore_errors=True)
+        model.save_pretrained(partial)
+        try:
+            os.rename(partial, saved)
+        except OSError:  # another job saved it first
+            shutil.rmtree(partial, ignore_errors=True)
+    return model, False
 
 
 class GeluTable(torch.nn.Module):
@@ -214,7 +230,7 @@ def main():
     started = time.time()
     torch.manual_seed(0)
     torch.set_num_threads(job.get("threads", 2))
-    model = load_model(job["gguf"])
+    model, from_saved = load_model(job["gguf"], job.get("gguf_sha256"))
     loaded = time.time() - started
     out_dir = job["out"]
     next_tokens = {}
@@ -238,11 +254,11 @@ def main():
         "model": type(model).__name__, "torch": torch.__version__, "transformers": transformers.__version__,
         "numpy": np.__version__, "attn_implementation": model.config._attn_implementation,
         "variants": job["variants"], "next_token": next_tokens, "checkpoints": len(job["checkpoints"]),
-        "load_seconds": loaded, "seconds": time.time() - started,
+        "load_seconds": loaded, "loaded_from_saved": from_saved, "seconds": time.time() - started,
     }
     json.dump(info, open(os.path.join(out_dir, "reference.json"), "w"), indent=2)
     print(f"reference: {type(model).__name__}, {len(job['checkpoints'])} checkpoints x {len(job['variants'])} variants "
-          f"in {info['seconds']:.1f} s (loading {loaded:.1f} s; torch {torch.__version__}, "
+          f"in {info['seconds']:.1f} s (loading {loaded:.1f} s{' from the saved copy' if from_saved else ''}; torch {torch.__version__}, "
           f"transformers {transformers.__version__}, eager attention)")
 
 

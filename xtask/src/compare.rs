@@ -244,6 +244,8 @@ impl Reference for PyTorch<'_> {
         let script = self.project.root().join("xtask/python/reference.py");
         let file = job.file();
         let sh = self.project.shell()?;
+        let cache = self.project.work_dir().join("reference-models");
+        let _cache = sh.push_env("LLORCH_REFERENCE_MODELS", &cache);
         let result = cmd!(sh, "{python} {script} {file}")
             .quiet()
             .ignore_status()

@@ -51,8 +51,13 @@ pub fn build_reference(
         std::fs::remove_dir_all(out)?;
     }
     std::fs::create_dir_all(out)?;
+    let gguf_sha256 = match record.model.path == model {
+        true => record.model.sha256.clone(),
+        false => llorch_checkpoint_spec::files::sha256_file(model)?,
+    };
     let job = ReferenceJob {
         gguf: model.to_path_buf(),
+        gguf_sha256,
         tokens: record.tokens.clone(),
         out: out.to_path_buf(),
         variants: VARIANTS.iter().map(|v| v.to_string()).collect(),

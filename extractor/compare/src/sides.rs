@@ -37,6 +37,9 @@ pub trait Extractor {
 #[derive(Serialize, Debug)]
 pub struct ReferenceJob {
     pub gguf: PathBuf,
+    /// The GGUF's sha256: keys a reference's saved copy of the model it
+    /// built from it, so that a GGUF is parsed once.
+    pub gguf_sha256: String,
     pub tokens: Vec<i32>,
     /// Where the tensors go: `out/<variant>/<stem>.npy`, and `out/reference.json`.
     pub out: PathBuf,

@@ -274,11 +274,18 @@ pub fn real_model_compare(ctx: &Ctx<'_>, flash_attn: FlashAttnMode) -> Result<St
         outcome.summary
     );
     let absent = RunRecord::read(&dir.join("llama"))?.absent_summary();
+    let reference: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(dir.join("reference/reference.json"))?)?;
+    let loaded = match reference["loaded_from_saved"].as_bool() {
+        Some(true) => "from its saved copy",
+        _ => "from the GGUF",
+    };
     Ok(format!(
-        "{}; next token {} in both; absent: {} ({})",
+        "{}; next token {} in both; absent: {}; transformers' model loaded {loaded} in {:.1} s ({})",
         outcome.summary,
         llama.unwrap_or_default(),
         absent.as_deref().unwrap_or("none"),
+        reference["load_seconds"].as_f64().unwrap_or(f64::NAN),
         outcome.report.display()
     ))
 }

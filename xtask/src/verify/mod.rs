@@ -402,12 +402,17 @@ fn real_model_checks(report: &mut Report, ctx: &Ctx<'_>, name: &str) {
     );
     let t = Instant::now();
     report.check(
-        "the same with flash attention on: V compared in its own layout, the scores named absent",
+        "the same with flash attention on: V compared in its own layout, the scores named absent; \
+         transformers' model loaded from the copy the first compare saved",
         t,
         real_model_compare(&ctx, FlashAttnMode::On).and_then(|said| {
             ensure!(
                 !said.contains("absent: none"),
                 "no checkpoint named absent: {said}"
+            );
+            ensure!(
+                said.contains("from its saved copy"),
+                "parsed from the GGUF again: {said}"
             );
             Ok(said)
         }),

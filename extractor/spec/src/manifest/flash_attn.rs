@@ -1,10 +1,11 @@
-//! What flash attention changes in a manifest: a checkpoint absent from
-//! the graph (the scores, fused into FLASH_ATTN_EXT) or in another layout
-//! (V, cached untransposed), and the manifest as that graph has it.
+//! What flash attention changes in a manifest entry: the checkpoint is
+//! absent from the graph (the scores, fused into FLASH_ATTN_EXT) or in
+//! another layout (V, cached untransposed).
 
 use serde::Deserialize;
 
-use super::{Checkpoint, Dim, Manifest, Reference};
+use super::reference::Reference;
+use super::shape::Dim;
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -27,34 +28,6 @@ pub enum UnderFlashAttn {
         shape: Vec<Dim>,
         reference: Option<Reference>,
     },
-}
-
-impl Manifest {
-    /// The checkpoints as a graph with flash attention on has them: each
-    /// `flash_attn:` layout in place of its own, the absent ones taken out
-    /// and returned with their reason.
-    pub fn under_flash_attn(self) -> (Manifest, Vec<(Checkpoint, String)>) {
-        let mut absent = Vec::new();
-        let mut checkpoints = Vec::new();
-        for cp in self.checkpoints {
-            match cp.flash_attn.clone() {
-                Some(UnderFlashAttn::Absent(why)) => absent.push((cp, why)),
-                Some(UnderFlashAttn::Layout { shape, reference }) => checkpoints.push(Checkpoint {
-                    shape,
-                    reference: reference.or(cp.reference.clone()),
-                    ..cp
-                }),
-                None => checkpoints.push(cp),
-            }
-        }
-        (
-            Manifest {
-                checkpoints,
-                ..self
-            },
-            absent,
-        )
-    }
 }
 
 /// `flash_attn:` is either `{absent: why}` or `{shape, reference}`.

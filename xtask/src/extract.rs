@@ -112,6 +112,9 @@ fn print_table(dir: &Path, shown: &str) -> Result<()> {
         record.tokens.len(),
         record.prompt_decode_ms
     );
+    if let Some(absent) = record.absent_summary() {
+        println!("absent from this graph: {absent}");
+    }
     Ok(())
 }
 

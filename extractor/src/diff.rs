@@ -129,6 +129,21 @@ pub fn compare_runs(
     max_nmse: f64,
 ) -> Result<Comparison> {
     let (ra, rb) = (RunRecord::read(a)?, RunRecord::read(b)?);
+    let fa = |r: &RunRecord| match r.flash_attn.used {
+        Some(true) => "on",
+        Some(false) => "off",
+        None => "unknown",
+    };
+    if ra.flash_attn.used != rb.flash_attn.used {
+        bail!(
+            "{} ran with flash attention {} and {} with it {}: their graphs differ (scores, the V cache's layout); \
+             run both with the same --flash-attn (on or off)",
+            a.display(),
+            fa(&ra),
+            b.display(),
+            fa(&rb)
+        );
+    }
     let buffer = |r: &RunRecord, file: &str| {
         r.checkpoint(file)
             .map_or_else(|| "?".into(), |c| c.buffer.clone())
@@ -382,6 +397,30 @@ mod tests {
     use super::*;
     use crate::format::Format;
     use crate::manifest::Manifest;
+
+    #[test]
+    fn runs_of_two_flash_attention_settings_are_refused_by_name() {
+        let tmp = tempfile::tempdir().unwrap();
+        let (a, b) = (tmp.path().join("a"), tmp.path().join("b"));
+        run_dir(&a, "CPU", &[1.0, 2.0, 3.0, 4.0], &[0.5], &[1.0]);
+        run_dir(&b, "CPU", &[1.0, 2.0, 3.0, 4.0], &[0.5], &[1.0]);
+        let mut record = RunRecord::read(&b).unwrap();
+        record.flash_attn.used = Some(true);
+        std::fs::write(b.join("run.json"), record.to_json()).unwrap();
+        let manifest = Manifest::parse(MANIFEST).unwrap();
+        let err = format!(
+            "{:#}",
+            compare_runs(&a, &b, &manifest.checkpoints, 1e-4)
+                .err()
+                .unwrap()
+        );
+        assert!(
+            err.contains("flash attention off")
+                && err.contains("with it on")
+                && err.contains("--flash-attn"),
+            "{err}"
+        );
+    }
 
     #[test]
     fn a_flat_index_is_a_row_major_coordinate() {

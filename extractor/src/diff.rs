@@ -129,11 +129,7 @@ pub fn compare_runs(
     max_nmse: f64,
 ) -> Result<Comparison> {
     let (ra, rb) = (RunRecord::read(a)?, RunRecord::read(b)?);
-    let fa = |r: &RunRecord| match r.flash_attn.used {
-        Some(true) => "on",
-        Some(false) => "off",
-        None => "unknown",
-    };
+    let fa = |r: &RunRecord| r.flash_attn.used_name();
     if ra.flash_attn.used != rb.flash_attn.used {
         bail!(
             "{} ran with flash attention {} and {} with it {}: their graphs differ (scores, the V cache's layout); \

@@ -189,11 +189,7 @@ fn verdict(rows: &[metrics::Row], failure: Option<&str>, text: &mut String) -> S
 
 /// The table's first line: both sides, the prompt, the next tokens.
 fn header(record: &RunRecord, info: &Info) -> String {
-    let flash_attn = match record.flash_attn.used {
-        Some(true) => "on",
-        Some(false) => "off",
-        None => "unknown",
-    };
+    let flash_attn = record.flash_attn.used_name();
     let mut text = format!(
         "\nllama.cpp {} (kv cache {}, {} threads, flash attention {flash_attn}, asked {}) vs PyTorch {} ({}), {} prompt tokens; \
          next token: llama.cpp {}, PyTorch f32 {}, f64 {}\n",

@@ -133,6 +133,17 @@ pub struct FlashAttn {
     pub used: Option<bool>,
 }
 
+impl FlashAttn {
+    /// What the graph had, in words: `on`, `off`, or `unknown` (nothing observed it).
+    pub fn used_name(&self) -> &'static str {
+        match self.used {
+            Some(true) => "on",
+            Some(false) => "off",
+            None => "unknown",
+        }
+    }
+}
+
 /// The llama.cpp source tree a build was made from. `cargo xtask build`
 /// records it beside the build; the extractor copies it into every run.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

@@ -83,6 +83,10 @@ pub struct Capture {
     node_index: usize,
     /// Nodes the glob matched this pass.
     matched: usize,
+    /// Glob mode: each node copied this pass, by identity -> graph index, so
+    /// that the record names an operand's node (filled in `observe`, never
+    /// on the ask path).
+    copied: HashMap<usize, usize>,
     /// Node name -> checkpoints with that name (several only when `op` disambiguates).
     by_name: HashMap<Box<[u8]>, Vec<usize>>,
     /// Operand name -> checkpoints found by an operand alone (no `tensor`).
@@ -138,6 +142,7 @@ impl Capture {
             glob,
             node_index: 0,
             matched: 0,
+            copied: HashMap::new(),
             by_name,
             by_operand,
             deep,
@@ -164,6 +169,7 @@ impl Capture {
         self.reading = reading;
         self.node_index = 0;
         self.matched = 0;
+        self.copied.clear();
         self.active = true;
         Ok(())
     }
@@ -272,6 +278,8 @@ impl Capture {
             op: node.op_name(),
             buffer: node.buffer_name(),
             data,
+            graph_index: None,
+            operands: Vec::new(),
         })
     }
 
@@ -293,6 +301,11 @@ impl Capture {
             .collect();
         let file_stem = format!("{:04}_{}", self.node_index, safe.trim_matches('_'));
         let n_dims = ne.iter().rposition(|&d| d != 1).map_or(1, |i| i + 1);
+        let operands = node
+            .sources()
+            .map(|s| (s.name_lossy(), self.copied.get(&s.identity()).copied()))
+            .collect();
+        self.copied.insert(node.identity(), self.node_index);
         Ok(Captured {
             fetched,
             id: file_stem.clone(),
@@ -306,6 +319,8 @@ impl Capture {
             op: node.op_name(),
             buffer: node.buffer_name(),
             data,
+            graph_index: Some(self.node_index),
+            operands,
         })
     }
 

@@ -19,4 +19,8 @@ pub struct Captured {
     /// Bytes fetched from the backend (0 when read in host memory).
     pub fetched: usize,
     pub data: Vec<f32>,
+    /// `--tensors`: the node's graph index, and its operands (name, and the
+    /// graph index of those this pass captured).
+    pub graph_index: Option<usize>,
+    pub operands: Vec<(String, Option<usize>)>,
 }

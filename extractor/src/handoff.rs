@@ -196,6 +196,8 @@ mod tests {
             buffer: "CPU".into(),
             fetched: 0,
             data: vec![0.0; n],
+            graph_index: None,
+            operands: Vec::new(),
         }
     }
 

@@ -13,7 +13,7 @@ use sha2::{Digest, Sha256};
 use crate::captured::Captured;
 use crate::format::{self, Format};
 use crate::handoff::Inbox;
-use crate::record::{CheckpointRecord, RunRecord};
+use crate::record::{CheckpointRecord, Operand, RunRecord};
 use crate::rundir::{Abandon, RunDir};
 
 pub struct Output {
@@ -192,6 +192,15 @@ fn write_one(staging: &Path, format: Format, captured: &Captured) -> Result<Chec
         max,
         mean,
         non_finite,
+        graph_index: captured.graph_index,
+        operands: captured
+            .operands
+            .iter()
+            .map(|(name, node)| Operand {
+                name: name.clone(),
+                node: *node,
+            })
+            .collect(),
     })
 }
 

@@ -11,8 +11,9 @@ use serde::{Deserialize, Serialize};
 use crate::format::Format;
 use crate::manifest::{Manifest, Symbols};
 
-/// Bumped whenever a field changes meaning or a required field is added.
-pub const SCHEMA_VERSION: u32 = 2;
+/// Bumped whenever a field changes meaning or a field is added (3: each
+/// `--tensors` node's graph index and operands).
+pub const SCHEMA_VERSION: u32 = 3;
 
 /// The file name of the record inside a run directory.
 pub const FILE: &str = "run.json";
@@ -276,6 +277,25 @@ pub struct CheckpointRecord {
     pub max: Option<f32>,
     pub mean: Option<f64>,
     pub non_finite: usize,
+    /// `--tensors`: the node's index in the pass's graph (its file's prefix).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub graph_index: Option<usize>,
+    /// `--tensors`: the node's operands in order, each by name and, where it
+    /// is a node this run captured, by graph index: the graph's edges, for
+    /// matching it with another implementation's.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub operands: Vec<Operand>,
+}
+
+/// One operand of a captured node.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Operand {
+    /// The tensor's name (a weight `blk.0.attn_q.weight`, a cache `cache_k_l0`, a node).
+    pub name: String,
+    /// The graph index of the captured node it is, if it is one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub node: Option<usize>,
 }
 
 impl RunRecord {
@@ -440,6 +460,8 @@ pub fn example() -> RunRecord {
             max: Some(1.0),
             mean: Some(0.5),
             non_finite: 0,
+            graph_index: None,
+            operands: Vec::new(),
         }],
     }
 }
@@ -501,7 +523,7 @@ mod tests {
         let future = RunRecord::parse(&with_version(Some(7))).unwrap_err();
         assert_eq!(
             future.to_string(),
-            "run record schema version 7 is newer than this tool's (2): update llorch-checkpoint to read it"
+            "run record schema version 7 is newer than this tool's (3): update llorch-checkpoint to read it"
         );
         let old = RunRecord::parse(&with_version(Some(0))).unwrap_err();
         assert!(old.to_string().contains("version 0 is older"), "{old}");

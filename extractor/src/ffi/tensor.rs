@@ -49,6 +49,12 @@ impl<'a> Node<'a> {
         })
     }
 
+    /// The tensor's identity within the graph being computed (its address):
+    /// the same node seen as one's result and as another's operand.
+    pub fn identity(&self) -> usize {
+        std::ptr::from_ref(self.t) as usize
+    }
+
     pub fn name_lossy(&self) -> String {
         String::from_utf8_lossy(self.name()).into_owned()
     }

@@ -1,17 +1,20 @@
 """The PyTorch reference for `cargo xtask compare`, for every architecture.
 
-Reads a job (JSON, written by xtask/src/compare/reference.rs): the GGUF the
-extractor ran, the token ids of its run record, the reference variants to
+Reads a job (JSON, written by the comparison library's reference.rs): the model
+(`gguf`, the GGUF the extractor ran, or `hf`, the Hugging Face checkpoint it was
+converted from), the token ids of its run record, the reference variants to
 compute and, per checkpoint, which tensor of the Hugging Face model it
-corresponds to and the layout ops (symbols already resolved to integers by
-xtask) that turn that tensor into the checkpoint file's row-major shape.
-Writes one .npy per checkpoint and variant into <out>/<variant>/, and
-<out>/reference.json.
+corresponds to and the layout ops (symbols already resolved to integers) that
+turn that tensor into the checkpoint file's row-major shape. Writes one .npy
+per checkpoint and variant into <out>/<variant>/, and <out>/reference.json.
+With `everything`, no checkpoints are named: every floating-point tensor the
+pass makes is written once (<order>.npy, and tensors.json with its name,
+layer, order, shape and aliases), for the matcher to pair with llama.cpp's nodes.
 
-The model is transformers' own for the GGUF's architecture, loaded from the
-same GGUF (`from_pretrained(dir, gguf_file=name)`: transformers and the `gguf`
-package read and dequantize it), with eager attention. Nothing here knows an
-architecture.
+The model is transformers' own for the architecture, with eager attention:
+from the checkpoint as it is, or from the GGUF (`from_pretrained(dir,
+gguf_file=name)`: transformers and the `gguf` package read and dequantize it).
+Nothing here knows an architecture.
 
 Captures:
   <module path>            output of that module (forward hook), e.g.
@@ -22,17 +25,21 @@ Captures:
                            K and V before grouped-query heads are repeated
   present.<l>.key|value    the layer's KV cache after the pass, [1, kv_heads, n_kv, head_dim]
   attentions.<l>           attention probabilities, [1, n_head, n_tokens, n_kv]
+  logits                   the model's output, [1, n_tokens, n_vocab]
 Ops: drop_batch (remove a leading 1), slice {axis, start, len}, reshape [dims],
-permute [axes].
+permute [axes], scale {by} (multiply by a constant).
 
 Variants: "f32", "f64", and f64 with llama.cpp's own approximations emulated:
 "+gelu_table" (tanh-GELU through ggml's f16 lookup table, where the model has
 one) and "+f16_attn" (Q, K, V and the probabilities rounded to f16, as ggml's
-attention multiplies with the default f16 KV cache).
+attention multiplies with the default f16 KV cache). An f64 variant the model
+cannot run (transformers' grouped MoE matmuls refuse float64) is reported in
+reference.json's `unavailable`, and the comparison takes f32 as its truth.
 
 A missing package is reported in one paragraph with its fix, exit code 3.
 """
 
+import hashlib
 import json
 import os
 import shutil
@@ -64,19 +71,33 @@ except ImportError as e:  # one paragraph, no traceback: xtask wraps it with the
 TANH_GELUS = {"NewGELUActivation", "GELUTanh", "PytorchGELUTanh", "GELUPytorchTanh"}
 
 
-def load_model(path, sha256):
-    """The GGUF's model in transformers, in float32, and whether it came from the saved copy.
+def load_model(job):
+    """The job's model in transformers, in float32, and whether it came from the saved copy.
 
-    Parsing a GGUF (its vocabulary above all) takes 9 to 40 s; the model it gives is saved once as
-    safetensors in $LLORCH_REFERENCE_MODELS/<sha256 of the GGUF>, and later jobs load that."""
+    From a Hugging Face checkpoint (`hf`, the original of a converted GGUF) as it is; from a GGUF
+    through transformers' own GGUF loader. Parsing a GGUF (its vocabulary above all) takes 9 to
+    40 s; the model it gives is saved once as safetensors in $LLORCH_REFERENCE_MODELS/<sha256 of
+    the GGUF>, and later jobs load that."""
     eager = dict(dtype=torch.float32, attn_implementation="eager")  # eager: attention probabilities exist
+    if job.get("hf"):
+        return AutoModelForCausalLM.from_pretrained(job["hf"], **eager).eval(), False
+    path, sha256 = job["gguf"], job.get("gguf_sha256")
     root = os.environ.get("LLORCH_REFERENCE_MODELS")
     saved = os.path.join(root, sha256) if root and sha256 else None
     if saved and os.path.isfile(os.path.join(saved, "config.json")):
         return AutoModelForCausalLM.from_pretrained(saved, **eager).eval(), True
-    model = AutoModelForCausalLM.from_pretrained(
-        os.path.dirname(os.path.abspath(path)), gguf_file=os.path.basename(path), **eager
-    ).eval()
+    try:
+        model = AutoModelForCausalLM.from_pretrained(
+            os.path.dirname(os.path.abspath(path)), gguf_file=os.path.basename(path), **eager
+        ).eval()
+    except (ValueError, RuntimeError, KeyError, NotImplementedError) as e:
+        fail(
+            f"transformers {transformers.__version__} cannot load {path} as a model ({type(e).__name__}: "
+            f"{str(e).splitlines()[0] if str(e) else e}). Its GGUF loader knows only some architectures, and not "
+            f"every GGUF of those; pass the original Hugging Face checkpoint with --hf DIR "
+            f"(cargo xtask compare --hf DIR converts it with the pinned converter and compares with it)",
+            4,
+        )
     if saved:
         # Whole or not at all: written beside, then renamed into place.
         partial = f"{saved}.partial-{os.getpid()}"
@@ -103,40 +124,90 @@ def f16(x):
     return x.to(torch.float16).to(x.dtype)
 
 
-class Attention:
-    """Wraps the model's eager attention function: records what it multiplies
-    and its probabilities, and with f16_attn rounds them as ggml does."""
+class Recorder:
+    """Keeps the tensors a job names, or (`everything`) every floating-point
+    tensor the forward pass makes, once each, in the order they are made; one
+    equal byte for byte to a tensor kept before is recorded as its alias."""
 
-    def __init__(self, model):
+    def __init__(self, wanted=None):
+        self.wanted = wanted  # a set of capture names, or None: everything
+        self.tensors, self.order, self.aliases, self.digests = {}, [], {}, {}
+
+    def wants(self, name):
+        return self.wanted is None or name in self.wanted
+
+    def keep(self, name, t):
+        if not self.wants(name) or not torch.is_tensor(t) or not t.is_floating_point():
+            return
+        t = t.detach().clone()
+        if self.wanted is None:
+            if name in self.tensors:
+                return  # a module called twice: its first call
+            digest = hashlib.sha1(t.contiguous().numpy().tobytes()).digest()
+            first = self.digests.setdefault(digest, name)
+            if first != name:
+                self.aliases.setdefault(first, []).append(name)
+                return
+        if name not in self.tensors:
+            self.order.append(name)
+        self.tensors[name] = t
+
+
+class Attention:
+    """Observes what attention multiplies, without changing it (but for
+    f16_attn, which rounds it as ggml does). Where the model's module has
+    `eager_attention_forward`, that is wrapped: Q and K after rotary
+    embeddings, V, and the probabilities, per layer. Older modelling code
+    computes attention inline: there `apply_rotary_pos_emb` is wrapped (its
+    n-th call is layer n's Q and K) and the probabilities come from
+    `output_attentions`."""
+
+    def __init__(self, model, recorder, round_f16=False):
         self.namespace = sys.modules[type(model).__module__]
-        if not hasattr(self.namespace, "eager_attention_forward"):
-            raise ValueError(f"{type(model).__name__}: no eager_attention_forward to observe attention with")
-        self.original = self.namespace.eager_attention_forward
-        self.captured, self.round = {}, False
+        self.recorder, self.round = recorder, round_f16
+        self.eager = getattr(self.namespace, "eager_attention_forward", None)
+        self.rope = getattr(self.namespace, "apply_rotary_pos_emb", None)
+        if self.round and self.eager is None:
+            raise ValueError(f"{type(model).__name__}: f16_attn needs eager_attention_forward, which its module lacks")
 
     def __enter__(self):
-        original = self.original
+        keep, original = self.recorder.keep, self.eager
+        if original is not None:
 
-        def observed(module, query, key, value, attention_mask, *args, **kwargs):
-            l = module.layer_idx
-            for name, t in (("query", query), ("key", key), ("value", value)):
-                self.captured[f"attn.{l}.{name}"] = t.detach().clone()
-            if self.round:
-                query, key, value = f16(query), f16(key), f16(value)
-            out, probs = original(module, query, key, value, attention_mask, *args, **kwargs)
-            self.captured[f"attentions.{l}"] = probs.detach().clone()
-            if self.round:
-                # ggml multiplies the probabilities with the f16 V in f16 too.
-                n_rep = probs.shape[1] // value.shape[1]
-                v = value.repeat_interleave(n_rep, dim=1)
-                out = torch.matmul(f16(probs), v).transpose(1, 2).contiguous()
-            return out, probs
+            def observed(module, query, key, value, attention_mask, *args, **kwargs):
+                l = module.layer_idx
+                for name, t in (("query", query), ("key", key), ("value", value)):
+                    keep(f"attn.{l}.{name}", t)
+                if self.round:
+                    query, key, value = f16(query), f16(key), f16(value)
+                out, probs = original(module, query, key, value, attention_mask, *args, **kwargs)
+                keep(f"attentions.{l}", probs)
+                if self.round:
+                    # ggml multiplies the probabilities with the f16 V in f16 too.
+                    n_rep = probs.shape[1] // value.shape[1]
+                    v = value.repeat_interleave(n_rep, dim=1)
+                    out = torch.matmul(f16(probs), v).transpose(1, 2).contiguous()
+                return out, probs
 
-        self.namespace.eager_attention_forward = observed
+            self.namespace.eager_attention_forward = observed
+        elif self.rope is not None:
+            rope, calls = self.rope, [0]
+
+            def rotated(q, k, *args, **kwargs):
+                q, k = rope(q, k, *args, **kwargs)
+                keep(f"attn.{calls[0]}.query", q)
+                keep(f"attn.{calls[0]}.key", k)
+                calls[0] += 1
+                return q, k
+
+            self.namespace.apply_rotary_pos_emb = rotated
         return self
 
     def __exit__(self, *exc):
-        self.namespace.eager_attention_forward = self.original
+        if self.eager is not None:
+            self.namespace.eager_attention_forward = self.eager
+        if self.rope is not None:
+            self.namespace.apply_rotary_pos_emb = self.rope
 
 
 def swap_gelus(model, table):
@@ -155,51 +226,103 @@ def swap_gelus(model, table):
     return swapped
 
 
-def run_variant(model, variant, tokens, checkpoints):
+def hook_modules(model, recorder):
+    """Forward hooks for the module outputs (`path`) and inputs (`path:input`) the recorder wants."""
+    hooks = []
+    wanted = recorder.wanted
+    for path, module in model.named_modules():
+        if not path:
+            continue  # the whole model: its output is the logits, which lm_head gives
+        if recorder.wants(path + ":input"):
+
+            def pre_hook(_mod, args, kwargs, name=path + ":input"):
+                first = next((a for a in args if torch.is_tensor(a)), None)
+                if first is None:
+                    first = kwargs.get("hidden_states", next((v for v in kwargs.values() if torch.is_tensor(v)), None))
+                recorder.keep(name, first)
+
+            hooks.append(module.register_forward_pre_hook(pre_hook, with_kwargs=True))
+        if recorder.wants(path):
+
+            def hook(_mod, _inp, out, name=path):
+                recorder.keep(name, out[0] if isinstance(out, (tuple, list)) and out else out)
+
+            hooks.append(module.register_forward_hook(hook))
+    if wanted is not None:
+        # A module the model does not have is named, not ignored.
+        for name in wanted:
+            if name.split(".")[0] not in ("attn", "present", "attentions"):
+                path, _, side = name.partition(":")
+                if side not in ("", "input"):
+                    raise ValueError(f"capture {name!r}: after ':' only `input` is known")
+                model.get_submodule(path)
+    return hooks
+
+
+def run_variant(model, variant, tokens, wanted):
+    """One forward pass in the variant's dtype and emulations; the recorder holds what it kept."""
     dtype = torch.float64 if variant.startswith("f64") else torch.float32
     flags = set(variant.split("+")[1:])
     unknown = flags - {"gelu_table", "f16_attn"}
     if unknown:
         raise ValueError(f"unknown variant flags {sorted(unknown)} in {variant!r}")
     m = model.to(dtype)
+    recorder = Recorder(wanted)
     swap_gelus(m, "gelu_table" in flags)
-    hooks, captured = [], {}
-    for name in {cp["capture"] for cp in checkpoints}:
-        if name.split(".")[0] in ("attn", "present", "attentions"):
-            continue
-        path, _, side = name.partition(":")
-        module = m.get_submodule(path)  # raises for a module the model does not have
-        if side == "input":
-
-            def pre_hook(_mod, args, name=name):
-                captured[name] = args[0].detach().clone()
-
-            hooks.append(module.register_forward_pre_hook(pre_hook))
-            continue
-        if side:
-            raise ValueError(f"capture {name!r}: after ':' only `input` is known")
-
-        def hook(_mod, _inp, out, name=name):
-            captured[name] = (out[0] if isinstance(out, tuple) else out).detach().clone()
-
-        hooks.append(module.register_forward_hook(hook))
+    hooks = hook_modules(m, recorder)
     try:
-        with torch.no_grad(), Attention(m) as attention:
-            attention.round = "f16_attn" in flags
-            out = m(input_ids=torch.tensor([tokens]), use_cache=True, return_dict=True)
+        with torch.no_grad(), Attention(m, recorder, "f16_attn" in flags):
+            out = m(input_ids=torch.tensor([tokens]), use_cache=True, return_dict=True, output_attentions=True)
     finally:
         for h in hooks:
             h.remove()
         swap_gelus(m, False)
-    captured.update(attention.captured)
+    for l, probs in enumerate(out.attentions or ()):
+        if f"attentions.{l}" not in recorder.tensors:
+            recorder.keep(f"attentions.{l}", probs)
     cache = out.past_key_values
     legacy = cache.to_legacy_cache() if hasattr(cache, "to_legacy_cache") else cache
     # With f16_attn the cache is what ggml stores: f16.
     stored = f16 if "f16_attn" in flags else (lambda t: t)
-    for l, (k, v) in enumerate(legacy):
-        captured[f"present.{l}.key"] = stored(k)
-        captured[f"present.{l}.value"] = stored(v)
-    return captured, out.logits[0, -1]
+    for l, (k, v) in enumerate(legacy or ()):
+        recorder.keep(f"present.{l}.key", stored(k))
+        recorder.keep(f"present.{l}.value", stored(v))
+    recorder.keep("logits", out.logits)
+    return recorder, out.logits[0, -1]
+
+
+def layer_of(name):
+    """The layer a capture belongs to: the first number among its dotted parts (None before and after the layers)."""
+    for part in name.partition(":")[0].split("."):
+        if part.isdigit():
+            return int(part)
+    return None
+
+
+def write_checkpoints(recorder, checkpoints, vdir):
+    for cp in checkpoints:
+        where = f"checkpoint {cp['key']} ({cp['capture']})"
+        if cp["capture"] not in recorder.tensors:
+            raise ValueError(
+                f"{where}: no such capture; known: <module path>[:input], attn.<l>.query|key|value, "
+                f"present.<l>.key|value, attentions.<l>"
+            )
+        x = apply_ops(recorder.tensors[cp["capture"]], cp["ops"], where)
+        if list(x.shape) != cp["shape"]:
+            raise ValueError(f"{where}: the ops give shape {list(x.shape)}, the checkpoint file has {cp['shape']}")
+        np.save(os.path.join(vdir, cp["stem"] + ".npy"), np.ascontiguousarray(x.numpy()))
+
+
+def write_everything(recorder, vdir):
+    """Every tensor kept, as <order>.npy, and tensors.json: name, layer, order, shape, file, aliases."""
+    index = []
+    for order, name in enumerate(recorder.order):
+        t = recorder.tensors[name]
+        file = f"{order:04}.npy"
+        np.save(os.path.join(vdir, file), np.ascontiguousarray(t.numpy()))
+        index.append({"name": name, "layer": layer_of(name), "order": order, "shape": list(t.shape),
+                      "file": file, "aliases": recorder.aliases.get(name, [])})
+    json.dump(index, open(os.path.join(vdir, "tensors.json"), "w"), indent=1)
 
 
 def apply_ops(x, ops, where):
@@ -218,6 +341,8 @@ def apply_ops(x, ops, where):
             x = x.reshape(op["shape"])
         elif kind == "permute":
             x = x.permute(op["axes"])
+        elif kind == "scale":
+            x = x * op["by"]
         else:
             raise ValueError(f"{where}: unknown op {kind!r}")
     return x
@@ -230,34 +355,40 @@ def main():
     started = time.time()
     torch.manual_seed(0)
     torch.set_num_threads(job.get("threads", 2))
-    model, from_saved = load_model(job["gguf"], job.get("gguf_sha256"))
+    model, from_saved = load_model(job)
     loaded = time.time() - started
     out_dir = job["out"]
-    next_tokens = {}
+    everything = job.get("everything", False)
+    wanted = None if everything else {cp["capture"] for cp in job["checkpoints"]}
+    next_tokens, unavailable = {}, {}
     for variant in job["variants"]:
-        captured, logits = run_variant(model, variant, job["tokens"], job["checkpoints"])
+        try:
+            recorder, logits = run_variant(model, variant, job["tokens"], wanted)
+        except RuntimeError as e:
+            # transformers' grouped MoE matmuls refuse float64: that variant cannot be had.
+            if not variant.startswith("f64"):
+                raise
+            unavailable[variant] = str(e).splitlines()[0]
+            continue
         next_tokens[variant] = int(logits.argmax())
         vdir = os.path.join(out_dir, variant)
         os.makedirs(vdir, exist_ok=True)
-        for cp in job["checkpoints"]:
-            where = f"checkpoint {cp['key']} ({cp['capture']})"
-            if cp["capture"] not in captured:
-                raise ValueError(
-                    f"{where}: no such capture; known: <module path>[:input], attn.<l>.query|key|value, "
-                    f"present.<l>.key|value, attentions.<l>"
-                )
-            x = apply_ops(captured[cp["capture"]], cp["ops"], where)
-            if list(x.shape) != cp["shape"]:
-                raise ValueError(f"{where}: the ops give shape {list(x.shape)}, the checkpoint file has {cp['shape']}")
-            np.save(os.path.join(vdir, cp["stem"] + ".npy"), np.ascontiguousarray(x.numpy()))
+        if everything:
+            write_everything(recorder, vdir)
+        else:
+            write_checkpoints(recorder, job["checkpoints"], vdir)
+    if len(unavailable) == len(job["variants"]):
+        fail(f"no variant could run: {unavailable}", 4)
     info = {
         "model": type(model).__name__, "torch": torch.__version__, "transformers": transformers.__version__,
         "numpy": np.__version__, "attn_implementation": model.config._attn_implementation,
-        "variants": job["variants"], "next_token": next_tokens, "checkpoints": len(job["checkpoints"]),
+        "variants": [v for v in job["variants"] if v not in unavailable], "unavailable": unavailable,
+        "next_token": next_tokens, "checkpoints": len(job["checkpoints"]),
         "load_seconds": loaded, "loaded_from_saved": from_saved, "seconds": time.time() - started,
     }
     json.dump(info, open(os.path.join(out_dir, "reference.json"), "w"), indent=2)
-    print(f"reference: {type(model).__name__}, {len(job['checkpoints'])} checkpoints x {len(job['variants'])} variants "
+    what = "every tensor" if everything else f"{len(job['checkpoints'])} checkpoints"
+    print(f"reference: {type(model).__name__}, {what} x {len(info['variants'])} variants "
           f"in {info['seconds']:.1f} s (loading {loaded:.1f} s{' from the saved copy' if from_saved else ''}; torch {torch.__version__}, "
           f"transformers {transformers.__version__}, eager attention)")
 

@@ -6,8 +6,11 @@
 //!   `target/llorch/models/gpt2-synthetic-<seed>-<layers>l-<dtype>.gguf`, its
 //!   sha256 recorded beside it. Same seed, same bytes, on every machine.
 //! - `--gguf PATH`: a GGUF you already have, checked to be a usable GPT-2.
-//! - `--hf DIR`: a local Hugging Face GPT-2 directory, converted with the pinned
-//!   tree's `convert_hf_to_gguf.py` in the project's Python (see `python.rs`).
+//! - `--hf DIR`: a local Hugging Face checkpoint of any architecture the pinned
+//!   tree's `convert_hf_to_gguf.py` knows, converted by it in the project's
+//!   Python (see `python.rs`).
+//! - `--tiny ARCH`: a seeded random Hugging Face checkpoint of a small model,
+//!   made by transformers (`xtask/python/tiny.py`), to test a port on.
 //!
 //! The tokenizer comes from crates.io: the `tiktoken-rs` crate ships OpenAI's
 //! GPT-2 `encoder.json` and `vocab.bpe`; its `.crate` is checked against a pinned sha256.
@@ -25,7 +28,8 @@ use crate::step::Step;
 
 mod hf;
 mod parts;
-use hf::{from_hf, self_test_hf};
+use hf::self_test_hf;
+pub use hf::{from_hf, tiny, Outtype, TINY};
 use parts::{check, ensure_tools_built, models_dir, TIKTOKEN};
 pub use parts::{tokenizer_files, Dtype};
 
@@ -37,9 +41,12 @@ pub struct Model {
     /// Seed of the synthetic model's weights.
     #[arg(long, default_value_t = 0)]
     seed: u64,
-    /// Type of the 2-D weights (norms and biases stay f32); also the --hf output type.
+    /// Type of the synthetic GPT-2's 2-D weights (norms and biases stay f32).
     #[arg(long, value_enum, default_value_t = Dtype::F32)]
     dtype: Dtype,
+    /// What --hf and --tiny convert the weights to (the converter's --outtype).
+    #[arg(long, value_enum, default_value_t = Outtype::F32)]
+    outtype: Outtype,
     /// Regenerate (or reconvert) even if the model is already there.
     #[arg(long)]
     force: bool,
@@ -49,9 +56,14 @@ pub struct Model {
     /// Use this existing GGUF instead: check that it is a GPT-2 with every tensor the manifests need.
     #[arg(long, conflicts_with_all = ["hf", "self_test_hf"])]
     gguf: Option<PathBuf>,
-    /// Convert this local Hugging Face GPT-2 directory (config.json, model.safetensors, tokenizer files).
-    #[arg(long, conflicts_with = "self_test_hf")]
+    /// Convert this local Hugging Face checkpoint (config.json, *.safetensors, tokenizer files) with
+    /// the pinned convert_hf_to_gguf.py, for any architecture it knows.
+    #[arg(long, conflicts_with_all = ["self_test_hf", "tiny"])]
     hf: Option<PathBuf>,
+    /// Write a tiny random Hugging Face model of this architecture (2 layers, 128 wide, seeded by
+    /// --seed, SmolLM2's tokenizer) into target/llorch/models/tiny, and convert it.
+    #[arg(long, value_name = "ARCH", value_parser = clap::builder::PossibleValuesParser::new(TINY), conflicts_with = "self_test_hf")]
+    tiny: Option<String>,
     /// Check the --hf path end to end: write a tiny random HF GPT-2 with transformers, convert, load it.
     #[arg(long)]
     self_test_hf: bool,
@@ -83,9 +95,18 @@ impl Model {
             println!("model: {} sha256 {}", path.display(), sha256_file(path)?);
             return Ok(());
         }
-        if let Some(dir) = &self.hf {
-            let path = from_hf(project, dir, self.dtype, self.force)?;
-            println!("model: {path}", path = path.display());
+        let hf = match (&self.hf, &self.tiny) {
+            (Some(dir), _) => Some(dir.clone()),
+            (None, Some(arch)) => {
+                let dir = tiny(project, arch, self.seed)?;
+                println!("hf: {}", dir.display());
+                Some(dir)
+            }
+            (None, None) => None,
+        };
+        if let Some(dir) = &hf {
+            let path = from_hf(project, dir, self.outtype, self.force)?;
+            println!("model: {} sha256 {}", path.display(), sha256_file(&path)?);
             return Ok(());
         }
         if self.self_test_hf {

@@ -2,6 +2,7 @@
 //! manifest's, layers the model does not have, a prompt or context past what
 //! the model was trained for. Each error names both sides and the fix.
 
+use std::collections::BTreeMap;
 use std::path::Path;
 
 use anyhow::{bail, Context, Result};
@@ -14,6 +15,9 @@ use crate::manifest::{Layers, Manifest};
 pub struct Header {
     pub architecture: String,
     pub n_layer: u32,
+    /// How many of the model's matrices (tensors of two or more dimensions)
+    /// are stored in each type: what tells f32 weights from quantized ones.
+    pub weights: BTreeMap<String, u64>,
 }
 
 impl Header {
@@ -29,9 +33,14 @@ impl Header {
         let n_layer = header
             .get_uint(&format!("{architecture}.block_count"))
             .unwrap_or(0) as u32;
+        let mut weights = BTreeMap::new();
+        for t in header.tensors().iter().filter(|t| t.ne.len() >= 2) {
+            *weights.entry(t.type_name().to_string()).or_insert(0) += 1;
+        }
         Ok(Header {
             architecture,
             n_layer,
+            weights,
         })
     }
 }

@@ -80,6 +80,7 @@ pub fn run(cfg: &Config) -> Result<()> {
     let model_sha = output::sha256_cached(&cfg.model)?;
     let logits = logits_file(&loaded, &decoded)?;
     let mut record = record(cfg, &loaded, &decoded, written, model_sha, &logits);
+    record.model.weights = header.weights;
     record.flash_attn.used = Some(flash_attn);
     record.absent = absent;
     record.layers = layers;
@@ -241,6 +242,7 @@ fn record(
             sha256: model_sha256,
             architecture: loaded.arch.clone(),
             n_layer: loaded.model.n_layer(),
+            weights: Default::default(),
         },
         layers: None,
         tensors: cfg.tensors.as_ref().map(|p| p.as_str().to_string()),

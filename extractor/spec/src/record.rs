@@ -12,7 +12,7 @@ use crate::format::Format;
 use crate::manifest::{Manifest, Symbols};
 
 /// Bumped whenever a field changes meaning or a field is added (3: each
-/// `--tensors` node's graph index and operands).
+/// `--tensors` node's graph index and operands, the model's weight types).
 pub const SCHEMA_VERSION: u32 = 3;
 
 /// The file name of the record inside a run directory.
@@ -194,6 +194,11 @@ pub struct ModelInfo {
     pub sha256: String,
     pub architecture: String,
     pub n_layer: i64,
+    /// How many matrices (tensors of two or more dimensions) the GGUF stores
+    /// in each type (`f32`, `q4_K`...): the weights' precision, which sets
+    /// how close a comparison can expect llama.cpp to be.
+    #[serde(default)]
+    pub weights: std::collections::BTreeMap<String, u64>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -407,6 +412,7 @@ pub fn example() -> RunRecord {
             sha256: "00".into(),
             architecture: "gpt2".into(),
             n_layer: 12,
+            weights: [("f32".to_string(), 49)].into(),
         },
         manifest: None,
         layers: None,

@@ -241,6 +241,7 @@ mod tests {
             ops: Vec::new(),
             tolerance: Tolerance {
                 atol: 1e-6,
+                atol_of_max: 0.0,
                 rtol: 1e-6,
                 nmse: 1e-12,
             },

@@ -22,6 +22,7 @@ pub mod candidate;
 pub mod compare;
 pub mod entries;
 pub mod html;
+pub mod matching;
 pub mod metrics;
 pub mod overrides;
 pub mod reference;

@@ -53,12 +53,16 @@ pub struct Metrics {
     pub worst_ratio: f64,
     /// The element with the largest ratio (flat, row-major).
     pub worst: usize,
+    /// The absolute bound these elements were held to (the tolerance's
+    /// atol plus its share of the reference's largest |value|).
+    pub atol: f64,
 }
 
 pub fn metrics(test: &[f64], reference: &[f64], tol: &Tolerance) -> Metrics {
     assert_eq!(test.len(), reference.len());
     let n = test.len().max(1) as f64;
     let mean_ref = reference.iter().sum::<f64>() / n;
+    let atol = tol.atol_for(reference.iter().fold(0f64, |m, r| m.max(r.abs())));
     let (mut max_abs, mut max_rel, mut sq, mut var, mut dot, mut tt, mut rr) =
         (0f64, 0f64, 0f64, 0f64, 0f64, 0f64, 0f64);
     let (mut n_outside, mut worst_ratio, mut worst, mut max_abs_at) =
@@ -81,7 +85,7 @@ pub fn metrics(test: &[f64], reference: &[f64], tol: &Tolerance) -> Metrics {
         dot += t * r;
         tt += t * t;
         rr += r * r;
-        let allowed = tol.atol + tol.rtol * r.abs();
+        let allowed = atol + tol.rtol * r.abs();
         let ratio = if allowed > 0.0 {
             d / allowed
         } else if d > 0.0 {
@@ -126,6 +130,7 @@ pub fn metrics(test: &[f64], reference: &[f64], tol: &Tolerance) -> Metrics {
         outside: n_outside as f64 / n,
         worst_ratio,
         worst,
+        atol,
     }
 }
 
@@ -250,14 +255,14 @@ pub fn first_failure(rows: &[Row]) -> Option<String> {
     }
     Some(format!(
         "checkpoint {}{layer} ({}) exceeds its tolerance against the f64 reference: element {:?} is {:.7} in llama.cpp, {:.7} in PyTorch \
-         (|diff| {:.3e} > atol {:.0e} + rtol {:.0e}*|ref|); {} of {} elements outside, NMSE {:.3e} (limit {:.0e})",
+         (|diff| {:.3e} > atol {:.1e} + rtol {:.0e}*|ref|); {} of {} elements outside, NMSE {:.3e} (limit {:.0e})",
         row.id,
         row.file,
         row.worst_index,
         row.worst_test,
         row.worst_ref,
         (row.worst_test - row.worst_ref).abs(),
-        t.atol,
+        m.atol,
         t.rtol,
         m.n_outside,
         row.shape.iter().product::<usize>(),
@@ -272,6 +277,7 @@ mod tests {
 
     const TOL: Tolerance = Tolerance {
         atol: 1e-3,
+        atol_of_max: 0.0,
         rtol: 1e-2,
         nmse: 1e-4,
     };
@@ -322,6 +328,7 @@ mod tests {
             &reference,
             &Tolerance {
                 atol: 1e-3,
+                atol_of_max: 0.0,
                 rtol: 0.0,
                 nmse: 1.0,
             },
@@ -330,6 +337,7 @@ mod tests {
         assert!(m.nmse > 1.0, "{}", m.nmse);
         assert!(!m.passes(&Tolerance {
             atol: 1e-3,
+            atol_of_max: 0.0,
             rtol: 0.0,
             nmse: 1.0
         }));
@@ -346,6 +354,7 @@ mod tests {
         test[777] += 1e-2;
         let tol = Tolerance {
             atol: 1e-5,
+            atol_of_max: 0.0,
             rtol: 1e-4,
             nmse: 1e-6,
         };

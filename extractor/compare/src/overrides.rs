@@ -9,6 +9,7 @@ use llorch_checkpoint_spec::manifest::Tolerance;
 pub struct Override {
     pattern: glob::Pattern,
     atol: Option<f64>,
+    atol_of_max: Option<f64>,
     rtol: Option<f64>,
     nmse: Option<f64>,
 }
@@ -24,11 +25,12 @@ impl std::str::FromStr for Override {
 fn parse(text: &str) -> Result<Override> {
     let (glob, values) = text
         .split_once('=')
-        .context("expected GLOB=atol:X,rtol:Y,nmse:Z (any of the three), e.g. 'ffn_*=atol:1e-2'")?;
+        .context("expected GLOB=atol:X,rtol:Y,nmse:Z (any of them; atol_of_max:F for a fraction of max |ref|), e.g. 'ffn_*=atol:1e-2'")?;
     let pattern = glob::Pattern::new(glob).with_context(|| format!("`{glob}` is not a glob"))?;
     let mut o = Override {
         pattern,
         atol: None,
+        atol_of_max: None,
         rtol: None,
         nmse: None,
     };
@@ -44,9 +46,10 @@ fn parse(text: &str) -> Result<Override> {
             .with_context(|| format!("`{pair}`: {value} is not a non-negative number"))?;
         match key.trim() {
             "atol" => o.atol = Some(value),
+            "atol_of_max" => o.atol_of_max = Some(value),
             "rtol" => o.rtol = Some(value),
             "nmse" => o.nmse = Some(value),
-            other => bail!("`{other}`: a tolerance has atol, rtol and nmse"),
+            other => bail!("`{other}`: a tolerance has atol, atol_of_max, rtol and nmse"),
         }
     }
     Ok(o)
@@ -60,6 +63,7 @@ pub fn apply(overrides: &[Override], id: &str, tensor: &str, tolerance: Toleranc
         .filter(|o| o.pattern.matches(id) || o.pattern.matches(tensor))
         .fold(tolerance, |t, o| Tolerance {
             atol: o.atol.unwrap_or(t.atol),
+            atol_of_max: o.atol_of_max.unwrap_or(t.atol_of_max),
             rtol: o.rtol.unwrap_or(t.rtol),
             nmse: o.nmse.unwrap_or(t.nmse),
         })

@@ -89,6 +89,7 @@ fn resolve_ops(ops: &[Op], symbols: &Symbols) -> Result<Vec<serde_json::Value>> 
                     serde_json::json!({ "op": "reshape", "shape": shape })
                 }
                 Op::Permute(axes) => serde_json::json!({ "op": "permute", "axes": axes }),
+                Op::Scale(by) => serde_json::json!({ "op": "scale", "by": by }),
             })
         })
         .collect()

@@ -111,7 +111,7 @@ pub fn table(rows: &[Row]) -> String {
         let t = r.tolerance;
         let _ = writeln!(
             s,
-            "{:<18} {:>3}  {:>9.2e} {:>9.2e} {:>7.1} {:>10.2e}  | {:>9.2e} {:>9.2e} {:>9.2e} {:>7.1} {:>12.2e} {:>6.2}%  {:<5} {:.0e}, {:.0e}, {:.0e}",
+            "{:<18} {:>3}  {:>9.2e} {:>9.2e} {:>7.1} {:>10.2e}  | {:>9.2e} {:>9.2e} {:>9.2e} {:>7.1} {:>12.2e} {:>6.2}%  {:<5} {}",
             r.id,
             layer_text(r.layer),
             a.max_abs,
@@ -125,9 +125,7 @@ pub fn table(rows: &[Row]) -> String {
             1.0 - b.cosine,
             100.0 * b.outside,
             if r.pass { "ok" } else { "FAIL" },
-            t.atol,
-            t.rtol,
-            t.nmse
+            t.text()
         );
     }
     s

@@ -40,6 +40,7 @@ fn row(id: &str, layer: Option<u32>, nmse_db: f64, worst_ratio: f64) -> Row {
         outside: 0.0,
         worst_ratio,
         worst: 0,
+        atol: 1e-5,
     };
     Row {
         id: id.into(),
@@ -48,6 +49,7 @@ fn row(id: &str, layer: Option<u32>, nmse_db: f64, worst_ratio: f64) -> Row {
         shape: vec![1, 7, 576],
         tolerance: Tolerance {
             atol: 1e-5,
+            atol_of_max: 0.0,
             rtol: 1e-4,
             nmse: 1e-6,
         },

@@ -28,7 +28,9 @@ impl Reference {
 
 /// The layout ops, applied in order to the captured tensor (row-major, batch first).
 /// In YAML: `drop_batch`, `{slice: {axis: -1, start: 0, len: n_embd}}`,
-/// `{reshape: [n_tokens, n_head, head_dim]}`, `{permute: [0, 2, 1, 3]}`.
+/// `{reshape: [n_tokens, n_head, head_dim]}`, `{permute: [0, 2, 1, 3]}`,
+/// `{scale: 0.0625}` (llama.cpp computes a multiple of the reference's tensor:
+/// Q pre-scaled by 1/sqrt(head_dim)).
 #[derive(Deserialize, Clone, Debug, PartialEq)]
 #[serde(try_from = "serde_yaml::Value")]
 pub enum Op {
@@ -41,6 +43,8 @@ pub enum Op {
     },
     Reshape(Vec<Dim>),
     Permute(Vec<i64>),
+    /// Multiply by a constant.
+    Scale(f64),
 }
 
 #[derive(Deserialize)]
@@ -56,7 +60,7 @@ impl TryFrom<serde_yaml::Value> for Op {
 
     fn try_from(value: serde_yaml::Value) -> Result<Op, String> {
         const KNOWN: &str =
-            "drop_batch, {slice: {axis, start, len}}, {reshape: [dims]}, {permute: [axes]}";
+            "drop_batch, {slice: {axis, start, len}}, {reshape: [dims]}, {permute: [axes]}, {scale: x}";
         if value.as_str() == Some("drop_batch") {
             return Ok(Op::DropBatch);
         }
@@ -79,6 +83,10 @@ impl TryFrom<serde_yaml::Value> for Op {
             }
             "reshape" => Op::Reshape(serde_yaml::from_value(args).map_err(err)?),
             "permute" => Op::Permute(serde_yaml::from_value(args).map_err(err)?),
+            "scale" => match args.as_f64() {
+                Some(x) if x.is_finite() && x != 0.0 => Op::Scale(x),
+                _ => return Err(format!("op `scale` takes a finite, non-zero number, not {args:?}")),
+            },
             other => return Err(format!("unknown op `{other}`; known: {KNOWN}")),
         })
     }
@@ -88,9 +96,15 @@ impl TryFrom<serde_yaml::Value> for Op {
 #[derive(Deserialize, Serialize, Clone, Copy, Debug, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct Tolerance {
-    /// Each element: |test - ref| <= atol + rtol * |ref| (numpy.isclose).
+    /// Each element: |test - ref| <= atol + atol_of_max * max|ref| + rtol * |ref|
+    /// (numpy.isclose, with an absolute part that may follow the tensor's scale).
     #[serde(default = "default_atol")]
     pub atol: f64,
+    /// The part of the absolute bound that is a fraction of the reference's
+    /// largest |value|: one tolerance for tensors of any scale (a residual
+    /// stream with outliers in the thousands, probabilities below 1).
+    #[serde(default)]
+    pub atol_of_max: f64,
     #[serde(default = "default_rtol")]
     pub rtol: f64,
     /// And over the tensor: NMSE = mean((test-ref)^2) / var(ref) <= nmse.
@@ -103,9 +117,25 @@ impl Tolerance {
     /// arithmetic on O(1) values.
     pub const DEFAULT: Tolerance = Tolerance {
         atol: 1e-4,
+        atol_of_max: 0.0,
         rtol: 1e-3,
         nmse: 1e-6,
     };
+
+    /// The absolute bound for a reference whose largest |value| is `max_ref`.
+    pub fn atol_for(&self, max_ref: f64) -> f64 {
+        self.atol + self.atol_of_max * max_ref
+    }
+
+    /// `atol, rtol, nmse` as tables print them (`0.1*max` for a scaled atol).
+    pub fn text(&self) -> String {
+        let atol = match (self.atol, self.atol_of_max) {
+            (a, 0.0) => format!("{a:.0e}"),
+            (0.0, m) => format!("{m}*max"),
+            (a, m) => format!("{a:.0e}+{m}*max"),
+        };
+        format!("{atol}, {:.0e}, {:.0e}", self.rtol, self.nmse)
+    }
 }
 
 fn default_atol() -> f64 {
@@ -148,9 +178,9 @@ pub(super) fn check_compare_keys(
             .as_mapping()
             .ok_or("`tolerance` must be a mapping {atol, rtol, nmse}")?;
         for (k, v) in map {
-            let known = matches!(k.as_str(), Some("atol" | "rtol" | "nmse"));
+            let known = matches!(k.as_str(), Some("atol" | "atol_of_max" | "rtol" | "nmse"));
             if !known || !v.as_f64().is_some_and(|x| x >= 0.0) {
-                return Err(format!("`tolerance` takes atol, rtol and nmse as non-negative numbers, not {k:?}: {v:?}"));
+                return Err(format!("`tolerance` takes atol, atol_of_max, rtol and nmse as non-negative numbers, not {k:?}: {v:?}"));
             }
         }
     }

@@ -89,7 +89,7 @@ fn compare_keys_are_accepted_and_checked() {
     let msg =
         err("checkpoints:\n  - {id: a, tensor: t, shape: [1], file: f, tolerance: {atol: -1}}\n");
     assert!(
-        msg.contains("`tolerance` takes atol, rtol and nmse"),
+        msg.contains("`tolerance` takes atol, atol_of_max, rtol and nmse"),
         "{msg}"
     );
     let msg = err("checkpoints:\n  - {id: a, tensor: t, shape: [1], file: f, reference: {capture: x, op: []}}\n");
@@ -197,6 +197,7 @@ checkpoints:
         a.tolerance,
         Tolerance {
             atol: 1e-5,
+            atol_of_max: 0.0,
             rtol: 1e-4,
             nmse: 1e-8
         }

@@ -12,6 +12,8 @@
 //! - [`reference`]: the job the reference computes, and what it reports.
 //! - [`candidate`]: a third side, another engine's tensors.
 //! - [`overrides`]: `--tolerance GLOB=...` over the manifest's tolerances.
+//! - [`precision`]: the tolerance of a comparison without a manifest, from the weights' type.
+//! - [`matching`]: llama.cpp's nodes paired with the reference's tensors by value; drafted manifests.
 //! - [`attribution`]: which setting of llama.cpp each error comes from.
 //! - [`sequential`]: the prompt as one batch against one token per pass.
 //! - [`report`], [`html`], [`svg`], [`text`]: the table, report.json, report.html, errors.svg.
@@ -25,6 +27,7 @@ pub mod html;
 pub mod matching;
 pub mod metrics;
 pub mod overrides;
+pub mod precision;
 pub mod reference;
 pub mod report;
 pub mod self_test;

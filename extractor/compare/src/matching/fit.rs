@@ -24,7 +24,11 @@ pub fn spread(l: &[f64]) -> f64 {
 
 /// `|l - s*t|^2 / spread`, summed directly (no cancellation at 1e-15).
 pub fn nmse_at(l: &[f64], t: &[f64], s: f64, spread: f64) -> f64 {
-    l.iter().zip(t).map(|(a, b)| (a - s * b) * (a - s * b)).sum::<f64>() / spread
+    l.iter()
+        .zip(t)
+        .map(|(a, b)| (a - s * b) * (a - s * b))
+        .sum::<f64>()
+        / spread
 }
 
 /// The best scale for `t` and the NMSE there and at 1.
@@ -165,6 +169,8 @@ mod tests {
         // A factor of 1.01 has no reason: it is shown, and the verdict is at 1.
         let off: Vec<f64> = l.iter().map(|x| x / 1.01).collect();
         let f = fit(&l, &off, s);
-        assert!(matches!(read_scale(&f, &l, &off, s, &reasoned_scales(&symbols)), Scale::Unexplained(x) if (x - 1.01).abs() < 1e-9));
+        assert!(
+            matches!(read_scale(&f, &l, &off, s, &reasoned_scales(&symbols)), Scale::Unexplained(x) if (x - 1.01).abs() < 1e-9)
+        );
     }
 }

@@ -51,7 +51,10 @@ pub fn apply(steps: &[Step], shape: &[usize], data: &[f64]) -> (Vec<usize>, Vec<
                 shape.remove(0);
             }
             Step::Reshape(to) => {
-                debug_assert_eq!(to.iter().product::<usize>(), shape.iter().product::<usize>());
+                debug_assert_eq!(
+                    to.iter().product::<usize>(),
+                    shape.iter().product::<usize>()
+                );
                 shape = to.clone();
             }
             Step::Slice { axis, start, len } => {
@@ -133,7 +136,7 @@ pub fn candidates(from: &[usize], to: &[usize], head_dim: usize) -> Vec<Layout> 
             let mut variants = vec![(a.clone(), perm.clone(), Rope::None)];
             for (j, &i) in perm.iter().enumerate() {
                 let x = a[i];
-                if head_dim >= 2 && head_dim % 2 == 0 && x % head_dim == 0 {
+                if head_dim >= 2 && head_dim.is_multiple_of(2) && x % head_dim == 0 {
                     variants.push(rope_split(&a, &perm, j, head_dim, Rope::Pairs));
                     variants.push(rope_split(&a, &perm, j, head_dim, Rope::Halves));
                 }
@@ -172,12 +175,15 @@ fn atom_sizes(r: &[usize], l: &[usize]) -> Vec<usize> {
 /// Ordered factorizations of `d` into at most three of `sizes`.
 fn factorizations(d: usize, sizes: &[usize]) -> Vec<Vec<usize>> {
     let mut out = vec![vec![d]];
-    for &x in sizes.iter().filter(|&&x| x < d && d % x == 0) {
+    for &x in sizes.iter().filter(|&&x| x < d && d.is_multiple_of(x)) {
         let rest = d / x;
         if sizes.contains(&rest) {
             out.push(vec![x, rest]);
         }
-        for &y in sizes.iter().filter(|&&y| y < rest && rest % y == 0) {
+        for &y in sizes
+            .iter()
+            .filter(|&&y| y < rest && rest.is_multiple_of(y))
+        {
             if sizes.contains(&(rest / y)) {
                 out.push(vec![x, y, rest / y]);
             }
@@ -214,7 +220,10 @@ fn refinements(r: &[usize], l: &[usize], sizes: &[usize]) -> Vec<(Vec<usize>, Ve
     // Fewest atoms first: the plainest layouts are tried, and deduplicated, first.
     let mut pairs = Vec::new();
     for a in &ra {
-        for b in lb.iter().filter(|b| b.len() == a.len() && sorted(b) == sorted(a)) {
+        for b in lb
+            .iter()
+            .filter(|b| b.len() == a.len() && sorted(b) == sorted(a))
+        {
             pairs.push((a.clone(), b.clone()));
         }
     }

@@ -23,6 +23,8 @@ use llorch_checkpoint_spec::manifest::Symbols;
 pub mod fit;
 pub mod layout;
 pub mod sides;
+#[cfg(test)]
+mod tests;
 
 use fit::{Fit, Reasoned, Scale};
 use layout::{Layout, Step};
@@ -31,19 +33,19 @@ pub use sides::{read_nodes, read_tensors, Node, Segment, Tensor};
 /// When a pair is accepted.
 #[derive(Clone, Copy, Debug)]
 pub struct Options {
-    /// The largest NMSE (at the fitted scale) a pair may have: -13 dB, far
-    /// above llama.cpp's error on quantized weights (SmolLM2 Q4_1: at most
-    /// 4.5e-3) and far below what two different tensors give.
+    /// The largest NMSE (at the fitted scale) a pair may have
+    /// ([`crate::precision::Precision::accept`]: from 1e-3 for f32 weights
+    /// to 5e-2 for quantized ones).
     pub accept: f64,
     /// How much closer the pair must be than the next candidate whose values
     /// differ: 10 (10 dB).
     pub margin: f64,
 }
 
-impl Default for Options {
-    fn default() -> Options {
+impl Options {
+    pub fn new(precision: crate::precision::Precision) -> Options {
         Options {
-            accept: 0.05,
+            accept: precision.accept(),
             margin: 10.0,
         }
     }
@@ -136,8 +138,11 @@ struct Edges {
 
 impl Edges {
     fn new(nodes: &[Node]) -> Edges {
-        let position: HashMap<usize, usize> =
-            nodes.iter().enumerate().map(|(i, n)| (n.index, i)).collect();
+        let position: HashMap<usize, usize> = nodes
+            .iter()
+            .enumerate()
+            .map(|(i, n)| (n.index, i))
+            .collect();
         let operands: Vec<Vec<usize>> = nodes
             .iter()
             .map(|n| {
@@ -215,7 +220,11 @@ pub fn pair_all(nodes: &[Node], tensors: &[Tensor], symbols: &Symbols, opts: &Op
         for i in 0..nodes.len() {
             floors[i] = edges.operands[i]
                 .iter()
-                .map(|&j| pairs[j].as_ref().map_or(floors[j], |p| tensors[p.tensor].order))
+                .map(|&j| {
+                    pairs[j]
+                        .as_ref()
+                        .map_or(floors[j], |p| tensors[p.tensor].order)
+                })
                 .max()
                 .unwrap_or(0);
             if pairs[i].is_some() {
@@ -359,7 +368,7 @@ fn parts(shape: &[usize], want: usize) -> Vec<(usize, usize, usize)> {
     let Some(&last) = shape.last() else {
         return Vec::new();
     };
-    if n <= want || n % want != 0 || (last * want) % n != 0 {
+    if n <= want || !n.is_multiple_of(want) || !(last * want).is_multiple_of(n) {
         return Vec::new();
     }
     let len = last * want / n;
@@ -436,7 +445,9 @@ fn search(
     let mut best: Option<Best> = None;
     let mut runner: Option<(usize, f64)> = None;
     for (s, src) in sources.iter().enumerate() {
-        let limit = best.as_ref().map_or(f64::INFINITY, |b| b.fit.nmse * ctx.opts.margin);
+        let limit = best
+            .as_ref()
+            .map_or(f64::INFINITY, |b| b.fit.nmse * ctx.opts.margin);
         if src.bound > limit.max(ctx.opts.accept) {
             // Sorted by bound: no later source is closer than this one can be.
             runner = min_candidate(runner, Some((src.tensor, src.bound)));
@@ -478,7 +489,22 @@ fn search(
         });
     }
     let view = &views[src.view];
-    let scale = fit::read_scale(&best.fit, &view.data, &best.values, view.spread, &ctx.reasoned);
+    let scale = fit::read_scale(
+        &best.fit,
+        &view.data,
+        &best.values,
+        view.spread,
+        &ctx.reasoned,
+    );
+    // A free factor explains more than a fixed one: a pair that needs one
+    // without a reason must fit 20 dB closer (RMSNorm's output is nearly
+    // a multiple of its input over a short prompt; a factor of 1.01 is a bug to show).
+    if matches!(scale, Scale::Unexplained(_)) && best.fit.nmse > ctx.opts.accept / 100.0 {
+        return Err(Unpaired::TooFar {
+            tensor,
+            nmse: best.fit.nmse_unit,
+        });
+    }
     Ok(Pair {
         node: position,
         tensor,
@@ -540,7 +566,11 @@ fn sources(
     out.sort_by(|a, b| {
         a.bound
             .total_cmp(&b.bound)
-            .then(ctx.tensors[a.tensor].order.cmp(&ctx.tensors[b.tensor].order))
+            .then(
+                ctx.tensors[a.tensor]
+                    .order
+                    .cmp(&ctx.tensors[b.tensor].order),
+            )
             .then(a.part.is_some().cmp(&b.part.is_some()))
     });
     out

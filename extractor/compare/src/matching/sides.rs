@@ -124,9 +124,12 @@ pub fn is_derived_name(name: &str) -> bool {
 /// a mark of its own, the latest layer among its operands' (weights, caches,
 /// nodes) while a later node still marks that layer or a later one (Gemma's
 /// unsuffixed post-FFN `norm`); else before or after the layers, by position.
-fn assign_segments(nodes: &mut [Node]) {
-    let position: HashMap<usize, usize> =
-        nodes.iter().enumerate().map(|(i, n)| (n.index, i)).collect();
+pub(crate) fn assign_segments(nodes: &mut [Node]) {
+    let position: HashMap<usize, usize> = nodes
+        .iter()
+        .enumerate()
+        .map(|(i, n)| (n.index, i))
+        .collect();
     let marks: Vec<Option<u32>> = nodes.iter().map(|n| layer_mark(&n.name)).collect();
     // The latest mark from each node on.
     let mut latest_from = vec![None; nodes.len() + 1];
@@ -213,7 +216,9 @@ mod tests {
         ] {
             assert_eq!(layer_mark(name), layer, "{name}");
         }
-        assert!(is_derived_name("node_31") && is_derived_name("Qcur-0 (view)") && is_derived_name(""));
+        assert!(
+            is_derived_name("node_31") && is_derived_name("Qcur-0 (view)") && is_derived_name("")
+        );
         assert!(!is_derived_name("attn_norm-0") && !is_derived_name("node_x"));
     }
 

@@ -33,8 +33,10 @@ pub struct Entry {
     pub description: String,
     /// GGUF `general.architecture`.
     pub architecture: String,
-    /// The manifest written for that architecture.
-    pub manifest: PathBuf,
+    /// The manifest written for that architecture, if one is (without one,
+    /// `compare` pairs the nodes by value).
+    #[serde(default)]
+    pub manifest: Option<PathBuf>,
     /// The model's file name in `target/llorch/models/`.
     pub file: String,
     /// sha256 of the whole model file.
@@ -258,7 +260,7 @@ mod tests {
         Entry {
             description: "a test model".into(),
             architecture: "llama".into(),
-            manifest: "manifests/llama.yaml".into(),
+            manifest: Some("manifests/llama.yaml".into()),
             file: "tiny.gguf".into(),
             sha256: sha(whole),
             bytes: whole.len() as u64,
@@ -355,12 +357,14 @@ mod tests {
         let project = Project::at(Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap());
         let catalogue = Catalogue::load(&project).unwrap();
         assert_eq!(catalogue.get("smollm2-135m").unwrap().architecture, "llama");
-        // Every entry names a manifest written for its architecture.
+        // A manifest an entry names is written for its architecture.
         for (name, entry) in &catalogue.models {
-            let manifest = llorch_checkpoint_spec::manifest::Manifest::load(
-                &project.root().join(&entry.manifest),
-            )
-            .unwrap_or_else(|e| panic!("{name}: {e:#}"));
+            let Some(manifest) = &entry.manifest else {
+                continue;
+            };
+            let manifest =
+                llorch_checkpoint_spec::manifest::Manifest::load(&project.root().join(manifest))
+                    .unwrap_or_else(|e| panic!("{name}: {e:#}"));
             assert_eq!(manifest.architecture, entry.architecture, "{name}");
         }
         let err = catalogue.get("gpt-5").unwrap_err().to_string();

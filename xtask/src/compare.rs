@@ -10,16 +10,17 @@ use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use anyhow::{bail, Context, Result};
+use llorch_checkpoint_compare::auto::{compare_auto, Auto};
 use llorch_checkpoint_compare::overrides::Override;
 use llorch_checkpoint_compare::sides::{Extraction, Extractor, Reference, ReferenceJob};
 use llorch_checkpoint_compare::{compare, self_test, sequential, Options};
 use xshell::cmd;
 
-use llorch_checkpoint_spec::record::FlashAttnMode;
+use llorch_checkpoint_spec::record::{FlashAttnMode, RunRecord};
 
 use crate::build::{self, Backend};
 use crate::extract::layer_arg;
-use crate::model::ModelArgs;
+use crate::model::{ModelArgs, Outtype};
 use crate::project::Project;
 use crate::tree::TreeArg;
 
@@ -66,31 +67,64 @@ pub struct Compare {
     flash_attn: Option<FlashAttnMode>,
     #[command(flatten)]
     tree: TreeArg,
+    /// A Hugging Face checkpoint of any architecture the pinned converter knows: converted to a
+    /// GGUF for llama.cpp (--outtype), and itself the reference. Its nodes are paired automatically.
+    #[arg(long, value_name = "DIR", conflicts_with_all = ["model", "tiny", "sequential", "self_test"])]
+    hf: Option<PathBuf>,
+    /// A tiny random Hugging Face model of this architecture (`cargo xtask model --tiny`), as --hf.
+    #[arg(long, value_name = "ARCH", value_parser = clap::builder::PossibleValuesParser::new(crate::model::TINY),
+          conflicts_with_all = ["model", "sequential", "self_test"])]
+    tiny: Option<String>,
+    /// What --hf and --tiny convert the weights to (the converter's --outtype).
+    #[arg(long, value_enum, default_value_t = Outtype::F32)]
+    outtype: Outtype,
+    /// Pair llama.cpp's nodes with the reference's tensors by value, even where a manifest fits the model.
+    #[arg(long = "match", conflicts_with_all = ["manifest", "sequential", "self_test"])]
+    auto: bool,
+    /// Also write the manifest the pairs make, with tolerances measured on this comparison, for
+    /// you to review and commit (implies --match).
+    #[arg(long, value_name = "FILE", conflicts_with_all = ["manifest", "sequential", "self_test"])]
+    draft_manifest: Option<PathBuf>,
 }
 
 impl Compare {
     pub fn run(self, project: &Project) -> Result<()> {
-        let llama = LlamaCpp::on(project, self.tree.clone(), self.flash_attn);
+        let (model, manifest, hf) = self.sides(project)?;
+        // Matching wants every node: without flash attention, the scores are nodes too.
+        let flash_attn = match manifest {
+            None => self.flash_attn.or(Some(FlashAttnMode::Off)),
+            Some(_) => self.flash_attn,
+        };
+        let llama = LlamaCpp::on(project, self.tree.clone(), flash_attn);
         let torch = PyTorch::new(project);
         if self.self_test {
             let line = run_self_test(project, &llama, &torch)?;
             println!("self-test passed: {line}");
             return Ok(());
         }
-        let out = match self.out {
+        let out = match &self.out {
             Some(dir) => std::path::absolute(dir)?,
             None => project.work_dir().join("compare"),
         };
-        let (model, manifest) = self.input.resolve(project)?;
         let opts = Options {
-            layers: self.layers,
-            candidate: self.candidate.map(std::path::absolute).transpose()?,
-            overrides: self.tolerances,
+            layers: self.layers.clone(),
+            candidate: self
+                .candidate
+                .clone()
+                .map(std::path::absolute)
+                .transpose()?,
+            overrides: self.tolerances.clone(),
             fail_fast: self.fail_fast,
-            show: self.show,
-            run: self.run.map(std::path::absolute).transpose()?,
+            show: self.show.clone(),
+            run: self.run.clone().map(std::path::absolute).transpose()?,
             attribution: self.attribution,
-            ..Options::new(&manifest, &model, &self.input.prompt, out)
+            hf,
+            ..Options::new(
+                manifest.as_deref().unwrap_or(Path::new("")),
+                &model,
+                &self.input.prompt,
+                out,
+            )
         };
         if self.sequential {
             print!(
@@ -99,7 +133,20 @@ impl Compare {
             );
             return Ok(());
         }
-        let outcome = compare(&llama, &torch, &opts)?;
+        let outcome = match manifest {
+            Some(_) => compare(&llama, &torch, &opts)?,
+            None => {
+                let auto = Auto {
+                    probe: crate::prompts::PERF_PROMPT,
+                    draft: self
+                        .draft_manifest
+                        .clone()
+                        .map(std::path::absolute)
+                        .transpose()?,
+                };
+                compare_auto(&llama, &torch, &opts, &auto)?.0
+            }
+        };
         print!("{}", outcome.text);
         println!(
             "\nreport: {}\npicture: {}\npage: {}",
@@ -111,6 +158,25 @@ impl Compare {
             Some(why) => bail!("{why}"),
             None => Ok(()),
         }
+    }
+
+    /// The GGUF llama.cpp runs, the manifest (None: pair the nodes by value)
+    /// and the Hugging Face checkpoint the reference loads instead of the GGUF.
+    fn sides(&self, project: &Project) -> Result<(PathBuf, Option<PathBuf>, Option<PathBuf>)> {
+        let hf = match (&self.hf, &self.tiny) {
+            (Some(dir), _) => Some(std::path::absolute(dir)?),
+            (None, Some(arch)) => Some(crate::model::tiny(project, arch, 0)?),
+            (None, None) => None,
+        };
+        let automatic = self.auto || self.draft_manifest.is_some();
+        if let Some(dir) = hf {
+            let model = crate::model::from_hf(project, &dir, self.outtype, false)?;
+            let manifest = self.input.manifest.clone().filter(|_| !automatic);
+            return Ok((model, manifest, Some(dir)));
+        }
+        let chosen = self.input.resolve_any(project)?;
+        let manifest = chosen.manifest.filter(|_| !automatic);
+        Ok((chosen.model, manifest, None))
     }
 }
 
@@ -152,6 +218,14 @@ impl LlamaCpp<'_> {
         }
     }
 
+    /// `--flash-attn MODE` where one is set.
+    fn flash_attn_flags(&self) -> Vec<String> {
+        match self.flash_attn {
+            Some(mode) => vec!["--flash-attn".into(), mode.name().into()],
+            None => Vec::new(),
+        }
+    }
+
     fn exe(&self) -> Result<&Path> {
         if let Some(exe) = self.exe.get() {
             return Ok(exe);
@@ -175,9 +249,7 @@ impl Extractor for LlamaCpp<'_> {
         if run.sequential {
             extra.push("--sequential".into());
         }
-        if let Some(mode) = self.flash_attn {
-            extra.extend(["--flash-attn".into(), mode.name().into()]);
-        }
+        extra.extend(self.flash_attn_flags());
         let out = cmd!(
             sh,
             "{exe} -m {model} --manifest {manifest} -p {prompt} -n 0 --out {dir} -t {threads} {extra...}"
@@ -189,6 +261,46 @@ impl Extractor for LlamaCpp<'_> {
             out.status.success(),
             "the extractor failed:\n{}",
             String::from_utf8_lossy(&out.stderr).trim_end()
+        );
+        Ok(())
+    }
+
+    fn tokenize(&self, model: &Path, text: &str, out: &Path) -> Result<RunRecord> {
+        let exe = self.exe()?;
+        let sh = self.project.shell()?;
+        let flags = self.flash_attn_flags();
+        let result = cmd!(
+            sh,
+            "{exe} -m {model} -p {text} -n 0 --no-extract --out {out} -t 2 {flags...}"
+        )
+        .quiet()
+        .ignore_status()
+        .output()?;
+        anyhow::ensure!(
+            result.status.success(),
+            "the extractor could not tokenize the probe:\n{}",
+            String::from_utf8_lossy(&result.stderr).trim_end()
+        );
+        RunRecord::read(out)
+    }
+
+    fn extract_graph(&self, model: &Path, tokens: &[i32], out: &Path) -> Result<()> {
+        let exe = self.exe()?;
+        let sh = self.project.shell()?;
+        let ids: Vec<String> = tokens.iter().map(|t| t.to_string()).collect();
+        let ids = ids.join(",");
+        let flags = self.flash_attn_flags();
+        let result = cmd!(
+            sh,
+            "{exe} -m {model} --tokens {ids} --tensors * -n 0 --out {out} -t 2 {flags...}"
+        )
+        .quiet()
+        .ignore_status()
+        .output()?;
+        anyhow::ensure!(
+            result.status.success(),
+            "the extractor could not capture the whole graph:\n{}",
+            String::from_utf8_lossy(&result.stderr).trim_end()
         );
         Ok(())
     }

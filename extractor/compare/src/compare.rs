@@ -17,10 +17,14 @@ use crate::sides::{Extraction, Extractor, Reference};
 use crate::{attribution, candidate, metrics};
 
 /// What to compare, and how.
+#[derive(Clone)]
 pub struct Options {
     /// The checkpoint manifest; every checkpoint needs a `reference:`.
     pub manifest: PathBuf,
     pub model: PathBuf,
+    /// The Hugging Face checkpoint `model` was converted from: the reference
+    /// loads it instead of the GGUF.
+    pub hf: Option<PathBuf>,
     pub prompt: String,
     /// Where the runs, the reference tensors and the reports go.
     pub out: PathBuf,
@@ -46,6 +50,7 @@ impl Options {
         Options {
             manifest: manifest.to_path_buf(),
             model: model.to_path_buf(),
+            hf: None,
             prompt: prompt.into(),
             out,
             layers: None,
@@ -87,6 +92,12 @@ pub struct Outcome {
     pub failure: Option<String>,
     /// The greedy next token after the prompt: llama.cpp's, and the f64 reference's.
     pub next_token: (Option<i32>, Option<i64>),
+    /// What was compared, and how each checkpoint scored (graph order).
+    pub entries: Vec<crate::entries::Entry>,
+    pub rows: Vec<metrics::Row>,
+    /// The llama.cpp run and the reference tensors compared.
+    pub run: PathBuf,
+    pub reference: PathBuf,
 }
 
 /// The whole comparison; `Err` when it could not be made, `failure` when it
@@ -118,6 +129,7 @@ pub fn compare(
     let info = build_reference(
         reference,
         &opts.model,
+        opts.hf.as_deref(),
         &run,
         &record,
         &entries,
@@ -170,6 +182,10 @@ pub fn compare(
         summary,
         next_token: (record.next_token, info.next_token.get(F64).copied()),
         failure,
+        entries,
+        rows,
+        run,
+        reference: reference_dir,
     })
 }
 

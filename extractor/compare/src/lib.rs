@@ -17,9 +17,11 @@
 //! - [`attribution`]: which setting of llama.cpp each error comes from.
 //! - [`sequential`]: the prompt as one batch against one token per pass.
 //! - [`report`], [`html`], [`svg`], [`text`]: the table, report.json, report.html, errors.svg.
+//! - [`auto`]: the whole flow without a manifest: the probe, the matcher, the drafted manifest.
 //! - [`compare`](mod@compare): the whole flow; [`self_test`](mod@self_test): the flow checking itself.
 
 pub mod attribution;
+pub mod auto;
 pub mod candidate;
 pub mod compare;
 pub mod entries;

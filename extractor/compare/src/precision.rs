@@ -16,7 +16,11 @@
 //! Elements are held to `atol_of_max` of the reference's largest |value|
 //! plus `rtol` of their own: residual streams carry outlier channels a
 //! hundred times their neighbours, so a bound in absolute units would be
-//! either loose everywhere or tight on the outliers.
+//! either loose everywhere or tight on the outliers. With f32 weights the
+//! f16 KV cache is the largest rounding (2^-11 per element): ten of those
+//! of the largest value, 5e-3; bf16 weights round at 2^-8: 4e-2; quantized
+//! ones, as the manifests measured (SmolLM2's FFN output is allowed 30 where
+//! its outliers reach the hundreds, Gemma's residual 1800 of thousands): 0.25.
 
 use std::collections::BTreeMap;
 
@@ -49,8 +53,8 @@ impl Precision {
     /// The tolerance every checkpoint is judged by.
     pub fn tolerance(self) -> Tolerance {
         let (atol_of_max, rtol, nmse) = match self {
-            Precision::Full => (1e-3, 1e-2, 1e-5),
-            Precision::Half => (3e-3, 3e-2, 1e-4),
+            Precision::Full => (5e-3, 1e-2, 1e-5),
+            Precision::Half => (4e-2, 3e-2, 1e-4),
             Precision::Quantized => (0.25, 0.1, 3e-2),
         };
         Tolerance {

@@ -7,7 +7,7 @@ use anyhow::{ensure, Context, Result};
 use llorch_checkpoint_spec::manifest::{Op, Symbols};
 use llorch_checkpoint_spec::record::RunRecord;
 
-use crate::entries::{Entry, VARIANTS};
+use crate::entries::{Entry, F32, F64, VARIANTS};
 use crate::metrics::read_tensor;
 use crate::sides::{JobCheckpoint, Reference, ReferenceJob};
 
@@ -18,12 +18,19 @@ pub struct Info {
     pub model: String,
     /// Per variant, the greedy next token after the prompt.
     pub next_token: std::collections::BTreeMap<String, i64>,
+    /// The variants computed.
+    #[serde(default)]
+    pub variants: Vec<String>,
+    /// Variants the model cannot run, with the reason (transformers' MoE in float64).
+    #[serde(default)]
+    pub unavailable: std::collections::BTreeMap<String, String>,
 }
 
 /// The reference tensors of `run`'s checkpoints, computed into `out` (emptied first).
 pub fn build_reference(
     reference: &dyn Reference,
     model: &Path,
+    hf: Option<&Path>,
     run: &Path,
     record: &RunRecord,
     entries: &[Entry],
@@ -58,6 +65,8 @@ pub fn build_reference(
     };
     let job = ReferenceJob {
         gguf: model.to_path_buf(),
+        hf: hf.map(Path::to_path_buf),
+        everything: false,
         gguf_sha256,
         tokens: record.tokens.clone(),
         out: out.to_path_buf(),
@@ -65,9 +74,40 @@ pub fn build_reference(
         threads: 2,
         checkpoints,
     };
-    std::fs::write(job.file(), serde_json::to_vec_pretty(&job)?)?;
-    reference.compute(&job)?;
-    let info = out.join("reference.json");
+    run_job(reference, &job)
+}
+
+/// Every tensor the reference's pass over `tokens` makes, into `out/<variant>/`
+/// (f64, and f32 for a model that cannot run f64), with `tensors.json`.
+pub fn build_everything(
+    reference: &dyn Reference,
+    model: &Path,
+    hf: Option<&Path>,
+    tokens: &[i32],
+    out: &Path,
+) -> Result<Info> {
+    if out.exists() {
+        std::fs::remove_dir_all(out)?;
+    }
+    std::fs::create_dir_all(out)?;
+    let job = ReferenceJob {
+        gguf: model.to_path_buf(),
+        hf: hf.map(Path::to_path_buf),
+        everything: true,
+        gguf_sha256: llorch_checkpoint_spec::files::sha256_file(model).unwrap_or_default(),
+        tokens: tokens.to_vec(),
+        out: out.to_path_buf(),
+        variants: vec![F64.into(), F32.into()],
+        threads: 2,
+        checkpoints: Vec::new(),
+    };
+    run_job(reference, &job)
+}
+
+fn run_job(reference: &dyn Reference, job: &ReferenceJob) -> Result<Info> {
+    std::fs::write(job.file(), serde_json::to_vec_pretty(job)?)?;
+    reference.compute(job)?;
+    let info = job.out.join("reference.json");
     serde_json::from_slice(
         &std::fs::read(&info)
             .with_context(|| format!("the reference wrote no {}", info.display()))?,

@@ -5,6 +5,7 @@
 use std::path::{Path, PathBuf};
 
 use anyhow::Result;
+use llorch_checkpoint_spec::record::RunRecord;
 use serde::Serialize;
 
 /// One extractor run: the prompt pass of `model`, fresh cache, into `out`.
@@ -30,6 +31,16 @@ pub trait Extractor {
     /// An f32 copy of `model` (its quantized tensors dequantized by
     /// llama.cpp), or `None` when no tensor of it is quantized.
     fn dequantized(&self, model: &Path) -> Result<Option<PathBuf>>;
+    /// A pass of `text` with nothing captured, into `out`: its run record
+    /// says the token ids llama.cpp makes of it, the symbols and the weights' types.
+    fn tokenize(&self, _model: &Path, _text: &str, _out: &Path) -> Result<RunRecord> {
+        anyhow::bail!("this extractor cannot tokenize")
+    }
+    /// Writes into `out` a run of every node of the prompt pass of `tokens`
+    /// (the extractor's `--tensors '*'`), each with its graph index and operands.
+    fn extract_graph(&self, _model: &Path, _tokens: &[i32], _out: &Path) -> Result<()> {
+        anyhow::bail!("this extractor cannot capture a whole graph")
+    }
 }
 
 /// What the reference must compute: `job.json` in `out` says it, for a
@@ -37,6 +48,13 @@ pub trait Extractor {
 #[derive(Serialize, Debug)]
 pub struct ReferenceJob {
     pub gguf: PathBuf,
+    /// The Hugging Face checkpoint the GGUF was converted from: loaded
+    /// instead of the GGUF where given.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub hf: Option<PathBuf>,
+    /// No checkpoints: every tensor the pass makes, for the matcher.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub everything: bool,
     /// The GGUF's sha256: keys a reference's saved copy of the model it
     /// built from it, so that a GGUF is parsed once.
     pub gguf_sha256: String,

@@ -16,7 +16,7 @@ use llorch_checkpoint_extractor::gpt2_model::{self, stats, Hparams, Spec, Tokeni
 #[command(
     name = "llorch-checkpoint-model",
     version,
-    about = "GPT-2 GGUF models for llorch-checkpoint"
+    about = "GGUF models for llorch-checkpoint: the synthetic GPT-2, checks, architecture, statistics, f32 copies"
 )]
 struct Cli {
     #[command(subcommand)]
@@ -61,6 +61,8 @@ enum Command {
     },
     /// Check that a GGUF is a `gpt2` model with every tensor the manifests need.
     Check { path: PathBuf },
+    /// Print a GGUF's `general.architecture` (read from its header: nothing is loaded).
+    Architecture { path: PathBuf },
     /// Run a prompt through a model and print per-layer activation statistics.
     Stats { path: PathBuf },
     /// Write a copy of a GGUF with every tensor dequantized to f32 (llama.cpp's
@@ -136,6 +138,17 @@ fn run(command: Command) -> Result<()> {
                 checked.n_tensors,
                 types.join(", ")
             );
+            Ok(())
+        }
+        Command::Architecture { path } => {
+            let header = GgufFile::open(&path)?;
+            let arch = header.get_str("general.architecture").ok_or_else(|| {
+                anyhow::anyhow!(
+                    "{}: its GGUF header has no general.architecture",
+                    path.display()
+                )
+            })?;
+            println!("{arch}");
             Ok(())
         }
         Command::Stats { path } => print_stats(&path),

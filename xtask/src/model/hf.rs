@@ -62,7 +62,11 @@ pub fn from_hf(project: &Project, dir: &Path, outtype: Outtype, force: bool) -> 
         .unwrap_or_else(|| "hf".into());
     let out = models_dir(project).join(format!("{stem}-hf-{}.gguf", outtype.name()));
     if !force && newest_file(&dir)? <= modified(&out) {
-        eprintln!("model: {} is up to date with {}", out.display(), dir.display());
+        eprintln!(
+            "model: {} is up to date with {}",
+            out.display(),
+            dir.display()
+        );
         return Ok(out);
     }
     let converter = python::converter(project)?;
@@ -73,11 +77,14 @@ pub fn from_hf(project: &Project, dir: &Path, outtype: Outtype, force: bool) -> 
     let _local = sh.push_env("NO_LOCAL_GGUF", "1");
     let (py, script, outtype) = (&converter.python, &converter.script, outtype.name());
     let started = Instant::now();
-    let result = cmd!(sh, "{py} {script} --outfile {tmp} --outtype {outtype} {dir}")
-        .quiet()
-        .ignore_status()
-        .output()
-        .context("cannot start the project's Python")?;
+    let result = cmd!(
+        sh,
+        "{py} {script} --outfile {tmp} --outtype {outtype} {dir}"
+    )
+    .quiet()
+    .ignore_status()
+    .output()
+    .context("cannot start the project's Python")?;
     if !result.status.success() {
         let _ = std::fs::remove_file(&tmp);
         let stderr = String::from_utf8_lossy(&result.stderr);
@@ -119,7 +126,9 @@ pub fn tiny(project: &Project, arch: &str, seed: u64) -> Result<PathBuf> {
         "--tiny {arch}: the tiny architectures are {}",
         TINY.join(", ")
     );
-    let dir = models_dir(project).join("tiny").join(format!("{arch}-s{seed}"));
+    let dir = models_dir(project)
+        .join("tiny")
+        .join(format!("{arch}-s{seed}"));
     if dir.join("llorch-tiny.json").is_file() {
         return Ok(dir);
     }

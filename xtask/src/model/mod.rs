@@ -271,7 +271,8 @@ fn recorded_and_intact(path: &Path) -> Result<Option<String>> {
 /// `--model`, `--manifest` and `--prompt`, as extract and compare take them.
 #[derive(clap::Args)]
 pub struct ModelArgs {
-    /// Checkpoint manifest (compare needs its `reference:` entries) [default: the catalogue model's, else manifests/gpt2.yaml].
+    /// Checkpoint manifest (compare needs its `reference:` entries) [default: the catalogue model's,
+    /// else the one manifests/ has for the model's architecture; compare matches nodes without one].
     #[arg(long)]
     pub manifest: Option<PathBuf>,
     /// A GGUF path or a model of vendor/models.yaml, e.g. smollm2-135m [default: the synthetic GPT-2 of `cargo xtask model`].
@@ -287,35 +288,105 @@ impl ModelArgs {
     pub fn resolve(&self, project: &Project) -> Result<(PathBuf, PathBuf)> {
         model_and_manifest(project, self.model.as_deref(), self.manifest.as_deref())
     }
+
+    /// The model's path and the manifest, where one is given or written for its architecture.
+    pub fn resolve_any(&self, project: &Project) -> Result<Chosen> {
+        choose(project, self.model.as_deref(), self.manifest.as_deref())
+    }
 }
 
-/// `--model` and `--manifest` of extract and compare, defaults filled in:
-/// no model is the synthetic GPT-2 with `manifests/gpt2.yaml`; a catalogue
-/// name is that model (fetched if missing) with its entry's manifest; anything
-/// else is a path (the extractor refuses a manifest of another architecture).
+/// A model, and the manifest that fits it if any does.
+pub struct Chosen {
+    pub model: PathBuf,
+    pub manifest: Option<PathBuf>,
+    /// The GGUF's architecture, where it was read to find the manifest.
+    pub architecture: Option<String>,
+}
+
+/// `--model` and `--manifest` of extract and compare, defaults filled in;
+/// a model no manifest fits is refused with what to do instead.
 pub fn model_and_manifest(
     project: &Project,
     model: Option<&str>,
     manifest: Option<&Path>,
 ) -> Result<(PathBuf, PathBuf)> {
-    let manifest = manifest.map(std::path::absolute).transpose()?;
-    let gpt2 = || project.root().join("manifests/gpt2.yaml");
-    let Some(model) = model else {
-        return Ok((default_model(project)?, manifest.unwrap_or_else(gpt2)));
+    let chosen = choose(project, model, manifest)?;
+    let manifest = chosen.manifest.with_context(|| {
+        format!(
+            "no manifest in manifests/ is written for `{}`, the architecture of {}: `cargo xtask compare --model {}` \
+             pairs its nodes with transformers' by value and compares them without one, and `--draft-manifest FILE` \
+             writes the manifest it made, for you to review and keep",
+            chosen.architecture.as_deref().unwrap_or("?"),
+            chosen.model.display(),
+            model.unwrap_or_default()
+        )
+    })?;
+    Ok((chosen.model, manifest))
+}
+
+/// The model and its manifest: no model is the synthetic GPT-2 with
+/// `manifests/gpt2.yaml`; a catalogue name is that model (fetched if
+/// missing) with its entry's manifest; a path is that GGUF with the
+/// manifest of `manifests/` written for its architecture. `--manifest` wins.
+pub fn choose(project: &Project, model: Option<&str>, manifest: Option<&Path>) -> Result<Chosen> {
+    let given = manifest.map(std::path::absolute).transpose()?;
+    let Some(name) = model else {
+        return Ok(Chosen {
+            model: default_model(project)?,
+            manifest: given.or_else(|| Some(project.root().join("manifests/gpt2.yaml"))),
+            architecture: Some("gpt2".into()),
+        });
     };
-    let path = Path::new(model);
-    if path.exists() || model.contains('/') || model.ends_with(".gguf") {
-        return Ok((std::path::absolute(path)?, manifest.unwrap_or_else(gpt2)));
+    let path = Path::new(name);
+    if path.exists() || name.contains('/') || name.ends_with(".gguf") {
+        let model = std::path::absolute(path)?;
+        if given.is_some() {
+            return Ok(Chosen {
+                model,
+                manifest: given,
+                architecture: None,
+            });
+        }
+        let architecture = architecture_of(project, &model)?;
+        let manifest = llorch_checkpoint_spec::manifest::for_architecture(
+            &project.root().join("manifests"),
+            &architecture,
+        )
+        .into_iter()
+        .next();
+        return Ok(Chosen {
+            model,
+            manifest,
+            architecture: Some(architecture),
+        });
     }
     let catalogue = Catalogue::load(project)?;
-    let entry = catalogue.get(model).with_context(|| {
-        format!("--model {model} is neither a file nor a model of the catalogue")
+    let entry = catalogue.get(name).with_context(|| {
+        format!("--model {name} is neither a file nor a model of the catalogue")
     })?;
-    let path = catalogue::fetch(project, model)?;
-    Ok((
-        path,
-        manifest.unwrap_or_else(|| project.root().join(&entry.manifest)),
-    ))
+    Ok(Chosen {
+        model: catalogue::fetch(project, name)?,
+        manifest: given.or_else(|| entry.manifest.as_ref().map(|m| project.root().join(m))),
+        architecture: Some(entry.architecture.clone()),
+    })
+}
+
+/// A GGUF's `general.architecture`, read from its header by the model tool.
+pub fn architecture_of(project: &Project, model: &Path) -> Result<String> {
+    let exe = ensure_tools_built(project)?;
+    let sh = project.shell()?;
+    let out = xshell::cmd!(sh, "{exe} architecture {model}")
+        .quiet()
+        .ignore_status()
+        .output()
+        .context("cannot run llorch-checkpoint-model")?;
+    anyhow::ensure!(
+        out.status.success(),
+        "cannot read {}'s architecture: {}",
+        model.display(),
+        String::from_utf8_lossy(&out.stderr).trim()
+    );
+    Ok(String::from_utf8_lossy(&out.stdout).trim().to_string())
 }
 
 #[cfg(test)]

@@ -38,6 +38,8 @@ pub enum Rope {
 pub struct Layout {
     pub steps: Vec<Step>,
     pub rope: Rope,
+    /// Where the rope's two parts (2 and head_dim/2) start in the first reshape's dims.
+    pub rope_at: Option<usize>,
 }
 
 /// Applies `steps` to a row-major tensor.
@@ -126,6 +128,7 @@ pub fn candidates(from: &[usize], to: &[usize], head_dim: usize) -> Vec<Layout> 
         prefix.push(Step::DropBatch);
         r = &r[1..];
     }
+    let actual = r.to_vec();
     let r: Vec<usize> = r.iter().copied().filter(|&d| d != 1).collect();
     let l: Vec<usize> = to.iter().copied().filter(|&d| d != 1).collect();
     let atoms = atom_sizes(&r, &l);
@@ -133,7 +136,7 @@ pub fn candidates(from: &[usize], to: &[usize], head_dim: usize) -> Vec<Layout> 
     let mut seen = BTreeSet::new();
     for (a, b) in refinements(&r, &l, &atoms) {
         for perm in bijections(&a, &b) {
-            let mut variants = vec![(a.clone(), perm.clone(), Rope::None)];
+            let mut variants = vec![(a.clone(), perm.clone(), Rope::None, None)];
             for (j, &i) in perm.iter().enumerate() {
                 let x = a[i];
                 if head_dim >= 2 && head_dim.is_multiple_of(2) && x % head_dim == 0 {
@@ -141,10 +144,14 @@ pub fn candidates(from: &[usize], to: &[usize], head_dim: usize) -> Vec<Layout> 
                     variants.push(rope_split(&a, &perm, j, head_dim, Rope::Halves));
                 }
             }
-            for (sizes, perm, rope) in variants {
-                let steps = simplify(&prefix, &r, sizes, perm, to);
+            for (sizes, perm, rope, rope_at) in variants {
+                let steps = simplify(&prefix, &actual, sizes, perm, to);
                 if seen.insert(steps.clone()) {
-                    out.push(Layout { steps, rope });
+                    out.push(Layout {
+                        steps,
+                        rope,
+                        rope_at,
+                    });
                 }
                 if out.len() >= MAX_LAYOUTS {
                     return out;
@@ -269,37 +276,41 @@ fn bijections(a: &[usize], b: &[usize]) -> Vec<Vec<usize>> {
 }
 
 /// Atom `perm[j]` of `a` split into [x/head_dim, 2, head_dim/2] (`Pairs`) or
-/// [x/head_dim, head_dim/2, 2] (`Halves`), its last two parts swapped at `j`.
+/// [x/head_dim, head_dim/2, 2] (`Halves`), without the first part where it
+/// is 1, and its last two parts swapped at `j`.
 fn rope_split(
     a: &[usize],
     perm: &[usize],
     j: usize,
     head_dim: usize,
     rope: Rope,
-) -> (Vec<usize>, Vec<usize>, Rope) {
+) -> (Vec<usize>, Vec<usize>, Rope, Option<usize>) {
     let i = perm[j];
     let heads = a[i] / head_dim;
-    let parts = match rope {
-        Rope::Pairs => [heads, 2, head_dim / 2],
-        _ => [heads, head_dim / 2, 2],
+    let pair = match rope {
+        Rope::Pairs => [2, head_dim / 2],
+        _ => [head_dim / 2, 2],
     };
+    let parts: Vec<usize> = [heads].into_iter().filter(|&h| h > 1).chain(pair).collect();
+    let extra = parts.len() - 1;
     let mut sizes = a[..i].to_vec();
-    sizes.extend(parts);
+    sizes.extend(&parts);
     sizes.extend(&a[i + 1..]);
-    // Atom indices after the split: those past i move by two.
-    let moved = |k: usize| if k > i { k + 2 } else { k };
-    let mut new_perm = Vec::with_capacity(perm.len() + 2);
+    // Atom indices after the split: those past i move by the parts added.
+    let moved = |k: usize| if k > i { k + extra } else { k };
+    let mut new_perm = Vec::with_capacity(perm.len() + extra);
     for (jj, &k) in perm.iter().enumerate() {
         if jj == j {
-            new_perm.extend([i, i + 2, i + 1]);
+            new_perm.extend((i..i + extra - 1).chain([i + extra, i + extra - 1]));
         } else {
             new_perm.push(moved(k));
         }
     }
-    (sizes, new_perm, rope)
+    (sizes, new_perm, rope, Some(i + extra - 1))
 }
 
-/// The steps of one layout, without those that change nothing.
+/// The steps of one layout, without those that change nothing; `r` is
+/// the tensor's shape after `prefix`.
 fn simplify(
     prefix: &[Step],
     r: &[usize],
@@ -308,14 +319,18 @@ fn simplify(
     to: &[usize],
 ) -> Vec<Step> {
     let mut steps = prefix.to_vec();
+    let mut shape: Vec<usize> = r.to_vec();
     let identity = perm.iter().enumerate().all(|(j, &i)| j == i);
     if !identity {
         if sizes != r {
-            steps.push(Step::Reshape(sizes));
+            steps.push(Step::Reshape(sizes.clone()));
         }
+        shape = perm.iter().map(|&i| sizes[i]).collect();
         steps.push(Step::Permute(perm));
     }
-    steps.push(Step::Reshape(to.to_vec()));
+    if shape != to {
+        steps.push(Step::Reshape(to.to_vec()));
+    }
     steps
 }
 
@@ -352,11 +367,7 @@ mod tests {
     fn heads_split_and_transposed_are_among_the_candidates() {
         // transformers' query [1, heads 4, tokens 3, head_dim 8] as llama.cpp's [tokens, heads, head_dim].
         let layouts = candidates(&[1, 4, 3, 8], &[3, 4, 8], 8);
-        let want = vec![
-            Step::DropBatch,
-            Step::Permute(vec![1, 0, 2]),
-            Step::Reshape(vec![3, 4, 8]),
-        ];
+        let want = vec![Step::DropBatch, Step::Permute(vec![1, 0, 2])];
         assert!(
             layouts.iter().any(|l| l.steps == want),
             "{:?}",
@@ -368,7 +379,6 @@ mod tests {
             Step::DropBatch,
             Step::Reshape(vec![3, 4, 8]),
             Step::Permute(vec![1, 0, 2]),
-            Step::Reshape(vec![4, 3, 8]),
         ];
         assert!(layouts.iter().any(|l| l.steps == want));
     }

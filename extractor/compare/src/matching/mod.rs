@@ -20,6 +20,7 @@ use std::collections::HashMap;
 
 use llorch_checkpoint_spec::manifest::Symbols;
 
+pub mod draft;
 pub mod fit;
 pub mod layout;
 pub mod sides;

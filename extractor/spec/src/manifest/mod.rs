@@ -286,7 +286,8 @@ impl Manifest {
                 .transpose()
                 .map_err(&at)?;
             let layers = cp.layers_of(override_layers, &raw.layers);
-            if layers.is_empty() {
+            // Empty is fine where `--layers` asks for none of the entry's own.
+            if layers.is_empty() && (override_layers.is_none() || cp.layers.is_none()) {
                 return Err(at("`tensor` uses {layer} but no layers are listed".into()));
             }
             if checkpoints.len() + layers.len() > MAX_CHECKPOINTS {
@@ -344,9 +345,22 @@ impl Manifest {
         )
     }
 
+    /// Entries outside the layers (no `{layer}`) come before the layers when
+    /// the manifest lists them before its first layer entry, after otherwise.
     pub fn graph_order(&self) -> Vec<&Checkpoint> {
+        let first_layered = self
+            .checkpoints
+            .iter()
+            .filter(|c| c.layer.is_some())
+            .map(|c| c.index)
+            .min()
+            .unwrap_or(usize::MAX);
         let mut order: Vec<&Checkpoint> = self.checkpoints.iter().collect();
-        order.sort_by_key(|c| (c.layer, c.index));
+        order.sort_by_key(|c| match c.layer {
+            Some(l) => (1, l, c.index),
+            None if c.index < first_layered => (0, 0, c.index),
+            None => (2, 0, c.index),
+        });
         order
     }
 }
@@ -451,12 +465,22 @@ impl RawCheckpoint {
     /// The layers `{layer}` expands to: `--layers`, else the entry's, else
     /// the manifest's; `[None]` for a node outside the layers.
     fn layers_of(&self, overridden: Option<&[u32]>, manifest: &[u32]) -> Vec<Option<u32>> {
-        let templated = |s: &Option<String>| s.as_deref().is_some_and(|s| s.contains("{layer}"));
-        if !templated(&self.tensor) && !templated(&self.operand) {
+        if !self.templated() {
             return vec![None];
         }
-        let layers = overridden.or(self.layers.as_deref()).unwrap_or(manifest);
-        layers.iter().copied().map(Some).collect()
+        let layers: Vec<u32> = match (overridden, &self.layers) {
+            // An entry's own layers are where its node exists: `--layers` picks among them.
+            (Some(asked), Some(own)) => asked.iter().copied().filter(|l| own.contains(l)).collect(),
+            (Some(asked), None) => asked.to_vec(),
+            (None, own) => own.as_deref().unwrap_or(manifest).to_vec(),
+        };
+        layers.into_iter().map(Some).collect()
+    }
+
+    /// Whether `{layer}` is in its node's name or operand.
+    fn templated(&self) -> bool {
+        let has = |s: &Option<String>| s.as_deref().is_some_and(|s| s.contains("{layer}"));
+        has(&self.tensor) || has(&self.operand)
     }
 
     /// The entry for one layer: `{layer}` filled in; with `suffix`, the file

@@ -85,7 +85,11 @@ impl TryFrom<serde_yaml::Value> for Op {
             "permute" => Op::Permute(serde_yaml::from_value(args).map_err(err)?),
             "scale" => match args.as_f64() {
                 Some(x) if x.is_finite() && x != 0.0 => Op::Scale(x),
-                _ => return Err(format!("op `scale` takes a finite, non-zero number, not {args:?}")),
+                _ => {
+                    return Err(format!(
+                        "op `scale` takes a finite, non-zero number, not {args:?}"
+                    ))
+                }
             },
             other => return Err(format!("unknown op `{other}`; known: {KNOWN}")),
         })

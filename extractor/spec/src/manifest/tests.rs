@@ -226,14 +226,28 @@ checkpoints:
 }
 
 #[test]
-fn layers_override_every_templated_checkpoint() {
+fn layers_override_the_manifests_and_pick_among_an_entrys_own() {
     let text = "architecture: gpt2\nlayers: [0]\ncheckpoints:\n  - {id: a, tensor: 'x-{layer}', shape: [1], file: 'a{layer}'}\n  - {id: b, tensor: 'y-{layer}', shape: [1], file: 'b{layer}', layers: [3]}\n  - {id: c, tensor: 'logits', shape: [1], file: c}\n";
     let keys = |m: &Manifest| m.checkpoints.iter().map(|c| c.key()).collect::<Vec<_>>();
     assert_eq!(keys(&Manifest::parse(text).unwrap()), ["a@0", "b@3", "c"]);
     let all = "all".parse::<Layers>().unwrap().resolve(2).unwrap();
     assert_eq!(all, [0, 1]);
+    // An entry's own layers are where its node is: --layers picks among them.
     let m = Manifest::parse_with_layers(text, Some(&all)).unwrap();
-    assert_eq!(keys(&m), ["a@0", "a@1", "b@0", "b@1", "c"]);
+    assert_eq!(keys(&m), ["a@0", "a@1", "c"]);
+    let m = Manifest::parse_with_layers(text, Some(&[1, 3])).unwrap();
+    assert_eq!(keys(&m), ["a@1", "a@3", "b@3", "c"]);
+    // Entries without {layer} come before the layers where listed before them, after otherwise.
+    let order: Vec<String> = m.graph_order().iter().map(|c| c.key()).collect();
+    assert_eq!(order, ["a@1", "a@3", "b@3", "c"]);
+    let first = "architecture: gpt2\nlayers: [0, 1]\ncheckpoints:\n  - {id: e, tensor: embd, shape: [1], file: e}\n  - {id: a, tensor: 'x-{layer}', shape: [1], file: 'a{layer}'}\n  - {id: o, tensor: out, shape: [1], file: o}\n";
+    let order: Vec<String> = Manifest::parse(first)
+        .unwrap()
+        .graph_order()
+        .iter()
+        .map(|c| c.key())
+        .collect();
+    assert_eq!(order, ["e", "a@0", "a@1", "o"]);
     assert_eq!(
         "0, 5,29".parse::<Layers>(),
         Ok(Layers::Only(vec![0, 5, 29]))

@@ -1,0 +1,499 @@
+//! A comparison with no manifest written by hand: llama.cpp's whole graph
+//! and the reference's whole pass on a short probe, paired by value
+//! ([`crate::matching`]); the pairs become a manifest, judged by the
+//! tolerance of the weights' precision ([`crate::precision`]), never by
+//! one measured on the run itself; then the ordinary comparison on the
+//! user's prompt and layers with that manifest.
+
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+use std::path::PathBuf;
+
+use anyhow::{Context, Result};
+use llorch_checkpoint_spec::files::write_atomically;
+use llorch_checkpoint_spec::manifest::{Symbols, Tolerance};
+use llorch_checkpoint_spec::record::RunRecord;
+
+use crate::compare::{compare, Options, Outcome};
+use crate::entries::{F32, F64};
+use crate::matching::draft::{self, Drafted, Role, Skipped, Words};
+use crate::matching::{self, Matching, Node, Tensor, Unpaired};
+use crate::metrics::read_tensor;
+use crate::precision::Precision;
+use crate::reference::{build_everything, Info};
+use crate::sides::{Extractor, Reference};
+
+/// What the automatic comparison needs beyond [`Options`].
+pub struct Auto<'a> {
+    /// The text whose pass is matched: a fixed paragraph, so that the pairs
+    /// (and a drafted manifest) do not depend on the prompt compared.
+    pub probe: &'a str,
+    /// Also write the manifest with tolerances measured on this comparison, for a person to review.
+    pub draft: Option<PathBuf>,
+}
+
+/// The probe's two sides and what the matcher made of them.
+pub struct Probe {
+    pub record: RunRecord,
+    pub nodes: Vec<Node>,
+    pub tensors: Vec<Tensor>,
+    pub info: Info,
+    /// The reference variant the tensors are (f64, or f32 where f64 cannot run).
+    pub variant: String,
+    pub precision: Precision,
+    pub matching: Matching,
+    pub drafted: Vec<Drafted>,
+    pub skipped: Vec<(usize, Skipped)>,
+    pub roles: Vec<Role>,
+    /// The manifest the comparison ran on.
+    pub manifest: PathBuf,
+}
+
+/// Primes are never a product of two model dimensions, so a probe of a
+/// prime number of tokens writes every shape in unambiguous symbols.
+const PROBE_LENGTHS: [usize; 5] = [23, 19, 17, 13, 11];
+
+/// The probe's length: the longest of [`PROBE_LENGTHS`] the text gives and
+/// no symbol of the model equals.
+fn probe_length(available: usize, s: &Symbols) -> Option<usize> {
+    let taken = [
+        s.n_embd,
+        s.n_head,
+        s.n_head_kv,
+        s.head_dim,
+        s.head_dim / 2,
+        s.n_embd_gqa,
+        s.n_ff,
+        s.n_vocab,
+    ];
+    PROBE_LENGTHS
+        .into_iter()
+        .find(|&n| n <= available && !taken.contains(&(n as i64)))
+}
+
+/// Runs both sides over the probe and pairs them; writes the manifest
+/// drafted from the pairs (tolerance: the precision's) to `out/auto/manifest.yaml`.
+pub fn probe(
+    extractor: &dyn Extractor,
+    reference: &dyn Reference,
+    opts: &Options,
+    text: &str,
+) -> Result<Probe> {
+    let dir = opts.out.join("auto");
+    std::fs::create_dir_all(&dir).with_context(|| format!("cannot create {}", dir.display()))?;
+    let plain = extractor.tokenize(&opts.model, text, &dir.join("tokens"))?;
+    let n = probe_length(plain.tokens.len(), &plain.symbols).with_context(|| {
+        format!(
+            "the probe text gives {} tokens; matching needs 11 or more",
+            plain.tokens.len()
+        )
+    })?;
+    let tokens = &plain.tokens[..n];
+    let run = dir.join("llama");
+    extractor.extract_graph(&opts.model, tokens, &run)?;
+    let (record, nodes) = matching::read_nodes(&run)?;
+    let info = build_everything(
+        reference,
+        &opts.model,
+        opts.hf.as_deref(),
+        tokens,
+        &dir.join("reference"),
+    )?;
+    let variant = if info.variants.iter().any(|v| v == F64) {
+        F64
+    } else {
+        F32
+    };
+    let tensors = matching::read_tensors(&dir.join("reference").join(variant))?;
+    let precision = Precision::of(&record.model.weights);
+    let matching = matching::pair_all(
+        &nodes,
+        &tensors,
+        &record.symbols,
+        &matching::Options::new(precision),
+    );
+    let words = Words {
+        symbols: &record.symbols,
+    };
+    let (drafted, skipped) = draft::draft(&matching, &nodes, &tensors, &words);
+    anyhow::ensure!(
+        !drafted.is_empty(),
+        "no llama.cpp node of {} could be paired with the reference's tensors: is the reference the model the GGUF holds?",
+        opts.model.display()
+    );
+    let roles = draft::roles(&drafted);
+    let manifest = dir.join("manifest.yaml");
+    let header = format!(
+        "Made by the matcher for this comparison ({} pairs of {} llama.cpp nodes and {} reference tensors,\n\
+         {n}-token probe); tolerance from the weights' precision ({}).",
+        matching.pairs.len(),
+        nodes.len(),
+        tensors.len(),
+        precision.name()
+    );
+    let tolerance = precision.tolerance();
+    let text = draft::manifest_text(
+        &record.model.architecture,
+        &header,
+        &drafted,
+        &roles,
+        &all_layers(&record),
+        &|_| tolerance,
+    );
+    write_atomically(&manifest, text.as_bytes())?;
+    Ok(Probe {
+        record,
+        nodes,
+        tensors,
+        info,
+        variant: variant.into(),
+        precision,
+        matching,
+        drafted,
+        skipped,
+        roles,
+        manifest,
+    })
+}
+
+fn all_layers(record: &RunRecord) -> Vec<u32> {
+    (0..record.model.n_layer.max(0) as u32).collect()
+}
+
+/// The probe, then the comparison of `opts` with the manifest it drafted;
+/// the outcome's text gains the matching's summary and, where a checkpoint
+/// fails, the first diverging node and the unpaired nodes just before it.
+pub fn compare_auto(
+    extractor: &dyn Extractor,
+    reference: &dyn Reference,
+    opts: &Options,
+    auto: &Auto<'_>,
+) -> Result<(Outcome, Probe)> {
+    let probe = probe(extractor, reference, opts, auto.probe)?;
+    let opts = Options {
+        manifest: probe.manifest.clone(),
+        ..opts.clone()
+    };
+    let mut outcome = compare(extractor, reference, &opts)?;
+    let mut text = summary(&probe);
+    let _ = writeln!(
+        text,
+        "tolerance of every checkpoint, from {}: {} (atol, rtol, nmse; --tolerance overrides)",
+        probe.precision.name(),
+        probe.precision.tolerance().text()
+    );
+    text.push_str(&outcome.text);
+    if let Some(line) = node_divergence(&probe, &outcome) {
+        let _ = writeln!(text, "{line}");
+    }
+    outcome.text = text;
+    write_atomically(
+        &opts.out.join("matching.json"),
+        &serde_json::to_vec_pretty(&matching_json(&probe))?,
+    )?;
+    if let Some(path) = &auto.draft {
+        let text = reviewed_draft(&probe, &outcome, &opts)?;
+        write_atomically(path, text.as_bytes())
+            .with_context(|| format!("cannot write the drafted manifest {}", path.display()))?;
+        let _ = writeln!(outcome.text, "drafted manifest: {}", path.display());
+    }
+    Ok((outcome, probe))
+}
+
+/// Counts per reason.
+fn reasons(m: &Matching) -> BTreeMap<&'static str, usize> {
+    let mut counts = BTreeMap::new();
+    for (_, why) in &m.unpaired {
+        *counts.entry(reason_name(why)).or_insert(0) += 1;
+    }
+    counts
+}
+
+fn reason_name(why: &Unpaired) -> &'static str {
+    match why {
+        Unpaired::NonFinite => "non-finite (masks)",
+        Unpaired::Constant => "constant",
+        Unpaired::NoCandidate => "no tensor of its size",
+        Unpaired::TooFar { .. } => "too far from any",
+        Unpaired::Ambiguous { .. } => "ambiguous",
+        Unpaired::OutOfOrder { .. } => "out of graph order",
+    }
+}
+
+/// What the matcher found, in a few lines.
+fn summary(p: &Probe) -> String {
+    let m = &p.matching;
+    let views = p
+        .skipped
+        .iter()
+        .filter(|(_, s)| matches!(s, Skipped::ViewOfPaired { .. }))
+        .count();
+    let unselectable = p.skipped.len() - views;
+    let mut s = format!(
+        "\nmatching ({}-token probe, reference {} in {}): {} llama.cpp nodes, {} reference tensors; {} pairs, \
+         drafted as {} checkpoints in {} entries ({} ggml views of paired nodes left out{})\n",
+        p.record.tokens.len(),
+        p.info.model,
+        p.variant,
+        p.nodes.len(),
+        p.tensors.len(),
+        m.pairs.len(),
+        p.drafted.len(),
+        p.roles.len(),
+        views,
+        match unselectable {
+            0 => String::new(),
+            n => format!(", {n} that no name or operand finds alone"),
+        }
+    );
+    let counts: Vec<String> = reasons(m).iter().map(|(r, n)| format!("{n} {r}")).collect();
+    let _ = writeln!(
+        s,
+        "  llama.cpp nodes without a counterpart: {} ({})",
+        m.unpaired.len(),
+        counts.join(", ")
+    );
+    let lonely: Vec<String> = m
+        .unpaired_tensors
+        .iter()
+        .map(|(t, _)| p.tensors[*t].name.clone())
+        .collect();
+    let _ = writeln!(
+        s,
+        "  reference tensors without a counterpart: {}{}",
+        lonely.len(),
+        match lonely.is_empty() {
+            true => String::new(),
+            false => format!(" ({})", shortened_list(&lonely, 8)),
+        }
+    );
+    for pair in &m.pairs {
+        if let matching::fit::Scale::Reasoned(r) = &pair.scale {
+            let n = &p.nodes[pair.node];
+            let _ = writeln!(
+                s,
+                "  scaled: {} {} is {} times {}",
+                n.op, n.name, p.tensors[pair.tensor].name, r.why
+            );
+        }
+    }
+    s
+}
+
+fn shortened_list(names: &[String], n: usize) -> String {
+    let mut out = names.iter().take(n).cloned().collect::<Vec<_>>().join(", ");
+    if names.len() > n {
+        out += &format!(", and {} more", names.len() - n);
+    }
+    out
+}
+
+/// The first failing checkpoint as a node of the probe's graph: which node,
+/// which tensor, and the nodes just before it that have no counterpart.
+fn node_divergence(p: &Probe, outcome: &Outcome) -> Option<String> {
+    let row = outcome.rows.iter().find(|r| !r.pass)?;
+    let role = p.roles.iter().find(|r| r.id == row.id)?;
+    let member = role
+        .members
+        .iter()
+        .copied()
+        .find(|&i| p.drafted[i].layer == row.layer)
+        .unwrap_or(role.members[0]);
+    let at = p.drafted[member].node;
+    let node = &p.nodes[at];
+    let mut before = Vec::new();
+    for j in (0..at).rev() {
+        if p.matching.pair_of(j).is_some() || before.len() == 6 {
+            break;
+        }
+        if let Some((_, why)) = p.matching.unpaired.iter().find(|(k, _)| *k == j) {
+            before.push(format!(
+                "{} `{}` ({}: {})",
+                p.nodes[j].op,
+                p.nodes[j].name,
+                reason_name(why),
+                closest(p, why)
+            ));
+        }
+    }
+    before.reverse();
+    let mut line = format!(
+        "FIRST DIVERGING NODE: llama.cpp node {} `{}` ({}), whose counterpart is the reference's `{}` (checkpoint {}{})",
+        node.index,
+        node.name,
+        node.op,
+        p.drafted[member].capture,
+        row.id,
+        row.layer.map(|l| format!(" layer {l}")).unwrap_or_default()
+    );
+    match before.is_empty() {
+        true => line += "; the node before it has a counterpart",
+        false => {
+            line += &format!(
+                "; just before it, without a counterpart: {}",
+                before.join(", ")
+            )
+        }
+    }
+    Some(line)
+}
+
+fn closest(p: &Probe, why: &Unpaired) -> String {
+    match why {
+        Unpaired::TooFar { tensor, nmse } => {
+            format!("closest {} at NMSE {nmse:.1e}", p.tensors[*tensor].name)
+        }
+        Unpaired::Ambiguous { best, second } => format!(
+            "{} at {:.1e} and {} at {:.1e}",
+            p.tensors[best.0].name, best.1, p.tensors[second.0].name, second.1
+        ),
+        Unpaired::OutOfOrder { tensor } => format!("{} out of order", p.tensors[*tensor].name),
+        _ => "no candidate".into(),
+    }
+}
+
+/// Every node, its counterpart or the reason it has none; every unpaired tensor.
+fn matching_json(p: &Probe) -> serde_json::Value {
+    let nodes: Vec<serde_json::Value> = p
+        .nodes
+        .iter()
+        .enumerate()
+        .map(|(i, n)| {
+            let mut v = serde_json::json!({"index": n.index, "name": n.name, "op": n.op, "segment": n.segment.to_string()});
+            if let Some(pair) = p.matching.pair_of(i) {
+                v["tensor"] = p.tensors[pair.tensor].name.clone().into();
+                v["nmse"] = pair.fit.nmse.into();
+                v["margin_db"] = pair.margin_db().min(999.0).into();
+                v["scale"] = format!("{:?}", pair.scale).into();
+                v["steps"] = format!("{:?}", pair.steps()).into();
+                v["crop"] = serde_json::json!(pair.crop);
+            } else if let Some((_, why)) = p.matching.unpaired.iter().find(|(k, _)| *k == i) {
+                v["unpaired"] = reason_name(why).into();
+                v["detail"] = closest(p, why).into();
+            }
+            v
+        })
+        .collect();
+    let tensors: Vec<serde_json::Value> = p
+        .matching
+        .unpaired_tensors
+        .iter()
+        .map(|(t, c)| {
+            serde_json::json!({"name": p.tensors[*t].name, "closest": c.map(|(n, e)| serde_json::json!({"node": p.nodes[n].name, "nmse": e}))})
+        })
+        .collect();
+    serde_json::json!({
+        "probe_tokens": p.record.tokens, "variant": p.variant, "precision": p.precision.name(),
+        "nodes": nodes, "unpaired_tensors": tensors,
+        "entries": p.roles.iter().map(|r| &r.id).collect::<Vec<_>>(),
+    })
+}
+
+/// The drafted manifest with each entry's tolerance measured on this
+/// comparison (NMSE 3x the worst over the layers compared, the elements'
+/// bound twice the worst excess over rtol*|ref|, as a share of max |ref|),
+/// and a header saying so.
+fn reviewed_draft(p: &Probe, outcome: &Outcome, opts: &Options) -> Result<String> {
+    let rtol = p.precision.tolerance().rtol;
+    let mut measured: BTreeMap<String, (f64, f64)> = BTreeMap::new();
+    for e in &outcome.entries {
+        let test = read_tensor(&outcome.run.join(format!("{}.bin", e.stem)))?;
+        let reference = read_tensor(&outcome.reference.join(F64).join(format!("{}.npy", e.stem)))
+            .or_else(|_| {
+            read_tensor(&outcome.reference.join(F32).join(format!("{}.npy", e.stem)))
+        })?;
+        let max_ref = reference
+            .data
+            .iter()
+            .fold(0f64, |m, r| m.max(r.abs()))
+            .max(f64::MIN_POSITIVE);
+        let excess = test
+            .data
+            .iter()
+            .zip(&reference.data)
+            .map(|(t, r)| ((t - r).abs() - rtol * r.abs()).max(0.0))
+            .fold(0f64, f64::max);
+        let nmse = outcome
+            .rows
+            .iter()
+            .find(|r| r.id == e.id && r.layer == e.layer)
+            .and_then(|r| r.against.get(F64).or(r.against.get(F32)))
+            .map_or(0.0, |m| m.nmse);
+        let entry = measured.entry(e.id.clone()).or_insert((0.0, 0.0));
+        entry.0 = entry.0.max(nmse);
+        entry.1 = entry.1.max(excess / max_ref);
+    }
+    let layers: Vec<String> = {
+        let mut l: Vec<u32> = outcome.entries.iter().filter_map(|e| e.layer).collect();
+        l.dedup();
+        l.iter().map(|l| l.to_string()).collect()
+    };
+    let header = format!(
+        "A manifest for llama.cpp's `{arch}` graph, drafted by `cargo xtask compare --draft-manifest`:\n\
+         every node of one pass of {model} ({precision}; llama.cpp {tree}) paired by value with\n\
+         every tensor of {class}'s pass ({variant}) on a {n}-token probe: {pairs} pairs, {entries} entries.\n\
+         Review it before you commit it: a pair says which tensors hold the same values, not which should.\n\
+         \n\
+         tolerance: measured on this comparison ({tokens} prompt tokens, layers {layers}) against the\n\
+         reference in {variant}: NMSE 3x (5 dB) above the worst over those layers, and each element\n\
+         within rtol {rtol} of itself plus atol_of_max, twice the worst excess over that, as a share of\n\
+         the tensor's largest |value|. The tolerance a comparison without a manifest uses instead is\n\
+         the precision's: {band}.",
+        arch = p.record.model.architecture,
+        model = opts.model.file_name().map(|n| n.to_string_lossy()).unwrap_or_default(),
+        precision = p.precision.name(),
+        tree = p.record.llama_cpp.tree.describe(),
+        class = p.info.model,
+        variant = p.variant,
+        n = p.record.tokens.len(),
+        pairs = p.matching.pairs.len(),
+        entries = p.roles.len(),
+        tokens = outcome.rows.first().map_or(0, |r| r.shape.first().copied().unwrap_or(0)),
+        layers = layers.join(", "),
+        band = p.precision.tolerance().text(),
+    );
+    let tolerance = |r: &Role| {
+        let (nmse, share) = measured.get(&r.id).copied().unwrap_or((0.0, 0.0));
+        Tolerance {
+            atol: 0.0,
+            atol_of_max: round_up(2.0 * share).max(1e-6),
+            rtol,
+            nmse: round_up(3.0 * nmse).max(1e-12),
+        }
+    };
+    Ok(draft::manifest_text(
+        &p.record.model.architecture,
+        &header,
+        &p.drafted,
+        &p.roles,
+        &all_layers(&p.record),
+        &tolerance,
+    ))
+}
+
+/// `x` rounded up to two significant digits: tolerances a person reads.
+fn round_up(x: f64) -> f64 {
+    if x <= 0.0 || !x.is_finite() {
+        return x;
+    }
+    let scale = 10f64.powf(x.log10().floor() - 1.0);
+    // A hair below, so that a value already of two digits stays itself.
+    ((x / scale) * (1.0 - 1e-12)).ceil() * scale
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_probe_is_a_prime_number_of_tokens_that_no_dimension_equals() {
+        let mut s = llorch_checkpoint_spec::record::example().symbols;
+        assert_eq!(probe_length(120, &s), Some(23));
+        s.n_head = 23;
+        assert_eq!(probe_length(120, &s), Some(19));
+        assert_eq!(probe_length(12, &s), Some(11));
+        assert_eq!(probe_length(10, &s), None);
+        assert!((round_up(0.0123) - 0.013).abs() < 1e-12);
+        assert!((round_up(3.0e-7) - 3.0e-7).abs() < 1e-18 && round_up(3.0e-7) >= 3.0e-7);
+    }
+}

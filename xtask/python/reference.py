@@ -9,7 +9,8 @@ turn that tensor into the checkpoint file's row-major shape. Writes one .npy
 per checkpoint and variant into <out>/<variant>/, and <out>/reference.json.
 With `everything`, no checkpoints are named: every floating-point tensor the
 pass makes is written once (<order>.npy, and tensors.json with its name,
-layer, order, shape and aliases), for the matcher to pair with llama.cpp's nodes.
+layer, order, shape and aliases, and `late` for those taken after the pass,
+whose place in it is not known), for the matcher to pair with llama.cpp's nodes.
 
 The model is transformers' own for the architecture, with eager attention:
 from the checkpoint as it is, or from the GGUF (`from_pretrained(dir,
@@ -66,6 +67,10 @@ except ImportError as e:  # one paragraph, no traceback: xtask wraps it with the
         f"delete target/llorch/pyenv/llorch-requirements.txt and rerun `cargo xtask compare` "
         f"where PyPI can be reached. ({sys.executable})"
     )
+
+class Unavailable(Exception):
+    """A variant this model cannot have (f16_attn without eager_attention_forward)."""
+
 
 # The tanh-approximated GELU classes transformers uses; ggml computes that one through a table.
 TANH_GELUS = {"NewGELUActivation", "GELUTanh", "PytorchGELUTanh", "GELUPytorchTanh"}
@@ -132,13 +137,18 @@ class Recorder:
     def __init__(self, wanted=None):
         self.wanted = wanted  # a set of capture names, or None: everything
         self.tensors, self.order, self.aliases, self.digests = {}, [], {}, {}
+        # Tensors taken after the pass (the cache, probabilities from output_attentions):
+        # made inside their layer, but at no known place in its order.
+        self.late = set()
 
     def wants(self, name):
         return self.wanted is None or name in self.wanted
 
-    def keep(self, name, t):
+    def keep(self, name, t, late=False):
         if not self.wants(name) or not torch.is_tensor(t) or not t.is_floating_point():
             return
+        if late:
+            self.late.add(name)
         t = t.detach().clone()
         if self.wanted is None:
             if name in self.tensors:
@@ -168,7 +178,7 @@ class Attention:
         self.eager = getattr(self.namespace, "eager_attention_forward", None)
         self.rope = getattr(self.namespace, "apply_rotary_pos_emb", None)
         if self.round and self.eager is None:
-            raise ValueError(f"{type(model).__name__}: f16_attn needs eager_attention_forward, which its module lacks")
+            raise Unavailable(f"{type(model).__name__}'s module has no eager_attention_forward to round attention in")
 
     def __enter__(self):
         keep, original = self.recorder.keep, self.eager
@@ -279,15 +289,15 @@ def run_variant(model, variant, tokens, wanted):
         swap_gelus(m, False)
     for l, probs in enumerate(out.attentions or ()):
         if f"attentions.{l}" not in recorder.tensors:
-            recorder.keep(f"attentions.{l}", probs)
+            recorder.keep(f"attentions.{l}", probs, late=True)
     cache = out.past_key_values
     legacy = cache.to_legacy_cache() if hasattr(cache, "to_legacy_cache") else cache
     # With f16_attn the cache is what ggml stores: f16.
     stored = f16 if "f16_attn" in flags else (lambda t: t)
     for l, (k, v) in enumerate(legacy or ()):
-        recorder.keep(f"present.{l}.key", stored(k))
-        recorder.keep(f"present.{l}.value", stored(v))
-    recorder.keep("logits", out.logits)
+        recorder.keep(f"present.{l}.key", stored(k), late=True)
+        recorder.keep(f"present.{l}.value", stored(v), late=True)
+    recorder.keep("logits", out.logits, late=True)
     return recorder, out.logits[0, -1]
 
 
@@ -321,7 +331,7 @@ def write_everything(recorder, vdir):
         file = f"{order:04}.npy"
         np.save(os.path.join(vdir, file), np.ascontiguousarray(t.numpy()))
         index.append({"name": name, "layer": layer_of(name), "order": order, "shape": list(t.shape),
-                      "file": file, "aliases": recorder.aliases.get(name, [])})
+                      "file": file, "aliases": recorder.aliases.get(name, []), "late": name in recorder.late})
     json.dump(index, open(os.path.join(vdir, "tensors.json"), "w"), indent=1)
 
 
@@ -364,6 +374,9 @@ def main():
     for variant in job["variants"]:
         try:
             recorder, logits = run_variant(model, variant, job["tokens"], wanted)
+        except Unavailable as e:
+            unavailable[variant] = str(e)
+            continue
         except RuntimeError as e:
             # transformers' grouped MoE matmuls refuse float64: that variant cannot be had.
             if not variant.startswith("f64"):

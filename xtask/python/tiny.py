@@ -39,7 +39,9 @@ ARCHS = {
     "stablelm": dict(use_qkv_bias=True),
     "falcon": dict(num_kv_heads=1, multi_query=True, new_decoder_architecture=False, parallel_attn=True, bias=False),
     "qwen2_moe": dict(MOE, shared_expert_intermediate_size=128),
-    "qwen3_moe": dict(MOE, head_dim=32),
+    # Qwen3's MoE models renormalise the top-k routing weights, as llama.cpp's qwen3moe graph
+    # always does (transformers' config defaults to not doing it).
+    "qwen3_moe": dict(MOE, head_dim=32, norm_topk_prob=True),
 }
 # Falcon's config has its own names for the shape.
 NOT_FOR = {"falcon": {"num_key_value_heads", "intermediate_size", "tie_word_embeddings"}}

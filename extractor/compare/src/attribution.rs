@@ -21,8 +21,18 @@ pub fn measure(
     reference: &Path,
     entries: &[Entry],
     rows: &[Row],
+    variants: &[String],
 ) -> Result<(String, serde_json::Value)> {
-    let score = |dir: &Path| metrics::score_run(dir, reference, entries, false);
+    let missing: Vec<&str> = [F64, F64_GELU, F64_GGML]
+        .into_iter()
+        .filter(|v| !variants.iter().any(|c| c == v))
+        .collect();
+    anyhow::ensure!(
+        missing.is_empty(),
+        "--attribution compares with the f64 references that emulate ggml, and this model's reference could not compute {}",
+        missing.join(", ")
+    );
+    let score = |dir: &Path| metrics::score_run(dir, reference, entries, false, variants);
     let kv32 = base.out.join("llama-kv-f32");
     extractor.extract(&Extraction {
         out: &kv32,

@@ -229,8 +229,9 @@ fn summary(p: &Probe) -> String {
         .filter(|(_, s)| matches!(s, Skipped::ViewOfPaired { .. }))
         .count();
     let unselectable = p.skipped.len() - views;
+    let near = m.pairs.iter().filter(|p| p.near).count();
     let mut s = format!(
-        "\nmatching ({}-token probe, reference {} in {}): {} llama.cpp nodes, {} reference tensors; {} pairs, \
+        "\nmatching ({}-token probe, reference {} in {}): {} llama.cpp nodes, {} reference tensors; {} pairs{}, \
          drafted as {} checkpoints in {} entries ({} ggml views of paired nodes left out{})\n",
         p.record.tokens.len(),
         p.info.model,
@@ -238,6 +239,10 @@ fn summary(p: &Probe) -> String {
         p.nodes.len(),
         p.tensors.len(),
         m.pairs.len(),
+        match near {
+            0 => String::new(),
+            n => format!(" ({n} of them near misses, beyond the match limit of {:.0e}: nodes that diverge)", p.precision.accept()),
+        },
         p.drafted.len(),
         p.roles.len(),
         views,
@@ -301,41 +306,73 @@ fn node_divergence(p: &Probe, outcome: &Outcome) -> Option<String> {
         .unwrap_or(role.members[0]);
     let at = p.drafted[member].node;
     let node = &p.nodes[at];
-    let mut before = Vec::new();
-    for j in (0..at).rev() {
-        if p.matching.pair_of(j).is_some() || before.len() == 6 {
-            break;
-        }
-        if let Some((_, why)) = p.matching.unpaired.iter().find(|(k, _)| *k == j) {
-            before.push(format!(
-                "{} `{}` ({}: {})",
+    let before: Vec<String> = unpaired_ancestors(p, at)
+        .into_iter()
+        .take(16)
+        .map(|j| {
+            let why = &p
+                .matching
+                .unpaired
+                .iter()
+                .find(|(k, _)| *k == j)
+                .expect("unpaired")
+                .1;
+            format!(
+                "{} `{}` ({})",
                 p.nodes[j].op,
                 p.nodes[j].name,
-                reason_name(why),
-                closest(p, why)
-            ));
-        }
-    }
-    before.reverse();
+                reason_name(why)
+            )
+        })
+        .collect();
     let mut line = format!(
-        "FIRST DIVERGING NODE: llama.cpp node {} `{}` ({}), whose counterpart is the reference's `{}` (checkpoint {}{})",
+        "FIRST DIVERGING NODE: llama.cpp node {} `{}` ({}), whose counterpart is the reference's `{}` (checkpoint {}{}{})",
         node.index,
         node.name,
         node.op,
         p.drafted[member].capture,
         row.id,
-        row.layer.map(|l| format!(" layer {l}")).unwrap_or_default()
+        row.layer.map(|l| format!(" layer {l}")).unwrap_or_default(),
+        match p.drafted[member].near {
+            true => ", paired as a near miss",
+            false => "",
+        }
     );
     match before.is_empty() {
-        true => line += "; the node before it has a counterpart",
-        false => {
-            line += &format!(
-                "; just before it, without a counterpart: {}",
-                before.join(", ")
-            )
-        }
+        true => line += "; the nodes it is computed from have counterparts",
+        false => line += &format!(
+            "; computed from these nodes without a counterpart (graph order; an op on one side only is often the answer): {}",
+            before.join(", ")
+        ),
     }
     Some(line)
+}
+
+/// The nodes node `at` is computed from, up to the nearest paired ones on
+/// each path, that have no counterpart themselves, in graph order.
+fn unpaired_ancestors(p: &Probe, at: usize) -> Vec<usize> {
+    let position: BTreeMap<usize, usize> = p
+        .nodes
+        .iter()
+        .enumerate()
+        .map(|(i, n)| (n.index, i))
+        .collect();
+    let mut found = std::collections::BTreeSet::new();
+    let mut frontier = vec![at];
+    while let Some(i) = frontier.pop() {
+        for o in &p.nodes[i].operands {
+            let Some(&j) = o.node.and_then(|n| position.get(&n)) else {
+                continue;
+            };
+            if p.matching.pair_of(j).is_none() && found.insert(j) {
+                frontier.push(j);
+            }
+        }
+    }
+    found
+        .into_iter()
+        .filter(|j| p.matching.unpaired.iter().any(|(k, _)| k == j))
+        .collect()
 }
 
 fn closest(p: &Probe, why: &Unpaired) -> String {
@@ -452,6 +489,33 @@ fn reviewed_draft(p: &Probe, outcome: &Outcome, opts: &Options) -> Result<String
         layers = layers.join(", "),
         band = p.precision.tolerance().text(),
     );
+    // A near miss is a divergence: its error is no tolerance to write down.
+    let kept: Vec<&Role> = p
+        .roles
+        .iter()
+        .filter(|r| !r.members.iter().all(|&i| p.drafted[i].near))
+        .collect();
+    let left_out: Vec<String> = p
+        .roles
+        .iter()
+        .filter(|r| r.members.iter().all(|&i| p.drafted[i].near))
+        .map(|r| r.id.clone())
+        .collect();
+    let header = match left_out.is_empty() {
+        true => header,
+        false => format!(
+            "{header}\nLeft out: {} (near misses: llama.cpp diverges from the reference there).",
+            left_out.join(", ")
+        ),
+    };
+    let roles: Vec<Role> = kept
+        .iter()
+        .map(|r| Role {
+            id: r.id.clone(),
+            members: r.members.clone(),
+            layers: r.layers.clone(),
+        })
+        .collect();
     let tolerance = |r: &Role| {
         let (nmse, share) = measured.get(&r.id).copied().unwrap_or((0.0, 0.0));
         Tolerance {
@@ -465,7 +529,7 @@ fn reviewed_draft(p: &Probe, outcome: &Outcome, opts: &Options) -> Result<String
         &p.record.model.architecture,
         &header,
         &p.drafted,
-        &p.roles,
+        &roles,
         &all_layers(&p.record),
         &tolerance,
     ))

@@ -15,7 +15,7 @@ use anyhow::{ensure, Context, Result};
 use llorch_checkpoint_spec::record::RunRecord;
 use serde::Serialize;
 
-use crate::entries::{Entry, F64};
+use crate::entries::Entry;
 use crate::metrics::{first_failure, metrics, read_tensor, unravel, Metrics, Row, Tensor};
 use crate::text::layer_text;
 
@@ -88,6 +88,7 @@ pub fn check_tokens(dir: &Path, run_tokens: &[i32]) -> Result<()> {
     Ok(())
 }
 
+/// `reference` is the directory of the variant verdicts are against (`<reference>/f64`).
 pub fn score(dir: &Path, run: &Path, reference: &Path, entries: &[Entry]) -> Vec<CandidateRow> {
     entries
         .iter()
@@ -133,8 +134,7 @@ fn compare_one(
     let fail = |what: anyhow::Error| (file.clone(), format!("{what:#}"));
     let candidate = read_tensor(&dir.join(&file)).map_err(fail)?;
     let llama = read_tensor(&run.join(format!("{}.bin", e.stem))).map_err(fail)?;
-    let f64_ref =
-        read_tensor(&reference.join(F64).join(format!("{}.npy", e.stem))).map_err(fail)?;
+    let f64_ref = read_tensor(&reference.join(format!("{}.npy", e.stem))).map_err(fail)?;
     if candidate.shape != llama.shape {
         return Err((
             file,
@@ -193,7 +193,7 @@ pub fn table(rows: &[CandidateRow], llama: &[Row]) -> String {
         None => "-".into(),
     };
     for (r, l) in rows.iter().zip(llama) {
-        let ours = l.against[F64];
+        let ours = *l.verdict();
         let _ = writeln!(
             s,
             "{:<16} {:>3}  {:>18} {:>18} {:>18}{}",
@@ -228,6 +228,7 @@ pub fn table(rows: &[CandidateRow], llama: &[Row]) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::entries::F64;
     use llorch_checkpoint_spec::format::{self, Format};
     use llorch_checkpoint_spec::manifest::Tolerance;
 
@@ -291,7 +292,7 @@ mod tests {
             let ext = if e.layer == Some(2) { "npy" } else { "bin" };
             write(&cand.join(format!("{}.{ext}", e.stem)), &[2, 3], &mine);
         }
-        let rows = score(&cand, &run, &reference, &entries);
+        let rows = score(&cand, &run, &reference.join(F64), &entries);
         assert_eq!(
             rows[1].problem.as_deref(),
             Some("missing: no l_out_l0.bin or l_out_l0.npy")

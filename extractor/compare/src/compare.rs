@@ -135,21 +135,35 @@ pub fn compare(
         &entries,
         &reference_dir,
     )?;
-    let rows = metrics::score_run(&run, &reference_dir, &entries, opts.fail_fast)?;
+    let rows = metrics::score_run(
+        &run,
+        &reference_dir,
+        &entries,
+        opts.fail_fast,
+        &info.variants,
+    )?;
     let mut text = header(&record, &info);
     text.push_str(&report::table(&rows));
     let attribution = match opts.attribution {
         true => {
             let base = opts.extraction(&opts.out);
-            let (table, json) =
-                attribution::measure(extractor, &base, &run, &reference_dir, &entries, &rows)?;
+            let (table, json) = attribution::measure(
+                extractor,
+                &base,
+                &run,
+                &reference_dir,
+                &entries,
+                &rows,
+                &info.variants,
+            )?;
             text.push_str(&table);
             Some(json)
         }
         false => None,
     };
     let candidate_rows = opts.candidate.as_ref().map(|dir| {
-        let scored = candidate::score(dir, &run, &reference_dir, &entries);
+        let truth = crate::entries::truth(&info.variants);
+        let scored = candidate::score(dir, &run, &reference_dir.join(truth), &entries);
         text.push_str(&candidate::table(&scored, &rows));
         scored
     });
@@ -192,8 +206,9 @@ pub fn compare(
 /// `N of M checkpoints within tolerance`, also appended to `text` with the first failure.
 fn verdict(rows: &[metrics::Row], failure: Option<&str>, text: &mut String) -> String {
     let passed = rows.iter().filter(|r| r.pass).count();
+    let truth = rows.first().map_or(F64, |r| r.truth.as_str());
     let summary = format!(
-        "{passed} of {} checkpoints within tolerance of the f64 reference",
+        "{passed} of {} checkpoints within tolerance of the {truth} reference",
         rows.len()
     );
     let _ = writeln!(text, "\n{summary}");
@@ -220,6 +235,12 @@ fn header(record: &RunRecord, info: &Info) -> String {
         info.next_token.get(F32).copied().unwrap_or(-1),
         info.next_token.get(F64).copied().unwrap_or(-1),
     );
+    for (variant, why) in &info.unavailable {
+        text += &format!(
+            "the reference cannot run {variant} ({why}): judged against {}\n",
+            crate::entries::truth(&info.variants)
+        );
+    }
     if let Some(absent) = record.absent_summary() {
         text += &format!("absent from llama.cpp's graph, not compared: {absent}\n");
     }

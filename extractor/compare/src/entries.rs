@@ -20,6 +20,15 @@ pub const F64_GELU: &str = "f64+gelu_table";
 pub const F64_GGML: &str = "f64+gelu_table+f16_attn";
 pub const VARIANTS: &[&str] = &[F32, F64, F64_GELU, F64_GGML];
 
+/// The variant verdicts are taken against: f64, or f32 where the model
+/// cannot run in f64 (transformers' grouped MoE matmuls refuse it).
+pub fn truth(computed: &[String]) -> &'static str {
+    match computed.iter().any(|v| v == F64) {
+        true => F64,
+        false => F32,
+    }
+}
+
 /// One checkpoint of one layer, in graph order, with what it is compared with.
 #[derive(Clone, Debug)]
 pub struct Entry {

@@ -9,7 +9,7 @@ use std::path::Path;
 use anyhow::Result;
 
 use crate::candidate::{first_divergence, CandidateRow, Verdict};
-use crate::entries::{Entry, F32, F64};
+use crate::entries::Entry;
 use crate::metrics::{read_tensor, unravel, Row, Tensor};
 use crate::text::{layer_text, xml};
 
@@ -52,7 +52,12 @@ pub fn render(page: &Page<'_>) -> Result<String> {
     for &i in &detailed {
         let (row, entry) = (&page.rows[i], &page.entries[i]);
         let test = read_tensor(&page.run.join(&row.file))?;
-        let reference = read_tensor(&page.reference.join(F64).join(format!("{}.npy", entry.stem)))?;
+        let reference = read_tensor(
+            &page
+                .reference
+                .join(&row.truth)
+                .join(format!("{}.npy", entry.stem)),
+        )?;
         detail(&mut s, row, entry.head_axis, &test, &reference);
     }
     let over = page.rows.iter().filter(|r| !r.pass).count();
@@ -102,7 +107,7 @@ fn summary(s: &mut String, rows: &[Row], detailed: &[usize]) {
          <th>outside</th><th>verdict</th></tr>\n",
     );
     for (i, r) in rows.iter().enumerate() {
-        let (a, m) = (r.against[F32], r.against[F64]);
+        let (a, m) = r.f32_and_truth();
         let at = unravel(m.max_abs_at, &r.shape);
         // Only rows with a detail section link to one.
         let name = if detailed.contains(&i) {

@@ -11,7 +11,7 @@ use serde::Serialize;
 
 use llorch_checkpoint_spec::metric::{db, nmse_from_sums};
 
-use crate::entries::{Entry, F64, VARIANTS};
+use crate::entries::Entry;
 
 /// A checkpoint or reference tensor, row-major, as f64.
 #[derive(Debug, Clone, PartialEq)]
@@ -177,6 +177,26 @@ pub struct Row {
     /// NaN or Inf values in llama.cpp's tensor and in the f64 reference.
     pub non_finite_test: usize,
     pub non_finite_ref: usize,
+    /// The variant the verdict is against (`f64`; `f32` where f64 cannot run).
+    pub truth: String,
+}
+
+impl Row {
+    /// The metrics the verdict rests on.
+    pub fn verdict(&self) -> &Metrics {
+        &self.against[&self.truth]
+    }
+
+    /// The f32 reference's metrics, and the truth's.
+    pub fn f32_and_truth(&self) -> (Metrics, Metrics) {
+        (
+            self.against
+                .get(crate::entries::F32)
+                .copied()
+                .unwrap_or(*self.verdict()),
+            *self.verdict(),
+        )
+    }
 }
 
 /// Scores every checkpoint in graph order; with `fail_fast`, stops after the
@@ -186,7 +206,9 @@ pub fn score_run(
     reference: &Path,
     entries: &[Entry],
     fail_fast: bool,
+    variants: &[String],
 ) -> Result<Vec<Row>> {
+    let truth = crate::entries::truth(variants);
     let mut rows: Vec<Row> = Vec::new();
     for e in entries {
         if fail_fast && rows.last().is_some_and(|r| !r.pass) {
@@ -195,7 +217,7 @@ pub fn score_run(
         let file = format!("{}.bin", e.stem);
         let test = read_tensor(&run.join(&file))?;
         let mut against = BTreeMap::new();
-        for variant in VARIANTS {
+        for variant in variants {
             let r = read_tensor(&reference.join(variant).join(format!("{}.npy", e.stem)))?;
             ensure!(
                 r.shape == test.shape,
@@ -210,8 +232,8 @@ pub fn score_run(
                 metrics(&test.data, &r.data, &e.tolerance),
             );
         }
-        let m = against[F64];
-        let r64 = read_tensor(&reference.join(F64).join(format!("{}.npy", e.stem)))?;
+        let m = against[truth];
+        let r64 = read_tensor(&reference.join(truth).join(format!("{}.npy", e.stem)))?;
         rows.push(Row {
             id: e.id.clone(),
             layer: e.layer,
@@ -225,6 +247,7 @@ pub fn score_run(
             tolerance: e.tolerance,
             pass: m.passes(&e.tolerance),
             against,
+            truth: truth.to_string(),
         });
     }
     Ok(rows)
@@ -238,7 +261,7 @@ fn non_finite(data: &[f64]) -> usize {
 /// one (graph order) that is not, with its worst element.
 pub fn first_failure(rows: &[Row]) -> Option<String> {
     let row = rows.iter().find(|r| !r.pass)?;
-    let m = row.against[F64];
+    let m = *row.verdict();
     let t = row.tolerance;
     let layer = row.layer.map(|l| format!(" layer {l}")).unwrap_or_default();
     if row.non_finite_test + row.non_finite_ref > 0 {
@@ -254,10 +277,11 @@ pub fn first_failure(rows: &[Row]) -> Option<String> {
         ));
     }
     Some(format!(
-        "checkpoint {}{layer} ({}) exceeds its tolerance against the f64 reference: element {:?} is {:.7} in llama.cpp, {:.7} in PyTorch \
+        "checkpoint {}{layer} ({}) exceeds its tolerance against the {} reference: element {:?} is {:.7} in llama.cpp, {:.7} in PyTorch \
          (|diff| {:.3e} > atol {:.1e} + rtol {:.0e}*|ref|); {} of {} elements outside, NMSE {:.3e} (limit {:.0e})",
         row.id,
         row.file,
+        row.truth,
         row.worst_index,
         row.worst_test,
         row.worst_ref,
@@ -274,6 +298,7 @@ pub fn first_failure(rows: &[Row]) -> Option<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::entries::F64;
 
     const TOL: Tolerance = Tolerance {
         atol: 1e-3,
@@ -374,6 +399,7 @@ mod tests {
             worst_ref: reference[777],
             non_finite_test: 0,
             non_finite_ref: 0,
+            truth: F64.into(),
         };
         let ok = Row {
             id: "01_ln1_output".into(),
@@ -425,6 +451,7 @@ mod tests {
             worst_ref: r.worst_ref,
             non_finite_test: r.non_finite_test,
             non_finite_ref: r.non_finite_ref,
+            truth: r.truth.clone(),
         }
     }
 

@@ -107,12 +107,22 @@ pub fn build_everything(
 fn run_job(reference: &dyn Reference, job: &ReferenceJob) -> Result<Info> {
     std::fs::write(job.file(), serde_json::to_vec_pretty(job)?)?;
     reference.compute(job)?;
-    let info = job.out.join("reference.json");
-    serde_json::from_slice(
-        &std::fs::read(&info)
-            .with_context(|| format!("the reference wrote no {}", info.display()))?,
+    let path = job.out.join("reference.json");
+    let mut info: Info = serde_json::from_slice(
+        &std::fs::read(&path)
+            .with_context(|| format!("the reference wrote no {}", path.display()))?,
     )
-    .with_context(|| format!("{} is not a reference record", info.display()))
+    .with_context(|| format!("{} is not a reference record", path.display()))?;
+    // A reference that does not say which it computed computed them all.
+    if info.variants.is_empty() {
+        info.variants = job.variants.clone();
+    }
+    anyhow::ensure!(
+        info.variants.iter().any(|v| v == F64 || v == F32),
+        "the reference computed neither f64 nor f32 ({:?}): nothing to judge by",
+        info.unavailable
+    );
+    Ok(info)
 }
 
 /// The ops as the reference reads them: symbols resolved to numbers.

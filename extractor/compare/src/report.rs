@@ -10,7 +10,7 @@ use llorch_checkpoint_spec::files::write_atomically;
 use llorch_checkpoint_spec::record::RunRecord;
 
 use crate::candidate::{first_divergence, CandidateRow};
-use crate::entries::{Entry, F32, F64, VARIANTS};
+use crate::entries::Entry;
 use crate::metrics::Row;
 use crate::reference::Info;
 use crate::text::layer_text;
@@ -87,7 +87,7 @@ pub fn write_reports(out: &Path, f: &Findings<'_>) -> Result<Written> {
 fn json(f: &Findings<'_>, picture: &Path) -> serde_json::Value {
     serde_json::json!({
         "manifest": f.manifest, "model": f.model, "prompt": f.prompt, "tokens": f.record.tokens, "run": f.run,
-        "reference_variants": VARIANTS, "reference": f.info, "verdict_against": F64, "pass": f.failure.is_none(),
+        "reference_variants": f.info.variants, "reference": f.info, "verdict_against": crate::entries::truth(&f.info.variants), "pass": f.failure.is_none(),
         "first_failure": f.failure, "checkpoints": f.rows, "attribution": f.attribution,
         "candidate": f.candidate.map(|(dir, rows)| serde_json::json!({
             "dir": dir,
@@ -101,13 +101,14 @@ fn json(f: &Findings<'_>, picture: &Path) -> serde_json::Value {
 /// Per checkpoint and layer: the error against f32 and f64, and the verdict.
 pub fn table(rows: &[Row]) -> String {
     let mut s = String::new();
+    let truth = format!("{}:maxab", rows.first().map_or("f64", |r| r.truth.as_str()));
     let _ = writeln!(
         s,
         "\n{:<18} {:>3}  {:>9} {:>9} {:>7} {:>10}  | {:>9} {:>9} {:>9} {:>7} {:>12} {:>7}  {:<5} tolerance (atol, rtol, nmse)",
-        "checkpoint", "l", "f32:maxab", "nmse", "dB", "cos-1", "f64:maxab", "max rel", "nmse", "dB", "cos-1", "outside", ""
+        "checkpoint", "l", "f32:maxab", "nmse", "dB", "cos-1", truth, "max rel", "nmse", "dB", "cos-1", "outside", ""
     );
     for r in rows {
-        let (a, b) = (r.against[F32], r.against[F64]);
+        let (a, b) = r.f32_and_truth();
         let t = r.tolerance;
         let _ = writeln!(
             s,

@@ -68,15 +68,21 @@ impl Extractor for FakeLlama {
     }
 }
 
-/// A reference that computes the truth, the same in every variant.
+/// A reference that computes the truth, the same in every variant; with
+/// `no_f64`, a model whose f64 variants cannot run (an MoE in transformers).
 struct FakeTorch {
     manifest: PathBuf,
+    no_f64: bool,
 }
 
 impl Reference for FakeTorch {
     fn compute(&self, job: &ReferenceJob) -> Result<()> {
         let manifest = Manifest::load(&self.manifest)?;
-        for variant in &job.variants {
+        for variant in job
+            .variants
+            .iter()
+            .filter(|v| !(self.no_f64 && v.starts_with("f64")))
+        {
             let dir = job.out.join(variant);
             std::fs::create_dir_all(&dir)?;
             for wanted in &job.checkpoints {
@@ -93,7 +99,13 @@ impl Reference for FakeTorch {
                 std::fs::write(dir.join(format!("{}.npy", wanted.stem)), bytes)?;
             }
         }
-        let info = r#"{"model": "FakeForCausalLM", "next_token": {"f32": 11, "f64": 11}}"#;
+        let info = match self.no_f64 {
+            false => r#"{"model": "FakeForCausalLM", "next_token": {"f32": 11, "f64": 11}}"#,
+            true => {
+                r#"{"model": "FakeMoeForCausalLM", "next_token": {"f32": 11}, "variants": ["f32"],
+                        "unavailable": {"f64": "Expected mat_a to be Float32, BFloat16 or Float16"}}"#
+            }
+        };
         std::fs::write(job.out.join("reference.json"), info)?;
         Ok(())
     }
@@ -128,6 +140,7 @@ fn a_run_within_tolerance_passes_and_writes_every_report() {
     let llama = FakeLlama { error: |_, _| 1e-6 };
     let torch = FakeTorch {
         manifest: s.manifest.clone(),
+        no_f64: false,
     };
     let outcome = compare(&llama, &torch, &options(&s)).unwrap();
     assert_eq!(outcome.failure, None);
@@ -169,6 +182,7 @@ fn the_first_checkpoint_over_its_tolerance_is_named_with_its_worst_element() {
     };
     let torch = FakeTorch {
         manifest: s.manifest.clone(),
+        no_f64: false,
     };
     let outcome = compare(&llama, &torch, &options(&s)).unwrap();
     let why = outcome.failure.unwrap();
@@ -188,6 +202,7 @@ fn the_self_test_passes_a_clean_run_and_catches_one_element_moved() {
     let llama = FakeLlama { error: |_, _| 0.0 };
     let torch = FakeTorch {
         manifest: s.manifest.clone(),
+        no_f64: false,
     };
     let line = self_test(&llama, &torch, &s.manifest, &s.model, &s.out).unwrap();
     // Element 512 of [2, 768] is [0, 512].
@@ -205,6 +220,7 @@ fn attribution_blames_the_kv_cache_when_an_f32_cache_removes_the_error() {
     };
     let torch = FakeTorch {
         manifest: s.manifest.clone(),
+        no_f64: false,
     };
     let opts = Options {
         attribution: true,
@@ -231,6 +247,7 @@ fn a_candidate_scaled_by_one_percent_diverges_from_llama_cpp_where_it_was_scaled
     let llama = FakeLlama { error: |_, _| 0.0 };
     let torch = FakeTorch {
         manifest: s.manifest.clone(),
+        no_f64: false,
     };
     let run = s.out.join("run");
     llama.extract(&options(&s).extraction(&run)).unwrap();
@@ -266,6 +283,7 @@ fn a_run_record_of_other_tokens_than_the_candidate_is_refused() {
     let llama = FakeLlama { error: |_, _| 0.0 };
     let torch = FakeTorch {
         manifest: s.manifest.clone(),
+        no_f64: false,
     };
     let candidate = s.out.join("candidate");
     std::fs::create_dir_all(&candidate).unwrap();
@@ -280,4 +298,33 @@ fn a_run_record_of_other_tokens_than_the_candidate_is_refused() {
         RunRecord::read(&s.out.join("llama")).is_ok(),
         "llama.cpp ran first"
     );
+}
+
+#[test]
+fn a_model_that_cannot_run_in_f64_is_judged_against_f32_and_says_so() {
+    let s = setup();
+    let llama = FakeLlama { error: |_, _| 1e-6 };
+    let torch = FakeTorch {
+        manifest: s.manifest.clone(),
+        no_f64: true,
+    };
+    let outcome = compare(&llama, &torch, &options(&s)).unwrap();
+    assert_eq!(outcome.failure, None, "{}", outcome.text);
+    assert_eq!(
+        outcome.summary,
+        "4 of 4 checkpoints within tolerance of the f32 reference"
+    );
+    assert!(
+        outcome
+            .text
+            .contains("the reference cannot run f64 (Expected mat_a to be Float32")
+            && outcome.text.contains("judged against f32")
+            && outcome.text.contains("f32:maxab"),
+        "{}",
+        outcome.text
+    );
+    assert!(outcome
+        .rows
+        .iter()
+        .all(|r| r.truth == "f32" && !r.against.contains_key("f64")));
 }

@@ -29,6 +29,8 @@ pub struct Drafted {
     pub what: String,
     /// A short name for its id and file.
     pub slug: String,
+    /// Drafted from a near miss (a node that diverges).
+    pub near: bool,
 }
 
 /// How the extractor finds a node.
@@ -179,6 +181,7 @@ pub fn draft(
             ops: ops(p, tensors, node, words),
             what: what(node, p, tensors),
             slug: String::new(),
+            near: p.near,
         });
     }
     // The op joins the name where another node of the layer has the same one.
@@ -210,6 +213,9 @@ fn what(node: &Node, p: &Pair, tensors: &[Tensor]) -> String {
     );
     if p.layout.rope != super::layout::Rope::None {
         text += " (Q/K rows in llama.cpp's rope order)";
+    }
+    if p.near {
+        text += &format!(" (a near miss: NMSE {:.1e} on the probe)", p.fit.nmse);
     }
     match &p.scale {
         Scale::Reasoned(r) => text += &format!(" times {}", r.why),

@@ -38,6 +38,13 @@ pub struct Options {
     /// ([`crate::precision::Precision::accept`]: from 1e-3 for f32 weights
     /// to 5e-2 for quantized ones).
     pub accept: f64,
+    /// Beyond `accept` and up to this (-10 dB), a node still pairs, as a near
+    /// miss, where its tensor is clear of every other by the margin, its
+    /// scale has a reason and no closer node has that tensor: a diverging
+    /// node (llama.cpp computing something else than the reference) is
+    /// still the reference's tensor's counterpart, and its verdict shows
+    /// the divergence instead of hiding it among the unpaired.
+    pub near: f64,
     /// How much closer the pair must be than the next candidate whose values
     /// differ: 10 (10 dB).
     pub margin: f64,
@@ -47,6 +54,7 @@ impl Options {
     pub fn new(precision: crate::precision::Precision) -> Options {
         Options {
             accept: precision.accept(),
+            near: 0.1,
             margin: 10.0,
         }
     }
@@ -70,6 +78,8 @@ pub struct Pair {
     pub runner_up: Option<(usize, f64)>,
     /// Other tensors with the very same values in this layout.
     pub aliases: Vec<usize>,
+    /// Beyond [`Options::accept`]: a near miss, a node that diverges.
+    pub near: bool,
 }
 
 impl Pair {
@@ -219,13 +229,14 @@ pub fn pair_all(nodes: &[Node], tensors: &[Tensor], symbols: &Symbols, opts: &Op
         let mut floors = vec![0usize; nodes.len()];
         let mut changed = false;
         for i in 0..nodes.len() {
+            // A pair with a tensor of no known place passes its own floor on.
+            let bound = |j: usize| match pairs[j].as_ref().map(|p| &tensors[p.tensor]) {
+                Some(t) if !t.late => t.order,
+                _ => floors[j],
+            };
             floors[i] = edges.operands[i]
                 .iter()
-                .map(|&j| {
-                    pairs[j]
-                        .as_ref()
-                        .map_or(floors[j], |p| tensors[p.tensor].order)
-                })
+                .map(|&j| bound(j))
                 .max()
                 .unwrap_or(0);
             if pairs[i].is_some() {
@@ -246,13 +257,20 @@ pub fn pair_all(nodes: &[Node], tensors: &[Tensor], symbols: &Symbols, opts: &Op
         }
     }
     drop_out_of_order(&edges, &mut pairs, &mut why, tensors);
+    drop_far_rivals(&mut pairs, &mut why);
     finish(pairs, why, closest, tensors)
 }
 
+/// The order of each node's tensor, where it has one that bounds others.
 fn orders(pairs: &[Option<Pair>], tensors: &[Tensor]) -> Vec<Option<usize>> {
     pairs
         .iter()
-        .map(|p| p.as_ref().map(|p| tensors[p.tensor].order))
+        .map(|p| {
+            p.as_ref()
+                .map(|p| &tensors[p.tensor])
+                .filter(|t| !t.late)
+                .map(|t| t.order)
+        })
         .collect()
 }
 
@@ -269,10 +287,31 @@ fn drop_out_of_order(
     let (floors, ceilings) = (edges.floors(&current), edges.ceilings(&current));
     for i in 0..pairs.len() {
         if let Some(order) = current[i] {
-            if order < floors[i] || order > ceilings[i] {
+            if !(floors[i]..=ceilings[i]).contains(&order) {
                 let tensor = pairs[i].take().map(|p| p.tensor).unwrap_or_default();
                 why[i] = Some(Unpaired::OutOfOrder { tensor });
             }
+        }
+    }
+}
+
+/// A near miss stands only where no other node is closer to its tensor: a
+/// norm before its weight is near the norm's output, but the node after
+/// the weight is the output.
+fn drop_far_rivals(pairs: &mut [Option<Pair>], why: &mut [Option<Unpaired>]) {
+    let mut best: HashMap<usize, f64> = HashMap::new();
+    for p in pairs.iter().flatten() {
+        let e = best.entry(p.tensor).or_insert(f64::INFINITY);
+        *e = e.min(p.fit.nmse);
+    }
+    for i in 0..pairs.len() {
+        let Some(p) = &pairs[i] else { continue };
+        if p.near && best[&p.tensor] < p.fit.nmse {
+            why[i] = Some(Unpaired::TooFar {
+                tensor: p.tensor,
+                nmse: p.fit.nmse,
+            });
+            pairs[i] = None;
         }
     }
 }
@@ -449,7 +488,7 @@ fn search(
         let limit = best
             .as_ref()
             .map_or(f64::INFINITY, |b| b.fit.nmse * ctx.opts.margin);
-        if src.bound > limit.max(ctx.opts.accept) {
+        if src.bound > limit.max(ctx.opts.near) {
             // Sorted by bound: no later source is closer than this one can be.
             runner = min_candidate(runner, Some((src.tensor, src.bound)));
             break;
@@ -477,11 +516,12 @@ fn search(
     let best = best.ok_or(Unpaired::NoCandidate)?;
     let src = &sources[best.source];
     let tensor = best.tensor;
-    if best.fit.nmse > ctx.opts.accept {
-        return Err(Unpaired::TooFar {
-            tensor,
-            nmse: best.fit.nmse,
-        });
+    let too_far = Unpaired::TooFar {
+        tensor,
+        nmse: best.fit.nmse,
+    };
+    if best.fit.nmse > ctx.opts.near {
+        return Err(too_far);
     }
     if let Some(second) = runner.filter(|&(_, e)| e < ctx.opts.margin * best.fit.nmse) {
         return Err(Unpaired::Ambiguous {
@@ -506,7 +546,12 @@ fn search(
             nmse: best.fit.nmse_unit,
         });
     }
+    let near = best.fit.nmse > ctx.opts.accept;
+    if near && !matches!(scale, Scale::One | Scale::Reasoned(_)) {
+        return Err(too_far);
+    }
     Ok(Pair {
+        near,
         node: position,
         tensor,
         crop: view.crop,
@@ -534,7 +579,8 @@ fn sources(
         }
         let want = view.data.len();
         for (i, t) in ctx.tensors.iter().enumerate() {
-            if t.segment != node.segment || t.order < floor || t.order > ceiling {
+            let in_order = t.late || (floor..=ceiling).contains(&t.order);
+            if t.segment != node.segment || !in_order {
                 continue;
             }
             if t.data.len() == want && stage != Stage::Parts {

@@ -58,6 +58,10 @@ pub struct Tensor {
     pub data: Vec<f64>,
     /// Other names of the same values (`present.0.key` of `attn.0.key`).
     pub aliases: Vec<String>,
+    /// Taken after the pass (the cache, probabilities from `output_attentions`):
+    /// made in its layer, but at no known place in its order, so it neither
+    /// bounds nor is bounded by graph order there.
+    pub late: bool,
 }
 
 /// The nodes of a `--tensors '*'` run's prompt pass, in graph order.
@@ -168,6 +172,8 @@ struct Listed {
     file: String,
     #[serde(default)]
     aliases: Vec<String>,
+    #[serde(default)]
+    late: bool,
 }
 
 /// The reference's tensors of one variant (`dir/tensors.json` and its files), in order.
@@ -193,6 +199,7 @@ pub fn read_tensors(dir: &Path) -> Result<Vec<Tensor>> {
             shape: data.shape,
             data: data.data,
             aliases: t.aliases,
+            late: t.late,
         });
     }
     tensors.sort_by_key(|t| t.order);

@@ -1,7 +1,6 @@
 //! What each panel shows: its values, their place on the colour scale, its
 //! colour bar's ticks, and the colours themselves.
 
-use crate::entries::F64;
 use crate::metrics::Row;
 use crate::text::layer_text;
 
@@ -41,7 +40,7 @@ pub(super) fn panels() -> [Panel; 2] {
         Panel {
             title: "NMSE, dB (llama.cpp practice: fail above -20\u{a0}dB)",
             value: |r| {
-                let db = r.against[F64].nmse_db;
+                let db = r.verdict().nmse_db;
                 let text = if db.is_finite() {
                     format!("{db:.0}")
                 } else {
@@ -67,7 +66,7 @@ pub(super) fn panels() -> [Panel; 2] {
         Panel {
             title: "worst |diff| as % of its tolerance atol + rtol|ref| (log colour; >=\u{a0}100% fails)",
             value: |r| {
-                let ratio = r.against[F64].worst_ratio;
+                let ratio = r.verdict().worst_ratio;
                 Value {
                     text: percent(ratio),
                     scale: ratio_at(ratio.log10()),

@@ -60,6 +60,7 @@ fn row(id: &str, layer: Option<u32>, nmse_db: f64, worst_ratio: f64) -> Row {
         worst_ref: 0.0,
         non_finite_test: 0,
         non_finite_ref: 0,
+        truth: F64.into(),
     }
 }
 

@@ -89,7 +89,12 @@ pub struct Compare {
 
 impl Compare {
     pub fn run(self, project: &Project) -> Result<()> {
-        let (model, manifest, hf) = self.sides(project)?;
+        let Sides {
+            model,
+            manifest,
+            hf,
+            set_aside,
+        } = self.sides(project)?;
         // Matching wants every node: without flash attention, the scores are nodes too.
         let flash_attn = match manifest {
             None => self.flash_attn.or(Some(FlashAttnMode::Off)),
@@ -143,6 +148,7 @@ impl Compare {
                         .clone()
                         .map(std::path::absolute)
                         .transpose()?,
+                    against: set_aside,
                 };
                 compare_auto(&llama, &torch, &opts, &auto)?.0
             }
@@ -160,9 +166,10 @@ impl Compare {
         }
     }
 
-    /// The GGUF llama.cpp runs, the manifest (None: pair the nodes by value)
-    /// and the Hugging Face checkpoint the reference loads instead of the GGUF.
-    fn sides(&self, project: &Project) -> Result<(PathBuf, Option<PathBuf>, Option<PathBuf>)> {
+    /// The GGUF llama.cpp runs, the manifest (None: pair the nodes by value),
+    /// the Hugging Face checkpoint the reference loads instead of the GGUF,
+    /// and the manifest that fits but was set aside for matching.
+    fn sides(&self, project: &Project) -> Result<Sides> {
         let hf = match (&self.hf, &self.tiny) {
             (Some(dir), _) => Some(std::path::absolute(dir)?),
             (None, Some(arch)) => Some(crate::model::tiny(project, arch, 0)?),
@@ -172,12 +179,33 @@ impl Compare {
         if let Some(dir) = hf {
             let model = crate::model::from_hf(project, &dir, self.outtype, false)?;
             let manifest = self.input.manifest.clone().filter(|_| !automatic);
-            return Ok((model, manifest, Some(dir)));
+            return Ok(Sides {
+                model,
+                manifest,
+                hf: Some(dir),
+                set_aside: None,
+            });
         }
         let chosen = self.input.resolve_any(project)?;
-        let manifest = chosen.manifest.filter(|_| !automatic);
-        Ok((chosen.model, manifest, None))
+        let (manifest, set_aside) = match automatic {
+            true => (None, chosen.manifest),
+            false => (chosen.manifest, None),
+        };
+        Ok(Sides {
+            model: chosen.model,
+            manifest,
+            hf: None,
+            set_aside,
+        })
     }
+}
+
+/// What a comparison compares.
+struct Sides {
+    model: PathBuf,
+    manifest: Option<PathBuf>,
+    hf: Option<PathBuf>,
+    set_aside: Option<PathBuf>,
 }
 
 /// The self-test on the default GPT-2 and manifests/gpt2.yaml, in

@@ -11,13 +11,13 @@ use std::path::PathBuf;
 
 use anyhow::{Context, Result};
 use llorch_checkpoint_spec::files::write_atomically;
-use llorch_checkpoint_spec::manifest::{Symbols, Tolerance};
+use llorch_checkpoint_spec::manifest::{Manifest, Symbols, Tolerance};
 use llorch_checkpoint_spec::record::RunRecord;
 
 use crate::compare::{compare, Options, Outcome};
 use crate::entries::{F32, F64};
 use crate::matching::draft::{self, Drafted, Role, Skipped, Words};
-use crate::matching::{self, Matching, Node, Tensor, Unpaired};
+use crate::matching::{self, against, Matching, Node, Tensor, Unpaired};
 use crate::metrics::read_tensor;
 use crate::precision::Precision;
 use crate::reference::{build_everything, Info};
@@ -30,6 +30,9 @@ pub struct Auto<'a> {
     pub probe: &'a str,
     /// Also write the manifest with tolerances measured on this comparison, for a person to review.
     pub draft: Option<PathBuf>,
+    /// A manifest written by hand for this architecture: the pairs are
+    /// checked against each of its checkpoints, in every layer.
+    pub against: Option<PathBuf>,
 }
 
 /// The probe's two sides and what the matcher made of them.
@@ -191,6 +194,25 @@ pub fn compare_auto(
         &opts.out.join("matching.json"),
         &serde_json::to_vec_pretty(&matching_json(&probe))?,
     )?;
+    if let Some(path) = &auto.against {
+        let layers = all_layers(&probe.record);
+        let manifest = Manifest::load_with_layers(path, Some(&layers))?;
+        let manifest = match probe.record.flash_attn.used {
+            Some(true) => manifest.under_flash_attn().0,
+            _ => manifest,
+        };
+        let rows = against::against(
+            &manifest,
+            &probe.nodes,
+            &probe.tensors,
+            &probe.matching,
+            &probe.record.symbols,
+        );
+        outcome
+            .text
+            .push_str(&against::text(&rows, &path.display().to_string()));
+        outcome.against = Some(rows);
+    }
     if let Some(path) = &auto.draft {
         let text = reviewed_draft(&probe, &outcome, &opts)?;
         write_atomically(path, text.as_bytes())
@@ -217,6 +239,7 @@ fn reason_name(why: &Unpaired) -> &'static str {
         Unpaired::TooFar { .. } => "too far from any",
         Unpaired::Ambiguous { .. } => "ambiguous",
         Unpaired::OutOfOrder { .. } => "out of graph order",
+        Unpaired::Intermediate { .. } => "a step before its tensor",
     }
 }
 
@@ -385,6 +408,10 @@ fn closest(p: &Probe, why: &Unpaired) -> String {
             p.tensors[best.0].name, best.1, p.tensors[second.0].name, second.1
         ),
         Unpaired::OutOfOrder { tensor } => format!("{} out of order", p.tensors[*tensor].name),
+        Unpaired::Intermediate { tensor, closer } => format!(
+            "{} is node {} `{}`, 10 dB closer",
+            p.tensors[*tensor].name, p.nodes[*closer].index, p.nodes[*closer].name
+        ),
         _ => "no candidate".into(),
     }
 }

@@ -98,6 +98,8 @@ pub struct Outcome {
     /// The llama.cpp run and the reference tensors compared.
     pub run: PathBuf,
     pub reference: PathBuf,
+    /// Without a manifest: the pairs against a hand-written one, where asked.
+    pub against: Option<Vec<crate::matching::against::Row>>,
 }
 
 /// The whole comparison; `Err` when it could not be made, `failure` when it
@@ -200,6 +202,7 @@ pub fn compare(
         rows,
         run,
         reference: reference_dir,
+        against: None,
     })
 }
 

@@ -20,6 +20,7 @@ use std::collections::HashMap;
 
 use llorch_checkpoint_spec::manifest::Symbols;
 
+pub mod against;
 pub mod draft;
 pub mod fit;
 pub mod layout;
@@ -122,6 +123,9 @@ pub enum Unpaired {
     /// Its best tensor comes before what its operands paired with, or after
     /// what the nodes computed from it paired with.
     OutOfOrder { tensor: usize },
+    /// A node computed from it (position `closer`) is its tensor, 10 dB
+    /// closer: this one is a step on the way (a product before its bias).
+    Intermediate { tensor: usize, closer: usize },
 }
 
 /// Everything the matcher found.
@@ -173,6 +177,23 @@ impl Edges {
             operands,
             consumers,
         }
+    }
+
+    /// Whether node `a` is one of those node `b` is computed from.
+    fn is_ancestor(&self, a: usize, b: usize) -> bool {
+        let mut seen = vec![false; self.operands.len()];
+        let mut frontier = vec![b];
+        while let Some(i) = frontier.pop() {
+            for &j in &self.operands[i] {
+                if j == a {
+                    return true;
+                }
+                if !std::mem::replace(&mut seen[j], true) {
+                    frontier.push(j);
+                }
+            }
+        }
+        false
     }
 
     /// The order a node's candidates may not come before: the latest tensor
@@ -258,6 +279,7 @@ pub fn pair_all(nodes: &[Node], tensors: &[Tensor], symbols: &Symbols, opts: &Op
     }
     drop_out_of_order(&edges, &mut pairs, &mut why, tensors);
     drop_far_rivals(&mut pairs, &mut why);
+    drop_intermediates(&edges, &mut pairs, &mut why, opts.margin);
     finish(pairs, why, closest, tensors)
 }
 
@@ -310,6 +332,36 @@ fn drop_far_rivals(pairs: &mut [Option<Pair>], why: &mut [Option<Unpaired>]) {
             why[i] = Some(Unpaired::TooFar {
                 tensor: p.tensor,
                 nmse: p.fit.nmse,
+            });
+            pairs[i] = None;
+        }
+    }
+}
+
+/// Where two nodes pair with one tensor and one is computed from the other
+/// and farther by the margin, it is a step on the way to the tensor (a
+/// matrix product before its bias, a norm before its weight), not the
+/// tensor. The other way round (the f16 cache stored from K) both stand.
+fn drop_intermediates(
+    edges: &Edges,
+    pairs: &mut [Option<Pair>],
+    why: &mut [Option<Unpaired>],
+    margin: f64,
+) {
+    let mut closest: HashMap<usize, (usize, f64)> = HashMap::new();
+    for p in pairs.iter().flatten() {
+        let e = closest.entry(p.tensor).or_insert((p.node, f64::INFINITY));
+        if p.fit.nmse < e.1 {
+            *e = (p.node, p.fit.nmse);
+        }
+    }
+    for i in 0..pairs.len() {
+        let Some(p) = &pairs[i] else { continue };
+        let (best, nmse) = closest[&p.tensor];
+        if best != i && p.fit.nmse > margin * nmse && edges.is_ancestor(i, best) {
+            why[i] = Some(Unpaired::Intermediate {
+                tensor: p.tensor,
+                closer: best,
             });
             pairs[i] = None;
         }
@@ -609,16 +661,16 @@ fn sources(
             }
         }
     }
-    // Closest first; among equals (aliases), the tensor made first, whole before parts.
+    // Closest first; among equals (aliases), whole tensors before parts, then the one made first.
     out.sort_by(|a, b| {
         a.bound
             .total_cmp(&b.bound)
+            .then(a.part.is_some().cmp(&b.part.is_some()))
             .then(
                 ctx.tensors[a.tensor]
                     .order
                     .cmp(&ctx.tensors[b.tensor].order),
             )
-            .then(a.part.is_some().cmp(&b.part.is_some()))
     });
     out
 }

@@ -153,7 +153,8 @@ class Recorder:
         if self.wanted is None:
             if name in self.tensors:
                 return  # a module called twice: its first call
-            digest = hashlib.sha1(t.contiguous().numpy().tobytes()).digest()
+            # The same bytes in the same shape: one tensor under two names.
+            digest = (tuple(t.shape), hashlib.sha1(t.contiguous().numpy().tobytes()).digest())
             first = self.digests.setdefault(digest, name)
             if first != name:
                 self.aliases.setdefault(first, []).append(name)

@@ -295,15 +295,36 @@ fn summary(p: &Probe) -> String {
             false => format!(" ({})", shortened_list(&lonely, 8)),
         }
     );
-    for pair in &m.pairs {
+    // One line per kind of scaled pair, over the layers (ggml's views of them left out).
+    let mut scaled: BTreeMap<(String, String, String), (String, usize)> = BTreeMap::new();
+    for d in &p.drafted {
+        let Some(pair) = m.pair_of(d.node) else {
+            continue;
+        };
         if let matching::fit::Scale::Reasoned(r) = &pair.scale {
-            let n = &p.nodes[pair.node];
-            let _ = writeln!(
-                s,
-                "  scaled: {} {} is {} times {}",
-                n.op, n.name, p.tensors[pair.tensor].name, r.why
+            let plain = |s: &str| {
+                d.layer
+                    .and_then(|l| draft::templated(s, l))
+                    .unwrap_or_else(|| s.to_string())
+            };
+            let n = &p.nodes[d.node];
+            let key = (
+                n.op.clone(),
+                plain(&p.tensors[pair.tensor].name),
+                r.why.clone(),
             );
+            scaled.entry(key).or_insert((n.name.clone(), 0)).1 += 1;
         }
+    }
+    for ((op, tensor, why), (first, count)) in scaled {
+        let _ = writeln!(
+            s,
+            "  scaled: {op} {first} is {tensor} times {why}{}",
+            match count {
+                1 => String::new(),
+                n => format!(" ({n} layers)"),
+            }
+        );
     }
     s
 }

@@ -166,16 +166,30 @@ fn hand_values(ops: &[Op], t: &Tensor, symbols: &Symbols) -> Result<Vec<f64>> {
                 continue;
             }
         };
-        if let Step::Reshape(to) = &step {
-            if to.iter().product::<usize>() != shape.iter().product::<usize>() {
-                bail!("reshape to {to:?} of shape {shape:?}");
-            }
-        }
+        check(&step, &shape)?;
         let (s, d) = apply(std::slice::from_ref(&step), &shape, &data);
         shape = s;
         data = d;
     }
     Ok(data)
+}
+
+/// Refuses a step that does not fit the shape it is applied to.
+fn check(step: &Step, shape: &[usize]) -> Result<()> {
+    let fits = match step {
+        Step::DropBatch => shape.first() == Some(&1),
+        Step::Slice { axis, start, len } => shape.get(*axis).is_some_and(|&d| start + len <= d),
+        Step::Reshape(to) => to.iter().product::<usize>() == shape.iter().product::<usize>(),
+        Step::Permute(axes) => {
+            let mut sorted = axes.clone();
+            sorted.sort_unstable();
+            sorted == (0..shape.len()).collect::<Vec<_>>()
+        }
+    };
+    if !fits {
+        bail!("{step:?} does not apply to shape {shape:?}");
+    }
+    Ok(())
 }
 
 /// The node a manifest's checkpoint names, found as the extractor finds it:

@@ -154,7 +154,7 @@ pub fn draft(
     pairs.sort_by_key(|p| p.node);
     for p in pairs {
         let node = &nodes[p.node];
-        if is_derived_name(&node.name) {
+        if is_derived_name(&node.name) && super::moves_data(&node.op) {
             let same = node.operands.iter().find_map(|o| {
                 let j = *by_index.get(&o.node?)?;
                 m.pair_of(j).filter(|q| q.tensor == p.tensor).map(|_| j)

@@ -71,17 +71,6 @@ pub fn reasoned_scales(symbols: &Symbols) -> Vec<Reasoned> {
         value: -1.0,
         why: "-1".into(),
     }];
-    for k in 1..=10 {
-        let p = f64::from(1u32 << k);
-        out.push(Reasoned {
-            value: p,
-            why: format!("{p}"),
-        });
-        out.push(Reasoned {
-            value: 1.0 / p,
-            why: format!("1/{p}"),
-        });
-    }
     for name in ["head_dim", "n_embd", "n_head", "n_head_kv", "n_ff"] {
         let v = symbols.get(name).unwrap_or(0) as f64;
         if v > 1.0 {
@@ -94,6 +83,17 @@ pub fn reasoned_scales(symbols: &Symbols) -> Vec<Reasoned> {
                 why: format!("1/sqrt({name})"),
             });
         }
+    }
+    for k in 1..=10 {
+        let p = f64::from(1u32 << k);
+        out.push(Reasoned {
+            value: p,
+            why: format!("{p}"),
+        });
+        out.push(Reasoned {
+            value: 1.0 / p,
+            why: format!("1/{p}"),
+        });
     }
     out
 }
@@ -121,14 +121,16 @@ impl Scale {
 }
 
 /// Reads a fitted scale: 1 or a reasoned one where it does as well (within
-/// 1% of the fit, and NMSE at most twice the fit's plus rounding).
+/// 0.1% of the fit: a factor ggml applies is exact, and one that comes near
+/// a reason by chance rarely comes that near; and NMSE at most twice the
+/// fit's plus rounding).
 pub fn read_scale(f: &Fit, l: &[f64], t: &[f64], spread: f64, reasoned: &[Reasoned]) -> Scale {
     let as_good = |nmse: f64| nmse <= 2.0 * f.nmse + 1e-15;
     if as_good(f.nmse_unit) {
         return Scale::One;
     }
     for r in reasoned {
-        if (f.scale / r.value - 1.0).abs() < 1e-2 && as_good(nmse_at(l, t, r.value, spread)) {
+        if (f.scale / r.value - 1.0).abs() < 1e-3 && as_good(nmse_at(l, t, r.value, spread)) {
             return Scale::Reasoned(r.clone());
         }
     }

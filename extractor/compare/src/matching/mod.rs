@@ -158,15 +158,26 @@ impl Edges {
             .enumerate()
             .map(|(i, n)| (n.index, i))
             .collect();
-        let operands: Vec<Vec<usize>> = nodes
-            .iter()
-            .map(|n| {
-                n.operands
-                    .iter()
-                    .filter_map(|o| position.get(&o.node?).copied())
-                    .collect()
-            })
-            .collect();
+        // A node that writes into a tensor of no node (SET_ROWS into the KV
+        // cache) is what later readers of that tensor read.
+        let mut writer: HashMap<&str, usize> = HashMap::new();
+        let mut operands: Vec<Vec<usize>> = Vec::with_capacity(nodes.len());
+        for (i, n) in nodes.iter().enumerate() {
+            let mut ops: Vec<usize> = Vec::new();
+            for o in &n.operands {
+                match o.node.and_then(|k| position.get(&k).copied()) {
+                    Some(j) => ops.push(j),
+                    None => ops.extend(writer.get(o.name.as_str()).copied()),
+                }
+            }
+            if matches!(n.op.as_str(), "SET_ROWS" | "CPY" | "SET") {
+                for o in n.operands.iter().filter(|o| o.node.is_none()) {
+                    writer.insert(o.name.as_str(), i);
+                }
+            }
+            ops.dedup();
+            operands.push(ops);
+        }
         let mut consumers = vec![Vec::new(); nodes.len()];
         for (i, ops) in operands.iter().enumerate() {
             for &j in ops {
@@ -236,22 +247,57 @@ pub fn pair_all(nodes: &[Node], tensors: &[Tensor], symbols: &Symbols, opts: &Op
         reasoned: fit::reasoned_scales(symbols),
         opts,
     };
-    let mut pairs: Vec<Option<Pair>> = vec![None; nodes.len()];
-    let mut why: Vec<Option<Unpaired>> = vec![None; nodes.len()];
-    let mut closest: Vec<Option<(usize, f64)>> = vec![None; tensors.len()];
-    // Round one pairs in graph order, each node bounded below by its
-    // operands' pairs as they are made; later rounds add the bounds from
-    // below (the pairs of the nodes computed from it) and try again.
+    let mut state = State {
+        pairs: vec![None; nodes.len()],
+        why: vec![None; nodes.len()],
+        closest: vec![None; tensors.len()],
+        bounds: HashMap::new(),
+    };
+    rounds(nodes, &edges, &ctx, &mut state);
+    // Two nodes, one computed from the other, each torn between the same
+    // two tensors: only one assignment keeps graph order. Bounded by it,
+    // both pair, and what follows from them.
+    if untangle(&edges, &mut state, tensors) {
+        rounds(nodes, &edges, &ctx, &mut state);
+    }
+    let State {
+        mut pairs,
+        mut why,
+        closest,
+        ..
+    } = state;
+    drop_out_of_order(&edges, &mut pairs, &mut why, tensors);
+    drop_far_rivals(&mut pairs, &mut why);
+    let ops: Vec<&str> = nodes.iter().map(|n| n.op.as_str()).collect();
+    drop_intermediates(&edges, &ops, &mut pairs, &mut why, opts.margin);
+    finish(pairs, why, closest, tensors)
+}
+
+/// The matcher's state between rounds.
+struct State {
+    pairs: Vec<Option<Pair>>,
+    why: Vec<Option<Unpaired>>,
+    /// Per tensor, the node that came closest and its NMSE.
+    closest: Vec<Option<(usize, f64)>>,
+    /// Bounds set from outside graph order's own (floor, ceiling), per node.
+    bounds: HashMap<usize, (usize, usize)>,
+}
+
+/// Round one pairs in graph order, each node bounded below by its
+/// operands' pairs as they are made; later rounds add the bounds from
+/// below (the pairs of the nodes computed from it) and try again.
+fn rounds(nodes: &[Node], edges: &Edges, ctx: &Context<'_>, state: &mut State) {
+    let tensors = ctx.tensors;
     for round in 0..3 {
         let ceilings = match round {
-            0 => vec![usize::MAX; nodes.len()],
-            _ => edges.ceilings(&orders(&pairs, tensors)),
+            0 if state.bounds.is_empty() => vec![usize::MAX; nodes.len()],
+            _ => edges.ceilings(&orders(&state.pairs, tensors)),
         };
         let mut floors = vec![0usize; nodes.len()];
         let mut changed = false;
         for i in 0..nodes.len() {
             // A pair with a tensor of no known place passes its own floor on.
-            let bound = |j: usize| match pairs[j].as_ref().map(|p| &tensors[p.tensor]) {
+            let bound = |j: usize| match state.pairs[j].as_ref().map(|p| &tensors[p.tensor]) {
                 Some(t) if !t.late => t.order,
                 _ => floors[j],
             };
@@ -260,27 +306,54 @@ pub fn pair_all(nodes: &[Node], tensors: &[Tensor], symbols: &Symbols, opts: &Op
                 .map(|&j| bound(j))
                 .max()
                 .unwrap_or(0);
-            if pairs[i].is_some() {
+            if state.pairs[i].is_some() {
                 continue;
             }
-            let bounds = (floors[i], ceilings[i]);
-            match pair_node(&nodes[i], i, bounds, &ctx, &mut closest) {
+            let (extra_floor, extra_ceiling) =
+                state.bounds.get(&i).copied().unwrap_or((0, usize::MAX));
+            let bounds = (floors[i].max(extra_floor), ceilings[i].min(extra_ceiling));
+            match pair_node(&nodes[i], i, bounds, ctx, &mut state.closest) {
                 Ok(p) => {
-                    pairs[i] = Some(p);
-                    why[i] = None;
+                    state.pairs[i] = Some(p);
+                    state.why[i] = None;
                     changed = true;
                 }
-                Err(u) => why[i] = Some(u),
+                Err(u) => state.why[i] = Some(u),
             }
         }
         if !changed {
             break;
         }
     }
-    drop_out_of_order(&edges, &mut pairs, &mut why, tensors);
-    drop_far_rivals(&mut pairs, &mut why);
-    drop_intermediates(&edges, &mut pairs, &mut why, opts.margin);
-    finish(pairs, why, closest, tensors)
+}
+
+/// For each node torn between tensors X and Y, where a node computed from
+/// it is torn between Y and X and X comes first: bounds that give the first
+/// X and the second Y (Gemma's K before and after rope, nearly equal where
+/// a global layer's rope turns little over a short probe). True if any.
+fn untangle(edges: &Edges, state: &mut State, tensors: &[Tensor]) -> bool {
+    let torn: Vec<(usize, usize, usize)> = state
+        .why
+        .iter()
+        .enumerate()
+        .filter_map(|(i, w)| match w {
+            Some(Unpaired::Ambiguous { best, second }) => Some((i, best.0, second.0)),
+            _ => None,
+        })
+        .collect();
+    let mut any = false;
+    for &(a, x, y) in &torn {
+        for &(b, y2, x2) in &torn {
+            let (tx, ty) = (&tensors[x], &tensors[y]);
+            let ordered = !tx.late && !ty.late && tx.order < ty.order;
+            if (x2, y2) == (x, y) && a != b && ordered && edges.is_ancestor(a, b) {
+                state.bounds.insert(a, (0, ty.order - 1));
+                state.bounds.insert(b, (tx.order + 1, usize::MAX));
+                any = true;
+            }
+        }
+    }
+    any
 }
 
 /// The order of each node's tensor, where it has one that bounds others.
@@ -338,12 +411,31 @@ fn drop_far_rivals(pairs: &mut [Option<Pair>], why: &mut [Option<Unpaired>]) {
     }
 }
 
-/// Where two nodes pair with one tensor and one is computed from the other
-/// and farther by the margin, it is a step on the way to the tensor (a
-/// matrix product before its bias, a norm before its weight), not the
-/// tensor. The other way round (the f16 cache stored from K) both stand.
+/// Ops that move or store values without computing new ones.
+pub(crate) fn moves_data(op: &str) -> bool {
+    matches!(
+        op,
+        "VIEW"
+            | "RESHAPE"
+            | "PERMUTE"
+            | "TRANSPOSE"
+            | "CONT"
+            | "CPY"
+            | "DUP"
+            | "SET_ROWS"
+            | "GET_ROWS"
+    )
+}
+
+/// Where two nodes pair with one tensor, one computed from the other and
+/// farther by the margin, the farther is not the tensor: before the closer
+/// one, a step on the way to it (a matrix product before its bias, a norm
+/// before its weight); after it, a computation that happens to change it
+/// little (an RMSNorm of an output whose rows are near unit scale). A copy
+/// that stores it (the f16 cache written from K) is the tensor, farther.
 fn drop_intermediates(
     edges: &Edges,
+    ops: &[&str],
     pairs: &mut [Option<Pair>],
     why: &mut [Option<Unpaired>],
     margin: f64,
@@ -358,7 +450,9 @@ fn drop_intermediates(
     for i in 0..pairs.len() {
         let Some(p) = &pairs[i] else { continue };
         let (best, nmse) = closest[&p.tensor];
-        if best != i && p.fit.nmse > margin * nmse && edges.is_ancestor(i, best) {
+        let step =
+            edges.is_ancestor(i, best) || (edges.is_ancestor(best, i) && !moves_data(ops[i]));
+        if best != i && p.fit.nmse > margin * nmse && step {
             why[i] = Some(Unpaired::Intermediate {
                 tensor: p.tensor,
                 closer: best,
@@ -590,18 +684,20 @@ fn search(
         &ctx.reasoned,
     );
     // A free factor explains more than a fixed one: a pair that needs one
-    // without a reason must fit 20 dB closer (RMSNorm's output is nearly
-    // a multiple of its input over a short prompt; a factor of 1.01 is a bug to show).
-    if matches!(scale, Scale::Unexplained(_)) && best.fit.nmse > ctx.opts.accept / 100.0 {
+    // without a reason must fit 20 dB closer (RMSNorm's output is nearly a
+    // multiple of its input over a short prompt; a factor of 1.01 is a bug
+    // to show). A reason is exact to 0.1%, which chance rarely is.
+    let (limit, near_limit) = match scale {
+        Scale::One | Scale::Reasoned(_) => (ctx.opts.accept, ctx.opts.near),
+        Scale::Unexplained(_) => (ctx.opts.accept / 100.0, 0.0),
+    };
+    if best.fit.nmse > limit.max(near_limit) {
         return Err(Unpaired::TooFar {
             tensor,
             nmse: best.fit.nmse_unit,
         });
     }
-    let near = best.fit.nmse > ctx.opts.accept;
-    if near && !matches!(scale, Scale::One | Scale::Reasoned(_)) {
-        return Err(too_far);
-    }
+    let near = best.fit.nmse > limit;
     Ok(Pair {
         near,
         node: position,

@@ -403,3 +403,39 @@ fn a_diverging_node_pairs_as_a_near_miss_instead_of_going_missing() {
     );
     assert!(m.pairs.iter().filter(|p| p.near).count() == 1);
 }
+
+#[test]
+fn two_nodes_torn_between_the_same_two_tensors_take_them_in_graph_order() {
+    let mut rng = Noise(11);
+    let l0 = Segment::Layer(0);
+    let k = rng.values(N * D);
+    // After rope, nearly the same: a global layer's rope turns little over a short prompt.
+    let rotated = rng.blur(&k, 2e-3);
+    let tensors = vec![
+        tensor(
+            0,
+            "model.layers.0.self_attn.k_norm",
+            l0,
+            &[1, N, D],
+            k.clone(),
+        ),
+        tensor(1, "attn.0.key", l0, &[1, N, D], rotated.clone()),
+    ];
+    let mut nodes = vec![
+        node(1, "Kcur_normed-0", "MUL", &[D, N], rng.blur(&k, 1e-3), &[]),
+        node(2, "Kcur-0", "ROPE", &[D, N], rng.blur(&rotated, 1e-3), &[1]),
+    ];
+    sides::assign_segments(&mut nodes);
+    let m = pair_all(&nodes, &tensors, &symbols(), &Options::new(Precision::Full));
+    let names: Vec<Option<&str>> = (0..2)
+        .map(|i| m.pair_of(i).map(|p| tensors[p.tensor].name.as_str()))
+        .collect();
+    assert_eq!(
+        names,
+        [Some("model.layers.0.self_attn.k_norm"), Some("attn.0.key")]
+    );
+    // Without the edge between them, neither can be told.
+    nodes[1].operands.clear();
+    let m = pair_all(&nodes, &tensors, &symbols(), &Options::new(Precision::Full));
+    assert!(m.pairs.is_empty(), "{:?}", m.unpaired);
+}

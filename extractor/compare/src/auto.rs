@@ -430,7 +430,7 @@ fn closest(p: &Probe, why: &Unpaired) -> String {
         ),
         Unpaired::OutOfOrder { tensor } => format!("{} out of order", p.tensors[*tensor].name),
         Unpaired::Intermediate { tensor, closer } => format!(
-            "{} is node {} `{}`, 10 dB closer",
+            "{} is node {} `{}`, twice as close",
             p.tensors[*tensor].name, p.nodes[*closer].index, p.nodes[*closer].name
         ),
         _ => "no candidate".into(),

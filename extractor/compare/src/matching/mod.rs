@@ -123,8 +123,9 @@ pub enum Unpaired {
     /// Its best tensor comes before what its operands paired with, or after
     /// what the nodes computed from it paired with.
     OutOfOrder { tensor: usize },
-    /// A node computed from it (position `closer`) is its tensor, 10 dB
-    /// closer: this one is a step on the way (a product before its bias).
+    /// A node computed from it, or it from (position `closer`), is its
+    /// tensor, twice as close: this one is a step on the way (a product
+    /// before its bias) or a computation after it.
     Intermediate { tensor: usize, closer: usize },
 }
 
@@ -160,19 +161,35 @@ impl Edges {
             .collect();
         // A node that writes into a tensor of no node (SET_ROWS into the KV
         // cache) is what later readers of that tensor read.
-        let mut writer: HashMap<&str, usize> = HashMap::new();
+        // (Through views of it: V is written into a reshape of its cache.)
+        let mut writer: HashMap<String, usize> = HashMap::new();
+        let mut root: Vec<Option<String>> = Vec::with_capacity(nodes.len());
         let mut operands: Vec<Vec<usize>> = Vec::with_capacity(nodes.len());
         for (i, n) in nodes.iter().enumerate() {
             let mut ops: Vec<usize> = Vec::new();
+            let mut roots: Vec<String> = Vec::new();
             for o in &n.operands {
                 match o.node.and_then(|k| position.get(&k).copied()) {
-                    Some(j) => ops.push(j),
-                    None => ops.extend(writer.get(o.name.as_str()).copied()),
+                    Some(j) => {
+                        ops.push(j);
+                        roots.extend(root[j].clone());
+                    }
+                    None => {
+                        ops.extend(writer.get(&o.name).copied());
+                        roots.push(o.name.clone());
+                    }
                 }
             }
+            // A view of one tensor of no node is a view of that tensor.
+            root.push(
+                match (moves_data(&n.op) && n.op != "SET_ROWS", roots.as_slice()) {
+                    (true, [one]) => Some(one.clone()),
+                    _ => None,
+                },
+            );
             if matches!(n.op.as_str(), "SET_ROWS" | "CPY" | "SET") {
-                for o in n.operands.iter().filter(|o| o.node.is_none()) {
-                    writer.insert(o.name.as_str(), i);
+                for r in roots {
+                    writer.insert(r, i);
                 }
             }
             ops.dedup();
@@ -269,7 +286,7 @@ pub fn pair_all(nodes: &[Node], tensors: &[Tensor], symbols: &Symbols, opts: &Op
     drop_out_of_order(&edges, &mut pairs, &mut why, tensors);
     drop_far_rivals(&mut pairs, &mut why);
     let ops: Vec<&str> = nodes.iter().map(|n| n.op.as_str()).collect();
-    drop_intermediates(&edges, &ops, &mut pairs, &mut why, opts.margin);
+    drop_intermediates(&edges, &ops, &mut pairs, &mut why);
     finish(pairs, why, closest, tensors)
 }
 
@@ -428,7 +445,7 @@ pub(crate) fn moves_data(op: &str) -> bool {
 }
 
 /// Where two nodes pair with one tensor, one computed from the other and
-/// farther by the margin, the farther is not the tensor: before the closer
+/// twice as far (3 dB), the farther is not the tensor: before the closer
 /// one, a step on the way to it (a matrix product before its bias, a norm
 /// before its weight); after it, a computation that happens to change it
 /// little (an RMSNorm of an output whose rows are near unit scale). A copy
@@ -438,24 +455,25 @@ fn drop_intermediates(
     ops: &[&str],
     pairs: &mut [Option<Pair>],
     why: &mut [Option<Unpaired>],
-    margin: f64,
 ) {
-    let mut closest: HashMap<usize, (usize, f64)> = HashMap::new();
+    let mut by_tensor: HashMap<usize, Vec<(usize, f64)>> = HashMap::new();
     for p in pairs.iter().flatten() {
-        let e = closest.entry(p.tensor).or_insert((p.node, f64::INFINITY));
-        if p.fit.nmse < e.1 {
-            *e = (p.node, p.fit.nmse);
-        }
+        by_tensor
+            .entry(p.tensor)
+            .or_default()
+            .push((p.node, p.fit.nmse));
     }
     for i in 0..pairs.len() {
         let Some(p) = &pairs[i] else { continue };
-        let (best, nmse) = closest[&p.tensor];
-        let step =
-            edges.is_ancestor(i, best) || (edges.is_ancestor(best, i) && !moves_data(ops[i]));
-        if best != i && p.fit.nmse > margin * nmse && step {
+        let closer = by_tensor[&p.tensor].iter().find(|&&(j, nmse)| {
+            j != i
+                && p.fit.nmse > 2.0 * nmse
+                && (edges.is_ancestor(i, j) || (edges.is_ancestor(j, i) && !moves_data(ops[i])))
+        });
+        if let Some(&(j, _)) = closer {
             why[i] = Some(Unpaired::Intermediate {
                 tensor: p.tensor,
-                closer: best,
+                closer: j,
             });
             pairs[i] = None;
         }

@@ -215,7 +215,8 @@ fn case() -> Case {
             "node_5",
             "SCALE",
             &[HD, H, N],
-            rng.blur(&scaled, eps),
+            // The same error relative to its values as the node it scales.
+            rng.blur(&scaled, eps / (HD as f64).sqrt()),
             &[4],
         ),
         node(6, "kq_mask-0", "CPY", &[PAD, N], mask, &[]),

@@ -189,6 +189,7 @@ pub fn compare_auto(
     if let Some(line) = node_divergence(&probe, &outcome) {
         let _ = writeln!(text, "{line}");
     }
+    let _ = writeln!(text, "in short: {}", figures(&probe, &outcome));
     outcome.text = text;
     write_atomically(
         &opts.out.join("matching.json"),
@@ -220,6 +221,44 @@ pub fn compare_auto(
         let _ = writeln!(outcome.text, "drafted manifest: {}", path.display());
     }
     Ok((outcome, probe))
+}
+
+/// The comparison in one line: both sides' sizes, the pairs, the verdict,
+/// the logits' NMSE and the first diverging checkpoint.
+pub fn figures(p: &Probe, outcome: &Outcome) -> String {
+    let n_vocab = p.record.symbols.n_vocab as usize;
+    let logits = outcome
+        .rows
+        .iter()
+        .find(|r| r.layer.is_none() && r.shape.last() == Some(&n_vocab))
+        .map(|r| {
+            let m = r.verdict();
+            format!(
+                "logits NMSE {:.2e} ({:.1} dB) against {}",
+                m.nmse, m.nmse_db, r.truth
+            )
+        })
+        .unwrap_or_else(|| "no logits node paired".into());
+    let first = outcome
+        .rows
+        .iter()
+        .find(|r| !r.pass)
+        .map_or("none".to_string(), |r| {
+            format!(
+                "{}{}",
+                r.id,
+                r.layer.map(|l| format!(" layer {l}")).unwrap_or_default()
+            )
+        });
+    format!(
+        "{} llama.cpp nodes, {} reference tensors; {} pairs; {} nodes and {} tensors without a counterpart; {}; {logits}; first divergence: {first}",
+        p.nodes.len(),
+        p.tensors.len(),
+        p.matching.pairs.len(),
+        p.matching.unpaired.len(),
+        p.matching.unpaired_tensors.len(),
+        outcome.summary,
+    )
 }
 
 /// Counts per reason.

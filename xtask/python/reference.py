@@ -372,7 +372,8 @@ def main():
     everything = job.get("everything", False)
     wanted = None if everything else {cp["capture"] for cp in job["checkpoints"]}
     next_tokens, unavailable = {}, {}
-    for variant in job["variants"]:
+    variants = list(job["variants"])
+    for variant in variants:
         try:
             recorder, logits = run_variant(model, variant, job["tokens"], wanted)
         except Unavailable as e:
@@ -383,6 +384,8 @@ def main():
             if not variant.startswith("f64"):
                 raise
             unavailable[variant] = str(e).splitlines()[0]
+            if everything and "f32" not in variants:
+                variants.append("f32")  # the matcher's tensors, where f64 cannot be had
             continue
         next_tokens[variant] = int(logits.argmax())
         vdir = os.path.join(out_dir, variant)
@@ -391,12 +394,12 @@ def main():
             write_everything(recorder, vdir)
         else:
             write_checkpoints(recorder, job["checkpoints"], vdir)
-    if len(unavailable) == len(job["variants"]):
+    if len(unavailable) == len(variants):
         fail(f"no variant could run: {unavailable}", 4)
     info = {
         "model": type(model).__name__, "torch": torch.__version__, "transformers": transformers.__version__,
         "numpy": np.__version__, "attn_implementation": model.config._attn_implementation,
-        "variants": [v for v in job["variants"] if v not in unavailable], "unavailable": unavailable,
+        "variants": [v for v in variants if v not in unavailable], "unavailable": unavailable,
         "next_token": next_tokens, "checkpoints": len(job["checkpoints"]),
         "load_seconds": loaded, "loaded_from_saved": from_saved, "seconds": time.time() - started,
     }

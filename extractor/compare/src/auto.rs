@@ -547,10 +547,15 @@ fn reviewed_draft(p: &Probe, outcome: &Outcome, opts: &Options) -> Result<String
         entry.0 = entry.0.max(nmse);
         entry.1 = entry.1.max(excess / max_ref);
     }
-    let layers: Vec<String> = {
+    let layers: Vec<u32> = {
         let mut l: Vec<u32> = outcome.entries.iter().filter_map(|e| e.layer).collect();
+        l.sort_unstable();
         l.dedup();
-        l.iter().map(|l| l.to_string()).collect()
+        l
+    };
+    let layers: Vec<String> = match (layers.first(), layers.last()) {
+        (Some(&a), Some(&b)) if b > a && (b - a) as usize + 1 == layers.len() => vec![format!("{a} to {b}")],
+        _ => layers.iter().map(|l| l.to_string()).collect(),
     };
     let header = format!(
         "A manifest for llama.cpp's `{arch}` graph, drafted by `cargo xtask compare --draft-manifest`:\n\

@@ -78,7 +78,7 @@ pub fn build_reference(
 }
 
 /// Every tensor the reference's pass over `tokens` makes, into `out/<variant>/`
-/// (f64, and f32 for a model that cannot run f64), with `tensors.json`.
+/// (f64, or f32 for a model that cannot run f64), with `tensors.json`.
 pub fn build_everything(
     reference: &dyn Reference,
     model: &Path,
@@ -97,7 +97,7 @@ pub fn build_everything(
         gguf_sha256: llorch_checkpoint_spec::files::sha256_file(model).unwrap_or_default(),
         tokens: tokens.to_vec(),
         out: out.to_path_buf(),
-        variants: vec![F64.into(), F32.into()],
+        variants: vec![F64.into()],
         threads: 2,
         checkpoints: Vec::new(),
     };

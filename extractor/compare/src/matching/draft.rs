@@ -27,6 +27,8 @@ pub struct Drafted {
     /// Each op as the manifest's YAML writes it.
     pub ops: Vec<String>,
     pub what: String,
+    /// The node's name (in its layer).
+    pub name: String,
     /// A short name for its id and file.
     pub slug: String,
     /// Drafted from a near miss (a node that diverges).
@@ -180,6 +182,7 @@ pub fn draft(
             capture: tensors[p.tensor].name.clone(),
             ops: ops(p, tensors, node, words),
             what: what(node, p, tensors),
+            name: node.name.clone(),
             slug: String::new(),
             near: p.near,
         });
@@ -341,6 +344,24 @@ fn select(
             None => (layer_mark(name).is_none()).then(|| name.to_string()),
         }
     };
+    // A GGUF weight's or a cache's name first: they stay the same between
+    // llama.cpp versions, node names do not (some are this project's patch's).
+    let lasting = |name: &str| !name.contains(" (") && (name.contains('.') || name.starts_with("cache_"));
+    for o in node.operands.iter().filter(|o| lasting(&o.name)) {
+        let alone = nodes
+            .iter()
+            .filter(|n| n.op == node.op && n.operands.iter().any(|p| p.name == o.name))
+            .count()
+            == 1;
+        if let (true, Some(operand)) = (alone, fill(&o.name)) {
+            return Some(Selector {
+                tensor: None,
+                op: node.op.clone(),
+                operand: Some(operand),
+                depth: 1,
+            });
+        }
+    }
     if stable(&node.name)
         && nodes
             .iter()
@@ -549,10 +570,22 @@ fn entry(d: &Drafted, r: &Role, all_layers: &[u32], t: &Tolerance) -> String {
     );
     let _ = write!(
         s,
-        "    tolerance: {{ atol: {:e}, atol_of_max: {:e}, rtol: {:e}, nmse: {:e} }}",
-        t.atol, t.atol_of_max, t.rtol, t.nmse
+        "    tolerance: {{ atol: {}, atol_of_max: {}, rtol: {}, nmse: {} }}",
+        number(t.atol),
+        number(t.atol_of_max),
+        number(t.rtol),
+        number(t.nmse)
     );
     s
+}
+
+/// A tolerance as a person writes it: two significant digits, no float noise.
+fn number(x: f64) -> String {
+    match x {
+        0.0 => "0".into(),
+        x if (1e-2..1e3).contains(&x.abs()) => format!("{}", (x * 1e4).round() / 1e4),
+        x => format!("{x:.1e}"),
+    }
 }
 
 /// What a drafted checkpoint is called: the node's name without its layer
@@ -565,6 +598,7 @@ fn base_name(d: &Drafted) -> String {
     };
     let base = match (&d.selector.tensor, &d.selector.operand) {
         (Some(tensor), _) => t(tensor),
+        _ if stable(&d.name) => t(&d.name),
         (None, Some(operand)) => format!("{}_{}", d.selector.op.to_lowercase(), t(operand)),
         (None, None) => d.selector.op.to_lowercase(),
     };

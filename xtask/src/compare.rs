@@ -312,12 +312,21 @@ impl Extractor for LlamaCpp<'_> {
         RunRecord::read(out)
     }
 
-    fn extract_graph(&self, model: &Path, tokens: &[i32], out: &Path) -> Result<()> {
+    fn extract_graph(
+        &self,
+        model: &Path,
+        tokens: &[i32],
+        out: &Path,
+        flash_attn: Option<bool>,
+    ) -> Result<()> {
         let exe = self.exe()?;
         let sh = self.project.shell()?;
         let ids: Vec<String> = tokens.iter().map(|t| t.to_string()).collect();
         let ids = ids.join(",");
-        let flags = self.flash_attn_flags();
+        let flags = match flash_attn {
+            Some(on) => vec!["--flash-attn".into(), FlashAttnMode::from(on).name().into()],
+            None => self.flash_attn_flags(),
+        };
         let result = cmd!(
             sh,
             "{exe} -m {model} --tokens {ids} --tensors * -n 0 --out {out} -t 2 {flags...}"

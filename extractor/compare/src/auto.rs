@@ -93,7 +93,7 @@ pub fn probe(
     })?;
     let tokens = &plain.tokens[..n];
     let run = dir.join("llama");
-    extractor.extract_graph(&opts.model, tokens, &run)?;
+    extractor.extract_graph(&opts.model, tokens, &run, None)?;
     let (record, nodes) = matching::read_nodes(&run)?;
     let info = build_everything(
         reference,
@@ -142,6 +142,7 @@ pub fn probe(
         &roles,
         &all_layers(&record),
         &|_| tolerance,
+        &|_| None,
     );
     write_atomically(&manifest, text.as_bytes())?;
     Ok(Probe {
@@ -215,7 +216,8 @@ pub fn compare_auto(
         outcome.against = Some(rows);
     }
     if let Some(path) = &auto.draft {
-        let text = reviewed_draft(&probe, &outcome, &opts)?;
+        let with = with_flash_attn(extractor, &probe, &opts)?;
+        let text = reviewed_draft(&probe, &outcome, &opts, with.as_deref())?;
         write_atomically(path, text.as_bytes())
             .with_context(|| format!("cannot write the drafted manifest {}", path.display()))?;
         let _ = writeln!(outcome.text, "drafted manifest: {}", path.display());
@@ -513,11 +515,51 @@ fn matching_json(p: &Probe) -> serde_json::Value {
     })
 }
 
+/// The probe's graph again with flash attention on, where the probe had it
+/// off, matched with the same tensors: what the draft says flash attention
+/// changes. None where the backend keeps it off.
+fn with_flash_attn(
+    extractor: &dyn Extractor,
+    p: &Probe,
+    opts: &Options,
+) -> Result<Option<Vec<Drafted>>> {
+    if p.record.flash_attn.used != Some(false) {
+        return Ok(None);
+    }
+    let run = opts.out.join("auto").join("llama-flash-attn");
+    // A backend that cannot run it: the draft says it describes the graph without.
+    if extractor
+        .extract_graph(&opts.model, &p.record.tokens, &run, Some(true))
+        .is_err()
+    {
+        return Ok(None);
+    }
+    let (record, nodes) = matching::read_nodes(&run)?;
+    if record.flash_attn.used != Some(true) {
+        return Ok(None);
+    }
+    let m = matching::pair_all(
+        &nodes,
+        &p.tensors,
+        &record.symbols,
+        &matching::Options::new(p.precision),
+    );
+    let words = Words {
+        symbols: &record.symbols,
+    };
+    Ok(Some(draft::draft(&m, &nodes, &p.tensors, &words).0))
+}
+
 /// The drafted manifest with each entry's tolerance measured on this
 /// comparison (NMSE 3x the worst over the layers compared, the elements'
 /// bound twice the worst excess over rtol*|ref|, as a share of max |ref|),
 /// and a header saying so.
-fn reviewed_draft(p: &Probe, outcome: &Outcome, opts: &Options) -> Result<String> {
+fn reviewed_draft(
+    p: &Probe,
+    outcome: &Outcome,
+    opts: &Options,
+    with: Option<&[Drafted]>,
+) -> Result<String> {
     let rtol = p.precision.tolerance().rtol;
     let mut measured: BTreeMap<String, (f64, f64)> = BTreeMap::new();
     for e in &outcome.entries {
@@ -554,7 +596,9 @@ fn reviewed_draft(p: &Probe, outcome: &Outcome, opts: &Options) -> Result<String
         l
     };
     let layers: Vec<String> = match (layers.first(), layers.last()) {
-        (Some(&a), Some(&b)) if b > a && (b - a) as usize + 1 == layers.len() => vec![format!("{a} to {b}")],
+        (Some(&a), Some(&b)) if b > a && (b - a) as usize + 1 == layers.len() => {
+            vec![format!("{a} to {b}")]
+        }
         _ => layers.iter().map(|l| l.to_string()).collect(),
     };
     let header = format!(
@@ -593,6 +637,14 @@ fn reviewed_draft(p: &Probe, outcome: &Outcome, opts: &Options) -> Result<String
         .filter(|r| r.members.iter().all(|&i| p.drafted[i].near))
         .map(|r| r.id.clone())
         .collect();
+    let header = match with {
+        Some(_) => format!(
+            "{header}\nflash_attn: what flash attention changes, from the probe's graph with it on, matched the same way."
+        ),
+        None => format!(
+            "{header}\nThe graph without flash attention: run it with --flash-attn off (with it, the graph was not had here)."
+        ),
+    };
     let header = match left_out.is_empty() {
         true => header,
         false => format!(
@@ -624,6 +676,7 @@ fn reviewed_draft(p: &Probe, outcome: &Outcome, opts: &Options) -> Result<String
         &roles,
         &all_layers(&p.record),
         &tolerance,
+        &|r| with.and_then(|w| draft::under_flash_attn(&p.drafted[r.members[0]], w)),
     ))
 }
 

@@ -37,8 +37,16 @@ pub trait Extractor {
         anyhow::bail!("this extractor cannot tokenize")
     }
     /// Writes into `out` a run of every node of the prompt pass of `tokens`
-    /// (the extractor's `--tensors '*'`), each with its graph index and operands.
-    fn extract_graph(&self, _model: &Path, _tokens: &[i32], _out: &Path) -> Result<()> {
+    /// (the extractor's `--tensors '*'`), each with its graph index and
+    /// operands; with flash attention on or off where `flash_attn` says,
+    /// else as every run of this extractor.
+    fn extract_graph(
+        &self,
+        _model: &Path,
+        _tokens: &[i32],
+        _out: &Path,
+        _flash_attn: Option<bool>,
+    ) -> Result<()> {
         anyhow::bail!("this extractor cannot capture a whole graph")
     }
 }

@@ -346,7 +346,8 @@ fn select(
     };
     // A GGUF weight's or a cache's name first: they stay the same between
     // llama.cpp versions, node names do not (some are this project's patch's).
-    let lasting = |name: &str| !name.contains(" (") && (name.contains('.') || name.starts_with("cache_"));
+    let lasting =
+        |name: &str| !name.contains(" (") && (name.contains('.') || name.starts_with("cache_"));
     for o in node.operands.iter().filter(|o| lasting(&o.name)) {
         let alone = nodes
             .iter()
@@ -435,21 +436,52 @@ pub struct Role {
 
 /// How a role is known across layers: selector, capture, ops and shape with the layer templated.
 fn role_key(d: &Drafted) -> String {
+    let (shape, capture, ops) = layout_key(d);
+    format!("{}|{capture}|{ops}|{shape}", selector_key(d))
+}
+
+/// How the extractor finds the node, with the layer templated.
+pub fn selector_key(d: &Drafted) -> String {
     let t = |s: &str| {
         d.layer
             .and_then(|l| templated(s, l))
             .unwrap_or_else(|| s.to_string())
     };
     format!(
-        "{}|{}|{}|{}|{}|{}|{}",
+        "{}|{}|{}|{}",
         d.selector.tensor.as_deref().map(t).unwrap_or_default(),
         d.selector.op,
         d.selector.operand.as_deref().map(t).unwrap_or_default(),
-        d.selector.depth,
-        t(&d.capture),
-        d.ops.join(";"),
-        d.shape.join(",")
+        d.selector.depth
     )
+}
+
+/// The node's shape and its reference (capture and ops), the layer templated.
+fn layout_key(d: &Drafted) -> (String, String, String) {
+    let capture = d
+        .layer
+        .and_then(|l| templated(&d.capture, l))
+        .unwrap_or_else(|| d.capture.clone());
+    (d.shape.join(", "), capture, d.ops.join(", "))
+}
+
+/// What flash attention changes of a role drafted from a graph without it,
+/// by the same role in the graph with it: nothing (None), its layout, or
+/// its absence; as the manifest's `flash_attn:` value.
+pub fn under_flash_attn(off: &Drafted, with: &[Drafted]) -> Option<String> {
+    let key = selector_key(off);
+    let Some(on) = with.iter().find(|d| selector_key(d) == key) else {
+        return Some(
+            "{ absent: \"not in llama.cpp's graph with flash attention (FLASH_ATTN_EXT computes it inside)\" }".into(),
+        );
+    };
+    let ((shape, capture, ops), theirs) = (layout_key(on), layout_key(off));
+    match (shape.clone(), capture.clone(), ops.clone()) == theirs {
+        true => None,
+        false => Some(format!(
+            "{{ shape: [{shape}], reference: {{ capture: \"{capture}\", ops: [{ops}] }} }}"
+        )),
+    }
 }
 
 /// The drafted checkpoints grouped into the manifest's entries, in graph
@@ -502,6 +534,7 @@ pub fn manifest_text(
     roles: &[Role],
     all_layers: &[u32],
     tolerance: &dyn Fn(&Role) -> Tolerance,
+    flash_attn: &dyn Fn(&Role) -> Option<String>,
 ) -> String {
     let mut text = String::new();
     for line in header.lines() {
@@ -519,7 +552,13 @@ pub fn manifest_text(
         let _ = writeln!(
             text,
             "{}",
-            entry(&drafted[r.members[0]], r, all_layers, &tolerance(r))
+            entry(
+                &drafted[r.members[0]],
+                r,
+                all_layers,
+                &tolerance(r),
+                flash_attn(r)
+            )
         );
     }
     text
@@ -527,7 +566,13 @@ pub fn manifest_text(
 
 /// One entry's YAML: with `{layer}` for a node of the layers (and its own
 /// `layers:` where it is not in all of them), as it is outside them.
-fn entry(d: &Drafted, r: &Role, all_layers: &[u32], t: &Tolerance) -> String {
+fn entry(
+    d: &Drafted,
+    r: &Role,
+    all_layers: &[u32],
+    t: &Tolerance,
+    flash_attn: Option<String>,
+) -> String {
     let name = |s: &str| -> String {
         d.layer
             .and_then(|l| templated(s, l))
@@ -568,6 +613,9 @@ fn entry(d: &Drafted, r: &Role, all_layers: &[u32], t: &Tolerance) -> String {
         name(&d.capture),
         d.ops.join(", ")
     );
+    if let Some(fa) = flash_attn {
+        let _ = writeln!(s, "    flash_attn: {fa}");
+    }
     let _ = write!(
         s,
         "    tolerance: {{ atol: {}, atol_of_max: {}, rtol: {}, nmse: {} }}",

@@ -351,8 +351,9 @@ fn every_reader_refuses_a_run_record_of_a_future_schema_naming_its_version() {
     let path = dir.join("run.json");
     let mut record: serde_json::Value =
         serde_json::from_slice(&std::fs::read(&path).unwrap()).unwrap();
-    assert_eq!(record["schema_version"], 2);
-    record["schema_version"] = 3.into();
+    let now = llorch_checkpoint_extractor::record::SCHEMA_VERSION;
+    assert_eq!(record["schema_version"], now);
+    record["schema_version"] = (now + 1).into();
     std::fs::write(&path, record.to_string()).unwrap();
 
     let (m, d) = (manifest.to_str().unwrap(), dir.to_str().unwrap());
@@ -375,7 +376,10 @@ fn every_reader_refuses_a_run_record_of_a_future_schema_naming_its_version() {
         let stderr = String::from_utf8_lossy(&out.stderr);
         assert_eq!(out.status.code(), Some(1), "{args:?}: {stderr}");
         assert!(
-            stderr.contains("run record schema version 3 is newer than this tool's (2)"),
+            stderr.contains(&format!(
+                "run record schema version {} is newer than this tool's ({now})",
+                now + 1
+            )),
             "{args:?}: {stderr}"
         );
     }

@@ -493,6 +493,7 @@ fn matching_json(p: &Probe) -> serde_json::Value {
                 v["scale"] = format!("{:?}", pair.scale).into();
                 v["steps"] = format!("{:?}", pair.steps()).into();
                 v["crop"] = serde_json::json!(pair.crop);
+                v["near_miss"] = pair.near.into();
             } else if let Some((_, why)) = p.matching.unpaired.iter().find(|(k, _)| *k == i) {
                 v["unpaired"] = reason_name(why).into();
                 v["detail"] = closest(p, why).into();

@@ -264,6 +264,17 @@ impl LlamaCpp<'_> {
     }
 }
 
+/// Runs `command` quietly; its failure is `what` and what it printed on stderr.
+fn succeeds(command: xshell::Cmd<'_>, what: &str) -> Result<()> {
+    let out = command.quiet().ignore_status().output()?;
+    anyhow::ensure!(
+        out.status.success(),
+        "{what}:\n{}",
+        String::from_utf8_lossy(&out.stderr).trim_end()
+    );
+    Ok(())
+}
+
 impl Extractor for LlamaCpp<'_> {
     fn extract(&self, run: &Extraction<'_>) -> Result<()> {
         let exe = self.exe()?;
@@ -278,37 +289,22 @@ impl Extractor for LlamaCpp<'_> {
             extra.push("--sequential".into());
         }
         extra.extend(self.flash_attn_flags());
-        let out = cmd!(
+        let command = cmd!(
             sh,
             "{exe} -m {model} --manifest {manifest} -p {prompt} -n 0 --out {dir} -t {threads} {extra...}"
-        )
-        .quiet()
-        .ignore_status()
-        .output()?;
-        anyhow::ensure!(
-            out.status.success(),
-            "the extractor failed:\n{}",
-            String::from_utf8_lossy(&out.stderr).trim_end()
         );
-        Ok(())
+        succeeds(command, "the extractor failed")
     }
 
     fn tokenize(&self, model: &Path, text: &str, out: &Path) -> Result<RunRecord> {
         let exe = self.exe()?;
         let sh = self.project.shell()?;
         let flags = self.flash_attn_flags();
-        let result = cmd!(
+        let command = cmd!(
             sh,
             "{exe} -m {model} -p {text} -n 0 --no-extract --out {out} -t 2 {flags...}"
-        )
-        .quiet()
-        .ignore_status()
-        .output()?;
-        anyhow::ensure!(
-            result.status.success(),
-            "the extractor could not tokenize the probe:\n{}",
-            String::from_utf8_lossy(&result.stderr).trim_end()
         );
+        succeeds(command, "the extractor could not tokenize the probe")?;
         RunRecord::read(out)
     }
 
@@ -327,19 +323,11 @@ impl Extractor for LlamaCpp<'_> {
             Some(on) => vec!["--flash-attn".into(), FlashAttnMode::from(on).name().into()],
             None => self.flash_attn_flags(),
         };
-        let result = cmd!(
+        let command = cmd!(
             sh,
             "{exe} -m {model} --tokens {ids} --tensors * -n 0 --out {out} -t 2 {flags...}"
-        )
-        .quiet()
-        .ignore_status()
-        .output()?;
-        anyhow::ensure!(
-            result.status.success(),
-            "the extractor could not capture the whole graph:\n{}",
-            String::from_utf8_lossy(&result.stderr).trim_end()
         );
-        Ok(())
+        succeeds(command, "the extractor could not capture the whole graph")
     }
 
     /// Kept in target/llorch/models as `<name>.f32.gguf`, written by

@@ -58,21 +58,20 @@ pub struct Words<'a> {
     pub symbols: &'a Symbols,
 }
 
-const NAMED: &[&str] = &[
-    "n_embd",
-    "n_head",
-    "n_head_kv",
-    "head_dim",
-    "n_embd_gqa",
-    "n_ff",
-    "n_vocab",
-    "n_ctx",
-];
+/// The symbols a dimension is written in, in the order equal values are
+/// taken: the spec's, but the pass's `n_tokens` and `n_kv`, which [`Words::dim`]
+/// gives where they belong.
+fn named() -> impl Iterator<Item = &'static str> {
+    llorch_checkpoint_spec::manifest::SYMBOLS
+        .iter()
+        .copied()
+        .filter(|s| !matches!(*s, "n_tokens" | "n_kv"))
+}
 
 impl Words<'_> {
     /// `v` as the simplest expression of the symbols: n_tokens (or n_kv on
     /// a KV axis), one symbol, k*symbol, symbol*symbol, symbol/k, n_tokens*symbol,
-    /// else the number. Symbols equal in value are taken in [`NAMED`]'s order.
+    /// else the number. Symbols equal in value are taken in [`named`]'s order.
     pub fn dim(&self, v: usize, kv: bool) -> String {
         let s = self.symbols;
         let v = v as i64;
@@ -82,9 +81,8 @@ impl Words<'_> {
         if v == s.n_tokens {
             return if kv { "n_kv" } else { "n_tokens" }.into();
         }
-        let named: Vec<(&str, i64)> = NAMED
-            .iter()
-            .map(|n| (*n, s.get(n).unwrap_or(0)))
+        let named: Vec<(&str, i64)> = named()
+            .map(|n| (n, s.get(n).unwrap_or(0)))
             .filter(|(_, x)| *x > 1)
             .collect();
         if let Some((n, _)) = named.iter().find(|(_, x)| *x == v) {

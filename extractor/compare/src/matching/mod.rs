@@ -814,15 +814,16 @@ fn weigh(
     f: Fit,
     values: Vec<f64>,
 ) {
+    let found = |layout, values| Best {
+        source: s,
+        tensor: src.tensor,
+        layout,
+        fit: f,
+        values,
+        aliases: Vec::new(),
+    };
     let Some(b) = best.as_mut() else {
-        *best = Some(Best {
-            source: s,
-            tensor: src.tensor,
-            layout,
-            fit: f,
-            values,
-            aliases: Vec::new(),
-        });
+        *best = Some(found(layout, values));
         return;
     };
     if same_values(&b.values, &values) {
@@ -833,14 +834,7 @@ fn weigh(
     }
     if f.nmse < b.fit.nmse {
         *runner = min_candidate(*runner, Some((b.tensor, b.fit.nmse)));
-        *b = Best {
-            source: s,
-            tensor: src.tensor,
-            layout,
-            fit: f,
-            values,
-            aliases: Vec::new(),
-        };
+        *b = found(layout, values);
     } else {
         *runner = min_candidate(*runner, Some((src.tensor, f.nmse)));
     }

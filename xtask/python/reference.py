@@ -90,6 +90,7 @@ def load_model(job):
     root = os.environ.get("LLORCH_REFERENCE_MODELS")
     saved = os.path.join(root, sha256) if root and sha256 else None
     if saved and os.path.isfile(os.path.join(saved, "config.json")):
+        os.utime(saved)  # used now: the last to be dropped (make_room)
         return AutoModelForCausalLM.from_pretrained(saved, **eager).eval(), True
     try:
         model = AutoModelForCausalLM.from_pretrained(
@@ -103,16 +104,42 @@ def load_model(job):
             f"(cargo xtask compare --hf DIR converts it with the pinned converter and compares with it)",
             4,
         )
-    if saved:
+    if saved and make_room(root, model):
         # Whole or not at all: written beside, then renamed into place.
         partial = f"{saved}.partial-{os.getpid()}"
         shutil.rmtree(partial, ignore_errors=True)
-        model.save_pretrained(partial)
         try:
+            model.save_pretrained(partial)
             os.rename(partial, saved)
-        except OSError:  # another job saved it first
+        except OSError:  # a full disk, or another job saved it first: a cache may stay cold
             shutil.rmtree(partial, ignore_errors=True)
     return model, False
+
+
+def make_room(root, model):
+    """Whether the saved copies may take this model too: they are a cache,
+    held to $LLORCH_REFERENCE_CACHE_GB (default 8) by dropping the least
+    recently used; a model larger than the whole budget is not saved."""
+    budget = float(os.environ.get("LLORCH_REFERENCE_CACHE_GB") or 8) * 1e9
+    size = sum(p.numel() * p.element_size() for p in model.state_dict().values())
+    if size > budget:
+        return False
+    os.makedirs(root, exist_ok=True)
+
+    def used(entry):
+        return sum(f.stat().st_size for f in os.scandir(entry) if f.is_file())
+
+    entries = sorted(
+        (e for e in os.scandir(root) if e.is_dir() and ".partial-" not in e.name),
+        key=lambda e: e.stat().st_mtime,
+    )
+    total = sum(used(e.path) for e in entries)
+    for e in entries:
+        if total + size <= budget:
+            break
+        total -= used(e.path)
+        shutil.rmtree(e.path, ignore_errors=True)
+    return True
 
 
 class GeluTable(torch.nn.Module):

@@ -81,8 +81,27 @@ pub fn installed(project: &Project) -> Option<PathBuf> {
     (stamp == REQUIREMENTS.join("\n") && venv.join("bin/python").is_file()).then_some(venv)
 }
 
+/// The environment could not be installed for lack of disk: a limit of the
+/// machine, which verify reports as SKIPPED, not a defect. The partial
+/// install is removed, and later calls in the process say so at once.
+#[derive(Debug, Clone)]
+pub struct NoRoom(pub String);
+
+impl std::fmt::Display for NoRoom {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for NoRoom {}
+
+static NO_ROOM: std::sync::OnceLock<NoRoom> = std::sync::OnceLock::new();
+
 /// Makes sure the venv exists with [`REQUIREMENTS`]; returns its python.
 pub fn ensure(project: &Project) -> Result<PathBuf> {
+    if let Some(no_room) = NO_ROOM.get() {
+        return Err(no_room.clone().into());
+    }
     let venv = venv_dir(project);
     let python = venv.join("bin/python");
     let stamp = venv.join("llorch-requirements.txt");
@@ -107,7 +126,8 @@ pub fn ensure(project: &Project) -> Result<PathBuf> {
         )?;
     }
     let wheels = wheel_dir(&venv);
-    if !venv.join("llorch-requirements.txt").is_file() {
+    let fresh = !venv.join("llorch-requirements.txt").is_file();
+    if fresh {
         warn_if_tight(&step, project, &venv, &wheels);
     }
     let pip = |args: &[&str]| {
@@ -135,6 +155,11 @@ pub fn ensure(project: &Project) -> Result<PathBuf> {
     });
     if wheels.starts_with(&venv) {
         let _ = std::fs::remove_dir_all(&wheels);
+    }
+    if let Err(err) = &installed {
+        if err.to_string().contains("No space left") {
+            return Err(no_room(project, &venv, fresh).into());
+        }
     }
     installed.context(
         "pip could not install the pinned Python packages from PyPI (is PyPI reachable? is there disk space for torch?).\n\
@@ -173,6 +198,24 @@ fn warn_if_tight(step: &Step, project: &Project, venv: &Path, wheels: &Path) {
             project.shown(venv)
         ));
     }
+}
+
+/// A first install that filled the disk is removed whole (an update keeps
+/// what was there), and the process remembers why.
+fn no_room(project: &Project, venv: &Path, fresh: bool) -> NoRoom {
+    if fresh {
+        let _ = std::fs::remove_dir_all(venv);
+    }
+    let free = crate::host::free_gb(project.root())
+        .map_or("too little".into(), |gb| format!("{gb:.1} GB"));
+    let why = NoRoom(format!(
+        "no room for PyTorch: pip ran out of disk installing it into {} ({free} free once the partial install \
+         was removed; it needs about {:.0} GB while installing, {INSTALLED_GB:.0} GB after). Free some space \
+         (target/llorch/reference-models and target/llorch/verify may go: they are made again)",
+        project.shown(venv),
+        INSTALLED_GB + WHEELS_GB
+    ));
+    NO_ROOM.get_or_init(|| why).clone()
 }
 
 fn first_line(error: &anyhow::Error) -> String {

@@ -55,6 +55,13 @@ pub fn check(project: &Project) -> Result<Checked> {
             .lines()
             .find(|l| l.starts_with("test result:"))
             .unwrap_or_default();
+        // No result line: Miri stopped before the tests ended (a full disk, a
+        // sysroot that would not build), which is not a finding about the code.
+        ensure!(
+            !result.is_empty() || text.contains("Undefined Behavior"),
+            "Miri ({model}) did not run to the end of the tests:\n{}",
+            last_lines(&text, 40)
+        );
         ensure!(
             out.status.success() && result.contains(" 0 failed"),
             "Miri ({model}) found a defect:\n{}",

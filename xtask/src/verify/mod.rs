@@ -108,6 +108,13 @@ impl Verify {
 /// The catalogue models verify checks real weights with: one per architecture.
 const REAL_MODELS: [&str; 2] = ["smollm2-135m", "gemma3-270m"];
 
+/// What a fresh clone's verify takes on disk at its peak (builds, PyTorch
+/// and its wheels, models, the saved references, the largest section's runs).
+const FRESH_RUN_GB: u32 = 18;
+
+/// The saved reference models' budget in verify (`reference.py`'s `make_room`).
+const REFERENCE_CACHE_GB: (&str, &str) = ("LLORCH_REFERENCE_CACHE_GB", "2.5");
+
 /// Verify's fuzzing: libFuzzer's seed and inputs per target (20-30 s each on
 /// two cores); `cargo xtask fuzz --seconds N` explores further.
 const FUZZ_SEED: u64 = 1;
@@ -177,6 +184,12 @@ impl Verify {
 
     /// llama.cpp, the extractor and the default model, built or fetched as needed.
     fn setup<'a>(&self, project: &'a Project) -> Result<Ctx<'a>> {
+        // transformers' models saved by compare are a cache: verify holds it
+        // to what its largest model needs (qwen2: 2 GB), not all it compares.
+        // Set before any thread starts, read by every reference run after.
+        if std::env::var_os(REFERENCE_CACHE_GB.0).is_none() {
+            std::env::set_var(REFERENCE_CACHE_GB.0, REFERENCE_CACHE_GB.1);
+        }
         let work = project.work_dir().join("verify");
         let _ = std::fs::remove_dir_all(&work);
         std::fs::create_dir_all(&work)?;
@@ -185,7 +198,9 @@ impl Verify {
             "machine: {} cores, {}",
             std::thread::available_parallelism().map_or(0, |n| n.get()),
             crate::host::free_gb(project.root()).map_or("free disk unknown".into(), |gb| {
-                format!("{gb:.0} GB free under the project (a fresh run needs about 10)")
+                format!(
+                    "{gb:.0} GB free under the project (a fresh run needs about {FRESH_RUN_GB})"
+                )
             })
         );
         println!("== setup: llama.cpp, extractor, default model");
@@ -498,6 +513,7 @@ fn real_model_checks(report: &mut Report, ctx: &Ctx<'_>, name: &str) {
             sliding_window_masks(&ctx),
         );
     }
+    report.tidy(&ctx.work);
 }
 
 /// Two RPC servers on loopback, half the layers on each (they are killed
@@ -544,6 +560,7 @@ fn rpc_checks(report: &mut Report, ctx: &Ctx<'_>) {
         t,
         rpc::cost(ctx, &servers, &work),
     );
+    report.tidy(&work);
 }
 
 /// Each fuzz target on a fixed seed and number of inputs (a budget that does

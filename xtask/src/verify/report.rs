@@ -22,12 +22,28 @@ pub struct Report {
     skipped: usize,
     lines: Vec<serde_json::Value>,
     section: String,
+    /// Failures in the current section.
+    section_failed: usize,
 }
 
 impl Report {
+    /// A new section; its header says the disk left, what a failure elsewhere may hinge on.
     pub fn section(&mut self, name: &str) {
         self.section = name.to_string();
-        println!("\n== {name}");
+        self.section_failed = 0;
+        match crate::host::free_gb(Path::new(".")) {
+            Some(gb) => println!("\n== {name} ({gb:.1} GB free)"),
+            None => println!("\n== {name}"),
+        }
+    }
+
+    /// Removes a directory of the current section's runs once every check
+    /// in it held (a failure's files stay to be read): the disk a verify
+    /// needs is its largest section's, not the sum of all.
+    pub fn tidy(&self, dir: &Path) {
+        if self.section_failed == 0 && dir.exists() {
+            let _ = std::fs::remove_dir_all(dir);
+        }
     }
 
     /// A check that passes with its figures or fails with its error; true when it passed.
@@ -40,12 +56,19 @@ impl Report {
         let (status, text) = match result {
             Ok(Checked::Pass(figures)) => ("PASS", figures),
             Ok(Checked::Skipped(why)) => ("SKIPPED", why),
+            // PyTorch did not fit on this machine's disk: the check cannot run here.
+            Err(err) if err.downcast_ref::<crate::python::NoRoom>().is_some() => {
+                ("SKIPPED", format!("{err:#}"))
+            }
             Err(err) => ("FAIL", format!("{err:#}")),
         };
         match status {
             "PASS" => self.passed += 1,
             "SKIPPED" => self.skipped += 1,
-            _ => self.failed += 1,
+            _ => {
+                self.failed += 1;
+                self.section_failed += 1;
+            }
         }
         self.line(status, name, started, &text);
         status == "PASS"
@@ -58,6 +81,7 @@ impl Report {
             Ok(figures) => self.line("INFO", name, started, &figures),
             Err(err) => {
                 self.failed += 1;
+                self.section_failed += 1;
                 self.line("FAIL", name, started, &format!("{err:#}"));
             }
         }
@@ -136,5 +160,37 @@ mod tests {
             .map(|l| l["status"].as_str().unwrap())
             .collect();
         assert_eq!(statuses, ["PASS", "SKIPPED", "INFO", "FAIL", "FAIL"]);
+    }
+
+    /// PyTorch that did not fit on the disk, however deep in the error's
+    /// context, is a check that could not run here; any other error fails.
+    #[test]
+    fn no_room_for_pytorch_is_skipped_and_a_section_tidies_only_when_it_held() {
+        let mut report = Report::default();
+        report.section("compare");
+        let t = Instant::now();
+        let no_room = anyhow::Error::new(crate::python::NoRoom(
+            "no room for PyTorch: 5.9 GB free".into(),
+        ))
+        .context("the PyTorch reference needs the project's Python environment");
+        assert!(!report.check("reference", t, Err(no_room)));
+        assert_eq!((report.passed, report.failed, report.skipped), (0, 0, 1));
+        assert!(report.lines[0]["detail"]
+            .as_str()
+            .unwrap()
+            .contains("5.9 GB free"));
+
+        let dir = tempfile::tempdir().unwrap();
+        let runs = dir.path().join("runs");
+        std::fs::create_dir(&runs).unwrap();
+        report.tidy(&runs);
+        assert!(!runs.exists(), "nothing failed: the runs go");
+        std::fs::create_dir(&runs).unwrap();
+        assert!(!report.check("e", t, Err(anyhow::anyhow!("No space left on device"))));
+        report.tidy(&runs);
+        assert!(runs.exists(), "a failure's runs stay to be read");
+        report.section("next");
+        report.tidy(&runs);
+        assert!(!runs.exists(), "a new section starts with no failure");
     }
 }

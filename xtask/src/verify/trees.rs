@@ -102,6 +102,9 @@ pub fn tree_checks(report: &mut Report, ctx: &Ctx<'_>) {
         t,
         too_old_is_refused(ctx),
     );
+    for name in ["gpt2", "smollm2"] {
+        report.tidy(&ctx.work.join(format!("trees-{name}")));
+    }
 }
 
 /// Logs `result` as a check and hands on its value.

@@ -105,6 +105,8 @@ pub struct Capture {
     flash_attn: bool,
     flash_attn_seen: bool,
     step: usize,
+    /// Threads a large node's copy may use: the compute's, which wait meanwhile.
+    threads: usize,
     scratch: Vec<u8>,
     outbox: Outbox,
 }
@@ -112,7 +114,8 @@ pub struct Capture {
 impl Capture {
     /// `flash_attn`: how the context is made; a manifest's checkpoints must
     /// already be in that graph's layouts (`Manifest::under_flash_attn`).
-    pub fn new(selection: Selection, outbox: Outbox, flash_attn: bool) -> Capture {
+    /// `threads`: the compute's CPU threads, the most a copy may use.
+    pub fn new(selection: Selection, outbox: Outbox, flash_attn: bool, threads: usize) -> Capture {
         let (checkpoints, glob) = match selection {
             Selection::Manifest(checkpoints) => (checkpoints, None),
             Selection::Glob(pattern) => (Vec::new(), Some(pattern)),
@@ -153,6 +156,7 @@ impl Capture {
             flash_attn,
             flash_attn_seen: false,
             step: 0,
+            threads: threads.max(1),
             scratch: Vec::new(),
             outbox,
         }
@@ -262,7 +266,7 @@ impl Capture {
             ),
         };
         let mut data = Vec::new();
-        let fetched = node.copy_to_f32(keep, &mut self.scratch, &mut data)?;
+        let fetched = node.copy_to_f32(keep, self.threads, &mut self.scratch, &mut data)?;
         Ok(Captured {
             fetched,
             id: cp.id.clone(),
@@ -287,7 +291,7 @@ impl Capture {
     fn copy_whole(&mut self, node: &Node<'_>) -> Result<Captured> {
         let ne = node.ne();
         let mut data = Vec::new();
-        let fetched = node.copy_to_f32(ne, &mut self.scratch, &mut data)?;
+        let fetched = node.copy_to_f32(ne, self.threads, &mut self.scratch, &mut data)?;
         let name = node.name_lossy();
         let safe: String = name
             .chars()

@@ -27,6 +27,8 @@ pub enum Steps {
 #[derive(Clone, Debug)]
 pub struct DecodeOptions {
     pub threads: i32,
+    /// `--copy-threads`: at most `threads`.
+    pub copy_threads: usize,
     pub kv_type: KvType,
     /// `-n`: tokens to generate (greedy) and feed back after the prompt.
     pub n_predict: usize,
@@ -82,7 +84,7 @@ pub(crate) fn passes(
 ) -> Result<(Decoded, (Vec<CheckpointRecord>, f64))> {
     let (outbox, inbox) = handoff::channel(opts.buffer_mb << 20);
     let writer = output.spawn_writer(inbox);
-    let capture = selection.map(|s| Capture::new(s, outbox, flash_attn));
+    let capture = selection.map(|s| Capture::new(s, outbox, flash_attn, opts.copy_threads));
     let params = ContextParams {
         n_ctx: loaded.n_ctx,
         // Sized by the largest pass, not the context: the scheduler reserves

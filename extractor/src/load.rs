@@ -42,6 +42,16 @@ impl Prompt {
     }
 }
 
+/// `--load`: how the weights reach memory.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum LoadMode {
+    /// Mapped from the file, as llama.cpp does by default: a warm page cache
+    /// makes the load almost free; the first pass pays any page faults.
+    Mmap,
+    /// Read whole at load, so that the first pass's time is compute alone.
+    Read,
+}
+
 /// What `load` reads.
 pub struct LoadOptions<'a> {
     pub model: &'a Path,
@@ -49,6 +59,8 @@ pub struct LoadOptions<'a> {
     pub n_gpu_layers: i32,
     /// `--tensor-split`: how the offloaded layers are shared among the devices.
     pub tensor_split: &'a [f32],
+    /// `--load`: the weights mapped (true) or read whole.
+    pub map_weights: bool,
     pub prompt: &'a Prompt,
     pub context: ContextAsk,
 }
@@ -65,7 +77,12 @@ pub(crate) struct Loaded {
 }
 
 pub(crate) fn load(opts: &LoadOptions<'_>) -> Result<Loaded> {
-    let model = Model::load_split(opts.model, opts.n_gpu_layers, opts.tensor_split)?;
+    let model = Model::load_split(
+        opts.model,
+        opts.n_gpu_layers,
+        opts.tensor_split,
+        opts.map_weights,
+    )?;
     let arch = model
         .meta("general.architecture")
         .unwrap_or_else(|| "unknown".into());

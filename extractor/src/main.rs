@@ -10,7 +10,7 @@ use clap::Parser;
 use llorch_checkpoint_extractor::decode::{DecodeOptions, Steps};
 use llorch_checkpoint_extractor::ffi::llama::KvType;
 use llorch_checkpoint_extractor::format::Format;
-use llorch_checkpoint_extractor::load::Prompt;
+use llorch_checkpoint_extractor::load::{LoadMode, Prompt};
 use llorch_checkpoint_extractor::manifest::Layers;
 use llorch_checkpoint_extractor::record::FlashAttnMode;
 use llorch_checkpoint_extractor::run;
@@ -58,6 +58,10 @@ struct Cli {
     /// CPU threads [default: all cores].
     #[arg(short = 't', long)]
     threads: Option<i32>,
+    /// Threads that copy a large captured node while the compute waits for the callback
+    /// [default: the compute's threads; 1 copies on the callback's thread alone].
+    #[arg(long, value_name = "N")]
+    copy_threads: Option<usize>,
     /// Context size (KV-cache cells) [default: 512, or the model's trained context if smaller];
     /// raised to fit the prompt and generation. Never above the trained context.
     #[arg(short = 'c', long = "ctx-size")]
@@ -85,6 +89,10 @@ struct Cli {
     /// recorded as absent, with the reason, and V is cached untransposed.
     #[arg(long, value_enum, default_value_t = FlashAttnMode::Auto)]
     flash_attn: FlashAttnMode,
+    /// How the weights reach memory: mapped (llama.cpp's default; the first pass pays any page
+    /// faults, and `--repeat` reports the steady state apart) or read whole at load.
+    #[arg(long, value_enum, default_value_t = LoadMode::Mmap)]
+    load: LoadMode,
     /// KV-cache type (llama.cpp's default is f16).
     #[arg(long = "kv-type", value_enum, default_value_t = KvType::F16)]
     kv_type: KvType,
@@ -171,8 +179,13 @@ fn main() -> ExitCode {
         rpc: cli.rpc,
         tensor_split: cli.tensor_split,
         flash_attn: cli.flash_attn,
+        load: cli.load,
         decode: DecodeOptions {
             threads,
+            copy_threads: cli
+                .copy_threads
+                .unwrap_or(threads.max(1) as usize)
+                .clamp(1, threads.max(1) as usize),
             kv_type: cli.kv_type,
             n_predict: cli.n_predict,
             steps: cli.steps,

@@ -9,7 +9,7 @@ use crate::decode::{self, DecodeOptions, Decoded};
 use crate::ffi::llama::Token;
 use crate::format::{self, Format};
 use crate::list_nodes::{self, ListOptions};
-use crate::load::{self, LoadOptions, Loaded, Prompt};
+use crate::load::{self, LoadMode, LoadOptions, Loaded, Prompt};
 use crate::manifest::{Layers, Manifest, Symbols};
 use crate::output::{self, Output};
 use crate::preflight::{self, ContextAsk, Header};
@@ -40,6 +40,8 @@ pub struct Config {
     pub tensor_split: Vec<f32>,
     /// `--flash-attn`: as asked; llama.cpp decides under `auto`.
     pub flash_attn: FlashAttnMode,
+    /// `--load`: the weights mapped or read whole.
+    pub load: LoadMode,
     /// Threads, KV type, generation, steps, `--sequential`, `--repeat`, buffer.
     pub decode: DecodeOptions,
 }
@@ -110,6 +112,7 @@ fn load_options(cfg: &Config) -> LoadOptions<'_> {
         model: &cfg.model,
         n_gpu_layers: cfg.n_gpu_layers,
         tensor_split: &cfg.tensor_split,
+        map_weights: cfg.load == LoadMode::Mmap,
         prompt: &cfg.prompt,
         context: ContextAsk {
             ctx_size: cfg.n_ctx,

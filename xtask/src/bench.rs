@@ -41,6 +41,10 @@ pub struct Bench {
     /// Where the runs, bench.json and cost.svg go [default: target/llorch/bench].
     #[arg(long)]
     out: Option<PathBuf>,
+    /// More flags for every extractor run, e.g. `--extra='--copy-threads 1 --load read'`
+    /// (one thread copying, the weights read at load) to measure what those choices buy.
+    #[arg(long, allow_hyphen_values = true, default_value = "")]
+    extra: String,
 }
 
 /// What is captured.
@@ -66,14 +70,16 @@ impl Capture {
         }
     }
 
-    fn flags(self, project: &Project) -> Vec<String> {
+    fn flags(self, project: &Project, extra: &str) -> Vec<String> {
         let manifest = project.root().join("manifests/gpt2.yaml");
         let manifest = manifest.display().to_string();
-        match self {
+        let mut flags: Vec<String> = match self {
             Capture::Nine => vec!["--manifest".into(), manifest],
             Capture::AllLayers => vec!["--manifest".into(), manifest, "--layers=all".into()],
             Capture::EveryNode => vec!["--tensors".into(), "*".into()],
-        }
+        };
+        flags.extend(extra.split_whitespace().map(String::from));
+        flags
     }
 }
 
@@ -89,6 +95,12 @@ struct Cell {
     steady_with_ms: Vec<f64>,
     steady_without_ms: Vec<f64>,
     steady_ratio: f64,
+    /// Steady state, the extractor's nodes asked for but not read: the stops alone.
+    steady_asked_ms: Vec<f64>,
+    /// The cost model: one scheduler stop, from (asked - without) / stops.
+    stop_us: f64,
+    /// The copies inside the callback: MB written over (with - asked).
+    copy_gb_per_s: f64,
     /// Steady state, the raw-C program.
     c_with_ms: Vec<f64>,
     c_without_ms: Vec<f64>,
@@ -142,12 +154,13 @@ impl Bench {
                 cells.push(cell);
             }
         }
-        let table = table(&cells);
+        let roofline = Roofline::measure();
+        let table = table(&cells) + &roofline.line();
         print!("{table}");
         std::fs::write(out.join("bench.txt"), &table)?;
         let json = serde_json::json!({
-            "model": model, "threads": 2, "repeat": self.repeat, "runs": self.runs,
-            "cpu": cpu_model(), "cells": cells,
+            "model": model, "threads": 2, "repeat": self.repeat, "runs": self.runs, "extra": self.extra,
+            "cpu": cpu_model(), "roofline": roofline, "cells": cells,
         });
         std::fs::write(out.join("bench.json"), serde_json::to_vec_pretty(&json)?)?;
         std::fs::write(out.join("cost.svg"), svg(&cells))?;
@@ -167,7 +180,7 @@ impl Bench {
         capture: Capture,
         dir: &Path,
     ) -> Result<Cell> {
-        let flags = &capture.flags(project);
+        let flags = &capture.flags(project, &self.extra);
         let repeat = self.repeat.to_string();
         // Steady state, and the files the other runs are checked against.
         let steady_dir = dir.join("steady");
@@ -218,13 +231,22 @@ impl Bench {
             ))?);
         }
         let (w, wo) = (RunRecord::read(&with_dir)?, RunRecord::read(&without_dir)?);
+        let (with_ms, asked_ms, without_ms) = (
+            median(&steady.with_ms),
+            median(&steady.asked_ms),
+            median(&steady.without_ms),
+        );
+        let stops = record.checkpoints.len().max(1) as f64;
         Ok(Cell {
+            stop_us: (asked_ms - without_ms) * 1e3 / stops,
+            copy_gb_per_s: bytes as f64 / 1e9 / ((with_ms - asked_ms).max(1e-3) / 1e3),
             capture,
             tokens: record.tokens.len(),
             files: record.checkpoints.len(),
             mb: bytes as f64 / 1e6,
             first_pass_ms: record.prompt_decode_ms,
             steady_ratio: steady.ratio(),
+            steady_asked_ms: steady.asked_ms.clone(),
             steady_with_ms: steady.with_ms,
             steady_without_ms: steady.without_ms,
             c_ratio: median(&c_steady.with_ms) / median(&c_steady.without_ms),
@@ -330,6 +352,53 @@ fn run(cmd: xshell::Cmd<'_>) -> Result<()> {
     Ok(())
 }
 
+/// What copying memory can reach on this machine, measured in the same run:
+/// the ceiling the copies inside the callback are read against.
+#[derive(Serialize)]
+struct Roofline {
+    /// GB/s copying a buffer far larger than the caches on one thread.
+    one_thread_gb_per_s: f64,
+    /// The same, split over every core.
+    all_cores_gb_per_s: f64,
+    cores: usize,
+}
+
+impl Roofline {
+    /// Best of five copies of 256 MB (read and written: the bytes counted once).
+    fn measure() -> Roofline {
+        const BYTES: usize = 256 << 20;
+        let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+        let src = vec![1u8; BYTES];
+        let mut dst = vec![0u8; BYTES];
+        let mut best = |threads: usize| {
+            (0..5)
+                .map(|_| {
+                    let started = Instant::now();
+                    let chunk = BYTES.div_ceil(threads);
+                    std::thread::scope(|scope| {
+                        for (d, s) in dst.chunks_mut(chunk).zip(src.chunks(chunk)) {
+                            scope.spawn(move || d.copy_from_slice(s));
+                        }
+                    });
+                    BYTES as f64 / 1e9 / started.elapsed().as_secs_f64()
+                })
+                .fold(0.0, f64::max)
+        };
+        Roofline {
+            one_thread_gb_per_s: best(1),
+            all_cores_gb_per_s: best(cores),
+            cores,
+        }
+    }
+
+    fn line(&self) -> String {
+        format!(
+            "memcpy roofline (256 MB, best of 5): {:.1} GB/s on one thread, {:.1} GB/s on {} cores\n",
+            self.one_thread_gb_per_s, self.all_cores_gb_per_s, self.cores
+        )
+    }
+}
+
 /// The whole process's wall time, in ms.
 fn timed(cmd: xshell::Cmd<'_>) -> Result<f64> {
     let started = Instant::now();
@@ -361,8 +430,8 @@ fn table(cells: &[Cell]) -> String {
     let mut s = String::new();
     let _ = writeln!(
         s,
-        "\n{:<10} {:>6} {:>6} {:>8} | {:>24} {:>24} {:>7} {:>7} | {:>8} {:>8} {:>8} {:>7} {:>7} | {:>8} {:>11} {:>7}",
-        "capture", "tokens", "files", "MB", "decode with, ms", "without, ms", "ratio", "C ratio",
+        "\n{:<10} {:>6} {:>6} {:>8} | {:>24} {:>24} {:>7} {:>7} | {:>7} {:>6} | {:>8} {:>8} {:>8} {:>7} {:>7} | {:>8} {:>11} {:>7}",
+        "capture", "tokens", "files", "MB", "decode with, ms", "without, ms", "ratio", "C ratio", "stop us", "GB/s",
         "wall", "no-extr", "raw C", "w/no-ex", "w/C", "MB/s", "RSS w/wo", "logits"
     );
     for c in cells {
@@ -373,7 +442,7 @@ fn table(cells: &[Cell]) -> String {
         );
         let _ = writeln!(
             s,
-            "{:<10} {:>6} {:>6} {:>8.1} | {:>24} {:>24} {:>7.3} {:>7.3} | {:>8.0} {:>8.0} {:>8.0} {:>7.2} {:>7.2} | {:>8.0} {:>5.0}/{:<5.0} {:>7}",
+            "{:<10} {:>6} {:>6} {:>8.1} | {:>24} {:>24} {:>7.3} {:>7.3} | {:>7.1} {:>6.2} | {:>8.0} {:>8.0} {:>8.0} {:>7.2} {:>7.2} | {:>8.0} {:>5.0}/{:<5.0} {:>7}",
             c.capture.name(),
             c.tokens,
             c.files,
@@ -382,6 +451,8 @@ fn table(cells: &[Cell]) -> String {
             spread(&c.steady_without_ms),
             c.steady_ratio,
             c.c_ratio,
+            c.stop_us,
+            c.copy_gb_per_s,
             w,
             wo,
             rc,
@@ -396,7 +467,8 @@ fn table(cells: &[Cell]) -> String {
     let _ = writeln!(
         s,
         "decode: steady-state prompt decode, median (min-max); ratio: with/without capture (C: the raw-C program's). \
-         wall: whole process, median ms; MB/s: captured MB over the writer's busy time."
+         stop us: one scheduler stop, (asked only - without) / nodes asked; GB/s: the copies inside the callback, \
+         MB written / (with - asked only). wall: whole process, median ms; MB/s: captured MB over the writer's busy time."
     );
     s
 }

@@ -7,16 +7,16 @@ use llorch_checkpoint_spec::record::FlashAttnMode;
 
 use super::sys;
 
-/// Weights read at load time, not mapped: with mmap, the first decode pays
-/// for the page faults and its time says little about compute.
-pub fn read_weights_at_load(params: &mut sys::llama_model_params) {
+/// Weights mapped (llama.cpp's default: quick to start, the first decode
+/// pays the page faults) or read whole at load (`map` false).
+pub fn set_weight_loading(params: &mut sys::llama_model_params, map: bool) {
     #[cfg(llama_has = "llama_load_mode")]
-    {
+    if !map {
         params.load_mode = sys::llama_load_mode::LLAMA_LOAD_MODE_NONE;
     }
     #[cfg(not(llama_has = "llama_load_mode"))]
     {
-        params.use_mmap = false;
+        params.use_mmap = map;
         params.use_mlock = false;
     }
 }

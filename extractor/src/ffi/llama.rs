@@ -24,13 +24,20 @@ unsafe impl Sync for Model {}
 
 impl Model {
     /// Loads a GGUF model; `n_gpu_layers` layers are offloaded to a GPU backend if one exists.
+    /// The weights are mapped, as llama.cpp does by default.
     pub fn load(path: &Path, n_gpu_layers: i32) -> Result<Model> {
-        Model::load_split(path, n_gpu_layers, &[])
+        Model::load_split(path, n_gpu_layers, &[], true)
     }
 
     /// As [`Model::load`], with the offloaded layers split over the devices in
-    /// these proportions (llama.cpp's `--tensor-split`; empty: by free memory).
-    pub fn load_split(path: &Path, n_gpu_layers: i32, tensor_split: &[f32]) -> Result<Model> {
+    /// these proportions (llama.cpp's `--tensor-split`; empty: by free memory),
+    /// and the weights mapped (`map`) or read whole at load.
+    pub fn load_split(
+        path: &Path,
+        n_gpu_layers: i32,
+        tensor_split: &[f32],
+        map: bool,
+    ) -> Result<Model> {
         super::backend::init();
         // SAFETY: a constant of the library.
         let max = unsafe { sys::llama_max_devices() };
@@ -56,7 +63,7 @@ impl Model {
                 // llama.cpp reads llama_max_devices() values; `split` outlives the load.
                 params.tensor_split = split.as_ptr();
             }
-            compat::read_weights_at_load(&mut params);
+            compat::set_weight_loading(&mut params, map);
             sys::llama_model_load_from_file(c_path.as_ptr(), params)
         };
         match NonNull::new(ptr) {

@@ -103,10 +103,13 @@ impl<'a> Node<'a> {
     /// Strides are respected (views into fused tensors, the transposed V cache);
     /// any type ggml can convert to float (f16, bf16, quantized) is converted.
     /// `scratch` is reused between calls to avoid an allocation per node.
+    /// A large node is copied by up to `threads` threads: the compute
+    /// threads wait while the callback runs, so their cores are free.
     /// Returns the bytes fetched from the backend (0 when read in host memory).
     pub fn copy_to_f32(
         &self,
         keep: [i64; 4],
+        threads: usize,
         scratch: &mut Vec<u8>,
         out: &mut Vec<f32>,
     ) -> Result<usize> {
@@ -115,7 +118,7 @@ impl<'a> Node<'a> {
         // padded KV cells at the end of a cache view stay where they are.
         let extent = layout.extent(keep);
         let (src, fetched) = self.read(extent, scratch)?;
-        layout.gather(src, keep, out);
+        layout.gather(src, keep, threads, out);
         Ok(fetched)
     }
 
@@ -225,45 +228,53 @@ impl Layout {
         }
     }
 
-    /// The kept elements of `src` (the node's bytes), as f32 in ggml order, into `out`.
-    fn gather(&self, src: &[u8], keep: [i64; 4], out: &mut Vec<f32>) {
-        let n = (keep[0] * keep[1] * keep[2] * keep[3]) as usize;
-        out.clear();
-        out.reserve(n);
+    /// The kept elements of `src` (the node's bytes), as f32 in ggml order,
+    /// into `out`: rows split over up to `threads` threads when the node is
+    /// large enough for a thread's start (tens of µs) to be worth it.
+    fn gather(&self, src: &[u8], keep: [i64; 4], threads: usize, out: &mut Vec<f32>) {
         let [n0, n1, n2, n3] = keep.map(|k| k as usize);
-        for i3 in 0..n3 {
-            for i2 in 0..n2 {
-                for i1 in 0..n1 {
-                    let row = i1 * self.nb[1] + i2 * self.nb[2] + i3 * self.nb[3];
-                    self.gather_row(src, row, n0, out);
-                }
-            }
+        let rows = n1 * n2 * n3;
+        out.clear();
+        out.resize(n0 * rows, 0.0);
+        if n0 == 0 || rows == 0 {
+            return;
         }
-        debug_assert_eq!(out.len(), n);
+        let threads = threads.clamp(1, (out.len() / PARALLEL_ELEMENTS).max(1));
+        let rows_each = rows.div_ceil(threads);
+        let run = |first: usize, out: &mut [f32]| {
+            for (r, dst) in out.chunks_exact_mut(n0).enumerate() {
+                let r = first + r;
+                let (i1, i2, i3) = (r % n1, r / n1 % n2, r / (n1 * n2));
+                let row = i1 * self.nb[1] + i2 * self.nb[2] + i3 * self.nb[3];
+                self.gather_row(src, row, dst);
+            }
+        };
+        let mut chunks = out.chunks_mut(rows_each * n0).enumerate();
+        let (_, mine) = chunks.next().expect("at least one row");
+        std::thread::scope(|scope| {
+            for (k, chunk) in chunks {
+                scope.spawn(move || run(k * rows_each, chunk));
+            }
+            run(0, mine);
+        });
     }
 
-    /// The first `n0` elements of the row at byte `row` of `src`, appended to `out`.
-    fn gather_row(&self, src: &[u8], row: usize, n0: usize, out: &mut Vec<f32>) {
-        if self.row_contiguous && self.is_f32 {
-            let bytes = &src[row..row + n0 * 4];
-            out.extend(
-                bytes
-                    .chunks_exact(4)
-                    .map(|b| f32::from_ne_bytes([b[0], b[1], b[2], b[3]])),
+    /// The first `dst.len()` elements of the row at byte `row` of `src`, into `dst`.
+    fn gather_row(&self, src: &[u8], row: usize, dst: &mut [f32]) {
+        let n0 = dst.len();
+        if self.row_contiguous {
+            convert(
+                &src[row..row + self.row_bytes(n0)],
+                dst,
+                self.is_f32,
+                self.to_float,
             );
-        } else if self.row_contiguous {
-            let start = out.len();
-            out.resize(start + n0, 0.0);
-            let bytes = &src[row..row + self.row_bytes(n0)];
-            convert(bytes, &mut out[start..], self.is_f32, self.to_float);
         } else {
-            for i0 in 0..n0 {
+            for (i0, d) in dst.iter_mut().enumerate() {
                 let at = row + i0 * self.nb[0];
-                let start = out.len();
-                out.push(0.0);
                 convert(
                     &src[at..at + self.type_size],
-                    &mut out[start..],
+                    std::slice::from_mut(d),
                     self.is_f32,
                     self.to_float,
                 );
@@ -271,6 +282,9 @@ impl Layout {
         }
     }
 }
+
+/// Below this many elements (1 MiB of f32) a node is copied on one thread.
+const PARALLEL_ELEMENTS: usize = 1 << 18;
 
 /// Converts packed elements of one type to f32 (`out.len()` elements).
 fn convert(bytes: &[u8], out: &mut [f32], is_f32: bool, to_float: sys::ggml_to_float_t) {

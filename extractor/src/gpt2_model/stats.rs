@@ -73,7 +73,7 @@ impl Observer for Collect {
         if let Some(l) = layer_of(name, b"kq_soft_max") {
             // [n_kv, n_tokens, n_head]: keep the keys that exist.
             let t = self.n_tokens.min(ne[0]).min(ne[1]);
-            node.copy_to_f32([t, t, ne[2], 1], &mut self.scratch, &mut self.buf)?;
+            node.copy_to_f32([t, t, ne[2], 1], 1, &mut self.scratch, &mut self.buf)?;
             let (mut max_sum, mut ent_sum, mut counted) = (0.0, 0.0, 0usize);
             for (r, row) in self.buf.chunks_exact(t as usize).enumerate() {
                 // Rows are query positions within a head; query q sees keys 0..=q.
@@ -95,7 +95,7 @@ impl Observer for Collect {
             layer.attn_entropy = ent_sum / counted.max(1) as f64;
             return Ok(());
         }
-        node.copy_to_f32(ne, &mut self.scratch, &mut self.buf)?;
+        node.copy_to_f32(ne, 1, &mut self.scratch, &mut self.buf)?;
         let sd = std_dev(&self.buf);
         if name == b"inpL" {
             self.layer(0).attn_ln_in_std = sd;

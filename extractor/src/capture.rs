@@ -156,7 +156,7 @@ impl Capture {
             flash_attn,
             flash_attn_seen: false,
             step: 0,
-            threads: threads.max(1),
+            threads,
             scratch: Vec::new(),
             outbox,
         }

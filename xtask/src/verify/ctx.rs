@@ -8,6 +8,22 @@ use xshell::Shell;
 
 use crate::project::Project;
 
+/// What a fresh clone's verify takes on disk at its peak (builds, PyTorch
+/// and its wheels, models, the saved references, the largest check's runs).
+pub const FRESH_RUN_GB: u32 = 18;
+
+/// The saved reference models' budget in verify (`reference.py`'s `make_room`).
+const REFERENCE_CACHE_GB: (&str, &str) = ("LLORCH_REFERENCE_CACHE_GB", "2.5");
+
+/// transformers' models saved by compare are a cache: verify holds it to
+/// what its largest model needs (qwen2: 2.4 GB), not all it compares. Called
+/// before any thread starts; every reference run after reads it.
+pub fn hold_reference_cache() {
+    if std::env::var_os(REFERENCE_CACHE_GB.0).is_none() {
+        std::env::set_var(REFERENCE_CACHE_GB.0, REFERENCE_CACHE_GB.1);
+    }
+}
+
 /// What every group of checks works with.
 pub struct Ctx<'a> {
     pub project: &'a Project,

@@ -108,13 +108,6 @@ impl Verify {
 /// The catalogue models verify checks real weights with: one per architecture.
 const REAL_MODELS: [&str; 2] = ["smollm2-135m", "gemma3-270m"];
 
-/// What a fresh clone's verify takes on disk at its peak (builds, PyTorch
-/// and its wheels, models, the saved references, the largest section's runs).
-const FRESH_RUN_GB: u32 = 18;
-
-/// The saved reference models' budget in verify (`reference.py`'s `make_room`).
-const REFERENCE_CACHE_GB: (&str, &str) = ("LLORCH_REFERENCE_CACHE_GB", "2.5");
-
 /// Verify's fuzzing: libFuzzer's seed and inputs per target (20-30 s each on
 /// two cores); `cargo xtask fuzz --seconds N` explores further.
 const FUZZ_SEED: u64 = 1;
@@ -184,12 +177,7 @@ impl Verify {
 
     /// llama.cpp, the extractor and the default model, built or fetched as needed.
     fn setup<'a>(&self, project: &'a Project) -> Result<Ctx<'a>> {
-        // transformers' models saved by compare are a cache: verify holds it
-        // to what its largest model needs (qwen2: 2 GB), not all it compares.
-        // Set before any thread starts, read by every reference run after.
-        if std::env::var_os(REFERENCE_CACHE_GB.0).is_none() {
-            std::env::set_var(REFERENCE_CACHE_GB.0, REFERENCE_CACHE_GB.1);
-        }
+        ctx::hold_reference_cache();
         let work = project.work_dir().join("verify");
         let _ = std::fs::remove_dir_all(&work);
         std::fs::create_dir_all(&work)?;
@@ -199,7 +187,8 @@ impl Verify {
             std::thread::available_parallelism().map_or(0, |n| n.get()),
             crate::host::free_gb(project.root()).map_or("free disk unknown".into(), |gb| {
                 format!(
-                    "{gb:.0} GB free under the project (a fresh run needs about {FRESH_RUN_GB})"
+                    "{gb:.0} GB free under the project (a fresh run needs about {})",
+                    ctx::FRESH_RUN_GB
                 )
             })
         );

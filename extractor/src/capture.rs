@@ -16,6 +16,7 @@ use crate::captured::Captured;
 use crate::ffi::eval::Observer;
 use crate::ffi::tensor::Node;
 use crate::handoff::Outbox;
+use crate::kv_cells;
 use crate::manifest::{Checkpoint, Resolved, Symbols};
 
 /// `--tensors`: globs over node names, separated by commas
@@ -70,15 +71,23 @@ pub enum Reading {
 pub enum Selection {
     /// The manifest's checkpoints, each seen exactly once per pass.
     Manifest(Vec<Checkpoint>),
-    /// Every node whose name matches (`--tensors '*'`: the whole graph), as it
-    /// is; files are named `<graph index>_<name made file-safe>`.
-    Glob(NodeFilter),
+    /// Every node whose name matches (`--tensors '*'`: the whole graph);
+    /// files are named `<graph index>_<name made file-safe>`. A KV cache's
+    /// views and writes keep only their filled cells unless `keep_padding`.
+    Glob {
+        filter: NodeFilter,
+        keep_padding: bool,
+    },
 }
 
 pub struct Capture {
     /// The manifest's checkpoints (none with a glob).
     checkpoints: Vec<Checkpoint>,
     glob: Option<NodeFilter>,
+    /// `--keep-padding`: a KV cache's nodes written whole in glob mode.
+    keep_padding: bool,
+    /// The pass's filled KV cells (the `n_kv` symbol).
+    n_kv: i64,
     /// The graph index of the node last asked about (glob mode's file names).
     node_index: usize,
     /// Nodes the glob matched this pass.
@@ -116,9 +125,12 @@ impl Capture {
     /// already be in that graph's layouts (`Manifest::under_flash_attn`).
     /// `threads`: the compute's CPU threads, the most a copy may use.
     pub fn new(selection: Selection, outbox: Outbox, flash_attn: bool, threads: usize) -> Capture {
-        let (checkpoints, glob) = match selection {
-            Selection::Manifest(checkpoints) => (checkpoints, None),
-            Selection::Glob(pattern) => (Vec::new(), Some(pattern)),
+        let (checkpoints, glob, keep_padding) = match selection {
+            Selection::Manifest(checkpoints) => (checkpoints, None, true),
+            Selection::Glob {
+                filter,
+                keep_padding,
+            } => (Vec::new(), Some(filter), keep_padding),
         };
         let mut by_name: HashMap<Box<[u8]>, Vec<usize>> = HashMap::new();
         let mut by_operand: HashMap<Box<[u8]>, Vec<usize>> = HashMap::new();
@@ -143,6 +155,8 @@ impl Capture {
         Capture {
             checkpoints,
             glob,
+            keep_padding,
+            n_kv: 0,
             node_index: 0,
             matched: 0,
             copied: HashMap::new(),
@@ -170,6 +184,7 @@ impl Capture {
         self.seen.fill(false);
         self.flash_attn_seen = false;
         self.step = step;
+        self.n_kv = symbols.n_kv;
         self.reading = reading;
         self.node_index = 0;
         self.matched = 0;
@@ -287,11 +302,15 @@ impl Capture {
         })
     }
 
-    /// A node of the whole graph, as it is.
+    /// A node of the whole graph, as it is, but for a KV cache's padding.
     fn copy_whole(&mut self, node: &Node<'_>) -> Result<Captured> {
         let ne = node.ne();
+        let keep = match self.keep_padding {
+            true => ne,
+            false => kv_cells::filled(ne, self.cell_axis(node), self.n_kv),
+        };
         let mut data = Vec::new();
-        let fetched = node.copy_to_f32(ne, self.threads, &mut self.scratch, &mut data)?;
+        let fetched = node.copy_to_f32(keep, self.threads, &mut self.scratch, &mut data)?;
         let name = node.name_lossy();
         let safe: String = name
             .chars()
@@ -318,7 +337,7 @@ impl Capture {
             file_stem,
             step: self.step,
             ggml_ne: ne,
-            shape: ne[..n_dims].iter().rev().copied().collect(),
+            shape: keep[..n_dims].iter().rev().copied().collect(),
             source_dtype: node.type_name(),
             op: node.op_name(),
             buffer: node.buffer_name(),
@@ -326,6 +345,21 @@ impl Capture {
             graph_index: Some(self.node_index),
             operands,
         })
+    }
+
+    /// The axis of a KV cache's node along which only `n_kv` cells are filled.
+    fn cell_axis(&self, node: &Node<'_>) -> Option<usize> {
+        let root = node.view_root().unwrap_or(*node);
+        kv_cells::is_cache(root.name())
+            .then(|| {
+                kv_cells::cell_axis(
+                    node.geometry(),
+                    root.geometry(),
+                    node.type_size(),
+                    self.n_kv,
+                )
+            })
+            .flatten()
     }
 
     /// The checkpoint this node is: by its name, else by an operand's name;

@@ -7,6 +7,7 @@
 //!   reads them with too.
 //! - [`capture`]: the eval-callback logic: which nodes, copied how, sent where.
 //! - [`captured`]: one captured checkpoint, as the capture hands it to the writer.
+//! - [`kv_cells`]: a KV-cache node's axis of cells, so that its padding is not written.
 //! - [`handoff`]: captured tensors to the writer, a pass at a time, memory bounded by bytes.
 //! - [`output`]: the writer thread and the run's files, committed whole.
 //! - [`rundir`]: the staging directory beside `--out`, swapped into its place in one step.
@@ -37,6 +38,7 @@ pub mod gpt2_model;
 pub mod handoff;
 #[cfg(feature = "test-hooks")]
 pub mod hooks;
+pub mod kv_cells;
 pub mod list_nodes;
 pub mod load;
 pub use llorch_checkpoint_spec::{format, manifest, record};

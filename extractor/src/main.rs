@@ -38,6 +38,12 @@ struct Cli {
     /// Files are named `<graph index>_<name>`.
     #[arg(long, value_name = "GLOB[,GLOB...]", conflicts_with = "manifest")]
     tensors: Option<llorch_checkpoint_extractor::capture::NodeFilter>,
+    /// With --tensors: write a KV cache's views and writes whole, padding and empty cells
+    /// included. By default only the filled cells are written (a read is padded to 256 cells,
+    /// a write's node is the whole cache); run.json's `shape` says what was kept, `ggml_ne`
+    /// the node's extent.
+    #[arg(long, requires = "tensors")]
+    keep_padding: bool,
     /// The prompt; its pass is the one captured.
     #[arg(short = 'p', long, default_value = "Hello world")]
     prompt: String,
@@ -176,6 +182,7 @@ fn main() -> ExitCode {
         list_nodes: cli.list_nodes,
         layers: cli.layers,
         tensors: cli.tensors,
+        keep_padding: cli.keep_padding,
         rpc: cli.rpc,
         tensor_split: cli.tensor_split,
         flash_attn: cli.flash_attn,

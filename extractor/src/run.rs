@@ -34,6 +34,8 @@ pub struct Config {
     pub layers: Option<Layers>,
     /// `--tensors GLOB`: every node whose name matches, instead of a manifest.
     pub tensors: Option<NodeFilter>,
+    /// `--keep-padding`: with `--tensors`, a KV cache's nodes written whole.
+    pub keep_padding: bool,
     /// `--rpc`: RPC servers (`host:port`) whose devices take offloaded layers.
     pub rpc: Vec<String>,
     /// `--tensor-split`: how the offloaded layers are shared among the devices.
@@ -146,7 +148,10 @@ fn selection(
         .collect();
     let selection = match (&cfg.tensors, manifest) {
         (_, _) if !cfg.extract => None,
-        (Some(pattern), _) => Some(Selection::Glob(pattern.clone())),
+        (Some(filter), _) => Some(Selection::Glob {
+            filter: filter.clone(),
+            keep_padding: cfg.keep_padding,
+        }),
         (None, Some(m)) => Some(Selection::Manifest(m.checkpoints)),
         (None, None) => None,
     };
@@ -249,6 +254,7 @@ fn record(
         },
         layers: None,
         tensors: cfg.tensors.as_ref().map(|p| p.as_str().to_string()),
+        keep_padding: cfg.keep_padding && cfg.tensors.is_some(),
         manifest: cfg.manifest.as_ref().map(|p| ManifestInfo {
             path: p.clone(),
             sha256: llorch_checkpoint_spec::files::sha256_file(p).ok(),

@@ -12,8 +12,9 @@ use crate::format::Format;
 use crate::manifest::{Manifest, Symbols};
 
 /// Bumped whenever a field changes meaning or a field is added (3: each
-/// `--tensors` node's graph index and operands, the model's weight types).
-pub const SCHEMA_VERSION: u32 = 3;
+/// `--tensors` node's graph index and operands, the model's weight types;
+/// 4: `keep_padding`, a KV cache's nodes cut to their filled cells).
+pub const SCHEMA_VERSION: u32 = 4;
 
 /// The file name of the record inside a run directory.
 pub const FILE: &str = "run.json";
@@ -36,6 +37,11 @@ pub struct RunRecord {
     pub layers: Option<Vec<u32>>,
     /// `--tensors`: the glob every captured node's name matched (no manifest).
     pub tensors: Option<String>,
+    /// `--tensors` with `--keep-padding`: a KV cache's views and writes
+    /// written whole. Otherwise (and always with a manifest) only their
+    /// filled cells: a checkpoint's `shape` then has `n_kv` where its
+    /// `ggml_ne` has the padded or whole cache.
+    pub keep_padding: bool,
     /// False with `--no-extract` (no eval callback registered).
     pub extract: bool,
     pub prompt: String,
@@ -417,6 +423,7 @@ pub fn example() -> RunRecord {
         manifest: None,
         layers: None,
         tensors: None,
+        keep_padding: false,
         extract: true,
         prompt: "Hello world".into(),
         tokens: vec![15496, 995],

@@ -7,6 +7,7 @@ use anyhow::{bail, ensure, Result};
 use super::sys;
 
 /// A borrowed graph node, valid only inside one eval-callback call.
+#[derive(Clone, Copy)]
 pub struct Node<'a> {
     t: &'a sys::ggml_tensor,
 }
@@ -85,6 +86,30 @@ impl<'a> Node<'a> {
     /// Shape in ggml order (innermost first).
     pub fn ne(&self) -> [i64; 4] {
         self.t.ne
+    }
+
+    /// Extent and byte strides, innermost first.
+    pub fn geometry(&self) -> crate::kv_cells::Geometry {
+        crate::kv_cells::Geometry {
+            ne: self.t.ne,
+            nb: self.t.nb,
+        }
+    }
+
+    /// Bytes per element (per block for quantized types).
+    pub fn type_size(&self) -> usize {
+        // SAFETY: type traits are static per type.
+        unsafe { &*sys::ggml_get_type_traits(self.t.type_) }.type_size
+    }
+
+    /// The tensor whose bytes this node is a view of (ggml keeps the
+    /// outermost one), or `None` for a tensor with its own.
+    pub fn view_root(&self) -> Option<Node<'a>> {
+        // SAFETY: a view's source outlives the view: it is a cache, a weight
+        // or a node of the same graph.
+        (!self.t.view_src.is_null()).then(|| Node {
+            t: unsafe { &*self.t.view_src },
+        })
     }
 
     /// The backend buffer the node lives in ("CPU", "CUDA0", ...).

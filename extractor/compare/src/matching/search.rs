@@ -37,6 +37,11 @@ struct View {
 fn views(node: &Node, symbols: &Symbols) -> Vec<View> {
     let mut out = vec![(None, node.shape.clone(), node.data.clone())];
     let (n_kv, n_ctx) = (symbols.n_kv as usize, symbols.n_ctx as usize);
+    if let Some(axis) = node.cells_cut() {
+        // The extractor wrote only the filled cells: the node is cropped already.
+        out[0].0 = Some((axis, node.shape[axis]));
+        return out.into_iter().map(View::new).collect();
+    }
     for (axis, &d) in node.shape.iter().enumerate() {
         if d > n_kv && d <= n_ctx && n_kv > 0 {
             let data = layout::slice(&node.shape, &node.data, axis, 0, n_kv);
@@ -45,15 +50,19 @@ fn views(node: &Node, symbols: &Symbols) -> Vec<View> {
             out.push((Some((axis, n_kv)), shape, data));
         }
     }
-    out.into_iter()
-        .map(|(crop, shape, data)| View {
+    out.into_iter().map(View::new).collect()
+}
+
+impl View {
+    fn new((crop, shape, data): (Option<(usize, usize)>, Vec<usize>, Vec<f64>)) -> View {
+        View {
             crop,
             spread: fit::spread(&data),
             sorted: sorted_copy(&data),
             shape,
             data,
-        })
-        .collect()
+        }
+    }
 }
 
 /// One tensor (or one part of it) a view of the node may be.

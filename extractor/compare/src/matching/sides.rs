@@ -46,6 +46,15 @@ pub struct Node {
     pub data: Vec<f64>,
 }
 
+impl Node {
+    /// The file axis along which the extractor kept only a KV cache's
+    /// filled cells (its `shape` shorter there than its `ne`), if any.
+    pub fn cells_cut(&self) -> Option<usize> {
+        let n = self.shape.len();
+        (0..n).find(|&axis| self.shape[axis] < self.ne[n - 1 - axis] as usize)
+    }
+}
+
 /// One tensor of the reference's pass.
 #[derive(Clone, Debug)]
 pub struct Tensor {

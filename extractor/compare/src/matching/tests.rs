@@ -440,3 +440,24 @@ fn two_nodes_torn_between_the_same_two_tensors_take_them_in_graph_order() {
     let m = pair_all(&nodes, &tensors, &symbols(), &Options::new(Precision::Full));
     assert!(m.pairs.is_empty(), "{:?}", m.unpaired);
 }
+
+#[test]
+fn a_node_the_extractor_cut_to_its_filled_cells_pairs_as_cropped() {
+    let mut case = case();
+    // The scores as the extractor writes a padded node without --keep-padding:
+    // ne still says 32 cells, the file holds the 5 filled ones.
+    let scores = case.nodes.iter_mut().find(|n| n.index == 7).unwrap();
+    scores.data = super::layout::slice(&scores.shape, &scores.data, 2, 0, N);
+    scores.shape[2] = N;
+    assert_eq!(scores.cells_cut(), Some(2));
+    let m = pair_all(
+        &case.nodes,
+        &case.tensors,
+        &symbols(),
+        &Options::new(Precision::Full),
+    );
+    let (name, pair) = paired(&m, &case, 7).unwrap();
+    assert_eq!((name, pair.crop), ("attentions.0", Some((2, N))));
+    // A node written whole is not taken for a cut one.
+    assert_eq!(case.nodes[0].cells_cut(), None);
+}

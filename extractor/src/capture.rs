@@ -280,7 +280,7 @@ impl Capture {
                 cp.shape_text()
             ),
         };
-        let mut data = Vec::new();
+        let mut data = self.outbox.buffer(elements(keep));
         let fetched = node.copy_to_f32(keep, self.threads, &mut self.scratch, &mut data)?;
         Ok(Captured {
             fetched,
@@ -309,7 +309,7 @@ impl Capture {
             true => ne,
             false => kv_cells::filled(ne, self.cell_axis(node), self.n_kv),
         };
-        let mut data = Vec::new();
+        let mut data = self.outbox.buffer(elements(keep));
         let fetched = node.copy_to_f32(keep, self.threads, &mut self.scratch, &mut data)?;
         let name = node.name_lossy();
         let safe: String = name
@@ -391,6 +391,11 @@ impl Capture {
     }
 }
 
+/// How many floats a copy keeping `keep` holds.
+fn elements(keep: [i64; 4]) -> usize {
+    keep.iter().map(|&k| k.max(0) as usize).product()
+}
+
 /// Whether `name` is an operand of `node` at most `depth` steps up (1: a
 /// direct operand). Allocation-free; deep walks only follow nodes whose op
 /// already fits, so they stay rare.
@@ -437,6 +442,7 @@ impl Observer for Capture {
             },
         };
         if self.reading == Reading::Discard {
+            self.outbox.recycle(captured.data);
             return Ok(());
         }
         self.outbox.push(captured)

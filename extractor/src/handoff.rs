@@ -27,7 +27,21 @@ struct Budget {
     /// Signalled when bytes are given back or the writer stops.
     changed: Condvar,
     limit: usize,
+    spare: Mutex<Spare>,
 }
+
+/// Copies' buffers given back once written (or discarded), for the next
+/// copies: a reused buffer is already in memory, so a copy into it pays no
+/// page faults and no zeroing by the kernel. Held within the budget too.
+#[derive(Default)]
+struct Spare {
+    buffers: Vec<Vec<f32>>,
+    bytes: usize,
+}
+
+/// Below this many floats (64 KiB) a buffer is not kept: the allocator
+/// serves small ones from memory it already has.
+const SPARE_MIN: usize = 1 << 14;
 
 struct Ledger {
     used: usize,
@@ -38,6 +52,44 @@ struct Ledger {
 impl Budget {
     fn ledger(&self) -> MutexGuard<'_, Ledger> {
         self.ledger.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn spare(&self) -> MutexGuard<'_, Spare> {
+        self.spare.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// An empty buffer for `n` floats: the smallest spare one that holds
+    /// them without wasting more than as much again, else a new one.
+    fn buffer(&self, n: usize) -> Vec<f32> {
+        let mut spare = self.spare();
+        let fits = |v: &Vec<f32>| (n..=2 * n).contains(&v.capacity());
+        let best = (spare.buffers.iter().enumerate())
+            .filter(|(_, v)| fits(v))
+            .min_by_key(|(_, v)| v.capacity())
+            .map(|(i, _)| i);
+        match best {
+            Some(i) => {
+                let v = spare.buffers.swap_remove(i);
+                spare.bytes -= bytes(v.capacity());
+                v
+            }
+            None => Vec::with_capacity(n),
+        }
+    }
+
+    /// Keeps `v` for a later copy while the budget has room for it.
+    fn recycle(&self, mut v: Vec<f32>) {
+        let size = bytes(v.capacity());
+        if v.capacity() < SPARE_MIN {
+            return;
+        }
+        let used = self.ledger().used;
+        let mut spare = self.spare();
+        if used + spare.bytes + size <= self.limit {
+            v.clear();
+            spare.bytes += size;
+            spare.buffers.push(v);
+        }
     }
 
     /// Waits until `done` holds; an error, not a hang, once the writer stopped.
@@ -80,6 +132,7 @@ pub fn channel(limit: usize) -> (Outbox, Inbox) {
         }),
         changed: Condvar::new(),
         limit,
+        spare: Mutex::default(),
     });
     let (tx, rx) = std::sync::mpsc::channel();
     (
@@ -97,7 +150,11 @@ pub fn channel(limit: usize) -> (Outbox, Inbox) {
 }
 
 fn bytes_of(c: &Captured) -> usize {
-    c.data.len() * std::mem::size_of::<f32>()
+    bytes(c.data.len())
+}
+
+fn bytes(floats: usize) -> usize {
+    floats * std::mem::size_of::<f32>()
 }
 
 impl Outbox {
@@ -140,6 +197,16 @@ impl Outbox {
         Ok(())
     }
 
+    /// An empty buffer for a copy of `n` floats, reused where one was given back.
+    pub fn buffer(&self, n: usize) -> Vec<f32> {
+        self.budget.buffer(n)
+    }
+
+    /// A copy's buffer no longer needed (a timing pass discards its copies).
+    pub fn recycle(&self, data: Vec<f32>) {
+        self.budget.recycle(data);
+    }
+
     /// No more batches: the writer finishes what it has and stops.
     pub fn close(&mut self) {
         self.sink = None;
@@ -150,6 +217,13 @@ impl Inbox {
     /// The next batch; `None` once the capture is closed and all is received.
     pub fn next_batch(&self) -> Option<Vec<Captured>> {
         self.batches.recv().ok()
+    }
+
+    /// A written batch's buffers, back for the capture's next copies.
+    pub fn recycle(&self, batch: Vec<Captured>) {
+        for c in batch {
+            self.budget.recycle(c.data);
+        }
     }
 
     /// What the writing threads give memory back with.
@@ -265,5 +339,29 @@ mod tests {
         let err = out.push(tensor(60)).unwrap_err().to_string();
         assert!(err.contains("writer thread stopped"), "{err}");
         assert_eq!(writer.join().unwrap(), Some(1));
+    }
+
+    #[test]
+    fn written_buffers_come_back_for_the_next_copies_within_the_budget() {
+        let (mut out, inbox) = channel(bytes(3 * SPARE_MIN));
+        out.push(tensor(SPARE_MIN)).unwrap();
+        out.flush().unwrap();
+        let batch = inbox.next_batch().unwrap();
+        let release = inbox.release();
+        batch.iter().for_each(|c| release.done(c));
+        let at = batch[0].data.as_ptr();
+        inbox.recycle(batch);
+        // Too small a need takes no buffer twice its size; a fitting one is the same memory.
+        assert_eq!(out.buffer(SPARE_MIN / 4).capacity(), SPARE_MIN / 4);
+        let again = out.buffer(SPARE_MIN);
+        assert_eq!((again.as_ptr(), again.len()), (at, 0));
+        // Beyond the budget a buffer is let go: 3 fit, the fourth does not.
+        for _ in 0..4 {
+            out.recycle(Vec::with_capacity(SPARE_MIN));
+        }
+        assert_eq!(out.budget.spare().buffers.len(), 3);
+        // Small buffers are not kept at all.
+        out.recycle(Vec::with_capacity(16));
+        assert_eq!(out.budget.spare().buffers.len(), 3);
     }
 }

@@ -49,7 +49,7 @@ pub fn cell_axis(node: Geometry, root: Geometry, type_size: usize, n_kv: i64) ->
     let cells = kv_size as usize * type_size;
     let transposed = padded(0)
         && node.nb[0] == type_size
-        && (1..4).all(|d| node.ne[d] == 1 || (cells > 0 && node.nb[d] % cells == 0));
+        && (1..4).all(|d| node.ne[d] == 1 || (cells > 0 && node.nb[d].is_multiple_of(cells)));
     let mut axes = row_major.chain(transposed.then_some(0));
     match (n_kv > 0, axes.next(), axes.next()) {
         (true, Some(axis), None) => Some(axis),

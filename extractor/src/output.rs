@@ -59,14 +59,15 @@ impl Output {
                     #[cfg(feature = "test-hooks")]
                     crate::hooks::phase("writing");
                     let started = std::time::Instant::now();
-                    let batch =
+                    let records =
                         write_batch(&staging, format, &inbox, &batch).with_context(|| {
                             format!(
                                 "cannot write the run for {}; nothing there changed",
                                 out.display()
                             )
                         })?;
-                    written.extend(batch);
+                    inbox.recycle(batch);
+                    written.extend(records);
                     busy += started.elapsed();
                 }
                 Ok((written, busy.as_secs_f64() * 1e3))

@@ -1,6 +1,7 @@
 //! A graph node as the eval callback sees it, and its copy to host f32.
 
 use std::ffi::CStr;
+use std::mem::MaybeUninit;
 
 use anyhow::{bail, ensure, Result};
 
@@ -254,19 +255,21 @@ impl Layout {
     }
 
     /// The kept elements of `src` (the node's bytes), as f32 in ggml order,
-    /// into `out`: rows split over up to `threads` threads when the node is
-    /// large enough for a thread's start (tens of µs) to be worth it.
+    /// into `out` (its capacity reused, nothing zero-filled first): rows
+    /// split over up to `threads` threads when the node is large enough for
+    /// a thread's start (tens of µs) to be worth it.
     fn gather(&self, src: &[u8], keep: [i64; 4], threads: usize, out: &mut Vec<f32>) {
         let [n0, n1, n2, n3] = keep.map(|k| k as usize);
         let rows = n1 * n2 * n3;
+        let n = n0 * rows;
         out.clear();
-        out.resize(n0 * rows, 0.0);
-        if n0 == 0 || rows == 0 {
+        if n == 0 {
             return;
         }
-        let threads = threads.clamp(1, (out.len() / PARALLEL_ELEMENTS).max(1));
+        out.reserve(n);
+        let threads = threads.clamp(1, (n / PARALLEL_ELEMENTS).max(1));
         let rows_each = rows.div_ceil(threads);
-        let run = |first: usize, out: &mut [f32]| {
+        let run = |first: usize, out: &mut [MaybeUninit<f32>]| {
             for (r, dst) in out.chunks_exact_mut(n0).enumerate() {
                 let r = first + r;
                 let (i1, i2, i3) = (r % n1, r / n1 % n2, r / (n1 * n2));
@@ -274,7 +277,9 @@ impl Layout {
                 self.gather_row(src, row, dst);
             }
         };
-        let mut chunks = out.chunks_mut(rows_each * n0).enumerate();
+        let mut chunks = out.spare_capacity_mut()[..n]
+            .chunks_mut(rows_each * n0)
+            .enumerate();
         let (_, mine) = chunks.next().expect("at least one row");
         std::thread::scope(|scope| {
             for (k, chunk) in chunks {
@@ -282,10 +287,14 @@ impl Layout {
             }
             run(0, mine);
         });
+        // SAFETY: every row of the first n elements was written above (the
+        // chunks cover them all, `gather_row` writes each element of its
+        // row); a panic there would have left the length 0.
+        unsafe { out.set_len(n) };
     }
 
     /// The first `dst.len()` elements of the row at byte `row` of `src`, into `dst`.
-    fn gather_row(&self, src: &[u8], row: usize, dst: &mut [f32]) {
+    fn gather_row(&self, src: &[u8], row: usize, dst: &mut [MaybeUninit<f32>]) {
         let n0 = dst.len();
         if self.row_contiguous {
             convert(
@@ -311,15 +320,34 @@ impl Layout {
 /// Below this many elements (1 MiB of f32) a node is copied on one thread.
 const PARALLEL_ELEMENTS: usize = 1 << 18;
 
-/// Converts packed elements of one type to f32 (`out.len()` elements).
-fn convert(bytes: &[u8], out: &mut [f32], is_f32: bool, to_float: sys::ggml_to_float_t) {
+/// Converts packed elements of one type to f32, writing every one of
+/// `out.len()` elements.
+fn convert(
+    bytes: &[u8],
+    out: &mut [MaybeUninit<f32>],
+    is_f32: bool,
+    to_float: sys::ggml_to_float_t,
+) {
     if is_f32 {
-        for (dst, src) in out.iter_mut().zip(bytes.chunks_exact(4)) {
-            *dst = f32::from_ne_bytes([src[0], src[1], src[2], src[3]]);
-        }
+        let n = out.len() * std::mem::size_of::<f32>();
+        assert!(bytes.len() >= n, "a row shorter than its elements");
+        // SAFETY: `bytes` holds at least n bytes and `out` is n writable
+        // bytes; they do not overlap (a node's data is not the copy's
+        // buffer); f32 has no invalid bit patterns, and ggml's are native.
+        unsafe { std::ptr::copy_nonoverlapping(bytes.as_ptr(), out.as_mut_ptr().cast::<u8>(), n) };
     } else if let Some(to_float) = to_float {
         // SAFETY: `bytes` holds exactly the packed encoding of out.len() elements
-        // (whole blocks for quantized types), and `out` is writable for them.
-        unsafe { to_float(bytes.as_ptr().cast(), out.as_mut_ptr(), out.len() as i64) };
+        // (whole blocks for quantized types), and `out` is writable for them;
+        // to_float writes every one.
+        unsafe {
+            to_float(
+                bytes.as_ptr().cast(),
+                out.as_mut_ptr().cast(),
+                out.len() as i64,
+            )
+        };
+    } else {
+        // Never reached: `Node::layout` refuses such a type before any copy.
+        unreachable!("a type ggml cannot convert to float");
     }
 }

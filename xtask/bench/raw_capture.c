@@ -188,7 +188,8 @@ static struct llama_context *new_context(struct llama_model *model, int threads,
     p.n_threads_batch = threads;
     p.type_k = GGML_TYPE_F16;
     p.type_v = GGML_TYPE_F16;
-    p.flash_attn_type = LLAMA_FLASH_ATTN_TYPE_DISABLED;
+    /* The extractor's default: the same graph on both sides. */
+    p.flash_attn_type = LLAMA_FLASH_ATTN_TYPE_AUTO;
     p.no_perf = true;
     if (c) {
         p.cb_eval = on_eval;

@@ -45,6 +45,10 @@ pub struct Bench {
     /// (one thread copying, the weights read at load) to measure what those choices buy.
     #[arg(long, allow_hyphen_values = true, default_value = "")]
     extra: String,
+    /// An extractor binary to measure instead of this checkout's, built against the same
+    /// llama.cpp (an earlier commit's, say): what a change bought, one bench right after the other.
+    #[arg(long, value_name = "PATH")]
+    extractor: Option<PathBuf>,
 }
 
 /// What is captured.
@@ -128,7 +132,11 @@ impl Bench {
         let _ = std::fs::remove_dir_all(&out);
         std::fs::create_dir_all(&out)?;
         let model = crate::model::default_model(project)?;
-        let exe = ensure_extractor(project, Backend::Cpu)?;
+        let exe = match &self.extractor {
+            Some(exe) => std::path::absolute(exe)?,
+            None => ensure_extractor(project, Backend::Cpu)?,
+        };
+        ensure!(exe.is_file(), "no extractor at {}", exe.display());
         let raw_c = compile_raw_capture(project, &out)?;
         let sh = project.shell()?;
         let mut cells = Vec::new();
@@ -160,6 +168,7 @@ impl Bench {
         std::fs::write(out.join("bench.txt"), &table)?;
         let json = serde_json::json!({
             "model": model, "threads": 2, "repeat": self.repeat, "runs": self.runs, "extra": self.extra,
+            "extractor": self.extractor,
             "cpu": cpu_model(), "roofline": roofline, "cells": cells,
         });
         std::fs::write(out.join("bench.json"), serde_json::to_vec_pretty(&json)?)?;

@@ -536,7 +536,7 @@ mod tests {
         let future = RunRecord::parse(&with_version(Some(7))).unwrap_err();
         assert_eq!(
             future.to_string(),
-            "run record schema version 7 is newer than this tool's (3): update llorch-checkpoint to read it"
+            "run record schema version 7 is newer than this tool's (4): update llorch-checkpoint to read it"
         );
         let old = RunRecord::parse(&with_version(Some(0))).unwrap_err();
         assert!(old.to_string().contains("version 0 is older"), "{old}");

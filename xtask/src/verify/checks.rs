@@ -106,6 +106,29 @@ pub fn validate(sh: &Shell, validator: &Path, dir: &Path, manifest: &Path) -> Re
     Ok(text.lines().last().unwrap_or_default().to_string())
 }
 
+/// `extractor/python`'s tests in the project's Python environment, the
+/// real-run one on `run`: every checkpoint read back as run.json records it.
+pub fn python_module(project: &Project, run: &Path) -> Result<String> {
+    let python = crate::python::ensure(project)?;
+    let out = duct::cmd!(python, "-m", "unittest", "-v")
+        .dir(project.root().join("extractor/python"))
+        .env("LLORCH_TEST_RUN", run)
+        .env("PYTHONDONTWRITEBYTECODE", "1")
+        .stderr_to_stdout()
+        .stdout_capture()
+        .unchecked()
+        .run()?;
+    let text = String::from_utf8_lossy(&out.stdout);
+    ensure!(out.status.success(), "{text}");
+    ensure!(
+        !text.contains("skipped"),
+        "a test was skipped with a run to read:\n{text}"
+    );
+    let ran = text.lines().find(|l| l.starts_with("Ran ")).unwrap_or("ran");
+    let read = RunRecord::read(run)?.checkpoints.len();
+    Ok(format!("{ran}; {read} checkpoints of a real run read back"))
+}
+
 /// run.json lists each checkpoint of the manifest (as the run expanded it) exactly once.
 pub fn seen_once(manifest: &Path, record: &RunRecord) -> Result<String> {
     let expected = record.manifest(manifest)?.checkpoints.len();

@@ -391,6 +391,12 @@ fn format_checks(report: &mut Report, ctx: &Ctx<'_>, ran: bool) {
         t,
         validate(&ctx.sh, &ctx.validator, &with, &ctx.manifest),
     );
+    let t = Instant::now();
+    report.check(
+        "the Python module reads every checkpoint as run.json records it, writes a candidate whole or not at all",
+        t,
+        checks::python_module(ctx.project, &with),
+    );
     for (defect, expect) in CORRUPTIONS {
         let t = Instant::now();
         let result = corrupted_copy_rejected(ctx, &with, defect, expect);

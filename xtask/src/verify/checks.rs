@@ -124,7 +124,10 @@ pub fn python_module(project: &Project, run: &Path) -> Result<String> {
         !text.contains("skipped"),
         "a test was skipped with a run to read:\n{text}"
     );
-    let ran = text.lines().find(|l| l.starts_with("Ran ")).unwrap_or("ran");
+    let ran = text
+        .lines()
+        .find(|l| l.starts_with("Ran "))
+        .unwrap_or("ran");
     let read = RunRecord::read(run)?.checkpoints.len();
     Ok(format!("{ran}; {read} checkpoints of a real run read back"))
 }

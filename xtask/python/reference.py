@@ -417,6 +417,8 @@ def main():
         next_tokens[variant] = int(logits.argmax())
         vdir = os.path.join(out_dir, variant)
         os.makedirs(vdir, exist_ok=True)
+        # The last position's logits: a different greedy token is then judged a near tie or not.
+        np.save(os.path.join(vdir, "next_logits.npy"), np.ascontiguousarray(logits.detach().numpy()))
         if everything:
             write_everything(recorder, vdir)
         else:

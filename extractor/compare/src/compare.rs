@@ -90,8 +90,9 @@ pub struct Outcome {
     pub summary: String,
     /// The first checkpoint over its tolerance, with its worst element.
     pub failure: Option<String>,
-    /// The greedy next token after the prompt: llama.cpp's, and the f64 reference's.
-    pub next_token: (Option<i32>, Option<i64>),
+    /// The greedy next token after the prompt: llama.cpp's, the f64
+    /// reference's, and whether a difference is a near tie.
+    pub next_token: crate::next_token::NextToken,
     /// What was compared, and how each checkpoint scored (graph order).
     pub entries: Vec<crate::entries::Entry>,
     pub rows: Vec<metrics::Row>,
@@ -196,7 +197,12 @@ pub fn compare(
         html: written.html,
         text,
         summary,
-        next_token: (record.next_token, info.next_token.get(F64).copied()),
+        next_token: crate::next_token::NextToken::judge(
+            record.next_token,
+            info.next_token.get(F64).copied(),
+            &run.join(&record.logits.file),
+            &reference_dir.join(F64).join("next_logits.npy"),
+        ),
         failure,
         entries,
         rows,

@@ -28,6 +28,7 @@ pub mod entries;
 pub mod html;
 pub mod matching;
 pub mod metrics;
+pub mod next_token;
 pub mod overrides;
 pub mod precision;
 pub mod reference;

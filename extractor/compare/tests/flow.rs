@@ -152,7 +152,11 @@ fn a_run_within_tolerance_passes_and_writes_every_report() {
         "llama.cpp pin (pinned, 0123456789ab) (kv cache f16, 2 threads, flash attention off, asked auto) \
          vs PyTorch FakeForCausalLM (gpt2), 2 prompt tokens; next token: llama.cpp 11, PyTorch f32 11, f64 11"
     ), "{}", outcome.text);
-    assert_eq!(outcome.next_token, (Some(11), Some(11)));
+    assert_eq!(
+        (outcome.next_token.llama, outcome.next_token.reference),
+        (Some(11), Some(11))
+    );
+    assert!(outcome.next_token.agrees() && outcome.next_token.tie.is_none());
     for file in [&outcome.report, &outcome.picture, &outcome.html] {
         assert!(file.is_file(), "{} is missing", file.display());
     }

@@ -293,11 +293,12 @@ pub fn real_model_compare(ctx: &Ctx<'_>, flash_attn: FlashAttnMode) -> Result<St
     if let Some(why) = outcome.failure {
         anyhow::bail!("{why}");
     }
-    let (llama, torch) = outcome.next_token;
+    let next = &outcome.next_token;
     ensure!(
-        llama.map(i64::from) == torch,
-        "{}; but the next token differs: llama.cpp {llama:?}, transformers f64 {torch:?}",
-        outcome.summary
+        next.agrees(),
+        "{}; but the {}",
+        outcome.summary,
+        next.describe()
     );
     let absent = RunRecord::read(&dir.join("llama"))?.absent_summary();
     let reference: serde_json::Value =
@@ -307,9 +308,9 @@ pub fn real_model_compare(ctx: &Ctx<'_>, flash_attn: FlashAttnMode) -> Result<St
         _ => "from the GGUF",
     };
     Ok(format!(
-        "{}; next token {} in both; absent: {}; transformers' model loaded {loaded} in {:.1} s ({})",
+        "{}; {}; absent: {}; transformers' model loaded {loaded} in {:.1} s ({})",
         outcome.summary,
-        llama.unwrap_or_default(),
+        next.describe(),
         absent.as_deref().unwrap_or("none"),
         reference["load_seconds"].as_f64().unwrap_or(f64::NAN),
         outcome.report.display()

@@ -459,7 +459,7 @@ fn real_model_checks(report: &mut Report, ctx: &Ctx<'_>, name: &str) {
     );
     let t = Instant::now();
     report.check(
-        "layers 0, 7 and the last match transformers (f64) within the manifest's tolerance; same next token",
+        "layers 0, 7 and the last match transformers (f64) within the manifest's tolerance; same next token, or a near tie of the reference's",
         t,
         real_model_compare(&ctx, FlashAttnMode::Off),
     );

@@ -11,6 +11,7 @@ use std::time::Instant;
 
 use anyhow::{bail, Context, Result};
 use llorch_checkpoint_compare::auto::{compare_auto, Auto};
+use llorch_checkpoint_compare::candidate::CandidateTolerance;
 use llorch_checkpoint_compare::overrides::Override;
 use llorch_checkpoint_compare::sides::{Extraction, Extractor, Reference, ReferenceJob};
 use llorch_checkpoint_compare::{compare, self_test, sequential, Options};
@@ -47,6 +48,12 @@ pub struct Compare {
     /// names them, .bin or .npy, with run.json or tokens.json), compared with llama.cpp and f64.
     #[arg(long, value_name = "DIR")]
     candidate: Option<PathBuf>,
+    /// What judges the candidate against llama.cpp: `llama-cpp`, one tolerance set by what two
+    /// correct llama.cpp runs differ by (0.005*max per element, NMSE 2e-5: a 1% error is caught),
+    /// or `manifest`, each checkpoint's own, as llama.cpp is judged against f64.
+    #[arg(long, value_name = "llama-cpp|manifest", default_value = "llama-cpp",
+          value_parser = CandidateTolerance::parse, requires = "candidate")]
+    candidate_tolerance: CandidateTolerance,
     /// Override tolerances for checkpoints whose id or node name matches: 'ffn_*=atol:1e-2,nmse:1e-4'.
     #[arg(long = "tolerance", value_name = "GLOB=atol:X,rtol:Y,nmse:Z")]
     tolerances: Vec<Override>,
@@ -118,6 +125,7 @@ impl Compare {
                 .clone()
                 .map(std::path::absolute)
                 .transpose()?,
+            candidate_tolerance: self.candidate_tolerance,
             overrides: self.tolerances.clone(),
             fail_fast: self.fail_fast,
             show: self.show.clone(),

@@ -34,6 +34,8 @@ pub struct Options {
     pub run: Option<PathBuf>,
     /// Another implementation's tensors, compared with llama.cpp and f64.
     pub candidate: Option<PathBuf>,
+    /// The tolerance of the candidate against llama.cpp.
+    pub candidate_tolerance: candidate::CandidateTolerance,
     /// `--tolerance` overrides.
     pub overrides: Vec<Override>,
     /// Stop scoring at the first checkpoint over its tolerance.
@@ -56,6 +58,7 @@ impl Options {
             layers: None,
             run: None,
             candidate: None,
+            candidate_tolerance: candidate::CandidateTolerance::default(),
             overrides: Vec::new(),
             fail_fast: false,
             show: None,
@@ -166,8 +169,9 @@ pub fn compare(
     };
     let candidate_rows = opts.candidate.as_ref().map(|dir| {
         let truth = crate::entries::truth(&info.variants);
-        let scored = candidate::score(dir, &run, &reference_dir.join(truth), &entries);
-        text.push_str(&candidate::table(&scored, &rows));
+        let against = opts.candidate_tolerance;
+        let scored = candidate::score(dir, &run, &reference_dir.join(truth), &entries, against);
+        text.push_str(&candidate::table(&scored, &rows, against));
         scored
     });
     let failure = metrics::first_failure(&rows);

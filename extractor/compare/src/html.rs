@@ -163,6 +163,13 @@ fn candidate(s: &mut String, rows: &[CandidateRow]) {
         );
     }
     s.push_str("</table>\n");
+    if let Some(v) = rows.iter().find_map(|r| r.vs_llama.as_ref()) {
+        let _ = writeln!(
+            s,
+            "<p>Against llama.cpp judged by atol, rtol, NMSE {}; against f64 by each checkpoint's own tolerance.</p>",
+            xml(&v.tolerance.text())
+        );
+    }
     for pair in ["llama.cpp", "f64"] {
         let first = first_divergence(rows, pair);
         let _ = writeln!(

@@ -424,6 +424,12 @@ fn compare_checks(report: &mut Report, ctx: &Ctx<'_>) {
         result,
     );
     let t = Instant::now();
+    report.check(
+        "a candidate is judged against llama.cpp by its own default: a second correct run passes it, a 1.01 scaling is caught",
+        t,
+        checks::candidate_default_fits(ctx),
+    );
+    let t = Instant::now();
     let page = project
         .work_dir()
         .join("compare-self-test/perturbed/report.html");

@@ -66,11 +66,22 @@ impl From<Tolerance> for SpecTolerance {
 
 impl fmt::Display for Tolerance {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(
-            f,
-            "|diff| <= {:e} + {}*max + {}*|value|, NMSE <= {:e}",
-            self.atol, self.atol_of_max, self.rtol, self.nmse
-        )
+        let mut bound = Vec::new();
+        if self.atol > 0.0 {
+            bound.push(format!("{:e}", self.atol));
+        }
+        if self.atol_of_max > 0.0 {
+            bound.push(format!("{}*max|llama.cpp|", self.atol_of_max));
+        }
+        if self.rtol > 0.0 {
+            bound.push(format!("{}*|llama.cpp value|", self.rtol));
+        }
+        let bound = if bound.is_empty() {
+            "0".to_string()
+        } else {
+            bound.join(" + ")
+        };
+        write!(f, "|diff| <= {bound}, NMSE <= {:e}", self.nmse)
     }
 }
 

@@ -7,7 +7,8 @@ use crate::project::Project;
 use crate::step::{self, Step};
 
 /// The extractor's tests that pause a run or panic inside the callback need this feature.
-const TEST_HOOKS: &str = "llorch-checkpoint-extractor/test-hooks";
+/// The library's ndarray view is a feature too: its doc test runs.
+const TEST_HOOKS: &str = "llorch-checkpoint-extractor/test-hooks,llorch-checkpoint-golden/ndarray";
 
 /// `cargo test --workspace` with its output in `logs/tests.log`: the
 /// figures summed over every test binary, or the failures and the log's tail.

@@ -43,6 +43,7 @@ mod browser;
 mod cargo_test;
 mod checks;
 mod ctx;
+mod engine;
 mod faults;
 mod matching;
 mod miri;
@@ -428,6 +429,12 @@ fn compare_checks(report: &mut Report, ctx: &Ctx<'_>) {
         "a candidate is judged against llama.cpp by its own default: a second correct run passes it, a 1.01 scaling is caught",
         t,
         checks::candidate_default_fits(ctx),
+    );
+    let t = Instant::now();
+    report.check(
+        "the worked example engine (extractor/golden/example, its own workspace) passes its tests against llama.cpp's run; its wrong variant fails naming the checkpoint",
+        t,
+        engine::example_engine(ctx),
     );
     let t = Instant::now();
     let page = project

@@ -38,6 +38,9 @@ pub struct Ctx<'a> {
     /// The release extractor built on the unpatched tree (the build section
     /// makes it; none with `--quick` or when it failed).
     pub unpatched: Option<PathBuf>,
+    /// Seconds setup took when it built llama.cpp and the extractor from
+    /// nothing (a fresh clone): that was a clean build.
+    pub clean_setup: Option<f64>,
 }
 
 impl<'a> Ctx<'a> {
@@ -52,6 +55,7 @@ impl<'a> Ctx<'a> {
             manifest,
             work: self.work.join(name),
             unpatched: self.unpatched.clone(),
+            clean_setup: self.clean_setup,
         })
     }
 }

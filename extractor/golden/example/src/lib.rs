@@ -62,7 +62,12 @@ impl Gpt2Layer0 {
         for name in TENSORS {
             weights.insert(name, f32_tensor(&mut gguf, name)?);
         }
-        Ok(Gpt2Layer0 { n_embd, n_head, eps, weights })
+        Ok(Gpt2Layer0 {
+            n_embd,
+            n_head,
+            eps,
+            weights,
+        })
     }
 
     fn w(&self, name: &str) -> &[f32] {
@@ -75,15 +80,28 @@ impl Gpt2Layer0 {
         let hd = d / h;
         let mut x = vec![0f32; t * d];
         for (p, &tok) in tokens.iter().enumerate() {
-            let (e, pos) = (&self.w("token_embd.weight")[tok as usize * d..][..d], &self.w("position_embd.weight")[p * d..][..d]);
+            let (e, pos) = (
+                &self.w("token_embd.weight")[tok as usize * d..][..d],
+                &self.w("position_embd.weight")[p * d..][..d],
+            );
             for i in 0..d {
                 x[p * d + i] = e[i] + pos[i];
             }
         }
         let mut out = Checkpoints::new();
         let ln1 = self.layer_norm(&x, "blk.0.attn_norm");
-        let qkv = linear(&ln1, self.w("blk.0.attn_qkv.weight"), self.w("blk.0.attn_qkv.bias"), d, 3 * d);
-        let part = |k: usize| -> Vec<f32> { (0..t).flat_map(|p| qkv[p * 3 * d + k * d..][..d].to_vec()).collect() };
+        let qkv = linear(
+            &ln1,
+            self.w("blk.0.attn_qkv.weight"),
+            self.w("blk.0.attn_qkv.bias"),
+            d,
+            3 * d,
+        );
+        let part = |k: usize| -> Vec<f32> {
+            (0..t)
+                .flat_map(|p| qkv[p * 3 * d + k * d..][..d].to_vec())
+                .collect()
+        };
         let (q, k, v) = (part(0), part(1), part(2));
         // Scores [head][query][cell], causal; the cache as llama.cpp lays it out.
         let scale = match variant {
@@ -95,7 +113,9 @@ impl Gpt2Layer0 {
             for i in 0..t {
                 let row = &mut scores[(head * t + i) * t..][..t];
                 for j in 0..=i {
-                    let dot: f32 = (0..hd).map(|c| q[i * d + head * hd + c] * k[j * d + head * hd + c]).sum();
+                    let dot: f32 = (0..hd)
+                        .map(|c| q[i * d + head * hd + c] * k[j * d + head * hd + c])
+                        .sum();
                     row[j] = dot * scale;
                 }
                 softmax(&mut row[..=i]);
@@ -112,15 +132,35 @@ impl Gpt2Layer0 {
                 }
             }
         }
-        let attn_out = linear(&attn, self.w("blk.0.attn_output.weight"), self.w("blk.0.attn_output.bias"), d, d);
+        let attn_out = linear(
+            &attn,
+            self.w("blk.0.attn_output.weight"),
+            self.w("blk.0.attn_output.bias"),
+            d,
+            d,
+        );
         let resid: Vec<f32> = x.iter().zip(&attn_out).map(|(a, b)| a + b).collect();
         let ln2 = self.layer_norm(&resid, "blk.0.ffn_norm");
-        let mut up = linear(&ln2, self.w("blk.0.ffn_up.weight"), self.w("blk.0.ffn_up.bias"), d, 4 * d);
+        let mut up = linear(
+            &ln2,
+            self.w("blk.0.ffn_up.weight"),
+            self.w("blk.0.ffn_up.bias"),
+            d,
+            4 * d,
+        );
         up.iter_mut().for_each(|u| *u = gelu(*u));
-        let ffn = linear(&up, self.w("blk.0.ffn_down.weight"), self.w("blk.0.ffn_down.bias"), 4 * d, d);
+        let ffn = linear(
+            &up,
+            self.w("blk.0.ffn_down.weight"),
+            self.w("blk.0.ffn_down.bias"),
+            4 * d,
+            d,
+        );
         // The V cache is stored transposed: [1, head_dim, n_head, n_kv].
-        let cache_v: Vec<f32> =
-            (0..hd).flat_map(|c| (0..h).flat_map(move |head| (0..t).map(move |j| (c, head, j)))).map(|(c, head, j)| v[j * d + head * hd + c]).collect();
+        let cache_v: Vec<f32> = (0..hd)
+            .flat_map(|c| (0..h).flat_map(move |head| (0..t).map(move |j| (c, head, j))))
+            .map(|(c, head, j)| v[j * d + head * hd + c])
+            .collect();
         out.insert("01_ln1_output", ln1);
         out.insert("02_q", q);
         out.insert("02_k", k.clone());
@@ -135,13 +175,19 @@ impl Gpt2Layer0 {
 
     fn layer_norm(&self, x: &[f32], prefix: &str) -> Vec<f32> {
         let d = self.n_embd;
-        let (g, b) = (self.w(&format!("{prefix}.weight")), self.w(&format!("{prefix}.bias")));
+        let (g, b) = (
+            self.w(&format!("{prefix}.weight")),
+            self.w(&format!("{prefix}.bias")),
+        );
         x.chunks(d)
             .flat_map(|row| {
                 let mean = row.iter().sum::<f32>() / d as f32;
                 let var = row.iter().map(|v| (v - mean) * (v - mean)).sum::<f32>() / d as f32;
                 let inv = 1.0 / (var + self.eps).sqrt();
-                row.iter().enumerate().map(move |(i, v)| (v - mean) * inv * g[i] + b[i]).collect::<Vec<_>>()
+                row.iter()
+                    .enumerate()
+                    .map(move |(i, v)| (v - mean) * inv * g[i] + b[i])
+                    .collect::<Vec<_>>()
             })
             .collect()
     }
@@ -151,7 +197,15 @@ impl Gpt2Layer0 {
 /// [n_out, n_in]) plus `b`.
 fn linear(x: &[f32], w: &[f32], b: &[f32], n_in: usize, n_out: usize) -> Vec<f32> {
     x.chunks(n_in)
-        .flat_map(|row| (0..n_out).map(move |o| b[o] + w[o * n_in..][..n_in].iter().zip(row).map(|(a, b)| a * b).sum::<f32>()))
+        .flat_map(|row| {
+            (0..n_out).map(move |o| {
+                b[o] + w[o * n_in..][..n_in]
+                    .iter()
+                    .zip(row)
+                    .map(|(a, b)| a * b)
+                    .sum::<f32>()
+            })
+        })
         .collect()
 }
 
@@ -167,11 +221,26 @@ fn gelu(x: f32) -> f32 {
     0.5 * x * (1.0 + ((2.0 / std::f32::consts::PI).sqrt() * (x + 0.044715 * x * x * x)).tanh())
 }
 
-fn f32_tensor(gguf: &mut GGUFFileReader<std::io::BufReader<std::fs::File>>, name: &str) -> Result<Vec<f32>, String> {
-    let info = gguf.get_tensor_info(name).ok_or(format!("no tensor {name}"))?;
+fn f32_tensor(
+    gguf: &mut GGUFFileReader<std::io::BufReader<std::fs::File>>,
+    name: &str,
+) -> Result<Vec<f32>, String> {
+    let info = gguf
+        .get_tensor_info(name)
+        .ok_or(format!("no tensor {name}"))?;
     if info.tensor_type() != GGUFTensorType::F32 {
-        return Err(format!("{name} is {:?}: this example reads f32 weights (cargo xtask model makes them)", info.tensor_type()));
+        return Err(format!(
+            "{name} is {:?}: this example reads f32 weights (cargo xtask model makes them)",
+            info.tensor_type()
+        ));
     }
-    let data = gguf.load_tensor_data(name).map_err(|e| format!("{name}: {e}"))?.ok_or(format!("{name}: no data"))?;
-    Ok(data.as_slice().chunks_exact(4).map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]])).collect())
+    let data = gguf
+        .load_tensor_data(name)
+        .map_err(|e| format!("{name}: {e}"))?
+        .ok_or(format!("{name}: no data"))?;
+    Ok(data
+        .as_slice()
+        .chunks_exact(4)
+        .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+        .collect())
 }

@@ -9,8 +9,17 @@ use gpt2_layer0_engine::{Gpt2Layer0, Variant};
 use llorch_checkpoint_golden::{Candidate, Format, Run};
 
 /// The manifest's nine checkpoints of layer 0, in graph order.
-const NINE: [&str; 9] =
-    ["01_ln1_output", "02_q", "02_k", "02_v", "03_cache_k", "03_cache_v", "04_scores", "05_output", "06_ffn"];
+const NINE: [&str; 9] = [
+    "01_ln1_output",
+    "02_q",
+    "02_k",
+    "02_v",
+    "03_cache_k",
+    "03_cache_v",
+    "04_scores",
+    "05_output",
+    "06_ffn",
+];
 
 fn run() -> Run {
     let dir = std::env::var_os("LLORCH_RUN")
@@ -22,7 +31,9 @@ fn run() -> Run {
 }
 
 fn engine(run: &Run) -> Gpt2Layer0 {
-    let model = run.model().expect("the GGUF the run names is not to be found");
+    let model = run
+        .model()
+        .expect("the GGUF the run names is not to be found");
     Gpt2Layer0::load(&model).unwrap()
 }
 
@@ -57,6 +68,12 @@ fn unscaled_scores_fail_at_the_scores_and_not_before() {
         .expect("a missing 1/sqrt(head_dim) must be caught");
     println!("{first}");
     let text = first.to_string();
-    assert!(text.starts_with("checkpoint 04_scores layer 0 (checkpoint_04_scores"), "{text}");
-    assert!(text.contains("DIVERGES from llama.cpp: element [0, "), "{text}");
+    assert!(
+        text.starts_with("checkpoint 04_scores layer 0 (checkpoint_04_scores"),
+        "{text}"
+    );
+    assert!(
+        text.contains("DIVERGES from llama.cpp: element [0, "),
+        "{text}"
+    );
 }

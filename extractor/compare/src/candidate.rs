@@ -312,7 +312,7 @@ pub fn table(rows: &[CandidateRow], llama: &[Row], against_llama: CandidateToler
 mod tests {
     use super::*;
     use crate::entries::F64;
-    use llorch_checkpoint_spec::format::{self, Format};
+    use llorch_checkpoint_spec::format;
     use llorch_checkpoint_spec::manifest::Tolerance;
 
     fn entry(id: &str, layer: u32) -> Entry {
@@ -333,14 +333,7 @@ mod tests {
     }
 
     fn write(path: &Path, shape: &[i64], data: &[f32]) {
-        let mut bytes = Vec::new();
-        let format = if path.extension().is_some_and(|e| e == "npy") {
-            Format::Npy
-        } else {
-            Format::Bin
-        };
-        format::write(format, &mut bytes, shape, data).unwrap();
-        std::fs::write(path, bytes).unwrap();
+        format::write_file(path, shape, data).unwrap();
     }
 
     #[test]

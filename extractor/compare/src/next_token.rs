@@ -124,17 +124,9 @@ fn tie(logits: &Path, next_logits: &Path, llama: usize, reference: usize) -> Res
 #[cfg(test)]
 mod tests {
     use super::*;
-    use llorch_checkpoint_spec::format::Format;
 
     fn write(path: &Path, shape: &[i64], data: &[f32]) {
-        let mut bytes = Vec::new();
-        let format = if path.extension().is_some_and(|e| e == "npy") {
-            Format::Npy
-        } else {
-            Format::Bin
-        };
-        format::write(format, &mut bytes, shape, data).unwrap();
-        std::fs::write(path, bytes).unwrap();
+        format::write_file(path, shape, data).unwrap();
     }
 
     #[test]

@@ -80,6 +80,18 @@ pub fn write(format: Format, out: &mut impl Write, shape: &[i64], data: &[f32]) 
     Ok(())
 }
 
+/// Writes a checkpoint file whole or not at all; the format follows the
+/// extension (`.npy`, else `.bin`).
+pub fn write_file(path: &Path, shape: &[i64], data: &[f32]) -> Result<()> {
+    let format = match path.extension().is_some_and(|e| e == "npy") {
+        true => Format::Npy,
+        false => Format::Bin,
+    };
+    let mut bytes = Vec::with_capacity(data.len() * 4 + 128);
+    write(format, &mut bytes, shape, data)?;
+    crate::files::write_atomically(path, &bytes)
+}
+
 /// Reads and validates a checkpoint file; the format follows the extension.
 /// Every defect names the file and what is wrong with it.
 pub fn read(path: &Path) -> Result<Tensor> {

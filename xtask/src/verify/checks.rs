@@ -351,14 +351,7 @@ fn scaled_copy(run: &Path, candidate: &Path, node: &str) -> Result<String> {
     copy_run(run, candidate)?;
     let t = llorch_checkpoint_spec::format::read(&candidate.join(&victim))?;
     let scaled: Vec<f32> = t.data.iter().map(|x| x * 1.01).collect();
-    let mut bytes = Vec::new();
-    llorch_checkpoint_spec::format::write(
-        llorch_checkpoint_spec::format::Format::Bin,
-        &mut bytes,
-        &t.shape,
-        &scaled,
-    )?;
-    std::fs::write(candidate.join(&victim), bytes)?;
+    llorch_checkpoint_spec::format::write_file(&candidate.join(&victim), &t.shape, &scaled)?;
     Ok(victim)
 }
 

@@ -196,7 +196,10 @@ impl Verify {
         println!("== setup: llama.cpp, extractor, default model");
         // Nothing built yet (a fresh clone, as in CI): setup's build is a clean one.
         let from_nothing = !project.work_dir().join("llama").exists()
-            && !project.root().join("target/release/llorch-checkpoint-extractor").exists();
+            && !project
+                .root()
+                .join("target/release/llorch-checkpoint-extractor")
+                .exists();
         let t = Instant::now();
         let exe = ensure_extractor(project, Backend::Cpu)?;
         let clean_setup = from_nothing.then(|| t.elapsed().as_secs_f64());

@@ -196,7 +196,7 @@ fn manifest_tolerances(record: &RunRecord, dir: &Path) -> BTreeMap<String, Toler
     let by_stem: BTreeMap<&str, Tolerance> = manifest
         .checkpoints
         .iter()
-        .map(|c| (c.file_stem.as_str(), c.tolerance.into()))
+        .map(|c| (c.file_stem.as_str(), Tolerance::from_spec(c.tolerance)))
         .collect();
     record
         .checkpoints

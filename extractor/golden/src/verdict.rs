@@ -38,12 +38,14 @@ impl Tolerance {
     /// assert!(!compare(&one_percent_off, &golden, Tolerance::against_llama_cpp()).pass());
     /// ```
     pub fn against_llama_cpp() -> Self {
-        AGAINST_LLAMA_CPP.into()
+        Tolerance::from_spec(AGAINST_LLAMA_CPP)
     }
 }
 
-impl From<SpecTolerance> for Tolerance {
-    fn from(t: SpecTolerance) -> Self {
+// Conversions by hand, not `From`: the spec crate's type stays out of this
+// crate's public surface.
+impl Tolerance {
+    pub(crate) fn from_spec(t: SpecTolerance) -> Self {
         Tolerance {
             atol: t.atol,
             atol_of_max: t.atol_of_max,
@@ -51,15 +53,13 @@ impl From<SpecTolerance> for Tolerance {
             nmse: t.nmse,
         }
     }
-}
 
-impl From<Tolerance> for SpecTolerance {
-    fn from(t: Tolerance) -> Self {
+    fn to_spec(self) -> SpecTolerance {
         SpecTolerance {
-            atol: t.atol,
-            atol_of_max: t.atol_of_max,
-            rtol: t.rtol,
-            nmse: t.nmse,
+            atol: self.atol,
+            atol_of_max: self.atol_of_max,
+            rtol: self.rtol,
+            nmse: self.nmse,
         }
     }
 }
@@ -145,7 +145,7 @@ pub(crate) fn judge(what: &str, engine: &[f32], golden: &Tensor, tolerance: Tole
     }
     let ours: Vec<f64> = engine.iter().map(|&x| x.into()).collect();
     let theirs: Vec<f64> = golden.data().iter().map(|&x| x.into()).collect();
-    let m = metrics(&ours, &theirs, &tolerance.into());
+    let m = metrics(&ours, &theirs, &tolerance.to_spec());
     // The element that is worst against its own bound, not merely the largest |diff|.
     let at = m.worst;
     Verdict {

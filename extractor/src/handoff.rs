@@ -9,6 +9,7 @@
 //! prompt), the copies so far go to the writer early, and the callback waits
 //! for room. Only then does writing overlap the compute.
 
+use std::collections::VecDeque;
 use std::sync::mpsc::{Receiver, Sender};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 
@@ -32,10 +33,11 @@ struct Budget {
 
 /// Copies' buffers given back once written (or discarded), for the next
 /// copies: a reused buffer is already in memory, so a copy into it pays no
-/// page faults and no zeroing by the kernel. Held within the budget too.
+/// page faults and no zeroing by the kernel. Held within the budget too;
+/// oldest first, so that the newest are the ones kept when room runs out.
 #[derive(Default)]
 struct Spare {
-    buffers: Vec<Vec<f32>>,
+    buffers: VecDeque<Vec<f32>>,
     bytes: usize,
 }
 
@@ -69,7 +71,7 @@ impl Budget {
             .map(|(i, _)| i);
         match best {
             Some(i) => {
-                let v = spare.buffers.swap_remove(i);
+                let v = spare.buffers.remove(i).expect("an index found above");
                 spare.bytes -= bytes(v.capacity());
                 v
             }
@@ -77,19 +79,27 @@ impl Budget {
         }
     }
 
-    /// Keeps `v` for a later copy while the budget has room for it.
+    /// Keeps `v` for a later copy, within the budget: the oldest spare
+    /// buffers make room for it. Otherwise a node larger than what the spare
+    /// buffers left (a whole pass's logits: 157 MB at 781 GPT-2 tokens) would
+    /// be copied into fresh memory, page faults and all, on every pass.
     fn recycle(&self, mut v: Vec<f32>) {
         let size = bytes(v.capacity());
-        if v.capacity() < SPARE_MIN {
+        let room = self.limit.saturating_sub(self.ledger().used);
+        if v.capacity() < SPARE_MIN || size > room {
             return;
         }
-        let used = self.ledger().used;
         let mut spare = self.spare();
-        if used + spare.bytes + size <= self.limit {
-            v.clear();
-            spare.bytes += size;
-            spare.buffers.push(v);
+        while spare.bytes + size > room {
+            let old = spare
+                .buffers
+                .pop_front()
+                .expect("spare bytes are its buffers'");
+            spare.bytes -= bytes(old.capacity());
         }
+        v.clear();
+        spare.bytes += size;
+        spare.buffers.push_back(v);
     }
 
     /// Waits until `done` holds; an error, not a hang, once the writer stopped.
@@ -355,13 +365,32 @@ mod tests {
         assert_eq!(out.buffer(SPARE_MIN / 4).capacity(), SPARE_MIN / 4);
         let again = out.buffer(SPARE_MIN);
         assert_eq!((again.as_ptr(), again.len()), (at, 0));
-        // Beyond the budget a buffer is let go: 3 fit, the fourth does not.
-        for _ in 0..4 {
+        // Within the budget the oldest buffers make room for the newest: 3
+        // fit, a fourth takes the place of the first.
+        let fourth = Vec::with_capacity(SPARE_MIN);
+        let (first, fourth_at) = (again.as_ptr(), fourth.as_ptr());
+        out.recycle(again);
+        for _ in 0..2 {
             out.recycle(Vec::with_capacity(SPARE_MIN));
         }
-        assert_eq!(out.budget.spare().buffers.len(), 3);
+        out.recycle(fourth);
+        let held = |out: &Outbox| -> Vec<_> {
+            out.budget
+                .spare()
+                .buffers
+                .iter()
+                .map(|v| v.as_ptr())
+                .collect()
+        };
+        assert_eq!(held(&out).len(), 3);
+        assert!(!held(&out).contains(&first) && held(&out).contains(&fourth_at));
+        // One as large as the budget replaces them all; a larger one is let go.
+        out.recycle(Vec::with_capacity(3 * SPARE_MIN));
+        assert_eq!(out.budget.spare().buffers.len(), 1);
+        out.recycle(Vec::with_capacity(4 * SPARE_MIN));
+        assert_eq!(out.budget.spare().buffers[0].capacity(), 3 * SPARE_MIN);
         // Small buffers are not kept at all.
         out.recycle(Vec::with_capacity(16));
-        assert_eq!(out.budget.spare().buffers.len(), 3);
+        assert_eq!(out.budget.spare().buffers.len(), 1);
     }
 }

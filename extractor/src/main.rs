@@ -64,8 +64,9 @@ struct Cli {
     /// CPU threads [default: all cores].
     #[arg(short = 't', long)]
     threads: Option<i32>,
-    /// Threads that copy a large captured node while the compute waits for the callback
-    /// [default: the compute's threads; 1 copies on the callback's thread alone].
+    /// Threads that copy a large captured node while the compute waits for the callback,
+    /// at most `--threads` [default: 1, the callback's thread: the compute's other threads
+    /// spin between the graph's splits on the cores a second copy thread would take].
     #[arg(long, value_name = "N")]
     copy_threads: Option<usize>,
     /// Context size (KV-cache cells) [default: 512, or the model's trained context if smaller];
@@ -191,7 +192,7 @@ fn main() -> ExitCode {
             threads,
             copy_threads: cli
                 .copy_threads
-                .unwrap_or(threads.max(1) as usize)
+                .unwrap_or(1)
                 .clamp(1, threads.max(1) as usize),
             kv_type: cli.kv_type,
             n_predict: cli.n_predict,

@@ -41,8 +41,8 @@ pub struct Bench {
     /// Where the runs, bench.json and cost.svg go [default: target/llorch/bench].
     #[arg(long)]
     out: Option<PathBuf>,
-    /// More flags for every extractor run, e.g. `--extra='--copy-threads 1 --load read'`
-    /// (one thread copying, the weights read at load) to measure what those choices buy.
+    /// More flags for every extractor run, e.g. `--extra='--copy-threads 2 --load read'`
+    /// (two threads copying, the weights read at load) to measure what those choices buy.
     #[arg(long, allow_hyphen_values = true, default_value = "")]
     extra: String,
     /// An extractor binary to measure instead of this checkout's, built against the same

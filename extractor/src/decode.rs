@@ -27,8 +27,9 @@ pub enum Steps {
 #[derive(Clone, Debug)]
 pub struct DecodeOptions {
     pub threads: i32,
-    /// `--copy-threads`: at most `threads`.
-    pub copy_threads: usize,
+    /// `--copy-threads`, at most `threads`; `None`: `threads` on ggml's
+    /// OpenMP team, else 1 (see [`crate::ffi::team`]).
+    pub copy_threads: Option<usize>,
     pub kv_type: KvType,
     /// `-n`: tokens to generate (greedy) and feed back after the prompt.
     pub n_predict: usize,
@@ -43,6 +44,18 @@ pub struct DecodeOptions {
 }
 
 impl DecodeOptions {
+    /// The threads a large node's copy takes: `--copy-threads`, or every
+    /// compute thread where ggml's OpenMP team copies, else the callback's alone.
+    pub fn copy_threads(&self) -> usize {
+        let compute = self.threads.max(1) as usize;
+        let default = if crate::ffi::team::on_openmp() {
+            compute
+        } else {
+            1
+        };
+        self.copy_threads.unwrap_or(default).clamp(1, compute)
+    }
+
     /// The passes a prompt of `n_tokens` takes: one, or one per token with `--sequential`.
     pub fn prompt_passes(&self, n_tokens: usize) -> usize {
         if self.sequential {
@@ -84,7 +97,7 @@ pub(crate) fn passes(
 ) -> Result<(Decoded, (Vec<CheckpointRecord>, f64))> {
     let (outbox, inbox) = handoff::channel(opts.buffer_mb << 20);
     let writer = output.spawn_writer(inbox);
-    let capture = selection.map(|s| Capture::new(s, outbox, flash_attn, opts.copy_threads));
+    let capture = selection.map(|s| Capture::new(s, outbox, flash_attn, opts.copy_threads()));
     let params = ContextParams {
         n_ctx: loaded.n_ctx,
         // Sized by the largest pass, not the context: the scheduler reserves

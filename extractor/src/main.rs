@@ -65,8 +65,8 @@ struct Cli {
     #[arg(short = 't', long)]
     threads: Option<i32>,
     /// Threads that copy a large captured node while the compute waits for the callback,
-    /// at most `--threads` [default: 1, the callback's thread: the compute's other threads
-    /// spin between the graph's splits on the cores a second copy thread would take].
+    /// at most `--threads` [default: `--threads` where ggml computes on OpenMP, whose team
+    /// then copies; else 1: the compute's own workers spin on the cores a copy thread would use].
     #[arg(long, value_name = "N")]
     copy_threads: Option<usize>,
     /// Context size (KV-cache cells) [default: 512, or the model's trained context if smaller];
@@ -190,10 +190,7 @@ fn main() -> ExitCode {
         load: cli.load,
         decode: DecodeOptions {
             threads,
-            copy_threads: cli
-                .copy_threads
-                .unwrap_or(1)
-                .clamp(1, threads.max(1) as usize),
+            copy_threads: cli.copy_threads,
             kv_type: cli.kv_type,
             n_predict: cli.n_predict,
             steps: cli.steps,

@@ -4,6 +4,7 @@
 //! - [`llama`]: model, vocabulary, context, decode, logits.
 //! - [`tensor`]: a borrowed view of a graph node inside the eval callback,
 //!   copied out to f32 respecting strides and type.
+//! - [`team`]: the copy's work split over ggml's OpenMP team (or threads of its own).
 //! - [`eval`]: the panic-safe eval-callback trampoline.
 //! - [`gguf`]: GGUF files through ggml's gguf API: the model writer and a header reader.
 //! - [`rpc`]: ggml's RPC backend (servers, and registering them).
@@ -36,6 +37,7 @@ pub mod gguf;
 pub mod llama;
 pub mod process;
 pub mod rpc;
+pub mod team;
 pub mod tensor;
 
 pub use backend::{devices, ggml_version, init, system_info, type_name, BACKEND_DIR_ENV};

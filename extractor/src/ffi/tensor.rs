@@ -2,6 +2,7 @@
 
 use std::ffi::CStr;
 use std::mem::MaybeUninit;
+use std::sync::Mutex;
 
 use anyhow::{bail, ensure, Result};
 
@@ -269,9 +270,9 @@ impl Layout {
     }
 
     /// The kept elements of `src` (the node's bytes), as f32 in ggml order,
-    /// into `out` (its capacity reused, nothing zero-filled first): rows
-    /// split over up to `threads` threads when the node is large enough for
-    /// a thread's start (tens of µs) to be worth it.
+    /// into `out` (its capacity reused, nothing zero-filled first): in blocks
+    /// of rows of about 1 MiB, shared by up to `threads` threads (OpenMP's
+    /// team where ggml computes with one: see [`super::team`]).
     fn gather(&self, src: &[u8], keep: [i64; 4], threads: usize, out: &mut Vec<f32>) {
         let [n0, n1, n2, n3] = keep.map(|k| k as usize);
         let rows = n1 * n2 * n3;
@@ -281,8 +282,7 @@ impl Layout {
             return;
         }
         out.reserve(n);
-        let threads = threads.clamp(1, (n / PARALLEL_ELEMENTS).max(1));
-        let rows_each = rows.div_ceil(threads);
+        let rows_each = (PARALLEL_ELEMENTS / n0).max(1);
         let run = |first: usize, out: &mut [MaybeUninit<f32>]| {
             for (r, dst) in out.chunks_exact_mut(n0).enumerate() {
                 let r = first + r;
@@ -291,19 +291,18 @@ impl Layout {
                 self.gather_row(src, row, dst);
             }
         };
-        let mut chunks = out.spare_capacity_mut()[..n]
+        let blocks: Vec<Mutex<&mut [MaybeUninit<f32>]>> = out.spare_capacity_mut()[..n]
             .chunks_mut(rows_each * n0)
-            .enumerate();
-        let (_, mine) = chunks.next().expect("at least one row");
-        std::thread::scope(|scope| {
-            for (k, chunk) in chunks {
-                scope.spawn(move || run(k * rows_each, chunk));
-            }
-            run(0, mine);
+            .map(Mutex::new)
+            .collect();
+        let threads = if blocks.len() > 1 { threads } else { 1 };
+        super::team::for_each_task(threads, blocks.len(), &|k| {
+            let mut block = blocks[k].lock().unwrap_or_else(|p| p.into_inner());
+            run(k * rows_each, &mut block);
         });
         // SAFETY: every row of the first n elements was written above (the
-        // chunks cover them all, `gather_row` writes each element of its
-        // row); a panic there would have left the length 0.
+        // blocks cover them all, each task ran once, `gather_row` writes each
+        // element of its row); a panic there would have left the length 0.
         unsafe { out.set_len(n) };
     }
 
@@ -321,7 +320,8 @@ impl Layout {
     }
 }
 
-/// Below this many elements (1 MiB of f32) a node is copied on one thread.
+/// Elements (1 MiB of f32) in a block of rows that one thread copies: a
+/// smaller node is copied on the callback's thread alone.
 const PARALLEL_ELEMENTS: usize = 1 << 18;
 
 /// Elements converted at a time through a buffer on the stack (in L1): the

@@ -8,8 +8,8 @@
 //! 781 tokens, 2 cores). The spinning workers themselves take a parallel
 //! region at once: `GOMP_parallel` (libgomp's entry point for `#pragma omp
 //! parallel`, which LLVM's libomp exports too), looked up in the process, not
-//! linked, so a ggml built without OpenMP, or a user's tree built with its own
-//! threadpool, gets scoped threads instead.
+//! linked. A ggml built without OpenMP (its own threadpool) copies on the
+//! callback's thread by default, on scoped threads with `--copy-threads N`.
 
 use std::ffi::c_void;
 use std::panic::{catch_unwind, AssertUnwindSafe};

@@ -291,15 +291,17 @@ impl Layout {
                 self.gather_row(src, row, dst);
             }
         };
-        let blocks: Vec<Mutex<&mut [MaybeUninit<f32>]>> = out.spare_capacity_mut()[..n]
-            .chunks_mut(rows_each * n0)
-            .map(Mutex::new)
-            .collect();
-        let threads = if blocks.len() > 1 { threads } else { 1 };
-        super::team::for_each_task(threads, blocks.len(), &|k| {
-            let mut block = blocks[k].lock().unwrap_or_else(|p| p.into_inner());
-            run(k * rows_each, &mut block);
-        });
+        let spare = &mut out.spare_capacity_mut()[..n];
+        if n <= rows_each * n0 || threads <= 1 {
+            run(0, spare);
+        } else {
+            let blocks: Vec<Mutex<&mut [MaybeUninit<f32>]>> =
+                spare.chunks_mut(rows_each * n0).map(Mutex::new).collect();
+            super::team::for_each_task(threads, blocks.len(), &|k| {
+                let mut block = blocks[k].lock().unwrap_or_else(|p| p.into_inner());
+                run(k * rows_each, &mut block);
+            });
+        }
         // SAFETY: every row of the first n elements was written above (the
         // blocks cover them all, each task ran once, `gather_row` writes each
         // element of its row); a panic there would have left the length 0.

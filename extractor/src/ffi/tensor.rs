@@ -271,8 +271,8 @@ impl Layout {
 
     /// The kept elements of `src` (the node's bytes), as f32 in ggml order,
     /// into `out` (its capacity reused, nothing zero-filled first): in blocks
-    /// of rows of about 1 MiB, shared by up to `threads` threads (OpenMP's
-    /// team where ggml computes with one: see [`super::team`]).
+    /// of rows shared by up to `threads` threads (OpenMP's team where ggml
+    /// computes with one: see [`super::team`]).
     fn gather(&self, src: &[u8], keep: [i64; 4], threads: usize, out: &mut Vec<f32>) {
         let [n0, n1, n2, n3] = keep.map(|k| k as usize);
         let rows = n1 * n2 * n3;
@@ -282,17 +282,26 @@ impl Layout {
             return;
         }
         out.reserve(n);
-        let rows_each = (PARALLEL_ELEMENTS / n0).max(1);
+        let rows_each = rows.div_ceil(blocks(n, threads));
         let run = |first: usize, out: &mut [MaybeUninit<f32>]| {
-            for (r, dst) in out.chunks_exact_mut(n0).enumerate() {
-                let r = first + r;
-                let (i1, i2, i3) = (r % n1, r / n1 % n2, r / (n1 * n2));
+            // The row's indices, stepped rather than divided out per row: the
+            // permuted cache views have rows of 64 elements.
+            let (mut i1, mut i2, mut i3) = (first % n1, first / n1 % n2, first / (n1 * n2));
+            for dst in out.chunks_exact_mut(n0) {
                 let row = i1 * self.nb[1] + i2 * self.nb[2] + i3 * self.nb[3];
                 self.gather_row(src, row, dst);
+                i1 += 1;
+                if i1 == n1 {
+                    (i1, i2) = (0, i2 + 1);
+                    if i2 == n2 {
+                        (i2, i3) = (0, i3 + 1);
+                    }
+                }
             }
+            stream::fence();
         };
         let spare = &mut out.spare_capacity_mut()[..n];
-        if n <= rows_each * n0 || threads <= 1 {
+        if rows_each >= rows {
             run(0, spare);
         } else {
             let blocks: Vec<Mutex<&mut [MaybeUninit<f32>]>> =
@@ -322,9 +331,23 @@ impl Layout {
     }
 }
 
-/// Elements (1 MiB of f32) in a block of rows that one thread copies: a
-/// smaller node is copied on the callback's thread alone.
-const PARALLEL_ELEMENTS: usize = 1 << 18;
+/// Below this many elements (128 KiB of f32) a node is copied on the
+/// callback's thread alone: waking the team would cost more than it saves.
+const PARALLEL_MIN: usize = 1 << 15;
+
+/// At most this many elements (1 MiB of f32) in one block of rows.
+const BLOCK_MAX: usize = 1 << 18;
+
+/// How many blocks a copy of `n` elements is cut into: one per thread for
+/// any node above [`PARALLEL_MIN`] (most nodes of a 120-token GPT-2 pass are
+/// 0.1-1 MiB: with 1 MiB blocks they were copied on one thread), a multiple
+/// of the threads for the large ones, so that each thread gets as many.
+fn blocks(n: usize, threads: usize) -> usize {
+    match n < PARALLEL_MIN || threads <= 1 {
+        true => 1,
+        false => threads * n.div_ceil(threads * BLOCK_MAX),
+    }
+}
 
 /// Elements converted at a time through a buffer on the stack (in L1): the
 /// vectorised f16 conversion writes initialised `f32`s, which `out` is not yet.
@@ -337,12 +360,7 @@ fn convert(bytes: &[u8], out: &mut [MaybeUninit<f32>], element: Element) {
     match element {
         Element::F32 => {
             assert!(bytes.len() >= 4 * n, "a row shorter than its elements");
-            // SAFETY: `bytes` holds at least 4n bytes and `out` is 4n writable
-            // bytes; they do not overlap (a node's data is not the copy's
-            // buffer); f32 has no invalid bit patterns, and ggml's are native.
-            unsafe {
-                std::ptr::copy_nonoverlapping(bytes.as_ptr(), out.as_mut_ptr().cast::<u8>(), 4 * n)
-            };
+            stream::copy(&bytes[..4 * n], out);
         }
         Element::F16 => convert_halves::<half::f16>(bytes, out),
         Element::Bf16 => convert_halves::<half::bf16>(bytes, out),
@@ -380,8 +398,7 @@ where
     {
         let buf = &mut buf[..src.len()];
         src.convert_to_f32_slice(buf);
-        // SAFETY: `dst` is writable for buf.len() f32s; the two do not overlap.
-        unsafe { std::ptr::copy_nonoverlapping(buf.as_ptr(), dst.as_mut_ptr().cast(), buf.len()) };
+        stream::copy(bytemuck_bytes(buf), dst);
     }
 }
 
@@ -397,5 +414,192 @@ fn element_to_f32(bytes: &[u8], element: Element) -> f32 {
             // SAFETY: `convert` wrote the one element.
             unsafe { one[0].assume_init() }
         }
+    }
+}
+
+/// f32s as their bytes.
+fn bytemuck_bytes(floats: &[f32]) -> &[u8] {
+    // SAFETY: u8 has no alignment and no invalid bit patterns; same extent.
+    unsafe { std::slice::from_raw_parts(floats.as_ptr().cast(), 4 * floats.len()) }
+}
+
+/// Copies into the capture's buffers with non-temporal stores: the copy is
+/// read again only by the writer, after the pass, so its lines need not
+/// enter the cache, where they would evict the compute's working set (and
+/// each would first be read from memory, for ownership). On x86-64 (SSE2,
+/// always there); elsewhere a plain copy.
+mod stream {
+    use std::mem::MaybeUninit;
+
+    /// The f32s whose bytes are `bytes` (native encoding), into every element of `dst`.
+    pub fn copy(bytes: &[u8], dst: &mut [MaybeUninit<f32>]) {
+        assert_eq!(bytes.len(), 4 * dst.len(), "a copy of unequal lengths");
+        #[cfg(target_arch = "x86_64")]
+        if dst.len() >= STREAM_MIN {
+            return copy_streaming(bytes, dst);
+        }
+        // SAFETY: both are 4 * dst.len() bytes and do not overlap (a node's
+        // data, or a stack buffer, is never the copy's buffer); f32 has no
+        // invalid bit patterns.
+        unsafe {
+            std::ptr::copy_nonoverlapping(
+                bytes.as_ptr(),
+                dst.as_mut_ptr().cast::<u8>(),
+                bytes.len(),
+            )
+        };
+    }
+
+    /// Below this many f32s (1 KiB) a row is copied plainly: a streamed
+    /// row's partly written first and last cache lines cost more than they save.
+    #[cfg(target_arch = "x86_64")]
+    const STREAM_MIN: usize = 256;
+
+    #[cfg(target_arch = "x86_64")]
+    fn copy_streaming(bytes: &[u8], dst: &mut [MaybeUninit<f32>]) {
+        use std::arch::x86_64::{_mm_loadu_ps, _mm_stream_ps};
+        // Up to 3 elements before the first 16-byte-aligned one.
+        let head = dst.as_ptr().align_offset(16).min(dst.len());
+        let body = (dst.len() - head) / 4 * 4;
+        let (start, rest) = dst.split_at_mut(head);
+        let (middle, end) = rest.split_at_mut(body);
+        copy_plain(&bytes[..4 * head], start);
+        for (i, quad) in middle.chunks_exact_mut(4).enumerate() {
+            let at = 4 * (head + 4 * i);
+            let from = &bytes[at..at + 16];
+            // SAFETY: `from` is 16 readable bytes (unaligned load); `quad` is
+            // 4 writable f32s, 16-byte aligned (split at `head` above).
+            unsafe { _mm_stream_ps(quad.as_mut_ptr().cast(), _mm_loadu_ps(from.as_ptr().cast())) };
+        }
+        copy_plain(&bytes[4 * (head + body)..], end);
+    }
+
+    #[cfg(target_arch = "x86_64")]
+    fn copy_plain(bytes: &[u8], dst: &mut [MaybeUninit<f32>]) {
+        for (d, b) in dst.iter_mut().zip(bytes.chunks_exact(4)) {
+            d.write(f32::from_ne_bytes(b.try_into().expect("4 bytes")));
+        }
+    }
+
+    /// Orders this thread's streamed stores before anything it does next
+    /// (handing the copy over, finishing its task): once per block of rows.
+    pub fn fence() {
+        #[cfg(target_arch = "x86_64")]
+        // SAFETY: sfence has no operands and no preconditions.
+        unsafe {
+            std::arch::x86_64::_mm_sfence()
+        };
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn f32_bytes(values: &[f32]) -> Vec<u8> {
+        values.iter().flat_map(|v| v.to_ne_bytes()).collect()
+    }
+
+    #[test]
+    fn a_streamed_copy_writes_every_element_at_any_alignment() {
+        for len in [0, 1, 3, 255, 256, 257, 1023, 1030] {
+            let values: Vec<f32> = (0..len).map(|i| i as f32 * 0.5 - 7.0).collect();
+            let bytes = f32_bytes(&values);
+            for offset in 0..4 {
+                let mut dst = vec![MaybeUninit::new(f32::NAN); len + 4];
+                stream::copy(&bytes, &mut dst[offset..offset + len]);
+                stream::fence();
+                // SAFETY: every element was initialised (NaN, then the copy).
+                let got: Vec<f32> = dst.iter().map(|d| unsafe { d.assume_init() }).collect();
+                assert_eq!(
+                    &got[offset..offset + len],
+                    &values[..],
+                    "{len} at +{offset}"
+                );
+                assert!(got[..offset]
+                    .iter()
+                    .chain(&got[offset + len..])
+                    .all(|v| v.is_nan()));
+            }
+        }
+    }
+
+    /// A node of `ne` elements laid out with the outer two dims swapped (as
+    /// a permuted cache view is), each element `encode`d from its value.
+    fn permuted(
+        ne: [usize; 4],
+        size: usize,
+        encode: impl Fn(f32) -> Vec<u8>,
+    ) -> (Vec<u8>, [usize; 4]) {
+        let nb = [
+            size,
+            size * ne[0],
+            size * ne[0] * ne[1] * ne[3],
+            size * ne[0] * ne[1],
+        ];
+        let mut src = vec![0u8; size * ne.iter().product::<usize>()];
+        for (i, value) in (0..ne.iter().product::<usize>()).map(|i| (i, value_at(i))) {
+            let (i0, i1, i2, i3) = (
+                i % ne[0],
+                i / ne[0] % ne[1],
+                i / (ne[0] * ne[1]) % ne[2],
+                i / (ne[0] * ne[1] * ne[2]),
+            );
+            let at = i0 * nb[0] + i1 * nb[1] + i2 * nb[2] + i3 * nb[3];
+            src[at..at + size].copy_from_slice(&encode(value));
+        }
+        (src, nb)
+    }
+
+    /// Element `i`'s value (in ggml order), exact in f16 too.
+    fn value_at(i: usize) -> f32 {
+        (i % 2039) as f32 * 0.25 - 255.0
+    }
+
+    #[test]
+    fn a_strided_node_is_gathered_the_same_on_any_number_of_threads() {
+        let ne = [64, 41, 30, 2];
+        let f16 = |v: f32| half::f16::from_f32(v).to_ne_bytes().to_vec();
+        let f32 = |v: f32| v.to_ne_bytes().to_vec();
+        for (element, size, encode) in [
+            (Element::F32, 4, &f32 as &dyn Fn(f32) -> Vec<u8>),
+            (Element::F16, 2, &f16),
+        ] {
+            let (src, nb) = permuted(ne, size, encode);
+            let layout = Layout {
+                nb,
+                blck: 1,
+                type_size: size,
+                element,
+                row_contiguous: true,
+            };
+            // Whole, and with the last 11 cells of dim 1 dropped (KV padding).
+            for keep in [ne, [64, 30, 30, 2]] {
+                let expected: Vec<f32> = (0..keep.iter().product::<usize>())
+                    .map(|k| {
+                        let (i0, i1, rest) =
+                            (k % keep[0], k / keep[0] % keep[1], k / (keep[0] * keep[1]));
+                        value_at(i0 + ne[0] * (i1 + ne[1] * rest))
+                    })
+                    .collect();
+                for threads in [1, 2, 3] {
+                    let mut out = Vec::new();
+                    layout.gather(&src, keep.map(|k| k as i64), threads, &mut out);
+                    assert!(
+                        out == expected,
+                        "{size}-byte elements, keep {keep:?}, {threads} threads"
+                    );
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn blocks_give_each_thread_work_above_the_minimum() {
+        assert_eq!(blocks(PARALLEL_MIN - 1, 2), 1);
+        assert_eq!(blocks(PARALLEL_MIN, 1), 1);
+        assert_eq!(blocks(PARALLEL_MIN, 2), 2);
+        assert_eq!(blocks(2 * BLOCK_MAX, 2), 2);
+        assert_eq!(blocks(2 * BLOCK_MAX + 1, 2), 4);
     }
 }

@@ -41,7 +41,7 @@ pub mod hooks;
 pub mod kv_cells;
 pub mod list_nodes;
 pub mod load;
-pub use llorch_checkpoint_spec::{format, manifest, record};
+pub use llorch_checkpoint_spec::{flags, format, manifest, record};
 pub mod output;
 pub mod preflight;
 pub mod run;

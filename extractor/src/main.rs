@@ -81,7 +81,7 @@ struct Cli {
     /// `1,1` for halves [default: by free memory].
     #[arg(long, value_delimiter = ',', value_name = "W,W,...")]
     tensor_split: Vec<f32>,
-    /// Layers offloaded to a GPU or RPC backend, if the build has one.
+    /// Layers offloaded to a GPU or RPC backend, if the build has one (`-ngl`).
     #[arg(long = "n-gpu-layers", visible_alias = "ngl", default_value_t = 0)]
     n_gpu_layers: i32,
     /// Output directory: absent, empty, or an earlier run. The run is staged beside it and,
@@ -91,8 +91,8 @@ struct Cli {
     /// Checkpoint file format.
     #[arg(long, value_enum, default_value_t = Format::Bin)]
     format: Format,
-    /// Flash attention: on, off, or auto (llama.cpp's default: on where the backend supports
-    /// it). With it on there are no attention scores (kq_soft_max): such checkpoints are
+    /// Flash attention (`-fa`): on, off, or auto (llama.cpp's default: on where the backend
+    /// supports it). With it on there are no attention scores (kq_soft_max): such checkpoints are
     /// recorded as absent, with the reason, and V is cached untransposed.
     #[arg(long, value_enum, default_value_t = FlashAttnMode::Auto)]
     flash_attn: FlashAttnMode,
@@ -141,7 +141,9 @@ struct Cli {
 }
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let cli = Cli::parse_from(llorch_checkpoint_extractor::flags::expand_llama_short(
+        std::env::args_os(),
+    ));
     llorch_checkpoint_extractor::cli::init_logging(cli.verbose);
     #[cfg(feature = "test-hooks")]
     cli.hooks.install();

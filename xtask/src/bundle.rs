@@ -49,7 +49,7 @@ const MODEL: Synthetic = Synthetic {
     seed: 0,
     dtype: Dtype::F32,
 };
-const MODEL_ARGS: &str = "--layers 12 --seed 0 --dtype f32";
+const MODEL_ARGS: &str = "--n-layer 12 --seed 0 --dtype f32";
 
 #[derive(clap::Args)]
 pub struct DeviceBundle {

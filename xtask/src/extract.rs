@@ -3,19 +3,34 @@
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result};
-use llorch_checkpoint_spec::record::RunRecord;
+use llorch_checkpoint_spec::manifest::Manifest;
+use llorch_checkpoint_spec::record::{FlashAttnMode, RunRecord};
 
 use crate::build::{self, Backend};
+use crate::flags::{self, LlamaFlags};
 use crate::model::ModelArgs;
 use crate::project::Flavour;
 use crate::project::Project;
-use crate::step::Step;
+use crate::step::{self, Step};
 use crate::tree::{Tree, TreeArg};
 
 #[derive(clap::Args)]
 pub struct Extract {
     #[command(flatten)]
     input: ModelArgs,
+    /// Read the prompt from this file (as it is: no newline is stripped) instead of --prompt.
+    #[arg(
+        short = 'f',
+        long = "file",
+        value_name = "PROMPT_FILE",
+        conflicts_with = "tokens"
+    )]
+    prompt_file: Option<PathBuf>,
+    /// The prompt as token ids (`15496,995`) instead of --prompt.
+    #[arg(long, value_name = "ID,ID,...")]
+    tokens: Option<String>,
+    #[command(flatten)]
+    pub llama: LlamaFlags,
     #[arg(long, value_enum, default_value_t = Backend::Cpu)]
     backend: Backend,
     #[command(flatten)]
@@ -26,16 +41,30 @@ pub struct Extract {
     /// The layers to extract instead of the manifest's: `all`, or numbers like `0,5,29` (negative from the last: -1).
     #[arg(long, value_name = "all|N,N,...", allow_hyphen_values = true)]
     pub layers: Option<String>,
-    /// Further flags for the extractor (after `--`), e.g. `-- --kv-type f32 --format npy`.
+    /// Any further extractor flags (after `--`), e.g. `-- --kv-type f32 --format npy`. The flags
+    /// extract has itself (-m, --manifest, -p, -f, --tokens, --out, --layers, -fa, -ngl, -t, -c)
+    /// may be given there too and win; `--tensors GLOB` replaces the manifest.
     #[arg(last = true)]
     extractor_args: Vec<String>,
 }
 
+/// Extractor flags that print and exit without a run to tabulate.
+const ONLY_PRINTS: &[&str] = &[
+    "--list-nodes",
+    "--system-info",
+    "-h",
+    "--help",
+    "-V",
+    "--version",
+];
+
 impl Extract {
-    pub fn run(self, project: &Project) -> Result<()> {
+    pub fn run(mut self, project: &Project) -> Result<()> {
+        self.take_overrides()?;
         // Paths given on the command line are the caller's; defaults are the project's.
         let out = self
             .out
+            .take()
             .map(std::path::absolute)
             .transpose()?
             .unwrap_or_else(|| project.root().join("checkpoints"));
@@ -44,33 +73,102 @@ impl Extract {
         let (model, manifest) = self.input.resolve(project)?;
         let tree = self.tree.resolve(project)?;
         let exe = build::ensure_extractor(project, self.backend, &tree)?;
-        let args = [
-            "-m".into(),
-            model.into_os_string(),
-            "--manifest".into(),
-            manifest.into(),
-        ]
-        .into_iter()
-        .chain([
-            "-p".into(),
-            self.input.prompt.into(),
-            "--out".into(),
-            out.clone().into(),
-        ])
-        .chain(self.layers.as_deref().map(layer_arg).map(Into::into))
-        .chain(self.extractor_args.into_iter().map(Into::into));
+        let by_manifest = !flags::has(&self.extractor_args, &["--tensors"]);
+        if by_manifest && self.llama.flash_attn.is_none() {
+            self.llama.flash_attn = every_checkpoint(&manifest, &project.shown(&manifest))?;
+        }
+        let mut args: Vec<String> = vec!["-m".into(), path_arg(&model)?, "--out".into()];
+        args.push(path_arg(&out)?);
+        if by_manifest {
+            args.extend(["--manifest".into(), path_arg(&manifest)?]);
+        }
+        args.extend(self.prompt_args()?);
+        args.extend(self.layers.as_deref().map(layer_arg));
+        args.extend(self.llama.to_args());
+        args.extend(self.extractor_args.iter().cloned());
+        if flags::has(&self.extractor_args, ONLY_PRINTS) {
+            return duct::cmd(&exe, &args)
+                .run()
+                .map(drop)
+                .context("the extractor failed");
+        }
         let step = Step::start(project, "extract", "running the extractor")?;
-        step.run("llorch-checkpoint-extractor", duct::cmd(&exe, args))
+        step.run("llorch-checkpoint-extractor", duct::cmd(&exe, &args))
             .context("the extractor failed")?;
         let record = RunRecord::read(&out)?;
         step.finish(&format!(
             "{} checkpoints and run.json in {} (its log: {})",
             record.checkpoints.len(),
-            out.display(),
-            project.work_dir().join("logs/extract.log").display()
+            project.shown(&out),
+            project.shown(&project.work_dir().join("logs/extract.log"))
         ));
         print_table(&out, &project.shown(&out))
     }
+
+    /// The flags of extract's own given after `--` replace those before it.
+    fn take_overrides(&mut self) -> Result<()> {
+        let rest = &mut self.extractor_args;
+        self.llama.take_from(rest)?;
+        if let Some(v) = flags::take(rest, &["-m", "--model"]) {
+            self.input.model = Some(v);
+        }
+        if let Some(v) = flags::take(rest, &["--manifest"]) {
+            self.input.manifest = Some(v.into());
+        }
+        if let Some(v) = flags::take(rest, &["--out"]) {
+            self.out = Some(v.into());
+        }
+        if let Some(v) = flags::take(rest, &["--layers"]) {
+            self.layers = Some(v);
+        }
+        if let Some(v) = flags::take(rest, &["-p", "--prompt"]) {
+            (self.input.prompt, self.prompt_file, self.tokens) = (v, None, None);
+        }
+        if let Some(v) = flags::take(rest, &["-f", "--file"]) {
+            (self.prompt_file, self.tokens) = (Some(v.into()), None);
+        }
+        if let Some(v) = flags::take(rest, &["--tokens"]) {
+            (self.prompt_file, self.tokens) = (None, Some(v));
+        }
+        Ok(())
+    }
+
+    /// The prompt as one of the extractor's three ways to give it.
+    fn prompt_args(&self) -> Result<[String; 2]> {
+        Ok(match (&self.prompt_file, &self.tokens) {
+            (Some(file), _) => ["--file".into(), path_arg(&std::path::absolute(file)?)?],
+            (None, Some(ids)) => ["--tokens".into(), ids.clone()],
+            (None, None) => ["--prompt".into(), self.input.prompt.clone()],
+        })
+    }
+}
+
+/// Flash attention off where the manifest names a node that only a graph
+/// without it has (the scores): a manifest's checkpoints are all asked for.
+fn every_checkpoint(manifest: &Path, shown: &str) -> Result<Option<FlashAttnMode>> {
+    let parsed = Manifest::load(manifest)?;
+    let ids: std::collections::BTreeSet<&str> = parsed
+        .absent_under_flash_attn()
+        .map(|cp| cp.id.as_str())
+        .collect();
+    if ids.is_empty() {
+        return Ok(None);
+    }
+    step::note(
+        "extract",
+        &format!(
+            "flash attention off: {shown} names {}, which a graph with it has not \
+             (`-fa auto`: llama.cpp's own default)",
+            Vec::from_iter(ids).join(", ")
+        ),
+    );
+    Ok(Some(FlashAttnMode::Off))
+}
+
+fn path_arg(path: &Path) -> Result<String> {
+    path.to_str()
+        .map(String::from)
+        .with_context(|| format!("{} is not valid UTF-8", path.display()))
 }
 
 /// The extractor's `--layers` flag for `layers`, as one argument so that

@@ -32,6 +32,7 @@ mod diff_trees;
 mod doctor;
 mod extract;
 mod fetch;
+mod flags;
 mod fuzz;
 mod host;
 mod kills;
@@ -47,7 +48,7 @@ mod tree;
 mod verify;
 
 use anyhow::Result;
-use clap::{Parser, Subcommand};
+use clap::{CommandFactory, FromArgMatches, Parser, Subcommand};
 
 use crate::project::Project;
 
@@ -98,8 +99,41 @@ enum Task {
     DeviceBundle(bundle::DeviceBundle),
 }
 
+/// Tasks for working on llorch-checkpoint itself: listed apart in `--help`.
+const MAINTAINER_TASKS: [&str; 6] = [
+    "bindgen",
+    "bench",
+    "kills",
+    "fuzz",
+    "layering",
+    "device-bundle",
+];
+
+/// The command line: the user's tasks listed first, the maintainers' apart.
+fn command() -> clap::Command {
+    let mut listed = String::from("Maintainer commands (working on llorch-checkpoint itself):\n");
+    let mut cmd = Cli::command();
+    for name in MAINTAINER_TASKS {
+        cmd = cmd.mut_subcommand(name, |task| {
+            let about = task
+                .get_about()
+                .map(ToString::to_string)
+                .unwrap_or_default();
+            listed.push_str(&format!("  {name:<14} {about}\n"));
+            task.hide(true)
+        });
+    }
+    cmd.after_help(listed)
+}
+
+/// `args` parsed, llama.cpp's `-fa` and `-ngl` understood.
+fn parse(args: impl IntoIterator<Item = std::ffi::OsString>) -> Result<Cli, clap::Error> {
+    let args = llorch_checkpoint_spec::flags::expand_llama_short(args);
+    Cli::from_arg_matches(&command().try_get_matches_from(args)?)
+}
+
 fn main() -> std::process::ExitCode {
-    let cli = Cli::parse();
+    let cli = parse(std::env::args_os()).unwrap_or_else(|err| err.exit());
     step::set_verbose(cli.verbose);
     match run(cli.task) {
         Ok(()) => std::process::ExitCode::SUCCESS,
@@ -141,7 +175,7 @@ mod tests {
     #[test]
     fn layers_counted_from_the_end_are_values_not_flags() {
         for layers in ["-1", "0,-1", "-2,-1"] {
-            let cli = Cli::try_parse_from(["cargo xtask", "extract", "--layers", layers]);
+            let cli = parse(words(&format!("cargo-xtask extract --layers {layers}")));
             let Ok(Cli {
                 task: Task::Extract(extract),
                 ..
@@ -150,14 +184,60 @@ mod tests {
                 panic!("extract --layers {layers} is refused");
             };
             assert_eq!(extract.layers.as_deref(), Some(layers));
-            let cli = Cli::try_parse_from([
-                "cargo xtask",
-                "compare",
-                "--layers",
-                layers,
-                "--attribution",
-            ]);
+            let cli = parse(words(&format!(
+                "cargo-xtask compare --layers {layers} --attribution"
+            )));
             assert!(cli.is_ok(), "compare --layers {layers} is refused");
         }
+    }
+
+    fn words(line: &str) -> Vec<std::ffi::OsString> {
+        line.split(' ').map(Into::into).collect()
+    }
+
+    #[test]
+    fn the_command_line_is_consistent() {
+        command().debug_assert();
+    }
+
+    #[test]
+    fn llama_cpp_short_flags_are_understood() {
+        let Ok(Cli {
+            task: Task::Extract(extract),
+            ..
+        }) = parse(words(
+            "cargo-xtask extract -fa off -ngl 0 -t 2 -c 64 -m x.gguf -p Hi",
+        ))
+        else {
+            panic!("extract with llama.cpp's short flags is refused");
+        };
+        assert_eq!(
+            extract.llama.to_args(),
+            [
+                "--flash-attn=off",
+                "--n-gpu-layers=0",
+                "--threads=2",
+                "--ctx-size=64"
+            ]
+        );
+        assert!(parse(words("cargo-xtask compare -fa on -m smollm2-135m -p Hi")).is_ok());
+    }
+
+    #[test]
+    fn maintainer_tasks_are_listed_apart_and_still_run() {
+        let help = command().render_help().to_string();
+        let (users, maintainers) = help.split_once("Maintainer commands").unwrap();
+        for task in MAINTAINER_TASKS {
+            assert!(
+                !users.contains(&format!("  {task} ")),
+                "{task} among the user's"
+            );
+            assert!(
+                maintainers.contains(&format!("  {task} ")),
+                "{task} not listed"
+            );
+        }
+        assert!(users.contains("  extract ") && users.contains("  verify "));
+        assert!(parse(words("cargo-xtask layering")).is_ok());
     }
 }

@@ -6,11 +6,13 @@
 //! - [`format`]: the checkpoint files themselves (`.bin`, `.npy`).
 //! - [`files`]: whole-or-nothing writes, sha256, copying a run directory.
 //! - [`metric`]: NMSE, the one definition every comparison uses.
+//! - [`flags`]: llama.cpp's `-fa` and `-ngl`, for every binary's command line.
 //!
 //! The extractor, its validator and diff, and every `cargo xtask` step read
 //! and write these files through this crate and nothing else.
 
 pub mod files;
+pub mod flags;
 pub mod format;
 pub mod manifest;
 pub mod metric;

@@ -357,7 +357,8 @@ impl RunRecord {
     }
 
     /// One line naming the checkpoints the graph did not have, by id, with
-    /// the reason; None when it had them all.
+    /// the reason and the flag that brings them back (only flash attention
+    /// takes nodes away); None when it had them all.
     pub fn absent_summary(&self) -> Option<String> {
         let mut ids: Vec<(&str, usize, &str)> = Vec::new();
         for a in &self.absent {
@@ -373,7 +374,8 @@ impl RunRecord {
                 n => format!("{id} x{n} ({why})"),
             })
             .collect();
-        (!parts.is_empty()).then(|| parts.join(", "))
+        let them = if ids.len() == 1 { "it" } else { "them" };
+        (!parts.is_empty()).then(|| format!("{}; `-fa off` brings {them} back", parts.join(", ")))
     }
 
     /// The prompt pass's first checkpoint read from node `tensor`.

@@ -42,7 +42,7 @@ enum Command {
         #[arg(long)]
         out: PathBuf,
         /// Number of transformer blocks (GPT-2 small has 12).
-        #[arg(long, default_value_t = 12)]
+        #[arg(long = "n-layer", value_name = "N", default_value_t = 12)]
         layers: u32,
         #[arg(long, default_value_t = 0)]
         seed: u64,

@@ -36,7 +36,7 @@ pub use parts::{tokenizer_files, Dtype};
 #[derive(clap::Args)]
 pub struct Model {
     /// Number of transformer blocks of the synthetic model (GPT-2 small: 12).
-    #[arg(long, default_value_t = 12, value_parser = clap::value_parser!(u32).range(1..=48))]
+    #[arg(long = "n-layer", value_name = "N", default_value_t = 12, value_parser = clap::value_parser!(u32).range(1..=48))]
     layers: u32,
     /// Seed of the synthetic model's weights.
     #[arg(long, default_value_t = 0)]
@@ -196,7 +196,7 @@ pub fn synthetic(project: &Project, spec: &Synthetic, force: bool) -> Result<(Pa
                 "generate",
                 "--out",
                 &tmp,
-                "--layers",
+                "--n-layer",
                 layers,
                 "--seed",
                 seed,
@@ -276,10 +276,10 @@ pub struct ModelArgs {
     #[arg(long)]
     pub manifest: Option<PathBuf>,
     /// A GGUF path or a model of vendor/models.yaml, e.g. smollm2-135m [default: the synthetic GPT-2 of `cargo xtask model`].
-    #[arg(long)]
+    #[arg(short = 'm', long)]
     pub model: Option<String>,
     /// The prompt whose pass is captured.
-    #[arg(long, default_value = "Hello world")]
+    #[arg(short = 'p', long, default_value = "Hello world")]
     pub prompt: String,
 }
 

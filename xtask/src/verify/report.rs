@@ -1,9 +1,12 @@
 //! What verify prints and counts: a `PASS`, `FAIL` or `SKIPPED` line per
 //! check (only checks that can fail are counted as passed), `INFO` lines for
-//! figures that are reported but judged by nothing, and `report.json`.
+//! figures that are reported but judged by nothing, each section's time and
+//! the disk it took, and `report.json`.
 
 use std::path::Path;
-use std::time::Instant;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use anyhow::Result;
 
@@ -24,17 +27,73 @@ pub struct Report {
     section: String,
     /// Failures in the current section.
     section_failed: usize,
+    /// When the current section began, and the disk free then (MB).
+    section_start: Option<(Instant, u64)>,
+    /// The least free disk (MB) seen since the report began, sampled.
+    least_free: Option<Arc<AtomicU64>>,
+    /// The free disk (MB) when the report began.
+    free_at_start: u64,
+    /// Per section: name, seconds, disk taken (GB).
+    sections: Vec<serde_json::Value>,
+}
+
+/// Free disk under the project in MB (0 where `df` does not answer).
+fn free_mb() -> u64 {
+    crate::host::free_gb(Path::new(".")).map_or(0, |gb| (gb * 1024.0) as u64)
 }
 
 impl Report {
+    /// A report whose disk figures come from a sampler (every 2 s) of the
+    /// free disk: a section's peak is not always at its end.
+    pub fn sampling_disk() -> Report {
+        let free = free_mb();
+        let least = Arc::new(AtomicU64::new(free));
+        let sampled = Arc::clone(&least);
+        std::thread::spawn(move || loop {
+            sampled.fetch_min(free_mb(), Ordering::Relaxed);
+            std::thread::sleep(Duration::from_secs(2));
+        });
+        Report {
+            least_free: Some(least),
+            free_at_start: free,
+            ..Report::default()
+        }
+    }
+
+    /// The disk taken (GB) at its peak so far, against the start.
+    fn peak_taken_gb(&self) -> f64 {
+        let least = self.least_free.as_ref().map_or(self.free_at_start, |l| {
+            l.load(Ordering::Relaxed).min(free_mb())
+        });
+        self.free_at_start.saturating_sub(least) as f64 / 1024.0
+    }
+
     /// A new section; its header says the disk left, what a failure elsewhere may hinge on.
     pub fn section(&mut self, name: &str) {
+        self.end_section();
         self.section = name.to_string();
         self.section_failed = 0;
-        match crate::host::free_gb(Path::new(".")) {
-            Some(gb) => println!("\n== {name} ({gb:.1} GB free)"),
-            None => println!("\n== {name}"),
-        }
+        let free = free_mb();
+        self.section_start = Some((Instant::now(), free));
+        println!("\n== {name} ({:.1} GB free)", free as f64 / 1024.0);
+    }
+
+    /// The section's time and the disk it took (what it left, against its start).
+    fn end_section(&mut self) {
+        let Some((started, free)) = self.section_start.take() else {
+            return;
+        };
+        let (secs, taken) = (
+            started.elapsed().as_secs_f64(),
+            (free as f64 - free_mb() as f64) / 1024.0,
+        );
+        println!(
+            "   {}: {secs:.0} s, {taken:+.1} GB of disk left behind",
+            self.section
+        );
+        self.sections.push(serde_json::json!({
+            "section": self.section, "seconds": secs, "disk_gb": taken,
+        }));
     }
 
     /// Removes a directory of the current section's runs once every check
@@ -56,10 +115,6 @@ impl Report {
         let (status, text) = match result {
             Ok(Checked::Pass(figures)) => ("PASS", figures),
             Ok(Checked::Skipped(why)) => ("SKIPPED", why),
-            // PyTorch did not fit on this machine's disk: the check cannot run here.
-            Err(err) if err.downcast_ref::<crate::python::NoRoom>().is_some() => {
-                ("SKIPPED", format!("{err:#}"))
-            }
             Err(err) => ("FAIL", format!("{err:#}")),
         };
         match status {
@@ -100,22 +155,33 @@ impl Report {
         self.failed
     }
 
-    /// `report.json`, the tally, and each failure's first line again.
-    pub fn finish(&self, path: &Path, header: serde_json::Value, started: Instant) -> Result<()> {
+    /// `report.json`, the tally with the tier that ran, and each failure's first line again.
+    pub fn finish(
+        &mut self,
+        path: &Path,
+        header: serde_json::Value,
+        started: Instant,
+    ) -> Result<()> {
+        self.end_section();
+        let tier = header["tier"].as_str().unwrap_or("?").to_string();
+        let peak = self.peak_taken_gb();
         let mut summary = header;
         summary["seconds"] = started.elapsed().as_secs_f64().into();
+        summary["peak_disk_gb"] = peak.into();
+        summary["sections"] = self.sections.clone().into();
         summary["passed"] = self.passed.into();
         summary["failed"] = self.failed.into();
         summary["skipped"] = self.skipped.into();
         summary["checks"] = self.lines.clone().into();
         std::fs::write(path, serde_json::to_vec_pretty(&summary)?)?;
         println!(
-            "\nreport: {} ({:.0} s in all)",
+            "\nreport: {} ({} tier, {:.0} s in all, {peak:.1} GB of disk taken at the peak)",
             path.display(),
+            tier,
             started.elapsed().as_secs_f64()
         );
         println!(
-            "{} passed, {} failed, {} skipped",
+            "{tier}: {} passed, {} failed, {} skipped",
             self.passed, self.failed, self.skipped
         );
         for line in self
@@ -162,10 +228,10 @@ mod tests {
         assert_eq!(statuses, ["PASS", "SKIPPED", "INFO", "FAIL", "FAIL"]);
     }
 
-    /// PyTorch that did not fit on the disk, however deep in the error's
-    /// context, is a check that could not run here; any other error fails.
+    /// PyTorch that did not fit on the disk is a failure with its figures:
+    /// a tier that compared nothing with a reference is not green.
     #[test]
-    fn no_room_for_pytorch_is_skipped_and_a_section_tidies_only_when_it_held() {
+    fn no_room_for_pytorch_fails_and_a_section_tidies_only_when_it_held() {
         let mut report = Report::default();
         report.section("compare");
         let t = Instant::now();
@@ -174,7 +240,7 @@ mod tests {
         ))
         .context("the PyTorch reference needs the project's Python environment");
         assert!(!report.check("reference", t, Err(no_room)));
-        assert_eq!((report.passed, report.failed, report.skipped), (0, 0, 1));
+        assert_eq!((report.passed, report.failed, report.skipped), (0, 1, 0));
         assert!(report.lines[0]["detail"]
             .as_str()
             .unwrap()
@@ -183,6 +249,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let runs = dir.path().join("runs");
         std::fs::create_dir(&runs).unwrap();
+        report.section("compare again");
         report.tidy(&runs);
         assert!(!runs.exists(), "nothing failed: the runs go");
         std::fs::create_dir(&runs).unwrap();

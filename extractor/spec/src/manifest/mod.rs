@@ -319,32 +319,6 @@ impl Manifest {
 
     /// The checkpoints in the order the graph computes them: layer by layer,
     /// manifest order within a layer (the first divergence is the first here).
-    /// The checkpoints as a graph with flash attention on has them: each
-    /// `flash_attn:` layout in place of its own, the absent ones taken out
-    /// and returned with their reason.
-    pub fn under_flash_attn(self) -> (Manifest, Vec<(Checkpoint, String)>) {
-        let mut absent = Vec::new();
-        let mut checkpoints = Vec::new();
-        for cp in self.checkpoints {
-            match cp.flash_attn.clone() {
-                Some(UnderFlashAttn::Absent(why)) => absent.push((cp, why)),
-                Some(UnderFlashAttn::Layout { shape, reference }) => checkpoints.push(Checkpoint {
-                    shape,
-                    reference: reference.or(cp.reference.clone()),
-                    ..cp
-                }),
-                None => checkpoints.push(cp),
-            }
-        }
-        (
-            Manifest {
-                checkpoints,
-                ..self
-            },
-            absent,
-        )
-    }
-
     /// Entries outside the layers (no `{layer}`) come before the layers when
     /// the manifest lists them before its first layer entry, after otherwise.
     pub fn graph_order(&self) -> Vec<&Checkpoint> {

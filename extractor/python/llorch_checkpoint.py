@@ -4,8 +4,8 @@ Only the standard library and NumPy: copy this file into your engine's tests,
 or put ``extractor/python`` on ``sys.path``.
 
     run = Run("checkpoints")                        # a run of the extractor
-    ln1 = run.array("ln1_output")                   # by checkpoint id (layer 0, prompt pass)
-    ffn = run.array("ffn_output", layer=7)          # by id and layer
+    ln1 = run.array("01_ln1_output")                # by checkpoint id (prompt pass; layer= where the run has several)
+    ffn = run.array("06_ffn", layer=7)              # by id and layer (ids: manifests/gpt2.yaml)
     for cp in run.checkpoints(layer=7): ...         # every checkpoint of a layer
     write_candidate("out", run, {cp: my_engine(cp) for cp in run.checkpoints()})
     # then: cargo xtask compare --run checkpoints --candidate out

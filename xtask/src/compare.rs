@@ -383,7 +383,7 @@ impl Reference for PyTorch<'_> {
             None => crate::python::ensure(self.project),
         };
         let python = python.context(
-            "the PyTorch reference needs the project's Python environment (torch, transformers, numpy from PyPI, about 5.6 GB). \
+            "the PyTorch reference needs the project's Python environment (torch, transformers, numpy from PyPI, about 5 GB). \
              `cargo xtask compare` creates it in target/llorch/pyenv; where PyPI cannot be reached it cannot, and nothing can be compared",
         )?;
         let script = self.project.root().join("xtask/python/reference.py");

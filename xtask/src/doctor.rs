@@ -195,26 +195,29 @@ fn pyenv(project: &Project) -> Found {
     match crate::python::installed(project) {
         Some(venv) => Found::Ok(format!("{} ({})", venv.display(), size(&venv))),
         None => Found::Later(
-            "torch, transformers: the first `cargo xtask compare` installs them (about 6 GB)"
+            "torch, transformers: the first `cargo xtask compare` installs them (about 5 GB)"
                 .into(),
         ),
     }
 }
 
-/// Free space where everything is built: a fresh clone's verify leaves
-/// about 10 GB (the PyTorch env 5, builds 4, models 1).
+/// Free space where everything is built: what a fresh clone's full verify
+/// takes at its peak (the PyTorch env, builds, models, the largest runs).
 fn disk(project: &Project) -> Found {
-    let dir = project.root();
+    let (dir, need) = (project.root(), crate::host::FULL_VERIFY_GB);
     match crate::host::free_gb(dir) {
-        Some(gb) if gb >= 10.0 => Found::Ok(format!("{gb:.0} GB free under {}", dir.display())),
+        Some(gb) if gb >= need as f64 => {
+            Found::Ok(format!("{gb:.0} GB free under {}", dir.display()))
+        }
         Some(gb) => Found::Missing {
             why: format!(
-                "{gb:.1} GB free under {}; builds, the PyTorch env and models need about 10 GB",
+                "{gb:.1} GB free under {}; a fresh clone's `cargo xtask verify --full` takes about {need} GB \
+                 at its peak (builds, the PyTorch env and models)",
                 dir.display()
             ),
             fix: "free disk space (or clone elsewhere)".into(),
         },
-        None => Found::Later("`df` did not answer; about 10 GB are needed".into()),
+        None => Found::Later(format!("`df` did not answer; about {need} GB are needed")),
     }
 }
 

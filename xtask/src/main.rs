@@ -27,6 +27,7 @@ mod bindgen;
 mod build;
 mod bundle;
 mod catalogue;
+mod cli_docs;
 mod compare;
 mod diff_trees;
 mod doctor;
@@ -43,6 +44,8 @@ mod project;
 mod prompts;
 mod python;
 mod step;
+#[cfg(test)]
+mod tidy;
 mod tools;
 mod tree;
 mod verify;
@@ -83,7 +86,7 @@ enum Task {
     Compare(compare::Compare),
     /// The same model, manifest and prompt through two llama.cpp trees (--llama-cpp DIR against the pin or --against DIR), checkpoint by checkpoint.
     DiffTrees(diff_trees::DiffTrees),
-    /// The test command: cargo test, then build, runtime, format, performance, compare and real-model checks.
+    /// The test command: the fast tier (tests, build, runtime, docs, faults, performance, the GPT-2 comparison); --full for everything, as CI runs it.
     Verify(verify::Verify),
     /// What this machine has and lacks for each backend and for compare, with the fix for each; changes nothing.
     Doctor(doctor::Doctor),
@@ -95,18 +98,21 @@ enum Task {
     Bench(bench::Bench),
     /// No import circles between the modules of any crate (needs cargo-modules).
     Layering(layering::Layering),
+    /// Regenerate docs/cli.md from these command-line definitions (or check it is fresh).
+    CliDocs(cli_docs::CliDocs),
     /// Pack the GPU check (binaries, pinned source, patches, tokenizer, one script) for a machine without cargo.
     DeviceBundle(bundle::DeviceBundle),
 }
 
 /// Tasks for working on llorch-checkpoint itself: listed apart in `--help`.
-const MAINTAINER_TASKS: [&str; 6] = [
+const MAINTAINER_TASKS: [&str; 7] = [
     "bindgen",
     "bench",
     "kills",
     "fuzz",
     "layering",
     "device-bundle",
+    "cli-docs",
 ];
 
 /// The command line: the user's tasks listed first, the maintainers' apart.
@@ -165,6 +171,7 @@ fn run(task: Task) -> Result<()> {
         Task::Bench(task) => task.run(&project),
         Task::Layering(task) => task.run(&project),
         Task::DeviceBundle(task) => task.run(&project),
+        Task::CliDocs(task) => task.run(&project),
     }
 }
 

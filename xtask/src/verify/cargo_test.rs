@@ -1,5 +1,5 @@
-//! verify's first check: `cargo test --workspace`, with the extractor's
-//! test hooks (a feature release builds lack), quiet, summed up.
+//! verify's cargo checks: `cargo test --workspace`, with the extractor's
+//! test hooks (a feature release builds lack), quiet, summed up; clippy.
 
 use anyhow::Result;
 
@@ -40,6 +40,29 @@ pub fn run(project: &Project) -> Result<String> {
         "{passed} tests passed, {ignored} ignored (log: {})",
         project.work_dir().join("logs/tests.log").display()
     ))
+}
+
+/// `cargo clippy` over every crate and target, warnings denied; its output
+/// in `logs/clippy.log`.
+pub fn clippy(project: &Project) -> Result<String> {
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    let what = "cargo clippy --workspace --all-targets -- -D warnings";
+    let step = Step::start(project, "clippy", what)?;
+    step.run(
+        what,
+        duct::cmd!(
+            cargo,
+            "clippy",
+            "--workspace",
+            "--all-targets",
+            "--",
+            "-D",
+            "warnings"
+        )
+        .dir(project.root()),
+    )?;
+    step.finish("no warnings");
+    Ok(format!("{what}: no warnings"))
 }
 
 /// `test result: ok. 5 passed; 0 failed; 1 ignored; ...` -> [5, 0, 1].

@@ -541,7 +541,7 @@ pub fn sliding_window_masks(ctx: &Ctx<'_>) -> Result<String> {
 pub fn unpatched_matches(ctx: &Ctx<'_>, layers: &str) -> Result<Checked> {
     let Some(unpatched) = &ctx.unpatched else {
         return Ok(Checked::Skipped(
-            "no extractor on the unpatched tree (--quick, or its build failed above)".into(),
+            "no extractor on the unpatched tree (the full tier builds it; its build failed, or did not run)".into(),
         ));
     };
     let (sh, model, manifest) = (&ctx.sh, &ctx.model, &ctx.manifest);

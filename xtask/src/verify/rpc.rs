@@ -5,7 +5,7 @@
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use anyhow::{bail, ensure, Context, Result};
 use llorch_checkpoint_spec::record::{median, RunRecord};
@@ -13,7 +13,55 @@ use xshell::cmd;
 
 use super::checks::quietly;
 use super::ctx::Ctx;
+use super::report::Report;
 use crate::prompts::PERF_PROMPT;
+
+/// Two RPC servers on loopback, half the layers on each (they are killed
+/// when this returns, whatever happened).
+pub fn checks(report: &mut Report, ctx: &Ctx<'_>) {
+    report.section("rpc: layers on two llorch-checkpoint-rpc-servers on 127.0.0.1");
+    let t = Instant::now();
+    let servers = match (Server::start(&ctx.exe), Server::start(&ctx.exe)) {
+        (Ok(a), Ok(b)) => [a, b],
+        (Err(err), _) | (_, Err(err)) => {
+            report.check("two RPC servers start", t, Err(err));
+            return;
+        }
+    };
+    report.check(
+        "two RPC servers start",
+        t,
+        Ok(format!(
+            "{} and {}",
+            servers[0].endpoint, servers[1].endpoint
+        )),
+    );
+    let work = ctx.work.join("rpc");
+    let t = Instant::now();
+    report.check(
+        "GPT-2, every layer: each server computes its half; checkpoints and logits bitwise the local CPU's",
+        t,
+        split_matches_local(ctx, &servers, &ctx.model, &ctx.manifest, &work.join("gpt2")),
+    );
+    let t = Instant::now();
+    let smol = crate::model::model_and_manifest(ctx.project, Some("smollm2-135m"), None).and_then(
+        |(model, manifest)| {
+            split_matches_local(ctx, &servers, &model, &manifest, &work.join("smollm2"))
+        },
+    );
+    report.check(
+        "SmolLM2, every layer: each server computes its half; checkpoints and logits bitwise the local CPU's",
+        t,
+        smol,
+    );
+    let t = Instant::now();
+    report.info(
+        "capture over RPC: steady-state ratio and bytes fetched per checkpoint",
+        t,
+        cost(ctx, &servers, &work),
+    );
+    report.tidy(&work);
+}
 
 /// A server on a free loopback port, killed when dropped (whatever happens).
 pub struct Server {

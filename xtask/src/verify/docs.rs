@@ -322,12 +322,10 @@ fn help_flags(exe: &Path, sub: &[&str]) -> Result<BTreeSet<String>> {
     for word in text.split(|c: char| c.is_whitespace() || c == ',' || c == '[' || c == ']') {
         let word = word.split('=').next().unwrap_or(word);
         let word = word.split('<').next().unwrap_or(word);
-        if word.starts_with("--") && word.len() > 2 {
-            names.insert(word.to_string());
-        } else if word.len() == 2
-            && word.starts_with('-')
-            && word.as_bytes()[1].is_ascii_alphabetic()
-        {
+        let long = word.starts_with("--") && word.len() > 2;
+        let short =
+            word.len() == 2 && word.starts_with('-') && word.as_bytes()[1].is_ascii_alphabetic();
+        if long || short {
             names.insert(word.to_string());
         }
     }

@@ -157,8 +157,8 @@ fn every_checkpoint(manifest: &Path, shown: &str) -> Result<Option<FlashAttnMode
     step::note(
         "extract",
         &format!(
-            "flash attention off: {shown} names {}, which a graph with it has not \
-             (`-fa auto`: llama.cpp's own default)",
+            "flash attention off for this run: {shown} names {}, which only a graph \
+             without it has (`-fa auto`: llama.cpp's own default)",
             Vec::from_iter(ids).join(", ")
         ),
     );

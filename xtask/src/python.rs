@@ -81,9 +81,10 @@ pub fn installed(project: &Project) -> Option<PathBuf> {
     (stamp == REQUIREMENTS.join("\n") && venv.join("bin/python").is_file()).then_some(venv)
 }
 
-/// The environment could not be installed for lack of disk: a limit of the
-/// machine, which verify reports as SKIPPED, not a defect. The partial
-/// install is removed, and later calls in the process say so at once.
+/// The environment could not be installed for lack of disk, with the
+/// figures; verify reports it as a failure (a tier that compared nothing is
+/// not green). The partial install is removed, and later calls in the
+/// process say so at once.
 #[derive(Debug, Clone)]
 pub struct NoRoom(pub String);
 

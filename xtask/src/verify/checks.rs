@@ -4,7 +4,7 @@
 use std::path::Path;
 use std::time::Instant;
 
-use anyhow::{ensure, Context, Result};
+use anyhow::{bail, ensure, Context, Result};
 use llorch_checkpoint_compare::sides::{Extraction, Extractor};
 use llorch_checkpoint_compare::{compare, Options};
 use llorch_checkpoint_spec::files::copy_run;
@@ -133,8 +133,12 @@ pub fn python_module(project: &Project, run: &Path) -> Result<String> {
     Ok(format!("{ran}; {read} checkpoints of a real run read back"))
 }
 
-/// run.json lists each checkpoint of the manifest (as the run expanded it) exactly once.
+/// run.json lists each checkpoint of the manifest (as the run expanded it)
+/// exactly once, and none is absent from the graph.
 pub fn seen_once(manifest: &Path, record: &RunRecord) -> Result<String> {
+    if let Some(absent) = record.absent_summary() {
+        bail!("absent from the graph: {absent}");
+    }
     let expected = record.manifest(manifest)?.checkpoints.len();
     let mut keys: Vec<(&str, Option<u32>)> = record
         .checkpoints

@@ -8,6 +8,7 @@ use anyhow::{bail, Context, Result};
 
 use crate::build::{self, Backend};
 use crate::extract::layer_arg;
+use crate::flags::{self, LlamaFlags};
 use crate::model::ModelArgs;
 use crate::project::{Flavour, Project};
 use crate::step::Step;
@@ -32,13 +33,39 @@ pub struct DiffTrees {
     /// Output directory: a/ and b/ (the two runs), report.json, report.html [default: target/llorch/diff-trees].
     #[arg(long)]
     out: Option<PathBuf>,
-    /// Further flags for both extractor runs (after `--`), e.g. `-- --flash-attn off`.
+    #[command(flatten)]
+    llama: LlamaFlags,
+    /// Further flags for both extractor runs (after `--`), e.g. `-- --kv-type f32`; -fa, -ngl,
+    /// -t and -c there replace those before it.
     #[arg(last = true)]
     extractor_args: Vec<String>,
 }
 
+/// What diff-trees gives both runs itself: after `--` these are refused,
+/// naming its own flag.
+const OWN: &[(&[&str], &str)] = &[
+    (&["-m", "--model"], "`--model`"),
+    (
+        &["--manifest", "--tensors"],
+        "`--manifest` (diff-trees compares a manifest's checkpoints)",
+    ),
+    (
+        &["-p", "--prompt", "-f", "--file", "--tokens"],
+        "`--prompt`",
+    ),
+    (
+        &["--out"],
+        "diff-trees' own `--out` (the directory of both runs)",
+    ),
+    (&["--layers"], "`--layers`"),
+];
+
 impl DiffTrees {
-    pub fn run(self, project: &Project) -> Result<()> {
+    pub fn run(mut self, project: &Project) -> Result<()> {
+        self.llama.take_from(&mut self.extractor_args)?;
+        flags::refuse_own(&self.extractor_args, OWN)?;
+        let mut extra = self.llama.to_args();
+        extra.extend(self.extractor_args.iter().cloned());
         let out = match &self.out {
             Some(dir) => std::path::absolute(dir)?,
             None => project.work_dir().join("diff-trees"),
@@ -54,7 +81,7 @@ impl DiffTrees {
             manifest: &manifest,
             prompt: &self.input.prompt,
             layers: self.layers.as_deref(),
-            extra: &self.extractor_args,
+            extra: &extra,
             max_nmse: self.max_nmse,
             out: &out,
         };

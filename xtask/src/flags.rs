@@ -97,6 +97,17 @@ pub fn take(rest: &mut Vec<String>, names: &[&str]) -> Option<String> {
     value
 }
 
+/// Refuses words after `--` that a task sets itself: each `(names, use)`
+/// says which of the task's own flags to use instead.
+pub fn refuse_own(rest: &[String], own: &[(&[&str], &str)]) -> Result<()> {
+    for (names, instead) in own {
+        if let Some(word) = rest.iter().find(|w| has(&[w.to_string()], names)) {
+            anyhow::bail!("`-- {word}`: this task sets it itself; use {instead} instead");
+        }
+    }
+    Ok(())
+}
+
 /// Whether `rest` holds any of `names`, alone or as `NAME=VALUE`.
 pub fn has(rest: &[String], names: &[&str]) -> bool {
     rest.iter().any(|word| {
@@ -135,6 +146,13 @@ mod tests {
             flags.to_args(),
             ["--flash-attn=off", "--n-gpu-layers=0", "--threads=2"]
         );
+        let own: &[(&[&str], &str)] = &[(&["--out"], "its own `--out`")];
+        let err = refuse_own(&words("--kv-type f32 --out=x"), own).unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "`-- --out=x`: this task sets it itself; use its own `--out` instead"
+        );
+        assert!(refuse_own(&words("--kv-type f32"), own).is_ok());
         let err = flags.take_from(&mut words("-t two")).unwrap_err();
         assert!(format!("{err:#}").contains("--threads two: not a whole number"));
     }

@@ -98,6 +98,29 @@ impl std::error::Error for NoRoom {}
 
 static NO_ROOM: std::sync::OnceLock<NoRoom> = std::sync::OnceLock::new();
 
+/// Runs the project's Python with `args` in `dir`, `env` set, no bytecode
+/// written: whether it succeeded, and what it printed (stdout and stderr).
+pub fn run_quietly(
+    project: &Project,
+    args: &[&str],
+    dir: &Path,
+    env: (&str, &Path),
+) -> Result<(bool, String)> {
+    let python = ensure(project)?;
+    let out = duct::cmd(python, args)
+        .dir(dir)
+        .env(env.0, env.1)
+        .env("PYTHONDONTWRITEBYTECODE", "1")
+        .stderr_to_stdout()
+        .stdout_capture()
+        .unchecked()
+        .run()?;
+    Ok((
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+    ))
+}
+
 /// Makes sure the venv exists with [`REQUIREMENTS`]; returns its python.
 pub fn ensure(project: &Project) -> Result<PathBuf> {
     if let Some(no_room) = NO_ROOM.get() {

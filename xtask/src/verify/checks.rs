@@ -110,17 +110,13 @@ pub fn validate(sh: &Shell, validator: &Path, dir: &Path, manifest: &Path) -> Re
 /// `extractor/python`'s tests in the project's Python environment, the
 /// real-run one on `run`: every checkpoint read back as run.json records it.
 pub fn python_module(project: &Project, run: &Path) -> Result<String> {
-    let python = crate::python::ensure(project)?;
-    let out = duct::cmd!(python, "-m", "unittest", "-v")
-        .dir(project.root().join("extractor/python"))
-        .env("LLORCH_TEST_RUN", run)
-        .env("PYTHONDONTWRITEBYTECODE", "1")
-        .stderr_to_stdout()
-        .stdout_capture()
-        .unchecked()
-        .run()?;
-    let text = String::from_utf8_lossy(&out.stdout);
-    ensure!(out.status.success(), "{text}");
+    let (ok, text) = crate::python::run_quietly(
+        project,
+        &["-m", "unittest", "-v"],
+        &project.root().join("extractor/python"),
+        ("LLORCH_TEST_RUN", run),
+    )?;
+    ensure!(ok, "{text}");
     ensure!(
         !text.contains("skipped"),
         "a test was skipped with a run to read:\n{text}"

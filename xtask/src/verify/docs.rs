@@ -385,21 +385,13 @@ fn run_block(project: &Project, block: &Block) -> Result<String> {
             Ok(format!("{} command(s) ran", lines.len()))
         }
         "python" => {
-            let python = crate::python::ensure(project)?;
-            let out = duct::cmd!(python, "-c", &block.text)
-                .dir(root)
-                .env("PYTHONPATH", root.join("extractor/python"))
-                .env("PYTHONDONTWRITEBYTECODE", "1")
-                .stderr_to_stdout()
-                .stdout_capture()
-                .unchecked()
-                .run()?;
-            let text = String::from_utf8_lossy(&out.stdout);
-            ensure!(
-                out.status.success(),
-                "the example failed:\n{}",
-                tail(&text, 15)
-            );
+            let (ok, text) = crate::python::run_quietly(
+                project,
+                &["-c", &block.text],
+                root,
+                ("PYTHONPATH", &root.join("extractor/python")),
+            )?;
+            ensure!(ok, "the example failed:\n{}", tail(&text, 15));
             Ok(format!("ran; it printed {} line(s)", text.lines().count()))
         }
         other => bail!("a {other} block cannot be run: mark it `illustration`"),

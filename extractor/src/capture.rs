@@ -237,8 +237,8 @@ impl Capture {
             };
             bail!(
                 "{} checkpoint(s) not seen in pass {}: {}.\nThe graph has no node of that name: a typo in the manifest, \
-                 a node renamed upstream, or the patches not applied (see `cargo xtask fetch`). Run with \
-                 --list-nodes to see the graph's node names.{hint}",
+                 or a node renamed upstream (a node llama.cpp leaves unnamed is selected by `op` and `operand`). \
+                 Run with --list-nodes to see the graph's node names and operands.{hint}",
                 missing.len(),
                 self.step,
                 missing.join(", ")

@@ -19,10 +19,10 @@ checkpoints:
   - { id: q, tensor: "Qcur-{layer}", shape: [head_dim, n_head, n_tokens], file: q }
   - { id: k, tensor: "Kcur-{layer}", shape: [head_dim, n_head, n_tokens], file: k }
   - { id: v, tensor: "Vcur-{layer}", shape: [head_dim, n_head, n_tokens], file: v }
-  - { id: cache_k, tensor: "cache_k-{layer}", shape: [head_dim, n_head, n_kv, 1], file: cache_k }
-  - { id: cache_v, tensor: "cache_v-{layer}", shape: [n_kv, n_head, head_dim, 1], file: cache_v }
+  - { id: cache_k, op: VIEW, operand: "cache_k_l{layer}", shape: [head_dim, n_head, n_kv, 1], file: cache_k }
+  - { id: cache_v, op: VIEW, operand: "cache_v_l{layer}", shape: [n_kv, n_head, head_dim, 1], file: cache_v }
   - { id: scores, tensor: "kq_soft_max-{layer}", shape: [n_kv, n_tokens, n_head, 1], file: scores }
-  - { id: attn_out, tensor: "attn_out-{layer}", shape: [n_embd, n_tokens, 1], file: attn_out }
+  - { id: attn_out, op: ADD, operand: "blk.{layer}.attn_output.bias", shape: [n_embd, n_tokens, 1], file: attn_out }
   - { id: layer_in, tensor: "inpL", shape: [n_embd, n_tokens], file: layer_in }
   - { id: ffn_inp, tensor: "ffn_inp-{layer}", shape: [n_embd, n_tokens], file: ffn_inp }
 "#;
@@ -361,7 +361,7 @@ fn the_whole_graph_is_captured_node_by_node_with_a_small_buffer_too() {
         "attn_norm-0",
         "wqkv_b-0",
         "kq_soft_max-0",
-        "attn_out-0",
+        "kqv_out-0",
         "ffn_out-0",
         "l_out-0",
     ] {

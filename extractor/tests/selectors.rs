@@ -31,48 +31,78 @@ fn run_with(dir: &Path, name: &str, text: &str) -> RunRecord {
     RunRecord::read(&out).unwrap()
 }
 
-/// The nodes the naming patch names, found instead by op and operand: the
-/// same files, bitwise, as by their patched names (on an unpatched tree only
-/// the second way works; verify runs that tree).
+/// The node `--list-nodes` shows with `op` and an operand named `operand`
+/// (the first in graph order): its name.
+fn listed(listing: &str, op: &str, operand: &str) -> String {
+    listing
+        .lines()
+        .find_map(|line| {
+            // `name op type [shape] <- operands`; a name may hold spaces.
+            let (node, operands) = line.split_once(" <- ")?;
+            let words: Vec<&str> = node.split('[').next()?.split_whitespace().collect();
+            let (name, listed_op) = (words[..words.len() - 2].join(" "), words[words.len() - 2]);
+            let has = operands.split(", ").any(|o| o.trim() == operand);
+            (listed_op == op && has).then_some(name)
+        })
+        .unwrap_or_else(|| panic!("no {op} of {operand} in the listing"))
+}
+
+/// The nodes llama.cpp leaves unnamed or names after their source, found by
+/// op and operand: the cache as attention reads it (a VIEW; the cache write,
+/// a SET_ROWS, has the same name) and the attention output (`node_<n>`). Each
+/// is the node `--list-nodes` shows with that op and operand, and selecting
+/// the attention output by that name gives the same bits.
 #[test]
-fn nodes_found_by_op_and_operand_are_the_named_ones_bitwise() {
-    let by_name = r#"
+fn nodes_found_by_op_and_operand_are_the_ones_the_listing_shows() {
+    let by_operand = r#"
 architecture: gpt2
 layers: [0, 11]
 checkpoints:
-  - { id: cache_k, tensor: "cache_k-{layer}", shape: [head_dim, n_head, n_kv, 1], file: "cache_k_l{layer}" }
-  - { id: cache_v, tensor: "cache_v-{layer}", shape: [n_kv, n_head, head_dim, 1], file: "cache_v_l{layer}" }
-  - { id: attn_out, tensor: "attn_out-{layer}", shape: [n_embd, n_tokens, 1], file: "attn_out_l{layer}" }
-  # Scores keep flash attention off: the V cache transposed, as the shape says.
-  - { id: scores, tensor: "kq_soft_max-{layer}", shape: [n_kv, n_tokens, n_head, 1], file: "scores_l{layer}" }
+  - { id: cache_k, op: VIEW, operand: "cache_k_l{layer}", shape: [head_dim, n_head, n_kv, 1], file: "cache_k_l{layer}" }
+  - { id: cache_v, op: VIEW, operand: "cache_v_l{layer}", shape: [n_kv, n_head, head_dim, 1], file: "cache_v_l{layer}" }
+  - { id: attn_out, op: ADD, operand: "blk.{layer}.attn_output.bias", shape: [n_embd, n_tokens, 1], file: "attn_out_l{layer}" }
 "#;
-    let by_operand = by_name
-        .replace(
-            r#"tensor: "cache_k-{layer}""#,
-            r#"op: VIEW, operand: "cache_k_l{layer}""#,
-        )
-        .replace(
-            r#"tensor: "cache_v-{layer}""#,
-            r#"op: VIEW, operand: "cache_v_l{layer}""#,
-        )
-        .replace(
-            r#"tensor: "attn_out-{layer}""#,
-            r#"op: ADD, operand: "blk.{layer}.attn_output.bias""#,
-        );
+    let model = model();
+    let out = common::extractor(&[
+        "-m",
+        model.to_str().unwrap(),
+        "-p",
+        "Hello world",
+        "--flash-attn",
+        "off",
+        "--list-nodes",
+    ]);
+    assert!(out.status.success());
+    let listing = String::from_utf8(out.stdout).unwrap();
     let tmp = tempfile::tempdir().unwrap();
-    let records = [("name", by_name), ("operand", &by_operand)]
-        .map(|(name, text)| run_with(tmp.path(), name, text));
-    let seen = |r: &RunRecord| -> Vec<(String, String, String)> {
-        r.checkpoints
-            .iter()
-            .map(|c| (c.file.clone(), c.tensor.clone(), c.sha256.clone()))
-            .collect()
-    };
-    assert_eq!(records[0].checkpoints.len(), 8);
-    assert_eq!(seen(&records[0]), seen(&records[1]));
-    let attn_out = records[1].checkpoint("attn_out_l11.bin").unwrap();
+    let record = run_with(tmp.path(), "operand", by_operand);
+    assert_eq!(record.checkpoints.len(), 6);
+    for layer in [0, 11] {
+        let recorded = |file: &str| {
+            record
+                .checkpoint(&format!("{file}_l{layer}.bin"))
+                .unwrap()
+                .tensor
+                .clone()
+        };
+        for cache in ["cache_k", "cache_v"] {
+            let operand = format!("{cache}_l{layer}");
+            assert_eq!(recorded(cache), listed(&listing, "VIEW", &operand));
+            assert_eq!(recorded(cache), format!("{operand} (view)"));
+        }
+        let bias = format!("blk.{layer}.attn_output.bias");
+        let attn_out = listed(&listing, "ADD", &bias);
+        assert!(attn_out.starts_with("node_"), "{attn_out}");
+        assert_eq!(recorded("attn_out"), attn_out);
+    }
+    // The same node by the name the listing gives it: the same bits.
+    let name = listed(&listing, "ADD", "blk.0.attn_output.bias");
+    let by_name = format!(
+        "architecture: gpt2\nlayers: [0]\ncheckpoints:\n  - {{ id: attn_out, tensor: \"{name}\", shape: [n_embd, n_tokens, 1], file: attn_out_l0 }}\n"
+    );
+    let named = run_with(tmp.path(), "name", &by_name);
     assert_eq!(
-        attn_out.tensor, "attn_out-11",
-        "the node's own name is recorded"
+        named.checkpoint("attn_out_l0.bin").unwrap().sha256,
+        record.checkpoint("attn_out_l0.bin").unwrap().sha256
     );
 }

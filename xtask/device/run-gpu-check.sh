@@ -1,12 +1,12 @@
 #!/usr/bin/env bash
 # run-gpu-check.sh: llorch-checkpoint's GPU check, from the device bundle that
 # `cargo xtask device-bundle` makes. Needs no cargo, no Rust and no network:
-# CMake, a C/C++ compiler, patch, tar, sha256sum and, for the GPU, nvcc.
+# CMake, a C/C++ compiler, tar, sha256sum and, for the GPU, nvcc.
 #
 #   ./run-gpu-check.sh RESULTS_DIR [--cpu-only] [--runs N] [--work DIR] [--jobs N]
 #
 # 1. checks the bundle (SHA256SUMS), unpacks the pinned llama.cpp from its
-#    .crate (sha256 checked) and applies the project's patches;
+#    .crate (sha256 checked);
 # 2. builds llama.cpp with CMake (CUDA, backends as loadable modules:
 #    GGML_BACKEND_DL; with --cpu-only the CPU backend alone, same layout);
 # 3. generates the default synthetic GPT-2 with the bundled model tool and
@@ -75,8 +75,8 @@ in 1966 found that ten years of research had failed to fulfill the expectations,
 PERF_TOKENS=16
 
 step "tools"
-for tool in patch tar sha256sum ldd; do
-    command -v "$tool" >/dev/null || die "$tool is missing (Debian: apt-get install patch tar coreutils libc-bin)"
+for tool in tar sha256sum ldd; do
+    command -v "$tool" >/dev/null || die "$tool is missing (Debian: apt-get install tar coreutils libc-bin)"
 done
 CMAKE=${CMAKE:-$(command -v cmake || true)}
 [[ -n "$CMAKE" && -x "$CMAKE" ]] || die "cmake not found: install it (apt-get install cmake) or set CMAKE=/path/to/cmake"
@@ -109,9 +109,9 @@ step "bundle integrity (SHA256SUMS)"
 (cd "$BUNDLE" && sha256sum --check --quiet SHA256SUMS) || die "the bundle is damaged: files differ from SHA256SUMS"
 echo "ok"
 
-step "llama.cpp source: $LLAMA_PIN + $(ls "$BUNDLE"/src/patches/*.patch | wc -l) patch(es)"
+step "llama.cpp source: $LLAMA_PIN"
 SRC=$WORK/llama.cpp
-STAMP="$LLAMA_CRATE_SHA256 $(cat "$BUNDLE"/src/patches/*.patch | sha256sum | cut -d' ' -f1)"
+STAMP="$LLAMA_CRATE_SHA256"
 if [[ -d "$SRC" && "$(cat "$WORK/llama.cpp.stamp" 2>/dev/null)" == "$STAMP" ]]; then
     echo "up to date: $SRC"
 else
@@ -121,11 +121,6 @@ else
     mkdir -p "$WORK/.staging"
     depth=$(awk -F/ '{print NF}' <<<"$LLAMA_CRATE_SUBDIR")
     tar -xzf "$BUNDLE/$LLAMA_CRATE" -C "$WORK/.staging" --strip-components="$depth" "$LLAMA_CRATE_SUBDIR"
-    for p in "$BUNDLE"/src/patches/*.patch; do
-        patch -p1 --forward --batch --fuzz=0 --no-backup-if-mismatch --quiet -d "$WORK/.staging" -i "$p" \
-            || die "patch $(basename "$p") does not apply to $LLAMA_PIN"
-        echo "applied $(basename "$p")"
-    done
     mv "$WORK/.staging" "$SRC"
     echo "$STAMP" >"$WORK/llama.cpp.stamp"
 fi

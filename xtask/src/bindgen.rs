@@ -12,7 +12,7 @@ use llorch_checkpoint_spec::files::write_atomically;
 
 use std::path::PathBuf;
 
-use crate::project::{Flavour, Project};
+use crate::project::Project;
 use crate::tools;
 use crate::tree::Tree;
 
@@ -94,7 +94,7 @@ const VARS: &[&str] = &[
 
 impl Bindgen {
     pub fn run(self, project: &Project) -> Result<()> {
-        let tree = Tree::pinned(project, Flavour::Patched)?;
+        let tree = Tree::pinned(project)?;
         let generated = generate(project, &tree)?;
         let path = project.bindings_file();
         let committed = std::fs::read_to_string(&path).unwrap_or_default();

@@ -13,7 +13,7 @@ use serde::Serialize;
 
 use llorch_checkpoint_spec::record::LlamaTree;
 
-use crate::project::{Flavour, Project};
+use crate::project::Project;
 use crate::step::{self, Step};
 use crate::tree::{Tree, TreeArg};
 use crate::{bindgen, tools};
@@ -23,9 +23,6 @@ pub struct Build {
     /// Which ggml backend to build.
     #[arg(long, value_enum, default_value_t = Backend::Cpu)]
     backend: Backend,
-    /// Build the pristine pin (vendor/llama.cpp-unpatched) instead of the patched one.
-    #[arg(long, conflicts_with = "llama_cpp")]
-    unpatched: bool,
     #[command(flatten)]
     tree: TreeArg,
     /// Only build llama.cpp, not the extractor.
@@ -208,10 +205,7 @@ impl ActiveBuild<'_> {
 
 impl Build {
     pub fn run(self, project: &Project) -> Result<()> {
-        let tree = match self.unpatched {
-            true => Tree::pinned(project, Flavour::Unpatched)?,
-            false => self.tree.resolve(project)?,
-        };
+        let tree = self.tree.resolve(project)?;
         match self.llama_only {
             true => {
                 bindgen::for_tree(project, &tree)?;
@@ -362,9 +356,9 @@ pub fn default_build_dir(project: &Project, backend: Backend, tree: &Tree) -> Pa
 /// `cargo build` and the tests use), every other tree's in a target
 /// directory of its own, so that building one never undoes another.
 pub fn extractor_placement(project: &Project, tree: &Tree) -> (PathBuf, PathBuf) {
-    match tree.flavour {
-        Some(Flavour::Patched) => (project.active_build_file(), project.root().join("target")),
-        _ => {
+    match tree.pinned {
+        true => (project.active_build_file(), project.root().join("target")),
+        false => {
             let dir = project.extractor_dir(&tree.id);
             (dir.join("active-build.json"), dir.join("target"))
         }
@@ -400,7 +394,7 @@ pub fn build_extractor(
     .dir(project.root());
     // The pin's build keeps cargo's defaults: set, this variable would
     // differ from a plain `cargo test` and rebuild the extractor each time.
-    if tree.flavour != Some(Flavour::Patched) {
+    if !tree.pinned {
         build = build
             .env("LLORCH_ACTIVE_BUILD", &active_file)
             .env("CARGO_TARGET_DIR", &target_dir);

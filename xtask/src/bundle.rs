@@ -8,7 +8,6 @@
 //!   SHA256SUMS                every other file's sha256, checked first
 //!   bin/                      extractor, model, validate, diff (release) and xtask, built here (x86-64)
 //!   src/<crate>.crate         the pinned llama.cpp source, sha256-checked against vendor/pin.yaml
-//!   src/patches/              vendor/patches
 //!   cmake/{cuda,cpu-dl}.defines   the CMake defines of build.rs, one per line
 //!   tokenizer/                GPT-2's encoder.json and vocab.bpe (from the pinned tiktoken-rs crate)
 //!   manifests/                the checkpoint manifests
@@ -91,12 +90,11 @@ impl DeviceBundle {
 
 /// Fills `dir` with everything the script needs.
 fn make(project: &Project, dir: &Path) -> Result<()> {
-    for sub in ["bin", "src/patches", "cmake", "tokenizer", "manifests"] {
+    for sub in ["bin", "src", "cmake", "tokenizer", "manifests"] {
         std::fs::create_dir_all(dir.join(sub))?;
     }
     copy_binaries(project, &dir.join("bin"))?;
     let (pin, src, crate_name) = copy_pinned_source(project, &dir.join("src"))?;
-    copy_matching(&project.patches_dir(), &dir.join("src/patches"), ".patch")?;
     copy_matching(
         &project.root().join("manifests"),
         &dir.join("manifests"),

@@ -10,7 +10,7 @@ use crate::build::{self, Backend};
 use crate::extract::layer_arg;
 use crate::flags::{self, LlamaFlags};
 use crate::model::ModelArgs;
-use crate::project::{Flavour, Project};
+use crate::project::Project;
 use crate::step::Step;
 use crate::tree::Tree;
 
@@ -73,7 +73,7 @@ impl DiffTrees {
         let (model, manifest) = self.input.resolve(project)?;
         let reference = match &self.against {
             Some(dir) => Tree::local(dir)?,
-            None => Tree::pinned(project, Flavour::Patched)?,
+            None => Tree::pinned(project)?,
         };
         let test = Tree::local(&self.llama_cpp)?;
         let runs = Runs {

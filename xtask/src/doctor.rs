@@ -51,11 +51,6 @@ impl Doctor {
             ("rust", Need::Cpu, rust()),
             ("C/C++ compiler", Need::Cpu, compilers()),
             ("python3 + venv", Need::Cpu, python()),
-            (
-                "patch",
-                Need::Cpu,
-                version_of("patch", &["--version"], "apt-get install patch"),
-            ),
             ("build tools", Need::Cpu, build_tools(project)),
             ("disk space", Need::Cpu, disk(project)),
             ("CPU features", Need::Cpu, cpu()),

@@ -9,7 +9,6 @@ use llorch_checkpoint_spec::record::{FlashAttnMode, RunRecord};
 use crate::build::{self, Backend};
 use crate::flags::{self, LlamaFlags};
 use crate::model::ModelArgs;
-use crate::project::Flavour;
 use crate::project::Project;
 use crate::step::{self, Step};
 use crate::tree::{Tree, TreeArg};
@@ -179,19 +178,23 @@ pub fn layer_arg(layers: &str) -> String {
 
 /// Builds llama.cpp and the extractor on the pin for `backend` (a no-op when up to date).
 pub fn ensure_extractor(project: &Project, backend: Backend) -> Result<PathBuf> {
-    build::ensure_extractor(project, backend, &Tree::pinned(project, Flavour::Patched)?)
+    build::ensure_extractor(project, backend, &Tree::pinned(project)?)
 }
 
 fn print_table(dir: &Path, shown: &str) -> Result<()> {
     let record = RunRecord::read(dir)?;
+    // Names as wide as the widest: unnamed nodes are `cache_k_l0 (view)`.
+    let width = |names: &mut dyn Iterator<Item = usize>| names.max().unwrap_or(0).max(16);
+    let id_w = width(&mut record.checkpoints.iter().map(|c| c.id.len()));
+    let tensor_w = width(&mut record.checkpoints.iter().map(|c| c.tensor.len()));
     println!(
-        "\n{:<16} {:<16} {:<5} {:<6} {:>16} {:>11} {:>11} {:>12}  file",
+        "\n{:<id_w$} {:<tensor_w$} {:<5} {:<6} {:>16} {:>11} {:>11} {:>12}  file",
         "checkpoint", "tensor", "dtype", "buffer", "shape", "min", "max", "mean"
     );
     for cp in &record.checkpoints {
         let shape = format!("{:?}", cp.shape);
         println!(
-            "{:<16} {:<16} {:<5} {:<6} {:>16} {:>11.5} {:>11.5} {:>12.5e}  {}",
+            "{:<id_w$} {:<tensor_w$} {:<5} {:<6} {:>16} {:>11.5} {:>11.5} {:>12.5e}  {}",
             cp.id,
             cp.tensor,
             cp.source_dtype,

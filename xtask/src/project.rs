@@ -61,20 +61,14 @@ impl Project {
         self.work_dir().join("trees").join(name)
     }
 
-    pub fn patches_dir(&self) -> PathBuf {
-        self.root.join("vendor/patches")
+    /// The pinned llama.cpp tree, unpacked by `fetch`.
+    pub fn tree(&self) -> PathBuf {
+        self.root.join("vendor/llama.cpp")
     }
 
-    /// The unpacked llama.cpp tree: patched (the default) or pristine.
-    pub fn tree(&self, flavour: Flavour) -> PathBuf {
-        self.root.join("vendor").join(flavour.tree_dir_name())
-    }
-
-    /// What `fetch` recorded about the tree it unpacked (pin, patches, file hashes).
-    pub fn tree_stamp(&self, flavour: Flavour) -> PathBuf {
-        self.root
-            .join("vendor")
-            .join(format!("{}.stamp", flavour.tree_dir_name()))
+    /// What `fetch` recorded about the tree it unpacked (pin, file hashes).
+    pub fn tree_stamp(&self) -> PathBuf {
+        self.root.join("vendor/llama.cpp.stamp")
     }
 
     /// Everything the pipeline generates: tools, builds, models, runs. Git-ignored.
@@ -98,22 +92,5 @@ impl Project {
     /// Written by `build`: which llama.cpp build the extractor links against.
     pub fn active_build_file(&self) -> PathBuf {
         self.work_dir().join("active-build.json")
-    }
-}
-
-/// The two trees fetch can produce: with our patch series (what we build and
-/// ship) or without it (to prove the patches only add names).
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Flavour {
-    Patched,
-    Unpatched,
-}
-
-impl Flavour {
-    pub fn tree_dir_name(self) -> &'static str {
-        match self {
-            Flavour::Patched => "llama.cpp",
-            Flavour::Unpatched => "llama.cpp-unpatched",
-        }
     }
 }

@@ -22,7 +22,6 @@ use anyhow::{bail, ensure, Context, Result};
 use llorch_checkpoint_spec::files::write_atomically;
 
 use crate::fetch;
-use crate::project::Flavour;
 use crate::project::Project;
 use crate::step::Step;
 use crate::tools::{self, PIP};
@@ -272,8 +271,7 @@ pub struct Converter {
 
 pub fn converter(project: &Project) -> Result<Converter> {
     let python = ensure(project)?;
-    let script =
-        fetch::ensure_tree(project, Flavour::Patched, false)?.join("convert_hf_to_gguf.py");
+    let script = fetch::ensure_tree(project, false)?.join("convert_hf_to_gguf.py");
     ensure!(
         script.is_file(),
         "the pinned tree has no {}",

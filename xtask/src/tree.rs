@@ -1,5 +1,5 @@
-//! Which llama.cpp source tree a build uses: the pin (fetched into `vendor/`,
-//! with or without our patches) or a directory of the user's, which is only
+//! Which llama.cpp source tree a build uses: the pin (fetched into `vendor/`)
+//! or a directory of the user's, which is only
 //! ever read. Everything made from a tree lives under `target/llorch/`,
 //! keyed by [`Tree::id`].
 
@@ -12,7 +12,7 @@ use sha2::{Digest, Sha256};
 
 use crate::fetch;
 use crate::pin::Pin;
-use crate::project::{Flavour, Project};
+use crate::project::Project;
 
 /// `--llama-cpp DIR`, shared by every task that builds or runs the extractor.
 #[derive(clap::Args, Clone, Debug, Default)]
@@ -28,7 +28,7 @@ impl TreeArg {
     pub fn resolve(&self, project: &Project) -> Result<Tree> {
         match &self.llama_cpp {
             Some(dir) => Tree::local(dir),
-            None => Tree::pinned(project, Flavour::Patched),
+            None => Tree::pinned(project),
         }
     }
 }
@@ -38,21 +38,19 @@ pub struct Tree {
     /// Keys the tree's build and extractor directories: the pin's id, or
     /// `local-<name>-<hash of its path>` (one incremental build per checkout).
     pub id: String,
-    pub flavour: Option<Flavour>,
+    /// The pin (not a user's tree): its build is the project's own.
+    pub pinned: bool,
     pub record: LlamaTree,
 }
 
 impl Tree {
     /// The pinned tree, fetched (and checked against its stamp) if needed.
-    pub fn pinned(project: &Project, flavour: Flavour) -> Result<Tree> {
-        let root = fetch::ensure_tree(project, flavour, false)?;
+    pub fn pinned(project: &Project) -> Result<Tree> {
+        let root = fetch::ensure_tree(project, false)?;
         let pin = Pin::load(&project.pin_file())?;
-        let (kind, id) = match flavour {
-            Flavour::Patched => ("pinned", pin.id()),
-            Flavour::Unpatched => ("pinned-unpatched", format!("{}-unpatched", pin.id())),
-        };
+        let id = pin.id();
         let record = LlamaTree {
-            kind: kind.into(),
+            kind: "pinned".into(),
             name: pin.id(),
             path: root.clone(),
             content_sha256: content_sha256(&root)?,
@@ -61,7 +59,7 @@ impl Tree {
         Ok(Tree {
             root,
             id,
-            flavour: Some(flavour),
+            pinned: true,
             record,
         })
     }
@@ -107,13 +105,13 @@ impl Tree {
         Ok(Tree {
             id: format!("local-{safe}-{}", &path_hash[..10]),
             root,
-            flavour: None,
+            pinned: false,
             record,
         })
     }
 
     pub fn is_local(&self) -> bool {
-        self.flavour.is_none()
+        !self.pinned
     }
 
     pub fn include_dirs(&self) -> [PathBuf; 2] {

@@ -156,8 +156,8 @@ impl FlashAttn {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct LlamaTree {
-    /// `pinned` (vendor/pin.yaml), `pinned-unpatched` (the pin without
-    /// vendor/patches) or `local` (a directory given with `--llama-cpp`).
+    /// `pinned` (vendor/pin.yaml) or `local` (a directory given with
+    /// `--llama-cpp`); runs of earlier versions may say `pinned-unpatched`.
     pub kind: String,
     /// The pin's id (`llama-cpp-sys-2-0.1.161`), or the local directory's name.
     pub name: String,

@@ -1,8 +1,10 @@
-//! `cargo xtask fetch`: the pinned llama.cpp tree in `vendor/`, verified and patched.
+//! `cargo xtask fetch`: the pinned llama.cpp tree in `vendor/`, verified, as
+//! released (no patch: the manifests find the nodes llama.cpp leaves unnamed
+//! by op and operand).
 //!
-//! The tree is built in a staging directory (download, checksum, unpack, patch),
-//! hashed file by file, and only then renamed into place, so a refused download
-//! or a patch that does not apply never leaves a half-made tree behind. The
+//! The tree is built in a staging directory (download, checksum, unpack),
+//! hashed file by file, and only then renamed into place, so a refused or
+//! interrupted download never leaves a half-made tree behind. The
 //! stamp beside the tree records what was unpacked; every later run re-hashes
 //! the tree and refuses one that was edited by hand.
 
@@ -18,7 +20,6 @@ use sha2::{Digest, Sha256};
 use xshell::cmd;
 
 use crate::pin::{CrateSource, GitSource, OtherTrees, Pin, SourceRef};
-use crate::project::Flavour;
 use crate::project::Project;
 use crate::step::Step;
 
@@ -29,12 +30,9 @@ pub struct Fetch {
     /// Replace the vendor tree even if it was changed by hand (your edits are lost).
     #[arg(long)]
     force: bool,
-    /// Unpack the pristine tree into vendor/llama.cpp-unpatched, without vendor/patches.
-    #[arg(long)]
-    unpatched: bool,
     /// Instead: unpack a tree of vendor/trees.yaml into target/llorch/trees/NAME (read-only),
     /// to build with --llama-cpp.
-    #[arg(long, value_name = "NAME", conflicts_with_all = ["unpatched", "force"])]
+    #[arg(long, value_name = "NAME", conflicts_with = "force")]
     tree: Option<String>,
 }
 
@@ -45,12 +43,7 @@ impl Fetch {
             println!("{}", dir.display());
             return Ok(());
         }
-        let flavour = if self.unpatched {
-            Flavour::Unpatched
-        } else {
-            Flavour::Patched
-        };
-        ensure_tree(project, flavour, self.force)?;
+        ensure_tree(project, self.force)?;
         Ok(())
     }
 }
@@ -59,77 +52,70 @@ impl Fetch {
 #[derive(Serialize, Deserialize, PartialEq, Debug)]
 struct Stamp {
     pin: String,
-    patches: String,
+    /// Set by earlier versions, which patched node names in: such a tree is replaced.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    patches: Option<String>,
     /// Relative path -> sha256 of the content, for every file of the tree.
     files: BTreeMap<String, String>,
 }
 
-/// Makes sure the tree of `flavour` matches the pin and the patch series,
-/// fetching it when missing or outdated. Returns the tree's path.
-pub fn ensure_tree(project: &Project, flavour: Flavour, force: bool) -> Result<PathBuf> {
-    ensure_tree_with(project, flavour, force, &download_crate)
+/// Makes sure the pinned tree is there, as the pin says, fetching it when
+/// missing or outdated. Returns the tree's path.
+pub fn ensure_tree(project: &Project, force: bool) -> Result<PathBuf> {
+    ensure_tree_with(project, force, &download_crate)
 }
 
 fn ensure_tree_with(
     project: &Project,
-    flavour: Flavour,
     force: bool,
     download: &dyn Fn(&Project, &CrateSource) -> Result<PathBuf>,
 ) -> Result<PathBuf> {
     let pin = Pin::load(&project.pin_file())?;
-    let patches = match flavour {
-        Flavour::Patched => patch_series(&project.patches_dir())?,
-        Flavour::Unpatched => Vec::new(),
-    };
-    let wanted_patches = patches_digest(&patches)?;
-    let tree = project.tree(flavour);
-    let stamp_path = project.tree_stamp(flavour);
+    let tree = project.tree();
+    let stamp_path = project.tree_stamp();
     let step = Step::start(project, "fetch", &format!("llama.cpp {}", pin.describe()))?;
     if tree.exists() && !force {
         let stamp = intact_stamp(&tree, &stamp_path)?;
-        if stamp.pin == pin.id() && stamp.patches == wanted_patches {
+        let patched = stamp.patches.as_deref().is_some_and(|p| p != "none");
+        if stamp.pin == pin.id() && !patched {
             step.finish_unchanged(&format!(
-                "{} is up to date ({}, {} patches)",
+                "{} is up to date ({})",
                 tree.display(),
-                pin.describe(),
-                patches.len()
+                pin.describe()
             ));
             return Ok(tree);
         }
         step.say(&format!(
-            "pin or patches changed; replacing {}",
+            "{}; replacing {}",
+            if patched {
+                "the tree was patched by an earlier version"
+            } else {
+                "the pin changed"
+            },
             tree.display()
         ));
     }
     let vendor = tree.parent().context("tree has no parent")?;
-    let staging = vendor.join(format!(".staging-{}", flavour.tree_dir_name()));
+    let staging = vendor.join(".staging-llama.cpp");
     remove_dir_if_exists(&staging)?;
     let made = (|| -> Result<Stamp> {
         stage_source(project, &pin, &step, download, &staging)?;
-        for patch in &patches {
-            apply_patch(project, patch, &staging, &pin)?;
-        }
         Ok(Stamp {
             pin: pin.id(),
-            patches: wanted_patches.clone(),
+            patches: None,
             files: hash_tree(&staging)?,
         })
     })();
     let stamp = made.inspect_err(|_| {
         let _ = fs::remove_dir_all(&staging);
     })?;
-    swap_in(
-        &staging,
-        &tree,
-        &vendor.join(format!(".old-{}", flavour.tree_dir_name())),
-    )?;
+    swap_in(&staging, &tree, &vendor.join(".old-llama.cpp"))?;
     write_atomically(&stamp_path, &serde_json::to_vec_pretty(&stamp)?)?;
     step.finish(&format!(
-        "{} ready ({}, {} files, {} patches applied)",
+        "{} ready ({}, {} files)",
         tree.display(),
         pin.describe(),
-        stamp.files.len(),
-        patches.len()
+        stamp.files.len()
     ));
     Ok(tree)
 }
@@ -236,46 +222,6 @@ fn swap_in(staging: &Path, tree: &Path, old: &Path) -> Result<()> {
     remove_dir_if_exists(old)
 }
 
-/// `vendor/patches/NNNN-*.patch`, in order.
-fn patch_series(dir: &Path) -> Result<Vec<PathBuf>> {
-    let mut patches = Vec::new();
-    for entry in fs::read_dir(dir).with_context(|| format!("cannot read {}", dir.display()))? {
-        let path = entry?.path();
-        let name = path
-            .file_name()
-            .unwrap_or_default()
-            .to_string_lossy()
-            .into_owned();
-        if !name.ends_with(".patch") {
-            continue;
-        }
-        let numbered =
-            name.len() > 5 && name[..4].bytes().all(|b| b.is_ascii_digit()) && &name[4..5] == "-";
-        ensure!(
-            numbered,
-            "patch {} must be named NNNN-description.patch",
-            path.display()
-        );
-        patches.push(path);
-    }
-    patches.sort();
-    Ok(patches)
-}
-
-fn patches_digest(patches: &[PathBuf]) -> Result<String> {
-    if patches.is_empty() {
-        return Ok("none".to_string());
-    }
-    let mut hasher = Sha256::new();
-    for patch in patches {
-        hasher.update(patch.file_name().unwrap().as_encoded_bytes());
-        hasher.update([0]);
-        hasher.update(fs::read(patch)?);
-        hasher.update([0]);
-    }
-    Ok(hex::encode(hasher.finalize()))
-}
-
 fn download_crate(project: &Project, src: &CrateSource) -> Result<PathBuf> {
     download_crate_file(project, &src.name, &src.version)
 }
@@ -359,6 +305,8 @@ fn unpack_crate(crate_file: &Path, src: &CrateSource, dest: &Path, pinned_in: &s
 
 /// Unpacks the entries under `prefix` of a `.tar.gz` (a `.crate`, an sdist)
 /// into `dest`, without the prefix. Returns how many entries it unpacked.
+/// Files get the time of unpacking, not the archive's (crates.io's are all
+/// 2006): a tree replaced in place must look newer than its build's objects.
 pub fn unpack_tar_gz_subdir(bytes: &[u8], prefix: &Path, dest: &Path) -> Result<usize> {
     let mut archive = tar::Archive::new(flate2::read::GzDecoder::new(bytes));
     let mut unpacked = 0usize;
@@ -384,7 +332,7 @@ pub fn unpack_tar_gz_subdir(bytes: &[u8], prefix: &Path, dest: &Path) -> Result<
         if let Some(parent) = target.parent() {
             fs::create_dir_all(parent)?;
         }
-        entry.set_preserve_mtime(true);
+        entry.set_preserve_mtime(false);
         entry
             .unpack(&target)
             .with_context(|| format!("cannot unpack {}", relative.display()))?;
@@ -436,29 +384,6 @@ fn checkout_git(project: &Project, src: &GitSource, dest: &Path) -> Result<()> {
         "checked out {head} instead of the pinned {commit}"
     );
     fs::remove_dir_all(dest.join(".git"))?;
-    Ok(())
-}
-
-fn apply_patch(project: &Project, patch: &Path, tree: &Path, pin: &Pin) -> Result<()> {
-    let sh = project.shell()?;
-    let name = patch.file_name().unwrap().to_string_lossy();
-    let out = cmd!(
-        sh,
-        "patch -p1 --forward --batch --fuzz=0 --no-backup-if-mismatch -d {tree} -i {patch}"
-    )
-    .quiet()
-    .ignore_status()
-    .output()
-    .context("cannot run `patch` (install it with: apt-get install patch)")?;
-    if !out.status.success() {
-        bail!(
-            "patch {name} does not apply to {}:\n{}{}\nFix or regenerate {}.",
-            pin.describe(),
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr),
-            patch.display()
-        );
-    }
     Ok(())
 }
 

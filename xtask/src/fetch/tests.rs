@@ -2,14 +2,11 @@
 
 use super::*;
 
-/// A project root with vendor/pin.yaml and vendor/patches, in a temp dir.
-fn project_with(pin: &str, patches: &[(&str, &str)]) -> (tempfile::TempDir, Project) {
+/// A project root with vendor/pin.yaml, in a temp dir.
+fn project_with(pin: &str) -> (tempfile::TempDir, Project) {
     let dir = tempfile::tempdir().unwrap();
-    fs::create_dir_all(dir.path().join("vendor/patches")).unwrap();
+    fs::create_dir_all(dir.path().join("vendor")).unwrap();
     fs::write(dir.path().join("vendor/pin.yaml"), pin).unwrap();
-    for (name, text) in patches {
-        fs::write(dir.path().join("vendor/patches").join(name), text).unwrap();
-    }
     let project = Project::at(dir.path());
     (dir, project)
 }
@@ -46,38 +43,59 @@ fn crate_pin(sha: &str) -> String {
     format!("source:\n  crate:\n    name: fake\n    version: '1.0'\n    sha256: {sha}\n    subdir: llama.cpp\n")
 }
 
-const GOOD_PATCH: &str = "--- a/src/graph.cpp\n+++ b/src/graph.cpp\n@@ -1,3 +1,4 @@\n int a = 1;\n+int named = 1;\n int b = 2;\n int c = 3;\n";
-const BAD_PATCH: &str = "--- a/src/graph.cpp\n+++ b/src/graph.cpp\n@@ -1,3 +1,4 @@\n int x = 1;\n+int named = 1;\n int y = 2;\n int z = 3;\n";
-
 #[test]
-fn unpacks_only_the_subtree_applies_patches_and_is_idempotent() {
+fn unpacks_only_the_subtree_as_released_and_is_idempotent() {
     let fixtures = tempfile::tempdir().unwrap();
     let (crate_file, sha) = fake_crate(fixtures.path());
-    let (_dir, project) = project_with(&crate_pin(&sha), &[("0001-name.patch", GOOD_PATCH)]);
+    let (_dir, project) = project_with(&crate_pin(&sha));
     let download = |_: &Project, _: &CrateSource| Ok(crate_file.clone());
 
-    let tree = ensure_tree_with(&project, Flavour::Patched, false, &download).unwrap();
+    let tree = ensure_tree_with(&project, false, &download).unwrap();
     assert!(
         !tree.join("Cargo.toml").exists(),
         "only the llama.cpp subtree is unpacked"
     );
     let graph = fs::read_to_string(tree.join("src/graph.cpp")).unwrap();
-    assert_eq!(
-        graph,
-        "int a = 1;\nint named = 1;\nint b = 2;\nint c = 3;\n"
-    );
+    assert_eq!(graph, "int a = 1;\nint b = 2;\nint c = 3;\n");
+    // Newer than any build of an earlier tree (the archive says 1970).
+    let age = fs::metadata(tree.join("src/graph.cpp"))
+        .unwrap()
+        .modified()
+        .unwrap()
+        .elapsed()
+        .unwrap_or_default();
+    assert!(age.as_secs() < 3600, "mtime {age:?} ago");
 
     // Second run: nothing to do, so it must not even ask for the download.
     let no_download =
         |_: &Project, _: &CrateSource| -> Result<PathBuf> { panic!("downloaded again") };
-    ensure_tree_with(&project, Flavour::Patched, false, &no_download).unwrap();
+    ensure_tree_with(&project, false, &no_download).unwrap();
+}
 
-    // The unpatched flavour is a separate, pristine tree.
-    let pristine = ensure_tree_with(&project, Flavour::Unpatched, false, &download).unwrap();
-    assert_eq!(
-        fs::read_to_string(pristine.join("src/graph.cpp")).unwrap(),
-        "int a = 1;\nint b = 2;\nint c = 3;\n"
-    );
+#[test]
+fn a_tree_an_earlier_version_patched_is_replaced() {
+    let fixtures = tempfile::tempdir().unwrap();
+    let (crate_file, sha) = fake_crate(fixtures.path());
+    let (_dir, project) = project_with(&crate_pin(&sha));
+    let download = |_: &Project, _: &CrateSource| Ok(crate_file.clone());
+    let tree = ensure_tree_with(&project, false, &download).unwrap();
+    // What earlier versions wrote: the digest of the patch series they applied.
+    let stamp_path = project.tree_stamp();
+    let mut stamp: serde_json::Value =
+        serde_json::from_slice(&fs::read(&stamp_path).unwrap()).unwrap();
+    stamp["patches"] = "0123abcd".into();
+    fs::write(&stamp_path, serde_json::to_vec(&stamp).unwrap()).unwrap();
+
+    let downloads = std::cell::Cell::new(0);
+    let counted = |p: &Project, s: &CrateSource| {
+        downloads.set(downloads.get() + 1);
+        download(p, s)
+    };
+    ensure_tree_with(&project, false, &counted).unwrap();
+    assert_eq!(downloads.get(), 1, "the patched tree is fetched again");
+    let stamp = fs::read_to_string(&stamp_path).unwrap();
+    assert!(!stamp.contains("patches"), "{stamp}");
+    assert!(tree.join("src/graph.cpp").is_file());
 }
 
 #[test]
@@ -85,10 +103,10 @@ fn a_checksum_other_than_the_pin_is_refused_and_nothing_is_unpacked() {
     let fixtures = tempfile::tempdir().unwrap();
     let (crate_file, _) = fake_crate(fixtures.path());
     let wrong = "0".repeat(64);
-    let (_dir, project) = project_with(&crate_pin(&wrong), &[]);
+    let (_dir, project) = project_with(&crate_pin(&wrong));
     let download = |_: &Project, _: &CrateSource| Ok(crate_file.clone());
 
-    let err = ensure_tree_with(&project, Flavour::Patched, false, &download).unwrap_err();
+    let err = ensure_tree_with(&project, false, &download).unwrap_err();
     let msg = format!("{err:#}");
     assert!(
         msg.contains("checksum mismatch") && msg.contains(&wrong),
@@ -99,11 +117,7 @@ fn a_checksum_other_than_the_pin_is_refused_and_nothing_is_unpacked() {
         .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
         .collect();
     vendor.sort();
-    assert_eq!(
-        vendor,
-        ["patches", "pin.yaml"],
-        "nothing unpacked, no staging left"
-    );
+    assert_eq!(vendor, ["pin.yaml"], "nothing unpacked, no staging left");
 }
 
 #[test]
@@ -117,62 +131,40 @@ fn the_real_crate_with_a_wrong_pinned_sha256_is_refused() {
         "source:\n  crate:\n    name: {}\n    version: '{}'\n    sha256: {wrong}\n    subdir: {}\n",
         src.name, src.version, src.subdir
     );
-    let (_dir, project) = project_with(&pin, &[]);
-    let err = ensure_tree(&project, Flavour::Patched, false).unwrap_err();
+    let (_dir, project) = project_with(&pin);
+    let err = ensure_tree(&project, false).unwrap_err();
     let msg = format!("{err:#}");
     assert!(
         msg.contains("checksum mismatch") && msg.contains(&src.sha256),
         "{msg}"
     );
-    assert!(!project.tree(Flavour::Patched).exists());
+    assert!(!project.tree().exists());
 }
 
 #[test]
 fn a_hand_edit_is_detected_with_the_restore_command() {
     let fixtures = tempfile::tempdir().unwrap();
     let (crate_file, sha) = fake_crate(fixtures.path());
-    let (_dir, project) = project_with(&crate_pin(&sha), &[]);
+    let (_dir, project) = project_with(&crate_pin(&sha));
     let download = |_: &Project, _: &CrateSource| Ok(crate_file.clone());
-    let tree = ensure_tree_with(&project, Flavour::Patched, false, &download).unwrap();
+    let tree = ensure_tree_with(&project, false, &download).unwrap();
 
     fs::write(tree.join("include/llama.h"), "void llama(int);\n").unwrap();
     fs::write(tree.join("src/extra.c"), "").unwrap();
-    let err = ensure_tree_with(&project, Flavour::Patched, false, &download).unwrap_err();
+    let err = ensure_tree_with(&project, false, &download).unwrap_err();
     let msg = format!("{err:#}");
     assert!(msg.contains("modified: include/llama.h"), "{msg}");
     assert!(msg.contains("added:    src/extra.c"), "{msg}");
     assert!(msg.contains("cargo xtask fetch --force"), "{msg}");
 
     // The restore command restores it.
-    ensure_tree_with(&project, Flavour::Patched, true, &download).unwrap();
+    ensure_tree_with(&project, true, &download).unwrap();
     assert_eq!(
         fs::read_to_string(tree.join("include/llama.h")).unwrap(),
         "void llama(void);\n"
     );
     assert!(!tree.join("src/extra.c").exists());
-    ensure_tree_with(&project, Flavour::Patched, false, &download).unwrap();
-}
-
-#[test]
-fn a_patch_that_does_not_apply_names_itself_and_leaves_no_tree() {
-    let fixtures = tempfile::tempdir().unwrap();
-    let (crate_file, sha) = fake_crate(fixtures.path());
-    let (_dir, project) = project_with(
-        &crate_pin(&sha),
-        &[
-            ("0001-good.patch", GOOD_PATCH),
-            ("0002-stale.patch", BAD_PATCH),
-        ],
-    );
-    let download = |_: &Project, _: &CrateSource| Ok(crate_file.clone());
-    let err = ensure_tree_with(&project, Flavour::Patched, false, &download).unwrap_err();
-    let msg = format!("{err:#}");
-    assert!(
-        msg.contains("patch 0002-stale.patch does not apply"),
-        "{msg}"
-    );
-    assert!(!project.tree(Flavour::Patched).exists());
-    assert!(!project.root().join("vendor/.staging-llama.cpp").exists());
+    ensure_tree_with(&project, false, &download).unwrap();
 }
 
 #[test]
@@ -201,12 +193,12 @@ fn the_git_source_checks_out_the_pinned_commit_of_a_local_repository() {
 
     let url = upstream.path().display().to_string();
     let pin = format!("source:\n  git:\n    url: {url}\n    commit: {pinned}\n");
-    let (_dir, project) = project_with(&pin, &[("0001-name.patch", GOOD_PATCH)]);
+    let (_dir, project) = project_with(&pin);
     let never = |_: &Project, _: &CrateSource| -> Result<PathBuf> { unreachable!() };
-    let tree = ensure_tree_with(&project, Flavour::Patched, false, &never).unwrap();
+    let tree = ensure_tree_with(&project, false, &never).unwrap();
     assert_eq!(
         fs::read_to_string(tree.join("src/graph.cpp")).unwrap(),
-        "int a = 1;\nint named = 1;\nint b = 2;\nint c = 3;\n"
+        "int a = 1;\nint b = 2;\nint c = 3;\n"
     );
     assert!(
         !tree.join(".git").exists(),
@@ -216,8 +208,8 @@ fn the_git_source_checks_out_the_pinned_commit_of_a_local_repository() {
     // A commit the repository does not have is an error that names it.
     let missing = "1234567890".repeat(4);
     let pin = format!("source:\n  git:\n    url: {url}\n    commit: '{missing}'\n");
-    let (_dir2, project2) = project_with(&pin, &[]);
-    let err = ensure_tree_with(&project2, Flavour::Patched, false, &never).unwrap_err();
+    let (_dir2, project2) = project_with(&pin);
+    let err = ensure_tree_with(&project2, false, &never).unwrap_err();
     assert!(format!("{err:#}").contains(&missing), "{err:#}");
-    assert!(!project2.tree(Flavour::Patched).exists());
+    assert!(!project2.tree().exists());
 }

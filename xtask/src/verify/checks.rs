@@ -12,10 +12,8 @@ use llorch_checkpoint_spec::record::{median, RunRecord};
 use xshell::{cmd, Shell};
 
 use super::ctx::Ctx;
-use super::report::Checked;
 use crate::build::{self, Backend};
 use crate::compare::{LlamaCpp, PyTorch};
-use crate::project::Flavour;
 use crate::project::Project;
 use crate::prompts::{words_of_english, PERF_PROMPT};
 use crate::tree::Tree;
@@ -26,7 +24,7 @@ use llorch_checkpoint_spec::record::FlashAttnMode;
 pub fn clean_build(project: &Project, work: &Path) -> Result<String> {
     let fresh = work.join("clean-build");
     let t = Instant::now();
-    let tree = Tree::pinned(project, Flavour::Patched)?;
+    let tree = Tree::pinned(project)?;
     let lib_dir = build::build_llama(project, Backend::Cpu, &tree, Some(fresh.join("llama")))?;
     let llama_secs = t.elapsed().as_secs_f64();
     let active = fresh.join("active-build.json");
@@ -533,52 +531,4 @@ pub fn sliding_window_masks(ctx: &Ctx<'_>) -> Result<String> {
         "{n} tokens: layer 0 has all {count} probabilities beyond the window at 0 (rows sum to 1 within {sum_err:.1e}); \
          layer 5 gives {g_nonzero} of {g_count} such keys weight"
     ))
-}
-
-/// The same run through the patched and the unpatched tree's extractors:
-/// every checkpoint the manifest names is found on both (the unnamed nodes by
-/// op and operand), and every file and the logits are bitwise equal.
-pub fn unpatched_matches(ctx: &Ctx<'_>, layers: &str) -> Result<Checked> {
-    let Some(unpatched) = &ctx.unpatched else {
-        return Ok(Checked::Skipped(
-            "no extractor on the unpatched tree (the full tier builds it; its build failed, or did not run)".into(),
-        ));
-    };
-    let (sh, model, manifest) = (&ctx.sh, &ctx.model, &ctx.manifest);
-    let mut records = Vec::new();
-    for (exe, side) in [(&ctx.exe, "patched"), (unpatched, "unpatched")] {
-        let out = ctx.work.join(format!("tree-{side}"));
-        quietly(cmd!(sh, "{exe} -m {model} --manifest {manifest} --layers {layers} -p 'Hello world' -n 1 -t 2 --flash-attn off --out {out}"))
-            .with_context(|| format!("the {side} tree's run"))?;
-        records.push(RunRecord::read(&out)?);
-    }
-    let (patched, plain) = (&records[0], &records[1]);
-    ensure!(
-        plain.llama_cpp.tree.kind == "pinned-unpatched",
-        "the second run is on the {} tree",
-        plain.llama_cpp.tree.kind
-    );
-    let files = |r: &RunRecord| -> Vec<(String, String)> {
-        r.checkpoints
-            .iter()
-            .map(|c| (c.file.clone(), c.sha256.clone()))
-            .collect()
-    };
-    ensure!(
-        files(patched) == files(plain) && patched.logits.sha256 == plain.logits.sha256,
-        "the trees' checkpoints or logits differ"
-    );
-    let renamed: Vec<String> = patched
-        .checkpoints
-        .iter()
-        .zip(&plain.checkpoints)
-        .filter(|(a, b)| a.tensor != b.tensor)
-        .map(|(a, b)| format!("{} `{}`", a.tensor, b.tensor))
-        .take(3)
-        .collect();
-    Ok(Checked::Pass(format!(
-        "{} checkpoints and logits.bin bitwise equal; nodes named by the patch found unnamed on the plain tree, e.g. {}",
-        patched.checkpoints.len(),
-        renamed.join(", ")
-    )))
 }

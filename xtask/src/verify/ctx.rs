@@ -31,9 +31,6 @@ pub struct Ctx<'a> {
     pub manifest: PathBuf,
     /// target/llorch/verify, or a directory under it.
     pub work: PathBuf,
-    /// The release extractor built on the unpatched tree (the build section
-    /// makes it; none with `--quick` or when it failed).
-    pub unpatched: Option<PathBuf>,
     /// Seconds setup took when it built llama.cpp and the extractor from
     /// nothing (a fresh clone): that was a clean build.
     pub clean_setup: Option<f64>,
@@ -50,7 +47,6 @@ impl<'a> Ctx<'a> {
             model,
             manifest,
             work: self.work.join(name),
-            unpatched: self.unpatched.clone(),
             clean_setup: self.clean_setup,
         })
     }

@@ -4,7 +4,7 @@
 //! of checks, each line `PASS`, `FAIL` or `SKIPPED` with its figures, or
 //! `INFO` for figures nothing judges, and a closing `N passed, M failed, K
 //! skipped`:
-//! - build: clean build, unpatched build, bindings fresh, no AMX kernels, formatting;
+//! - build: clean build, bindings fresh, no AMX kernels, clippy;
 //! - runtime: with and without extraction, the same token, bitwise-equal
 //!   logits, every checkpoint once;
 //! - format: the validator on the run and on corrupted copies;
@@ -32,12 +32,10 @@ use anyhow::{bail, Context, Result};
 use llorch_checkpoint_spec::record::RunRecord;
 use xshell::cmd;
 
-use crate::build::{self, Backend};
+use crate::build::Backend;
 use crate::extract::ensure_extractor;
 use crate::pin::Pin;
-use crate::project::Flavour;
 use crate::project::Project;
-use crate::tree::Tree;
 
 mod browser;
 mod cargo_test;
@@ -55,7 +53,7 @@ mod rpc;
 mod trees;
 use checks::{
     clean_build, corrupted_copy_rejected, no_amx, overhead_ratio, quietly, seen_once, throughput,
-    unpatched_matches, validate, CORRUPTIONS,
+    validate, CORRUPTIONS,
 };
 use ctx::Ctx;
 use report::{Checked, Report};
@@ -252,7 +250,6 @@ impl Verify {
             model,
             manifest,
             work,
-            unpatched: None,
             clean_setup,
         })
     }
@@ -306,27 +303,12 @@ impl Verify {
             None => {
                 let built = clean_build(project, &ctx.work);
                 report.check(
-                    "clean build of patched llama.cpp + extractor in a fresh directory",
+                    "clean build of llama.cpp + extractor in a fresh directory",
                     t,
                     built,
                 );
             }
         }
-        let t = Instant::now();
-        let unpatched = Tree::pinned(project, Flavour::Unpatched)
-            .and_then(|tree| build::ensure_extractor(project, Backend::Cpu, &tree));
-        let built = unpatched.map(|exe| {
-            let said = format!("unpatched tree and its extractor build ({})", exe.display());
-            ctx.unpatched = Some(exe);
-            said
-        });
-        report.check("unpatched llama.cpp and an extractor on it build", t, built);
-        let t = Instant::now();
-        report.record(
-            "the unpatched tree finds all nine GPT-2 checkpoints, bitwise the patched tree's",
-            t,
-            unpatched_matches(ctx, "0"),
-        );
     }
 
     fn performance_checks(&self, report: &mut Report, ctx: &Ctx<'_>) {

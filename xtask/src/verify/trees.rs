@@ -14,7 +14,6 @@ use super::report::Report;
 use crate::build::{self, Backend};
 use crate::diff_trees::{diff_trees, Runs};
 use crate::fetch;
-use crate::project::Flavour;
 use crate::prompts::PERF_PROMPT;
 use crate::tree::{content_sha256, Tree};
 
@@ -137,7 +136,7 @@ fn against_pin(
     name: &str,
     max_nmse: f64,
 ) -> Result<String> {
-    let pin = Tree::pinned(ctx.project, Flavour::Patched)?;
+    let pin = Tree::pinned(ctx.project)?;
     let out = ctx.work.join(format!("trees-{name}"));
     let extra = ["--flash-attn".to_string(), "off".to_string()];
     let runs = Runs {

@@ -344,7 +344,7 @@ fn select(
         }
     };
     // A GGUF weight's or a cache's name first: they stay the same between
-    // llama.cpp versions, node names do not (some are this project's patch's).
+    // llama.cpp versions, node names do not (`node_<n>` counts the graph).
     let lasting =
         |name: &str| !name.contains(" (") && (name.contains('.') || name.starts_with("cache_"));
     for o in node.operands.iter().filter(|o| lasting(&o.name)) {

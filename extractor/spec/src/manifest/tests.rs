@@ -43,7 +43,7 @@ fn expands_layers_and_resolves_shapes() {
 
 #[test]
 fn n_kv_dims_keep_only_the_filled_cells() {
-    let m = parse("checkpoints:\n  - {id: k, tensor: cache_k-0, shape: [head_dim, n_head, n_kv, 1], file: k}\n").unwrap();
+    let m = parse("checkpoints:\n  - {id: k, op: VIEW, operand: cache_k_l0, shape: [head_dim, n_head, n_kv, 1], file: k}\n").unwrap();
     let s = gpt2_symbols();
     let r = m.checkpoints[0].resolve(&s).unwrap();
     assert_eq!(

@@ -173,7 +173,7 @@ impl Verify {
             matching::checks(&mut report, &ctx);
         }
         if self.runs(Group::Trees) {
-            trees::tree_checks(&mut report, &ctx);
+            trees::tree_checks(&mut report, &ctx, self.full);
         }
         if self.runs(Group::Rpc) {
             rpc::checks(&mut report, &ctx);
@@ -186,9 +186,15 @@ impl Verify {
                 t,
                 miri::check(project),
             );
+            if self.full {
+                report.tidy(&project.root().join("target/miri"));
+            }
         }
         if self.runs(Group::Fuzz) {
             fuzz::checks(&mut report, project);
+            if self.full {
+                report.tidy(&project.work_dir().join("fuzz/target"));
+            }
         }
 
         let header = serde_json::json!({

@@ -22,7 +22,9 @@ const OLDER: &str = "llama-cpp-sys-2-0.1.150";
 /// A tree whose API is older than the extractor supports.
 const TOO_OLD: &str = "llama-cpp-sys-2-0.1.100";
 
-pub fn tree_checks(report: &mut Report, ctx: &Ctx<'_>) {
+/// `drop_build`: the tree's llama.cpp build and extractor go once the
+/// section passed (the full tier: its disk peak; a rerun builds them again).
+pub fn tree_checks(report: &mut Report, ctx: &Ctx<'_>, drop_build: bool) {
     report.section(&format!(
         "your own llama.cpp: {OLDER} as a plain read-only directory"
     ));
@@ -103,6 +105,10 @@ pub fn tree_checks(report: &mut Report, ctx: &Ctx<'_>) {
     );
     for name in ["gpt2", "smollm2"] {
         report.tidy(&ctx.work.join(format!("trees-{name}")));
+    }
+    if drop_build {
+        report.tidy(&build::default_build_dir(ctx.project, Backend::Cpu, &tree));
+        report.tidy(&ctx.project.extractor_dir(&tree.id));
     }
 }
 

@@ -121,7 +121,9 @@ def make_room(root, model):
     held to $LLORCH_REFERENCE_CACHE_GB (default 8) by dropping the least
     recently used; a model larger than the whole budget is not saved."""
     budget = float(os.environ.get("LLORCH_REFERENCE_CACHE_GB") or 8) * 1e9
-    size = sum(p.numel() * p.element_size() for p in model.state_dict().values())
+    # Tied weights (an embedding that is also the output) are one storage, saved once.
+    storages = {p.untyped_storage().data_ptr(): p.untyped_storage().nbytes() for p in model.state_dict().values()}
+    size = sum(storages.values())
     if size > budget:
         return False
     os.makedirs(root, exist_ok=True)

@@ -29,7 +29,8 @@ use crate::tools::{self, PIP};
 /// Pinned, with what llama.cpp's converter asks for (its
 /// requirements-convert_hf_to_gguf.txt: torch 2.11.0, transformers 4.57.6,
 /// numpy ~2.2.6, sentencepiece, protobuf < 5; gguf-py: tqdm, pyyaml, requests).
-/// torch is PyPI's default wheel (with its CUDA libraries, ~5.6 GB).
+/// torch is PyPI's default wheel (with its CUDA libraries, ~4.3 GB: PyPI
+/// has no CPU-only build, and torch does not import without them).
 const REQUIREMENTS: &[&str] = &[
     "torch==2.11.0",
     "transformers==4.57.6",
@@ -61,7 +62,7 @@ const PIP_FLAGS: &[&str] = &[
 
 /// The venv once installed (torch with its CUDA libraries is most of it),
 /// and the wheels that wait, downloaded, while pip unpacks them.
-const INSTALLED_GB: f64 = 5.0;
+const INSTALLED_GB: f64 = 4.9;
 const WHEELS_GB: f64 = 2.8;
 
 /// The sdist that carries the converter's Python packages.
@@ -187,6 +188,15 @@ pub fn ensure(project: &Project) -> Result<PathBuf> {
     installed.context(
         "pip could not install the pinned Python packages from PyPI (is PyPI reachable? is there disk space for torch?).\n\
          Retry with: cargo xtask model --self-test-hf",
+    )?;
+    // torch brings triton, torch.compile's GPU compiler (0.6 GB): the
+    // reference runs eagerly on the CPU, and torch imports without it.
+    step.run(
+        "pip uninstall triton",
+        duct::cmd(
+            &python,
+            ["-m", "pip", "uninstall", "--yes", "--quiet", "triton"],
+        ),
     )?;
     write_atomically(&stamp, wanted.as_bytes())?;
     step.finish(&format!(

@@ -491,4 +491,6 @@ fn compare_checks(report: &mut Report, ctx: &Ctx<'_>, whole: bool) {
         t,
         result,
     );
+    // The runs go once read (a failure keeps them to look at).
+    report.tidy(&project.work_dir().join("compare-self-test"));
 }

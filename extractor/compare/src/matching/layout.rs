@@ -49,11 +49,11 @@ pub fn apply(steps: &[Step], shape: &[usize], data: &[f64]) -> (Vec<usize>, Vec<
     for step in steps {
         match step {
             Step::DropBatch => {
-                debug_assert_eq!(shape.first(), Some(&1));
+                assert_eq!(shape.first(), Some(&1));
                 shape.remove(0);
             }
             Step::Reshape(to) => {
-                debug_assert_eq!(
+                assert_eq!(
                     to.iter().product::<usize>(),
                     shape.iter().product::<usize>()
                 );

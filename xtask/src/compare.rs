@@ -68,8 +68,9 @@ pub struct Compare {
     /// checkpoint position by position (no PyTorch needed).
     #[arg(long, conflicts_with_all = ["candidate", "attribution", "run", "self_test"])]
     sequential: bool,
-    /// Flash attention for llama.cpp's runs [default: auto, llama.cpp's own]. With it on,
-    /// scores do not exist (reported absent) and V is compared in its untransposed layout.
+    /// Flash attention for llama.cpp's runs (`-fa`) [default: off where the manifest names a node
+    /// only a graph without it has (the scores), or when matching; else auto, llama.cpp's own].
+    /// With it on, scores do not exist (reported absent) and V is compared in its untransposed layout.
     #[arg(long, value_enum)]
     flash_attn: Option<FlashAttnMode>,
     #[command(flatten)]
@@ -102,10 +103,12 @@ impl Compare {
             hf,
             set_aside,
         } = self.sides(project)?;
-        // Matching wants every node: without flash attention, the scores are nodes too.
-        let flash_attn = match manifest {
-            None => self.flash_attn.or(Some(FlashAttnMode::Off)),
-            Some(_) => self.flash_attn,
+        // Matching wants every node: without flash attention, the scores are
+        // nodes too; a manifest gets every checkpoint it names.
+        let flash_attn = match (&manifest, self.flash_attn) {
+            (_, Some(asked)) => Some(asked),
+            (None, None) => Some(FlashAttnMode::Off),
+            (Some(m), None) => crate::flags::every_checkpoint("compare", m, &project.shown(m))?,
         };
         let llama = LlamaCpp::on(project, self.tree.clone(), flash_attn);
         let torch = PyTorch::new(project);

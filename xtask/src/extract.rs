@@ -3,14 +3,13 @@
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result};
-use llorch_checkpoint_spec::manifest::Manifest;
-use llorch_checkpoint_spec::record::{FlashAttnMode, RunRecord};
+use llorch_checkpoint_spec::record::RunRecord;
 
 use crate::build::{self, Backend};
 use crate::flags::{self, LlamaFlags};
 use crate::model::ModelArgs;
 use crate::project::Project;
-use crate::step::{self, Step};
+use crate::step::Step;
 use crate::tree::{Tree, TreeArg};
 
 #[derive(clap::Args)]
@@ -74,7 +73,8 @@ impl Extract {
         let exe = build::ensure_extractor(project, self.backend, &tree)?;
         let by_manifest = !flags::has(&self.extractor_args, &["--tensors"]);
         if by_manifest && self.llama.flash_attn.is_none() {
-            self.llama.flash_attn = every_checkpoint(&manifest, &project.shown(&manifest))?;
+            self.llama.flash_attn =
+                flags::every_checkpoint("extract", &manifest, &project.shown(&manifest))?;
         }
         let mut args: Vec<String> = vec!["-m".into(), path_arg(&model)?, "--out".into()];
         args.push(path_arg(&out)?);
@@ -140,28 +140,6 @@ impl Extract {
             (None, None) => ["--prompt".into(), self.input.prompt.clone()],
         })
     }
-}
-
-/// Flash attention off where the manifest names a node that only a graph
-/// without it has (the scores): a manifest's checkpoints are all asked for.
-fn every_checkpoint(manifest: &Path, shown: &str) -> Result<Option<FlashAttnMode>> {
-    let parsed = Manifest::load(manifest)?;
-    let ids: std::collections::BTreeSet<&str> = parsed
-        .absent_under_flash_attn()
-        .map(|cp| cp.id.as_str())
-        .collect();
-    if ids.is_empty() {
-        return Ok(None);
-    }
-    step::note(
-        "extract",
-        &format!(
-            "flash attention off for this run: {shown} names {}, which only a graph \
-             without it has (`-fa auto`: llama.cpp's own default)",
-            Vec::from_iter(ids).join(", ")
-        ),
-    );
-    Ok(Some(FlashAttnMode::Off))
 }
 
 fn path_arg(path: &Path) -> Result<String> {

@@ -4,9 +4,14 @@
 //! before clap sees the line), and the flags given after `--` that a task
 //! takes for its own.
 
+use std::path::Path;
+
 use anyhow::{Context, Result};
 use clap::ValueEnum;
+use llorch_checkpoint_spec::manifest::Manifest;
 use llorch_checkpoint_spec::record::FlashAttnMode;
+
+use crate::step;
 
 #[derive(clap::Args, Clone, Default)]
 pub struct LlamaFlags {
@@ -115,6 +120,29 @@ pub fn has(rest: &[String], names: &[&str]) -> bool {
             .iter()
             .any(|n| word == n || word.starts_with(&format!("{n}=")))
     })
+}
+
+/// Flash attention off where the manifest names a node that only a graph
+/// without it has (the scores): a manifest's checkpoints are all asked for.
+/// Said on the task's first lines, with how to get llama.cpp's own default.
+pub fn every_checkpoint(task: &str, manifest: &Path, shown: &str) -> Result<Option<FlashAttnMode>> {
+    let parsed = Manifest::load(manifest)?;
+    let ids: std::collections::BTreeSet<&str> = parsed
+        .absent_under_flash_attn()
+        .map(|cp| cp.id.as_str())
+        .collect();
+    if ids.is_empty() {
+        return Ok(None);
+    }
+    step::note(
+        task,
+        &format!(
+            "flash attention off for this run: {shown} names {}, which only a graph \
+             without it has (`-fa auto`: llama.cpp's own default)",
+            Vec::from_iter(ids).join(", ")
+        ),
+    );
+    Ok(Some(FlashAttnMode::Off))
 }
 
 #[cfg(test)]

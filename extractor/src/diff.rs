@@ -70,14 +70,12 @@ pub fn stats(reference: &[f32], test: &[f32]) -> Stats {
 }
 
 /// The coordinate (row-major, as files store it) of flat index `i` in `shape`.
-pub fn coordinate(shape: &[i64], mut i: usize) -> Vec<i64> {
-    let mut at = vec![0; shape.len()];
-    for (d, &n) in shape.iter().enumerate().rev() {
-        let n = n.max(1) as usize;
-        at[d] = (i % n) as i64;
-        i /= n;
-    }
-    at
+fn coordinate(shape: &[i64], i: usize) -> Vec<i64> {
+    let dims: Vec<usize> = shape.iter().map(|&d| d.max(0) as usize).collect();
+    metric::unravel(i, &dims)
+        .into_iter()
+        .map(|d| d as i64)
+        .collect()
 }
 
 /// One compared file.

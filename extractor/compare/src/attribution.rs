@@ -7,7 +7,9 @@ use std::path::Path;
 use anyhow::Result;
 
 use crate::entries::{Entry, F64, F64_GELU, F64_GGML};
-use crate::metrics::{self, Metrics, Row};
+use llorch_checkpoint_spec::metric::Metrics;
+
+use crate::metrics::{self, Row};
 use crate::sides::{Extraction, Extractor};
 use crate::text::layer_text;
 

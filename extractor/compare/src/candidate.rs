@@ -17,28 +17,10 @@ use llorch_checkpoint_spec::record::RunRecord;
 use serde::Serialize;
 
 use crate::entries::Entry;
-use crate::metrics::{first_failure, metrics, read_tensor, unravel, Metrics, Row, Tensor};
-use crate::text::layer_text;
+use llorch_checkpoint_spec::metric::{metrics, unravel, Metrics, AGAINST_LLAMA_CPP};
 
-/// Candidate vs llama.cpp asks "does it compute what llama.cpp computes?",
-/// a tighter question than llama.cpp vs float64. This default is set by
-/// what correct llama.cpp runs of the synthetic f32 GPT-2 (all 12 layers,
-/// 119 tokens) differ by: 2 threads vs 1, bitwise equal; f16 vs f32 KV
-/// cache, NMSE up to 3.4e-6 and |diff| up to 2.2e-3 of the largest |value|;
-/// flash attention on vs off, 4.0e-7; the prompt as one batch vs one token
-/// at a time, 3.9e-6 and 2.6e-3. NMSE 2e-5 sits 5x above the worst and 5x
-/// below a 1.01 scaling's 1e-4; 0.005 of the largest |value| 2x above.
-/// On a quantised model llama.cpp quantises each matmul's input to 8 bits,
-/// so a rounding difference upstream moves values by whole steps (SmolLM2
-/// Q4_1, batch vs sequential: NMSE 8.8e-5 at layer 0's FFN, 6.5e-3 at layer
-/// 29): an engine that does not quantise them alike exceeds this, which is
-/// the true answer; `Manifest` asks the looser question.
-pub const AGAINST_LLAMA_CPP: Tolerance = Tolerance {
-    atol: 0.0,
-    atol_of_max: 5e-3,
-    rtol: 0.0,
-    nmse: 2e-5,
-};
+use crate::metrics::{first_failure, read_tensor, Row, Tensor};
+use crate::text::layer_text;
 
 /// Which tolerance judges the candidate against llama.cpp.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]

@@ -10,7 +10,9 @@ use anyhow::Result;
 
 use crate::candidate::{first_divergence, CandidateRow, Verdict};
 use crate::entries::Entry;
-use crate::metrics::{read_tensor, unravel, Row, Tensor};
+use llorch_checkpoint_spec::metric::unravel;
+
+use crate::metrics::{read_tensor, Row, Tensor};
 use crate::text::{layer_text, xml};
 
 /// Everything the page shows.

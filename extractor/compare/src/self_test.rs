@@ -9,7 +9,9 @@ use llorch_checkpoint_spec::manifest::Manifest;
 
 use crate::compare::{compare, Options};
 use crate::entries::entries;
-use crate::metrics::{read_tensor, unravel};
+use llorch_checkpoint_spec::metric::unravel;
+
+use crate::metrics::read_tensor;
 use crate::sides::{Extractor, Reference};
 
 /// The comparison of `model` on `manifest` must pass, and a copy of that run

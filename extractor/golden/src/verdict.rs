@@ -2,9 +2,8 @@
 
 use std::fmt;
 
-use llorch_checkpoint_compare::candidate::AGAINST_LLAMA_CPP;
-use llorch_checkpoint_compare::metrics::{metrics, unravel};
 use llorch_checkpoint_spec::manifest::Tolerance as SpecTolerance;
+use llorch_checkpoint_spec::metric::{metrics, unravel, AGAINST_LLAMA_CPP};
 
 use crate::Tensor;
 

@@ -5,7 +5,7 @@ use llorch_checkpoint_spec::manifest::Tolerance;
 use super::scales::percent;
 use super::*;
 use crate::entries::F64;
-use crate::metrics::Metrics;
+use llorch_checkpoint_spec::metric::Metrics;
 
 /// SmolLM2's checkpoints (manifests/llama.yaml).
 const IDS: [&str; 12] = [

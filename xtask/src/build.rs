@@ -216,6 +216,11 @@ impl Build {
     }
 }
 
+/// Builds llama.cpp and the extractor on the pin for `backend` (a no-op when up to date).
+pub fn pinned_extractor(project: &Project, backend: Backend) -> Result<PathBuf> {
+    ensure_extractor(project, backend, &Tree::pinned(project)?)
+}
+
 /// llama.cpp and the extractor on `tree` for `backend`, each a no-op when up
 /// to date; returns the extractor. A local tree's headers are checked first,
 /// so a tree too old fails in a second, not after its build.

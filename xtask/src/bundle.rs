@@ -139,7 +139,7 @@ fn make(project: &Project, dir: &Path) -> Result<()> {
 /// they run against the libraries the script builds there), into `bin`.
 fn copy_binaries(project: &Project, bin: &Path) -> Result<()> {
     let sh = project.shell()?;
-    crate::extract::ensure_extractor(project, Backend::Cpu)?;
+    build::pinned_extractor(project, Backend::Cpu)?;
     let release = project.root().join("target/release");
     let xtask = std::env::current_exe().context("cannot find the running xtask binary")?;
     for (src, name) in BINARIES

@@ -20,7 +20,7 @@ use xshell::cmd;
 use llorch_checkpoint_spec::record::{FlashAttnMode, RunRecord};
 
 use crate::build::{self, Backend};
-use crate::extract::layer_arg;
+use crate::extractor_run::{quietly, ExtractorRun};
 use crate::model::{ModelArgs, Outtype};
 use crate::project::Project;
 use crate::tree::TreeArg;
@@ -275,47 +275,37 @@ impl LlamaCpp<'_> {
     }
 }
 
-/// Runs `command` quietly; its failure is `what` and what it printed on stderr.
-fn succeeds(command: xshell::Cmd<'_>, what: &str) -> Result<()> {
-    let out = command.quiet().ignore_status().output()?;
-    anyhow::ensure!(
-        out.status.success(),
-        "{what}:\n{}",
-        String::from_utf8_lossy(&out.stderr).trim_end()
-    );
-    Ok(())
-}
-
 impl Extractor for LlamaCpp<'_> {
     fn extract(&self, run: &Extraction<'_>) -> Result<()> {
-        let exe = self.exe()?;
-        let sh = self.project.shell()?;
-        let (model, manifest, prompt, dir) = (run.model, run.manifest, run.prompt, run.out);
-        let threads = run.threads.to_string();
-        let mut extra: Vec<String> = run.layers.map(layer_arg).into_iter().collect();
+        let mut command = ExtractorRun::new(self.exe()?, run.model, run.out)
+            .manifest(run.manifest)
+            .prompt(run.prompt)
+            .generate(0)
+            .threads(run.threads)
+            .args(self.flash_attn_flags());
+        if let Some(layers) = run.layers {
+            command = command.layers(layers);
+        }
         if run.kv_f32 {
-            extra.extend(["--kv-type".into(), "f32".into()]);
+            command = command.args(["--kv-type", "f32"]);
         }
         if run.sequential {
-            extra.push("--sequential".into());
+            command = command.arg("--sequential");
         }
-        extra.extend(self.flash_attn_flags());
-        let command = cmd!(
-            sh,
-            "{exe} -m {model} --manifest {manifest} -p {prompt} -n 0 --out {dir} -t {threads} {extra...}"
-        );
-        succeeds(command, "the extractor failed")
+        command.run(&self.project.shell()?)
     }
 
     fn tokenize(&self, model: &Path, text: &str, out: &Path) -> Result<RunRecord> {
-        let exe = self.exe()?;
         let sh = self.project.shell()?;
-        let flags = self.flash_attn_flags();
-        let command = cmd!(
-            sh,
-            "{exe} -m {model} -p {text} -n 0 --no-extract --out {out} -t 2 {flags...}"
-        );
-        succeeds(command, "the extractor could not tokenize the probe")?;
+        let command = ExtractorRun::new(self.exe()?, model, out)
+            .prompt(text)
+            .generate(0)
+            .no_extract()
+            .args(self.flash_attn_flags());
+        quietly(
+            command.cmd(&sh),
+            "the extractor could not tokenize the probe",
+        )?;
         RunRecord::read(out)
     }
 
@@ -326,19 +316,19 @@ impl Extractor for LlamaCpp<'_> {
         out: &Path,
         flash_attn: Option<bool>,
     ) -> Result<()> {
-        let exe = self.exe()?;
-        let sh = self.project.shell()?;
-        let ids: Vec<String> = tokens.iter().map(|t| t.to_string()).collect();
-        let ids = ids.join(",");
-        let flags = match flash_attn {
-            Some(on) => vec!["--flash-attn".into(), FlashAttnMode::from(on).name().into()],
-            None => self.flash_attn_flags(),
+        let command = ExtractorRun::new(self.exe()?, model, out)
+            .tokens(tokens)
+            .tensors("*")
+            .generate(0);
+        let command = match flash_attn {
+            Some(on) => command.flash_attn(FlashAttnMode::from(on)),
+            None => command.args(self.flash_attn_flags()),
         };
-        let command = cmd!(
-            sh,
-            "{exe} -m {model} --tokens {ids} --tensors * -n 0 --out {out} -t 2 {flags...}"
-        );
-        succeeds(command, "the extractor could not capture the whole graph")
+        let sh = self.project.shell()?;
+        quietly(
+            command.cmd(&sh),
+            "the extractor could not capture the whole graph",
+        )
     }
 
     /// Kept in target/llorch/models as `<name>.f32.gguf`, written by

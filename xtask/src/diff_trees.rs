@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 use anyhow::{bail, Context, Result};
 
 use crate::build::{self, Backend};
-use crate::extract::layer_arg;
+use crate::flags::layer_arg;
 use crate::flags::{self, LlamaFlags};
 use crate::model::ModelArgs;
 use crate::project::Project;

@@ -10,7 +10,7 @@ use crate::flags::{self, LlamaFlags};
 use crate::model::ModelArgs;
 use crate::project::Project;
 use crate::step::Step;
-use crate::tree::{Tree, TreeArg};
+use crate::tree::TreeArg;
 
 #[derive(clap::Args)]
 pub struct Extract {
@@ -82,7 +82,7 @@ impl Extract {
             args.extend(["--manifest".into(), path_arg(&manifest)?]);
         }
         args.extend(self.prompt_args()?);
-        args.extend(self.layers.as_deref().map(layer_arg));
+        args.extend(self.layers.as_deref().map(flags::layer_arg));
         args.extend(self.llama.to_args());
         args.extend(self.extractor_args.iter().cloned());
         if flags::has(&self.extractor_args, ONLY_PRINTS) {
@@ -146,17 +146,6 @@ fn path_arg(path: &Path) -> Result<String> {
     path.to_str()
         .map(String::from)
         .with_context(|| format!("{} is not valid UTF-8", path.display()))
-}
-
-/// The extractor's `--layers` flag for `layers`, as one argument so that
-/// `-1` is not taken for a flag.
-pub fn layer_arg(layers: &str) -> String {
-    format!("--layers={layers}")
-}
-
-/// Builds llama.cpp and the extractor on the pin for `backend` (a no-op when up to date).
-pub fn ensure_extractor(project: &Project, backend: Backend) -> Result<PathBuf> {
-    build::ensure_extractor(project, backend, &Tree::pinned(project)?)
 }
 
 fn print_table(dir: &Path, shown: &str) -> Result<()> {

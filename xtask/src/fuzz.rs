@@ -17,6 +17,7 @@ use std::time::Instant;
 use anyhow::{bail, Context, Result};
 use xshell::cmd;
 
+use crate::extractor_run::ExtractorRun;
 use crate::project::Project;
 
 #[derive(clap::Args)]
@@ -322,7 +323,7 @@ fn seed(project: &Project, target: &str, runs: &[PathBuf], corpus: &Path) -> Res
 /// The extractor's nine GPT-2 checkpoints of `Hello world`, in `.bin` and `.npy`.
 fn seed_runs(project: &Project) -> Result<Vec<PathBuf>> {
     let dir = project.work_dir().join("fuzz/seed-runs");
-    let exe = crate::extract::ensure_extractor(project, crate::build::Backend::Cpu)?;
+    let exe = crate::build::pinned_extractor(project, crate::build::Backend::Cpu)?;
     let model = crate::model::default_model(project)?;
     let manifest = project.root().join("manifests/gpt2.yaml");
     let sh = project.shell()?;
@@ -330,10 +331,12 @@ fn seed_runs(project: &Project) -> Result<Vec<PathBuf>> {
     for format in ["bin", "npy"] {
         let out = dir.join(format);
         if !out.join("run.json").exists() {
-            cmd!(sh, "{exe} -m {model} --manifest {manifest} -p 'Hello world' -n 1 -t 2 --format {format} --out {out}")
-                .quiet()
-                .ignore_stderr()
-                .run()
+            ExtractorRun::new(&exe, &model, &out)
+                .manifest(&manifest)
+                .prompt("Hello world")
+                .generate(1)
+                .args(["--format", format])
+                .run(&sh)
                 .context("the seed run of the extractor failed")?;
         }
         runs.push(out);

@@ -42,7 +42,7 @@ pub struct Kills {
 
 impl Kills {
     pub fn run(self, project: &Project) -> Result<()> {
-        crate::extract::ensure_extractor(project, crate::build::Backend::Cpu)?;
+        crate::build::pinned_extractor(project, crate::build::Backend::Cpu)?;
         let (model, manifest) = crate::model::model_and_manifest(
             project,
             self.model.as_deref(),

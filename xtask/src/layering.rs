@@ -1,54 +1,41 @@
 //! `cargo xtask layering`: no import circles between the modules of any
-//! crate. `cargo-modules` (a crates.io tool on rust-analyzer) draws each
-//! crate's "uses" edges between modules; a module that two others need must
-//! sit in a leaf, never in one of the two, so the graph has no cycle.
-//! (`cargo modules dependencies --acyclic` itself also counts a type and its
-//! own methods as a cycle, so the modules' graph is checked here.)
+//! crate. Every module's references to another module of its crate count:
+//! `use` items and paths written inline (`crate::fetch::ensure_tree(..)`,
+//! `super::report::Report`, `checks::run(..)` for a child module). A module
+//! that two others need must sit in a leaf, never in one of the two, so the
+//! graph has no cycle. Test modules (`#[cfg(test)]`) are left out: they read
+//! their parent by design. `cargo test` runs the same check on every crate.
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::path::Path;
 
 use anyhow::{bail, Context, Result};
-use xshell::cmd;
+use syn::visit::Visit;
 
 use crate::project::Project;
 
 #[derive(clap::Args)]
 pub struct Layering {}
 
-/// cargo-modules 0.28 needs rustc 1.98; 0.27 works on this project's 1.89 and later.
-const INSTALL: &str = "cargo install cargo-modules@0.27.0 --locked";
-
-/// Each crate's code that is checked: package and target.
-const TARGETS: [(&str, &str); 4] = [
-    ("llorch-checkpoint-spec", "--lib"),
-    ("llorch-checkpoint-compare", "--lib"),
-    ("llorch-checkpoint-extractor", "--lib"),
-    ("xtask", "--bin=xtask"),
+/// Each crate's root file, under the project's root.
+pub const CRATES: [(&str, &str); 5] = [
+    ("llorch_checkpoint_spec", "extractor/spec/src/lib.rs"),
+    ("llorch_checkpoint_compare", "extractor/compare/src/lib.rs"),
+    ("llorch_checkpoint_extractor", "extractor/src/lib.rs"),
+    ("llorch_checkpoint_golden", "extractor/golden/src/lib.rs"),
+    ("xtask", "xtask/src/main.rs"),
 ];
 
 impl Layering {
     pub fn run(self, project: &Project) -> Result<()> {
-        let sh = project.shell()?;
-        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-        cmd!(sh, "{cargo} modules --version")
-            .quiet()
-            .ignore_stderr()
-            .read()
-            .with_context(|| format!("cargo-modules is not installed: {INSTALL}"))?;
         let mut circles = 0;
-        for (package, target) in TARGETS {
-            let dot = cmd!(sh, "{cargo} modules dependencies -p {package} {target} --no-externs --no-sysroot --no-fns --no-types --no-traits --no-owns")
-                .quiet()
-                .ignore_stderr()
-                .read()
-                .with_context(|| format!("cargo modules could not read {package}"))?;
-            let edges = use_edges(&dot);
-            let modules: BTreeSet<&String> = edges.iter().flat_map(|(a, b)| [a, b]).collect();
-            let found = cycles(&edges);
+        for (name, root) in CRATES {
+            let graph = Graph::of_crate(&project.root().join(root))?;
+            let found = graph.cycles();
             println!(
-                "{package} {target}: {} modules, {} use edges between them, {}",
-                modules.len(),
-                edges.len(),
+                "{name}: {} modules, {} references between them, {}",
+                graph.modules.len(),
+                graph.edges.len(),
                 match found.len() {
                     0 => "no cycles".to_string(),
                     n => format!("{n} cycle(s)"),
@@ -66,16 +53,215 @@ impl Layering {
     }
 }
 
-/// The `uses` edges of cargo-modules' DOT output: `"a" -> "b" [label="uses", ...]`.
-fn use_edges(dot: &str) -> Vec<(String, String)> {
-    dot.lines()
-        .filter(|l| l.contains("[label=\"uses\""))
-        .filter_map(|l| {
-            let mut quoted = l.split('"').skip(1).step_by(2);
-            Some((quoted.next()?.to_string(), quoted.next()?.to_string()))
+/// A crate's modules (`a::b`, the root as ``) and which refers to which.
+pub struct Graph {
+    pub modules: BTreeSet<String>,
+    pub edges: BTreeSet<(String, String)>,
+}
+
+impl Graph {
+    pub fn of_crate(root: &Path) -> Result<Graph> {
+        let mut parsed = Vec::new();
+        read_file(root, &[], &mut parsed)?;
+        let mut krate = Crate::default();
+        let mut references = Vec::new();
+        for (path, items) in &parsed {
+            let mut refs = References::default();
+            for item in items {
+                refs.visit_item(item);
+            }
+            krate.modules.insert(path.clone());
+            krate.aliases.insert(path.clone(), refs.aliases);
+            references.push((path, refs.paths));
+        }
+        let mut edges = BTreeSet::new();
+        for (path, paths) in references {
+            for target in paths.iter().filter_map(|p| krate.resolve(path, p, 0)) {
+                if &target != path {
+                    edges.insert((path.join("::"), target.join("::")));
+                }
+            }
+        }
+        Ok(Graph {
+            modules: krate.modules.iter().map(|m| m.join("::")).collect(),
+            edges,
         })
-        .filter(|(a, b)| a != b)
-        .collect()
+    }
+
+    pub fn cycles(&self) -> Vec<Vec<String>> {
+        let named = |m: &str| match m {
+            "" => "(root)".to_string(),
+            m => m.to_string(),
+        };
+        let edges: Vec<(String, String)> = self
+            .edges
+            .iter()
+            .map(|(a, b)| (named(a), named(b)))
+            .collect();
+        cycles(&edges)
+    }
+}
+
+/// Parses the module in `file` and, depth first, every module it declares,
+/// test modules aside: (module path, its items).
+fn read_file(
+    file: &Path,
+    path: &[String],
+    out: &mut Vec<(Vec<String>, Vec<syn::Item>)>,
+) -> Result<()> {
+    let text =
+        std::fs::read_to_string(file).with_context(|| format!("cannot read {}", file.display()))?;
+    let items = syn::parse_file(&text)
+        .with_context(|| format!("cannot parse {}", file.display()))?
+        .items;
+    // `mod x;` is x.rs beside a crate root or a mod.rs, else in the folder named after the file.
+    let dir = match file.file_stem().and_then(|s| s.to_str()) {
+        Some("lib" | "main" | "mod") => file.parent().context("a file in a folder")?.to_path_buf(),
+        _ => file.with_extension(""),
+    };
+    read_items(items, &dir, path, out)
+}
+
+fn read_items(
+    items: Vec<syn::Item>,
+    dir: &Path,
+    path: &[String],
+    out: &mut Vec<(Vec<String>, Vec<syn::Item>)>,
+) -> Result<()> {
+    for item in &items {
+        let syn::Item::Mod(m) = item else { continue };
+        if is_test(&m.attrs) {
+            continue;
+        }
+        let name = m.ident.to_string();
+        let child = [path, std::slice::from_ref(&name)].concat();
+        match &m.content {
+            Some((_, inline)) => read_items(inline.clone(), &dir.join(&name), &child, out)?,
+            None => {
+                let file = [
+                    dir.join(format!("{name}.rs")),
+                    dir.join(&name).join("mod.rs"),
+                ]
+                .into_iter()
+                .find(|f| f.is_file())
+                .with_context(|| {
+                    format!(
+                        "module {} has no file in {}",
+                        child.join("::"),
+                        dir.display()
+                    )
+                })?;
+                read_file(&file, &child, out)?;
+            }
+        }
+    }
+    out.push((path.to_vec(), items));
+    Ok(())
+}
+
+fn is_test(attrs: &[syn::Attribute]) -> bool {
+    attrs.iter().any(|a| {
+        a.path().is_ident("cfg")
+            && a.parse_args::<syn::Meta>()
+                .is_ok_and(|m| m.path().is_ident("test"))
+    })
+}
+
+/// Every path a module's own items write (not those of modules inside it),
+/// and the names its `use` items bring in, with the paths they stand for.
+#[derive(Default)]
+struct References {
+    paths: Vec<Vec<String>>,
+    aliases: BTreeMap<String, Vec<String>>,
+}
+
+impl<'ast> Visit<'ast> for References {
+    fn visit_item_mod(&mut self, _: &'ast syn::ItemMod) {}
+
+    /// `pub(super)` says who may see an item, not what it uses.
+    fn visit_visibility(&mut self, _: &'ast syn::Visibility) {}
+
+    fn visit_item_use(&mut self, item: &'ast syn::ItemUse) {
+        let mut used = Vec::new();
+        flatten_use(&item.tree, &mut Vec::new(), &mut used);
+        for (alias, path) in used {
+            if let Some(alias) = alias {
+                self.aliases.insert(alias, path.clone());
+            }
+            self.paths.push(path);
+        }
+    }
+
+    fn visit_path(&mut self, path: &'ast syn::Path) {
+        self.paths
+            .push(path.segments.iter().map(|s| s.ident.to_string()).collect());
+        syn::visit::visit_path(self, path);
+    }
+}
+
+/// A `use` tree as (the name it brings in, the path it stands for).
+type Used = (Option<String>, Vec<String>);
+
+fn flatten_use(tree: &syn::UseTree, prefix: &mut Vec<String>, out: &mut Vec<Used>) {
+    let path = |name: &syn::Ident| [prefix.clone(), vec![name.to_string()]].concat();
+    match tree {
+        syn::UseTree::Path(p) => {
+            prefix.push(p.ident.to_string());
+            flatten_use(&p.tree, prefix, out);
+            prefix.pop();
+        }
+        syn::UseTree::Name(n) => out.push((Some(n.ident.to_string()), path(&n.ident))),
+        syn::UseTree::Rename(r) => out.push((Some(r.rename.to_string()), path(&r.ident))),
+        syn::UseTree::Glob(_) => out.push((None, prefix.clone())),
+        syn::UseTree::Group(g) => g.items.iter().for_each(|t| flatten_use(t, prefix, out)),
+    }
+}
+
+/// A crate's modules, and the names each one's `use` items bring in.
+#[derive(Default)]
+struct Crate {
+    modules: BTreeSet<Vec<String>>,
+    aliases: BTreeMap<Vec<String>, BTreeMap<String, Vec<String>>>,
+}
+
+impl Crate {
+    /// The module of the crate a path from module `from` lands in: the
+    /// longest run of its leading segments that names a module (`crate::`,
+    /// `super::`, `self::` or a child's name first), then through a name
+    /// that module's `use` brings in (a re-export: `crate::Options` is where
+    /// lib.rs's `pub use` finds it); none for other crates and locals.
+    fn resolve(&self, from: &[String], path: &[String], depth: usize) -> Option<Vec<String>> {
+        let (mut base, mut rest) = (from.to_vec(), path);
+        match rest.first().map(String::as_str)? {
+            "crate" => (base, rest) = (Vec::new(), &rest[1..]),
+            "self" => rest = &rest[1..],
+            "super" => {
+                while rest.first().map(String::as_str) == Some("super") {
+                    base.pop();
+                    rest = &rest[1..];
+                }
+            }
+            first => {
+                let child = [from, &[first.to_string()]].concat();
+                if !self.modules.contains(&child) {
+                    return None;
+                }
+            }
+        }
+        for segment in rest {
+            let deeper = [&base[..], std::slice::from_ref(segment)].concat();
+            if self.modules.contains(&deeper) {
+                base = deeper;
+                continue;
+            }
+            let alias = self.aliases.get(&base).and_then(|a| a.get(segment));
+            if let Some(alias) = alias.filter(|_| base != from && depth < 8) {
+                return self.resolve(&base, alias, depth + 1).or(Some(base));
+            }
+            break;
+        }
+        Some(base)
+    }
 }
 
 /// The strongly connected components of more than one module (Tarjan's
@@ -164,13 +350,66 @@ mod tests {
         assert_eq!(cycles(&two).len(), 2);
     }
 
+    /// A small crate on disk: an inline path is a reference as much as a
+    /// `use` is; a test module's are not.
     #[test]
-    fn use_edges_are_read_from_the_dot_output() {
-        let dot = r##"    "xtask::model" -> "xtask::model::parts" [label="uses", color="#7f7f7f", style="dashed"] [constraint=false]; // "uses" edge
-    "xtask" -> "xtask::model" [label="owns", color="#000000", style="solid"] [constraint=true]; // "owns" edge"##;
-        assert_eq!(
-            use_edges(dot),
-            edges(&[("xtask::model", "xtask::model::parts")])
+    fn inline_paths_count_and_test_modules_do_not() {
+        let dir = tempfile::tempdir().unwrap();
+        let write = |name: &str, text: &str| {
+            let path = dir.path().join(name);
+            std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+            std::fs::write(path, text).unwrap();
+        };
+        write("lib.rs", "mod fetch;\nmod tree;\nmod model;\n");
+        write(
+            "fetch.rs",
+            "pub fn ensure() { crate::tree::hashes(); }\n#[cfg(test)]\nmod tests { use crate::model::*; }\n",
         );
+        write(
+            "tree.rs",
+            "use crate::fetch;\npub fn hashes() { fetch::ensure(); }\n",
+        );
+        write(
+            "model/mod.rs",
+            "mod parts;\npub fn load() { parts::one(); }\n",
+        );
+        write(
+            "model/parts.rs",
+            "pub fn one() { super::super::tree::hashes(); }\n",
+        );
+        let graph = Graph::of_crate(&dir.path().join("lib.rs")).unwrap();
+        assert_eq!(
+            graph.modules,
+            BTreeSet::from(["", "fetch", "tree", "model", "model::parts"].map(String::from))
+        );
+        let want = [
+            ("fetch", "tree"),
+            ("tree", "fetch"),
+            ("model", "model::parts"),
+            ("model::parts", "tree"),
+        ];
+        assert_eq!(
+            graph.edges,
+            want.iter()
+                .map(|(a, b)| (a.to_string(), b.to_string()))
+                .collect()
+        );
+        assert_eq!(graph.cycles(), [["fetch", "tree"]]);
+    }
+
+    /// The house rule, on every crate of the workspace.
+    #[test]
+    fn no_crate_has_an_import_circle() {
+        let project = Project::from_env().unwrap();
+        for (name, root) in CRATES {
+            let graph = Graph::of_crate(&project.root().join(root)).unwrap();
+            assert!(
+                graph.edges.len() > 3,
+                "{name}: {} edges only",
+                graph.edges.len()
+            );
+            let found = graph.cycles();
+            assert!(found.is_empty(), "{name}: import circles {found:?}");
+        }
     }
 }

@@ -12,7 +12,7 @@
 //! kills    seeded runs into one directory killed at random moments: it always holds one complete run
 //! fuzz     the readers of checkpoint files, manifests and run.json under libFuzzer (nightly)
 //! bench    capture cost: steady state and whole process, against no capture and a raw-C floor
-//! layering no import circles between the modules of any crate (cargo-modules)
+//! layering no import circles between the modules of any crate (a test too)
 //! device-bundle  binaries + pinned source + script -> a .tar.gz for a GPU machine without cargo
 //! cli-docs docs/cli.md from these clap definitions (a test keeps it fresh)
 //! ```
@@ -33,9 +33,11 @@ mod compare;
 mod diff_trees;
 mod doctor;
 mod extract;
+mod extractor_run;
 mod fetch;
 mod flags;
 mod fuzz;
+mod hashes;
 mod host;
 mod kills;
 mod layering;
@@ -97,7 +99,7 @@ enum Task {
     Fuzz(fuzz::Fuzz),
     /// What capture costs: steady-state and whole-process time against no capture and a raw-C floor; table, bench.json, cost.svg.
     Bench(bench::Bench),
-    /// No import circles between the modules of any crate (needs cargo-modules).
+    /// No import circles between the modules of any crate, `use` items and inline paths alike (`cargo test` checks it too).
     Layering(layering::Layering),
     /// Regenerate docs/cli.md from these command-line definitions (or check it is fresh).
     CliDocs(cli_docs::CliDocs),
@@ -165,14 +167,14 @@ fn run(task: Task) -> Result<()> {
         Task::Extract(task) => task.run(&project),
         Task::Compare(task) => task.run(&project),
         Task::DiffTrees(task) => task.run(&project),
-        Task::Verify(task) => task.run(&project),
+        Task::Verify(task) => task.run(&project, &command()),
         Task::Doctor(task) => task.run(&project),
         Task::Fuzz(task) => task.run(&project),
         Task::Kills(task) => task.run(&project),
         Task::Bench(task) => task.run(&project),
         Task::Layering(task) => task.run(&project),
         Task::DeviceBundle(task) => task.run(&project),
-        Task::CliDocs(task) => task.run(&project),
+        Task::CliDocs(task) => task.run(&project, &Cli::command()),
     }
 }
 

@@ -149,14 +149,36 @@ pub fn ensure(project: &Project) -> Result<PathBuf> {
              Install Python 3 with venv (Debian: apt-get install python3 python3-venv), or point PYTHON at one",
         )?;
     }
-    let wheels = wheel_dir(&venv);
+    pip_install(project, &step, &python, &venv)?;
+    // torch brings triton, torch.compile's GPU compiler (0.6 GB): the
+    // reference runs eagerly on the CPU, and torch imports without it.
+    step.run(
+        "pip uninstall triton",
+        duct::cmd(
+            &python,
+            ["-m", "pip", "uninstall", "--yes", "--quiet", "triton"],
+        ),
+    )?;
+    write_atomically(&stamp, wanted.as_bytes())?;
+    step.finish(&format!(
+        "{} packages in {}",
+        REQUIREMENTS.len(),
+        venv.display()
+    ));
+    Ok(python)
+}
+
+/// pip installs [`REQUIREMENTS`] into `venv` (tried twice: a dropped
+/// connection in 3 GB of wheels is not rare); a full disk is [`NoRoom`].
+fn pip_install(project: &Project, step: &Step, python: &Path, venv: &Path) -> Result<()> {
+    let wheels = wheel_dir(venv);
     let fresh = !venv.join("llorch-requirements.txt").is_file();
     if fresh {
-        warn_if_tight(&step, project, &venv, &wheels);
+        warn_if_tight(step, project, venv, &wheels);
     }
     let pip = |args: &[&str]| {
         duct::cmd(
-            &python,
+            python,
             ["-m", "pip", "install"].iter().chain(PIP_FLAGS).chain(args),
         )
         .env("TMPDIR", &wheels)
@@ -177,34 +199,18 @@ pub fn ensure(project: &Project) -> Result<PathBuf> {
                 step.run_watched("pip install (second try)", pip(REQUIREMENTS), pip_progress)
             })
     });
-    if wheels.starts_with(&venv) {
+    if wheels.starts_with(venv) {
         let _ = std::fs::remove_dir_all(&wheels);
     }
     if let Err(err) = &installed {
         if err.to_string().contains("No space left") {
-            return Err(no_room(project, &venv, fresh).into());
+            return Err(no_room(project, venv, fresh).into());
         }
     }
     installed.context(
         "pip could not install the pinned Python packages from PyPI (is PyPI reachable? is there disk space for torch?).\n\
          Retry with: cargo xtask model --self-test-hf",
-    )?;
-    // torch brings triton, torch.compile's GPU compiler (0.6 GB): the
-    // reference runs eagerly on the CPU, and torch imports without it.
-    step.run(
-        "pip uninstall triton",
-        duct::cmd(
-            &python,
-            ["-m", "pip", "uninstall", "--yes", "--quiet", "triton"],
-        ),
-    )?;
-    write_atomically(&stamp, wanted.as_bytes())?;
-    step.finish(&format!(
-        "{} packages in {}",
-        REQUIREMENTS.len(),
-        venv.display()
-    ));
-    Ok(python)
+    )
 }
 
 /// Where pip keeps the wheels while it unpacks them: the temp folder when

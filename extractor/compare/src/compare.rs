@@ -113,6 +113,97 @@ pub fn compare(
     reference: &dyn Reference,
     opts: &Options,
 ) -> Result<Outcome> {
+    let s = score(extractor, reference, opts)?;
+    let mut text = header(&s.record, &s.info);
+    text.push_str(&report::table(&s.rows));
+    let attribution = match opts.attribution {
+        true => Some(attribute(extractor, opts, &s, &mut text)?),
+        false => None,
+    };
+    let candidate_rows = opts.candidate.as_ref().map(|dir| {
+        let truth = crate::entries::truth(&s.info.variants);
+        let against = opts.candidate_tolerance;
+        let truth_dir = s.reference_dir.join(truth);
+        let scored = candidate::score(dir, &s.run, &truth_dir, &s.entries, against);
+        text.push_str(&candidate::table(&scored, &s.rows, against));
+        scored
+    });
+    let failure = metrics::first_failure(&s.rows);
+    let summary = verdict(&s.rows, failure.as_deref(), &mut text);
+    let written = report::write_reports(
+        &opts.out,
+        &Findings {
+            manifest: &opts.manifest,
+            model: &opts.model,
+            prompt: &opts.prompt,
+            run: &s.run,
+            reference: &s.reference_dir,
+            record: &s.record,
+            info: &s.info,
+            entries: &s.entries,
+            rows: &s.rows,
+            candidate: opts.candidate.as_deref().zip(candidate_rows.as_deref()),
+            attribution: attribution.as_ref(),
+            failure: failure.as_deref(),
+            text: &text,
+            show: opts.show.as_ref(),
+        },
+    )?;
+    Ok(Outcome {
+        report: written.report,
+        picture: written.picture,
+        html: written.html,
+        text,
+        summary,
+        next_token: crate::next_token::NextToken::judge(
+            s.record.next_token,
+            s.info.next_token.get(F64).copied(),
+            &s.run.join(&s.record.logits.file),
+            &s.reference_dir.join(F64).join("next_logits.npy"),
+        ),
+        failure,
+        entries: s.entries,
+        rows: s.rows,
+        run: s.run,
+        reference: s.reference_dir,
+        against: None,
+    })
+}
+
+/// `--attribution`: the error split between its causes, its table added to `text`.
+fn attribute(
+    extractor: &dyn Extractor,
+    opts: &Options,
+    s: &Scored,
+    text: &mut String,
+) -> Result<serde_json::Value> {
+    let base = opts.extraction(&opts.out);
+    let (table, json) = attribution::measure(
+        extractor,
+        &base,
+        &s.run,
+        &s.reference_dir,
+        &s.entries,
+        &s.rows,
+        &s.info.variants,
+    )?;
+    text.push_str(&table);
+    Ok(json)
+}
+
+/// llama.cpp's run and the reference, each checkpoint scored.
+struct Scored {
+    run: PathBuf,
+    record: RunRecord,
+    reference_dir: PathBuf,
+    info: Info,
+    entries: Vec<crate::entries::Entry>,
+    rows: Vec<metrics::Row>,
+}
+
+/// Runs llama.cpp (or reads `opts.run`), builds the reference for the
+/// checkpoints the run expanded, and scores each one.
+fn score(extractor: &dyn Extractor, reference: &dyn Reference, opts: &Options) -> Result<Scored> {
     // Every checkpoint must name its reference: checked before anything runs.
     entries(&Manifest::load(&opts.manifest)?, &opts.overrides)?;
     std::fs::create_dir_all(&opts.out)
@@ -148,71 +239,13 @@ pub fn compare(
         opts.fail_fast,
         &info.variants,
     )?;
-    let mut text = header(&record, &info);
-    text.push_str(&report::table(&rows));
-    let attribution = match opts.attribution {
-        true => {
-            let base = opts.extraction(&opts.out);
-            let (table, json) = attribution::measure(
-                extractor,
-                &base,
-                &run,
-                &reference_dir,
-                &entries,
-                &rows,
-                &info.variants,
-            )?;
-            text.push_str(&table);
-            Some(json)
-        }
-        false => None,
-    };
-    let candidate_rows = opts.candidate.as_ref().map(|dir| {
-        let truth = crate::entries::truth(&info.variants);
-        let against = opts.candidate_tolerance;
-        let scored = candidate::score(dir, &run, &reference_dir.join(truth), &entries, against);
-        text.push_str(&candidate::table(&scored, &rows, against));
-        scored
-    });
-    let failure = metrics::first_failure(&rows);
-    let summary = verdict(&rows, failure.as_deref(), &mut text);
-    let written = report::write_reports(
-        &opts.out,
-        &Findings {
-            manifest: &opts.manifest,
-            model: &opts.model,
-            prompt: &opts.prompt,
-            run: &run,
-            reference: &reference_dir,
-            record: &record,
-            info: &info,
-            entries: &entries,
-            rows: &rows,
-            candidate: opts.candidate.as_deref().zip(candidate_rows.as_deref()),
-            attribution: attribution.as_ref(),
-            failure: failure.as_deref(),
-            text: &text,
-            show: opts.show.as_ref(),
-        },
-    )?;
-    Ok(Outcome {
-        report: written.report,
-        picture: written.picture,
-        html: written.html,
-        text,
-        summary,
-        next_token: crate::next_token::NextToken::judge(
-            record.next_token,
-            info.next_token.get(F64).copied(),
-            &run.join(&record.logits.file),
-            &reference_dir.join(F64).join("next_logits.npy"),
-        ),
-        failure,
+    Ok(Scored {
+        run,
+        record,
+        reference_dir,
+        info,
         entries,
         rows,
-        run,
-        reference: reference_dir,
-        against: None,
     })
 }
 

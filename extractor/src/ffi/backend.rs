@@ -2,7 +2,7 @@
 //! included), its log routed into `log`, and what the build is: version,
 //! CPU features, devices, type names.
 
-use std::ffi::{c_char, c_int, c_void, CStr, CString};
+use std::ffi::{c_char, c_void, CStr, CString};
 use std::path::PathBuf;
 use std::sync::Once;
 
@@ -65,29 +65,15 @@ fn load_backend_modules() {
 
 /// The directory of the `libggml` shared library this process loaded.
 fn loaded_ggml_dir() -> Option<PathBuf> {
-    #[repr(C)]
-    struct DlInfo {
-        fname: *const c_char,
-        fbase: *mut c_void,
-        sname: *const c_char,
-        saddr: *mut c_void,
-    }
-    unsafe extern "C" {
-        fn dladdr(addr: *const c_void, info: *mut DlInfo) -> c_int;
-    }
-    let mut info = DlInfo {
-        fname: std::ptr::null(),
-        fbase: std::ptr::null_mut(),
-        sname: std::ptr::null(),
-        saddr: std::ptr::null_mut(),
-    };
+    // SAFETY: Dl_info is plain data (pointers); all-null is a valid value.
+    let mut info: libc::Dl_info = unsafe { std::mem::zeroed() };
     let symbol = sys::ggml_backend_load_all_from_path as *const c_void;
-    // SAFETY: dladdr only reads the address and fills `info` (glibc and macOS share this layout).
-    if unsafe { dladdr(symbol, &mut info) } == 0 || info.fname.is_null() {
+    // SAFETY: dladdr only reads the address and fills `info`.
+    if unsafe { libc::dladdr(symbol, &mut info) } == 0 || info.dli_fname.is_null() {
         return None;
     }
     // SAFETY: dladdr's file name is a NUL-terminated string owned by the loader.
-    let file = unsafe { CStr::from_ptr(info.fname) }
+    let file = unsafe { CStr::from_ptr(info.dli_fname) }
         .to_string_lossy()
         .into_owned();
     std::fs::canonicalize(file)

@@ -389,7 +389,7 @@ fn checkout_git(project: &Project, src: &GitSource, dest: &Path) -> Result<()> {
 
 /// sha256 of every file under `root`, by relative path.
 fn hash_tree(root: &Path) -> Result<BTreeMap<String, String>> {
-    crate::tree::file_hashes(root, &|_| false)
+    crate::hashes::file_hashes(root, &|_| false)
 }
 
 /// Human-readable differences between what was unpacked and what is there now.

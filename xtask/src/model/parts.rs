@@ -57,7 +57,7 @@ pub fn models_dir(project: &Project) -> PathBuf {
 
 /// Builds llama.cpp and the extractor package (both binaries); returns the model tool.
 pub fn ensure_tools_built(project: &Project) -> Result<PathBuf> {
-    crate::extract::ensure_extractor(project, Backend::Cpu)?;
+    crate::build::pinned_extractor(project, Backend::Cpu)?;
     let exe = project
         .root()
         .join("target/release/llorch-checkpoint-model");

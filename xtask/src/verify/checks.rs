@@ -79,17 +79,6 @@ pub fn no_amx(sh: &Shell, exe: &Path) -> Result<String> {
     Ok(cpu)
 }
 
-/// Runs the extractor; its log is shown only when it fails.
-pub fn quietly(cmd: xshell::Cmd<'_>) -> Result<()> {
-    let out = cmd.quiet().ignore_status().output()?;
-    ensure!(
-        out.status.success(),
-        "the extractor failed:\n{}",
-        String::from_utf8_lossy(&out.stderr).trim_end()
-    );
-    Ok(())
-}
-
 pub fn validate(sh: &Shell, validator: &Path, dir: &Path, manifest: &Path) -> Result<String> {
     let out = cmd!(sh, "{validator} {dir} --manifest {manifest}")
         .quiet()
@@ -208,11 +197,12 @@ pub fn corrupted_copy_rejected(
 /// the prompt `runs` more times each way in one process, alternating a
 /// context with no eval callback and the capturing one; medians compared.
 pub fn overhead_ratio(ctx: &Ctx<'_>, runs: usize, bound: f64) -> Result<String> {
-    let (sh, exe, model, manifest, work) =
-        (&ctx.sh, &ctx.exe, &ctx.model, &ctx.manifest, &ctx.work);
-    let out = work.join("perf");
-    let repeat = runs.to_string();
-    quietly(cmd!(sh, "{exe} -m {model} --manifest {manifest} -p {PERF_PROMPT} -n 0 -t 2 --repeat {repeat} --out {out}"))
+    let out = ctx.work.join("perf");
+    ctx.run(&out)
+        .prompt(PERF_PROMPT)
+        .generate(0)
+        .repeat(runs)
+        .run(&ctx.sh)
         .context("the performance run failed")?;
     let record = RunRecord::read(&out)?;
     let steady = record
@@ -237,16 +227,15 @@ pub fn overhead_ratio(ctx: &Ctx<'_>, runs: usize, bound: f64) -> Result<String> 
 }
 
 pub fn throughput(ctx: &Ctx<'_>) -> Result<String> {
-    let (sh, exe, model, manifest, work) =
-        (&ctx.sh, &ctx.exe, &ctx.model, &ctx.manifest, &ctx.work);
-    let out = work.join("all-layers");
-    let baseline = work.join("all-layers-baseline");
-    quietly(cmd!(
-        sh,
-        "{exe} -m {model} --manifest {manifest} --layers all -p {PERF_PROMPT} -n 0 -t 2 --out {out}"
-    ))
-    .context("the all-layers run failed")?;
-    quietly(cmd!(sh, "{exe} -m {model} --manifest {manifest} --layers all -p {PERF_PROMPT} -n 0 -t 2 --out {baseline} --no-extract"))
+    let out = ctx.work.join("all-layers");
+    let baseline = ctx.work.join("all-layers-baseline");
+    let all_layers = |dir: &Path| ctx.run(dir).layers("all").prompt(PERF_PROMPT).generate(0);
+    all_layers(&out)
+        .run(&ctx.sh)
+        .context("the all-layers run failed")?;
+    all_layers(&baseline)
+        .no_extract()
+        .run(&ctx.sh)
         .context("the all-layers baseline run failed")?;
     let record = RunRecord::read(&out)?;
     let without_ms = RunRecord::read(&baseline)?.prompt_decode_ms;
@@ -445,11 +434,13 @@ pub fn candidate_default_fits(ctx: &Ctx<'_>) -> Result<String> {
 /// The model run twice, with the manifest's checkpoints captured and with no
 /// eval callback: the logits of every pass must have the same bits.
 pub fn logits_unchanged(ctx: &Ctx<'_>) -> Result<String> {
-    let (sh, exe, model, manifest, work) =
-        (&ctx.sh, &ctx.exe, &ctx.model, &ctx.manifest, &ctx.work);
-    let (with, without) = (work.join("real-with"), work.join("real-without"));
+    let (with, without) = (ctx.work.join("real-with"), ctx.work.join("real-without"));
     for (dir, flags) in [(&with, &[][..]), (&without, &["--no-extract"][..])] {
-        quietly(cmd!(sh, "{exe} -m {model} --manifest {manifest} -p {PERF_PROMPT} -n 2 -t 2 --out {dir} {flags...}"))?;
+        ctx.run(dir)
+            .prompt(PERF_PROMPT)
+            .generate(2)
+            .args(flags)
+            .run(&ctx.sh)?;
     }
     let (a, b) = (RunRecord::read(&with)?, RunRecord::read(&without)?);
     ensure!(
@@ -471,15 +462,14 @@ pub fn logits_unchanged(ctx: &Ctx<'_>) -> Result<String> {
 /// probability of a key 512 or more positions behind its query is exactly 0
 /// (and rows still sum to 1); on layer 5 such keys get weight.
 pub fn sliding_window_masks(ctx: &Ctx<'_>) -> Result<String> {
-    let (sh, exe, model, manifest, work) =
-        (&ctx.sh, &ctx.exe, &ctx.model, &ctx.manifest, &ctx.work);
     const WINDOW: usize = 512;
-    let prompt = words_of_english(470);
-    let out = work.join("sliding-window");
-    quietly(cmd!(
-        sh,
-        "{exe} -m {model} --manifest {manifest} --layers 0,5 -p {prompt} -n 0 -t 2 --flash-attn off --out {out}"
-    ))?;
+    let out = ctx.work.join("sliding-window");
+    ctx.run(&out)
+        .layers("0,5")
+        .prompt(&words_of_english(470))
+        .generate(0)
+        .flash_attn(FlashAttnMode::Off)
+        .run(&ctx.sh)?;
     let record = RunRecord::read(&out)?;
     let scores = |layer: u32| -> Result<llorch_checkpoint_spec::format::Tensor> {
         let c = record

@@ -1,11 +1,12 @@
 //! What every group of verify's checks works with.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use anyhow::Result;
 
 use xshell::Shell;
 
+use crate::extractor_run::ExtractorRun;
 use crate::project::Project;
 
 /// The saved reference models' budget in verify (`reference.py`'s `make_room`).
@@ -37,6 +38,11 @@ pub struct Ctx<'a> {
 }
 
 impl<'a> Ctx<'a> {
+    /// The extractor on this context's model and manifest, into `out`.
+    pub fn run(&self, out: &Path) -> ExtractorRun {
+        ExtractorRun::new(&self.exe, &self.model, out).manifest(&self.manifest)
+    }
+
     /// The same checks' context for another model and manifest, working in `work/<name>`.
     pub fn with_model(&self, model: PathBuf, manifest: PathBuf, name: &str) -> Result<Ctx<'a>> {
         Ok(Ctx {

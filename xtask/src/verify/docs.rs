@@ -29,7 +29,8 @@ pub struct Block {
     pub text: String,
 }
 
-pub fn checks(report: &mut Report, ctx: &Ctx<'_>) {
+/// `cli`: the `cargo xtask` command line, whose flags documented commands must use.
+pub fn checks(report: &mut Report, ctx: &Ctx<'_>, cli: &clap::Command) {
     report.section("docs: the README's and docs/'s commands and examples");
     let project = ctx.project;
     let t = Instant::now();
@@ -43,7 +44,7 @@ pub fn checks(report: &mut Report, ctx: &Ctx<'_>) {
     report.check(
         "every command line names subcommands and flags that exist",
         t,
-        flags_exist(ctx, &blocks),
+        flags_exist(ctx, cli, &blocks),
     );
     let t = Instant::now();
     let (run, marked) = blocks
@@ -200,13 +201,13 @@ pub fn words(line: &str) -> Vec<String> {
 /// The flags a documented command line uses that its program does not
 /// know, for `cargo xtask` (its subcommand must exist) and for the
 /// project's binaries; other programs are not ours to check.
-fn flags_exist(ctx: &Ctx<'_>, blocks: &[Block]) -> Result<String> {
+fn flags_exist(ctx: &Ctx<'_>, cli: &clap::Command, blocks: &[Block]) -> Result<String> {
     let mut wrong = Vec::new();
     let mut checked = 0;
     for block in blocks.iter().filter(|b| b.lang == "sh") {
         for line in command_lines(&block.text) {
             let words = words(&line);
-            let Some(known) = known_flags(ctx, &words)? else {
+            let Some(known) = known_flags(ctx, cli, &words)? else {
                 continue;
             };
             checked += 1;
@@ -233,13 +234,13 @@ struct Known {
     from: usize,
 }
 
-fn known_flags(ctx: &Ctx<'_>, words: &[String]) -> Result<Option<Known>> {
+fn known_flags(ctx: &Ctx<'_>, cli: &clap::Command, words: &[String]) -> Result<Option<Known>> {
     let extractor = || help_flags(&ctx.exe, &[]);
     if words.len() >= 2 && words[0] == "cargo" && words[1] == "xtask" {
-        let cmd = crate::command();
+        let cmd = cli;
         let Some(name) = words.get(2).filter(|w| !w.starts_with('-')) else {
             return Ok(Some(Known {
-                flags: arg_names(&cmd),
+                flags: arg_names(cmd),
                 after_dash_dash: None,
                 from: 2,
             }));
@@ -252,7 +253,7 @@ fn known_flags(ctx: &Ctx<'_>, words: &[String]) -> Result<Option<Known>> {
             }));
         };
         let mut flags = arg_names(sub);
-        flags.extend(arg_names(&cmd));
+        flags.extend(arg_names(cmd));
         return Ok(Some(Known {
             flags,
             after_dash_dash: Some(extractor()?),

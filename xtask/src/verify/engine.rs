@@ -5,17 +5,18 @@
 
 use anyhow::{ensure, Context, Result};
 use llorch_checkpoint_compare::{compare, Options};
+use llorch_checkpoint_spec::record::FlashAttnMode;
 use xshell::cmd;
 
-use super::checks::quietly;
 use super::ctx::Ctx;
 use crate::compare::{LlamaCpp, PyTorch};
+use crate::extractor_run::ExtractorRun;
 
 /// Thirteen tokens: a causal mask with something to mask.
 const PROMPT: &str = "The quick brown fox jumps over the lazy dog, then sleeps.";
 
 pub fn example_engine(ctx: &Ctx<'_>) -> Result<String> {
-    let (sh, exe, project) = (&ctx.sh, &ctx.exe, ctx.project);
+    let (sh, project) = (&ctx.sh, ctx.project);
     let model = crate::model::default_model(project)?;
     let manifest = project.root().join("manifests/gpt2.yaml");
     let (run, candidate) = (
@@ -23,10 +24,12 @@ pub fn example_engine(ctx: &Ctx<'_>) -> Result<String> {
         ctx.work.join("engine-candidate"),
     );
     // Flash attention off: the scores exist, and V is cached transposed.
-    quietly(cmd!(
-        sh,
-        "{exe} -m {model} --manifest {manifest} -p {PROMPT} -n 0 --flash-attn off --out {run}"
-    ))?;
+    ExtractorRun::new(&ctx.exe, &model, &run)
+        .manifest(&manifest)
+        .prompt(PROMPT)
+        .generate(0)
+        .flash_attn(FlashAttnMode::Off)
+        .run(sh)?;
     if candidate.exists() {
         std::fs::remove_dir_all(&candidate)?;
     }

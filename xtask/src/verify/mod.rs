@@ -29,11 +29,11 @@ use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use anyhow::{bail, Context, Result};
-use llorch_checkpoint_spec::record::RunRecord;
+use llorch_checkpoint_spec::record::{FlashAttnMode, RunRecord};
 use xshell::cmd;
 
+use crate::build::pinned_extractor;
 use crate::build::Backend;
-use crate::extract::ensure_extractor;
 use crate::pin::Pin;
 use crate::project::Project;
 
@@ -52,8 +52,8 @@ mod report;
 mod rpc;
 mod trees;
 use checks::{
-    clean_build, corrupted_copy_rejected, no_amx, overhead_ratio, quietly, seen_once, throughput,
-    validate, CORRUPTIONS,
+    clean_build, corrupted_copy_rejected, no_amx, overhead_ratio, seen_once, throughput, validate,
+    CORRUPTIONS,
 };
 use ctx::Ctx;
 use report::{Checked, Report};
@@ -131,7 +131,8 @@ impl Verify {
         }
     }
 
-    pub fn run(self, project: &Project) -> Result<()> {
+    /// `cli`: the `cargo xtask` command line, for the docs' checks.
+    pub fn run(self, project: &Project, cli: &clap::Command) -> Result<()> {
         let started = Instant::now();
         let mut report = Report::sampling_disk();
         println!("verify, {} tier", self.tier());
@@ -149,7 +150,7 @@ impl Verify {
             format_checks(&mut report, &ctx, ran);
         }
         if self.runs(Group::Docs) {
-            docs::checks(&mut report, &ctx);
+            docs::checks(&mut report, &ctx, cli);
         }
         if self.runs(Group::Faults) {
             let kills = match self.whole() {
@@ -232,7 +233,7 @@ impl Verify {
                 .join("target/release/llorch-checkpoint-extractor")
                 .exists();
         let t = Instant::now();
-        let exe = ensure_extractor(project, Backend::Cpu)?;
+        let exe = pinned_extractor(project, Backend::Cpu)?;
         let clean_setup = from_nothing.then(|| t.elapsed().as_secs_f64());
         let model = match &self.model {
             Some(m) => std::path::absolute(m)?,
@@ -346,8 +347,12 @@ fn runtime_checks(report: &mut Report, ctx: &Ctx<'_>) -> bool {
     report.section("runtime");
     let (with, without) = (ctx.work.join("with"), ctx.work.join("without"));
     let run = |out: &Path, extra: &[&str]| -> Result<()> {
-        let (exe, model, manifest) = (&ctx.exe, &ctx.model, &ctx.manifest);
-        quietly(cmd!(ctx.sh, "{exe} -m {model} --manifest {manifest} -p 'Hello world' -n 1 -t 2 --flash-attn off --out {out} {extra...}"))
+        ctx.run(out)
+            .prompt("Hello world")
+            .generate(1)
+            .flash_attn(FlashAttnMode::Off)
+            .args(extra)
+            .run(&ctx.sh)
     };
     let t = Instant::now();
     let ran_with = report.check(

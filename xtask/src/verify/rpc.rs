@@ -8,12 +8,11 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, ensure, Context, Result};
-use llorch_checkpoint_spec::record::{median, RunRecord};
-use xshell::cmd;
+use llorch_checkpoint_spec::record::{median, FlashAttnMode, RunRecord};
 
-use super::checks::quietly;
 use super::ctx::Ctx;
 use super::report::Report;
+use crate::extractor_run::ExtractorRun;
 use crate::prompts::PERF_PROMPT;
 
 /// Two RPC servers on loopback, half the layers on each (they are killed
@@ -120,14 +119,30 @@ pub fn split_matches_local(
     manifest: &Path,
     work: &Path,
 ) -> Result<String> {
-    let (sh, exe) = (&ctx.sh, &ctx.exe);
     let (local, remote) = (work.join("local"), work.join("remote"));
-    quietly(cmd!(sh, "{exe} -m {model} --manifest {manifest} --layers all -p {PERF_PROMPT} -n 1 -t 2 --flash-attn off --out {local}"))?;
+    let every_layer = |out: &Path| {
+        ExtractorRun::new(&ctx.exe, model, out)
+            .manifest(manifest)
+            .layers("all")
+            .prompt(PERF_PROMPT)
+            .generate(1)
+            .flash_attn(FlashAttnMode::Off)
+    };
+    every_layer(&local).run(&ctx.sh)?;
     let n_layer = u32::try_from(RunRecord::read(&local)?.model.n_layer)?;
     let rpc = format!("{},{}", servers[0].endpoint, servers[1].endpoint);
     // llama.cpp counts the output layer too: n/2 blocks on the first server.
     let split = format!("{},{}", n_layer / 2, n_layer + 1 - n_layer / 2);
-    quietly(cmd!(sh, "{exe} -m {model} --manifest {manifest} --layers all -p {PERF_PROMPT} -n 1 -t 2 --flash-attn off --out {remote} --rpc {rpc} --n-gpu-layers 99 --tensor-split {split}"))?;
+    every_layer(&remote)
+        .args([
+            "--rpc",
+            &rpc,
+            "--n-gpu-layers",
+            "99",
+            "--tensor-split",
+            &split,
+        ])
+        .run(&ctx.sh)?;
     let (mine, theirs) = (RunRecord::read(&local)?, RunRecord::read(&remote)?);
     let halves = [0..n_layer / 2, n_layer / 2..n_layer];
     for (server, half) in servers.iter().zip(&halves) {
@@ -196,10 +211,16 @@ fn differing_files(
 /// Capture over the wire: steady-state decode with and without capture (both
 /// offloaded), and the bytes each checkpoint fetched from its server.
 pub fn cost(ctx: &Ctx<'_>, servers: &[Server; 2], work: &Path) -> Result<String> {
-    let (sh, exe, model, manifest) = (&ctx.sh, &ctx.exe, &ctx.model, &ctx.manifest);
     let out: PathBuf = work.join("cost");
     let rpc = format!("{},{}", servers[0].endpoint, servers[1].endpoint);
-    quietly(cmd!(sh, "{exe} -m {model} --manifest {manifest} --layers all -p {PERF_PROMPT} -n 0 -t 2 --repeat 7 --flash-attn off --out {out} --rpc {rpc} --n-gpu-layers 99"))?;
+    ctx.run(&out)
+        .layers("all")
+        .prompt(PERF_PROMPT)
+        .generate(0)
+        .repeat(7)
+        .flash_attn(FlashAttnMode::Off)
+        .args(["--rpc", &rpc, "--n-gpu-layers", "99"])
+        .run(&ctx.sh)?;
     let record = RunRecord::read(&out)?;
     let steady = record.steady.context("no steady-state figures")?;
     let bytes: Vec<f64> = record

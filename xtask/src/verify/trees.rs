@@ -3,7 +3,7 @@
 //! beside the pin and compared with it checkpoint by checkpoint, its files
 //! unchanged after; a tree too old refused by name before anything builds.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use anyhow::{ensure, Context, Result};
@@ -14,8 +14,9 @@ use super::report::Report;
 use crate::build::{self, Backend};
 use crate::diff_trees::{diff_trees, Runs};
 use crate::fetch;
+use crate::hashes::content_sha256;
 use crate::prompts::PERF_PROMPT;
-use crate::tree::{content_sha256, Tree};
+use crate::tree::Tree;
 
 /// The tree verify builds: the newest before the pin.
 const OLDER: &str = "llama-cpp-sys-2-0.1.150";
@@ -28,63 +29,10 @@ pub fn tree_checks(report: &mut Report, ctx: &Ctx<'_>, drop_build: bool) {
     report.section(&format!(
         "your own llama.cpp: {OLDER} as a plain read-only directory"
     ));
-    let t = Instant::now();
-    let fetched = fetch::other_tree(ctx.project, OLDER).and_then(|dir| {
-        let hash = content_sha256(&dir)?;
-        Ok((dir, hash))
-    });
-    let Some((dir, before)) = report_ok(
-        report,
-        "the tree is fetched and hashed",
-        t,
-        fetched,
-        |(dir, hash)| format!("{} (content sha256 {})", dir.display(), &hash[..16]),
-    ) else {
+    let Some((dir, before, tree)) = fetched_and_built(report, ctx) else {
         return;
     };
-    let t = Instant::now();
-    let built = Tree::local(&dir).and_then(|tree| {
-        let exe = build::ensure_extractor(ctx.project, Backend::Cpu, &tree)?;
-        Ok((tree, exe))
-    });
-    let Some((tree, _)) = report_ok(
-        report,
-        "llama.cpp and an extractor build on it, bindings from its headers",
-        t,
-        built,
-        |(_, exe)| {
-            format!(
-                "{} in {:.0} s (0 when already built)",
-                exe.display(),
-                t.elapsed().as_secs_f64()
-            )
-        },
-    ) else {
-        return;
-    };
-    let t = Instant::now();
-    report.check(
-        "all nine GPT-2 checkpoints on it, each within NMSE 1e-6 of the pin's",
-        t,
-        against_pin(ctx, &tree, &ctx.model, &ctx.manifest, None, "gpt2", 1e-6),
-    );
-    let t = Instant::now();
-    let smollm2 = crate::model::model_and_manifest(ctx.project, Some("smollm2-135m"), None);
-    report.info(
-        "SmolLM2 every layer, the pin against it (flash attention off)",
-        t,
-        smollm2.and_then(|(model, manifest)| {
-            against_pin(
-                ctx,
-                &tree,
-                &model,
-                &manifest,
-                Some("all"),
-                "smollm2",
-                f64::INFINITY,
-            )
-        }),
-    );
+    runs_against_the_pin(report, ctx, &tree);
     let t = Instant::now();
     report.check(
         "its files are byte-identical after all this (content sha256)",
@@ -110,6 +58,70 @@ pub fn tree_checks(report: &mut Report, ctx: &Ctx<'_>, drop_build: bool) {
         report.tidy(&build::default_build_dir(ctx.project, Backend::Cpu, &tree));
         report.tidy(&ctx.project.extractor_dir(&tree.id));
     }
+}
+
+/// The older tree fetched, hashed and built with an extractor: its
+/// directory, its content sha256 before anything ran, the tree.
+fn fetched_and_built(report: &mut Report, ctx: &Ctx<'_>) -> Option<(PathBuf, String, Tree)> {
+    let t = Instant::now();
+    let fetched = fetch::other_tree(ctx.project, OLDER).and_then(|dir| {
+        let hash = content_sha256(&dir)?;
+        Ok((dir, hash))
+    });
+    let (dir, before) = report_ok(
+        report,
+        "the tree is fetched and hashed",
+        t,
+        fetched,
+        |(dir, hash)| format!("{} (content sha256 {})", dir.display(), &hash[..16]),
+    )?;
+    let t = Instant::now();
+    let built = Tree::local(&dir).and_then(|tree| {
+        let exe = build::ensure_extractor(ctx.project, Backend::Cpu, &tree)?;
+        Ok((tree, exe))
+    });
+    let (tree, _) = report_ok(
+        report,
+        "llama.cpp and an extractor build on it, bindings from its headers",
+        t,
+        built,
+        |(_, exe)| {
+            format!(
+                "{} in {:.0} s (0 when already built)",
+                exe.display(),
+                t.elapsed().as_secs_f64()
+            )
+        },
+    )?;
+    Some((dir, before, tree))
+}
+
+/// The synthetic GPT-2's nine checkpoints and SmolLM2's every layer, on
+/// the tree and on the pin.
+fn runs_against_the_pin(report: &mut Report, ctx: &Ctx<'_>, tree: &Tree) {
+    let t = Instant::now();
+    report.check(
+        "all nine GPT-2 checkpoints on it, each within NMSE 1e-6 of the pin's",
+        t,
+        against_pin(ctx, tree, &ctx.model, &ctx.manifest, None, "gpt2", 1e-6),
+    );
+    let t = Instant::now();
+    let smollm2 = crate::model::model_and_manifest(ctx.project, Some("smollm2-135m"), None);
+    report.info(
+        "SmolLM2 every layer, the pin against it (flash attention off)",
+        t,
+        smollm2.and_then(|(model, manifest)| {
+            against_pin(
+                ctx,
+                tree,
+                &model,
+                &manifest,
+                Some("all"),
+                "smollm2",
+                f64::INFINITY,
+            )
+        }),
+    );
 }
 
 /// Logs `result` as a check and hands on its value.

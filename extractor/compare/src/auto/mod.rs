@@ -7,7 +7,7 @@
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result};
 use llorch_checkpoint_spec::files::write_atomically;
@@ -16,14 +16,17 @@ use llorch_checkpoint_spec::record::RunRecord;
 
 use crate::compare::{compare, Options, Outcome};
 use crate::entries::{F32, F64};
-use crate::matching::draft::{self, Drafted, Role, Skipped, Words};
-use crate::matching::{self, against, Matching, Node, Tensor};
+use crate::matching::draft::{self, Drafted, Words};
+use crate::matching::manifest_text::{self, Role};
+use crate::matching::{self, against};
 use crate::metrics::read_tensor;
 use crate::precision::Precision;
-use crate::reference::{build_everything, Info};
+use crate::reference::build_everything;
 use crate::sides::{Extractor, Reference};
 
+mod probed;
 mod said;
+pub use probed::Probe;
 pub use said::figures;
 use said::{matching_json, node_divergence, summary};
 
@@ -37,23 +40,6 @@ pub struct Auto<'a> {
     /// A manifest written by hand for this architecture: the pairs are
     /// checked against each of its checkpoints, in every layer.
     pub against: Option<PathBuf>,
-}
-
-/// The probe's two sides and what the matcher made of them.
-pub struct Probe {
-    pub record: RunRecord,
-    pub nodes: Vec<Node>,
-    pub tensors: Vec<Tensor>,
-    pub info: Info,
-    /// The reference variant the tensors are (f64, or f32 where f64 cannot run).
-    pub variant: String,
-    pub precision: Precision,
-    pub matching: Matching,
-    pub drafted: Vec<Drafted>,
-    pub skipped: Vec<(usize, Skipped)>,
-    pub roles: Vec<Role>,
-    /// The manifest the comparison ran on.
-    pub manifest: PathBuf,
 }
 
 /// Primes are never a product of two model dimensions, so a probe of a
@@ -88,14 +74,8 @@ pub fn probe(
 ) -> Result<Probe> {
     let dir = opts.out.join("auto");
     std::fs::create_dir_all(&dir).with_context(|| format!("cannot create {}", dir.display()))?;
-    let plain = extractor.tokenize(&opts.model, text, &dir.join("tokens"))?;
-    let n = probe_length(plain.tokens.len(), &plain.symbols).with_context(|| {
-        format!(
-            "the probe text gives {} tokens; matching needs 11 or more",
-            plain.tokens.len()
-        )
-    })?;
-    let tokens = &plain.tokens[..n];
+    let tokens = &probe_tokens(extractor, opts, text, &dir)?;
+    let n = tokens.len();
     let run = dir.join("llama");
     extractor.extract_graph(&opts.model, tokens, &run, None)?;
     let (record, nodes) = matching::read_nodes(&run)?;
@@ -128,7 +108,7 @@ pub fn probe(
         "no llama.cpp node of {} could be paired with the reference's tensors: is the reference the model the GGUF holds?",
         opts.model.display()
     );
-    let roles = draft::roles(&drafted);
+    let roles = manifest_text::roles(&drafted);
     let manifest = dir.join("manifest.yaml");
     let header = format!(
         "Made by the matcher for this comparison ({} pairs of {} llama.cpp nodes and {} reference tensors,\n\
@@ -139,7 +119,7 @@ pub fn probe(
         precision.name()
     );
     let tolerance = precision.tolerance();
-    let text = draft::manifest_text(
+    let text = manifest_text::manifest_text(
         &record.model.architecture,
         &header,
         &drafted,
@@ -162,6 +142,23 @@ pub fn probe(
         roles,
         manifest,
     })
+}
+
+/// The probe's tokens: `text` tokenized, cut to [`probe_length`].
+fn probe_tokens(
+    extractor: &dyn Extractor,
+    opts: &Options,
+    text: &str,
+    dir: &Path,
+) -> Result<Vec<i32>> {
+    let plain = extractor.tokenize(&opts.model, text, &dir.join("tokens"))?;
+    let n = probe_length(plain.tokens.len(), &plain.symbols).with_context(|| {
+        format!(
+            "the probe text gives {} tokens; matching needs 11 or more",
+            plain.tokens.len()
+        )
+    })?;
+    Ok(plain.tokens[..n].to_vec())
 }
 
 fn all_layers(record: &RunRecord) -> Vec<u32> {
@@ -275,6 +272,48 @@ fn reviewed_draft(
     with: Option<&[Drafted]>,
 ) -> Result<String> {
     let rtol = p.precision.tolerance().rtol;
+    let measured = measured_errors(outcome, rtol)?;
+    // A near miss is a divergence: its error is no tolerance to write down.
+    let near = |r: &Role| r.members.iter().all(|&i| p.drafted[i].near);
+    let roles: Vec<Role> = p
+        .roles
+        .iter()
+        .filter(|r| !near(r))
+        .map(|r| Role {
+            id: r.id.clone(),
+            members: r.members.clone(),
+            layers: r.layers.clone(),
+        })
+        .collect();
+    let left_out: Vec<String> = p
+        .roles
+        .iter()
+        .filter(|r| near(r))
+        .map(|r| r.id.clone())
+        .collect();
+    let tolerance = |r: &Role| {
+        let (nmse, share) = measured.get(&r.id).copied().unwrap_or((0.0, 0.0));
+        Tolerance {
+            atol: 0.0,
+            atol_of_max: round_up(2.0 * share).max(1e-6),
+            rtol,
+            nmse: round_up(3.0 * nmse).max(1e-12),
+        }
+    };
+    Ok(manifest_text::manifest_text(
+        &p.record.model.architecture,
+        &draft_header(p, outcome, opts, with.is_some(), &left_out),
+        &p.drafted,
+        &roles,
+        &all_layers(&p.record),
+        &tolerance,
+        &|r| with.and_then(|w| manifest_text::under_flash_attn(&p.drafted[r.members[0]], w)),
+    ))
+}
+
+/// Per entry id, over its layers: the worst NMSE against the reference, and
+/// the worst excess of |test-ref| over `rtol`*|ref| as a share of max |ref|.
+fn measured_errors(outcome: &Outcome, rtol: f64) -> Result<BTreeMap<String, (f64, f64)>> {
     let mut measured: BTreeMap<String, (f64, f64)> = BTreeMap::new();
     for e in &outcome.entries {
         let test = read_tensor(&outcome.run.join(format!("{}.bin", e.stem)))?;
@@ -303,18 +342,31 @@ fn reviewed_draft(
         entry.0 = entry.0.max(nmse);
         entry.1 = entry.1.max(excess / max_ref);
     }
-    let layers: Vec<u32> = {
-        let mut l: Vec<u32> = outcome.entries.iter().filter_map(|e| e.layer).collect();
-        l.sort_unstable();
-        l.dedup();
-        l
-    };
-    let layers: Vec<String> = match (layers.first(), layers.last()) {
+    Ok(measured)
+}
+
+/// The layers compared, `3 to 7` when they run without a gap.
+fn layers_text(outcome: &Outcome) -> String {
+    let mut layers: Vec<u32> = outcome.entries.iter().filter_map(|e| e.layer).collect();
+    layers.sort_unstable();
+    layers.dedup();
+    match (layers.first(), layers.last()) {
         (Some(&a), Some(&b)) if b > a && (b - a) as usize + 1 == layers.len() => {
-            vec![format!("{a} to {b}")]
+            format!("{a} to {b}")
         }
-        _ => layers.iter().map(|l| l.to_string()).collect(),
-    };
+        _ => Vec::from_iter(layers.iter().map(|l| l.to_string())).join(", "),
+    }
+}
+
+/// What the drafted manifest says of itself: where it comes from, how its
+/// tolerances were measured, and what it leaves out.
+fn draft_header(
+    p: &Probe,
+    outcome: &Outcome,
+    opts: &Options,
+    with_flash_attn: bool,
+    left_out: &[String],
+) -> String {
     let header = format!(
         "A manifest for llama.cpp's `{arch}` graph, drafted by `cargo xtask compare --draft-manifest`:\n\
          every node of one pass of {model} ({precision}; llama.cpp {tree}) paired by value with\n\
@@ -336,62 +388,25 @@ fn reviewed_draft(
         pairs = p.matching.pairs.len(),
         entries = p.roles.len(),
         tokens = outcome.rows.first().map_or(0, |r| r.shape.first().copied().unwrap_or(0)),
-        layers = layers.join(", "),
+        layers = layers_text(outcome),
+        rtol = p.precision.tolerance().rtol,
         band = p.precision.tolerance().text(),
     );
-    // A near miss is a divergence: its error is no tolerance to write down.
-    let kept: Vec<&Role> = p
-        .roles
-        .iter()
-        .filter(|r| !r.members.iter().all(|&i| p.drafted[i].near))
-        .collect();
-    let left_out: Vec<String> = p
-        .roles
-        .iter()
-        .filter(|r| r.members.iter().all(|&i| p.drafted[i].near))
-        .map(|r| r.id.clone())
-        .collect();
-    let header = match with {
-        Some(_) => format!(
+    let header = match with_flash_attn {
+        true => format!(
             "{header}\nflash_attn: what flash attention changes, from the probe's graph with it on, matched the same way."
         ),
-        None => format!(
+        false => format!(
             "{header}\nThe graph without flash attention: run it with --flash-attn off (with it, the graph was not had here)."
         ),
     };
-    let header = match left_out.is_empty() {
+    match left_out.is_empty() {
         true => header,
         false => format!(
             "{header}\nLeft out: {} (near misses: llama.cpp diverges from the reference there).",
             left_out.join(", ")
         ),
-    };
-    let roles: Vec<Role> = kept
-        .iter()
-        .map(|r| Role {
-            id: r.id.clone(),
-            members: r.members.clone(),
-            layers: r.layers.clone(),
-        })
-        .collect();
-    let tolerance = |r: &Role| {
-        let (nmse, share) = measured.get(&r.id).copied().unwrap_or((0.0, 0.0));
-        Tolerance {
-            atol: 0.0,
-            atol_of_max: round_up(2.0 * share).max(1e-6),
-            rtol,
-            nmse: round_up(3.0 * nmse).max(1e-12),
-        }
-    };
-    Ok(draft::manifest_text(
-        &p.record.model.architecture,
-        &header,
-        &p.drafted,
-        &roles,
-        &all_layers(&p.record),
-        &tolerance,
-        &|r| with.and_then(|w| draft::under_flash_attn(&p.drafted[r.members[0]], w)),
-    ))
+    }
 }
 
 /// `x` rounded up to two significant digits: tolerances a person reads.

@@ -9,7 +9,7 @@ use crate::compare::Outcome;
 use crate::matching::draft::{self, Skipped};
 use crate::matching::{Matching, Unpaired};
 
-use super::Probe;
+use super::probed::Probe;
 
 /// The comparison in one line: both sides' sizes, the pairs, the verdict,
 /// the logits' NMSE and the first diverging checkpoint.
@@ -122,7 +122,13 @@ pub(super) fn summary(p: &Probe) -> String {
             false => format!(" ({})", shortened_list(&lonely, 8)),
         }
     );
-    // One line per kind of scaled pair, over the layers (ggml's views of them left out).
+    s.push_str(&scaled_lines(p));
+    s
+}
+
+/// One line per kind of scaled pair, over the layers (ggml's views of them left out).
+fn scaled_lines(p: &Probe) -> String {
+    let (m, mut s) = (&p.matching, String::new());
     let mut scaled: BTreeMap<(String, String, String), (String, usize)> = BTreeMap::new();
     for d in &p.drafted {
         let Some(pair) = m.pair_of(d.node) else {

@@ -14,8 +14,6 @@ use super::layout::Step;
 use super::sides::{is_derived_name, layer_mark};
 use super::{Matching, Node, Pair, Segment, Tensor};
 
-pub use super::manifest_text::{manifest_text, roles, selector_key, under_flash_attn, Role};
-
 /// One drafted checkpoint (of one layer, before templating).
 #[derive(Clone, Debug, PartialEq)]
 pub struct Drafted {

@@ -24,7 +24,7 @@ pub mod against;
 pub mod draft;
 pub mod fit;
 pub mod layout;
-mod manifest_text;
+pub mod manifest_text;
 mod order;
 mod pairs;
 mod search;

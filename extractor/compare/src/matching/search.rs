@@ -152,6 +152,27 @@ fn search(
     ctx: &Context<'_>,
     closest: &mut [Option<(usize, f64)>],
 ) -> Result<Pair, Unpaired> {
+    let (best, runner) = closest_fit(views, sources, position, ctx, closest);
+    judge(
+        best.ok_or(Unpaired::NoCandidate)?,
+        runner,
+        views,
+        sources,
+        position,
+        ctx,
+    )
+}
+
+/// Every source in every layout it may take, fitted to its view, closest
+/// bound first until none can beat the best: the best, and the runner-up.
+/// `closest` keeps each tensor's closest node.
+fn closest_fit(
+    views: &[View],
+    sources: &[Source],
+    position: usize,
+    ctx: &Context<'_>,
+    closest: &mut [Option<(usize, f64)>],
+) -> (Option<Best>, Option<(usize, f64)>) {
     let head_dim = ctx.symbols.head_dim as usize;
     let mut best: Option<Best> = None;
     let mut runner: Option<(usize, f64)> = None;
@@ -184,7 +205,19 @@ fn search(
             weigh(&mut best, &mut runner, s, src, candidate, f, values);
         }
     }
-    let best = best.ok_or(Unpaired::NoCandidate)?;
+    (best, runner)
+}
+
+/// The pair `best` makes, or why it makes none: too far, as close as
+/// another (`runner`), or a free scale with no reason and too little fit.
+fn judge(
+    best: Best,
+    runner: Option<(usize, f64)>,
+    views: &[View],
+    sources: &[Source],
+    position: usize,
+    ctx: &Context<'_>,
+) -> Result<Pair, Unpaired> {
     let src = &sources[best.source];
     let tensor = best.tensor;
     let too_far = Unpaired::TooFar {

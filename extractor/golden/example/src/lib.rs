@@ -78,17 +78,7 @@ impl Gpt2Layer0 {
     pub fn forward(&self, tokens: &[i32], variant: Variant) -> Checkpoints {
         let (d, t, h) = (self.n_embd, tokens.len(), self.n_head);
         let hd = d / h;
-        let mut x = vec![0f32; t * d];
-        for (p, &tok) in tokens.iter().enumerate() {
-            let (e, pos) = (
-                &self.w("token_embd.weight")[tok as usize * d..][..d],
-                &self.w("position_embd.weight")[p * d..][..d],
-            );
-            for i in 0..d {
-                x[p * d + i] = e[i] + pos[i];
-            }
-        }
-        let mut out = Checkpoints::new();
+        let x = self.embed(tokens);
         let ln1 = self.layer_norm(&x, "blk.0.attn_norm");
         let qkv = linear(
             &ln1,
@@ -103,11 +93,58 @@ impl Gpt2Layer0 {
                 .collect()
         };
         let (q, k, v) = (part(0), part(1), part(2));
-        // Scores [head][query][cell], causal; the cache as llama.cpp lays it out.
         let scale = match variant {
             Variant::Correct => 1.0 / (hd as f32).sqrt(),
             Variant::UnscaledScores => 1.0,
         };
+        let scores = self.scores(&q, &k, t, scale);
+        let attn_out = linear(
+            &self.attend(&scores, &v, t),
+            self.w("blk.0.attn_output.weight"),
+            self.w("blk.0.attn_output.bias"),
+            d,
+            d,
+        );
+        let resid: Vec<f32> = x.iter().zip(&attn_out).map(|(a, b)| a + b).collect();
+        let ffn = self.mlp(&self.layer_norm(&resid, "blk.0.ffn_norm"));
+        // The V cache is stored transposed: [1, head_dim, n_head, n_kv].
+        let cache_v: Vec<f32> = (0..hd)
+            .flat_map(|c| (0..h).flat_map(move |head| (0..t).map(move |j| (c, head, j))))
+            .map(|(c, head, j)| v[j * d + head * hd + c])
+            .collect();
+        let mut out = Checkpoints::new();
+        out.insert("01_ln1_output", ln1);
+        out.insert("02_q", q);
+        out.insert("02_k", k.clone());
+        out.insert("03_cache_k", k);
+        out.insert("02_v", v);
+        out.insert("03_cache_v", cache_v);
+        out.insert("04_scores", scores);
+        out.insert("05_output", attn_out);
+        out.insert("06_ffn", ffn);
+        out
+    }
+
+    /// Token plus position embeddings, [token][n_embd].
+    fn embed(&self, tokens: &[i32]) -> Vec<f32> {
+        let d = self.n_embd;
+        let mut x = vec![0f32; tokens.len() * d];
+        for (p, &tok) in tokens.iter().enumerate() {
+            let (e, pos) = (
+                &self.w("token_embd.weight")[tok as usize * d..][..d],
+                &self.w("position_embd.weight")[p * d..][..d],
+            );
+            for i in 0..d {
+                x[p * d + i] = e[i] + pos[i];
+            }
+        }
+        x
+    }
+
+    /// Scores [head][query][cell] after softmax, causal, over `t` tokens.
+    fn scores(&self, q: &[f32], k: &[f32], t: usize, scale: f32) -> Vec<f32> {
+        let (d, h) = (self.n_embd, self.n_head);
+        let hd = d / h;
         let mut scores = vec![0f32; h * t * t];
         for head in 0..h {
             for i in 0..t {
@@ -121,6 +158,13 @@ impl Gpt2Layer0 {
                 softmax(&mut row[..=i]);
             }
         }
+        scores
+    }
+
+    /// The scores applied to V: each head's output, [token][n_embd].
+    fn attend(&self, scores: &[f32], v: &[f32], t: usize) -> Vec<f32> {
+        let (d, h) = (self.n_embd, self.n_head);
+        let hd = d / h;
         let mut attn = vec![0f32; t * d];
         for head in 0..h {
             for i in 0..t {
@@ -132,45 +176,27 @@ impl Gpt2Layer0 {
                 }
             }
         }
-        let attn_out = linear(
-            &attn,
-            self.w("blk.0.attn_output.weight"),
-            self.w("blk.0.attn_output.bias"),
-            d,
-            d,
-        );
-        let resid: Vec<f32> = x.iter().zip(&attn_out).map(|(a, b)| a + b).collect();
-        let ln2 = self.layer_norm(&resid, "blk.0.ffn_norm");
+        attn
+    }
+
+    /// The feed-forward block on the normed residual: up, GELU, down.
+    fn mlp(&self, x: &[f32]) -> Vec<f32> {
+        let d = self.n_embd;
         let mut up = linear(
-            &ln2,
+            x,
             self.w("blk.0.ffn_up.weight"),
             self.w("blk.0.ffn_up.bias"),
             d,
             4 * d,
         );
         up.iter_mut().for_each(|u| *u = gelu(*u));
-        let ffn = linear(
+        linear(
             &up,
             self.w("blk.0.ffn_down.weight"),
             self.w("blk.0.ffn_down.bias"),
             4 * d,
             d,
-        );
-        // The V cache is stored transposed: [1, head_dim, n_head, n_kv].
-        let cache_v: Vec<f32> = (0..hd)
-            .flat_map(|c| (0..h).flat_map(move |head| (0..t).map(move |j| (c, head, j))))
-            .map(|(c, head, j)| v[j * d + head * hd + c])
-            .collect();
-        out.insert("01_ln1_output", ln1);
-        out.insert("02_q", q);
-        out.insert("02_k", k.clone());
-        out.insert("03_cache_k", k);
-        out.insert("02_v", v);
-        out.insert("03_cache_v", cache_v);
-        out.insert("04_scores", scores);
-        out.insert("05_output", attn_out);
-        out.insert("06_ffn", ffn);
-        out
+        )
     }
 
     fn layer_norm(&self, x: &[f32], prefix: &str) -> Vec<f32> {

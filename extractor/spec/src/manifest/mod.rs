@@ -31,6 +31,7 @@ mod reference;
 mod shape;
 #[cfg(test)]
 mod tests;
+mod with_flash_attn;
 
 pub use flash_attn::UnderFlashAttn;
 use flash_attn::{under_flash_attn, RawUnderFlashAttn};

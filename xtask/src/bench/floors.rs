@@ -54,8 +54,8 @@ impl RawCRun {
         Ok(run)
     }
 
-    /// Its steady state over `repeat` passes, with and without copies.
-    pub fn steady(&self, sh: &Shell, repeat: &str) -> Result<RawC> {
+    /// Its command line: `repeat` steady passes each way, or 0 for one run.
+    fn cmd<'a>(&self, sh: &'a Shell, repeat: &str) -> xshell::Cmd<'a> {
         let RawCRun {
             exe,
             model,
@@ -64,27 +64,25 @@ impl RawCRun {
             out,
             n_ctx,
         } = self;
-        let said = cmd!(
+        cmd!(
             sh,
             "{exe} {model} {nodes} {tokens} {out} 2 {n_ctx} {repeat}"
         )
-        .quiet()
-        .read()
-        .context("the raw-C baseline failed")?;
+    }
+
+    /// Its steady state over `repeat` passes, with and without copies.
+    pub fn steady(&self, sh: &Shell, repeat: &str) -> Result<RawC> {
+        let said = self
+            .cmd(sh, repeat)
+            .quiet()
+            .read()
+            .context("the raw-C baseline failed")?;
         Ok(serde_json::from_str(&said)?)
     }
 
     /// One whole process, timed.
     pub fn wall(&self, sh: &Shell) -> Result<f64> {
-        let RawCRun {
-            exe,
-            model,
-            nodes,
-            tokens,
-            out,
-            n_ctx,
-        } = self;
-        timed(cmd!(sh, "{exe} {model} {nodes} {tokens} {out} 2 {n_ctx} 0"))
+        timed(self.cmd(sh, "0"))
     }
 }
 

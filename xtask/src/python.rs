@@ -3,7 +3,7 @@
 //! PyTorch reference of `compare` (transformers reads the GGUF through the
 //! `gguf` package) and llama.cpp's Hugging Face converter.
 //!
-//! Like `tools.rs`, one `pip install` of pinned versions, redone only when the
+//! One `uv pip install` of pinned versions (uv from `tools.rs`), redone only when the
 //! list changes (a stamp in the venv records what was installed).
 //!
 //! The converter: the pinned tree has `convert_hf_to_gguf.py` but not the
@@ -15,7 +15,6 @@
 //! from the sdist's, [`converter`] refuses and says which pin to move.
 
 use std::ffi::OsString;
-use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 
 use anyhow::{bail, ensure, Context, Result};
@@ -29,7 +28,7 @@ use crate::tools::{self, PIP};
 /// Pinned, with what llama.cpp's converter asks for (its
 /// requirements-convert_hf_to_gguf.txt: torch 2.11.0, transformers 4.57.6,
 /// numpy ~2.2.6, sentencepiece, protobuf < 5; gguf-py: tqdm, pyyaml, requests).
-/// torch is PyPI's default wheel (with its CUDA libraries, ~4.3 GB: PyPI
+/// torch is PyPI's default wheel (with its CUDA libraries, ~4 GB: PyPI
 /// has no CPU-only build, and torch does not import without them).
 const REQUIREMENTS: &[&str] = &[
     "torch==2.11.0",
@@ -50,20 +49,13 @@ const REQUIREMENTS: &[&str] = &[
     "scikit-build-core==1.1.2",
 ];
 
-/// No second copy of the wheels stays in a cache.
-const PIP_FLAGS: &[&str] = &[
-    "--disable-pip-version-check",
-    "--progress-bar",
-    "off",
-    "--no-cache-dir",
-    "--retries",
-    "10",
-];
+/// torch brings triton, torch.compile's GPU compiler (0.6 GB): the
+/// reference runs eagerly on the CPU, and torch imports without it.
+const EXCLUDED: &str = "triton";
 
-/// The venv once installed (torch with its CUDA libraries is most of it),
-/// and the wheels that wait, downloaded, while pip unpacks them.
-const INSTALLED_GB: f64 = 4.9;
-const WHEELS_GB: f64 = 2.8;
+/// The venv once installed (torch with its CUDA libraries is most of it).
+/// uv unpacks each wheel as it arrives, so nothing more waits on disk.
+const INSTALLED_GB: f64 = 4.1;
 
 /// The sdist that carries the converter's Python packages.
 const CONVERTER_SDIST: (&str, &str) = ("llama-cpp-python", "0.3.36");
@@ -136,7 +128,7 @@ pub fn ensure(project: &Project) -> Result<PathBuf> {
     }
     let step = Step::start(project, "python", "PyTorch and transformers from PyPI")?;
     step.set_message(&format!(
-        "installing torch, transformers and {} more pinned packages into {} (about 5 GB, a few minutes)",
+        "installing torch, transformers and {} more pinned packages into {} (about 4 GB)",
         REQUIREMENTS.len() - 2,
         venv.display()
     ));
@@ -149,16 +141,7 @@ pub fn ensure(project: &Project) -> Result<PathBuf> {
              Install Python 3 with venv (Debian: apt-get install python3 python3-venv), or point PYTHON at one",
         )?;
     }
-    pip_install(project, &step, &python, &venv)?;
-    // torch brings triton, torch.compile's GPU compiler (0.6 GB): the
-    // reference runs eagerly on the CPU, and torch imports without it.
-    step.run(
-        "pip uninstall triton",
-        duct::cmd(
-            &python,
-            ["-m", "pip", "uninstall", "--yes", "--quiet", "triton"],
-        ),
-    )?;
+    install(project, &step, &python, &venv)?;
     write_atomically(&stamp, wanted.as_bytes())?;
     step.finish(&format!(
         "{} packages in {}",
@@ -168,72 +151,61 @@ pub fn ensure(project: &Project) -> Result<PathBuf> {
     Ok(python)
 }
 
-/// pip installs [`REQUIREMENTS`] into `venv` (tried twice: a dropped
-/// connection in 3 GB of wheels is not rare); a full disk is [`NoRoom`].
-fn pip_install(project: &Project, step: &Step, python: &Path, venv: &Path) -> Result<()> {
-    let wheels = wheel_dir(venv);
+/// uv installs [`REQUIREMENTS`] (and pip, for the converter's sdist) into
+/// `venv` (tried twice: a dropped connection in 3 GB of wheels is not rare);
+/// a full disk is [`NoRoom`].
+fn install(project: &Project, step: &Step, python: &Path, venv: &Path) -> Result<()> {
     let fresh = !venv.join("llorch-requirements.txt").is_file();
     if fresh {
-        warn_if_tight(step, project, venv, &wheels);
+        warn_if_tight(step, project, venv);
     }
-    let pip = |args: &[&str]| {
-        duct::cmd(
-            python,
-            ["-m", "pip", "install"].iter().chain(PIP_FLAGS).chain(args),
-        )
-        .env("TMPDIR", &wheels)
-    };
-    std::fs::create_dir_all(&wheels)?;
-    let installed = step.run("pip install pip", pip(&[PIP])).and_then(|()| {
-        // A dropped connection in 3 GB of wheels is not rare; pip resumes
-        // a broken download, and the whole install is tried twice.
-        step.run_watched("pip install", pip(REQUIREMENTS), pip_progress)
-            .or_else(|first| {
-                if first.to_string().contains("No space left") {
-                    return Err(first);
-                }
-                step.say(&format!(
-                    "pip failed ({}); trying once more",
-                    first_line(&first)
-                ));
-                step.run_watched("pip install (second try)", pip(REQUIREMENTS), pip_progress)
-            })
-    });
-    if wheels.starts_with(venv) {
-        let _ = std::fs::remove_dir_all(&wheels);
-    }
+    // The cache lives in the venv, on its disk: uv hard-links the unpacked
+    // files from it, and removing it afterwards frees only what is unused.
+    let cache = venv.join("uv-cache");
+    let excludes = venv.join("llorch-excluded.txt");
+    std::fs::write(&excludes, EXCLUDED)?;
+    let uv = duct::cmd(
+        tools::ensure(project)?.uv,
+        ["pip", "install", "--no-progress", "--python"]
+            .into_iter()
+            .map(OsString::from)
+            .chain([python.into(), "--excludes".into(), excludes.into()])
+            .chain(REQUIREMENTS.iter().chain([&PIP]).map(OsString::from)),
+    )
+    .env("UV_CACHE_DIR", &cache)
+    .env("UV_HTTP_RETRIES", "10");
+    let installed = step
+        .run_watched("uv pip install", uv.clone(), progress)
+        .or_else(|first| {
+            if first.to_string().contains("No space left") {
+                return Err(first);
+            }
+            step.say(&format!(
+                "uv failed ({}); trying once more",
+                first_line(&first)
+            ));
+            step.run_watched("uv pip install (second try)", uv, progress)
+        });
+    let _ = std::fs::remove_dir_all(&cache);
     if let Err(err) = &installed {
         if err.to_string().contains("No space left") {
             return Err(no_room(project, venv, fresh).into());
         }
     }
     installed.context(
-        "pip could not install the pinned Python packages from PyPI (is PyPI reachable? is there disk space for torch?).\n\
+        "uv could not install the pinned Python packages from PyPI (is PyPI reachable? is there disk space for torch?).\n\
          Retry with: cargo xtask model --self-test-hf",
     )
 }
 
-/// Where pip keeps the wheels while it unpacks them: the temp folder when
-/// it has room, else a folder in the venv (a small tmpfs /tmp is common).
-fn wheel_dir(venv: &Path) -> PathBuf {
-    let tmp = std::env::temp_dir();
-    match crate::host::free_gb(&tmp) {
-        Some(gb) if gb >= WHEELS_GB + 0.5 => tmp,
-        _ => venv.join("pip-tmp"),
-    }
-}
-
 /// Says before a 3 GB download, not after it, that space looks short. Only
-/// a warning: `df` can be wrong (quotas, overlays), and pip's own
+/// a warning: `df` can be wrong (quotas, overlays), and uv's own
 /// `No space left` leads the error if it is right.
-fn warn_if_tight(step: &Step, project: &Project, venv: &Path, wheels: &Path) {
-    let device = |p: &Path| std::fs::metadata(p).map(|m| m.dev()).ok();
-    let same_disk = wheels.starts_with(venv) || device(wheels) == device(venv);
-    let need = INSTALLED_GB + if same_disk { WHEELS_GB } else { 0.0 };
-    if let Some(free) = crate::host::free_gb(venv).filter(|&free| free < need) {
+fn warn_if_tight(step: &Step, project: &Project, venv: &Path) {
+    if let Some(free) = crate::host::free_gb(venv).filter(|&free| free < INSTALLED_GB) {
         step.say(&format!(
-            "warning: {free:.1} GB free under {}, and the install needs about {need:.0} GB \
-             (the environment, and the wheels while they are unpacked); it may run out of space",
+            "warning: {free:.1} GB free under {}, and the environment needs about {INSTALLED_GB:.0} GB; \
+             it may run out of space",
             project.shown(venv)
         ));
     }
@@ -248,11 +220,10 @@ fn no_room(project: &Project, venv: &Path, fresh: bool) -> NoRoom {
     let free = crate::host::free_gb(project.root())
         .map_or("too little".into(), |gb| format!("{gb:.1} GB"));
     let why = NoRoom(format!(
-        "no room for PyTorch: pip ran out of disk installing it into {} ({free} free once the partial install \
-         was removed; it needs about {:.0} GB while installing, {INSTALLED_GB:.0} GB after). Free some space \
+        "no room for PyTorch: uv ran out of disk installing it into {} ({free} free once the partial install \
+         was removed; it needs about {INSTALLED_GB:.0} GB). Free some space \
          (target/llorch/reference-models and target/llorch/verify may go: they are made again)",
         project.shown(venv),
-        INSTALLED_GB + WHEELS_GB
     ));
     NO_ROOM.get_or_init(|| why).clone()
 }
@@ -266,13 +237,13 @@ fn first_line(error: &anyhow::Error) -> String {
         .to_string()
 }
 
-/// pip's `Collecting`/`Downloading` lines as the step's detail, and its
-/// install phase as a message (unpacking torch takes a while).
-fn pip_progress(step: &Step, line: &str) {
+/// uv's summary lines (`Resolved`, `Prepared`, `Installed` N packages) as
+/// the step's message, each `+ package==version` as its detail.
+fn progress(step: &Step, line: &str) {
     let line = line.trim_start();
-    if let Some(rest) = line.strip_prefix("Installing collected packages:") {
-        step.set_message(&format!("installing {} packages", rest.split(',').count()));
-    } else if line.starts_with("Collecting ") || line.starts_with("Downloading ") {
+    if line.starts_with("Resolved ") || line.starts_with("Prepared ") {
+        step.set_message(line);
+    } else if line.starts_with("+ ") {
         step.set_detail(line);
     }
 }

@@ -1,4 +1,4 @@
-//! cmake, ninja and libclang, from PyPI into a project-local virtual environment.
+//! cmake, ninja, libclang and uv, from PyPI into a project-local virtual environment.
 //!
 //! None of them is on a fresh machine of the kind CI runs on, and root is not
 //! something a build should need. PyPI ships all three as wheels (the same way
@@ -17,14 +17,19 @@ use crate::step::Step;
 /// Pinned: the bindings are checked byte for byte, so libclang must not drift.
 /// pip itself too: the catalogue's model wheels are downloaded with this
 /// venv's pip, and a recent one resumes a broken download.
-/// pip itself, recent enough to resume a broken download (`--resume-retries`).
 pub const PIP: &str = "pip==26.3";
 
-const REQUIREMENTS: &[&str] = &["cmake==4.4.5", "ninja==1.13.2", "libclang==18.1.1", PIP];
+/// uv installs PyTorch: it unpacks each wheel as it downloads it, so the
+/// 2.8 GB of wheels never wait on disk beside the 4 GB they unpack to.
+const UV: &str = "uv==0.13.9";
+
+const REQUIREMENTS: &[&str] = &["cmake==4.4.5", "ninja==1.13.2", "libclang==18.1.1", PIP, UV];
 
 pub struct Tools {
     /// The venv's Python (with pip), for downloads from PyPI.
     pub python: PathBuf,
+    /// uv, which installs the project's Python environment.
+    pub uv: PathBuf,
     pub cmake: PathBuf,
     pub ninja: PathBuf,
     /// The directory holding libclang.so, for bindgen's `LIBCLANG_PATH`.
@@ -47,9 +52,9 @@ pub fn ensure(project: &Project) -> Result<Tools> {
     let sh = project.shell()?;
 
     if std::fs::read_to_string(&stamp).ok().as_deref() != Some(wanted.as_str()) {
-        let step = Step::start(project, "tools", "cmake, ninja and libclang from PyPI")?;
+        let step = Step::start(project, "tools", "cmake, ninja, libclang and uv from PyPI")?;
         step.set_message(&format!(
-            "installing {} into {} (about 100 MB)",
+            "installing {} into {} (about 200 MB)",
             REQUIREMENTS.join(" "),
             venv.display()
         ));
@@ -59,7 +64,7 @@ pub fn ensure(project: &Project) -> Result<Tools> {
             duct::cmd!(python3, "-m", "venv", "--clear", &venv),
         )
         .context(
-            "cannot create a Python virtual environment for cmake, ninja and libclang.\n\
+            "cannot create a Python virtual environment for cmake, ninja, libclang and uv.\n\
              Install Python 3 with venv (Debian: apt-get install python3 python3-venv), \
              or point PYTHON at one",
         )?;
@@ -87,6 +92,7 @@ pub fn ensure(project: &Project) -> Result<Tools> {
     .context("the libclang wheel is missing from the tools venv: remove target/llorch/tools and retry")?;
     Ok(Tools {
         cmake: bin.join("cmake"),
+        uv: bin.join("uv"),
         python,
         ninja: bin.join("ninja"),
         libclang_dir: PathBuf::from(libclang_dir),

@@ -106,7 +106,7 @@ pub fn flash_attn_on(
     let mut ctx = Context::new(model, &params, Some(FlashAttnProbe(false)))?;
     ctx.decode(&[token], 0, false)
         .context("decoding one token to see what flash attention `auto` gives")?;
-    Ok(ctx.observer().is_some_and(|p| p.0))
+    Ok(ctx.observer_mut().is_some_and(|p| p.0))
 }
 
 /// Asks for nothing; notes a FLASH_ATTN_EXT node.

@@ -8,6 +8,12 @@
 //! the pointers llama.cpp keeps stay valid however the owner moves (a moved
 //! `Box` asserts it is the only pointer, which invalidates those handed out).
 //!
+//! The scheduler may call `cb_eval` from several threads (llama.cpp's calls it
+//! from the thread that runs `llama_decode`; a fork's multi-GPU split mode
+//! calls it from one thread per backend), so the hook sits in a `Mutex`:
+//! concurrent calls take turns, each with the only reference to the observer.
+//! Uncontended, that is one atomic exchange per call.
+//!
 //! No panic crosses into C: the observer runs inside `catch_unwind`. The first
 //! error or panic is recorded and stops the computation:
 //! - the failing `ask = false` call returns true, so the scheduler finishes the
@@ -26,15 +32,16 @@ use std::any::Any;
 use std::ffi::c_void;
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, PoisonError};
 
 use anyhow::{anyhow, Result};
 
 use super::sys;
 use super::tensor::Node;
 
-/// What the extraction logic implements; it never sees a raw pointer.
-pub trait Observer {
+/// What the extraction logic implements; it never sees a raw pointer. Send:
+/// the scheduler may call it from a thread other than its owner's.
+pub trait Observer: Send {
     /// `ask = true`: does this node interest us? Called for every node of every
     /// pass, so it must be a cheap lookup that allocates nothing.
     fn wants(&mut self, node: &Node<'_>) -> bool;
@@ -46,8 +53,8 @@ pub trait Observer {
 /// thread that saw it late would only compute one more node.
 const FLAG: Ordering = Ordering::Relaxed;
 
-/// What `cb_eval`'s data points to; only the eval trampoline and
-/// [`InstalledHook`]'s accessors make references to it.
+/// What `cb_eval`'s data points to (in a `Mutex`); only the eval trampoline
+/// and [`InstalledHook`]'s accessors make references to it.
 struct EvalHook<O> {
     observer: O,
     /// The first error of this decode; later ones are its consequences.
@@ -104,7 +111,7 @@ fn panic_error(node: &Node<'_>, panic: &(dyn Any + Send)) -> anyhow::Error {
 /// `llama_decode` from `&mut self`, which rules out any borrow of its hook.
 pub struct InstalledHook<O> {
     /// From `Box::into_raw`; freed in `Drop`.
-    hook: *mut EvalHook<O>,
+    hook: *mut Mutex<EvalHook<O>>,
     /// From `Arc::into_raw` of the hook's `stop`; released in `Drop`.
     stop: *const AtomicBool,
 }
@@ -113,11 +120,11 @@ impl<O: Observer> InstalledHook<O> {
     pub fn new(observer: O) -> InstalledHook<O> {
         let stop = Arc::new(AtomicBool::new(false));
         let abort = Arc::into_raw(Arc::clone(&stop));
-        let hook = Box::into_raw(Box::new(EvalHook {
+        let hook = Box::into_raw(Box::new(Mutex::new(EvalHook {
             observer,
             error: None,
             stop,
-        }));
+        })));
         InstalledHook { hook, stop: abort }
     }
 
@@ -131,10 +138,6 @@ impl<O: Observer> InstalledHook<O> {
         self.stop.cast_mut().cast()
     }
 
-    pub fn observer(&self) -> &O {
-        &self.hook().observer
-    }
-
     pub fn observer_mut(&mut self) -> &mut O {
         &mut self.hook_mut().observer
     }
@@ -146,16 +149,14 @@ impl<O: Observer> InstalledHook<O> {
         hook.error.take()
     }
 
-    fn hook(&self) -> &EvalHook<O> {
-        // SAFETY: the pointer is live until Drop. No trampoline call is in
-        // flight while `self` is borrowed (the contract of the type), so only
-        // shared references to the hook exist during this borrow.
-        unsafe { &*self.hook }
-    }
-
     fn hook_mut(&mut self) -> &mut EvalHook<O> {
-        // SAFETY: as in `hook`; `&mut self` makes this the only reference.
-        unsafe { &mut *self.hook }
+        // SAFETY: the pointer is live until Drop. No trampoline call is in
+        // flight while `self` is borrowed (the contract of the type), and
+        // `&mut self` makes this the only reference.
+        let hook = unsafe { &mut *self.hook };
+        // A poisoned lock cannot happen (the observer runs in catch_unwind)
+        // and would hold nothing half-written: the hook's fields stay valid.
+        hook.get_mut().unwrap_or_else(PoisonError::into_inner)
     }
 }
 
@@ -176,8 +177,8 @@ impl<O> Drop for InstalledHook<O> {
 /// # Safety
 /// `user_data` must be [`InstalledHook::user_data`] of a live
 /// `InstalledHook<O>` of this very `O`, with no reference from its accessors
-/// alive and no other call of this trampoline on it at the same time; `t`
-/// must point to a tensor valid for the call.
+/// alive; `t` must point to a tensor valid for the call. Other calls on the
+/// same hook may run at the same time, from other threads.
 pub unsafe extern "C" fn eval_trampoline<O: Observer>(
     t: *mut sys::ggml_tensor,
     ask: bool,
@@ -186,11 +187,13 @@ pub unsafe extern "C" fn eval_trampoline<O: Observer>(
     if t.is_null() || user_data.is_null() {
         return false;
     }
-    // SAFETY: by the contract above this is the only reference to the hook
-    // for the call (the scheduler calls us from one thread, between node
-    // computations), and the tensor is valid for the call.
-    let hook = unsafe { &mut *user_data.cast::<EvalHook<O>>() };
+    // SAFETY: by the contract above the hook is live and no accessor holds a
+    // reference to it, so shared references from any number of threads may
+    // coexist (the Mutex is Sync, O being Send); the tensor is valid for the call.
+    let hook = unsafe { &*user_data.cast::<Mutex<EvalHook<O>>>() };
     let node = unsafe { Node::from_raw(&*t) };
+    // Poisoning: see `InstalledHook::hook_mut`.
+    let mut hook = hook.lock().unwrap_or_else(PoisonError::into_inner);
     hook.call(&node, ask)
 }
 
@@ -265,10 +268,20 @@ mod tests {
         unsafe { abort_trampoline(hook.abort_data()) }
     }
 
-    /// The abort data moved to another thread, as llama.cpp's compute threads get it.
-    struct AbortData(*mut c_void);
-    // SAFETY: it points to an AtomicBool, which any thread may read.
-    unsafe impl Send for AbortData {}
+    /// A callback's data moved to other threads, as the scheduler's threads get it.
+    #[derive(Clone, Copy)]
+    struct Shared(*mut c_void);
+    // SAFETY: it points to an AtomicBool, which any thread may read, or to the
+    // hook's Mutex, which serializes the calls made through it.
+    unsafe impl Send for Shared {}
+    unsafe impl Sync for Shared {}
+    impl Shared {
+        /// A method, so that a closure captures the whole `Shared`, not its
+        /// field (a raw pointer, which is neither Send nor Sync).
+        fn get(self) -> *mut c_void {
+            self.0
+        }
+    }
 
     /// Runs `scheduler` while another thread polls the abort callback until it
     /// fires or `scheduler` is done; returns its result and whether it fired.
@@ -276,16 +289,15 @@ mod tests {
         hook: &InstalledHook<Scripted>,
         scheduler: impl FnOnce() -> R,
     ) -> (R, bool) {
-        let data = AbortData(hook.abort_data());
+        let data = Shared(hook.abort_data());
         let done = AtomicBool::new(false);
         std::thread::scope(|s| {
             let poller = s.spawn(|| {
-                let data = data;
                 loop {
                     let finished = done.load(Ordering::SeqCst);
                     // SAFETY: abort_data of a hook that outlives the scope.
-                    if unsafe { abort_trampoline(data.0) } || finished {
-                        return unsafe { abort_trampoline(data.0) };
+                    if unsafe { abort_trampoline(data.get()) } || finished {
+                        return unsafe { abort_trampoline(data.get()) };
                     }
                     std::thread::yield_now();
                 }
@@ -308,12 +320,12 @@ mod tests {
         });
         assert_eq!(answers, [true, false, true]);
         assert!(!fired, "no abort without an error");
-        assert_eq!(hook.observer().seen, ["keep-0"]);
+        assert_eq!(hook.observer_mut().seen, ["keep-0"]);
         assert!(hook.take_error().is_none());
         // The accessors between two decodes, as the extraction uses them.
         hook.observer_mut().seen.clear();
         assert!(eval(&hook, "keep-1", true) && eval(&hook, "keep-1", false));
-        assert_eq!(hook.observer().seen, ["keep-1"]);
+        assert_eq!(hook.observer_mut().seen, ["keep-1"]);
     }
 
     #[test]
@@ -338,7 +350,7 @@ mod tests {
         assert!(fired, "the compute thread sees the abort");
         assert!(abort(&hook), "and keeps seeing it until the error is taken");
         assert_eq!(
-            hook.observer().seen,
+            hook.observer_mut().seen,
             ["keep-0", "bad-1"],
             "nothing is observed after the failure"
         );
@@ -366,7 +378,7 @@ mod tests {
         });
         assert_eq!(answers, [true, true, false, true]);
         assert!(fired);
-        assert_eq!(hook.observer().seen, ["boom"]);
+        assert_eq!(hook.observer_mut().seen, ["boom"]);
         let err = hook.take_error().expect("the panic is recorded");
         assert_eq!(
             format!("{err}"),
@@ -387,11 +399,63 @@ mod tests {
         });
         assert_eq!(answers, [false, false, true]);
         assert!(fired);
-        assert!(hook.observer().seen.is_empty());
+        assert!(hook.observer_mut().seen.is_empty());
         let err = hook.take_error().expect("the panic is recorded");
         assert_eq!(
             format!("{err}"),
             "the eval callback panicked on node `wants-boom`: injected in wants"
         );
+    }
+
+    /// A scheduler that calls from several threads at once (a fork's
+    /// multi-GPU split mode): every call is served, none is lost or torn.
+    #[test]
+    fn calls_from_several_threads_at_once_are_all_served() {
+        const THREADS: usize = 4;
+        const NODES: usize = 25;
+        let mut hook = InstalledHook::new(Scripted::default());
+        let data = Shared(hook.user_data());
+        let answers: Vec<bool> = std::thread::scope(|s| {
+            let threads: Vec<_> = (0..THREADS)
+                .map(|thread| {
+                    s.spawn(move || {
+                        let mut answers = Vec::new();
+                        for i in 0..NODES {
+                            for (name, ask) in [("keep", true), ("keep", false), ("norm", true)] {
+                                let mut t = node(&format!("{name}-{thread}-{i}"));
+                                // SAFETY: user_data of a hook that outlives the
+                                // scope; no accessor reference is alive during it.
+                                answers.push(unsafe {
+                                    eval_trampoline::<Scripted>(&mut t, ask, data.get())
+                                });
+                            }
+                        }
+                        answers
+                    })
+                })
+                .collect();
+            threads
+                .into_iter()
+                .flat_map(|t| t.join().unwrap())
+                .collect()
+        });
+        let wanted = answers
+            .chunks(3)
+            .filter(|a| *a == [true, true, false])
+            .count();
+        assert_eq!(
+            wanted,
+            THREADS * NODES,
+            "every node answered as when called from one thread"
+        );
+        let seen = &mut hook.observer_mut().seen;
+        seen.sort();
+        seen.dedup();
+        assert_eq!(
+            seen.len(),
+            THREADS * NODES,
+            "every observed node recorded once"
+        );
+        assert!(hook.take_error().is_none());
     }
 }

@@ -378,10 +378,6 @@ impl<'m, O: Observer> Context<'m, O> {
         Ok(unsafe { std::slice::from_raw_parts(ptr, self.n_vocab) })
     }
 
-    pub fn observer(&self) -> Option<&O> {
-        self.hook.as_ref().map(InstalledHook::observer)
-    }
-
     pub fn observer_mut(&mut self) -> Option<&mut O> {
         self.hook.as_mut().map(InstalledHook::observer_mut)
     }

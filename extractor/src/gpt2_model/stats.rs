@@ -134,7 +134,10 @@ pub fn measure(model_path: &Path, threads: i32) -> Result<Vec<Layer>> {
     let mut ctx = Context::new(&model, &params, Some(collect))?;
     // All logits: the last layer then keeps every row, so its statistics cover all positions.
     ctx.decode(&tokens, 0, true)?;
-    let mut layers = ctx.observer().map(|c| c.layers.clone()).unwrap_or_default();
+    let mut layers = ctx
+        .observer_mut()
+        .map(|c| c.layers.clone())
+        .unwrap_or_default();
     layers.truncate(model.n_layer() as usize);
     Ok(layers)
 }

@@ -475,6 +475,7 @@ fn compare_checks(report: &mut Report, ctx: &Ctx<'_>, whole: bool) {
         t,
         checks::candidate_default_fits(ctx),
     );
+    report.tidy(&ctx.work.join("candidate-default"));
     let t = Instant::now();
     if whole {
         report.check(

@@ -18,8 +18,12 @@ use crate::project::Project;
 pub struct Layering {}
 
 /// Each crate's root file, under the project's root.
-pub const CRATES: [(&str, &str); 5] = [
+pub const CRATES: [(&str, &str); 6] = [
     ("llorch_checkpoint_spec", "extractor/spec/src/lib.rs"),
+    (
+        "llorch_checkpoint_matching",
+        "extractor/matching/src/lib.rs",
+    ),
     ("llorch_checkpoint_compare", "extractor/compare/src/lib.rs"),
     ("llorch_checkpoint_extractor", "extractor/src/lib.rs"),
     ("llorch_checkpoint_golden", "extractor/golden/src/lib.rs"),

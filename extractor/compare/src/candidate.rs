@@ -19,7 +19,9 @@ use serde::Serialize;
 use crate::entries::Entry;
 use llorch_checkpoint_spec::metric::{metrics, unravel, Metrics, AGAINST_LLAMA_CPP};
 
-use crate::metrics::{first_failure, read_tensor, Row, Tensor};
+use llorch_checkpoint_spec::format::{read_values, Values};
+
+use crate::metrics::{first_failure, Row};
 use crate::text::layer_text;
 
 /// Which tolerance judges the candidate against llama.cpp.
@@ -78,7 +80,7 @@ pub struct Verdict {
     pub reference: f64,
 }
 
-fn verdict(test: &Tensor, reference: &Tensor, tolerance: Tolerance) -> Verdict {
+fn verdict(test: &Values, reference: &Values, tolerance: Tolerance) -> Verdict {
     let m = metrics(&test.data, &reference.data, &tolerance);
     Verdict {
         metrics: m,
@@ -188,9 +190,9 @@ fn compare_one(
         ));
     };
     let fail = |what: anyhow::Error| (file.clone(), format!("{what:#}"));
-    let candidate = read_tensor(&dir.join(&file)).map_err(fail)?;
-    let llama = read_tensor(&run.join(format!("{}.bin", e.stem))).map_err(fail)?;
-    let f64_ref = read_tensor(&reference.join(format!("{}.npy", e.stem))).map_err(fail)?;
+    let candidate = read_values(&dir.join(&file)).map_err(fail)?;
+    let llama = read_values(&run.join(format!("{}.bin", e.stem))).map_err(fail)?;
+    let f64_ref = read_values(&reference.join(format!("{}.npy", e.stem))).map_err(fail)?;
     if candidate.shape != llama.shape {
         return Err((
             file,

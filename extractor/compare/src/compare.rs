@@ -103,7 +103,7 @@ pub struct Outcome {
     pub run: PathBuf,
     pub reference: PathBuf,
     /// Without a manifest: the pairs against a hand-written one, where asked.
-    pub against: Option<Vec<crate::matching::against::Row>>,
+    pub against: Option<Vec<llorch_checkpoint_matching::against::Row>>,
 }
 
 /// The whole comparison; `Err` when it could not be made, `failure` when it

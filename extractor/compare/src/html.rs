@@ -12,7 +12,9 @@ use crate::candidate::{first_divergence, CandidateRow, Verdict};
 use crate::entries::Entry;
 use llorch_checkpoint_spec::metric::unravel;
 
-use crate::metrics::{read_tensor, Row, Tensor};
+use llorch_checkpoint_spec::format::{read_values, Values};
+
+use crate::metrics::Row;
 use crate::text::{layer_text, xml};
 
 /// Everything the page shows.
@@ -53,8 +55,8 @@ pub fn render(page: &Page<'_>) -> Result<String> {
     s.push_str("<h2 id=\"details\">Details</h2>\n");
     for &i in &detailed {
         let (row, entry) = (&page.rows[i], &page.entries[i]);
-        let test = read_tensor(&page.run.join(&row.file))?;
-        let reference = read_tensor(
+        let test = read_values(&page.run.join(&row.file))?;
+        let reference = read_values(
             &page
                 .reference
                 .join(&row.truth)
@@ -183,7 +185,7 @@ fn candidate(s: &mut String, rows: &[CandidateRow]) {
 }
 
 /// A checkpoint's heatmaps (one per head, where it has heads) and histogram.
-fn detail(s: &mut String, row: &Row, head_axis: Option<usize>, test: &Tensor, reference: &Tensor) {
+fn detail(s: &mut String, row: &Row, head_axis: Option<usize>, test: &Values, reference: &Values) {
     let diff: Vec<f64> = test
         .data
         .iter()

@@ -12,12 +12,11 @@
 //! - [`reference`]: the job the reference computes, and what it reports.
 //! - [`candidate`]: a third side, another engine's tensors.
 //! - [`overrides`]: `--tolerance GLOB=...` over the manifest's tolerances.
-//! - [`precision`]: the tolerance of a comparison without a manifest, from the weights' type.
-//! - [`matching`]: llama.cpp's nodes paired with the reference's tensors by value; drafted manifests.
 //! - [`attribution`]: which setting of llama.cpp each error comes from.
 //! - [`sequential`]: the prompt as one batch against one token per pass.
 //! - [`report`], [`html`], [`svg`], [`text`]: the table, report.json, report.html, errors.svg.
-//! - [`auto`]: the whole flow without a manifest: the probe, the matcher, the drafted manifest.
+//! - [`auto`]: the whole flow without a manifest: the probe, the matcher
+//!   (`llorch-checkpoint-matching`), the drafted manifest.
 //! - [`compare`](mod@compare): the whole flow; [`self_test`](mod@self_test): the flow checking itself.
 
 pub mod attribution;
@@ -26,11 +25,9 @@ pub mod candidate;
 pub mod compare;
 pub mod entries;
 pub mod html;
-pub mod matching;
 pub mod metrics;
 pub mod next_token;
 pub mod overrides;
-pub mod precision;
 pub mod reference;
 pub mod report;
 pub mod self_test;

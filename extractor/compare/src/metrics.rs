@@ -6,29 +6,13 @@ use std::collections::BTreeMap;
 use std::path::Path;
 
 use anyhow::{ensure, Result};
+use llorch_checkpoint_spec::format::read_values;
 use llorch_checkpoint_spec::manifest::Tolerance;
 use serde::Serialize;
 
 use llorch_checkpoint_spec::metric::{metrics, unravel, Metrics};
 
 use crate::entries::Entry;
-
-/// A checkpoint or reference tensor, row-major, as f64.
-#[derive(Debug, Clone, PartialEq)]
-pub struct Tensor {
-    pub shape: Vec<usize>,
-    pub data: Vec<f64>,
-}
-
-/// A checkpoint (`.bin`) or a reference tensor (`.npy`, f4 or f8), through the
-/// same format crate the extractor writes them with.
-pub fn read_tensor(path: &Path) -> Result<Tensor> {
-    let (shape, data) = llorch_checkpoint_spec::format::read_f64(path)?;
-    Ok(Tensor {
-        shape: shape.into_iter().map(|d| d as usize).collect(),
-        data,
-    })
-}
 
 /// What one run scored, per checkpoint (graph order) and reference variant.
 #[derive(Serialize)]
@@ -86,10 +70,10 @@ pub fn score_run(
             break;
         }
         let file = format!("{}.bin", e.stem);
-        let test = read_tensor(&run.join(&file))?;
+        let test = read_values(&run.join(&file))?;
         let mut against = BTreeMap::new();
         for variant in variants {
-            let r = read_tensor(&reference.join(variant).join(format!("{}.npy", e.stem)))?;
+            let r = read_values(&reference.join(variant).join(format!("{}.npy", e.stem)))?;
             ensure!(
                 r.shape == test.shape,
                 "{}: the reference has shape {:?}, the checkpoint file {:?}: fix the `reference:` ops of `{}` in the manifest",
@@ -104,7 +88,7 @@ pub fn score_run(
             );
         }
         let m = against[truth];
-        let r64 = read_tensor(&reference.join(truth).join(format!("{}.npy", e.stem)))?;
+        let r64 = read_values(&reference.join(truth).join(format!("{}.npy", e.stem)))?;
         rows.push(Row {
             id: e.id.clone(),
             layer: e.layer,
@@ -254,48 +238,5 @@ mod tests {
             non_finite_ref: r.non_finite_ref,
             truth: r.truth.clone(),
         }
-    }
-
-    #[test]
-    fn reads_bin_and_npy() {
-        let dir = tempfile::tempdir().unwrap();
-        let bin = dir.path().join("x.bin");
-        let mut bytes = 2i32.to_le_bytes().to_vec();
-        for d in [2i64, 3] {
-            bytes.extend_from_slice(&d.to_le_bytes());
-        }
-        for v in [1.0f32, 2.0, 3.0, 4.0, 5.0, 6.5] {
-            bytes.extend_from_slice(&v.to_le_bytes());
-        }
-        std::fs::write(&bin, &bytes).unwrap();
-        assert_eq!(
-            read_tensor(&bin).unwrap(),
-            Tensor {
-                shape: vec![2, 3],
-                data: vec![1.0, 2.0, 3.0, 4.0, 5.0, 6.5]
-            }
-        );
-        std::fs::write(&bin, &bytes[..bytes.len() - 1]).unwrap();
-        let err = format!("{:#}", read_tensor(&bin).unwrap_err());
-        assert!(err.contains("needs 44 bytes"), "{err}");
-
-        let header = "{'descr': '<f8', 'fortran_order': False, 'shape': (3,), }";
-        let mut npy = b"\x93NUMPY\x01\x00".to_vec();
-        let pad = 64 - (10 + header.len() + 1) % 64;
-        let text = format!("{header}{}\n", " ".repeat(pad));
-        npy.extend_from_slice(&(text.len() as u16).to_le_bytes());
-        npy.extend_from_slice(text.as_bytes());
-        for v in [0.25f64, -1.0, 1e-300] {
-            npy.extend_from_slice(&v.to_le_bytes());
-        }
-        let path = dir.path().join("x.npy");
-        std::fs::write(&path, &npy).unwrap();
-        assert_eq!(
-            read_tensor(&path).unwrap(),
-            Tensor {
-                shape: vec![3],
-                data: vec![0.25, -1.0, 1e-300]
-            }
-        );
     }
 }

@@ -8,8 +8,8 @@ use llorch_checkpoint_spec::manifest::{Op, Symbols};
 use llorch_checkpoint_spec::record::RunRecord;
 
 use crate::entries::{Entry, F32, F64, VARIANTS};
-use crate::metrics::read_tensor;
 use crate::sides::{JobCheckpoint, Reference, ReferenceJob};
+use llorch_checkpoint_spec::format::read_values;
 
 /// What the reference says of itself (`reference.json`).
 #[derive(serde::Deserialize, serde::Serialize, Debug, Clone)]
@@ -44,7 +44,7 @@ pub fn build_reference(
     let mut checkpoints = Vec::new();
     for e in entries {
         // The shape the ops must give: the checkpoint file's.
-        let shape = read_tensor(&run.join(format!("{}.bin", e.stem)))?.shape;
+        let shape = read_values(&run.join(format!("{}.bin", e.stem)))?.shape;
         checkpoints.push(JobCheckpoint {
             key: e.key(),
             stem: e.stem.clone(),

@@ -5,13 +5,12 @@ use std::path::Path;
 
 use anyhow::{bail, ensure, Context, Result};
 use llorch_checkpoint_spec::files::copy_run;
+use llorch_checkpoint_spec::format;
 use llorch_checkpoint_spec::manifest::Manifest;
+use llorch_checkpoint_spec::metric::unravel;
 
 use crate::compare::{compare, Options};
 use crate::entries::entries;
-use llorch_checkpoint_spec::metric::unravel;
-
-use crate::metrics::read_tensor;
 use crate::sides::{Extractor, Reference};
 
 /// The comparison of `model` on `manifest` must pass, and a copy of that run
@@ -35,13 +34,11 @@ pub fn self_test(
     let copy = out.join("perturbed-run");
     copy_run(&out.join("clean/llama"), &copy)?;
     let file = copy.join(format!("{}.bin", victim.stem));
-    let tensor = read_tensor(&file)?;
+    let mut tensor = format::read(&file)?;
     let element = tensor.data.len() / 3; // somewhere inside, not the first value
-    let mut bytes = std::fs::read(&file)?;
-    let at = 4 + 8 * tensor.shape.len() + 4 * element;
-    let v = f32::from_le_bytes(bytes[at..at + 4].try_into()?) + 1e-2;
-    bytes[at..at + 4].copy_from_slice(&v.to_le_bytes());
-    std::fs::write(&file, &bytes)?;
+    tensor.data[element] += 1e-2;
+    format::write_file(&file, &tensor.shape, &tensor.data)?;
+    let shape: Vec<usize> = tensor.shape.iter().map(|&d| d as usize).collect();
     let opts = Options {
         out: out.join("perturbed"),
         run: Some(copy),
@@ -51,7 +48,7 @@ pub fn self_test(
     let why = perturbed
         .failure
         .context("a checkpoint perturbed by 1e-2 passed the comparison")?;
-    let index = format!("{:?}", unravel(element, &tensor.shape));
+    let index = format!("{:?}", unravel(element, &shape));
     ensure!(
         why.contains(&victim.id) && why.contains(&format!("element {index}")),
         "the failure does not name checkpoint {} element {index}: {why}",

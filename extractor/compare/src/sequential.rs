@@ -19,9 +19,9 @@ use llorch_checkpoint_spec::metric::nmse;
 use llorch_checkpoint_spec::record::RunRecord;
 use serde::Serialize;
 
-use crate::metrics::{read_tensor, Tensor};
 use crate::sides::{Extraction, Extractor};
 use crate::text::layer_text;
+use llorch_checkpoint_spec::format::{read_values, Values};
 
 /// Two extractor runs of `run` (its `out` the parent directory), one batch
 /// and one token at a time, compared position by position: the table, and
@@ -80,14 +80,14 @@ pub fn compare(batch: &Path, sequential: &Path, manifest: &Path) -> Result<Vec<P
         if tok.is_none() && kv.is_none() {
             continue;
         }
-        let whole = read_tensor(&batch.join(format!("{}.bin", cp.file_stem)))?;
+        let whole = read_values(&batch.join(format!("{}.bin", cp.file_stem)))?;
         let (mut nmse_db, mut max_abs, mut bitwise) = (Vec::new(), Vec::new(), 0);
         for i in 0..n {
             let file = match i {
                 0 => format!("{}.bin", cp.file_stem),
                 i => format!("{}.step{i}.bin", cp.file_stem),
             };
-            let one = read_tensor(&sequential.join(&file))
+            let one = read_values(&sequential.join(&file))
                 .with_context(|| format!("position {i} of the sequential run"))?;
             let row = position(&whole, tok.map(|a| (a, i)), kv.map(|a| (a, i + 1)));
             ensure!(
@@ -126,7 +126,7 @@ fn axes(cp: &Checkpoint) -> (Option<usize>, Option<usize>) {
 
 /// The values of `t` at index `at.1` of axis `at.0` and in `0..upto.1` of
 /// axis `upto.0`, row-major.
-fn position(t: &Tensor, at: Option<(usize, usize)>, upto: Option<(usize, usize)>) -> Vec<f64> {
+fn position(t: &Values, at: Option<(usize, usize)>, upto: Option<(usize, usize)>) -> Vec<f64> {
     let shape = &t.shape;
     let mut index = vec![0usize; shape.len()];
     let mut out = Vec::new();
@@ -202,7 +202,7 @@ mod tests {
     fn a_position_is_a_row_and_the_cells_up_to_it() {
         // File shape [1, heads 2, queries 3, keys 3] (scores): position 1 is
         // query row 1, keys 0..=1, of both heads.
-        let t = Tensor {
+        let t = Values {
             shape: vec![1, 2, 3, 3],
             data: (0..18).map(f64::from).collect(),
         };
@@ -211,7 +211,7 @@ mod tests {
             [3.0, 4.0, 12.0, 13.0]
         );
         // A cache [1, cells 3, heads 1, dim 2]: position 1 is cells 0 and 1.
-        let cache = Tensor {
+        let cache = Values {
             shape: vec![1, 3, 1, 2],
             data: (0..6).map(f64::from).collect(),
         };

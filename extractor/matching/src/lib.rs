@@ -15,6 +15,14 @@
 //! with, and, once later nodes are paired, no later than theirs (a second
 //! round tries the nodes the first left ambiguous within those bounds).
 //! What stays unpaired on either side is listed with the reason.
+//!
+//! - [`sides`]: the two sides read from disk; [`layout`] and [`fit`]: how a
+//!   tensor's values become a node's; [`precision`]: the tolerance a pair is
+//!   held to, from the weights' type.
+//! - [`draft`] and [`manifest_text`]: the pairs written as a manifest a person
+//!   reviews; [`against`]: a hand-written manifest checked against the pairs.
+//!
+//! It depends on the spec crate alone; the comparison crate runs it.
 
 use std::collections::HashMap;
 
@@ -27,6 +35,7 @@ pub mod layout;
 pub mod manifest_text;
 mod order;
 mod pairs;
+pub mod precision;
 mod search;
 pub mod sides;
 #[cfg(test)]

@@ -9,7 +9,7 @@ use std::path::Path;
 use anyhow::{ensure, Context, Result};
 use llorch_checkpoint_spec::record::{Operand, RunRecord};
 
-use crate::metrics::read_tensor;
+use llorch_checkpoint_spec::format::read_values;
 
 /// Where in the model a tensor is: before the layers (embeddings), in one
 /// layer, or after them (final norm, logits). A pair never crosses segments.
@@ -90,7 +90,7 @@ pub fn read_nodes(run: &Path) -> Result<(RunRecord, Vec<Node>)> {
                 c.file
             )
         })?;
-        let t = read_tensor(&run.join(&c.file))?;
+        let t = read_values(&run.join(&c.file))?;
         nodes.push(Node {
             index,
             name: c.tensor.clone(),
@@ -195,7 +195,7 @@ pub fn read_tensors(dir: &Path) -> Result<Vec<Tensor>> {
     let first_layer = listed.iter().position(|t| t.layer.is_some());
     let mut tensors = Vec::with_capacity(listed.len());
     for (i, t) in listed.into_iter().enumerate() {
-        let data = read_tensor(&dir.join(&t.file))?;
+        let data = read_values(&dir.join(&t.file))?;
         let segment = match (t.layer, first_layer) {
             (Some(l), _) => Segment::Layer(l),
             (None, Some(first)) if i > first => Segment::After,

@@ -182,6 +182,23 @@ pub fn parse_bin(bytes: &[u8]) -> Result<Tensor> {
     Ok(Tensor { shape, data })
 }
 
+/// A checkpoint or reference tensor, row-major, widened to f64: what the
+/// comparison and the matcher read.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Values {
+    pub shape: Vec<usize>,
+    pub data: Vec<f64>,
+}
+
+/// A checkpoint (`.bin`) or a reference tensor (`.npy`, f4 or f8) as [`Values`].
+pub fn read_values(path: &Path) -> Result<Values> {
+    let (shape, data) = read_f64(path)?;
+    Ok(Values {
+        shape: shape.into_iter().map(|d| d as usize).collect(),
+        data,
+    })
+}
+
 /// A checkpoint, or a reference tensor in f64, as f64: `.bin`, or `.npy` of
 /// little-endian `f4` or `f8` (what the PyTorch reference writes).
 pub fn read_f64(path: &Path) -> Result<(Vec<i64>, Vec<f64>)> {
@@ -535,6 +552,49 @@ mod tests {
         assert!(
             msg.contains("checkpoint_01.bin (10 bytes) is not a valid checkpoint"),
             "{msg}"
+        );
+    }
+
+    #[test]
+    fn reads_bin_and_npy() {
+        let dir = tempfile::tempdir().unwrap();
+        let bin = dir.path().join("x.bin");
+        let mut bytes = 2i32.to_le_bytes().to_vec();
+        for d in [2i64, 3] {
+            bytes.extend_from_slice(&d.to_le_bytes());
+        }
+        for v in [1.0f32, 2.0, 3.0, 4.0, 5.0, 6.5] {
+            bytes.extend_from_slice(&v.to_le_bytes());
+        }
+        std::fs::write(&bin, &bytes).unwrap();
+        assert_eq!(
+            read_values(&bin).unwrap(),
+            Values {
+                shape: vec![2, 3],
+                data: vec![1.0, 2.0, 3.0, 4.0, 5.0, 6.5]
+            }
+        );
+        std::fs::write(&bin, &bytes[..bytes.len() - 1]).unwrap();
+        let err = format!("{:#}", read_values(&bin).unwrap_err());
+        assert!(err.contains("needs 44 bytes"), "{err}");
+
+        let header = "{'descr': '<f8', 'fortran_order': False, 'shape': (3,), }";
+        let mut npy = b"\x93NUMPY\x01\x00".to_vec();
+        let pad = 64 - (10 + header.len() + 1) % 64;
+        let text = format!("{header}{}\n", " ".repeat(pad));
+        npy.extend_from_slice(&(text.len() as u16).to_le_bytes());
+        npy.extend_from_slice(text.as_bytes());
+        for v in [0.25f64, -1.0, 1e-300] {
+            npy.extend_from_slice(&v.to_le_bytes());
+        }
+        let path = dir.path().join("x.npy");
+        std::fs::write(&path, &npy).unwrap();
+        assert_eq!(
+            read_values(&path).unwrap(),
+            Values {
+                shape: vec![3],
+                data: vec![0.25, -1.0, 1e-300]
+            }
         );
     }
 }

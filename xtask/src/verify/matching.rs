@@ -15,8 +15,8 @@ use std::time::Instant;
 
 use anyhow::{ensure, Context, Result};
 use llorch_checkpoint_compare::auto::{compare_auto, figures, Auto};
-use llorch_checkpoint_compare::matching::against::Verdict;
 use llorch_checkpoint_compare::{Options, Outcome};
+use llorch_checkpoint_matching::against::Verdict;
 use llorch_checkpoint_spec::record::FlashAttnMode;
 
 use super::ctx::Ctx;

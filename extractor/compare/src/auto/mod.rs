@@ -1,7 +1,7 @@
 //! A comparison with no manifest written by hand: llama.cpp's whole graph
 //! and the reference's whole pass on a short probe, paired by value
-//! ([`crate::matching`]); the pairs become a manifest, judged by the
-//! tolerance of the weights' precision ([`crate::precision`]), never by
+//! ([`llorch_checkpoint_matching`]); the pairs become a manifest, judged by the
+//! tolerance of the weights' precision ([`llorch_checkpoint_matching::precision`]), never by
 //! one measured on the run itself; then the ordinary comparison on the
 //! user's prompt and layers with that manifest.
 
@@ -16,13 +16,13 @@ use llorch_checkpoint_spec::record::RunRecord;
 
 use crate::compare::{compare, Options, Outcome};
 use crate::entries::{F32, F64};
-use crate::matching::draft::{self, Drafted, Words};
-use crate::matching::manifest_text::{self, Role};
-use crate::matching::{self, against};
-use crate::metrics::read_tensor;
-use crate::precision::Precision;
 use crate::reference::build_everything;
 use crate::sides::{Extractor, Reference};
+use llorch_checkpoint_matching::draft::{self, Drafted, Words};
+use llorch_checkpoint_matching::manifest_text::{self, Role};
+use llorch_checkpoint_matching::precision::Precision;
+use llorch_checkpoint_matching::{self as matching, against};
+use llorch_checkpoint_spec::format::read_values;
 
 mod probed;
 mod said;
@@ -316,10 +316,10 @@ fn reviewed_draft(
 fn measured_errors(outcome: &Outcome, rtol: f64) -> Result<BTreeMap<String, (f64, f64)>> {
     let mut measured: BTreeMap<String, (f64, f64)> = BTreeMap::new();
     for e in &outcome.entries {
-        let test = read_tensor(&outcome.run.join(format!("{}.bin", e.stem)))?;
-        let reference = read_tensor(&outcome.reference.join(F64).join(format!("{}.npy", e.stem)))
+        let test = read_values(&outcome.run.join(format!("{}.bin", e.stem)))?;
+        let reference = read_values(&outcome.reference.join(F64).join(format!("{}.npy", e.stem)))
             .or_else(|_| {
-            read_tensor(&outcome.reference.join(F32).join(format!("{}.npy", e.stem)))
+            read_values(&outcome.reference.join(F32).join(format!("{}.npy", e.stem)))
         })?;
         let max_ref = reference
             .data

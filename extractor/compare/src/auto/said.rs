@@ -6,8 +6,8 @@ use std::collections::BTreeMap;
 use std::fmt::Write as _;
 
 use crate::compare::Outcome;
-use crate::matching::draft::{self, Skipped};
-use crate::matching::{Matching, Unpaired};
+use llorch_checkpoint_matching::draft::{self, Skipped};
+use llorch_checkpoint_matching::{Matching, Unpaired};
 
 use super::probed::Probe;
 
@@ -134,7 +134,7 @@ fn scaled_lines(p: &Probe) -> String {
         let Some(pair) = m.pair_of(d.node) else {
             continue;
         };
-        if let crate::matching::fit::Scale::Reasoned(r) = &pair.scale {
+        if let llorch_checkpoint_matching::fit::Scale::Reasoned(r) = &pair.scale {
             let plain = |s: &str| {
                 d.layer
                     .and_then(|l| draft::templated(s, l))

@@ -19,39 +19,30 @@
 //!
 //! Every step makes sure the steps before it are done, so `cargo xtask extract`
 //! (or `verify`) on a fresh clone does everything. Tools the steps need (cmake, ninja,
-//! libclang) come from PyPI into `target/llorch/tools` (see `tools.rs`).
+//! libclang, uv) come from PyPI into `target/llorch/tools` (see `llama_cpp/tools.rs`).
+//!
+//! The modules by job: `llama_cpp/` (pin, fetch, build), `models/` (models,
+//! the Python reference), `commands/` (the user's commands), `checks/`
+//! (verify and the maintainers' checks); beside them what all of them share
+//! (project, step, flags, host) and `runs/` (the extractor, the
+//! comparison's two sides, two trees side by side).
 
 #![forbid(unsafe_code)]
 
-mod bench;
-mod bindgen;
-mod build;
-mod bundle;
-mod catalogue;
-mod cli_docs;
-mod compare;
-mod diff_trees;
-mod doctor;
-mod extract;
-mod extractor_run;
-mod fetch;
+mod checks;
+mod commands;
 mod flags;
-mod fuzz;
-mod hashes;
 mod host;
-mod kills;
-mod layering;
-mod model;
-mod pin;
+mod llama_cpp;
+mod models;
 mod project;
-mod prompts;
-mod python;
+mod runs;
 mod step;
-#[cfg(test)]
-mod tidy;
-mod tools;
-mod tree;
-mod verify;
+
+use checks::{bench, cli_docs, fuzz, kills, layering, verify};
+use commands::{compare, diff_trees, doctor, extract};
+use llama_cpp::{bindgen, build, bundle, fetch};
+use models::model;
 
 use anyhow::Result;
 use clap::{CommandFactory, FromArgMatches, Parser, Subcommand};

@@ -1,0 +1,217 @@
+//! The comparison library's two sides as xtask provides them: llama.cpp
+//! runs through the extractor built here, and reference tensors from
+//! `xtask/python/reference.py` in the project's Python environment, which
+//! loads the same GGUF into transformers (eager attention) and captures what
+//! each checkpoint's `reference:` names, in float32 and float64.
+
+use std::cell::OnceCell;
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use anyhow::{bail, Context, Result};
+use llorch_checkpoint_compare::self_test;
+use llorch_checkpoint_compare::sides::{Extraction, Extractor, Reference, ReferenceJob};
+use llorch_checkpoint_spec::record::{FlashAttnMode, RunRecord};
+use xshell::cmd;
+
+use crate::llama_cpp::build::{self, Backend};
+use crate::llama_cpp::tree::TreeArg;
+use crate::project::Project;
+use crate::runs::extractor::{quietly, ExtractorRun};
+
+/// The self-test on the default GPT-2 and manifests/gpt2.yaml, in
+/// target/llorch/compare-self-test.
+pub fn run_self_test(
+    project: &Project,
+    llama: &LlamaCpp<'_>,
+    torch: &PyTorch<'_>,
+) -> Result<String> {
+    let model = crate::models::model::default_model(project)?;
+    let manifest = project.root().join("manifests/gpt2.yaml");
+    let out = project.work_dir().join("compare-self-test");
+    self_test(llama, torch, &manifest, &model, &out)
+}
+
+/// llama.cpp: the extractor of the CPU build on a tree (built on first use).
+pub struct LlamaCpp<'a> {
+    project: &'a Project,
+    tree: TreeArg,
+    /// `--flash-attn` for every run; None: the extractor's default (auto).
+    flash_attn: Option<FlashAttnMode>,
+    exe: OnceCell<PathBuf>,
+}
+
+impl LlamaCpp<'_> {
+    /// On the pin, with flash attention off: the graph with every checkpoint
+    /// (scores too), as the project's own checks want it.
+    pub fn new(project: &Project) -> LlamaCpp<'_> {
+        LlamaCpp::on(project, TreeArg::default(), Some(FlashAttnMode::Off))
+    }
+
+    pub fn on(project: &Project, tree: TreeArg, flash_attn: Option<FlashAttnMode>) -> LlamaCpp<'_> {
+        LlamaCpp {
+            project,
+            tree,
+            flash_attn,
+            exe: OnceCell::new(),
+        }
+    }
+
+    /// `--flash-attn MODE` where one is set.
+    fn flash_attn_flags(&self) -> Vec<String> {
+        match self.flash_attn {
+            Some(mode) => vec!["--flash-attn".into(), mode.name().into()],
+            None => Vec::new(),
+        }
+    }
+
+    fn exe(&self) -> Result<&Path> {
+        if let Some(exe) = self.exe.get() {
+            return Ok(exe);
+        }
+        let tree = self.tree.resolve(self.project)?;
+        let built = build::ensure_extractor(self.project, Backend::Cpu, &tree)?;
+        Ok(self.exe.get_or_init(|| built))
+    }
+}
+
+impl Extractor for LlamaCpp<'_> {
+    fn extract(&self, run: &Extraction<'_>) -> Result<()> {
+        let mut command = ExtractorRun::new(self.exe()?, run.model, run.out)
+            .manifest(run.manifest)
+            .prompt(run.prompt)
+            .generate(0)
+            .threads(run.threads)
+            .args(self.flash_attn_flags());
+        if let Some(layers) = run.layers {
+            command = command.layers(layers);
+        }
+        if run.kv_f32 {
+            command = command.args(["--kv-type", "f32"]);
+        }
+        if run.sequential {
+            command = command.arg("--sequential");
+        }
+        command.run(&self.project.shell()?)
+    }
+
+    fn tokenize(&self, model: &Path, text: &str, out: &Path) -> Result<RunRecord> {
+        let sh = self.project.shell()?;
+        let command = ExtractorRun::new(self.exe()?, model, out)
+            .prompt(text)
+            .generate(0)
+            .no_extract()
+            .args(self.flash_attn_flags());
+        quietly(
+            command.cmd(&sh),
+            "the extractor could not tokenize the probe",
+        )?;
+        RunRecord::read(out)
+    }
+
+    fn extract_graph(
+        &self,
+        model: &Path,
+        tokens: &[i32],
+        out: &Path,
+        flash_attn: Option<bool>,
+    ) -> Result<()> {
+        let command = ExtractorRun::new(self.exe()?, model, out)
+            .tokens(tokens)
+            .tensors("*")
+            .generate(0);
+        let command = match flash_attn {
+            Some(on) => command.flash_attn(FlashAttnMode::from(on)),
+            None => command.args(self.flash_attn_flags()),
+        };
+        let sh = self.project.shell()?;
+        quietly(
+            command.cmd(&sh),
+            "the extractor could not capture the whole graph",
+        )
+    }
+
+    /// Kept in target/llorch/models as `<name>.f32.gguf`, written by
+    /// llama.cpp's quantize API (`llorch-checkpoint-model dequantize`).
+    fn dequantized(&self, model: &Path) -> Result<Option<PathBuf>> {
+        let stem = model.file_stem().unwrap_or_default().to_string_lossy();
+        let copy = self
+            .project
+            .work_dir()
+            .join("models")
+            .join(format!("{stem}.f32.gguf"));
+        let modified = |p: &Path| std::fs::metadata(p).ok()?.modified().ok();
+        if modified(&copy).is_some() && modified(&copy) >= modified(model) {
+            return Ok(Some(copy));
+        }
+        let tool = self.exe()?.with_file_name("llorch-checkpoint-model");
+        let sh = self.project.shell()?;
+        cmd!(sh, "{tool} dequantize {model} --out {copy}")
+            .quiet()
+            .ignore_stdout()
+            .run()
+            .with_context(|| format!("cannot write an f32 copy of {}", model.display()))?;
+        Ok(copy.is_file().then_some(copy))
+    }
+}
+
+/// The reference: transformers in the project's venv, through `xtask/python/reference.py`.
+pub struct PyTorch<'a> {
+    project: &'a Project,
+}
+
+impl PyTorch<'_> {
+    pub fn new(project: &Project) -> PyTorch<'_> {
+        PyTorch { project }
+    }
+}
+
+impl Reference for PyTorch<'_> {
+    /// A missing package or a broken venv ends in one paragraph with the fix.
+    fn compute(&self, job: &ReferenceJob) -> Result<()> {
+        let started = Instant::now();
+        // LLORCH_REFERENCE_PYTHON: another interpreter (to check what happens without torch).
+        let python = match std::env::var_os("LLORCH_REFERENCE_PYTHON") {
+            Some(p) => Ok(PathBuf::from(p)),
+            None => crate::models::python::ensure(self.project),
+        };
+        let python = python.context(
+            "the PyTorch reference needs the project's Python environment (torch, transformers, numpy from PyPI, about 5 GB). \
+             `cargo xtask compare` creates it in target/llorch/pyenv; where PyPI cannot be reached it cannot, and nothing can be compared",
+        )?;
+        let script = self.project.root().join("xtask/python/reference.py");
+        let file = job.file();
+        let sh = self.project.shell()?;
+        let cache = self.project.work_dir().join("reference-models");
+        let _cache = sh.push_env("LLORCH_REFERENCE_MODELS", &cache);
+        let result = cmd!(sh, "{python} {script} {file}")
+            .quiet()
+            .ignore_status()
+            .output()
+            .context("cannot start the project's Python")?;
+        if !result.status.success() {
+            let stderr = String::from_utf8_lossy(&result.stderr);
+            let message: Vec<&str> = stderr
+                .lines()
+                .filter_map(|l| l.strip_prefix("reference: "))
+                .collect();
+            if message.is_empty() {
+                bail!(
+                    "the PyTorch reference ({}) failed:\n{}",
+                    script.display(),
+                    stderr.trim_end()
+                );
+            }
+            bail!(
+                "the PyTorch reference could not be built: {}",
+                message.join(" ")
+            );
+        }
+        eprint!("{}", String::from_utf8_lossy(&result.stdout));
+        eprintln!(
+            "compare: reference built in {:.1} s",
+            started.elapsed().as_secs_f64()
+        );
+        Ok(())
+    }
+}

@@ -1,0 +1,106 @@
+//! One model, manifest, layers and prompt through two llama.cpp trees, and
+//! their runs compared checkpoint by checkpoint (`llorch-checkpoint-diff`):
+//! `diff-trees` and verify's tree checks both run it.
+
+use std::path::{Path, PathBuf};
+
+use anyhow::{bail, Context, Result};
+
+use crate::flags::layer_arg;
+use crate::llama_cpp::build::{self, Backend};
+use crate::llama_cpp::tree::Tree;
+use crate::project::Project;
+use crate::step::Step;
+
+/// What both trees run.
+pub struct Runs<'a> {
+    pub model: &'a Path,
+    pub manifest: &'a Path,
+    pub prompt: &'a str,
+    pub layers: Option<&'a str>,
+    /// Further extractor flags, the same for both.
+    pub extra: &'a [String],
+    pub max_nmse: f64,
+    /// a/ and b/ (the runs), report.json and report.html.
+    pub out: &'a Path,
+}
+
+pub struct Outcome {
+    pub table: String,
+    pub report: PathBuf,
+    pub page: PathBuf,
+    /// Every checkpoint and the logits within `max_nmse`.
+    pub pass: bool,
+}
+
+/// Builds what is missing, runs both trees' extractors, compares the runs
+/// (`llorch-checkpoint-diff`, the pin's build of it).
+pub fn diff_trees(
+    project: &Project,
+    [reference, test]: [&Tree; 2],
+    runs: &Runs<'_>,
+) -> Result<Outcome> {
+    let sides = [(reference, runs.out.join("a")), (test, runs.out.join("b"))];
+    for (tree, dir) in &sides {
+        let exe = build::ensure_extractor(project, Backend::Cpu, tree)?;
+        extract(project, &exe, tree, runs, dir)?;
+    }
+    let diff = project.root().join("target/release/llorch-checkpoint-diff");
+    let (report, page) = (runs.out.join("report.json"), runs.out.join("report.html"));
+    let args: Vec<std::ffi::OsString> = vec![
+        "compare".into(),
+        sides[0].1.clone().into(),
+        sides[1].1.clone().into(),
+        "--manifest".into(),
+        runs.manifest.into(),
+        "--max-nmse".into(),
+        runs.max_nmse.to_string().into(),
+        "--json".into(),
+        report.clone().into(),
+        "--html".into(),
+        page.clone().into(),
+    ];
+    let result = duct::cmd(&diff, args)
+        .stdout_capture()
+        .stderr_capture()
+        .unchecked()
+        .run()
+        .with_context(|| format!("cannot run {}", diff.display()))?;
+    if !report.is_file() {
+        bail!(
+            "{} failed: {}",
+            diff.display(),
+            String::from_utf8_lossy(&result.stderr).trim()
+        );
+    }
+    Ok(Outcome {
+        table: String::from_utf8_lossy(&result.stdout).into_owned(),
+        report,
+        page,
+        pass: result.status.success(),
+    })
+}
+
+fn extract(project: &Project, exe: &Path, tree: &Tree, runs: &Runs<'_>, dir: &Path) -> Result<()> {
+    let mut args: Vec<std::ffi::OsString> = vec![
+        "-m".into(),
+        runs.model.into(),
+        "--manifest".into(),
+        runs.manifest.into(),
+        "-p".into(),
+        runs.prompt.into(),
+        "--out".into(),
+        dir.into(),
+    ];
+    args.extend(runs.layers.map(layer_arg).map(Into::into));
+    args.extend(runs.extra.iter().map(Into::into));
+    let step = Step::start(
+        project,
+        "extract",
+        &format!("on {}", tree.record.describe()),
+    )?;
+    step.run("llorch-checkpoint-extractor", duct::cmd(exe, args))
+        .with_context(|| format!("the extractor on {} failed", tree.root.display()))?;
+    step.finish(&format!("run in {}", dir.display()));
+    Ok(())
+}

@@ -145,12 +145,6 @@ pub fn every_checkpoint(task: &str, manifest: &Path, shown: &str) -> Result<Opti
     Ok(Some(FlashAttnMode::Off))
 }
 
-/// The extractor's `--layers` flag for `layers`, as one argument so that
-/// `-1` is not taken for a flag.
-pub fn layer_arg(layers: &str) -> String {
-    format!("--layers={layers}")
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;

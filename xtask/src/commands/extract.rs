@@ -10,6 +10,7 @@ use crate::llama_cpp::build::{self, Backend};
 use crate::llama_cpp::tree::TreeArg;
 use crate::models::model::ModelArgs;
 use crate::project::Project;
+use crate::runs::extractor::ExtractorRun;
 use crate::step::Step;
 
 #[derive(clap::Args)]
@@ -76,23 +77,28 @@ impl Extract {
             self.llama.flash_attn =
                 flags::every_checkpoint("extract", &manifest, &project.shown(&manifest))?;
         }
-        let mut args: Vec<String> = vec!["-m".into(), path_arg(&model)?, "--out".into()];
-        args.push(path_arg(&out)?);
+        let mut run = ExtractorRun::new(&exe, &model, &out).user_threads();
         if by_manifest {
-            args.extend(["--manifest".into(), path_arg(&manifest)?]);
+            run = run.manifest(&manifest);
         }
-        args.extend(self.prompt_args()?);
-        args.extend(self.layers.as_deref().map(flags::layer_arg));
-        args.extend(self.llama.to_args());
-        args.extend(self.extractor_args.iter().cloned());
+        run = match (&self.prompt_file, &self.tokens) {
+            (Some(file), _) => run.prompt_file(&std::path::absolute(file)?),
+            (None, Some(ids)) => run.token_list(ids),
+            (None, None) => run.prompt(&self.input.prompt),
+        };
+        if let Some(layers) = &self.layers {
+            run = run.layers(layers);
+        }
+        let run = run.args(self.llama.to_args()).args(&self.extractor_args);
         if flags::has(&self.extractor_args, ONLY_PRINTS) {
-            return duct::cmd(&exe, &args)
+            return run
+                .expression()
                 .run()
                 .map(drop)
                 .context("the extractor failed");
         }
         let step = Step::start(project, "extract", "running the extractor")?;
-        step.run("llorch-checkpoint-extractor", duct::cmd(&exe, &args))
+        step.run("llorch-checkpoint-extractor", run.expression())
             .context("the extractor failed")?;
         let record = RunRecord::read(&out)?;
         step.finish(&format!(
@@ -131,21 +137,6 @@ impl Extract {
         }
         Ok(())
     }
-
-    /// The prompt as one of the extractor's three ways to give it.
-    fn prompt_args(&self) -> Result<[String; 2]> {
-        Ok(match (&self.prompt_file, &self.tokens) {
-            (Some(file), _) => ["--file".into(), path_arg(&std::path::absolute(file)?)?],
-            (None, Some(ids)) => ["--tokens".into(), ids.clone()],
-            (None, None) => ["--prompt".into(), self.input.prompt.clone()],
-        })
-    }
-}
-
-fn path_arg(path: &Path) -> Result<String> {
-    path.to_str()
-        .map(String::from)
-        .with_context(|| format!("{} is not valid UTF-8", path.display()))
 }
 
 fn print_table(dir: &Path, shown: &str) -> Result<()> {

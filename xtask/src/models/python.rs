@@ -329,13 +329,7 @@ fn unpack_converter_packages(
     let sdist = download_converter_sdist(project, python, &spec)?;
     let bytes =
         std::fs::read(&sdist).with_context(|| format!("pip did not leave {}", sdist.display()))?;
-    fetch::check_sha256(
-        &sdist,
-        &bytes,
-        &spec,
-        CONVERTER_SDIST_SHA256,
-        file!(),
-    )?;
+    fetch::check_sha256(&sdist, &bytes, &spec, CONVERTER_SDIST_SHA256, file!())?;
 
     let root = PathBuf::from(format!(
         "{}-{version}/vendor/llama.cpp",

@@ -15,7 +15,8 @@ use xshell::Shell;
 pub struct ExtractorRun {
     exe: OsString,
     args: Vec<OsString>,
-    threads: u32,
+    /// `-t`, passed last; None: whatever the other arguments say.
+    threads: Option<u32>,
 }
 
 impl ExtractorRun {
@@ -25,7 +26,7 @@ impl ExtractorRun {
         ExtractorRun {
             exe: exe.into(),
             args: Vec::new(),
-            threads: 2,
+            threads: Some(2),
         }
         .flag("-m", model)
         .flag("--out", out)
@@ -59,7 +60,16 @@ impl ExtractorRun {
 
     pub fn tokens(self, ids: &[i32]) -> Self {
         let ids: Vec<String> = ids.iter().map(i32::to_string).collect();
-        self.flag("--tokens", ids.join(","))
+        self.token_list(&ids.join(","))
+    }
+
+    /// Token ids as a person wrote them (`1,2,3`); the extractor checks them.
+    pub fn token_list(self, ids: &str) -> Self {
+        self.flag("--tokens", ids)
+    }
+
+    pub fn prompt_file(self, file: &Path) -> Self {
+        self.flag("--file", file)
     }
 
     /// One argument, so that `-1` is not taken for a flag.
@@ -73,7 +83,14 @@ impl ExtractorRun {
     }
 
     pub fn threads(mut self, n: u32) -> Self {
-        self.threads = n;
+        self.threads = Some(n);
+        self
+    }
+
+    /// No `-t` of its own: a user's command passes the user's flags, and
+    /// without one llama.cpp's default holds.
+    pub fn user_threads(mut self) -> Self {
+        self.threads = None;
         self
     }
 
@@ -90,11 +107,22 @@ impl ExtractorRun {
         self.arg("--no-extract")
     }
 
+    fn all_args(&self) -> Vec<OsString> {
+        let threads = self
+            .threads
+            .iter()
+            .flat_map(|n| ["-t".into(), n.to_string().into()]);
+        self.args.iter().cloned().chain(threads).collect()
+    }
+
     /// The command line, to run with xshell.
     pub fn cmd<'a>(&self, sh: &'a Shell) -> xshell::Cmd<'a> {
-        sh.cmd(&self.exe)
-            .args(&self.args)
-            .args(["-t".to_string(), self.threads.to_string()])
+        sh.cmd(&self.exe).args(self.all_args())
+    }
+
+    /// The command line, for a [`crate::step::Step`] to run and log.
+    pub fn expression(&self) -> duct::Expression {
+        duct::cmd(&self.exe, self.all_args())
     }
 
     /// Runs it quietly; a failure says so with what the extractor printed.

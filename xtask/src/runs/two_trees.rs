@@ -6,10 +6,10 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context, Result};
 
-use crate::flags::layer_arg;
 use crate::llama_cpp::build::{self, Backend};
 use crate::llama_cpp::tree::Tree;
 use crate::project::Project;
+use crate::runs::extractor::ExtractorRun;
 use crate::step::Step;
 
 /// What both trees run.
@@ -82,24 +82,20 @@ pub fn diff_trees(
 }
 
 fn extract(project: &Project, exe: &Path, tree: &Tree, runs: &Runs<'_>, dir: &Path) -> Result<()> {
-    let mut args: Vec<std::ffi::OsString> = vec![
-        "-m".into(),
-        runs.model.into(),
-        "--manifest".into(),
-        runs.manifest.into(),
-        "-p".into(),
-        runs.prompt.into(),
-        "--out".into(),
-        dir.into(),
-    ];
-    args.extend(runs.layers.map(layer_arg).map(Into::into));
-    args.extend(runs.extra.iter().map(Into::into));
+    let mut run = ExtractorRun::new(exe, runs.model, dir)
+        .user_threads()
+        .manifest(runs.manifest)
+        .prompt(runs.prompt);
+    if let Some(layers) = runs.layers {
+        run = run.layers(layers);
+    }
+    let run = run.args(runs.extra);
     let step = Step::start(
         project,
         "extract",
         &format!("on {}", tree.record.describe()),
     )?;
-    step.run("llorch-checkpoint-extractor", duct::cmd(exe, args))
+    step.run("llorch-checkpoint-extractor", run.expression())
         .with_context(|| format!("the extractor on {} failed", tree.root.display()))?;
     step.finish(&format!("run in {}", dir.display()));
     Ok(())

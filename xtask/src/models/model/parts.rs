@@ -100,13 +100,7 @@ pub fn tokenizer_files(project: &Project) -> Result<[PathBuf; 2]> {
     let bytes = std::fs::read(&crate_file)
         .with_context(|| format!("cannot read {}", crate_file.display()))?;
     let what = format!("{} {}", TIKTOKEN.0, TIKTOKEN.1);
-    fetch::check_sha256(
-        &crate_file,
-        &bytes,
-        &what,
-        TIKTOKEN_CRATE_SHA256,
-        file!(),
-    )?;
+    fetch::check_sha256(&crate_file, &bytes, &what, TIKTOKEN_CRATE_SHA256, file!())?;
     std::fs::create_dir_all(&dir)?;
     for ((name, sha), path) in TOKENIZER_FILES.iter().zip(&paths) {
         let inner = PathBuf::from(format!("{}-{}/assets/{name}", TIKTOKEN.0, TIKTOKEN.1));

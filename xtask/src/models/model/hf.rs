@@ -4,12 +4,15 @@
 //! transformers (`xtask/python/tiny.py`) to test with.
 
 use std::path::{Path, PathBuf};
-use std::time::{Instant, SystemTime};
+use std::time::Instant;
 
 use anyhow::{ensure, Context, Result};
+use llorch_checkpoint_spec::files::sha256_file;
+use sha2::{Digest, Sha256};
 use xshell::cmd;
 
 use super::parts::{check, ensure_tools_built, models_dir, tokenizer_files};
+use crate::llama_cpp::fetch;
 use crate::models::python;
 use crate::project::Project;
 
@@ -47,8 +50,10 @@ pub const TINY: &[&str] = &[
 ];
 
 /// Converts a Hugging Face checkpoint; returns the GGUF's path. It is kept
-/// as `<dir name>-hf-<outtype>.gguf` and converted again when any file of
-/// the checkpoint is newer (or with `force`).
+/// as `<dir name>-<key>-hf-<outtype>.gguf`, the key a digest of the
+/// checkpoint's files and the converter script: two checkpoints in
+/// directories of the same name never share a conversion, and an edited
+/// checkpoint (or a moved pin) is converted again. `force` converts anyway.
 pub fn from_hf(project: &Project, dir: &Path, outtype: Outtype, force: bool) -> Result<PathBuf> {
     ensure!(
         dir.join("config.json").is_file(),
@@ -60,10 +65,12 @@ pub fn from_hf(project: &Project, dir: &Path, outtype: Outtype, force: bool) -> 
         .file_name()
         .map(|n| n.to_string_lossy().into_owned())
         .unwrap_or_else(|| "hf".into());
-    let out = models_dir(project).join(format!("{stem}-hf-{}.gguf", outtype.name()));
-    if !force && newest_file(&dir)? <= modified(&out) {
+    let script = fetch::ensure_tree(project, false)?.join("convert_hf_to_gguf.py");
+    let key = content_key(&dir, &script)?;
+    let out = models_dir(project).join(format!("{stem}-{key}-hf-{}.gguf", outtype.name()));
+    if !force && out.is_file() {
         eprintln!(
-            "model: {} is up to date with {}",
+            "model: {} is already the conversion of {}",
             out.display(),
             dir.display()
         );
@@ -105,17 +112,28 @@ pub fn from_hf(project: &Project, dir: &Path, outtype: Outtype, force: bool) -> 
     Ok(out)
 }
 
-fn modified(path: &Path) -> Option<SystemTime> {
-    std::fs::metadata(path).ok()?.modified().ok()
-}
-
-/// The latest modification time of the checkpoint's files.
-fn newest_file(dir: &Path) -> Result<Option<SystemTime>> {
-    let mut newest = None;
+/// The first 12 hex digits of a sha256 over the converter script and each
+/// file of the checkpoint (name and content, in name order; subdirectories
+/// and hidden files are not the converter's input). Hashing streams: a 5 GB
+/// checkpoint takes a few seconds.
+fn content_key(dir: &Path, script: &Path) -> Result<String> {
+    let mut files = Vec::new();
     for entry in std::fs::read_dir(dir).with_context(|| format!("cannot read {}", dir.display()))? {
-        newest = newest.max(modified(&entry?.path()));
+        let entry = entry?;
+        let hidden = entry.file_name().to_string_lossy().starts_with('.');
+        if entry.file_type()?.is_file() && !hidden {
+            files.push(entry.path());
+        }
     }
-    Ok(newest)
+    files.sort();
+    let mut key = Sha256::new();
+    for file in std::iter::once(script).chain(files.iter().map(PathBuf::as_path)) {
+        key.update(file.file_name().unwrap_or_default().as_encoded_bytes());
+        key.update([0]);
+        key.update(sha256_file(file)?.as_bytes());
+        key.update([b'\n']);
+    }
+    Ok(hex::encode(key.finalize())[..12].to_string())
 }
 
 /// A tiny random Hugging Face model of `arch` (seeded; SmolLM2's tokenizer,
@@ -209,4 +227,44 @@ print("self-test-hf: wrote a 2-layer, 64-wide random GPT-2 to", {hf:?})
         hf.display()
     );
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_conversion_key_follows_content_not_the_directory_name() {
+        let root = tempfile::tempdir().unwrap();
+        let script = root.path().join("convert_hf_to_gguf.py");
+        std::fs::write(&script, "# the converter").unwrap();
+        let checkpoint = |parent: &str, config: &str| {
+            let dir = root.path().join(parent).join("model");
+            std::fs::create_dir_all(&dir).unwrap();
+            std::fs::write(dir.join("config.json"), config).unwrap();
+            std::fs::write(dir.join("model.safetensors"), [1u8, 2, 3]).unwrap();
+            dir
+        };
+        let a = content_key(&checkpoint("a", "{\"n\": 1}"), &script).unwrap();
+        let b = content_key(&checkpoint("b", "{\"n\": 2}"), &script).unwrap();
+        let c = checkpoint("c", "{\"n\": 1}");
+        std::fs::write(c.join(".DS_Store"), "not an input").unwrap();
+        std::fs::create_dir(c.join(".cache")).unwrap();
+        assert_eq!(a.len(), 12);
+        assert_ne!(
+            a, b,
+            "same directory name, other content: another conversion"
+        );
+        assert_eq!(
+            a,
+            content_key(&c, &script).unwrap(),
+            "same content: the same conversion"
+        );
+        std::fs::write(&script, "# a moved pin's converter").unwrap();
+        assert_ne!(
+            a,
+            content_key(&c, &script).unwrap(),
+            "another converter: converted again"
+        );
+    }
 }

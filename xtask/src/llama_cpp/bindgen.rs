@@ -10,7 +10,7 @@
 use anyhow::{bail, Context, Result};
 use llorch_checkpoint_spec::files::write_atomically;
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use crate::llama_cpp::tools;
 use crate::llama_cpp::tree::Tree;
@@ -78,6 +78,10 @@ const TYPES: &[&str] = &[
 /// lack and that no bridge in `extractor/src/ffi/compat.rs` replaces: a tree
 /// without one of them is refused before anything is built.
 const REQUIRED: &[(&str, &str)] = &[
+    (
+        "gguf_init_from_file",
+        "the GGUF API (in gguf.h, or in ggml.h before it was split out)",
+    ),
     ("llama_get_memory", "the llama_memory_* API (mid 2025)"),
     ("llama_memory_clear", "the llama_memory_* API (mid 2025)"),
     ("llama_model_n_head_kv", "the model accessors"),
@@ -144,14 +148,44 @@ pub fn for_tree(project: &Project, tree: &Tree) -> Result<Option<PathBuf>> {
     Ok(Some(path))
 }
 
+/// The headers bindgen reads, checked before it runs: without one it would
+/// stop with a compiler's `file not found`. GGUF's API has had two homes:
+/// `ggml/include/gguf.h` since upstream split it out, `ggml.h`
+/// before, and in the forks that branched then: `gguf.h` is read where it is.
+fn wrapper_header(tree_root: &Path) -> Result<String> {
+    let required = [
+        "include/llama.h",
+        "ggml/include/ggml.h",
+        "ggml/include/ggml-backend.h",
+    ];
+    let missing: Vec<&str> = required
+        .into_iter()
+        .filter(|h| !tree_root.join(h).is_file())
+        .collect();
+    if !missing.is_empty() {
+        bail!(
+            "the llama.cpp tree {} lacks {}, which the extractor's bindings are made from.\n\
+             The oldest tree known to work is {OLDEST_WORKING}; update the checkout (git pull) or use the pin (no --llama-cpp).",
+            tree_root.display(),
+            missing.join(", ")
+        );
+    }
+    let mut wrapper = String::from("#include \"llama.h\"\n#include \"ggml-backend.h\"\n");
+    if tree_root.join("ggml/include/gguf.h").is_file() {
+        wrapper.push_str("#include \"gguf.h\"\n");
+    }
+    Ok(wrapper)
+}
+
 fn generate(project: &Project, tree: &Tree) -> Result<String> {
-    let tools = tools::ensure(project)?;
     let tree_root = &tree.root;
+    let wrapper = wrapper_header(tree_root)?;
+    let tools = tools::ensure(project)?;
     // bindgen loads libclang at run time from here.
     std::env::set_var("LIBCLANG_PATH", &tools.libclang_dir);
 
     let mut builder = bindgen::Builder::default()
-        .header_contents("llorch_wrapper.h", "#include \"llama.h\"\n#include \"ggml-backend.h\"\n#include \"gguf.h\"\n")
+        .header_contents("llorch_wrapper.h", &wrapper)
         .clang_arg(format!("-I{}", tree_root.join("include").display()))
         .clang_arg(format!("-I{}", tree_root.join("ggml/include").display()))
         // The libclang wheel has no resource headers (stddef.h, stdbool.h); the C

@@ -1,7 +1,9 @@
 //! verify's section for a user's own llama.cpp: an older tree of
 //! `vendor/trees.yaml`, given as a plain read-only directory, built and run
 //! beside the pin and compared with it checkpoint by checkpoint, its files
-//! unchanged after; a tree too old refused by name before anything builds.
+//! unchanged after; a tree too old refused by name before anything builds;
+//! a fork whose GGUF API still lives in `ggml.h` served, one without
+//! `ggml-backend.h` refused by name.
 
 use std::path::{Path, PathBuf};
 use std::time::Instant;
@@ -29,6 +31,12 @@ pub fn tree_checks(report: &mut Report, ctx: &Ctx<'_>, drop_build: bool) {
     report.section(&format!(
         "your own llama.cpp: {OLDER} as a plain read-only directory"
     ));
+    let t = Instant::now();
+    report.check(
+        "a fork with GGUF's API in ggml.h (no gguf.h) gets its bindings; one without ggml-backend.h is refused naming it",
+        t,
+        headers_in_their_homes(ctx),
+    );
     let Some((dir, before, tree)) = fetched_and_built(report, ctx) else {
         return;
     };
@@ -191,4 +199,58 @@ fn too_old_is_refused(ctx: &Ctx<'_>) -> Result<String> {
         "unexpected message: {err}"
     );
     Ok(err.lines().next().context("a message")?.to_string())
+}
+
+/// Headers-only trees made from the pin's: GGUF's declarations moved into
+/// `ggml.h` (as before upstream split them out, and in forks of then), and
+/// `ggml-backend.h` removed. Only bindgen runs on them.
+fn headers_in_their_homes(ctx: &Ctx<'_>) -> Result<String> {
+    let pin = fetch::ensure_tree(ctx.project, false)?;
+    let fork = ctx.work.join("fork-headers");
+    let _ = std::fs::remove_dir_all(&fork);
+    for dir in ["include", "ggml/include"] {
+        std::fs::create_dir_all(fork.join(dir))?;
+        for entry in std::fs::read_dir(pin.join(dir))? {
+            let path = entry?.path();
+            if path.extension().is_some_and(|e| e == "h") {
+                std::fs::copy(
+                    &path,
+                    fork.join(dir).join(path.file_name().context("a name")?),
+                )?;
+            }
+        }
+    }
+    std::fs::write(fork.join("CMakeLists.txt"), "# headers only\n")?;
+    let (ggml_h, gguf_h) = (
+        fork.join("ggml/include/ggml.h"),
+        fork.join("ggml/include/gguf.h"),
+    );
+    let joined = std::fs::read_to_string(&ggml_h)? + &std::fs::read_to_string(&gguf_h)?;
+    std::fs::write(&ggml_h, joined)?;
+    std::fs::remove_file(&gguf_h)?;
+    // Its llama.h has no gguf.h to include either.
+    let llama_h = fork.join("include/llama.h");
+    let text = std::fs::read_to_string(&llama_h)?.replace("#include \"gguf.h\"", "");
+    std::fs::write(&llama_h, text)?;
+    let tree = Tree::local(&fork)?;
+    let bindings =
+        crate::llama_cpp::bindgen::for_tree(ctx.project, &tree)?.context("no bindings")?;
+    let text = std::fs::read_to_string(&bindings)?;
+    let gguf = text.matches("pub fn gguf_").count();
+    ensure!(gguf > 0, "the fork's bindings have no gguf_ function");
+    let _ = std::fs::remove_dir_all(ctx.project.extractor_dir(&tree.id));
+    std::fs::remove_file(fork.join("ggml/include/ggml-backend.h"))?;
+    let err = match crate::llama_cpp::bindgen::for_tree(ctx.project, &Tree::local(&fork)?) {
+        Ok(_) => anyhow::bail!("a tree without ggml-backend.h was accepted"),
+        Err(err) => format!("{err:#}"),
+    };
+    ensure!(
+        err.contains("ggml/include/ggml-backend.h"),
+        "unexpected message: {err}"
+    );
+    std::fs::remove_dir_all(&fork)?;
+    Ok(format!(
+        "{gguf} gguf_ functions bound from ggml.h; without ggml-backend.h: {}",
+        err.lines().next().unwrap_or_default()
+    ))
 }

@@ -48,12 +48,20 @@ impl DecodeOptions {
     /// compute thread where ggml's OpenMP team copies, else the callback's alone.
     pub fn copy_threads(&self) -> usize {
         let compute = self.threads.max(1) as usize;
-        let default = if crate::ffi::team::on_openmp() {
-            compute
-        } else {
-            1
-        };
-        self.copy_threads.unwrap_or(default).clamp(1, compute)
+        let openmp = crate::ffi::team::on_openmp();
+        let threads = self
+            .copy_threads
+            .unwrap_or(if openmp { compute } else { 1 })
+            .clamp(1, compute);
+        log::info!(
+            "large copies on {threads} thread(s): {}",
+            match openmp {
+                true => "ggml's OpenMP team",
+                false if self.copy_threads.is_some() => "threads of our own (--copy-threads; no OpenMP runtime in the process)",
+                false => "the callback's thread (no OpenMP runtime in the process; --copy-threads N adds threads of our own)",
+            }
+        );
+        threads
     }
 
     /// The passes a prompt of `n_tokens` takes: one, or one per token with `--sequential`.

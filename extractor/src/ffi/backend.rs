@@ -3,6 +3,7 @@
 //! CPU features, devices, type names.
 
 use std::ffi::{c_char, c_void, CStr, CString};
+use std::os::unix::ffi::OsStrExt;
 use std::path::PathBuf;
 use std::sync::Once;
 
@@ -65,21 +66,35 @@ fn load_backend_modules() {
 
 /// The directory of the `libggml` shared library this process loaded.
 fn loaded_ggml_dir() -> Option<PathBuf> {
-    // SAFETY: Dl_info is plain data (pointers); all-null is a valid value.
-    let mut info: libc::Dl_info = unsafe { std::mem::zeroed() };
-    let symbol = sys::ggml_backend_load_all_from_path as *const c_void;
-    // SAFETY: dladdr only reads the address and fills `info`.
-    if unsafe { libc::dladdr(symbol, &mut info) } == 0 || info.dli_fname.is_null() {
-        return None;
-    }
-    // SAFETY: dladdr's file name is a NUL-terminated string owned by the loader.
-    let file = unsafe { CStr::from_ptr(info.dli_fname) }
-        .to_string_lossy()
-        .into_owned();
+    let file = object_file(sys::ggml_backend_load_all_from_path as *const c_void)?;
+    let file = std::ffi::OsStr::from_bytes(file.as_bytes());
     std::fs::canonicalize(file)
         .ok()?
         .parent()
         .map(PathBuf::from)
+}
+
+/// The file of the loaded shared object that holds `address` (code or
+/// data), as the loader named it.
+fn object_file(address: *const c_void) -> Option<CString> {
+    // SAFETY: Dl_info is plain data (pointers); all-null is a valid value.
+    let mut info: libc::Dl_info = unsafe { std::mem::zeroed() };
+    // SAFETY: dladdr only reads the address and fills `info`.
+    if unsafe { libc::dladdr(address, &mut info) } == 0 || info.dli_fname.is_null() {
+        return None;
+    }
+    // SAFETY: dladdr's file name is a NUL-terminated string owned by the loader.
+    Some(unsafe { CStr::from_ptr(info.dli_fname) }.to_owned())
+}
+
+/// The files of the backends registered in this process (`libggml-cpu.so`
+/// and friends in a `GGML_BACKEND_DL` build): each registry is data inside
+/// its module.
+pub(super) fn backend_module_files() -> Vec<CString> {
+    // SAFETY: indices below ggml_backend_reg_count are valid registries.
+    (0..unsafe { sys::ggml_backend_reg_count() })
+        .filter_map(|i| object_file(unsafe { sys::ggml_backend_reg_get(i) } as *const c_void))
+        .collect()
 }
 
 /// The backend devices llama.cpp can use in this process, as `(name, description)`

@@ -7,9 +7,12 @@
 //! 6.9 GB/s, two threads of our own 3.7 GB/s together, GPT-2, every node of
 //! 781 tokens, 2 cores). The spinning workers themselves take a parallel
 //! region at once: `GOMP_parallel` (libgomp's entry point for `#pragma omp
-//! parallel`, which LLVM's libomp exports too), looked up in the process, not
-//! linked. A ggml built without OpenMP (its own threadpool) copies on the
-//! callback's thread by default, on scoped threads with `--copy-threads N`.
+//! parallel`, which LLVM's libomp exports too), looked up, not linked: in the
+//! process's global scope, else in each loaded backend module's own (a
+//! `GGML_BACKEND_DL` build loads `libggml-cpu.so` with `RTLD_LOCAL`, so its
+//! libgomp is not global). A ggml built without OpenMP (its own threadpool)
+//! copies on the callback's thread by default, on scoped threads with
+//! `--copy-threads N`; the log says which at the first copy.
 
 use std::ffi::c_void;
 use std::panic::{catch_unwind, AssertUnwindSafe};
@@ -24,14 +27,39 @@ fn gomp_parallel() -> Option<GompParallel> {
     static FOUND: AtomicPtr<c_void> = AtomicPtr::new(std::ptr::null_mut());
     let mut symbol = FOUND.load(Ordering::Relaxed);
     if symbol.is_null() {
-        // SAFETY: dlsym with RTLD_DEFAULT and a NUL-terminated name only
-        // looks the symbol up.
-        symbol = unsafe { libc::dlsym(libc::RTLD_DEFAULT, c"GOMP_parallel".as_ptr()) };
+        symbol = lookup();
         FOUND.store(symbol, Ordering::Relaxed);
     }
     // SAFETY: a non-null `symbol` is libgomp's GOMP_parallel (or libomp's,
     // which keeps its ABI), of the signature above.
     (!symbol.is_null()).then(|| unsafe { std::mem::transmute::<*mut c_void, GompParallel>(symbol) })
+}
+
+/// `GOMP_parallel` in the global scope, else in a backend module's scope
+/// (dlsym on a module's handle searches its dependencies, libgomp among them).
+fn lookup() -> *mut c_void {
+    let name = c"GOMP_parallel";
+    // SAFETY: dlsym with RTLD_DEFAULT and a NUL-terminated name only looks it up.
+    let global = unsafe { libc::dlsym(libc::RTLD_DEFAULT, name.as_ptr()) };
+    if !global.is_null() {
+        return global;
+    }
+    for file in super::backend::backend_module_files() {
+        // SAFETY: RTLD_NOLOAD only returns a handle to a module already loaded
+        // (one more reference, dropped by dlclose: ggml keeps it loaded).
+        let handle = unsafe { libc::dlopen(file.as_ptr(), libc::RTLD_NOLOAD | libc::RTLD_LAZY) };
+        if handle.is_null() {
+            continue;
+        }
+        // SAFETY: a live handle and a NUL-terminated name.
+        let symbol = unsafe { libc::dlsym(handle, name.as_ptr()) };
+        unsafe { libc::dlclose(handle) };
+        if !symbol.is_null() {
+            log::debug!("OpenMP found through {}", file.to_string_lossy());
+            return symbol;
+        }
+    }
+    std::ptr::null_mut()
 }
 
 /// Whether copies run on ggml's OpenMP team (else on threads of their own).

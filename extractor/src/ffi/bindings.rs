@@ -3978,6 +3978,20 @@ unsafe extern "C" {
         callback_eval: ggml_opt_epoch_callback,
     );
 }
+unsafe extern "C" {
+    pub fn ggml_backend_rpc_start_server(
+        endpoint: *const ::std::os::raw::c_char,
+        cache_dir: *const ::std::os::raw::c_char,
+        n_threads: usize,
+        n_devices: usize,
+        devices: *mut ggml_backend_dev_t,
+    );
+}
+unsafe extern "C" {
+    pub fn ggml_backend_rpc_add_server(
+        endpoint: *const ::std::os::raw::c_char,
+    ) -> ggml_backend_reg_t;
+}
 #[repr(C)]
 #[derive(Debug, Default, Copy, Clone)]
 pub struct ggml_backend_buffer {

@@ -1,7 +1,8 @@
 //! ggml's RPC backend: layers computed by `rpc-server`s on other hosts, and
 //! the server itself. Reached through the backend registry's proc addresses
 //! (as llama.cpp's own tools do), so the same binary runs on a build with or
-//! without the backend, loadable-module builds included.
+//! without the backend, loadable-module builds included; their signatures
+//! are checked against the headers' generated bindings at compile time.
 //!
 //! ggml aborts the process when a server cannot be reached or stops answering
 //! mid-run; [`super::process::on_ggml_abort`] turns that into a cleanup and
@@ -20,6 +21,15 @@ type StartServer = unsafe extern "C" fn(
     n_threads: usize,
     n_devices: usize,
     devices: *mut sys::ggml_backend_dev_t,
+);
+
+/// The two types above are the bindings' (the tree's ggml-rpc.h): checked
+/// at compile time by a constant that nothing reads, so no code refers to
+/// the functions and they stay unlinked (the RPC backend may be a module
+/// loaded at run time).
+const _: (AddServer, StartServer) = (
+    sys::ggml_backend_rpc_add_server,
+    sys::ggml_backend_rpc_start_server,
 );
 
 /// The RPC registry's function `name`, or why there is none.

@@ -36,6 +36,10 @@ const FUNCTIONS: &[&str] = &[
     "ggml_backend_reg_.*",
     "ggml_set_abort_callback",
     "ggml_backend_register",
+    // Reached through the RPC registry's proc addresses, never linked: bound
+    // only so that the extractor checks their signatures against the headers.
+    "ggml_backend_rpc_add_server",
+    "ggml_backend_rpc_start_server",
     "ggml_get_type_traits",
     "ggml_type_name",
     "ggml_type_size",
@@ -86,6 +90,10 @@ const REQUIRED: &[(&str, &str)] = &[
     ("llama_memory_clear", "the llama_memory_* API (mid 2025)"),
     ("llama_model_n_head_kv", "the model accessors"),
     ("ggml_set_abort_callback", "ggml's abort hook"),
+    (
+        "ggml_backend_rpc_add_server",
+        "the RPC backend's registry API (ggml-rpc.h, 2025)",
+    ),
 ];
 /// The oldest tree the extractor was built and run on.
 const OLDEST_WORKING: &str = "the llama.cpp of crate llama-cpp-sys-2 0.1.120";
@@ -171,8 +179,10 @@ fn wrapper_header(tree_root: &Path) -> Result<String> {
         );
     }
     let mut wrapper = String::from("#include \"llama.h\"\n#include \"ggml-backend.h\"\n");
-    if tree_root.join("ggml/include/gguf.h").is_file() {
-        wrapper.push_str("#include \"gguf.h\"\n");
+    for optional in ["gguf.h", "ggml-rpc.h"] {
+        if tree_root.join("ggml/include").join(optional).is_file() {
+            wrapper.push_str(&format!("#include \"{optional}\"\n"));
+        }
     }
     Ok(wrapper)
 }

@@ -6,12 +6,13 @@ use std::path::Path;
 
 use anyhow::Result;
 
-use crate::entries::{Entry, F64, F64_GELU, F64_GGML};
+use llorch_checkpoint_report::findings::{Entry, F64, F64_GELU, F64_GGML};
 use llorch_checkpoint_spec::metric::Metrics;
 
-use crate::metrics::{self, Row};
+use crate::metrics;
 use crate::sides::{Extraction, Extractor};
-use crate::text::layer_text;
+use llorch_checkpoint_report::findings::Row;
+use llorch_checkpoint_report::text::layer_text;
 
 /// Reruns llama.cpp (`base`, into directories under `base.out`) with an f32
 /// KV cache, with one thread and on f32 weights, scores each against

@@ -14,15 +14,15 @@ use std::path::Path;
 use anyhow::{ensure, Context, Result};
 use llorch_checkpoint_spec::manifest::Tolerance;
 use llorch_checkpoint_spec::record::RunRecord;
-use serde::Serialize;
 
-use crate::entries::Entry;
-use llorch_checkpoint_spec::metric::{metrics, unravel, Metrics, AGAINST_LLAMA_CPP};
+use llorch_checkpoint_spec::metric::{metrics, unravel, AGAINST_LLAMA_CPP};
 
 use llorch_checkpoint_spec::format::{read_values, Values};
 
-use crate::metrics::{first_failure, Row};
-use crate::text::layer_text;
+use llorch_checkpoint_report::findings::{
+    first_divergence, first_failure, CandidateRow, Entry, Row, Verdict,
+};
+use llorch_checkpoint_report::text::layer_text;
 
 /// Which tolerance judges the candidate against llama.cpp.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -67,19 +67,6 @@ impl CandidateTolerance {
     }
 }
 
-/// One side against another on one checkpoint.
-#[derive(Serialize, Clone)]
-pub struct Verdict {
-    pub metrics: Metrics,
-    pub pass: bool,
-    /// The tolerance that judged it.
-    pub tolerance: Tolerance,
-    /// The element of the largest |diff|, and both values there.
-    pub max_index: Vec<usize>,
-    pub test: f64,
-    pub reference: f64,
-}
-
 fn verdict(test: &Values, reference: &Values, tolerance: Tolerance) -> Verdict {
     let m = metrics(&test.data, &reference.data, &tolerance);
     Verdict {
@@ -90,18 +77,6 @@ fn verdict(test: &Values, reference: &Values, tolerance: Tolerance) -> Verdict {
         test: test.data[m.max_abs_at],
         reference: reference.data[m.max_abs_at],
     }
-}
-
-/// The candidate on one checkpoint: against llama.cpp and against f64, or
-/// why it could not be compared.
-#[derive(Serialize)]
-pub struct CandidateRow {
-    pub id: String,
-    pub layer: Option<u32>,
-    pub file: String,
-    pub problem: Option<String>,
-    pub vs_llama: Option<Verdict>,
-    pub vs_f64: Option<Verdict>,
 }
 
 /// The token ids the candidate ran: its `run.json`, or its `tokens.json`.
@@ -209,38 +184,6 @@ fn compare_one(
     ))
 }
 
-/// The first checkpoint, in graph order, where the candidate leaves the
-/// tolerance against `pair` (`llama.cpp` or `f64`), with its largest difference.
-pub fn first_divergence(rows: &[CandidateRow], pair: &str) -> Option<String> {
-    rows.iter().find_map(|r| {
-        let layer = r.layer.map(|l| format!(" layer {l}")).unwrap_or_default();
-        if let Some(problem) = &r.problem {
-            return Some(format!(
-                "checkpoint {}{layer} ({}): {problem}",
-                r.id, r.file
-            ));
-        }
-        let v = if pair == "llama.cpp" {
-            &r.vs_llama
-        } else {
-            &r.vs_f64
-        };
-        let v = v.as_ref().filter(|v| !v.pass)?;
-        Some(format!(
-            "checkpoint {}{layer} ({}): element {:?} is {:.7} in the candidate, {:.7} in {pair} \
-             (NMSE {:.3e}, {} elements outside the tolerance atol, rtol, nmse {})",
-            r.id,
-            r.file,
-            v.max_index,
-            v.test,
-            v.reference,
-            v.metrics.nmse,
-            v.metrics.n_outside,
-            v.tolerance.text()
-        ))
-    })
-}
-
 /// The three pairs side by side: NMSE in dB and the verdict of each.
 pub fn table(rows: &[CandidateRow], llama: &[Row], against_llama: CandidateTolerance) -> String {
     let mut s = String::new();
@@ -295,7 +238,7 @@ pub fn table(rows: &[CandidateRow], llama: &[Row], against_llama: CandidateToler
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::entries::F64;
+    use llorch_checkpoint_report::findings::F64;
     use llorch_checkpoint_spec::format;
     use llorch_checkpoint_spec::manifest::Tolerance;
 

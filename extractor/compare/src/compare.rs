@@ -9,12 +9,14 @@ use anyhow::{Context, Result};
 use llorch_checkpoint_spec::manifest::Manifest;
 use llorch_checkpoint_spec::record::RunRecord;
 
-use crate::entries::{entries, read_run, F32, F64};
+use crate::entries::{entries, read_run};
 use crate::overrides::Override;
-use crate::reference::{build_reference, Info};
-use crate::report::{self, Findings};
+use crate::reference::build_reference;
 use crate::sides::{Extraction, Extractor, Reference};
 use crate::{attribution, candidate, metrics};
+use llorch_checkpoint_report::findings::{first_failure, Info, Row};
+use llorch_checkpoint_report::findings::{F32, F64};
+use llorch_checkpoint_report::outputs::{self as report, Findings};
 
 /// What to compare, and how.
 #[derive(Clone)]
@@ -97,8 +99,8 @@ pub struct Outcome {
     /// reference's, and whether a difference is a near tie.
     pub next_token: crate::next_token::NextToken,
     /// What was compared, and how each checkpoint scored (graph order).
-    pub entries: Vec<crate::entries::Entry>,
-    pub rows: Vec<metrics::Row>,
+    pub entries: Vec<llorch_checkpoint_report::findings::Entry>,
+    pub rows: Vec<Row>,
     /// The llama.cpp run and the reference tensors compared.
     pub run: PathBuf,
     pub reference: PathBuf,
@@ -121,14 +123,14 @@ pub fn compare(
         false => None,
     };
     let candidate_rows = opts.candidate.as_ref().map(|dir| {
-        let truth = crate::entries::truth(&s.info.variants);
+        let truth = llorch_checkpoint_report::findings::truth(&s.info.variants);
         let against = opts.candidate_tolerance;
         let truth_dir = s.reference_dir.join(truth);
         let scored = candidate::score(dir, &s.run, &truth_dir, &s.entries, against);
         text.push_str(&candidate::table(&scored, &s.rows, against));
         scored
     });
-    let failure = metrics::first_failure(&s.rows);
+    let failure = first_failure(&s.rows);
     let summary = verdict(&s.rows, failure.as_deref(), &mut text);
     let written = report::write_reports(
         &opts.out,
@@ -197,8 +199,8 @@ struct Scored {
     record: RunRecord,
     reference_dir: PathBuf,
     info: Info,
-    entries: Vec<crate::entries::Entry>,
-    rows: Vec<metrics::Row>,
+    entries: Vec<llorch_checkpoint_report::findings::Entry>,
+    rows: Vec<Row>,
 }
 
 /// Runs llama.cpp (or reads `opts.run`), builds the reference for the
@@ -250,7 +252,7 @@ fn score(extractor: &dyn Extractor, reference: &dyn Reference, opts: &Options) -
 }
 
 /// `N of M checkpoints within tolerance`, also appended to `text` with the first failure.
-fn verdict(rows: &[metrics::Row], failure: Option<&str>, text: &mut String) -> String {
+fn verdict(rows: &[Row], failure: Option<&str>, text: &mut String) -> String {
     let passed = rows.iter().filter(|r| r.pass).count();
     let truth = rows.first().map_or(F64, |r| r.truth.as_str());
     let summary = format!(
@@ -284,7 +286,7 @@ fn header(record: &RunRecord, info: &Info) -> String {
     for (variant, why) in &info.unavailable {
         text += &format!(
             "the reference cannot run {variant} ({why}): judged against {}\n",
-            crate::entries::truth(&info.variants)
+            llorch_checkpoint_report::findings::truth(&info.variants)
         );
     }
     if let Some(absent) = record.absent_summary() {

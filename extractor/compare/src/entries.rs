@@ -6,53 +6,11 @@ use std::path::Path;
 
 use anyhow::{ensure, Context, Result};
 use llorch_checkpoint_spec::format::Format;
-use llorch_checkpoint_spec::manifest::{Manifest, Op, Tolerance};
+use llorch_checkpoint_spec::manifest::Manifest;
 use llorch_checkpoint_spec::record::RunRecord;
 
 use crate::overrides::{self, Override};
-
-/// The reference variants the reference computes. `f64` is the truth the verdict uses.
-pub const F32: &str = "f32";
-pub const F64: &str = "f64";
-/// f64 with ggml's GELU f16 lookup table emulated.
-pub const F64_GELU: &str = "f64+gelu_table";
-/// f64 with the GELU table and f16 attention products emulated.
-pub const F64_GGML: &str = "f64+gelu_table+f16_attn";
-pub const VARIANTS: &[&str] = &[F32, F64, F64_GELU, F64_GGML];
-
-/// The variant verdicts are taken against: f64, or f32 where the model
-/// cannot run in f64 (transformers' grouped MoE matmuls refuse it).
-pub fn truth(computed: &[String]) -> &'static str {
-    match computed.iter().any(|v| v == F64) {
-        true => F64,
-        false => F32,
-    }
-}
-
-/// One checkpoint of one layer, in graph order, with what it is compared with.
-#[derive(Clone, Debug)]
-pub struct Entry {
-    pub id: String,
-    pub layer: Option<u32>,
-    /// The file axis of the heads (the manifest's `n_head` or `n_head_kv`), for report.html.
-    pub head_axis: Option<usize>,
-    /// The file name without extension, `{layer}` filled in.
-    pub stem: String,
-    /// The reference tensor: what the manifest's `reference: capture:` names.
-    pub capture: String,
-    pub ops: Vec<Op>,
-    pub tolerance: Tolerance,
-}
-
-impl Entry {
-    /// `id@layer`, or `id` for a checkpoint outside the layers.
-    pub fn key(&self) -> String {
-        match self.layer {
-            Some(l) => format!("{}@{l}", self.id),
-            None => self.id.clone(),
-        }
-    }
-}
+use llorch_checkpoint_report::findings::Entry;
 
 /// The manifest's checkpoints in graph order, `--tolerance` applied; each
 /// must name its reference.

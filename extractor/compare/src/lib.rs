@@ -14,7 +14,8 @@
 //! - [`overrides`]: `--tolerance GLOB=...` over the manifest's tolerances.
 //! - [`attribution`]: which setting of llama.cpp each error comes from.
 //! - [`sequential`]: the prompt as one batch against one token per pass.
-//! - [`report`], [`html`], [`svg`], [`text`]: the table, report.json, report.html, errors.svg.
+//! - the reports (table, report.json, report.html, errors.svg) are the
+//!   `llorch-checkpoint-report` crate's, filled here.
 //! - [`auto`]: the whole flow without a manifest: the probe, the matcher
 //!   (`llorch-checkpoint-matching`), the drafted manifest.
 //! - [`compare`](mod@compare): the whole flow; [`self_test`](mod@self_test): the flow checking itself.
@@ -24,17 +25,13 @@ pub mod auto;
 pub mod candidate;
 pub mod compare;
 pub mod entries;
-pub mod html;
 pub mod metrics;
 pub mod next_token;
 pub mod overrides;
 pub mod reference;
-pub mod report;
 pub mod self_test;
 pub mod sequential;
 pub mod sides;
-pub mod svg;
-pub mod text;
 
 pub use compare::{compare, Options, Outcome};
 pub use self_test::self_test;

@@ -1,58 +1,16 @@
-//! How far a checkpoint is from its reference: the metrics, the score of a
-//! run against every reference variant, and the first checkpoint over its
-//! tolerance.
+//! How far each checkpoint is from its reference: a run scored against
+//! every reference variant, one row per checkpoint (the rows and the first
+//! checkpoint over its tolerance are the report crate's findings).
 
 use std::collections::BTreeMap;
 use std::path::Path;
 
 use anyhow::{ensure, Result};
 use llorch_checkpoint_spec::format::read_values;
-use llorch_checkpoint_spec::manifest::Tolerance;
-use serde::Serialize;
 
-use llorch_checkpoint_spec::metric::{metrics, unravel, Metrics};
+use llorch_checkpoint_spec::metric::{metrics, unravel};
 
-use crate::entries::Entry;
-
-/// What one run scored, per checkpoint (graph order) and reference variant.
-#[derive(Serialize)]
-pub struct Row {
-    pub id: String,
-    pub layer: Option<u32>,
-    pub file: String,
-    pub shape: Vec<usize>,
-    pub tolerance: Tolerance,
-    /// Variant -> metrics.
-    pub against: BTreeMap<String, Metrics>,
-    pub pass: bool,
-    /// The worst element against f64: index, llama.cpp's value, the reference's.
-    pub worst_index: Vec<usize>,
-    pub worst_test: f64,
-    pub worst_ref: f64,
-    /// NaN or Inf values in llama.cpp's tensor and in the f64 reference.
-    pub non_finite_test: usize,
-    pub non_finite_ref: usize,
-    /// The variant the verdict is against (`f64`; `f32` where f64 cannot run).
-    pub truth: String,
-}
-
-impl Row {
-    /// The metrics the verdict rests on.
-    pub fn verdict(&self) -> &Metrics {
-        &self.against[&self.truth]
-    }
-
-    /// The f32 reference's metrics, and the truth's.
-    pub fn f32_and_truth(&self) -> (Metrics, Metrics) {
-        (
-            self.against
-                .get(crate::entries::F32)
-                .copied()
-                .unwrap_or(*self.verdict()),
-            *self.verdict(),
-        )
-    }
-}
+use llorch_checkpoint_report::findings::{Entry, Row};
 
 /// Scores every checkpoint in graph order; with `fail_fast`, stops after the
 /// first over its tolerance.
@@ -63,7 +21,7 @@ pub fn score_run(
     fail_fast: bool,
     variants: &[String],
 ) -> Result<Vec<Row>> {
-    let truth = crate::entries::truth(variants);
+    let truth = llorch_checkpoint_report::findings::truth(variants);
     let mut rows: Vec<Row> = Vec::new();
     for e in entries {
         if fail_fast && rows.last().is_some_and(|r| !r.pass) {
@@ -112,48 +70,11 @@ fn non_finite(data: &[f64]) -> usize {
     data.iter().filter(|v| !v.is_finite()).count()
 }
 
-/// The verdict: `None` when every checkpoint is within tolerance, or the first
-/// one (graph order) that is not, with its worst element.
-pub fn first_failure(rows: &[Row]) -> Option<String> {
-    let row = rows.iter().find(|r| !r.pass)?;
-    let m = *row.verdict();
-    let t = row.tolerance;
-    let layer = row.layer.map(|l| format!(" layer {l}")).unwrap_or_default();
-    if row.non_finite_test + row.non_finite_ref > 0 {
-        // No tolerance speaks of NaN: say so instead of an element's error.
-        return Some(format!(
-            "checkpoint {}{layer} ({}) holds {} NaN or Inf values in llama.cpp and {} in PyTorch, of {} \
-             (a corrupt model, or an overflow in the graph: the checkpoints before it show where they start)",
-            row.id,
-            row.file,
-            row.non_finite_test,
-            row.non_finite_ref,
-            row.shape.iter().product::<usize>(),
-        ));
-    }
-    Some(format!(
-        "checkpoint {}{layer} ({}) exceeds its tolerance against the {} reference: element {:?} is {:.7} in llama.cpp, {:.7} in PyTorch \
-         (|diff| {:.3e} > atol {:.1e} + rtol {:.0e}*|ref|); {} of {} elements outside, NMSE {:.3e} (limit {:.0e})",
-        row.id,
-        row.file,
-        row.truth,
-        row.worst_index,
-        row.worst_test,
-        row.worst_ref,
-        (row.worst_test - row.worst_ref).abs(),
-        m.atol,
-        t.rtol,
-        m.n_outside,
-        row.shape.iter().product::<usize>(),
-        m.nmse,
-        t.nmse
-    ))
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::entries::F64;
+    use llorch_checkpoint_report::findings::{first_failure, F64};
+    use llorch_checkpoint_spec::manifest::Tolerance;
 
     #[test]
     fn a_single_perturbed_element_is_found_and_named() {

@@ -7,24 +7,9 @@ use anyhow::{ensure, Context, Result};
 use llorch_checkpoint_spec::manifest::{Op, Symbols};
 use llorch_checkpoint_spec::record::RunRecord;
 
-use crate::entries::{Entry, F32, F64, VARIANTS};
 use crate::sides::{JobCheckpoint, Reference, ReferenceJob};
+use llorch_checkpoint_report::findings::{Entry, Info, F32, F64, VARIANTS};
 use llorch_checkpoint_spec::format::read_values;
-
-/// What the reference says of itself (`reference.json`).
-#[derive(serde::Deserialize, serde::Serialize, Debug, Clone)]
-pub struct Info {
-    /// transformers' class, e.g. `LlamaForCausalLM`.
-    pub model: String,
-    /// Per variant, the greedy next token after the prompt.
-    pub next_token: std::collections::BTreeMap<String, i64>,
-    /// The variants computed.
-    #[serde(default)]
-    pub variants: Vec<String>,
-    /// Variants the model cannot run, with the reason (transformers' MoE in float64).
-    #[serde(default)]
-    pub unavailable: std::collections::BTreeMap<String, String>,
-}
 
 /// The reference tensors of `run`'s checkpoints, computed into `out` (emptied first).
 pub fn build_reference(

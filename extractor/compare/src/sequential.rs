@@ -20,7 +20,7 @@ use llorch_checkpoint_spec::record::RunRecord;
 use serde::Serialize;
 
 use crate::sides::{Extraction, Extractor};
-use crate::text::layer_text;
+use llorch_checkpoint_report::text::layer_text;
 use llorch_checkpoint_spec::format::{read_values, Values};
 
 /// Two extractor runs of `run` (its `out` the parent directory), one batch

@@ -96,6 +96,6 @@ impl ReferenceJob {
 /// Produces reference tensors (transformers, in the project).
 pub trait Reference {
     /// Writes every checkpoint of `job` for every variant, and
-    /// `reference.json` ([`crate::reference::Info`]), into `job.out`.
+    /// `reference.json` ([`llorch_checkpoint_report::findings::Info`]), into `job.out`.
     fn compute(&self, job: &ReferenceJob) -> Result<()>;
 }

@@ -18,12 +18,13 @@ use crate::project::Project;
 pub struct Layering {}
 
 /// Each crate's root file, under the project's root.
-pub const CRATES: [(&str, &str); 6] = [
+pub const CRATES: [(&str, &str); 7] = [
     ("llorch_checkpoint_spec", "extractor/spec/src/lib.rs"),
     (
         "llorch_checkpoint_matching",
         "extractor/matching/src/lib.rs",
     ),
+    ("llorch_checkpoint_report", "extractor/report/src/lib.rs"),
     ("llorch_checkpoint_compare", "extractor/compare/src/lib.rs"),
     ("llorch_checkpoint_extractor", "extractor/src/lib.rs"),
     ("llorch_checkpoint_golden", "extractor/golden/src/lib.rs"),

@@ -15,13 +15,13 @@ use llorch_checkpoint_spec::manifest::{Manifest, Symbols, Tolerance};
 use llorch_checkpoint_spec::record::RunRecord;
 
 use crate::compare::{compare, Options, Outcome};
-use crate::entries::{F32, F64};
 use crate::reference::build_everything;
 use crate::sides::{Extractor, Reference};
 use llorch_checkpoint_matching::draft::{self, Drafted, Words};
 use llorch_checkpoint_matching::manifest_text::{self, Role};
 use llorch_checkpoint_matching::precision::Precision;
 use llorch_checkpoint_matching::{self as matching, against};
+use llorch_checkpoint_report::findings::{F32, F64};
 use llorch_checkpoint_spec::format::read_values;
 
 mod probed;

@@ -5,11 +5,11 @@ use std::path::PathBuf;
 
 use llorch_checkpoint_spec::record::RunRecord;
 
-use crate::reference::Info;
 use llorch_checkpoint_matching::draft::{Drafted, Skipped};
 use llorch_checkpoint_matching::manifest_text::Role;
 use llorch_checkpoint_matching::precision::Precision;
 use llorch_checkpoint_matching::{Matching, Node, Tensor};
+use llorch_checkpoint_report::findings::Info;
 
 /// The probe's two sides and what the matcher made of them.
 pub struct Probe {

@@ -9,7 +9,7 @@
 
 use anyhow::{bail, Context, Result};
 /// A box in CSS pixels, relative to its picture's top-left corner.
-pub use llorch_checkpoint_compare::svg::geometry::Rect;
+pub use llorch_checkpoint_report::svg::geometry::Rect;
 use serde::Deserialize;
 
 /// One picture as Chromium laid it out: its size, and its texts' boxes.

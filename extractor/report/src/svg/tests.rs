@@ -4,7 +4,7 @@ use llorch_checkpoint_spec::manifest::Tolerance;
 
 use super::scales::percent;
 use super::*;
-use crate::entries::F64;
+use crate::findings::F64;
 use llorch_checkpoint_spec::metric::Metrics;
 
 /// SmolLM2's checkpoints (manifests/llama.yaml).

@@ -1,7 +1,7 @@
 //! What each panel shows: its values, their place on the colour scale, its
 //! colour bar's ticks, and the colours themselves.
 
-use crate::metrics::Row;
+use crate::findings::Row;
 use crate::text::layer_text;
 
 /// What a cell shows: its text, where its value is on the panel's colour

@@ -8,13 +8,13 @@ use std::path::Path;
 
 use anyhow::Result;
 
-use crate::candidate::{first_divergence, CandidateRow, Verdict};
-use crate::entries::Entry;
+use crate::findings::Entry;
+use crate::findings::{first_divergence, CandidateRow, Verdict};
 use llorch_checkpoint_spec::metric::unravel;
 
 use llorch_checkpoint_spec::format::{read_values, Values};
 
-use crate::metrics::Row;
+use crate::findings::Row;
 use crate::text::{layer_text, xml};
 
 /// Everything the page shows.

@@ -9,10 +9,10 @@ use anyhow::Result;
 use llorch_checkpoint_spec::files::write_atomically;
 use llorch_checkpoint_spec::record::RunRecord;
 
-use crate::candidate::{first_divergence, CandidateRow};
-use crate::entries::Entry;
-use crate::metrics::Row;
-use crate::reference::Info;
+use crate::findings::Entry;
+use crate::findings::Info;
+use crate::findings::Row;
+use crate::findings::{first_divergence, CandidateRow};
 use crate::text::layer_text;
 use crate::{html, svg};
 
@@ -87,7 +87,7 @@ pub fn write_reports(out: &Path, f: &Findings<'_>) -> Result<Written> {
 fn json(f: &Findings<'_>, picture: &Path) -> serde_json::Value {
     serde_json::json!({
         "manifest": f.manifest, "model": f.model, "prompt": f.prompt, "tokens": f.record.tokens, "run": f.run,
-        "reference_variants": f.info.variants, "reference": f.info, "verdict_against": crate::entries::truth(&f.info.variants), "pass": f.failure.is_none(),
+        "reference_variants": f.info.variants, "reference": f.info, "verdict_against": crate::findings::truth(&f.info.variants), "pass": f.failure.is_none(),
         "first_failure": f.failure, "checkpoints": f.rows, "attribution": f.attribution,
         "candidate": f.candidate.map(|(dir, rows)| serde_json::json!({
             "dir": dir,

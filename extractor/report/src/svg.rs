@@ -17,7 +17,7 @@ mod scales;
 
 use geometry::{ascent, line_height, shorten, width, Anchor, Rect, Text};
 
-use crate::metrics::Row;
+use crate::findings::Row;
 use crate::text::layer_text;
 use canvas::{Layout, Stroke};
 use render::render;

@@ -169,11 +169,17 @@ fn install(project: &Project, step: &Step, python: &Path, venv: &Path) -> Result
     std::fs::write(&excludes, EXCLUDED)?;
     let uv = duct::cmd(
         tools::ensure(project)?.uv,
-        ["pip", "install", "--no-progress", "--compile-bytecode", "--python"]
-            .into_iter()
-            .map(OsString::from)
-            .chain([python.into(), "--excludes".into(), excludes.into()])
-            .chain(REQUIREMENTS.iter().chain([&PIP]).map(OsString::from)),
+        [
+            "pip",
+            "install",
+            "--no-progress",
+            "--compile-bytecode",
+            "--python",
+        ]
+        .into_iter()
+        .map(OsString::from)
+        .chain([python.into(), "--excludes".into(), excludes.into()])
+        .chain(REQUIREMENTS.iter().chain([&PIP]).map(OsString::from)),
     )
     .env("UV_CACHE_DIR", &cache)
     .env("UV_HTTP_RETRIES", "10");

@@ -15,6 +15,7 @@ use crate::format::{self, Format};
 use crate::handoff::Inbox;
 use crate::record::{CheckpointRecord, Operand, RunRecord};
 use crate::rundir::{Abandon, RunDir};
+use llorch_checkpoint_spec::metric::value_stats;
 
 pub struct Output {
     run: RunDir,
@@ -168,7 +169,7 @@ fn write_one(staging: &Path, format: Format, captured: &Captured) -> Result<Chec
     };
     format::write(format, &mut out, &captured.shape, &captured.data).with_context(full)?;
     out.inner.flush().with_context(full)?;
-    let (min, max, mean, non_finite) = stats(&captured.data);
+    let (min, max, mean, non_finite) = value_stats(&captured.data);
     log::info!(
         "  {:<24} {:<18} {:>18}  {}",
         captured.id,
@@ -233,43 +234,6 @@ pub fn file_name(stem: &str, step: usize, format: Format) -> String {
     }
 }
 
-/// Min, max and mean over the finite values (`None` without any), and how many are not finite.
-fn stats(data: &[f32]) -> (Option<f32>, Option<f32>, Option<f64>, usize) {
-    // Eight independent lanes, branch-free: the compiler vectorizes this, and
-    // the f64 sums do not wait on each other (a single running sum costs a
-    // float add's latency per element: the writer's slowest step).
-    const LANES: usize = 8;
-    let mut min = [f32::INFINITY; LANES];
-    let mut max = [f32::NEG_INFINITY; LANES];
-    let mut sum = [0f64; LANES];
-    let mut finite = [0usize; LANES];
-    let mut add = |lane: usize, v: f32| {
-        let ok = v.is_finite();
-        min[lane] = if ok { min[lane].min(v) } else { min[lane] };
-        max[lane] = if ok { max[lane].max(v) } else { max[lane] };
-        sum[lane] += if ok { v as f64 } else { 0.0 };
-        finite[lane] += ok as usize;
-    };
-    let chunks = data.chunks_exact(LANES);
-    let rest = chunks.remainder();
-    for chunk in chunks {
-        for (lane, &v) in chunk.iter().enumerate() {
-            add(lane, v);
-        }
-    }
-    for (lane, &v) in rest.iter().enumerate() {
-        add(lane, v);
-    }
-    let finite: usize = finite.iter().sum();
-    if finite == 0 {
-        return (None, None, None, data.len());
-    }
-    let min = min.iter().copied().fold(f32::INFINITY, f32::min);
-    let max = max.iter().copied().fold(f32::NEG_INFINITY, f32::max);
-    let mean = sum.iter().sum::<f64>() / finite as f64;
-    (Some(min), Some(max), Some(mean), data.len() - finite)
-}
-
 /// The sha256 of a model file, remembered per path, size and modification
 /// time in the user's cache (`$XDG_CACHE_HOME` or `~/.cache`,
 /// `llorch-checkpoint/sha256.tsv`): a 500 MB model is hashed once, not on
@@ -312,27 +276,4 @@ pub fn sha256_cached(path: &Path) -> Result<String> {
         let _ = llorch_checkpoint_spec::files::write_atomically(&cache, text.as_bytes());
     }
     Ok(sha)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn stats_skip_non_finite_values_in_every_lane() {
-        let mut data: Vec<f32> = (0..37).map(|i| i as f32 - 10.0).collect();
-        data[3] = f32::NAN;
-        data[20] = f32::INFINITY;
-        let (min, max, mean, non_finite) = stats(&data);
-        let finite: Vec<f64> = data
-            .iter()
-            .filter(|v| v.is_finite())
-            .map(|&v| v as f64)
-            .collect();
-        assert_eq!((min, max, non_finite), (Some(-10.0), Some(26.0), 2));
-        let expected = finite.iter().sum::<f64>() / finite.len() as f64;
-        assert!((mean.unwrap() - expected).abs() < 1e-12);
-        assert_eq!(stats(&[f32::NAN; 3]), (None, None, None, 3));
-        assert_eq!(stats(&[]), (None, None, None, 0));
-    }
 }

@@ -115,7 +115,13 @@ pub fn compare(
     reference: &dyn Reference,
     opts: &Options,
 ) -> Result<Outcome> {
-    let s = score(extractor, reference, opts)?;
+    let scored = score(extractor, reference, opts)?;
+    report(extractor, opts, scored)
+}
+
+/// What follows the scores: the table, attribution and the candidate where
+/// asked, the verdict, and the reports written.
+pub(crate) fn report(extractor: &dyn Extractor, opts: &Options, s: Scored) -> Result<Outcome> {
     let mut text = header(&s.record, &s.info);
     text.push_str(&report::table(&s.rows));
     let attribution = match opts.attribution {
@@ -194,13 +200,13 @@ fn attribute(
 }
 
 /// llama.cpp's run and the reference, each checkpoint scored.
-struct Scored {
-    run: PathBuf,
-    record: RunRecord,
-    reference_dir: PathBuf,
-    info: Info,
-    entries: Vec<llorch_checkpoint_report::findings::Entry>,
-    rows: Vec<Row>,
+pub(crate) struct Scored {
+    pub run: PathBuf,
+    pub record: RunRecord,
+    pub reference_dir: PathBuf,
+    pub info: Info,
+    pub entries: Vec<llorch_checkpoint_report::findings::Entry>,
+    pub rows: Vec<Row>,
 }
 
 /// Runs llama.cpp (or reads `opts.run`), builds the reference for the

@@ -9,7 +9,7 @@ use llorch_checkpoint_spec::record::RunRecord;
 
 use crate::sides::{JobCheckpoint, Reference, ReferenceJob};
 use llorch_checkpoint_report::findings::{Entry, Info, F32, F64, VARIANTS};
-use llorch_checkpoint_spec::format::read_values;
+use llorch_checkpoint_spec::format::read_shape;
 
 /// The reference tensors of `run`'s checkpoints, computed into `out` (emptied first).
 pub fn build_reference(
@@ -29,7 +29,10 @@ pub fn build_reference(
     let mut checkpoints = Vec::new();
     for e in entries {
         // The shape the ops must give: the checkpoint file's.
-        let shape = read_values(&run.join(format!("{}.bin", e.stem)))?.shape;
+        let shape = read_shape(&run.join(format!("{}.bin", e.stem)))?
+            .into_iter()
+            .map(|d| d as usize)
+            .collect();
         checkpoints.push(JobCheckpoint {
             key: e.key(),
             stem: e.stem.clone(),
@@ -62,14 +65,16 @@ pub fn build_reference(
     run_job(reference, &job)
 }
 
-/// Every tensor the reference's pass over `tokens` makes, into `out/<variant>/`
-/// (f64, or f32 for a model that cannot run f64), with `tensors.json`.
+/// Every tensor the reference's pass over `tokens` makes, into
+/// `out/<variant>/` with `tensors.json`, for each of `variants` the model
+/// can run (f32 at least, where it cannot run f64).
 pub fn build_everything(
     reference: &dyn Reference,
     model: &Path,
     hf: Option<&Path>,
     tokens: &[i32],
     out: &Path,
+    variants: &[&str],
 ) -> Result<Info> {
     if out.exists() {
         std::fs::remove_dir_all(out)?;
@@ -82,7 +87,7 @@ pub fn build_everything(
         gguf_sha256: llorch_checkpoint_spec::files::sha256_file(model).unwrap_or_default(),
         tokens: tokens.to_vec(),
         out: out.to_path_buf(),
-        variants: vec![F64.into()],
+        variants: variants.iter().map(|v| v.to_string()).collect(),
         threads: 2,
         checkpoints: Vec::new(),
     };

@@ -5,7 +5,6 @@
 use std::path::{Path, PathBuf};
 
 use anyhow::Result;
-use llorch_checkpoint_spec::record::RunRecord;
 use serde::Serialize;
 
 /// One extractor run: the prompt pass of `model`, fresh cache, into `out`.
@@ -24,6 +23,13 @@ pub struct Extraction<'a> {
     pub sequential: bool,
 }
 
+/// What a pass is fed: text the model tokenizes, or its token ids.
+#[derive(Clone, Copy, Debug)]
+pub enum Prompt<'a> {
+    Text(&'a str),
+    Tokens(&'a [i32]),
+}
+
 /// Runs llama.cpp.
 pub trait Extractor {
     /// Writes the run directory `run.out` (`run.json` and `.bin` checkpoints).
@@ -31,19 +37,14 @@ pub trait Extractor {
     /// An f32 copy of `model` (its quantized tensors dequantized by
     /// llama.cpp), or `None` when no tensor of it is quantized.
     fn dequantized(&self, model: &Path) -> Result<Option<PathBuf>>;
-    /// A pass of `text` with nothing captured, into `out`: its run record
-    /// says the token ids llama.cpp makes of it, the symbols and the weights' types.
-    fn tokenize(&self, _model: &Path, _text: &str, _out: &Path) -> Result<RunRecord> {
-        anyhow::bail!("this extractor cannot tokenize")
-    }
-    /// Writes into `out` a run of every node of the prompt pass of `tokens`
+    /// Writes into `out` a run of every node of the prompt pass of `prompt`
     /// (the extractor's `--tensors '*'`), each with its graph index and
     /// operands; with flash attention on or off where `flash_attn` says,
     /// else as every run of this extractor.
     fn extract_graph(
         &self,
         _model: &Path,
-        _tokens: &[i32],
+        _prompt: Prompt<'_>,
         _out: &Path,
         _flash_attn: Option<bool>,
     ) -> Result<()> {

@@ -165,10 +165,7 @@ fn entry(
             .unwrap_or_else(|| s.to_string())
     };
     let id = &r.id;
-    let file = match d.layer {
-        Some(_) => format!("checkpoint_{id}_l{{layer}}"),
-        None => format!("checkpoint_{id}"),
-    };
+    let file = file_template(id, d.layer.is_some());
     let mut s = String::new();
     let _ = writeln!(s, "  - id: \"{id}\"");
     let _ = writeln!(s, "    what: \"{}\"", d.what.replace('"', "'"));
@@ -211,6 +208,15 @@ fn entry(
         number(t.nmse)
     );
     s
+}
+
+/// An entry's `file:`, `{layer}` in it for a node of the layers: also the
+/// stem of the files an automatic comparison writes for it.
+pub fn file_template(id: &str, layered: bool) -> String {
+    match layered {
+        true => format!("checkpoint_{id}_l{{layer}}"),
+        false => format!("checkpoint_{id}"),
+    }
 }
 
 /// A tolerance as a person writes it: two significant digits, no float noise.

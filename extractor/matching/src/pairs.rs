@@ -3,6 +3,7 @@
 
 use super::fit::{Fit, Scale};
 use super::layout::{Layout, Step};
+use llorch_checkpoint_spec::manifest::{Dim, Op};
 
 /// When a pair is accepted.
 #[derive(Clone, Copy, Debug)]
@@ -65,6 +66,47 @@ impl Pair {
             .collect();
         steps.extend(self.layout.steps.iter().cloned());
         steps
+    }
+
+    /// The reference tensor (`shape`, `data`) laid out as the node: the
+    /// steps, then the scale with a reason (one without is not applied: it
+    /// is the error the verdict shows). `single`: the scale multiplied in
+    /// f32, as the f32 reference computes it.
+    pub fn lay_out(&self, shape: &[usize], data: &[f64], single: bool) -> (Vec<usize>, Vec<f64>) {
+        let (shape, mut data) = super::layout::apply(&self.steps(), shape, data);
+        let by = self.scale.factor();
+        if by != 1.0 {
+            match single {
+                true => data
+                    .iter_mut()
+                    .for_each(|v| *v = f64::from(*v as f32 * by as f32)),
+                false => data.iter_mut().for_each(|v| *v *= by),
+            }
+        }
+        (shape, data)
+    }
+
+    /// What [`Pair::lay_out`] does, as a manifest's ops in numbers.
+    pub fn ops(&self) -> Vec<Op> {
+        let fixed = |d: usize| Dim::Fixed(d as i64);
+        let mut ops: Vec<Op> = self
+            .steps()
+            .into_iter()
+            .map(|step| match step {
+                Step::DropBatch => Op::DropBatch,
+                Step::Slice { axis, start, len } => Op::Slice {
+                    axis: axis as i64,
+                    start: fixed(start),
+                    len: fixed(len),
+                },
+                Step::Reshape(dims) => Op::Reshape(dims.into_iter().map(fixed).collect()),
+                Step::Permute(axes) => Op::Permute(axes.into_iter().map(|a| a as i64).collect()),
+            })
+            .collect();
+        if let Scale::Reasoned(r) = &self.scale {
+            ops.push(Op::Scale(r.value));
+        }
+        ops
     }
 
     /// The margin over the runner-up, in dB.

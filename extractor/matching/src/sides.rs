@@ -185,13 +185,32 @@ struct Listed {
     late: bool,
 }
 
-/// The reference's tensors of one variant (`dir/tensors.json` and its files), in order.
-pub fn read_tensors(dir: &Path) -> Result<Vec<Tensor>> {
+/// Where each tensor of one variant of the reference is, by every name it
+/// has (its own and its aliases): what is read of a variant the matcher
+/// did not read whole.
+pub fn tensor_files(dir: &Path) -> Result<HashMap<String, std::path::PathBuf>> {
+    let mut files = HashMap::new();
+    for t in listed(dir)? {
+        let file = dir.join(&t.file);
+        for alias in t.aliases {
+            files.insert(alias, file.clone());
+        }
+        files.insert(t.name, file);
+    }
+    Ok(files)
+}
+
+fn listed(dir: &Path) -> Result<Vec<Listed>> {
     let index = dir.join("tensors.json");
-    let listed: Vec<Listed> = serde_json::from_slice(
+    serde_json::from_slice(
         &std::fs::read(&index).with_context(|| format!("no tensor list at {}", index.display()))?,
     )
-    .with_context(|| format!("{} is not the reference's tensor list", index.display()))?;
+    .with_context(|| format!("{} is not the reference's tensor list", index.display()))
+}
+
+/// The reference's tensors of one variant (`dir/tensors.json` and its files), in order.
+pub fn read_tensors(dir: &Path) -> Result<Vec<Tensor>> {
+    let listed = listed(dir)?;
     let first_layer = listed.iter().position(|t| t.layer.is_some());
     let mut tensors = Vec::with_capacity(listed.len());
     for (i, t) in listed.into_iter().enumerate() {

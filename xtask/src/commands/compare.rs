@@ -13,6 +13,7 @@ use llorch_checkpoint_spec::record::FlashAttnMode;
 
 use crate::llama_cpp::tree::TreeArg;
 use crate::models::model::{ModelArgs, Outtype};
+use crate::models::prompts::MATCHING_PROMPT;
 use crate::project::Project;
 use crate::runs::sides::{run_self_test, LlamaCpp, PyTorch};
 
@@ -108,31 +109,7 @@ impl Compare {
             println!("self-test passed: {line}");
             return Ok(());
         }
-        let out = match &self.out {
-            Some(dir) => std::path::absolute(dir)?,
-            None => project.work_dir().join("compare"),
-        };
-        let opts = Options {
-            layers: self.layers.clone(),
-            candidate: self
-                .candidate
-                .clone()
-                .map(std::path::absolute)
-                .transpose()?,
-            candidate_tolerance: self.candidate_tolerance,
-            overrides: self.tolerances.clone(),
-            fail_fast: self.fail_fast,
-            show: self.show.clone(),
-            run: self.run.clone().map(std::path::absolute).transpose()?,
-            attribution: self.attribution,
-            hf,
-            ..Options::new(
-                manifest.as_deref().unwrap_or(Path::new("")),
-                &model,
-                &self.input.prompt,
-                out,
-            )
-        };
+        let opts = self.options(project, &model, manifest.as_deref(), hf)?;
         if self.sequential {
             print!(
                 "{}",
@@ -144,7 +121,6 @@ impl Compare {
             Some(_) => compare(&llama, &torch, &opts)?,
             None => {
                 let auto = Auto {
-                    probe: crate::models::prompts::PERF_PROMPT,
                     draft: self
                         .draft_manifest
                         .clone()
@@ -166,6 +142,41 @@ impl Compare {
             Some(why) => bail!("{why}"),
             None => Ok(()),
         }
+    }
+
+    /// The comparison's options from the command line and the sides.
+    fn options(
+        &self,
+        project: &Project,
+        model: &Path,
+        manifest: Option<&Path>,
+        hf: Option<PathBuf>,
+    ) -> Result<Options> {
+        let out = match &self.out {
+            Some(dir) => std::path::absolute(dir)?,
+            None => project.work_dir().join("compare"),
+        };
+        // Matching pairs on the pass it compares: two tokens say too little.
+        let prompt = match manifest {
+            Some(_) => self.input.prompt(),
+            None => self.input.prompt_or(MATCHING_PROMPT),
+        };
+        Ok(Options {
+            layers: self.layers.clone(),
+            candidate: self
+                .candidate
+                .clone()
+                .map(std::path::absolute)
+                .transpose()?,
+            candidate_tolerance: self.candidate_tolerance,
+            overrides: self.tolerances.clone(),
+            fail_fast: self.fail_fast,
+            show: self.show.clone(),
+            run: self.run.clone().map(std::path::absolute).transpose()?,
+            attribution: self.attribution,
+            hf,
+            ..Options::new(manifest.unwrap_or(Path::new("")), model, prompt, out)
+        })
     }
 
     /// The GGUF llama.cpp runs, the manifest (None: pair the nodes by value),

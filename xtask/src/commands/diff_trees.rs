@@ -77,7 +77,7 @@ impl DiffTrees {
         let runs = Runs {
             model: &model,
             manifest: &manifest,
-            prompt: &self.input.prompt,
+            prompt: self.input.prompt(),
             layers: self.layers.as_deref(),
             extra: &extra,
             max_nmse: self.max_nmse,

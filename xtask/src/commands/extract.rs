@@ -84,7 +84,7 @@ impl Extract {
         run = match (&self.prompt_file, &self.tokens) {
             (Some(file), _) => run.prompt_file(&std::path::absolute(file)?),
             (None, Some(ids)) => run.token_list(ids),
-            (None, None) => run.prompt(&self.input.prompt),
+            (None, None) => run.prompt(self.input.prompt()),
         };
         if let Some(layers) = &self.layers {
             run = run.layers(layers);
@@ -127,7 +127,7 @@ impl Extract {
             self.layers = Some(v);
         }
         if let Some(v) = flags::take(rest, &["-p", "--prompt"]) {
-            (self.input.prompt, self.prompt_file, self.tokens) = (v, None, None);
+            (self.input.prompt, self.prompt_file, self.tokens) = (Some(v), None, None);
         }
         if let Some(v) = flags::take(rest, &["-f", "--file"]) {
             (self.prompt_file, self.tokens) = (Some(v.into()), None);

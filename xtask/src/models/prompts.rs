@@ -8,6 +8,13 @@ fully automatic translation of more than sixty Russian sentences into English. T
 five years, machine translation would be a solved problem. However, real progress was much slower, and after a report \
 in 1966 found that ten years of research had failed to fulfill the expectations, funding was dramatically reduced.";
 
+/// The default prompt of a comparison without a manifest, whose pass is
+/// also what the nodes are paired on: the paragraph's first sentence, about
+/// 20 tokens (two tokens say too little: position 0 attends to itself
+/// alone, and rope barely turns).
+pub const MATCHING_PROMPT: &str = "The history of natural language processing generally started in the 1950s, although work can be \
+found from earlier periods.";
+
 /// `words` words of [`PERF_PROMPT`], repeated as often as needed.
 pub fn words_of_english(words: usize) -> String {
     PERF_PROMPT

@@ -10,8 +10,8 @@ use std::time::Instant;
 
 use anyhow::{bail, Context, Result};
 use llorch_checkpoint_compare::self_test;
-use llorch_checkpoint_compare::sides::{Extraction, Extractor, Reference, ReferenceJob};
-use llorch_checkpoint_spec::record::{FlashAttnMode, RunRecord};
+use llorch_checkpoint_compare::sides::{Extraction, Extractor, Prompt, Reference, ReferenceJob};
+use llorch_checkpoint_spec::record::FlashAttnMode;
 use xshell::cmd;
 
 use crate::llama_cpp::build::{self, Backend};
@@ -95,31 +95,19 @@ impl Extractor for LlamaCpp<'_> {
         command.run(&self.project.shell()?)
     }
 
-    fn tokenize(&self, model: &Path, text: &str, out: &Path) -> Result<RunRecord> {
-        let sh = self.project.shell()?;
-        let command = ExtractorRun::new(self.exe()?, model, out)
-            .prompt(text)
-            .generate(0)
-            .no_extract()
-            .args(self.flash_attn_flags());
-        quietly(
-            command.cmd(&sh),
-            "the extractor could not tokenize the probe",
-        )?;
-        RunRecord::read(out)
-    }
-
     fn extract_graph(
         &self,
         model: &Path,
-        tokens: &[i32],
+        prompt: Prompt<'_>,
         out: &Path,
         flash_attn: Option<bool>,
     ) -> Result<()> {
-        let command = ExtractorRun::new(self.exe()?, model, out)
-            .tokens(tokens)
-            .tensors("*")
-            .generate(0);
+        let command = ExtractorRun::new(self.exe()?, model, out);
+        let command = match prompt {
+            Prompt::Text(text) => command.prompt(text),
+            Prompt::Tokens(ids) => command.tokens(ids),
+        };
+        let command = command.tensors("*").generate(0);
         let command = match flash_attn {
             Some(on) => command.flash_attn(FlashAttnMode::from(on)),
             None => command.args(self.flash_attn_flags()),

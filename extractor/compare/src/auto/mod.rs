@@ -1,40 +1,39 @@
 //! A comparison with no manifest written by hand: llama.cpp's whole graph
-//! and the reference's whole pass on a short probe, paired by value
-//! ([`llorch_checkpoint_matching`]); the pairs become a manifest, judged by the
-//! tolerance of the weights' precision ([`llorch_checkpoint_matching::precision`]), never by
-//! one measured on the run itself; then the ordinary comparison on the
-//! user's prompt and layers with that manifest.
+//! and the reference's whole pass over the prompt compared, one run of
+//! each, paired by value ([`llorch_checkpoint_matching`]), each pair judged
+//! by the tolerance of the weights' precision
+//! ([`llorch_checkpoint_matching::precision`]), never by one measured on the
+//! run itself. The pairs are also written as a manifest, for a person to
+//! review and reuse; the comparison does not read it back.
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
 use anyhow::{Context, Result};
 use llorch_checkpoint_spec::files::write_atomically;
 use llorch_checkpoint_spec::manifest::{Manifest, Symbols, Tolerance};
 use llorch_checkpoint_spec::record::RunRecord;
 
-use crate::compare::{compare, Options, Outcome};
+use crate::compare::{report, Options, Outcome};
 use crate::reference::build_everything;
-use crate::sides::{Extractor, Reference};
+use crate::sides::{Extractor, Prompt, Reference};
 use llorch_checkpoint_matching::draft::{self, Drafted, Words};
 use llorch_checkpoint_matching::manifest_text::{self, Role};
 use llorch_checkpoint_matching::precision::Precision;
 use llorch_checkpoint_matching::{self as matching, against};
-use llorch_checkpoint_report::findings::{F32, F64};
+use llorch_checkpoint_report::findings::{F32, F64, F64_GELU, F64_GGML};
 use llorch_checkpoint_spec::format::read_values;
 
-mod probed;
+mod matched;
+mod paired;
 mod said;
-pub use probed::Probe;
+pub use matched::Matched;
 pub use said::figures;
 use said::{matching_json, node_divergence, summary};
 
 /// What the automatic comparison needs beyond [`Options`].
-pub struct Auto<'a> {
-    /// The text whose pass is matched: a fixed paragraph, so that the pairs
-    /// (and a drafted manifest) do not depend on the prompt compared.
-    pub probe: &'a str,
+pub struct Auto {
     /// Also write the manifest with tolerances measured on this comparison, for a person to review.
     pub draft: Option<PathBuf>,
     /// A manifest written by hand for this architecture: the pairs are
@@ -42,56 +41,89 @@ pub struct Auto<'a> {
     pub against: Option<PathBuf>,
 }
 
-/// Primes are never a product of two model dimensions, so a probe of a
-/// prime number of tokens writes every shape in unambiguous symbols.
-const PROBE_LENGTHS: [usize; 5] = [23, 19, 17, 13, 11];
+/// The fewest tokens a drafted manifest is written from: fewer leave
+/// dimensions that read as `n_tokens` by chance, and little to pair by.
+const DRAFT_MIN_TOKENS: i64 = 11;
 
-/// The probe's length: the longest of [`PROBE_LENGTHS`] the text gives and
-/// no symbol of the model equals.
-fn probe_length(available: usize, s: &Symbols) -> Option<usize> {
-    let taken = [
-        s.n_embd,
-        s.n_head,
-        s.n_head_kv,
-        s.head_dim,
-        s.head_dim / 2,
-        s.n_embd_gqa,
-        s.n_ff,
-        s.n_vocab,
+/// Why a manifest drafted from a pass of `s.n_tokens` tokens would misname
+/// a dimension (its shapes write a dimension equal to the token count as
+/// `n_tokens`), if it would.
+fn ambiguous(s: &Symbols) -> Option<String> {
+    if s.n_tokens < DRAFT_MIN_TOKENS {
+        return Some(format!(
+            "the prompt gives {} tokens, fewer than {DRAFT_MIN_TOKENS}",
+            s.n_tokens
+        ));
+    }
+    let named = [
+        ("n_embd", s.n_embd),
+        ("n_head", s.n_head),
+        ("n_head_kv", s.n_head_kv),
+        ("head_dim", s.head_dim),
+        ("head_dim/2", s.head_dim / 2),
+        ("n_embd_gqa", s.n_embd_gqa),
+        ("n_ff", s.n_ff),
+        ("n_vocab", s.n_vocab),
     ];
-    PROBE_LENGTHS
-        .into_iter()
-        .find(|&n| n <= available && !taken.contains(&(n as i64)))
+    let (name, _) = named.into_iter().find(|&(_, v)| v == s.n_tokens)?;
+    Some(format!(
+        "the prompt gives {} tokens, as many as {name}",
+        s.n_tokens
+    ))
 }
 
-/// Runs both sides over the probe and pairs them; writes the manifest
-/// drafted from the pairs (tolerance: the precision's) to `out/auto/manifest.yaml`.
-pub fn probe(
+/// The reference variants the comparison reads: f32 and f64, and the f64
+/// ones that emulate ggml where attribution asks for them.
+fn variants(opts: &Options) -> Vec<&'static str> {
+    match opts.attribution {
+        true => vec![F32, F64, F64_GELU, F64_GGML],
+        false => vec![F32, F64],
+    }
+}
+
+/// Runs each side once over the prompt (llama.cpp's every node, the
+/// reference's every tensor), pairs them, and writes the pairs as a
+/// manifest (tolerance: the precision's) to `out/auto/manifest.yaml`.
+/// `drafting`: the pass must make an unambiguous draft, checked before the
+/// reference runs.
+pub fn run_and_match(
     extractor: &dyn Extractor,
     reference: &dyn Reference,
     opts: &Options,
-    text: &str,
-) -> Result<Probe> {
+    drafting: bool,
+) -> Result<Matched> {
     let dir = opts.out.join("auto");
     std::fs::create_dir_all(&dir).with_context(|| format!("cannot create {}", dir.display()))?;
-    let tokens = &probe_tokens(extractor, opts, text, &dir)?;
-    let n = tokens.len();
-    let run = dir.join("llama");
-    extractor.extract_graph(&opts.model, tokens, &run, None)?;
-    let (record, nodes) = matching::read_nodes(&run)?;
+    // `--run`: a graph run made before.
+    let graph_run = opts.run.clone().unwrap_or_else(|| dir.join("llama"));
+    if opts.run.is_none() {
+        extractor.extract_graph(&opts.model, Prompt::Text(&opts.prompt), &graph_run, None)?;
+    }
+    let (record, nodes) = matching::read_nodes(&graph_run)?;
+    let ambiguous = ambiguous(&record.symbols);
+    if let (true, Some(why)) = (drafting, &ambiguous) {
+        anyhow::bail!(
+            "--draft-manifest: {why}, so the drafted shapes could not tell the two apart; \
+             give a --prompt of more tokens (a prime number of them never equals a product of dimensions)"
+        );
+    }
+    if let Some(candidate) = &opts.candidate {
+        crate::candidate::check_tokens(candidate, &record.tokens)?;
+    }
+    let everything = dir.join("reference");
     let info = build_everything(
         reference,
         &opts.model,
         opts.hf.as_deref(),
-        tokens,
-        &dir.join("reference"),
+        &record.tokens,
+        &everything,
+        &variants(opts),
     )?;
-    let variant = if info.variants.iter().any(|v| v == F64) {
-        F64
-    } else {
-        F32
-    };
-    let tensors = matching::read_tensors(&dir.join("reference").join(variant))?;
+    let variant = [F64, F32]
+        .into_iter()
+        .find(|v| info.variants.iter().any(|c| c == v))
+        .unwrap_or(F32);
+    let tensors = matching::read_tensors(&everything.join(variant))?;
     let precision = Precision::of(&record.model.weights);
     let matching = matching::pair_all(
         &nodes,
@@ -109,29 +141,11 @@ pub fn probe(
         opts.model.display()
     );
     let roles = manifest_text::roles(&drafted);
-    let manifest = dir.join("manifest.yaml");
-    let header = format!(
-        "Made by the matcher for this comparison ({} pairs of {} llama.cpp nodes and {} reference tensors,\n\
-         {n}-token probe); tolerance from the weights' precision ({}).",
-        matching.pairs.len(),
-        nodes.len(),
-        tensors.len(),
-        precision.name()
-    );
-    let tolerance = precision.tolerance();
-    let text = manifest_text::manifest_text(
-        &record.model.architecture,
-        &header,
-        &drafted,
-        &roles,
-        &all_layers(&record),
-        &|_| tolerance,
-        &|_| None,
-    );
-    write_atomically(&manifest, text.as_bytes())?;
-    Ok(Probe {
+    let m = Matched {
+        graph_run,
         record,
         nodes,
+        everything,
         tensors,
         info,
         variant: variant.into(),
@@ -140,98 +154,118 @@ pub fn probe(
         drafted,
         skipped,
         roles,
-        manifest,
-    })
+        manifest: dir.join("manifest.yaml"),
+        ambiguous,
+    };
+    write_atomically(&m.manifest, plain_draft(&m).as_bytes())?;
+    Ok(m)
 }
 
-/// The probe's tokens: `text` tokenized, cut to [`probe_length`].
-fn probe_tokens(
-    extractor: &dyn Extractor,
-    opts: &Options,
-    text: &str,
-    dir: &Path,
-) -> Result<Vec<i32>> {
-    let plain = extractor.tokenize(&opts.model, text, &dir.join("tokens"))?;
-    let n = probe_length(plain.tokens.len(), &plain.symbols).with_context(|| {
-        format!(
-            "the probe text gives {} tokens; matching needs 11 or more",
-            plain.tokens.len()
-        )
-    })?;
-    Ok(plain.tokens[..n].to_vec())
+/// The pairs as a manifest, every tolerance the precision's.
+fn plain_draft(m: &Matched) -> String {
+    let mut header = format!(
+        "Made by the matcher for this comparison ({} pairs of {} llama.cpp nodes and {} reference tensors,\n\
+         {}-token prompt); tolerance from the weights' precision ({}).",
+        m.matching.pairs.len(),
+        m.nodes.len(),
+        m.tensors.len(),
+        m.record.tokens.len(),
+        m.precision.name()
+    );
+    if let Some(why) = &m.ambiguous {
+        header +=
+            &format!("\nRead its shapes with care before you reuse it with another prompt: {why}.");
+    }
+    let tolerance = m.precision.tolerance();
+    manifest_text::manifest_text(
+        &m.record.model.architecture,
+        &header,
+        &m.drafted,
+        &m.roles,
+        &all_layers(&m.record),
+        &|_| tolerance,
+        &|_| None,
+    )
 }
 
 fn all_layers(record: &RunRecord) -> Vec<u32> {
     (0..record.model.n_layer.max(0) as u32).collect()
 }
 
-/// The probe, then the comparison of `opts` with the manifest it drafted;
-/// the outcome's text gains the matching's summary and, where a checkpoint
-/// fails, the first diverging node and the unpaired nodes just before it.
+/// Both sides run once and paired, then every pair of `opts`'s layers
+/// compared; the outcome's text gains the matching's summary and, where a
+/// checkpoint fails, the first diverging node and the unpaired nodes just
+/// before it.
 pub fn compare_auto(
     extractor: &dyn Extractor,
     reference: &dyn Reference,
     opts: &Options,
-    auto: &Auto<'_>,
-) -> Result<(Outcome, Probe)> {
-    let probe = probe(extractor, reference, opts, auto.probe)?;
+    auto: &Auto,
+) -> Result<(Outcome, Matched)> {
+    let m = run_and_match(extractor, reference, opts, auto.draft.is_some())?;
     let opts = Options {
-        manifest: probe.manifest.clone(),
+        manifest: m.manifest.clone(),
         ..opts.clone()
     };
-    let mut outcome = compare(extractor, reference, &opts)?;
-    let mut text = summary(&probe);
+    let scored = paired::score(&m, &opts)?;
+    let mut outcome = report(extractor, &opts, scored)?;
+    let mut text = summary(&m);
     let _ = writeln!(
         text,
         "tolerance of every checkpoint, from {}: {} (atol, rtol, nmse; --tolerance overrides)",
-        probe.precision.name(),
-        probe.precision.tolerance().text()
+        m.precision.name(),
+        m.precision.tolerance().text()
     );
     text.push_str(&outcome.text);
-    if let Some(line) = node_divergence(&probe, &outcome) {
+    if let Some(line) = node_divergence(&m, &outcome) {
         let _ = writeln!(text, "{line}");
     }
-    let _ = writeln!(text, "in short: {}", figures(&probe, &outcome));
+    let _ = writeln!(text, "in short: {}", figures(&m, &outcome));
     outcome.text = text;
     write_atomically(
         &opts.out.join("matching.json"),
-        &serde_json::to_vec_pretty(&matching_json(&probe))?,
+        &serde_json::to_vec_pretty(&matching_json(&m))?,
     )?;
     if let Some(path) = &auto.against {
-        let layers = all_layers(&probe.record);
-        let manifest = Manifest::load_with_layers(path, Some(&layers))?;
-        let manifest = match probe.record.flash_attn.used {
-            Some(true) => manifest.under_flash_attn().0,
-            _ => manifest,
-        };
-        let rows = against::against(
-            &manifest,
-            &probe.nodes,
-            &probe.tensors,
-            &probe.matching,
-            &probe.record.symbols,
-        );
+        let rows = check_against(&m, path)?;
         outcome
             .text
             .push_str(&against::text(&rows, &path.display().to_string()));
         outcome.against = Some(rows);
     }
     if let Some(path) = &auto.draft {
-        let with = with_flash_attn(extractor, &probe, &opts)?;
-        let text = reviewed_draft(&probe, &outcome, &opts, with.as_deref())?;
+        let with = with_flash_attn(extractor, &m, &opts)?;
+        let text = reviewed_draft(&m, &outcome, &opts, with.as_deref())?;
         write_atomically(path, text.as_bytes())
             .with_context(|| format!("cannot write the drafted manifest {}", path.display()))?;
         let _ = writeln!(outcome.text, "drafted manifest: {}", path.display());
     }
-    Ok((outcome, probe))
+    Ok((outcome, m))
 }
 
-/// The probe's graph again with flash attention on, where the probe had it
-/// off, matched with the same tensors: what the draft says flash attention
+/// Each checkpoint of the hand-written manifest at `path`, in every layer,
+/// against the pairs.
+fn check_against(m: &Matched, path: &std::path::Path) -> Result<Vec<against::Row>> {
+    let layers = all_layers(&m.record);
+    let manifest = Manifest::load_with_layers(path, Some(&layers))?;
+    let manifest = match m.record.flash_attn.used {
+        Some(true) => manifest.under_flash_attn().0,
+        _ => manifest,
+    };
+    Ok(against::against(
+        &manifest,
+        &m.nodes,
+        &m.tensors,
+        &m.matching,
+        &m.record.symbols,
+    ))
+}
+
+/// The pass's graph again with flash attention on, where it had it off, matched with the same tensors: what the draft says flash attention
 /// changes. None where the backend keeps it off.
 fn with_flash_attn(
     extractor: &dyn Extractor,
-    p: &Probe,
+    p: &Matched,
     opts: &Options,
 ) -> Result<Option<Vec<Drafted>>> {
     if p.record.flash_attn.used != Some(false) {
@@ -240,7 +274,12 @@ fn with_flash_attn(
     let run = opts.out.join("auto").join("llama-flash-attn");
     // A backend that cannot run it: the draft says it describes the graph without.
     if extractor
-        .extract_graph(&opts.model, &p.record.tokens, &run, Some(true))
+        .extract_graph(
+            &opts.model,
+            Prompt::Tokens(&p.record.tokens),
+            &run,
+            Some(true),
+        )
         .is_err()
     {
         return Ok(None);
@@ -266,7 +305,7 @@ fn with_flash_attn(
 /// bound twice the worst excess over rtol*|ref|, as a share of max |ref|),
 /// and a header saying so.
 fn reviewed_draft(
-    p: &Probe,
+    p: &Matched,
     outcome: &Outcome,
     opts: &Options,
     with: Option<&[Drafted]>,
@@ -361,7 +400,7 @@ fn layers_text(outcome: &Outcome) -> String {
 /// What the drafted manifest says of itself: where it comes from, how its
 /// tolerances were measured, and what it leaves out.
 fn draft_header(
-    p: &Probe,
+    p: &Matched,
     outcome: &Outcome,
     opts: &Options,
     with_flash_attn: bool,
@@ -370,10 +409,10 @@ fn draft_header(
     let header = format!(
         "A manifest for llama.cpp's `{arch}` graph, drafted by `cargo xtask compare --draft-manifest`:\n\
          every node of one pass of {model} ({precision}; llama.cpp {tree}) paired by value with\n\
-         every tensor of {class}'s pass ({variant}) on a {n}-token probe: {pairs} pairs, {entries} entries.\n\
+         every tensor of {class}'s pass ({variant}) over the same {n} tokens: {pairs} pairs, {entries} entries.\n\
          Review it before you commit it: a pair says which tensors hold the same values, not which should.\n\
          \n\
-         tolerance: measured on this comparison ({tokens} prompt tokens, layers {layers}) against the\n\
+         tolerance: measured on this comparison (those {n} tokens, layers {layers}) against the\n\
          reference in {variant}: NMSE 3x (5 dB) above the worst over those layers, and each element\n\
          within rtol {rtol} of itself plus atol_of_max, twice the worst excess over that, as a share of\n\
          the tensor's largest |value|. The tolerance a comparison without a manifest uses instead is\n\
@@ -387,14 +426,13 @@ fn draft_header(
         n = p.record.tokens.len(),
         pairs = p.matching.pairs.len(),
         entries = p.roles.len(),
-        tokens = outcome.rows.first().map_or(0, |r| r.shape.first().copied().unwrap_or(0)),
         layers = layers_text(outcome),
         rtol = p.precision.tolerance().rtol,
         band = p.precision.tolerance().text(),
     );
     let header = match with_flash_attn {
         true => format!(
-            "{header}\nflash_attn: what flash attention changes, from the probe's graph with it on, matched the same way."
+            "{header}\nflash_attn: what flash attention changes, from the same prompt's graph with it on, matched the same way."
         ),
         false => format!(
             "{header}\nThe graph without flash attention: run it with --flash-attn off (with it, the graph was not had here)."
@@ -424,13 +462,17 @@ mod tests {
     use super::*;
 
     #[test]
-    fn the_probe_is_a_prime_number_of_tokens_that_no_dimension_equals() {
+    fn a_draft_needs_a_pass_whose_token_count_no_dimension_equals() {
         let mut s = llorch_checkpoint_spec::record::example().symbols;
-        assert_eq!(probe_length(120, &s), Some(23));
+        s.n_tokens = 23;
+        assert_eq!(ambiguous(&s), None);
         s.n_head = 23;
-        assert_eq!(probe_length(120, &s), Some(19));
-        assert_eq!(probe_length(12, &s), Some(11));
-        assert_eq!(probe_length(10, &s), None);
+        assert_eq!(
+            ambiguous(&s).as_deref(),
+            Some("the prompt gives 23 tokens, as many as n_head")
+        );
+        s.n_tokens = 2;
+        assert!(ambiguous(&s).unwrap().contains("fewer than 11"));
         assert!((round_up(0.0123) - 0.013).abs() < 1e-12);
         assert!((round_up(3.0e-7) - 3.0e-7).abs() < 1e-18 && round_up(3.0e-7) >= 3.0e-7);
     }

@@ -1,5 +1,5 @@
 //! What an automatic comparison says: its figures in one line, the
-//! probe's summary, the first diverging node and its unpaired ancestors,
+//! matching's summary, the first diverging node and its unpaired ancestors,
 //! and `matching.json`.
 
 use std::collections::BTreeMap;
@@ -9,11 +9,11 @@ use crate::compare::Outcome;
 use llorch_checkpoint_matching::draft::{self, Skipped};
 use llorch_checkpoint_matching::{Matching, Unpaired};
 
-use super::probed::Probe;
+use super::matched::Matched;
 
 /// The comparison in one line: both sides' sizes, the pairs, the verdict,
 /// the logits' NMSE and the first diverging checkpoint.
-pub fn figures(p: &Probe, outcome: &Outcome) -> String {
+pub fn figures(p: &Matched, outcome: &Outcome) -> String {
     let n_vocab = p.record.symbols.n_vocab as usize;
     let logits = outcome
         .rows
@@ -71,7 +71,7 @@ fn reason_name(why: &Unpaired) -> &'static str {
 }
 
 /// What the matcher found, in a few lines.
-pub(super) fn summary(p: &Probe) -> String {
+pub(super) fn summary(p: &Matched) -> String {
     let m = &p.matching;
     let views = p
         .skipped
@@ -81,7 +81,7 @@ pub(super) fn summary(p: &Probe) -> String {
     let unselectable = p.skipped.len() - views;
     let near = m.pairs.iter().filter(|p| p.near).count();
     let mut s = format!(
-        "\nmatching ({}-token probe, reference {} in {}): {} llama.cpp nodes, {} reference tensors; {} pairs{}, \
+        "\nmatching ({}-token prompt, reference {} in {}): {} llama.cpp nodes, {} reference tensors; {} pairs{}, \
          drafted as {} checkpoints in {} entries ({} ggml views of paired nodes left out{})\n",
         p.record.tokens.len(),
         p.info.model,
@@ -127,7 +127,7 @@ pub(super) fn summary(p: &Probe) -> String {
 }
 
 /// One line per kind of scaled pair, over the layers (ggml's views of them left out).
-fn scaled_lines(p: &Probe) -> String {
+fn scaled_lines(p: &Matched) -> String {
     let (m, mut s) = (&p.matching, String::new());
     let mut scaled: BTreeMap<(String, String, String), (String, usize)> = BTreeMap::new();
     for d in &p.drafted {
@@ -170,9 +170,9 @@ fn shortened_list(names: &[String], n: usize) -> String {
     out
 }
 
-/// The first failing checkpoint as a node of the probe's graph: which node,
+/// The first failing checkpoint as a node of the graph: which node,
 /// which tensor, and the nodes just before it that have no counterpart.
-pub(super) fn node_divergence(p: &Probe, outcome: &Outcome) -> Option<String> {
+pub(super) fn node_divergence(p: &Matched, outcome: &Outcome) -> Option<String> {
     let row = outcome.rows.iter().find(|r| !r.pass)?;
     let role = p.roles.iter().find(|r| r.id == row.id)?;
     let member = role
@@ -227,7 +227,7 @@ pub(super) fn node_divergence(p: &Probe, outcome: &Outcome) -> Option<String> {
 
 /// The nodes node `at` is computed from, up to the nearest paired ones on
 /// each path, that have no counterpart themselves, in graph order.
-fn unpaired_ancestors(p: &Probe, at: usize) -> Vec<usize> {
+fn unpaired_ancestors(p: &Matched, at: usize) -> Vec<usize> {
     let position: BTreeMap<usize, usize> = p
         .nodes
         .iter()
@@ -252,7 +252,7 @@ fn unpaired_ancestors(p: &Probe, at: usize) -> Vec<usize> {
         .collect()
 }
 
-fn closest(p: &Probe, why: &Unpaired) -> String {
+fn closest(p: &Matched, why: &Unpaired) -> String {
     match why {
         Unpaired::TooFar { tensor, nmse } => {
             format!("closest {} at NMSE {nmse:.1e}", p.tensors[*tensor].name)
@@ -271,7 +271,7 @@ fn closest(p: &Probe, why: &Unpaired) -> String {
 }
 
 /// Every node, its counterpart or the reason it has none; every unpaired tensor.
-pub(super) fn matching_json(p: &Probe) -> serde_json::Value {
+pub(super) fn matching_json(p: &Matched) -> serde_json::Value {
     let nodes: Vec<serde_json::Value> = p
         .nodes
         .iter()
@@ -302,7 +302,7 @@ pub(super) fn matching_json(p: &Probe) -> serde_json::Value {
         })
         .collect();
     serde_json::json!({
-        "probe_tokens": p.record.tokens, "variant": p.variant, "precision": p.precision.name(),
+        "tokens": p.record.tokens, "variant": p.variant, "precision": p.precision.name(),
         "nodes": nodes, "unpaired_tensors": tensors,
         "entries": p.roles.iter().map(|r| &r.id).collect::<Vec<_>>(),
     })

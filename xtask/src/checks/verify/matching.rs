@@ -5,10 +5,9 @@
 //! found at the node; the pairs against the three hand-written manifests,
 //! checkpoint by checkpoint; qwen2 from PyPI, paired in every layer.
 //!
-//! The real models are paired in every layer (the probe's whole graph) and
-//! compared in a few: the `real` group compares every checkpoint of their
-//! manifests, and every layer of qwen2 took 3.6 GB of runs and 3 minutes to
-//! say what three layers say.
+//! Each comparison runs each side once, over the ~20-token matching prompt:
+//! the real models are paired in every layer (the whole graph) and compared
+//! in a few; the `real` group compares every checkpoint of their manifests.
 
 use std::path::{Path, PathBuf};
 use std::time::Instant;
@@ -23,7 +22,7 @@ use super::ctx::Ctx;
 use super::report::Report;
 use crate::llama_cpp::tree::TreeArg;
 use crate::models::model::{from_hf, tiny, Outtype};
-use crate::models::prompts::PERF_PROMPT;
+use crate::models::prompts::MATCHING_PROMPT;
 use crate::runs::sides::{LlamaCpp, PyTorch};
 
 /// The tiny architectures verify compares end to end: five of the eight
@@ -91,12 +90,8 @@ fn llama<'a>(ctx: &Ctx<'a>) -> LlamaCpp<'a> {
     LlamaCpp::on(ctx.project, TreeArg::default(), Some(FlashAttnMode::Off))
 }
 
-fn auto(against: Option<PathBuf>, draft: Option<PathBuf>) -> Auto<'static> {
-    Auto {
-        probe: PERF_PROMPT,
-        draft,
-        against,
-    }
+fn auto(against: Option<PathBuf>, draft: Option<PathBuf>) -> Auto {
+    Auto { draft, against }
 }
 
 /// Every layer of a converted Hugging Face checkpoint against the checkpoint.
@@ -110,15 +105,15 @@ fn hf_compare(
     let opts = Options {
         layers: Some("all".into()),
         hf: Some(hf.to_path_buf()),
-        ..Options::new(Path::new(""), &gguf, PERF_PROMPT, out.to_path_buf())
+        ..Options::new(Path::new(""), &gguf, MATCHING_PROMPT, out.to_path_buf())
     };
-    let (outcome, probe) = compare_auto(
+    let (outcome, matched) = compare_auto(
         &llama(ctx),
         &PyTorch::new(ctx.project),
         &opts,
         &auto(None, draft),
     )?;
-    let line = figures(&probe, &outcome);
+    let line = figures(&matched, &outcome);
     Ok((outcome, line))
 }
 
@@ -213,9 +208,9 @@ fn against_hand_written(ctx: &Ctx<'_>, name: Option<&str>) -> Result<String> {
         .join(format!("against-{}", name.unwrap_or("gpt2")));
     let opts = Options {
         layers: Some("0,-1".into()),
-        ..Options::new(Path::new(""), &chosen.model, PERF_PROMPT, out)
+        ..Options::new(Path::new(""), &chosen.model, MATCHING_PROMPT, out)
     };
-    let (outcome, probe) = compare_auto(
+    let (outcome, matched) = compare_auto(
         &llama(ctx),
         &PyTorch::new(ctx.project),
         &opts,
@@ -242,7 +237,7 @@ fn against_hand_written(ctx: &Ctx<'_>, name: Option<&str>) -> Result<String> {
         "{} checkpoints: {same} the same tensor in the same layout, {} the same values under another name; {}",
         rows.len(),
         rows.len() - same,
-        figures(&probe, &outcome)
+        figures(&matched, &outcome)
     ))
 }
 
@@ -258,15 +253,15 @@ fn qwen2(ctx: &Ctx<'_>) -> Result<String> {
     let out = ctx.work.join("matching").join("qwen2");
     let opts = Options {
         layers: Some(QWEN2_LAYERS.into()),
-        ..Options::new(Path::new(""), &chosen.model, PERF_PROMPT, out)
+        ..Options::new(Path::new(""), &chosen.model, MATCHING_PROMPT, out)
     };
-    let (outcome, probe) = compare_auto(
+    let (outcome, matched) = compare_auto(
         &llama(ctx),
         &PyTorch::new(ctx.project),
         &opts,
         &auto(None, None),
     )?;
-    let line = figures(&probe, &outcome);
+    let line = figures(&matched, &outcome);
     match outcome.failure {
         Some(why) => anyhow::bail!("{why}\n{line}"),
         None => Ok(line),

@@ -278,12 +278,23 @@ pub struct ModelArgs {
     /// A GGUF path or a model of vendor/models.yaml, e.g. smollm2-135m [default: the synthetic GPT-2 of `cargo xtask model`].
     #[arg(short = 'm', long)]
     pub model: Option<String>,
-    /// The prompt whose pass is captured.
-    #[arg(short = 'p', long, default_value = "Hello world")]
-    pub prompt: String,
+    /// The prompt whose pass is captured [default: "Hello world"; compare without a manifest: a
+    /// sentence of about 20 tokens, as matching needs].
+    #[arg(short = 'p', long)]
+    pub prompt: Option<String>,
 }
 
 impl ModelArgs {
+    /// `--prompt`, else `default`.
+    pub fn prompt_or<'a>(&'a self, default: &'a str) -> &'a str {
+        self.prompt.as_deref().unwrap_or(default)
+    }
+
+    /// `--prompt`, else "Hello world".
+    pub fn prompt(&self) -> &str {
+        self.prompt_or("Hello world")
+    }
+
     /// The model's path and the manifest's, defaults filled in.
     pub fn resolve(&self, project: &Project) -> Result<(PathBuf, PathBuf)> {
         model_and_manifest(project, self.model.as_deref(), self.manifest.as_deref())

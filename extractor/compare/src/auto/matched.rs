@@ -1,5 +1,5 @@
-//! What a probe found: its two sides, and what the matcher made of them
-//! (a leaf: the probe writes it, the summaries read it).
+//! What one pass of each side gave, and what the matcher made of it (a
+//! leaf: the flow writes it, the comparison and the summaries read it).
 
 use std::path::PathBuf;
 
@@ -11,10 +11,14 @@ use llorch_checkpoint_matching::precision::Precision;
 use llorch_checkpoint_matching::{Matching, Node, Tensor};
 use llorch_checkpoint_report::findings::Info;
 
-/// The probe's two sides and what the matcher made of them.
-pub struct Probe {
+/// Both sides' whole pass over the compared prompt, paired.
+pub struct Matched {
+    /// llama.cpp's run of every node (`--tensors '*'`), and its record.
+    pub graph_run: PathBuf,
     pub record: RunRecord,
     pub nodes: Vec<Node>,
+    /// The reference's every tensor, each variant in its folder.
+    pub everything: PathBuf,
     pub tensors: Vec<Tensor>,
     pub info: Info,
     /// The reference variant the tensors are (f64, or f32 where f64 cannot run).
@@ -24,6 +28,9 @@ pub struct Probe {
     pub drafted: Vec<Drafted>,
     pub skipped: Vec<(usize, Skipped)>,
     pub roles: Vec<Role>,
-    /// The manifest the comparison ran on.
+    /// The pairs as a manifest (`auto/manifest.yaml`): for a person, and
+    /// for attribution's reruns.
     pub manifest: PathBuf,
+    /// Why a manifest drafted from this pass would misname a dimension, if it would.
+    pub ambiguous: Option<String>,
 }

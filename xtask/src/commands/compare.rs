@@ -27,7 +27,8 @@ pub struct Compare {
     /// The layers to compare instead of the manifest's: `all`, or numbers like `0,5,29` (negative from the last: -1).
     #[arg(long, value_name = "all|N,N,...", allow_hyphen_values = true)]
     layers: Option<String>,
-    /// Compare this existing run directory (run.json + checkpoint files) instead of running the extractor.
+    /// Compare this existing run directory (run.json + checkpoint files) instead of running the
+    /// extractor; without a manifest, a run of every node (the extractor's `--tensors '*'`).
     #[arg(long)]
     run: Option<PathBuf>,
     /// Also rerun llama.cpp with an f32 KV cache, with -t 1 and on f32 weights, and attribute the error.

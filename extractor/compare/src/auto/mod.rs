@@ -49,10 +49,10 @@ const DRAFT_MIN_TOKENS: i64 = 11;
 /// a dimension (its shapes write a dimension equal to the token count as
 /// `n_tokens`), if it would.
 fn ambiguous(s: &Symbols) -> Option<String> {
-    if s.n_tokens < DRAFT_MIN_TOKENS {
+    let n = s.n_tokens;
+    if n < DRAFT_MIN_TOKENS {
         return Some(format!(
-            "the prompt gives {} tokens, fewer than {DRAFT_MIN_TOKENS}",
-            s.n_tokens
+            "the prompt gives {n} tokens, fewer than {DRAFT_MIN_TOKENS} (a dimension of {n} would read as `n_tokens`, and few tokens pair few nodes)"
         ));
     }
     let named = [
@@ -65,10 +65,9 @@ fn ambiguous(s: &Symbols) -> Option<String> {
         ("n_ff", s.n_ff),
         ("n_vocab", s.n_vocab),
     ];
-    let (name, _) = named.into_iter().find(|&(_, v)| v == s.n_tokens)?;
+    let (name, _) = named.into_iter().find(|&(_, v)| v == n)?;
     Some(format!(
-        "the prompt gives {} tokens, as many as {name}",
-        s.n_tokens
+        "the prompt gives {n} tokens, as many as {name} ({name} would read as `n_tokens`)"
     ))
 }
 
@@ -103,8 +102,8 @@ pub fn run_and_match(
     let ambiguous = ambiguous(&record.symbols);
     if let (true, Some(why)) = (drafting, &ambiguous) {
         anyhow::bail!(
-            "--draft-manifest: {why}, so the drafted shapes could not tell the two apart; \
-             give a --prompt of more tokens (a prime number of them never equals a product of dimensions)"
+            "--draft-manifest: {why}: give a --prompt of {DRAFT_MIN_TOKENS} tokens or more (a prime \
+             number of them is never a product of dimensions), or leave out --draft-manifest"
         );
     }
     if let Some(candidate) = &opts.candidate {
@@ -469,7 +468,7 @@ mod tests {
         s.n_head = 23;
         assert_eq!(
             ambiguous(&s).as_deref(),
-            Some("the prompt gives 23 tokens, as many as n_head")
+            Some("the prompt gives 23 tokens, as many as n_head (n_head would read as `n_tokens`)")
         );
         s.n_tokens = 2;
         assert!(ambiguous(&s).unwrap().contains("fewer than 11"));

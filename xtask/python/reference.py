@@ -83,7 +83,11 @@ def load_model(job):
     through transformers' own GGUF loader. Parsing a GGUF (its vocabulary above all) takes 9 to
     40 s; the model it gives is saved once as safetensors in $LLORCH_REFERENCE_MODELS/<sha256 of
     the GGUF>, and later jobs load that."""
-    eager = dict(dtype=torch.float32, attn_implementation="eager")  # eager: attention probabilities exist
+    # eager attention: the probabilities exist. transformers 5 runs a mixture of experts' experts
+    # through grouped matmuls, which refuse float64; its eager loop computes them one by one.
+    eager = dict(dtype=torch.float32, attn_implementation="eager")
+    if int(transformers.__version__.split(".")[0]) >= 5:
+        eager["experts_implementation"] = "eager"
     if job.get("hf"):
         return AutoModelForCausalLM.from_pretrained(job["hf"], **eager).eval(), False
     path, sha256 = job["gguf"], job.get("gguf_sha256")
@@ -94,7 +98,7 @@ def load_model(job):
         return AutoModelForCausalLM.from_pretrained(saved, **eager).eval(), True
     try:
         model = AutoModelForCausalLM.from_pretrained(
-            os.path.dirname(os.path.abspath(path)), gguf_file=os.path.basename(path), **eager
+            os.path.dirname(os.path.abspath(path)), gguf_file=os.path.basename(path), **eager, **dense(path)
         ).eval()
     except (ValueError, RuntimeError, KeyError, NotImplementedError) as e:
         fail(
@@ -104,6 +108,10 @@ def load_model(job):
             f"(cargo xtask compare --hf DIR converts it with the pinned converter and compares with it)",
             4,
         )
+    # transformers 5 remembers that the model came from a GGUF, and will not save it; dequantized
+    # as it is, it is a plain model.
+    model.hf_quantizer = None
+    model.config.__dict__.pop("quantization_config", None)
     if saved and make_room(root, model):
         # Whole or not at all: written beside, then renamed into place.
         partial = f"{saved}.partial-{os.getpid()}"
@@ -114,6 +122,17 @@ def load_model(job):
         except OSError:  # a full disk, or another job saved it first: a cache may stay cold
             shutil.rmtree(partial, ignore_errors=True)
     return model, False
+
+
+def dense(path):
+    """What makes transformers unpack every GGUF weight to floats at load: 4.x always does; 5.x
+    keeps quantized blocks and multiplies them with its own kernels where it can, which would
+    make the reference compute with llama.cpp's quantized arithmetic instead of float64."""
+    if int(transformers.__version__.split(".")[0]) < 5:
+        return {}
+    from transformers import GgufConfig
+
+    return {"quantization_config": GgufConfig(gguf_file=os.path.basename(path), dequantize=True)}
 
 
 def make_room(root, model):
@@ -320,15 +339,25 @@ def run_variant(model, variant, tokens, wanted):
     for l, probs in enumerate(out.attentions or ()):
         if f"attentions.{l}" not in recorder.tensors:
             recorder.keep(f"attentions.{l}", probs, late=True)
-    cache = out.past_key_values
-    legacy = cache.to_legacy_cache() if hasattr(cache, "to_legacy_cache") else cache
     # With f16_attn the cache is what ggml stores: f16.
     stored = f16 if "f16_attn" in flags else (lambda t: t)
-    for l, (k, v) in enumerate(legacy or ()):
+    for l, (k, v) in enumerate(cache_layers(out)):
         recorder.keep(f"present.{l}.key", stored(k), late=True)
         recorder.keep(f"present.{l}.value", stored(v), late=True)
     recorder.keep("logits", out.logits, late=True)
     return recorder, out.logits[0, -1]
+
+
+def cache_layers(out):
+    """Each layer's (keys, values) of the pass's cache: transformers 5 calls it
+    `cache` (4.x `past_key_values`), its layers hold `keys` and `values`
+    (4.56 on); older caches are tuples, or convert to them."""
+    cache = out["cache"] if "cache" in out else out.get("past_key_values")
+    if cache is None:
+        return []
+    if hasattr(cache, "layers"):
+        return [(layer.keys, layer.values) for layer in cache.layers if getattr(layer, "keys", None) is not None]
+    return cache.to_legacy_cache() if hasattr(cache, "to_legacy_cache") else cache
 
 
 def layer_of(name):

@@ -25,16 +25,20 @@ use crate::llama_cpp::tools::{self, PIP};
 use crate::project::Project;
 use crate::step::Step;
 
-/// Pinned, with what llama.cpp's converter asks for (its
-/// requirements-convert_hf_to_gguf.txt: torch 2.11.0, transformers 4.57.6,
-/// numpy ~2.2.6, sentencepiece, protobuf < 5; gguf-py: tqdm, pyyaml, requests).
-/// torch is PyPI's default wheel (with its CUDA libraries, ~4 GB: PyPI
-/// has no CPU-only build, and torch does not import without them).
+/// Pinned: the reference's transformers, the current 5.x, and what
+/// llama.cpp's converter asks for beside its own transformers
+/// ([`CONVERTER_TRANSFORMERS`]; its requirements-convert_hf_to_gguf.txt:
+/// torch 2.11.0, numpy ~2.2.6, sentencepiece, protobuf < 5; gguf-py: tqdm,
+/// pyyaml, requests). torch is PyPI's default wheel (with its CUDA
+/// libraries, ~4 GB: PyPI has no CPU-only build, and torch does not import
+/// without them).
 const REQUIREMENTS: &[&str] = &[
     "torch==2.11.0",
-    "transformers==4.57.6",
-    "tokenizers==0.22.2",
-    "huggingface_hub==0.36.2",
+    "transformers==5.25.0",
+    "tokenizers==0.23.3",
+    "huggingface_hub==2.4.0",
+    // transformers 5 imports it (its GGUF matmul kernels; the reference dequantizes instead).
+    "kernels==0.19.1",
     "safetensors==0.8.0",
     "numpy==2.2.6",
     "sentencepiece==0.2.3",
@@ -49,13 +53,51 @@ const REQUIREMENTS: &[&str] = &[
     "scikit-build-core==1.1.2",
 ];
 
+/// The converter's transformers, which its requirements pin: the pinned
+/// `convert_hf_to_gguf.py` and its vocabulary code are written for 4.x (they
+/// assert 4.x's tokenizer classes). Installed apart, without dependencies
+/// (the venv has them all), into [`converter_site`], first on the converter's
+/// `PYTHONPATH`: it shadows the venv's 5.x there and nowhere else.
+const CONVERTER_TRANSFORMERS: &[&str] = &[
+    "transformers==4.57.6",
+    "tokenizers==0.22.2",
+    "huggingface_hub==0.36.2",
+];
+
+/// The transformers version the reference runs ([`REQUIREMENTS`]'s), and the
+/// converter's ([`CONVERTER_TRANSFORMERS`]'s).
+pub fn transformers_versions() -> (&'static str, &'static str) {
+    let pinned = |list: &[&'static str]| {
+        list.iter()
+            .find_map(|r| r.strip_prefix("transformers=="))
+            .expect("transformers is pinned")
+    };
+    (pinned(REQUIREMENTS), pinned(CONVERTER_TRANSFORMERS))
+}
+
+/// Where [`CONVERTER_TRANSFORMERS`] are installed.
+pub fn converter_site(project: &Project) -> PathBuf {
+    venv_dir(project).join("converter-transformers")
+}
+
+/// What the venv's stamp records: both lists, so that a change to either installs again.
+fn stamp_text() -> String {
+    REQUIREMENTS
+        .iter()
+        .chain(["# the converter's:"].iter())
+        .chain(CONVERTER_TRANSFORMERS)
+        .copied()
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
 /// torch brings triton, torch.compile's GPU compiler (0.6 GB): the
 /// reference runs eagerly on the CPU, and torch imports without it.
 const EXCLUDED: &str = "triton";
 
 /// The venv once installed (torch with its CUDA libraries is most of it).
 /// uv unpacks each wheel as it arrives, so nothing more waits on disk.
-const INSTALLED_GB: f64 = 4.3;
+const INSTALLED_GB: f64 = 4.5;
 
 /// The sdist that carries the converter's Python packages.
 const CONVERTER_SDIST: (&str, &str) = ("llama-cpp-python", "0.3.36");
@@ -70,7 +112,7 @@ fn venv_dir(project: &Project) -> PathBuf {
 pub fn installed(project: &Project) -> Option<PathBuf> {
     let venv = venv_dir(project);
     let stamp = std::fs::read_to_string(venv.join("llorch-requirements.txt")).ok()?;
-    (stamp == REQUIREMENTS.join("\n") && venv.join("bin/python").is_file()).then_some(venv)
+    (stamp == stamp_text() && venv.join("bin/python").is_file()).then_some(venv)
 }
 
 /// The environment could not be installed for lack of disk, with the
@@ -121,7 +163,7 @@ pub fn ensure(project: &Project) -> Result<PathBuf> {
     let venv = venv_dir(project);
     let python = venv.join("bin/python");
     let stamp = venv.join("llorch-requirements.txt");
-    let wanted = REQUIREMENTS.join("\n");
+    let wanted = stamp_text();
     if std::fs::read_to_string(&stamp).ok().as_deref() == Some(wanted.as_str()) && python.is_file()
     {
         return Ok(python);
@@ -195,6 +237,8 @@ fn install(project: &Project, step: &Step, python: &Path, venv: &Path) -> Result
             ));
             step.run_watched("uv pip install (second try)", uv, progress)
         });
+    let installed =
+        installed.and_then(|()| install_converter_transformers(project, step, python, &cache));
     let _ = std::fs::remove_dir_all(&cache);
     if let Err(err) = &installed {
         if err.to_string().contains("No space left") {
@@ -204,6 +248,39 @@ fn install(project: &Project, step: &Step, python: &Path, venv: &Path) -> Result
     installed.context(
         "uv could not install the pinned Python packages from PyPI (is PyPI reachable? is there disk space for torch?).\n\
          Retry with: cargo xtask model --self-test-hf",
+    )
+}
+
+/// [`CONVERTER_TRANSFORMERS`] into [`converter_site`], afresh.
+fn install_converter_transformers(
+    project: &Project,
+    step: &Step,
+    python: &Path,
+    cache: &Path,
+) -> Result<()> {
+    let site = converter_site(project);
+    let _ = std::fs::remove_dir_all(&site);
+    let uv = duct::cmd(
+        tools::ensure(project)?.uv,
+        [
+            "pip",
+            "install",
+            "--no-progress",
+            "--compile-bytecode",
+            "--no-deps",
+            "--python",
+        ]
+        .into_iter()
+        .map(OsString::from)
+        .chain([python.into(), "--target".into(), site.into()])
+        .chain(CONVERTER_TRANSFORMERS.iter().map(OsString::from)),
+    )
+    .env("UV_CACHE_DIR", cache)
+    .env("UV_HTTP_RETRIES", "10");
+    step.run_watched(
+        "uv pip install (the converter's transformers)",
+        uv,
+        progress,
     )
 }
 
@@ -261,7 +338,8 @@ fn progress(step: &Step, line: &str) {
 pub struct Converter {
     pub python: PathBuf,
     pub script: PathBuf,
-    /// Where its `conversion` and `gguf` packages are.
+    /// Its own transformers ([`CONVERTER_TRANSFORMERS`]), then its
+    /// `conversion` and `gguf` packages.
     pub pythonpath: OsString,
 }
 
@@ -282,7 +360,7 @@ pub fn converter(project: &Project) -> Result<Converter> {
     Ok(Converter {
         python,
         script,
-        pythonpath: packages.into_os_string(),
+        pythonpath: std::env::join_paths([converter_site(project), packages])?,
     })
 }
 

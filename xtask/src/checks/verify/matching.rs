@@ -21,7 +21,7 @@ use llorch_checkpoint_spec::record::FlashAttnMode;
 use super::ctx::Ctx;
 use super::report::Report;
 use crate::llama_cpp::tree::TreeArg;
-use crate::models::model::{from_hf, tiny, Outtype};
+use crate::models::model::{from_hf, tiny, tiny_saved_by, Outtype, SavedBy};
 use crate::models::prompts::MATCHING_PROMPT;
 use crate::runs::sides::{LlamaCpp, PyTorch};
 
@@ -52,6 +52,15 @@ pub fn checks(report: &mut Report, ctx: &Ctx<'_>) {
             t,
         );
     }
+    let t = Instant::now();
+    check(
+        report,
+        "a tiny qwen3 saved by the converter's transformers (4.57.6) and the same saved by the reference's (5.x): \
+         both convert and compare, to the same figures",
+        &["qwen3-saved-by-4", "qwen3-saved-by-5"],
+        saved_by_both(ctx),
+        t,
+    );
     let t = Instant::now();
     check(
         report,
@@ -154,6 +163,49 @@ fn tiny_compare(ctx: &Ctx<'_>, arch: &str) -> Result<String> {
         "{line}; drafted {} ({} checkpoints)",
         draft.display(),
         drafted.checkpoints.len()
+    ))
+}
+
+/// Checkpoints are saved by transformers 4 and 5 alike, and their files
+/// differ (5 names its tokenizer class `TokenizersBackend`, which the
+/// converter's 4.57.6 does not know): the same seed saved by each converts
+/// and compares, and the two comparisons say the same.
+fn saved_by_both(ctx: &Ctx<'_>) -> Result<String> {
+    let mut lines = Vec::new();
+    for (by, name) in [(SavedBy::Converter, "4"), (SavedBy::Reference, "5")] {
+        let hf = tiny_saved_by(ctx.project, "qwen3", 0, by)?;
+        let out = ctx
+            .work
+            .join("matching")
+            .join(format!("qwen3-saved-by-{name}"));
+        let (outcome, line) = hf_compare(ctx, &hf, &out, None)?;
+        if let Some(why) = &outcome.failure {
+            anyhow::bail!("saved by transformers {name}: {why}\n{line}");
+        }
+        let saved: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(hf.join("llorch-tiny.json"))?)?;
+        lines.push((
+            saved["transformers"].as_str().unwrap_or("?").to_string(),
+            line,
+        ));
+    }
+    ensure!(
+        lines[0].0.starts_with("4.") && lines[1].0.starts_with("5."),
+        "the two were saved by transformers {} and {}",
+        lines[0].0,
+        lines[1].0
+    );
+    ensure!(
+        lines[0].1 == lines[1].1,
+        "saved by {}: {}\nsaved by {}: {}",
+        lines[0].0,
+        lines[0].1,
+        lines[1].0,
+        lines[1].1
+    );
+    Ok(format!(
+        "saved by {} and by {}, each: {}",
+        lines[0].0, lines[1].0, lines[1].1
     ))
 }
 

@@ -79,6 +79,9 @@ pub fn from_hf(project: &Project, dir: &Path, outtype: Outtype, force: bool) -> 
     let converter = python::converter(project)?;
     std::fs::create_dir_all(models_dir(project))?;
     let tmp = out.with_extension(format!("tmp{}.gguf", std::process::id()));
+    let staging = out.with_extension(format!("staging{}", std::process::id()));
+    let staged = staged_for_converter(&dir, &staging)?;
+    let input = staged.as_deref().unwrap_or(&dir);
     let sh = project.shell()?;
     let _env = sh.push_env("PYTHONPATH", &converter.pythonpath);
     let _local = sh.push_env("NO_LOCAL_GGUF", "1");
@@ -86,12 +89,13 @@ pub fn from_hf(project: &Project, dir: &Path, outtype: Outtype, force: bool) -> 
     let started = Instant::now();
     let result = cmd!(
         sh,
-        "{py} {script} --outfile {tmp} --outtype {outtype} {dir}"
+        "{py} {script} --outfile {tmp} --outtype {outtype} {input}"
     )
     .quiet()
     .ignore_status()
-    .output()
-    .context("cannot start the project's Python")?;
+    .output();
+    let _ = std::fs::remove_dir_all(&staging);
+    let result = result.context("cannot start the project's Python")?;
     if !result.status.success() {
         let _ = std::fs::remove_file(&tmp);
         let stderr = String::from_utf8_lossy(&result.stderr);
@@ -110,6 +114,55 @@ pub fn from_hf(project: &Project, dir: &Path, outtype: Outtype, force: bool) -> 
         started.elapsed().as_secs_f64()
     );
     Ok(out)
+}
+
+/// A checkpoint as the converter's transformers 4.x reads it. transformers 5
+/// saves a tokenizer as `tokenizer_class: TokenizersBackend`, which 4.x does
+/// not know, and its `extra_special_tokens` as a list, where 4.x wants a
+/// map: for such a checkpoint, `staging` holds links to its files and its
+/// `tokenizer_config.json` rewritten to what 4.x reads (the same
+/// `tokenizer.json` as a `PreTrainedTokenizerFast`, the extra tokens among
+/// the additional special ones). None where 4.x reads it as it is.
+fn staged_for_converter(dir: &Path, staging: &Path) -> Result<Option<PathBuf>> {
+    let config = dir.join("tokenizer_config.json");
+    let Ok(text) = std::fs::read(&config) else {
+        return Ok(None);
+    };
+    let mut json: serde_json::Value = serde_json::from_slice(&text)
+        .with_context(|| format!("{} is not JSON", config.display()))?;
+    let Some(map) = json.as_object_mut() else {
+        return Ok(None);
+    };
+    let mut changed = false;
+    if map.get("tokenizer_class").and_then(|c| c.as_str()) == Some("TokenizersBackend") {
+        map.insert("tokenizer_class".into(), "PreTrainedTokenizerFast".into());
+        changed = true;
+    }
+    if let Some(serde_json::Value::Array(extra)) = map.remove("extra_special_tokens") {
+        let additional = map
+            .entry("additional_special_tokens")
+            .or_insert_with(|| serde_json::Value::Array(Vec::new()));
+        if let Some(list) = additional.as_array_mut() {
+            list.extend(extra);
+        }
+        changed = true;
+    }
+    if !changed {
+        return Ok(None);
+    }
+    let _ = std::fs::remove_dir_all(staging);
+    std::fs::create_dir_all(staging)?;
+    for entry in std::fs::read_dir(dir)? {
+        let path = entry?.path();
+        if path != config {
+            std::os::unix::fs::symlink(&path, staging.join(path.file_name().unwrap_or_default()))?;
+        }
+    }
+    std::fs::write(
+        staging.join("tokenizer_config.json"),
+        serde_json::to_vec_pretty(&json)?,
+    )?;
+    Ok(Some(staging.to_path_buf()))
 }
 
 /// The first 12 hex digits of a sha256 over the converter script and each
@@ -136,27 +189,58 @@ fn content_key(dir: &Path, script: &Path) -> Result<String> {
     Ok(hex::encode(key.finalize())[..12].to_string())
 }
 
+/// Which transformers saves a tiny model: the reference's (5.x), or the
+/// converter's (4.57.6), whose files differ (the tokenizer's class above all).
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub enum SavedBy {
+    Reference,
+    Converter,
+}
+
 /// A tiny random Hugging Face model of `arch` (seeded; SmolLM2's tokenizer,
-/// which the converter knows), made once into `target/llorch/models/tiny/<arch>-s<seed>`.
+/// which the converter knows), saved by the reference's transformers, made
+/// once into `target/llorch/models/tiny/<arch>-s<seed>`.
 pub fn tiny(project: &Project, arch: &str, seed: u64) -> Result<PathBuf> {
+    tiny_saved_by(project, arch, seed, SavedBy::Reference)
+}
+
+/// [`tiny`], saved by either transformers (the converter's into `<arch>-s<seed>-t4`).
+pub fn tiny_saved_by(project: &Project, arch: &str, seed: u64, by: SavedBy) -> Result<PathBuf> {
     ensure!(
         TINY.contains(&arch),
         "--tiny {arch}: the tiny architectures are {}",
         TINY.join(", ")
     );
+    let suffix = match by {
+        SavedBy::Reference => "",
+        SavedBy::Converter => "-t4",
+    };
     let dir = models_dir(project)
         .join("tiny")
-        .join(format!("{arch}-s{seed}"));
-    if dir.join("llorch-tiny.json").is_file() {
+        .join(format!("{arch}-s{seed}{suffix}"));
+    // Made by the transformers that saves it now, or made again.
+    let (reference, converter) = python::transformers_versions();
+    let wanted = match by {
+        SavedBy::Reference => reference,
+        SavedBy::Converter => converter,
+    };
+    let made = std::fs::read(dir.join("llorch-tiny.json")).ok();
+    let made: Option<serde_json::Value> = made.and_then(|b| serde_json::from_slice(&b).ok());
+    if made.is_some_and(|m| m["transformers"] == wanted) {
         return Ok(dir);
     }
-    let tokenizer = models_dir(project).join("tiny").join("tokenizer-smollm2");
+    // Each transformers reads the tokenizer files it saved.
+    let tokenizer = models_dir(project)
+        .join("tiny")
+        .join(format!("tokenizer-smollm2-{wanted}"));
     let gguf = crate::models::catalogue::fetch(project, "smollm2-135m")?;
     let py = python::ensure(project)?;
     let script = project.root().join("xtask/python/tiny.py");
     let staging = dir.with_extension(format!("tmp{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&staging);
     let sh = project.shell()?;
+    let _site = (by == SavedBy::Converter)
+        .then(|| sh.push_env("PYTHONPATH", python::converter_site(project)));
     let seed_text = seed.to_string();
     let result = cmd!(
         sh,
@@ -200,7 +284,11 @@ config = transformers.GPT2Config(vocab_size=50257, n_positions=128, n_ctx=128, n
                                  bos_token_id=50256, eos_token_id=50256)
 model = transformers.GPT2LMHeadModel(config)
 model.save_pretrained({hf:?}, safe_serialization=True)
-tok = transformers.GPT2TokenizerFast(vocab_file={encoder:?}, merges_file={vocab:?})
+# transformers 5 names the files `vocab` and `merges`; 4.x `vocab_file` and `merges_file`.
+files = dict(vocab={encoder:?}, merges={vocab:?})
+if int(transformers.__version__.split(".")[0]) < 5:
+    files = dict(vocab_file=files["vocab"], merges_file=files["merges"])
+tok = transformers.GPT2TokenizerFast(**files)
 tok.save_pretrained({hf:?})
 ids = tok("Hello world")["input_ids"]
 assert ids == [15496, 995], ids
@@ -265,6 +353,48 @@ mod tests {
             a,
             content_key(&c, &script).unwrap(),
             "another converter: converted again"
+        );
+    }
+
+    #[test]
+    fn a_tokenizer_saved_by_transformers_5_is_staged_as_4_reads_it() {
+        let root = tempfile::tempdir().unwrap();
+        let dir = root.path().join("model");
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::write(dir.join("model.safetensors"), [1u8, 2, 3]).unwrap();
+        let config = dir.join("tokenizer_config.json");
+        let staging = root.path().join("staged");
+        std::fs::write(&config, r#"{"tokenizer_class": "PreTrainedTokenizerFast"}"#).unwrap();
+        assert_eq!(
+            staged_for_converter(&dir, &staging).unwrap(),
+            None,
+            "4.x reads it"
+        );
+        std::fs::write(
+            &config,
+            r#"{"tokenizer_class": "TokenizersBackend", "backend": "tokenizers", "extra_special_tokens": ["<a>"], "additional_special_tokens": ["<b>"]}"#,
+        )
+        .unwrap();
+        let staged = staged_for_converter(&dir, &staging).unwrap().unwrap();
+        let json: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(staged.join("tokenizer_config.json")).unwrap())
+                .unwrap();
+        assert_eq!(json["tokenizer_class"], "PreTrainedTokenizerFast");
+        assert_eq!(
+            json["additional_special_tokens"],
+            serde_json::json!(["<b>", "<a>"])
+        );
+        assert!(json.get("extra_special_tokens").is_none());
+        assert_eq!(
+            std::fs::read(staged.join("model.safetensors")).unwrap(),
+            [1, 2, 3],
+            "the other files are the checkpoint's, linked"
+        );
+        assert!(
+            std::fs::read_to_string(&config)
+                .unwrap()
+                .contains("TokenizersBackend"),
+            "the original is untouched"
         );
     }
 }

@@ -29,7 +29,7 @@ use crate::step::Step;
 mod hf;
 mod parts;
 use hf::self_test_hf;
-pub use hf::{from_hf, tiny, Outtype, TINY};
+pub use hf::{from_hf, tiny, tiny_saved_by, Outtype, SavedBy, TINY};
 use parts::{check, ensure_tools_built, models_dir, TIKTOKEN};
 pub use parts::{tokenizer_files, Dtype};
 

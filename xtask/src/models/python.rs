@@ -209,22 +209,14 @@ fn install(project: &Project, step: &Step, python: &Path, venv: &Path) -> Result
     let cache = venv.join("uv-cache");
     let excludes = venv.join("llorch-excluded.txt");
     std::fs::write(&excludes, EXCLUDED)?;
-    let uv = duct::cmd(
-        tools::ensure(project)?.uv,
-        [
-            "pip",
-            "install",
-            "--no-progress",
-            "--compile-bytecode",
-            "--python",
-        ]
-        .into_iter()
-        .map(OsString::from)
-        .chain([python.into(), "--excludes".into(), excludes.into()])
-        .chain(REQUIREMENTS.iter().chain([&PIP]).map(OsString::from)),
-    )
-    .env("UV_CACHE_DIR", &cache)
-    .env("UV_HTTP_RETRIES", "10");
+    let uv = uv_install(
+        project,
+        python,
+        &cache,
+        ["--excludes".into(), excludes.into_os_string()]
+            .into_iter()
+            .chain(REQUIREMENTS.iter().chain([&PIP]).map(OsString::from)),
+    )?;
     let installed = step
         .run_watched("uv pip install", uv.clone(), progress)
         .or_else(|first| {
@@ -260,28 +252,45 @@ fn install_converter_transformers(
 ) -> Result<()> {
     let site = converter_site(project);
     let _ = std::fs::remove_dir_all(&site);
-    let uv = duct::cmd(
-        tools::ensure(project)?.uv,
-        [
-            "pip",
-            "install",
-            "--no-progress",
-            "--compile-bytecode",
-            "--no-deps",
-            "--python",
-        ]
-        .into_iter()
-        .map(OsString::from)
-        .chain([python.into(), "--target".into(), site.into()])
-        .chain(CONVERTER_TRANSFORMERS.iter().map(OsString::from)),
-    )
-    .env("UV_CACHE_DIR", cache)
-    .env("UV_HTTP_RETRIES", "10");
+    let uv = uv_install(
+        project,
+        python,
+        cache,
+        ["--no-deps".into(), "--target".into(), site.into_os_string()]
+            .into_iter()
+            .chain(CONVERTER_TRANSFORMERS.iter().map(OsString::from)),
+    )?;
     step.run_watched(
         "uv pip install (the converter's transformers)",
         uv,
         progress,
     )
+}
+
+/// `uv pip install` into the venv of `python`, bytecode compiled, then `args`.
+fn uv_install(
+    project: &Project,
+    python: &Path,
+    cache: &Path,
+    args: impl IntoIterator<Item = OsString>,
+) -> Result<duct::Expression> {
+    let fixed = [
+        "pip",
+        "install",
+        "--no-progress",
+        "--compile-bytecode",
+        "--python",
+    ];
+    Ok(duct::cmd(
+        tools::ensure(project)?.uv,
+        fixed
+            .into_iter()
+            .map(OsString::from)
+            .chain([python.as_os_str().to_os_string()])
+            .chain(args),
+    )
+    .env("UV_CACHE_DIR", cache)
+    .env("UV_HTTP_RETRIES", "10"))
 }
 
 /// Says before a 3 GB download, not after it, that space looks short. Only

@@ -76,6 +76,10 @@ class Unavailable(Exception):
 TANH_GELUS = {"NewGELUActivation", "GELUTanh", "PytorchGELUTanh", "GELUPytorchTanh"}
 
 
+# The reference runs transformers 5; 4.x (the converter's) still loads models the 4.x way.
+TRANSFORMERS_5 = int(transformers.__version__.split(".")[0]) >= 5
+
+
 def load_model(job):
     """The job's model in transformers, in float32, and whether it came from the saved copy.
 
@@ -86,7 +90,7 @@ def load_model(job):
     # eager attention: the probabilities exist. transformers 5 runs a mixture of experts' experts
     # through grouped matmuls, which refuse float64; its eager loop computes them one by one.
     eager = dict(dtype=torch.float32, attn_implementation="eager")
-    if int(transformers.__version__.split(".")[0]) >= 5:
+    if TRANSFORMERS_5:
         eager["experts_implementation"] = "eager"
     if job.get("hf"):
         return AutoModelForCausalLM.from_pretrained(job["hf"], **eager).eval(), False
@@ -128,7 +132,7 @@ def dense(path):
     """What makes transformers unpack every GGUF weight to floats at load: 4.x always does; 5.x
     keeps quantized blocks and multiplies them with its own kernels where it can, which would
     make the reference compute with llama.cpp's quantized arithmetic instead of float64."""
-    if int(transformers.__version__.split(".")[0]) < 5:
+    if not TRANSFORMERS_5:
         return {}
     from transformers import GgufConfig
 

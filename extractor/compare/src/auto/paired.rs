@@ -154,6 +154,7 @@ fn write_run(m: &Matched, picked: &[Picked], layers: Option<Vec<u32>>, out: &Pat
         let cp = by_index
             .get(&node.index)
             .with_context(|| format!("the graph run has no file of node {}", node.index))?;
+        let source = m.graph_run.join(&cp.file);
         let mut cp = CheckpointRecord {
             id: p.entry.id.clone(),
             layer: p.entry.layer,
@@ -164,7 +165,7 @@ fn write_run(m: &Matched, picked: &[Picked], layers: Option<Vec<u32>>, out: &Pat
         let path = out.join(&cp.file);
         match m.matching.pair_of(node_at).and_then(|pair| pair.crop) {
             Some((axis, keep)) => cropped(node, axis, keep, &path, &mut cp)?,
-            None => link(&m.graph_run.join(&by_index[&node.index].file), &path)?,
+            None => link(&source, &path)?,
         }
         record.checkpoints.push(cp);
     }

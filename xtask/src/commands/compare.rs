@@ -73,7 +73,7 @@ pub struct Compare {
     #[arg(long, value_name = "DIR", conflicts_with_all = ["model", "tiny", "sequential", "self_test"])]
     hf: Option<PathBuf>,
     /// A tiny random Hugging Face model of this architecture (`cargo xtask model --tiny`), as --hf.
-    #[arg(long, value_name = "ARCH", value_parser = clap::builder::PossibleValuesParser::new(crate::models::model::TINY),
+    #[arg(long, value_name = "ARCH",
           conflicts_with_all = ["model", "sequential", "self_test"])]
     tiny: Option<String>,
     /// What --hf and --tiny convert the weights to (the converter's --outtype).

@@ -2,6 +2,7 @@
 //! the libraries beside this folder; no module imports a command.
 
 pub mod compare;
+pub mod conformance;
 pub mod diff_trees;
 pub mod doctor;
 pub mod extract;

@@ -350,6 +350,8 @@ pub struct Converter {
     /// Its own transformers ([`CONVERTER_TRANSFORMERS`]), then its
     /// `conversion` and `gguf` packages.
     pub pythonpath: OsString,
+    /// Its `conversion` and `gguf` packages' directory.
+    pub packages: PathBuf,
 }
 
 pub fn converter(project: &Project) -> Result<Converter> {
@@ -369,7 +371,8 @@ pub fn converter(project: &Project) -> Result<Converter> {
     Ok(Converter {
         python,
         script,
-        pythonpath: std::env::join_paths([converter_site(project), packages])?,
+        pythonpath: std::env::join_paths([converter_site(project), packages.clone()])?,
+        packages,
     })
 }
 

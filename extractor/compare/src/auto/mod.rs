@@ -29,8 +29,8 @@ mod matched;
 mod paired;
 mod said;
 pub use matched::Matched;
-pub use said::figures;
-use said::{matching_json, node_divergence, summary};
+pub use said::{figures, node_divergence};
+use said::{matching_json, summary};
 
 /// What the automatic comparison needs beyond [`Options`].
 pub struct Auto {

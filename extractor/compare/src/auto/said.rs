@@ -172,7 +172,7 @@ fn shortened_list(names: &[String], n: usize) -> String {
 
 /// The first failing checkpoint as a node of the graph: which node,
 /// which tensor, and the nodes just before it that have no counterpart.
-pub(super) fn node_divergence(p: &Matched, outcome: &Outcome) -> Option<String> {
+pub fn node_divergence(p: &Matched, outcome: &Outcome) -> Option<String> {
     let row = outcome.rows.iter().find(|r| !r.pass)?;
     let role = p.roles.iter().find(|r| r.id == row.id)?;
     let member = role

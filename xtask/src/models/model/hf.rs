@@ -3,6 +3,7 @@
 //! `convert_hf_to_gguf.py` knows, converted by it; tiny random ones made by
 //! transformers (`xtask/python/tiny.py`) to test with.
 
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
@@ -37,17 +38,19 @@ impl Outtype {
     }
 }
 
-/// The architectures `--tiny` makes (transformers' model types; `tiny.py` has their shapes).
-pub const TINY: &[&str] = &[
-    "llama",
-    "mistral",
-    "qwen3",
-    "starcoder2",
-    "stablelm",
-    "falcon",
-    "qwen2_moe",
-    "qwen3_moe",
-];
+/// The architectures `--tiny` makes: transformers' causal-LM model types
+/// whose class the pinned converter registers, each with that class's name.
+pub fn tiny_architectures(project: &Project) -> Result<BTreeMap<String, String>> {
+    let converter = python::converter(project)?;
+    let script = project.root().join("xtask/python/tiny.py");
+    let (python, packages) = (&converter.python, &converter.packages);
+    let sh = project.shell()?;
+    let out = cmd!(sh, "{python} {script} --list --conversion {packages}")
+        .quiet()
+        .read()
+        .context("tiny.py could not list the architectures")?;
+    serde_json::from_str(&out).context("tiny.py --list printed no JSON")
+}
 
 /// Converts a Hugging Face checkpoint; returns the GGUF's path. It is kept
 /// as `<dir name>-<key>-hf-<outtype>.gguf`, the key a digest of the
@@ -204,20 +207,20 @@ pub fn tiny(project: &Project, arch: &str, seed: u64) -> Result<PathBuf> {
     tiny_saved_by(project, arch, seed, SavedBy::Reference)
 }
 
+/// Where [`tiny`] makes `arch`'s model.
+pub fn tiny_dir(project: &Project, arch: &str, seed: u64) -> PathBuf {
+    models_dir(project)
+        .join("tiny")
+        .join(format!("{arch}-s{seed}"))
+}
+
 /// [`tiny`], saved by either transformers (the converter's into `<arch>-s<seed>-t4`).
 pub fn tiny_saved_by(project: &Project, arch: &str, seed: u64, by: SavedBy) -> Result<PathBuf> {
-    ensure!(
-        TINY.contains(&arch),
-        "--tiny {arch}: the tiny architectures are {}",
-        TINY.join(", ")
-    );
     let suffix = match by {
         SavedBy::Reference => "",
         SavedBy::Converter => "-t4",
     };
-    let dir = models_dir(project)
-        .join("tiny")
-        .join(format!("{arch}-s{seed}{suffix}"));
+    let dir = tiny_dir(project, arch, seed).with_file_name(format!("{arch}-s{seed}{suffix}"));
     // Made by the transformers that saves it now, or made again.
     let (reference, converter) = python::transformers_versions();
     let wanted = match by {
@@ -234,7 +237,8 @@ pub fn tiny_saved_by(project: &Project, arch: &str, seed: u64, by: SavedBy) -> R
         .join("tiny")
         .join(format!("tokenizer-smollm2-{wanted}"));
     let gguf = crate::models::catalogue::fetch(project, "smollm2-135m")?;
-    let py = python::ensure(project)?;
+    let converter = python::converter(project)?;
+    let (py, packages) = (&converter.python, &converter.packages);
     let script = project.root().join("xtask/python/tiny.py");
     let staging = dir.with_extension(format!("tmp{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&staging);
@@ -244,7 +248,7 @@ pub fn tiny_saved_by(project: &Project, arch: &str, seed: u64, by: SavedBy) -> R
     let seed_text = seed.to_string();
     let result = cmd!(
         sh,
-        "{py} {script} {arch} {staging} --seed {seed_text} --tokenizer {tokenizer} --tokenizer-gguf {gguf}"
+        "{py} {script} {arch} {staging} --seed {seed_text} --tokenizer {tokenizer} --tokenizer-gguf {gguf} --conversion {packages}"
     )
     .quiet()
     .ignore_status()

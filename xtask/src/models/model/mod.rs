@@ -29,7 +29,7 @@ use crate::step::Step;
 mod hf;
 mod parts;
 use hf::self_test_hf;
-pub use hf::{from_hf, tiny, tiny_saved_by, Outtype, SavedBy, TINY};
+pub use hf::{from_hf, tiny, tiny_architectures, tiny_dir, tiny_saved_by, Outtype, SavedBy};
 use parts::{check, ensure_tools_built, models_dir, TIKTOKEN};
 pub use parts::{tokenizer_files, Dtype};
 
@@ -60,9 +60,10 @@ pub struct Model {
     /// the pinned convert_hf_to_gguf.py, for any architecture it knows.
     #[arg(long, conflicts_with_all = ["self_test_hf", "tiny"])]
     hf: Option<PathBuf>,
-    /// Write a tiny random Hugging Face model of this architecture (2 layers, 128 wide, seeded by
-    /// --seed, SmolLM2's tokenizer) into target/llorch/models/tiny, and convert it.
-    #[arg(long, value_name = "ARCH", value_parser = clap::builder::PossibleValuesParser::new(TINY), conflicts_with = "self_test_hf")]
+    /// Write a tiny random Hugging Face model of this architecture (a transformers model type that
+    /// the pinned converter registers: `cargo xtask conformance --list`; 2 layers, 128 wide,
+    /// seeded by --seed) into target/llorch/models/tiny, and convert it.
+    #[arg(long, value_name = "ARCH", conflicts_with = "self_test_hf")]
     tiny: Option<String>,
     /// Check the --hf path end to end: write a tiny random HF GPT-2 with transformers, convert, load it.
     #[arg(long)]

@@ -340,12 +340,13 @@ def run_variant(model, variant, tokens, wanted):
         for h in hooks:
             h.remove()
         swap_gelus(m, False)
-    for l, probs in enumerate(out.attentions or ()):
+    # State-space models have no attention, and their outputs no `attentions`.
+    for l, probs in enumerate(getattr(out, "attentions", None) or ()):
         if f"attentions.{l}" not in recorder.tensors:
             recorder.keep(f"attentions.{l}", probs, late=True)
     # With f16_attn the cache is what ggml stores: f16.
     stored = f16 if "f16_attn" in flags else (lambda t: t)
-    for l, (k, v) in enumerate(cache_layers(out)):
+    for l, k, v in cache_layers(out):
         recorder.keep(f"present.{l}.key", stored(k), late=True)
         recorder.keep(f"present.{l}.value", stored(v), late=True)
     recorder.keep("logits", out.logits, late=True)
@@ -353,15 +354,21 @@ def run_variant(model, variant, tokens, wanted):
 
 
 def cache_layers(out):
-    """Each layer's (keys, values) of the pass's cache: transformers 5 calls it
-    `cache` (4.x `past_key_values`), its layers hold `keys` and `values`
-    (4.56 on); older caches are tuples, or convert to them."""
+    """Each attention layer's (layer, keys, values) of the pass's cache:
+    transformers 5 calls it `cache` (4.x `past_key_values`), its layers hold
+    `keys` and `values` (4.56 on; a hybrid model's other layers hold none);
+    older caches are tuples, or convert to them; a state-space cache has none."""
     cache = out["cache"] if "cache" in out else out.get("past_key_values")
     if cache is None:
         return []
     if hasattr(cache, "layers"):
-        return [(layer.keys, layer.values) for layer in cache.layers if getattr(layer, "keys", None) is not None]
-    return cache.to_legacy_cache() if hasattr(cache, "to_legacy_cache") else cache
+        return [(l, layer.keys, layer.values) for l, layer in enumerate(cache.layers)
+                if getattr(layer, "keys", None) is not None]
+    if hasattr(cache, "to_legacy_cache"):
+        cache = cache.to_legacy_cache()
+    if not isinstance(cache, (tuple, list)):
+        return []
+    return [(l, k, v) for l, (k, v) in enumerate(cache)]
 
 
 def layer_of(name):

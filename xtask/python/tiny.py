@@ -27,6 +27,7 @@ stay near unit scale through the layers and the attention is far from uniform.
 """
 
 import argparse
+import hashlib
 import json
 import os
 import shutil
@@ -40,18 +41,31 @@ from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, CONFIG
 # The rule: each of these a config has (under its own name, through its attribute_map) is set so.
 SHRINK = dict(
     hidden_size=128, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2, head_dim=32,
-    intermediate_size=320, max_position_embeddings=2048, tie_word_embeddings=False,
-    # Mixtures of experts: 4 experts, 2 per token, every layer sparse.
+    intermediate_size=320, max_position_embeddings=2048,
+    # Mixtures of experts: 4 experts, 2 per token, one shared, every layer sparse but the first where
+    # a config keeps dense ones first.
     num_experts=4, num_local_experts=4, n_routed_experts=4, num_experts_per_tok=2, moe_intermediate_size=64,
-    shared_expert_intermediate_size=128, decoder_sparse_step=1, first_k_dense_replace=1, n_group=1, topk_group=1,
+    shared_expert_intermediate_size=128, shared_experts_intermediate_size=128, n_shared_experts=1, decoder_sparse_step=1, first_k_dense_replace=1,
+    n_group=1, topk_group=1,
     # Multi-head latent attention.
     q_lora_rank=64, kv_lora_rank=32, qk_rope_head_dim=16, qk_nope_head_dim=16, v_head_dim=32,
+    # Sparse attention's indexer (DeepSeek V3.2).
+    index_n_heads=4, index_head_dim=32, index_topk=8,
+    # Gemma 3n's per-layer inputs, and its KV sharing (two layers leave none to share).
+    hidden_size_per_layer_input=32, num_kv_shared_layers=0, laurel_rank=16,
     # State-space and linear-attention layers.
     linear_num_key_heads=2, linear_num_value_heads=4, linear_key_head_dim=32, linear_value_head_dim=32,
-    mamba_n_heads=4, mamba_d_head=32, mamba_d_state=16, state_size=16, n_groups=1, mamba_n_groups=1,
-    # Sliding windows wider than the prompt would hide them; narrower than it tests them.
+    mamba_n_heads=8, mamba_d_head=32, mamba_d_state=16, state_size=16, n_groups=1, mamba_n_groups=1,
+    # Sliding windows shorter than the matching prompt, so that they are tested.
     sliding_window=16,
+    # Gemma 2's query scale is 1/sqrt(this); its checkpoints set it to the head dim, as llama.cpp assumes.
+    query_pre_attn_scalar=32,
 )
+# A tiny model is at most this big (SmolLM2's vocabulary alone is 12.6M parameters, untied).
+MAX_PARAMETERS = 40_000_000
+
+# Keys whose None means "off" or "derived", left None; any other key the config has is set, None or not.
+NONE_MEANS_OFF = {"head_dim", "sliding_window", "q_lora_rank", "query_pre_attn_scalar"}
 
 # Where the rule cannot work: the architecture, what it needs beyond SHRINK, and why.
 OVERRIDES = {
@@ -59,16 +73,37 @@ OVERRIDES = {
     "starcoder2": (dict(use_bias=True), "starcoder2's checkpoints have biases"),
     "stablelm": (dict(use_qkv_bias=True), "Q/K/V biases as StableLM 2's checkpoints have"),
     "falcon": (dict(num_kv_heads=1, multi_query=True, new_decoder_architecture=False, parallel_attn=True, bias=False,
-                    num_key_value_heads=None, intermediate_size=None, tie_word_embeddings=None),
-               "Falcon-7B's layout (one KV head, parallel attention); its config has no KV-head, FFN or tying keys"),
-    "qwen2_moe": (dict(num_experts=4), "as the rule; qwen2_moe also has a shared expert"),
+                    num_key_value_heads=None, intermediate_size=None),
+               "Falcon-7B's layout (one KV head, parallel attention); its config has no KV-head or FFN keys"),
     "qwen3_moe": (dict(norm_topk_prob=True),
                   "Qwen3's MoE models renormalise the top-k routing weights, as llama.cpp's qwen3moe graph always does "
                   "(transformers' config defaults to not doing it)"),
+    "bitnet": (dict(tie_word_embeddings=True), "llama.cpp's bitnet has no output weight: BitNet ties it"),
+    "dots3_note_text": (dict(num_key_value_heads=4, head_dim=32),
+                        "its config requires as many KV heads as heads, and a sliding layer's head dim of "
+                        "qk_nope_head_dim + qk_rope_head_dim"),
+    "bamba": (dict(attn_layer_indices=[1]),
+              "one attention layer of the two, as Bamba interleaves them (the default, none, is a model the converter refuses)"),
+    "gpt2": (dict(n_ctx=2048), "published GPT-2 configs have n_ctx, which the converter reads; transformers 5 no longer writes it"),
+    "gpt-sw3": (dict(n_ctx=2048), "as gpt2"),
+    "deepseek_v32": (dict(add_bos_token=True), "the converter asks for a tokenizer that adds a BOS"),
+    "hunyuan_v1_dense": (dict(head_dim=32), "its config leaves head_dim None, which its model cannot derive"),
+    "hunyuan_v1_moe": (dict(head_dim=32), "as hunyuan_v1_dense"),
+    "lfm2": (dict(layer_types=["conv", "full_attention"], full_attn_idxs=[1]),
+             "LFM2's checkpoints interleave short convolutions with attention; the config's default is attention only"),
+    "lfm2_moe": (dict(layer_types=["conv", "full_attention"], num_dense_layers=1),
+                 "as lfm2; the config's default layer_types (None) cannot be built"),
 }
 
+# Special tokens a converter looks up by name, added to the tokenizer (they do not change its hash).
+SPECIAL_TOKENS = {
+    arch: ["<|user|>", "<|observation|>", "[gMASK]", "<sop>", "<eop>", "<|assistant|>", "<|system|>"]
+    for arch in ("glm", "glm4", "glm4_moe", "glm4_moe_lite", "glm_moe_dsa", "param2moe", "sarvam_moe")
+}
+SPECIAL_TOKENS["solar_open"] = ["<unk>", "<|startoftext|>"]
 # The architectures whose converter reads a SentencePiece tokenizer.model and nothing else.
-SENTENCEPIECE = {"gemma", "gemma2", "gemma3", "gemma3_text", "phi3", "gemma3n", "gemma3n_text"}
+SENTENCEPIECE = {"gemma", "gemma2", "gemma3", "gemma3_text", "phi3", "gemma3n", "gemma3n_text", "ernie4_5", "jamba", "minicpm3", "nemotron",
+                 "ernie4_5_moe"}
 
 
 def causal_lms(conversion_dir):
@@ -80,11 +115,15 @@ def causal_lms(conversion_dir):
 
 
 def shrunk_config(arch, vocab, special):
-    """The config class's defaults, shrunk by SHRINK and OVERRIDES."""
+    """The config class's defaults, shrunk by SHRINK and OVERRIDES; a composite model's
+    sub-configs (text, vision, audio) shrunk by the same rule."""
     cls = CONFIG_MAPPING[arch]
     defaults = cls().to_dict()
-    names = {k: cls.attribute_map.get(k, k) for k in SHRINK}
-    wanted = {names[k]: v for k, v in SHRINK.items() if defaults.get(names[k]) is not None}
+    wanted = shrunk(cls, defaults)
+    for key, value in defaults.items():
+        if key.endswith("_config") and isinstance(value, dict) and value.get("model_type") in CONFIG_MAPPING:
+            sub = shrunk(CONFIG_MAPPING[value["model_type"]], value)
+            wanted[key] = {**value, **sub, **({"vocab_size": vocab, **special} if key == "text_config" else {})}
     extra, _why = OVERRIDES.get(arch, ({}, ""))
     for k, v in extra.items():
         k = cls.attribute_map.get(k, k)
@@ -92,27 +131,60 @@ def shrunk_config(arch, vocab, special):
             wanted.pop(k, None)
         else:
             wanted[k] = v
-    # State-space layers whose inner width is `expand` times the model's (the converter checks it).
-    if defaults.get("expand") and names["intermediate_size"] in defaults:
-        wanted[names["intermediate_size"]] = defaults["expand"] * SHRINK["hidden_size"]
-    layers_key = names["num_hidden_layers"]
-    wanted.update(kinds_once(defaults, layers_key))
     wanted.update(vocab_size=vocab, **{k: v for k, v in special.items() if k in defaults})
+    if "vocab_size_per_layer_input" in defaults:
+        wanted["vocab_size_per_layer_input"] = vocab
     return AutoConfig.for_model(arch, **wanted, dtype="float32")
 
 
+def shrunk(cls, defaults):
+    """SHRINK's keys that `defaults` (a config class's) has, under that class's names."""
+    names = {k: cls.attribute_map.get(k, k) for k in SHRINK}
+    wanted = {names[k]: v for k, v in SHRINK.items()
+              if names[k] in defaults and (defaults[names[k]] is not None or k not in NONE_MEANS_OFF)}
+    # Multi-head latent attention has as many KV heads as heads (the converter checks it), and
+    # its rotary part is the head dim where a config has both.
+    if "kv_lora_rank" in defaults:
+        if names["num_key_value_heads"] in wanted:
+            wanted[names["num_key_value_heads"]] = SHRINK["num_attention_heads"]
+        if "head_dim" in wanted:
+            wanted["head_dim"] = SHRINK["qk_rope_head_dim"]
+    # State-space layers whose inner width is `expand` times the model's (the converter checks it).
+    for expand in ("expand", "mamba_expand"):
+        inner = (defaults.get(expand) or 0) * SHRINK["hidden_size"]
+        if inner and names["intermediate_size"] in defaults:
+            wanted[names["intermediate_size"]] = inner
+        if inner and "mamba_d_ssm" in defaults:
+            wanted["mamba_d_ssm"] = inner
+        # Mamba 2's heads tile the inner width.
+        if inner and "num_heads" in defaults and "head_dim" in wanted:
+            wanted["num_heads"] = inner // wanted["head_dim"]
+    wanted.update(kinds_once(defaults, names["num_hidden_layers"]))
+    return wanted
+
+
 def kinds_once(defaults, layers_key):
-    """Per-layer lists (layer_types and the like) cut to one layer of each kind, in order; the
-    layer count follows (at least 2)."""
+    """Per-layer lists (layer_types and the like, of any values) and per-layer maps cut to the
+    layers that hold one of each kind, in order (at least 2); the layer count follows."""
     n = defaults.get(layers_key)
-    out = {}
+    if not n:
+        return {}
+    per_layer = {k: v for k, v in defaults.items() if isinstance(v, list) and len(v) == n}
+    keep = set()
+    for value in per_layer.values():
+        if all(isinstance(v, str) for v in value):
+            keep.update(value.index(kind) for kind in dict.fromkeys(value))
+    for i in range(n):
+        if len(keep) >= 2:
+            break
+        keep.add(i)
+    keep = sorted(keep)
+    out = {k: [v[i] for i in keep] for k, v in per_layer.items()}
     for key, value in defaults.items():
-        if isinstance(value, list) and n and len(value) == n and all(isinstance(v, str) for v in value):
-            kinds = list(dict.fromkeys(value))
-            while len(kinds) < 2:
-                kinds.append(kinds[-1])
-            out[key] = kinds
-            out[layers_key] = len(kinds)
+        if "layer" in key and isinstance(value, dict) and value and all(str(k).isdigit() for k in value):
+            by_layer = {int(k): v for k, v in value.items()}
+            out[key] = {new: by_layer[old] for new, old in enumerate(keep) if old in by_layer}
+    out[layers_key] = len(keep)
     return out
 
 
@@ -158,6 +230,8 @@ def sentencepiece_model(cache, bpe):
 def tokenizer_for(arch, cache, gguf):
     """The tokenizer files' writer, the vocabulary size and the special token ids."""
     bpe = bpe_tokenizer(cache, gguf)
+    if arch in SPECIAL_TOKENS:
+        bpe.add_special_tokens({"additional_special_tokens": SPECIAL_TOKENS[arch]})
     if arch not in SENTENCEPIECE:
         special = dict(bos_token_id=bpe.bos_token_id, eos_token_id=bpe.eos_token_id, pad_token_id=bpe.eos_token_id)
         return (lambda out: bpe.save_pretrained(out)), len(bpe), special
@@ -165,7 +239,8 @@ def tokenizer_for(arch, cache, gguf):
 
     def write(out):
         shutil.copy(model, os.path.join(out, "tokenizer.model"))
-        json.dump({"bos_token": "<s>", "eos_token": "</s>", "unk_token": "<unk>", "add_bos_token": True},
+        json.dump({"tokenizer_class": "LlamaTokenizer", "bos_token": "<s>", "eos_token": "</s>", "unk_token": "<unk>",
+                   "add_bos_token": True},
                   open(os.path.join(out, "tokenizer_config.json"), "w"), indent=2)
     return write, 1024, dict(bos_token_id=1, eos_token_id=2, pad_token_id=0)
 
@@ -203,6 +278,12 @@ def main():
                  + ", ".join(known))
     write_tokenizer, vocab, special = tokenizer_for(args.arch, args.tokenizer, args.tokenizer_gguf)
     config = shrunk_config(args.arch, vocab, special)
+    # Counted on the meta device first: a sub-config the rule missed would make gigabytes.
+    with torch.device("meta"):
+        params = sum(p.numel() for p in AutoModelForCausalLM.from_config(config).parameters())
+    if params > MAX_PARAMETERS:
+        sys.exit(f"tiny: the shrunk {args.arch} would have {params:,} parameters, over {MAX_PARAMETERS:,}: "
+                 "a size the rule does not reach needs an override in tiny.py")
     torch.manual_seed(args.seed)
     model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
     randomise(model, args.seed)
@@ -211,7 +292,8 @@ def main():
     write_tokenizer(args.out)
     params = sum(p.numel() for p in model.parameters())
     json.dump({"arch": args.arch, "seed": args.seed, "class": type(model).__name__, "parameters": params,
-               "transformers": transformers.__version__, "override": OVERRIDES.get(args.arch, (None, None))[1]},
+               "transformers": transformers.__version__,
+               "tiny_py": hashlib.sha256(open(__file__, "rb").read()).hexdigest()[:12], "override": OVERRIDES.get(args.arch, (None, None))[1]},
               open(os.path.join(args.out, "llorch-tiny.json"), "w"), indent=2)
     print(f"tiny: {type(model).__name__}, {params:,} parameters, seed {args.seed}, into {args.out}")
 

@@ -5,7 +5,7 @@
 use std::ffi::{c_char, c_void, CStr, CString};
 use std::os::unix::ffi::OsStrExt;
 use std::path::PathBuf;
-use std::sync::Once;
+use std::sync::{Mutex, Once};
 
 use super::sys;
 
@@ -121,9 +121,21 @@ pub fn devices() -> Vec<(String, String)> {
         .collect()
 }
 
+/// llama.cpp's last error lines, kept even where its log is not shown: the
+/// reason a load failed (`error loading model: ...`, then `failed to load
+/// model`), for the error that reports it.
+static LAST_ERRORS: Mutex<Vec<String>> = Mutex::new(Vec::new());
+const ERRORS_KEPT: usize = 2;
+
+/// llama.cpp's last error-level log lines, oldest first, if it logged any.
+pub fn last_error() -> Option<String> {
+    let errors = LAST_ERRORS.lock().ok()?;
+    (!errors.is_empty()).then(|| errors.join("; "))
+}
+
 /// llama.cpp logs line fragments; they go to the `llama.cpp` log target
-/// (shown with `-v`). Never unwinds into C: logging cannot panic here, and if
-/// it did, `catch_unwind` swallows it.
+/// (shown with `-v`), and an error's is kept ([`last_error`]). Never unwinds
+/// into C: logging cannot panic here, and if it did, `catch_unwind` swallows it.
 unsafe extern "C" fn log_trampoline(
     level: sys::ggml_log_level,
     text: *const c_char,
@@ -145,6 +157,14 @@ unsafe extern "C" fn log_trampoline(
             sys::ggml_log_level::GGML_LOG_LEVEL_INFO => log::Level::Info,
             _ => log::Level::Debug,
         };
+        if level == log::Level::Error {
+            if let Ok(mut errors) = LAST_ERRORS.lock() {
+                if errors.len() == ERRORS_KEPT {
+                    errors.remove(0);
+                }
+                errors.push(text.to_string());
+            }
+        }
         log::log!(target: "llama.cpp", level, "{text}");
     });
 }

@@ -68,11 +68,14 @@ impl Model {
         };
         match NonNull::new(ptr) {
             Some(ptr) => Ok(Model { ptr }),
-            None => bail!(
-                "llama.cpp could not load {} (not a GGUF model it supports, or a truncated or corrupt file; \
-                 run with -v to see llama.cpp's reason)",
-                path.display()
-            ),
+            None => match super::backend::last_error() {
+                Some(reason) => bail!("llama.cpp could not load {}: {reason}", path.display()),
+                None => bail!(
+                    "llama.cpp could not load {} (not a GGUF model it supports, or a truncated or corrupt file; \
+                     run with -v to see llama.cpp's log)",
+                    path.display()
+                ),
+            },
         }
     }
 

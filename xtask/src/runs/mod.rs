@@ -1,6 +1,8 @@
 //! Running llama.cpp and the reference: one typed extractor run (`extractor`),
-//! the comparison's two sides (`sides`), one run through two trees (`two_trees`).
+//! the comparison's two sides (`sides`), one run through two trees (`two_trees`),
+//! one architecture tried on a tiny model for the conformance table (`conformance`).
 
+pub mod conformance;
 pub mod extractor;
 pub mod sides;
 pub mod two_trees;

@@ -38,6 +38,8 @@ pub struct LlamaCpp<'a> {
     tree: TreeArg,
     /// `--flash-attn` for every run; None: the extractor's default (auto).
     flash_attn: Option<FlashAttnMode>,
+    /// Every run with an f32 KV cache (`--kv-type f32`), not llama.cpp's f16.
+    kv_f32: bool,
     exe: OnceCell<PathBuf>,
 }
 
@@ -53,7 +55,24 @@ impl LlamaCpp<'_> {
             project,
             tree,
             flash_attn,
+            kv_f32: false,
             exe: OnceCell::new(),
+        }
+    }
+
+    /// Every run with an f32 KV cache: f32 weights then leave f32 rounding
+    /// alone, and what exceeds it is the graph's.
+    pub fn with_f32_cache(self) -> Self {
+        LlamaCpp {
+            kv_f32: true,
+            ..self
+        }
+    }
+
+    fn kv_flags(&self, asked: bool) -> &'static [&'static str] {
+        match asked || self.kv_f32 {
+            true => &["--kv-type", "f32"],
+            false => &[],
         }
     }
 
@@ -86,9 +105,7 @@ impl Extractor for LlamaCpp<'_> {
         if let Some(layers) = run.layers {
             command = command.layers(layers);
         }
-        if run.kv_f32 {
-            command = command.args(["--kv-type", "f32"]);
-        }
+        command = command.args(self.kv_flags(run.kv_f32));
         if run.sequential {
             command = command.arg("--sequential");
         }
@@ -107,7 +124,7 @@ impl Extractor for LlamaCpp<'_> {
             Prompt::Text(text) => command.prompt(text),
             Prompt::Tokens(ids) => command.tokens(ids),
         };
-        let command = command.tensors("*").generate(0);
+        let command = command.tensors("*").generate(0).args(self.kv_flags(false));
         let command = match flash_attn {
             Some(on) => command.flash_attn(FlashAttnMode::from(on)),
             None => command.args(self.flash_attn_flags()),

@@ -17,7 +17,8 @@
 //!   against transformers, bitwise-equal logits, a candidate, sliding windows;
 //! - any architecture: tiny random models of five, qwen2 from PyPI, by
 //!   matching alone; a real divergence found at its node; the pairs against
-//!   the hand-written manifests;
+//!   the hand-written manifests; a sample of the conformance table tried
+//!   again, one architecture of each outcome;
 //! - your own llama.cpp: an older tree as a read-only directory, built and
 //!   compared with the pin checkpoint by checkpoint, unchanged after; a
 //!   tree too old refused by name;
@@ -40,6 +41,7 @@ use crate::project::Project;
 mod browser;
 mod cargo_test;
 mod checks;
+mod conformance;
 mod ctx;
 mod docs;
 mod engine;
@@ -172,6 +174,7 @@ impl Verify {
         }
         if self.runs(Group::Matching) {
             matching::checks(&mut report, &ctx);
+            conformance::checks(&mut report, &ctx);
         }
         if self.runs(Group::Trees) {
             trees::tree_checks(&mut report, &ctx, self.full);

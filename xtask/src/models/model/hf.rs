@@ -229,7 +229,10 @@ pub fn tiny_saved_by(project: &Project, arch: &str, seed: u64, by: SavedBy) -> R
     };
     let made = std::fs::read(dir.join("llorch-tiny.json")).ok();
     let made: Option<serde_json::Value> = made.and_then(|b| serde_json::from_slice(&b).ok());
-    if made.is_some_and(|m| m["transformers"] == wanted) {
+    // ... and by this tiny.py, whose rules make it.
+    let script = project.root().join("xtask/python/tiny.py");
+    let rules = &sha256_file(&script)?[..12];
+    if made.is_some_and(|m| m["transformers"] == wanted && m["tiny_py"] == rules) {
         return Ok(dir);
     }
     // Each transformers reads the tokenizer files it saved.
@@ -239,7 +242,6 @@ pub fn tiny_saved_by(project: &Project, arch: &str, seed: u64, by: SavedBy) -> R
     let gguf = crate::models::catalogue::fetch(project, "smollm2-135m")?;
     let converter = python::converter(project)?;
     let (py, packages) = (&converter.python, &converter.packages);
-    let script = project.root().join("xtask/python/tiny.py");
     let staging = dir.with_extension(format!("tmp{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&staging);
     let sh = project.shell()?;

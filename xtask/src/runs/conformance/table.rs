@@ -147,8 +147,9 @@ impl Table {
              same rows, with each divergence's config). Each row is a tiny random model of one \
              architecture that transformers implements as a causal LM and the pinned converter \
              registers: made by `cargo xtask model --tiny ARCH` (2 layers, 128 wide, f32, seeded), \
-             converted, run by llama.cpp and by transformers over the matching prompt, paired by \
-             value and compared in every layer, each pair against the tolerance of f32 weights. \
+             converted, run by llama.cpp (with an f32 KV cache, so that only f32 rounding is \
+             left) and by transformers over the matching prompt, paired by value and compared in \
+             every layer, each pair against the tolerance of f32 weights. \
              Random weights test the graph, not trained numerics. The reports are written under \
              `target/llorch/conformance/` by the run that made the row.\n\n",
         );

@@ -76,7 +76,7 @@ fn stages(
     if !existed {
         made.push(gguf.clone());
     }
-    let llama = Blamed::new(LlamaCpp::new(project));
+    let llama = Blamed::new(LlamaCpp::new(project).with_f32_cache());
     let torch = Blamed::new(PyTorch::new(project));
     let opts = Options {
         layers: Some("all".into()),
@@ -203,9 +203,18 @@ fn reason(err: &anyhow::Error) -> String {
             )
         }
         Some(i) => lines[i].to_string(),
+        // The extractor's own `error:` line, after its banner.
+        None if lines.iter().any(|l| l.starts_with("error: ")) => {
+            let last = lines.iter().rev().find(|l| l.starts_with("error: "));
+            last.map_or("", |l| &l["error: ".len()..]).to_string()
+        }
+        // A first line that announces what follows: with what follows.
+        None if lines.first().is_some_and(|l| l.ends_with(':')) => {
+            lines[..lines.len().min(2)].join(" ")
+        }
         None => lines.first().copied().unwrap_or("no message").to_string(),
     };
-    line.chars().take(240).collect()
+    line.chars().take(400).collect()
 }
 
 /// A side that remembers whether it failed: the stage that stopped a comparison.
@@ -269,7 +278,17 @@ mod tests {
         let err =
             anyhow::anyhow!("could not convert:\n  assert d == 2 * m\n    ^^^^\n  AssertionError");
         assert_eq!(reason(&err), "AssertionError (assert d == 2 * m)");
-        let err = anyhow::anyhow!("llama.cpp could not load the model\nsome log");
-        assert_eq!(reason(&err), "llama.cpp could not load the model");
+        let err = anyhow::anyhow!("llama.cpp could not load the model:\nunknown architecture");
+        assert_eq!(
+            reason(&err),
+            "llama.cpp could not load the model: unknown architecture"
+        );
+        let err = anyhow::anyhow!(
+            "could not capture:\nextractor: pinned\nerror: llama.cpp could not load m.gguf: missing tensor"
+        );
+        assert_eq!(
+            reason(&err),
+            "llama.cpp could not load m.gguf: missing tensor"
+        );
     }
 }

@@ -1,7 +1,7 @@
 //! `cargo xtask conformance`: every architecture that transformers
 //! implements as a causal LM and the pinned converter registers, tried end
-//! to end on a tiny random model and classified (`tried.rs`); the table
-//! (`table.rs`) written to `docs/conformance.md` and `.json` from every
+//! to end on a tiny random model and classified (`runs/conformance`); the
+//! table written to `docs/conformance.md` and `.json` from every
 //! result made with the current versions. Each result is kept
 //! (`target/llorch/conformance/cache`), keyed by architecture, seed and the
 //! versions that make it, so a run stopped by its budget or a signal goes
@@ -15,19 +15,11 @@ use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
-use llorch_checkpoint_spec::files::{sha256_file, write_atomically};
+use llorch_checkpoint_spec::files::write_atomically;
 
-use crate::llama_cpp::pin::Pin;
 use crate::models::model::tiny_architectures;
-use crate::models::python::transformers_versions;
 use crate::project::Project;
-use table::{Row, Table, Versions};
-
-mod table;
-mod tried;
-
-pub use table::Outcome;
-pub use tried::try_one;
+use crate::runs::conformance::{try_one, Row, Table, Versions};
 
 #[derive(clap::Args)]
 pub struct Conformance {
@@ -63,7 +55,7 @@ impl Conformance {
             return Ok(());
         }
         let chosen = self.chosen(&known)?;
-        let versions = versions(project)?;
+        let versions = Versions::now(project)?;
         let cache = Cache::new(project, &versions, self.seed);
         let started = Instant::now();
         let mut timed = Vec::new();
@@ -153,19 +145,6 @@ fn eta(timed: &[f64], left: usize) -> String {
         "{left} left, about {} more",
         crate::step::seconds(Duration::from_secs_f64(left_s))
     )
-}
-
-/// The versions a row is made with.
-fn versions(project: &Project) -> Result<Versions> {
-    let pin = Pin::load(&project.root().join("vendor/pin.yaml"))?;
-    let (transformers, converter) = transformers_versions();
-    let tiny_py = sha256_file(&project.root().join("xtask/python/tiny.py"))?;
-    Ok(Versions {
-        llama_cpp: pin.describe(),
-        transformers: transformers.into(),
-        converter_transformers: converter.into(),
-        tiny_py: tiny_py[..12].into(),
-    })
 }
 
 /// The kept results: one file per architecture and seed, with the versions it was made with.

@@ -51,8 +51,9 @@ SHRINK = dict(
     q_lora_rank=64, kv_lora_rank=32, qk_rope_head_dim=16, qk_nope_head_dim=16, v_head_dim=32,
     # Sparse attention's indexer (DeepSeek V3.2).
     index_n_heads=4, index_head_dim=32, index_topk=8,
-    # Gemma 3n's per-layer inputs, and its KV sharing (two layers leave none to share).
-    hidden_size_per_layer_input=32, num_kv_shared_layers=0, laurel_rank=16,
+    # Gemma 3n's KV sharing (two layers leave none to share). Its per-layer input width stays:
+    # llama.cpp's gemma3n takes it as 256.
+    num_kv_shared_layers=0, laurel_rank=16,
     # State-space and linear-attention layers.
     linear_num_key_heads=2, linear_num_value_heads=4, linear_key_head_dim=32, linear_value_head_dim=32,
     mamba_n_heads=8, mamba_d_head=32, mamba_d_state=16, state_size=16, n_groups=1, mamba_n_groups=1,
@@ -89,6 +90,11 @@ OVERRIDES = {
     "deepseek_v32": (dict(add_bos_token=True), "the converter asks for a tokenizer that adds a BOS"),
     "hunyuan_v1_dense": (dict(head_dim=32), "its config leaves head_dim None, which its model cannot derive"),
     "hunyuan_v1_moe": (dict(head_dim=32), "as hunyuan_v1_dense"),
+    "dots1": (dict(num_key_value_heads=4), "dots.llm1 is multi-head; its converter writes no KV head count"),
+    "phi": (dict(num_key_value_heads=4), "Phi-1 and 2 are multi-head; the converter writes no KV head count for phi2"),
+    "olmoe": (dict(num_key_value_heads=4), "OLMoE is multi-head; llama.cpp sizes its K norm by the model width"),
+    "falcon_h1": (dict(head_dim=32), "published Falcon-H1 configs set head_dim, which the converter reads"),
+    "gemma4_assistant": (dict(hidden_size_per_layer_input=0), "its config requires no per-layer input"),
     "lfm2": (dict(layer_types=["conv", "full_attention"], full_attn_idxs=[1]),
              "LFM2's checkpoints interleave short convolutions with attention; the config's default is attention only"),
     "lfm2_moe": (dict(layer_types=["conv", "full_attention"], num_dense_layers=1),
@@ -103,6 +109,7 @@ SPECIAL_TOKENS = {
 SPECIAL_TOKENS["solar_open"] = ["<unk>", "<|startoftext|>"]
 # The architectures whose converter reads a SentencePiece tokenizer.model and nothing else.
 SENTENCEPIECE = {"gemma", "gemma2", "gemma3", "gemma3_text", "phi3", "gemma3n", "gemma3n_text", "ernie4_5", "jamba", "minicpm3", "nemotron",
+                 "gemma4", "gemma4_text", "gemma4_assistant", "gemma4_unified", "gemma4_unified_assistant",
                  "ernie4_5_moe"}
 
 
@@ -114,16 +121,23 @@ def causal_lms(conversion_dir):
     return {t: c for t, c in sorted(CAUSAL.items()) if c in TEXT_MODEL_MAP}
 
 
+# The tokenizer's vocabulary size, once chosen (per-layer embeddings of sub-configs need it).
+VOCAB = [0]
+
+
 def shrunk_config(arch, vocab, special):
     """The config class's defaults, shrunk by SHRINK and OVERRIDES; a composite model's
     sub-configs (text, vision, audio) shrunk by the same rule."""
     cls = CONFIG_MAPPING[arch]
     defaults = cls().to_dict()
+    VOCAB[0] = vocab
     wanted = shrunk(cls, defaults)
     for key, value in defaults.items():
         if key.endswith("_config") and isinstance(value, dict) and value.get("model_type") in CONFIG_MAPPING:
             sub = shrunk(CONFIG_MAPPING[value["model_type"]], value)
-            wanted[key] = {**value, **sub, **({"vocab_size": vocab, **special} if key == "text_config" else {})}
+            if key == "text_config":
+                sub.update(vocab_size=vocab, **special)
+            wanted[key] = {**value, **sub}
     extra, _why = OVERRIDES.get(arch, ({}, ""))
     for k, v in extra.items():
         k = cls.attribute_map.get(k, k)
@@ -132,8 +146,6 @@ def shrunk_config(arch, vocab, special):
         else:
             wanted[k] = v
     wanted.update(vocab_size=vocab, **{k: v for k, v in special.items() if k in defaults})
-    if "vocab_size_per_layer_input" in defaults:
-        wanted["vocab_size_per_layer_input"] = vocab
     return AutoConfig.for_model(arch, **wanted, dtype="float32")
 
 
@@ -159,7 +171,23 @@ def shrunk(cls, defaults):
         # Mamba 2's heads tile the inner width.
         if inner and "num_heads" in defaults and "head_dim" in wanted:
             wanted["num_heads"] = inner // wanted["head_dim"]
-    wanted.update(kinds_once(defaults, names["num_hidden_layers"]))
+    cut = kinds_once(defaults, names["num_hidden_layers"])
+    # A per-layer list of a shrunk key (intermediate_size as a list, num_attention_heads_per_layer)
+    # shrinks with it.
+    for key, value in cut.items():
+        if isinstance(value, list) and isinstance(wanted.get(key), int):
+            cut[key] = [wanted[key]] * len(value)
+            continue
+        for name, shrunk_to in wanted.items():
+            if isinstance(value, list) and key.startswith(name + "_") and defaults.get(name) is not None:
+                cut[key] = [shrunk_to if v == defaults[name] else v for v in value]
+    # A period of sliding layers follows the cut layer types: the first full layer closes it.
+    if "sliding_window_pattern" in defaults and "full_attention" in cut.get("layer_types", []):
+        cut["sliding_window_pattern"] = cut["layer_types"].index("full_attention") + 1
+    wanted.update(cut)
+    # Gemma 3n's per-layer embeddings index the same vocabulary.
+    if "vocab_size_per_layer_input" in defaults:
+        wanted["vocab_size_per_layer_input"] = VOCAB[0]
     return wanted
 
 

@@ -5,7 +5,7 @@
 mod table;
 mod tried;
 
-pub use table::{Finding, Outcome, Row, Table, Versions};
+pub use table::{Row, Table, Versions};
 pub use tried::try_one;
 
 use anyhow::Result;

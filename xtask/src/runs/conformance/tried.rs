@@ -42,6 +42,8 @@ pub fn try_one(project: &Project, arch: &str, class: &str, seed: u64, out: &Path
     };
     let mut made = Vec::new();
     let (outcome, reason) = stages(project, &mut row, out, &mut made);
+    // Paths in the project said from its root: the table is committed.
+    let reason = reason.replace(&format!("{}/", project.root().display()), "");
     // What this try made and nothing else needs: up to 100 MB an architecture.
     for path in made {
         let _ = std::fs::remove_dir_all(&path).or_else(|_| std::fs::remove_file(&path));

@@ -80,7 +80,7 @@ impl Conformance {
             timed.push(row.seconds);
             let left = chosen[i + 1..]
                 .iter()
-                .filter(|a| cache.get(a).is_none())
+                .filter(|a| self.fresh || cache.get(a).is_none())
                 .count();
             println!(
                 "[{}/{}] {}; {}",

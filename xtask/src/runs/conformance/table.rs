@@ -201,11 +201,12 @@ fn findings(rows: &[Row]) -> String {
         let Some(f) = &row.finding else { continue };
         let _ = writeln!(
             md,
-            "- **`{}`**: first beyond tolerance: {}. {}. Reproduce: `{}`.",
+            "- **`{}`**: first beyond tolerance: {}. {}. Reproduce: `{}` (or by hand: `{}`).",
             row.arch,
             f.checkpoint,
             f.node,
-            f.commands.join("` then `")
+            f.commands.first().map_or("", String::as_str),
+            f.commands.get(1).map_or("", String::as_str)
         );
     }
     md

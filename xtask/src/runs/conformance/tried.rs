@@ -161,17 +161,20 @@ fn judged(
     (Outcome::Diverges, why)
 }
 
-/// The commands that make the same comparison.
+/// The commands that make the same comparison: the conformance run of this
+/// architecture alone (llama.cpp with the same f32 KV cache), and the
+/// comparison by hand, whose f16 cache adds its own rounding.
 fn commands(arch: &str, seed: u64) -> Vec<String> {
-    match seed {
-        0 => vec![format!("cargo xtask compare --tiny {arch} --layers all")],
-        _ => vec![
-            format!("cargo xtask model --tiny {arch} --seed {seed}"),
-            format!(
-                "cargo xtask compare --hf target/llorch/models/tiny/{arch}-s{seed} --layers all"
-            ),
-        ],
-    }
+    let hf = match seed {
+        0 => format!("--tiny {arch}"),
+        _ => format!(
+            "--hf target/llorch/models/tiny/{arch}-s{seed}` after `cargo xtask model --tiny {arch} --seed {seed}"
+        ),
+    };
+    vec![
+        format!("cargo xtask conformance --arch {arch} --seed {seed} --fresh"),
+        format!("cargo xtask compare {hf} --layers all"),
+    ]
 }
 
 fn config(hf: &Path) -> serde_json::Value {

@@ -46,6 +46,11 @@ pub struct Options {
     pub show: Option<glob::Pattern>,
     /// Rerun llama.cpp with other settings and say where the error comes from.
     pub attribution: bool,
+    /// The reference reads each layer's weights only while it runs (from `hf`).
+    pub stream_reference: bool,
+    /// Also feed each reference layer llama.cpp's own input of that layer
+    /// (matching only): each layer's local error beside the accumulated one.
+    pub replay_layers: bool,
 }
 
 impl Options {
@@ -65,6 +70,8 @@ impl Options {
             fail_fast: false,
             show: None,
             attribution: false,
+            stream_reference: false,
+            replay_layers: false,
         }
     }
 
@@ -239,6 +246,7 @@ fn score(extractor: &dyn Extractor, reference: &dyn Reference, opts: &Options) -
         &record,
         &entries,
         &reference_dir,
+        opts.stream_reference,
     )?;
     let rows = metrics::score_run(
         &run,

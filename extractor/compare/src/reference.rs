@@ -1,7 +1,8 @@
 //! The reference side: the checkpoints' captures and resolved layout ops go
 //! to a [`Reference`], which writes one `.npy` per checkpoint and variant.
 
-use std::path::Path;
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
 
 use anyhow::{ensure, Context, Result};
 use llorch_checkpoint_spec::manifest::{Op, Symbols};
@@ -20,6 +21,7 @@ pub fn build_reference(
     record: &RunRecord,
     entries: &[Entry],
     out: &Path,
+    stream: bool,
 ) -> Result<Info> {
     let (n_tokens, n_kv) = (record.symbols.n_tokens, record.symbols.n_kv);
     ensure!(
@@ -61,8 +63,18 @@ pub fn build_reference(
         variants: VARIANTS.iter().map(|v| v.to_string()).collect(),
         threads: 2,
         checkpoints,
+        stream,
+        layer_inputs: BTreeMap::new(),
     };
     run_job(reference, &job)
+}
+
+/// How the reference runs a pass of every tensor: streamed, and with which
+/// of llama.cpp's layer inputs for the replay variant.
+#[derive(Default)]
+pub struct Pass {
+    pub stream: bool,
+    pub layer_inputs: BTreeMap<u32, PathBuf>,
 }
 
 /// Every tensor the reference's pass over `tokens` makes, into
@@ -75,6 +87,7 @@ pub fn build_everything(
     tokens: &[i32],
     out: &Path,
     variants: &[&str],
+    pass: Pass,
 ) -> Result<Info> {
     if out.exists() {
         std::fs::remove_dir_all(out)?;
@@ -90,6 +103,8 @@ pub fn build_everything(
         variants: variants.iter().map(|v| v.to_string()).collect(),
         threads: 2,
         checkpoints: Vec::new(),
+        stream: pass.stream,
+        layer_inputs: pass.layer_inputs,
     };
     run_job(reference, &job)
 }

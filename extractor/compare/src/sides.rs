@@ -2,6 +2,7 @@
 //! extractor run) and the reference model (PyTorch). `cargo xtask` provides
 //! both; tests provide fakes.
 
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use anyhow::Result;
@@ -73,6 +74,12 @@ pub struct ReferenceJob {
     pub variants: Vec<String>,
     pub threads: u32,
     pub checkpoints: Vec<JobCheckpoint>,
+    /// Each layer's weights read from `hf` only while it runs: memory of one layer, whatever the model's size.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub stream: bool,
+    /// The `f64+replay` variant's input of each layer but the first: llama.cpp's (`.npy`, [n_tokens, n_embd]).
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+    pub layer_inputs: BTreeMap<u32, PathBuf>,
 }
 
 /// One tensor the reference captures, and the layout ops that give it the

@@ -18,6 +18,9 @@ pub const F64_GELU: &str = "f64+gelu_table";
 /// f64 with the GELU table and f16 attention products emulated.
 pub const F64_GGML: &str = "f64+gelu_table+f16_attn";
 pub const VARIANTS: &[&str] = &[F32, F64, F64_GELU, F64_GGML];
+/// f64 with each decoder layer fed llama.cpp's own input of that layer: the
+/// error a layer adds, apart from the error it inherits.
+pub const F64_REPLAY: &str = "f64+replay";
 
 /// The variant verdicts are taken against: f64, or f32 where the model
 /// cannot run in f64 (transformers' grouped MoE matmuls refuse it).

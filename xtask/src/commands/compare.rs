@@ -12,9 +12,10 @@ use llorch_checkpoint_compare::{compare, sequential, Options};
 use llorch_checkpoint_spec::record::FlashAttnMode;
 
 use crate::llama_cpp::tree::TreeArg;
-use crate::models::model::{ModelArgs, Outtype};
+use crate::models::model::{ModelArgs, Outtype, Size};
 use crate::models::prompts::MATCHING_PROMPT;
 use crate::project::Project;
+use crate::runs::reference_memory::ReferenceMemory;
 use crate::runs::sides::{run_self_test, LlamaCpp, PyTorch};
 
 #[derive(clap::Args)]
@@ -70,15 +71,30 @@ pub struct Compare {
     tree: TreeArg,
     /// A Hugging Face checkpoint of any architecture the pinned converter knows: converted to a
     /// GGUF for llama.cpp (--outtype), and itself the reference. Its nodes are paired automatically.
-    #[arg(long, value_name = "DIR", conflicts_with_all = ["model", "tiny", "sequential", "self_test"])]
+    #[arg(long, value_name = "DIR", conflicts_with_all = ["model", "random", "sequential", "self_test"])]
     hf: Option<PathBuf>,
-    /// A tiny random Hugging Face model of this architecture (`cargo xtask model --tiny`), as --hf.
-    #[arg(long, value_name = "ARCH",
+    /// A random Hugging Face model of this architecture (`cargo xtask model --random`), as --hf.
+    #[arg(long, visible_alias = "tiny", value_name = "ARCH",
           conflicts_with_all = ["model", "sequential", "self_test"])]
-    tiny: Option<String>,
-    /// What --hf and --tiny convert the weights to (the converter's --outtype).
-    #[arg(long, value_enum, default_value_t = Outtype::F32)]
-    outtype: Outtype,
+    random: Option<String>,
+    /// The size of --random: tiny, or a published model's widths (`cargo xtask model --help`).
+    #[arg(long, value_enum, default_value_t = Size::Tiny, requires = "random")]
+    size: Size,
+    /// What --hf and --random convert the weights to (the converter's --outtype) [default: f32;
+    /// f16 for --size 1b and 7b].
+    #[arg(long, value_enum)]
+    outtype: Option<Outtype>,
+    /// How the reference holds the model: `whole` (in f32 and f64 at once: 12 bytes a parameter),
+    /// `streamed` (each layer read from the Hugging Face checkpoint while it runs, then freed:
+    /// one layer's memory, whatever the size; bitwise the same tensors), or `auto`: streamed
+    /// where the whole model would take more than half the memory available.
+    #[arg(long, value_enum, default_value_t = ReferenceMemory::Auto)]
+    reference: ReferenceMemory,
+    /// Also feed each reference layer llama.cpp's own input of that layer (its previous layer's
+    /// output): each layer's local error (what it adds) beside the accumulated one (what it
+    /// adds and inherits). Pairs nodes by value, as --match.
+    #[arg(long, conflicts_with_all = ["manifest", "sequential", "self_test"])]
+    replay_layers: bool,
     /// Pair llama.cpp's nodes with the reference's tensors by value, even where a manifest fits the model.
     #[arg(long = "match", conflicts_with_all = ["manifest", "sequential", "self_test"])]
     auto: bool,
@@ -175,6 +191,8 @@ impl Compare {
             show: self.show.clone(),
             run: self.run.clone().map(std::path::absolute).transpose()?,
             attribution: self.attribution,
+            stream_reference: self.reference.streamed(hf.as_deref())?,
+            replay_layers: self.replay_layers,
             hf,
             ..Options::new(manifest.unwrap_or(Path::new("")), model, prompt, out)
         })
@@ -184,14 +202,15 @@ impl Compare {
     /// the Hugging Face checkpoint the reference loads instead of the GGUF,
     /// and the manifest that fits but was set aside for matching.
     fn sides(&self, project: &Project) -> Result<Sides> {
-        let hf = match (&self.hf, &self.tiny) {
+        let hf = match (&self.hf, &self.random) {
             (Some(dir), _) => Some(std::path::absolute(dir)?),
-            (None, Some(arch)) => Some(crate::models::model::tiny(project, arch, 0)?),
+            (None, Some(arch)) => Some(crate::models::model::random(project, arch, self.size, 0)?),
             (None, None) => None,
         };
-        let automatic = self.auto || self.draft_manifest.is_some();
+        let automatic = self.auto || self.replay_layers || self.draft_manifest.is_some();
         if let Some(dir) = hf {
-            let model = crate::models::model::from_hf(project, &dir, self.outtype, false)?;
+            let outtype = self.outtype.unwrap_or(self.size.outtype());
+            let model = crate::models::model::from_hf(project, &dir, outtype, false)?;
             let manifest = self.input.manifest.clone().filter(|_| !automatic);
             return Ok(Sides {
                 model,

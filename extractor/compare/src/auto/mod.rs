@@ -16,17 +16,18 @@ use llorch_checkpoint_spec::manifest::{Manifest, Symbols, Tolerance};
 use llorch_checkpoint_spec::record::RunRecord;
 
 use crate::compare::{report, Options, Outcome};
-use crate::reference::build_everything;
+use crate::reference::{build_everything, Pass};
 use crate::sides::{Extractor, Prompt, Reference};
 use llorch_checkpoint_matching::draft::{self, Drafted, Words};
 use llorch_checkpoint_matching::manifest_text::{self, Role};
 use llorch_checkpoint_matching::precision::Precision;
 use llorch_checkpoint_matching::{self as matching, against};
-use llorch_checkpoint_report::findings::{F32, F64, F64_GELU, F64_GGML};
+use llorch_checkpoint_report::findings::{F32, F64, F64_GELU, F64_GGML, F64_REPLAY};
 use llorch_checkpoint_spec::format::read_values;
 
 mod matched;
 mod paired;
+pub mod replay;
 mod said;
 pub use matched::Matched;
 pub use said::{figures, node_divergence};
@@ -74,10 +75,14 @@ fn ambiguous(s: &Symbols) -> Option<String> {
 /// The reference variants the comparison reads: f32 and f64, and the f64
 /// ones that emulate ggml where attribution asks for them.
 fn variants(opts: &Options) -> Vec<&'static str> {
-    match opts.attribution {
+    let mut variants = match opts.attribution {
         true => vec![F32, F64, F64_GELU, F64_GGML],
         false => vec![F32, F64],
+    };
+    if opts.replay_layers {
+        variants.push(F64_REPLAY);
     }
+    variants
 }
 
 /// Runs each side once over the prompt (llama.cpp's every node, the
@@ -110,6 +115,18 @@ pub fn run_and_match(
         crate::candidate::check_tokens(candidate, &record.tokens)?;
     }
     let everything = dir.join("reference");
+    let layer_inputs = match opts.replay_layers {
+        true => replay::write_layer_inputs(
+            &nodes,
+            record.model.n_layer.max(0) as u32,
+            &dir.join("layer-inputs"),
+        )?,
+        false => BTreeMap::new(),
+    };
+    let pass = Pass {
+        stream: opts.stream_reference,
+        layer_inputs,
+    };
     let info = build_everything(
         reference,
         &opts.model,
@@ -117,6 +134,7 @@ pub fn run_and_match(
         &record.tokens,
         &everything,
         &variants(opts),
+        pass,
     )?;
     let variant = [F64, F32]
         .into_iter()
@@ -218,6 +236,9 @@ pub fn compare_auto(
     text.push_str(&outcome.text);
     if let Some(line) = node_divergence(&m, &outcome) {
         let _ = writeln!(text, "{line}");
+    }
+    if opts.replay_layers {
+        text.push_str(&replay::text(&replay::layer_errors(&outcome.rows)));
     }
     let _ = writeln!(text, "in short: {}", figures(&m, &outcome));
     outcome.text = text;

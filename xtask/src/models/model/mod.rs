@@ -9,8 +9,10 @@
 //! - `--hf DIR`: a local Hugging Face checkpoint of any architecture the pinned
 //!   tree's `convert_hf_to_gguf.py` knows, converted by it in the project's
 //!   Python (see `python.rs`).
-//! - `--tiny ARCH`: a seeded random Hugging Face checkpoint of a small model,
-//!   made by transformers (`xtask/python/tiny.py`), to test a port on.
+//! - `--random ARCH` (or `--tiny ARCH`): a seeded random Hugging Face checkpoint
+//!   of a small model, made by transformers (`xtask/python/tiny.py`), to test a
+//!   port on; with `--size 1b|7b`, at a published model's real widths
+//!   (`xtask/python/sized.py`), to test time, memory and disk.
 //!
 //! The tokenizer comes from crates.io: the `tiktoken-rs` crate ships OpenAI's
 //! GPT-2 `encoder.json` and `vocab.bpe`; its `.crate` is checked against a pinned sha256.
@@ -28,10 +30,12 @@ use crate::step::Step;
 
 mod hf;
 mod parts;
+mod sized;
 use hf::self_test_hf;
 pub use hf::{from_hf, tiny, tiny_architectures, tiny_dir, tiny_saved_by, Outtype, SavedBy};
 use parts::{check, ensure_tools_built, models_dir, TIKTOKEN};
 pub use parts::{tokenizer_files, Dtype};
+pub use sized::{random, Size};
 
 #[derive(clap::Args)]
 pub struct Model {
@@ -44,9 +48,10 @@ pub struct Model {
     /// Type of the synthetic GPT-2's 2-D weights (norms and biases stay f32).
     #[arg(long, value_enum, default_value_t = Dtype::F32)]
     dtype: Dtype,
-    /// What --hf and --tiny convert the weights to (the converter's --outtype).
-    #[arg(long, value_enum, default_value_t = Outtype::F32)]
-    outtype: Outtype,
+    /// What --hf and --random convert the weights to (the converter's --outtype) [default: f32;
+    /// f16 for --size 1b and 7b].
+    #[arg(long, value_enum)]
+    outtype: Option<Outtype>,
     /// Regenerate (or reconvert) even if the model is already there.
     #[arg(long)]
     force: bool,
@@ -58,13 +63,23 @@ pub struct Model {
     gguf: Option<PathBuf>,
     /// Convert this local Hugging Face checkpoint (config.json, *.safetensors, tokenizer files) with
     /// the pinned convert_hf_to_gguf.py, for any architecture it knows.
-    #[arg(long, conflicts_with_all = ["self_test_hf", "tiny"])]
+    #[arg(long, conflicts_with_all = ["self_test_hf", "random"])]
     hf: Option<PathBuf>,
-    /// Write a tiny random Hugging Face model of this architecture (a transformers model type that
-    /// the pinned converter registers: `cargo xtask conformance --list`; 2 layers, 128 wide,
-    /// seeded by --seed) into target/llorch/models/tiny, and convert it.
-    #[arg(long, value_name = "ARCH", conflicts_with = "self_test_hf")]
-    tiny: Option<String>,
+    /// Write a random Hugging Face model of this architecture, seeded by --seed, and convert it:
+    /// tiny (any transformers model type the pinned converter registers: `cargo xtask conformance
+    /// --list`; 2 layers, 128 wide) into target/llorch/models/tiny, or at a real --size into
+    /// target/llorch/models/random.
+    #[arg(
+        long,
+        visible_alias = "tiny",
+        value_name = "ARCH",
+        conflicts_with = "self_test_hf"
+    )]
+    random: Option<String>,
+    /// The size of --random: tiny, or the widths of a published model (llama 1b: Llama-3.2-1B's,
+    /// llama 7b: Llama-2-7B's, mistral 7b, qwen2 1b and 7b: Qwen2.5's), in bfloat16.
+    #[arg(long, value_enum, default_value_t = Size::Tiny, requires = "random")]
+    size: Size,
     /// Check the --hf path end to end: write a tiny random HF GPT-2 with transformers, convert, load it.
     #[arg(long)]
     self_test_hf: bool,
@@ -96,17 +111,18 @@ impl Model {
             println!("model: {} sha256 {}", path.display(), sha256_file(path)?);
             return Ok(());
         }
-        let hf = match (&self.hf, &self.tiny) {
+        let hf = match (&self.hf, &self.random) {
             (Some(dir), _) => Some(dir.clone()),
             (None, Some(arch)) => {
-                let dir = tiny(project, arch, self.seed)?;
+                let dir = random(project, arch, self.size, self.seed)?;
                 println!("hf: {}", dir.display());
                 Some(dir)
             }
             (None, None) => None,
         };
         if let Some(dir) = &hf {
-            let path = from_hf(project, dir, self.outtype, self.force)?;
+            let outtype = self.outtype.unwrap_or(self.size.outtype());
+            let path = from_hf(project, dir, outtype, self.force)?;
             println!("model: {} sha256 {}", path.display(), sha256_file(&path)?);
             return Ok(());
         }

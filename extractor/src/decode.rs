@@ -102,6 +102,7 @@ pub(crate) fn passes(
     selection: Option<Selection>,
     output: &Output,
     flash_attn: bool,
+    every_row: bool,
 ) -> Result<(Decoded, (Vec<CheckpointRecord>, f64))> {
     let (outbox, inbox) = handoff::channel(opts.buffer_mb << 20);
     let writer = output.spawn_writer(inbox);
@@ -136,6 +137,7 @@ pub(crate) fn passes(
                 &mut ctx,
                 &input,
                 n_past,
+                every_row,
                 captured.then_some((step, &symbols, Reading::Keep)),
             )?;
             decoded.decode_ms.push(ms);
@@ -148,7 +150,7 @@ pub(crate) fn passes(
             c.close();
         }
         if opts.repeat > 0 {
-            decoded.steady = Some(steady_state(opts, loaded, &params, &mut ctx)?);
+            decoded.steady = Some(steady_state(opts, loaded, &params, &mut ctx, every_row)?);
         }
         Ok(decoded)
     })();
@@ -162,11 +164,13 @@ pub(crate) fn passes(
     Ok((decoded?, written))
 }
 
-/// One decode, timed; `capture` arms the observer for it (step, symbols, reading).
+/// One decode, timed; `capture` arms the observer for it (step, symbols,
+/// reading); `every_row`: the prompt pass's logits at every position.
 fn timed_pass(
     ctx: &mut Context<'_, Capture>,
     tokens: &[Token],
     n_past: usize,
+    every_row: bool,
     capture: Option<(usize, &Symbols, Reading)>,
 ) -> Result<f64> {
     if let (Some(c), Some((step, symbols, reading))) = (ctx.observer_mut(), capture) {
@@ -175,7 +179,7 @@ fn timed_pass(
     #[cfg(feature = "test-hooks")]
     crate::hooks::phase("decode");
     let started = Instant::now();
-    ctx.decode(tokens, n_past as i32, n_past == 0)?;
+    ctx.decode(tokens, n_past as i32, every_row && n_past == 0)?;
     let ms = started.elapsed().as_secs_f64() * 1e3;
     if let (Some(c), Some(_)) = (ctx.observer_mut(), capture) {
         c.end_pass()?;
@@ -190,6 +194,7 @@ fn steady_state(
     loaded: &Loaded,
     params: &ContextParams,
     capturing: &mut Context<'_, Capture>,
+    every_row: bool,
 ) -> Result<Steady> {
     let mut plain = Context::<Capture>::new(&loaded.model, params, None)?;
     let n = loaded.tokens.len() as i64;
@@ -201,7 +206,7 @@ fn steady_state(
     let mut steady = Steady::default();
     for _ in 0..opts.repeat {
         plain.clear_memory();
-        let ms = timed_pass(&mut plain, &loaded.tokens, 0, None)?;
+        let ms = timed_pass(&mut plain, &loaded.tokens, 0, every_row, None)?;
         steady.without_ms.push(ms);
         // The nodes asked for but not read, then read too.
         for (reading, times) in [
@@ -210,7 +215,7 @@ fn steady_state(
         ] {
             capturing.clear_memory();
             let pass = Some((0, &symbols, reading));
-            times.push(timed_pass(capturing, &loaded.tokens, 0, pass)?);
+            times.push(timed_pass(capturing, &loaded.tokens, 0, every_row, pass)?);
         }
     }
     log::info!(

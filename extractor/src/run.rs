@@ -75,9 +75,10 @@ pub fn run(cfg: &Config) -> Result<()> {
     let (threads, kv_type) = (cfg.decode.threads, cfg.decode.kv_type);
     let flash_attn =
         list_nodes::flash_attn_on(&loaded.model, cfg.flash_attn, kv_type, threads, first)?;
+    let rows = every_row(cfg, manifest.as_ref(), loaded.model.n_layer());
     let (selection, absent) = selection(cfg, manifest, flash_attn);
     let (decoded, (written, write_ms)) =
-        decode::passes(&cfg.decode, &loaded, selection, &output, flash_attn)?;
+        decode::passes(&cfg.decode, &loaded, selection, &output, flash_attn, rows)?;
 
     // After the decodes, so that it never shares the CPU with one.
     stamp.check_unchanged(&cfg.model)?;
@@ -121,6 +122,40 @@ fn load_options(cfg: &Config) -> LoadOptions<'_> {
             n_predict: cfg.decode.n_predict,
         },
     }
+}
+
+/// Whether the prompt pass asks llama.cpp for logits at every position,
+/// which also keeps every row through the last layer (llama.cpp otherwise
+/// drops the rows no output needs, after the last layer's attention): only
+/// where a node asked for is there, since the output head over every
+/// position costs up to 3x the pass (Gemma 3's 262,144-token vocabulary).
+/// Decided by what is asked, not by `--no-extract`: a run without capture
+/// computes what the same run with it does, bit for bit.
+fn every_row(cfg: &Config, manifest: Option<&Manifest>, n_layer: i64) -> bool {
+    let last = (n_layer - 1).max(0) as u32;
+    let (rows, why) =
+        match (&cfg.tensors, manifest) {
+            (Some(_), _) => (
+                true,
+                "--tensors may name nodes of the last layer or the output",
+            ),
+            (None, Some(m)) => match m.checkpoints.iter().find(|c| {
+                c.layer == Some(last) || (c.layer.is_none() && !c.tensor.starts_with("inp_"))
+            }) {
+                Some(c) => (true, c.id.as_str()),
+                None => (false, "no checkpoint in the last layer or after it"),
+            },
+            (None, None) => (false, "nothing asked"),
+        };
+    match rows {
+        true => log::info!(
+            "  logits    at every position, and every row through the last layer: {why} needs them"
+        ),
+        false => log::info!(
+            "  logits    at the last position only, as llama.cpp computes them by default ({why})"
+        ),
+    }
+    rows
 }
 
 /// What the capture takes: the glob, or the manifest's checkpoints as the

@@ -140,6 +140,7 @@ def main():
     print(f"sized: {type(model).__name__} at the widths of {published}: {count / 1e9:.2f}B parameters, "
           f"{2 * count / 1e9:.1f} GB in bfloat16, seed {args.seed}", file=sys.stderr, flush=True)
     os.makedirs(args.out, exist_ok=True)
+    config.architectures = [type(model).__name__]  # what the converter reads the architecture from
     config.save_pretrained(args.out)
     write_tokenizer(args.out)
     total = write(params, args.out, args.seed)

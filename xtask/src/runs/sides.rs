@@ -130,10 +130,21 @@ impl Extractor for LlamaCpp<'_> {
             None => command.args(self.flash_attn_flags()),
         };
         let sh = self.project.shell()?;
+        let started = Instant::now();
         quietly(
             command.cmd(&sh),
             "the extractor could not capture the whole graph",
-        )
+        )?;
+        let (files, bytes) = std::fs::read_dir(out)?
+            .flatten()
+            .filter_map(|e| e.metadata().ok())
+            .fold((0, 0), |(n, b), m| (n + 1, b + m.len()));
+        eprintln!(
+            "compare: llama.cpp's whole graph captured in {:.1} s ({files} files, {:.2} GB)",
+            started.elapsed().as_secs_f64(),
+            bytes as f64 / 1e9
+        );
+        Ok(())
     }
 
     /// Kept in target/llorch/models as `<name>.f32.gguf`, written by

@@ -142,11 +142,18 @@ pub fn run_and_match(
         .unwrap_or(F32);
     let tensors = matching::read_tensors(&everything.join(variant))?;
     let precision = Precision::of(&record.model.weights);
+    let started = std::time::Instant::now();
     let matching = matching::pair_all(
         &nodes,
         &tensors,
         &record.symbols,
         &matching::Options::new(precision),
+    );
+    eprintln!(
+        "compare: {} nodes and {} tensors paired in {:.1} s",
+        nodes.len(),
+        tensors.len(),
+        started.elapsed().as_secs_f64()
     );
     let words = Words {
         symbols: &record.symbols,
@@ -238,7 +245,13 @@ pub fn compare_auto(
         let _ = writeln!(text, "{line}");
     }
     if opts.replay_layers {
-        text.push_str(&replay::text(&replay::layer_errors(&outcome.rows)));
+        // The verdict is the local error's: what each layer adds to llama.cpp's own input.
+        let layers = replay::layer_errors(&outcome.rows);
+        text.push_str(&replay::text(&layers));
+        let picture = opts.out.join("layers.svg");
+        replay::write_picture(&layers, &m.record.model.architecture, &picture)?;
+        let _ = writeln!(text, "per-layer picture: {}", picture.display());
+        outcome.failure = replay::local_failure(&layers, outcome.failure.take());
     }
     let _ = writeln!(text, "in short: {}", figures(&m, &outcome));
     outcome.text = text;

@@ -12,6 +12,8 @@ use std::path::{Path, PathBuf};
 use anyhow::{Context, Result};
 use llorch_checkpoint_matching::Node;
 use llorch_checkpoint_report::findings::{Row, F64, F64_REPLAY};
+use llorch_checkpoint_report::layers::{picture, LayerPoint};
+use llorch_checkpoint_spec::files::write_atomically;
 use llorch_checkpoint_spec::format::write_file;
 
 /// llama.cpp's input of each layer but the first (the output of the one
@@ -77,6 +79,32 @@ pub fn layer_errors(rows: &[Row]) -> Vec<LayerErrors> {
     layers.into_values().collect()
 }
 
+/// `layers.svg`: the two errors over the layers.
+pub fn write_picture(layers: &[LayerErrors], architecture: &str, path: &Path) -> Result<()> {
+    let points: Vec<LayerPoint> = layers
+        .iter()
+        .map(|l| LayerPoint {
+            layer: l.layer,
+            accumulated_db: l.accumulated_db,
+            local_db: l.local_db,
+        })
+        .collect();
+    let title = format!("{architecture}: worst NMSE per layer against f64, accumulated and local");
+    write_atomically(path, picture(&points, &title)?.as_bytes())
+}
+
+/// With layers replayed, the verdict: the first layer whose local error
+/// exceeds a tolerance; an accumulated failure alone is inherited error.
+pub fn local_failure(layers: &[LayerErrors], accumulated: Option<String>) -> Option<String> {
+    let first = layers.iter().find(|l| l.local_failure.is_some())?;
+    let id = first.local_failure.as_deref().unwrap_or_default();
+    Some(format!(
+        "layer {}: checkpoint {id} exceeds its tolerance against the layer fed llama.cpp's own input{}",
+        first.layer,
+        accumulated.map_or(String::new(), |a| format!(" (against the reference's own chain: {a})"))
+    ))
+}
+
 /// The per-layer table, and the first divergence judged on the local error.
 pub fn text(layers: &[LayerErrors]) -> String {
     let mut out = String::from(
@@ -96,7 +124,10 @@ pub fn text(layers: &[LayerErrors]) -> String {
             let id = l.local_failure.as_deref().unwrap_or_default();
             let _ = writeln!(out, "first divergence on the local error: layer {}, {id}", l.layer);
         }
-        None => out.push_str("first divergence on the local error: none: every layer computes from llama.cpp's input what the reference does, within tolerance\n"),
+        None => out.push_str(
+            "first divergence on the local error: none: every layer computes from llama.cpp's input what the reference does, \
+             within tolerance (an accumulated error over tolerance is inherited; the verdict is the local one)\n",
+        ),
     }
     out
 }
@@ -154,5 +185,9 @@ mod tests {
         assert_eq!(layers[1].local_failure, None);
         assert_eq!(layers[2].local_failure.as_deref(), Some("b"));
         assert!(text(&layers).contains("first divergence on the local error: layer 2, b"));
+        let verdict = local_failure(&layers, Some("a@1".into())).unwrap();
+        assert!(verdict.starts_with("layer 2: checkpoint b") && verdict.contains("own chain: a@1"));
+        // Inherited error alone passes.
+        assert_eq!(local_failure(&layers[..2], Some("a@1".into())), None);
     }
 }

@@ -19,6 +19,8 @@
 //!   matching alone; a real divergence found at its node; the pairs against
 //!   the hand-written manifests; a sample of the conformance table tried
 //!   again, one architecture of each outcome;
+//! - real sizes: the streamed reference bitwise the whole-model one, and each
+//!   layer replayed from llama.cpp's input;
 //! - your own llama.cpp: an older tree as a read-only directory, built and
 //!   compared with the pin checkpoint by checkpoint, unchanged after; a
 //!   tree too old refused by name;
@@ -52,6 +54,7 @@ mod miri;
 mod real;
 mod report;
 mod rpc;
+mod streamed;
 mod trees;
 use checks::{
     clean_build, corrupted_copy_rejected, no_amx, overhead_ratio, seen_once, throughput, validate,
@@ -63,7 +66,7 @@ use report::{Checked, Report};
 #[derive(clap::Args)]
 pub struct Verify {
     /// Every group of checks (what CI runs): the fast tier's, and the clean and older-tree
-    /// builds, real models, matching, RPC, Miri, fuzzing and the whole kill campaign.
+    /// builds, real models, matching, real sizes, RPC, Miri, fuzzing and the whole kill campaign.
     #[arg(long)]
     full: bool,
     /// Run only these groups of checks, whatever the tier (for work on one of them).
@@ -95,6 +98,7 @@ enum Group {
     Compare,
     Real,
     Matching,
+    Sizes,
     Trees,
     Rpc,
     Miri,
@@ -175,6 +179,9 @@ impl Verify {
         if self.runs(Group::Matching) {
             matching::checks(&mut report, &ctx);
             conformance::checks(&mut report, &ctx);
+        }
+        if self.runs(Group::Sizes) {
+            streamed::checks(&mut report, &ctx);
         }
         if self.runs(Group::Trees) {
             trees::tree_checks(&mut report, &ctx, self.full);

@@ -1,0 +1,149 @@
+//! verify's "real sizes" section, on models small enough to hold both ways:
+//! the reference streamed layer by layer writes bitwise the tensors of the
+//! whole-model one, and `--replay-layers` feeds each layer llama.cpp's input
+//! of it, so that a layer's local error is what it adds.
+
+use std::path::Path;
+use std::time::Instant;
+
+use anyhow::{ensure, Context, Result};
+use llorch_checkpoint_compare::auto::replay::layer_errors;
+use llorch_checkpoint_compare::auto::{compare_auto, Auto};
+use llorch_checkpoint_compare::{Options, Outcome};
+use llorch_checkpoint_matching::sides::tensor_files;
+use llorch_checkpoint_report::findings::{F32, F64, F64_REPLAY};
+use llorch_checkpoint_spec::format::read_values;
+use llorch_checkpoint_spec::record::FlashAttnMode;
+
+use super::ctx::Ctx;
+use super::report::Report;
+use crate::llama_cpp::tree::TreeArg;
+use crate::models::model::{from_hf, tiny, Outtype};
+use crate::models::prompts::MATCHING_PROMPT;
+use crate::runs::sides::{LlamaCpp, PyTorch};
+
+/// Four dense architectures whose weights transformers loads under their own
+/// names (a streamed reference refuses those it fuses, such as MoE experts).
+const STREAMED: [&str; 4] = ["llama", "qwen3", "falcon", "starcoder2"];
+
+pub fn checks(report: &mut Report, ctx: &Ctx<'_>) {
+    report.section("real sizes: the reference streamed layer by layer, and each layer replayed from llama.cpp's input");
+    let work = ctx.work.join("streamed");
+    for arch in STREAMED {
+        let t = Instant::now();
+        report.check(
+            &format!("tiny {arch}: the streamed reference's every tensor, f32 and f64, bitwise the whole-model reference's"),
+            t,
+            bitwise(ctx, arch, &work.join(arch)),
+        );
+    }
+    let t = Instant::now();
+    report.check(
+        "tiny llama --replay-layers: layer 0 is the f64 pass's bitwise, layer 1 starts from llama.cpp's layer-0 output, and its local error is below the error it inherits",
+        t,
+        replayed(ctx, &work.join("replay")),
+    );
+    let _ = std::fs::remove_dir_all(&work);
+}
+
+fn compare(ctx: &Ctx<'_>, arch: &str, out: &Path, stream: bool, replay: bool) -> Result<Outcome> {
+    let hf = tiny(ctx.project, arch, 0)?;
+    let gguf = from_hf(ctx.project, &hf, Outtype::F32, false)?;
+    let opts = Options {
+        layers: Some("all".into()),
+        hf: Some(hf),
+        stream_reference: stream,
+        replay_layers: replay,
+        ..Options::new(Path::new(""), &gguf, MATCHING_PROMPT, out.to_path_buf())
+    };
+    let llama = LlamaCpp::on(ctx.project, TreeArg::default(), Some(FlashAttnMode::Off));
+    let auto = Auto {
+        draft: None,
+        against: None,
+    };
+    let (outcome, _) = compare_auto(&llama, &PyTorch::new(ctx.project), &opts, &auto)?;
+    Ok(outcome)
+}
+
+/// Both references over the same tokens; every tensor of each variant compared byte for byte.
+fn bitwise(ctx: &Ctx<'_>, arch: &str, out: &Path) -> Result<String> {
+    compare(ctx, arch, &out.join("whole"), false, false)?;
+    compare(ctx, arch, &out.join("streamed"), true, false)?;
+    let mut tensors = 0;
+    for variant in [F32, F64] {
+        let dir = |mode: &str| out.join(mode).join("auto/reference").join(variant);
+        let (whole, streamed) = (
+            tensor_files(&dir("whole"))?,
+            tensor_files(&dir("streamed"))?,
+        );
+        ensure!(
+            whole.len() == streamed.len(),
+            "{variant}: the whole-model reference made {} tensors, the streamed one {}",
+            whole.len(),
+            streamed.len()
+        );
+        for (name, file) in &whole {
+            let other = streamed
+                .get(name)
+                .with_context(|| format!("{variant}: the streamed reference made no `{name}`"))?;
+            ensure!(
+                std::fs::read(file)? == std::fs::read(other)?,
+                "{variant}: `{name}` differs between the whole-model and the streamed reference"
+            );
+            tensors += 1;
+        }
+    }
+    Ok(format!(
+        "{tensors} tensors (f32 and f64) equal byte for byte"
+    ))
+}
+
+fn replayed(ctx: &Ctx<'_>, out: &Path) -> Result<String> {
+    let outcome = compare(ctx, "llama", out, false, true)?;
+    let reference = out.join("auto/reference");
+    let (f64_files, replay_files) = (
+        tensor_files(&reference.join(F64))?,
+        tensor_files(&reference.join(F64_REPLAY))?,
+    );
+    // Layer 0 is not replayed: the same arithmetic from the same embedding.
+    let layer0 = f64_files
+        .keys()
+        .filter(|n| n.starts_with("model.layers.0.") || n.as_str() == "model.layers.0");
+    let mut same = 0;
+    for name in layer0 {
+        let other = replay_files
+            .get(name)
+            .with_context(|| format!("the replay made no `{name}`"))?;
+        ensure!(
+            std::fs::read(&f64_files[name])? == std::fs::read(other)?,
+            "layer 0's `{name}` differs in the replay"
+        );
+        same += 1;
+    }
+    // Layer 1 is fed llama.cpp's output of layer 0, as f64.
+    let fed = read_values(
+        replay_files
+            .get("model.layers.1:input")
+            .context("the replay recorded no input of layer 1")?,
+    )?;
+    let given = read_values(&out.join("auto/layer-inputs/layer-1.npy"))?;
+    ensure!(
+        fed.data == given.data,
+        "layer 1's input in the replay is not llama.cpp's layer-0 output"
+    );
+    let layers = layer_errors(&outcome.rows);
+    let l1 = layers
+        .iter()
+        .find(|l| l.layer == 1)
+        .context("no layer 1 compared")?;
+    ensure!(
+        l1.local_db < l1.accumulated_db,
+        "layer 1: local {:.1} dB is not below accumulated {:.1} dB",
+        l1.local_db,
+        l1.accumulated_db
+    );
+    Ok(format!(
+        "{same} layer-0 tensors bitwise; layer 1 NMSE {:.1} dB accumulated, {:.1} dB local",
+        l1.accumulated_db, l1.local_db
+    ))
+}

@@ -51,6 +51,9 @@ pub struct Options {
     /// Also feed each reference layer llama.cpp's own input of that layer
     /// (matching only): each layer's local error beside the accumulated one.
     pub replay_layers: bool,
+    /// Refuse a comparison without a manifest whose files would exceed
+    /// this many bytes, once llama.cpp's graph run says how large it is.
+    pub max_disk: Option<u64>,
 }
 
 impl Options {
@@ -72,6 +75,7 @@ impl Options {
             attribution: false,
             stream_reference: false,
             replay_layers: false,
+            max_disk: None,
         }
     }
 

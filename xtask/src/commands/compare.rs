@@ -95,6 +95,10 @@ pub struct Compare {
     /// adds and inherits). Pairs nodes by value, as --match.
     #[arg(long, conflicts_with_all = ["manifest", "sequential", "self_test"])]
     replay_layers: bool,
+    /// Without a manifest: refuse, once llama.cpp's graph run says how large the comparison's
+    /// files will be (about 4x that run with --replay-layers), a comparison over this many GB.
+    #[arg(long, value_name = "GB")]
+    max_disk: Option<f64>,
     /// Pair llama.cpp's nodes with the reference's tensors by value, even where a manifest fits the model.
     #[arg(long = "match", conflicts_with_all = ["manifest", "sequential", "self_test"])]
     auto: bool,
@@ -193,6 +197,7 @@ impl Compare {
             attribution: self.attribution,
             stream_reference: self.reference.streamed(hf.as_deref())?,
             replay_layers: self.replay_layers,
+            max_disk: self.max_disk.map(|gb| (gb * 1e9) as u64),
             hf,
             ..Options::new(manifest.unwrap_or(Path::new("")), model, prompt, out)
         })

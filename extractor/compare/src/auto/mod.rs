@@ -25,6 +25,7 @@ use llorch_checkpoint_matching::{self as matching, against};
 use llorch_checkpoint_report::findings::{F32, F64, F64_GELU, F64_GGML, F64_REPLAY};
 use llorch_checkpoint_spec::format::read_values;
 
+mod budget;
 mod matched;
 mod paired;
 pub mod replay;
@@ -103,6 +104,7 @@ pub fn run_and_match(
     if opts.run.is_none() {
         extractor.extract_graph(&opts.model, Prompt::Text(&opts.prompt), &graph_run, None)?;
     }
+    budget::check_graph(&graph_run, &variants(opts), opts.max_disk, &dir)?;
     let (record, nodes) = matching::read_nodes(&graph_run)?;
     let ambiguous = ambiguous(&record.symbols);
     if let (true, Some(why)) = (drafting, &ambiguous) {
@@ -136,6 +138,7 @@ pub fn run_and_match(
         &variants(opts),
         pass,
     )?;
+    budget::check_reference(&graph_run, &everything, opts.max_disk, &dir)?;
     let variant = [F64, F32]
         .into_iter()
         .find(|v| info.variants.iter().any(|c| c == v))

@@ -43,19 +43,54 @@ pub fn checks(report: &mut Report, ctx: &Ctx<'_>) {
         t,
         replayed(ctx, &work.join("replay")),
     );
+    let t = Instant::now();
+    report.check(
+        "tiny llama --max-disk below what the comparison would write: refused after llama.cpp's graph run, with the figures, its files removed",
+        t,
+        over_budget(ctx, &work.join("budget")),
+    );
     let _ = std::fs::remove_dir_all(&work);
 }
 
+fn over_budget(ctx: &Ctx<'_>, out: &Path) -> Result<String> {
+    let opts = |o: &mut Options| o.max_disk = Some(1_000_000);
+    let err = match compare_with(ctx, "llama", out, opts) {
+        Ok(_) => anyhow::bail!("a comparison over --max-disk 1 MB ran"),
+        Err(e) => e.to_string(),
+    };
+    ensure!(
+        err.contains("over --max-disk 1 MB") && err.contains("graph run alone took"),
+        "the refusal does not say what it needed: {err}"
+    );
+    ensure!(
+        !out.join("auto").exists(),
+        "the refused comparison left {}",
+        out.join("auto").display()
+    );
+    Ok(err.lines().next().unwrap_or_default().to_string())
+}
+
 fn compare(ctx: &Ctx<'_>, arch: &str, out: &Path, stream: bool, replay: bool) -> Result<Outcome> {
+    compare_with(ctx, arch, out, |o| {
+        o.stream_reference = stream;
+        o.replay_layers = replay;
+    })
+}
+
+fn compare_with(
+    ctx: &Ctx<'_>,
+    arch: &str,
+    out: &Path,
+    set: impl Fn(&mut Options),
+) -> Result<Outcome> {
     let hf = tiny(ctx.project, arch, 0)?;
     let gguf = from_hf(ctx.project, &hf, Outtype::F32, false)?;
-    let opts = Options {
+    let mut opts = Options {
         layers: Some("all".into()),
         hf: Some(hf),
-        stream_reference: stream,
-        replay_layers: replay,
         ..Options::new(Path::new(""), &gguf, MATCHING_PROMPT, out.to_path_buf())
     };
+    set(&mut opts);
     let llama = LlamaCpp::on(ctx.project, TreeArg::default(), Some(FlashAttnMode::Off));
     let auto = Auto {
         draft: None,

@@ -79,6 +79,15 @@ impl Options {
         }
     }
 
+    /// What the reference loads.
+    pub fn reference_model(&self) -> crate::reference::Model<'_> {
+        crate::reference::Model {
+            gguf: &self.model,
+            hf: self.hf.as_deref(),
+            stream: self.stream_reference,
+        }
+    }
+
     /// The extractor run these options ask for, into `out`, on two threads.
     pub fn extraction<'a>(&'a self, out: &'a Path) -> Extraction<'a> {
         Extraction {
@@ -244,13 +253,11 @@ fn score(extractor: &dyn Extractor, reference: &dyn Reference, opts: &Options) -
     let reference_dir = opts.out.join("reference");
     let info = build_reference(
         reference,
-        &opts.model,
-        opts.hf.as_deref(),
+        &opts.reference_model(),
         &run,
         &record,
         &entries,
         &reference_dir,
-        opts.stream_reference,
     )?;
     let rows = metrics::score_run(
         &run,

@@ -15,13 +15,11 @@ use llorch_checkpoint_spec::format::read_shape;
 /// The reference tensors of `run`'s checkpoints, computed into `out` (emptied first).
 pub fn build_reference(
     reference: &dyn Reference,
-    model: &Path,
-    hf: Option<&Path>,
+    model: &Model<'_>,
     run: &Path,
     record: &RunRecord,
     entries: &[Entry],
     out: &Path,
-    stream: bool,
 ) -> Result<Info> {
     let (n_tokens, n_kv) = (record.symbols.n_tokens, record.symbols.n_kv);
     ensure!(
@@ -49,13 +47,13 @@ pub fn build_reference(
     }
     std::fs::create_dir_all(out)?;
     // No key, no saved copy: an unreadable GGUF fails in the reference itself, named.
-    let gguf_sha256 = match record.model.path == model {
+    let gguf_sha256 = match record.model.path == model.gguf {
         true => record.model.sha256.clone(),
-        false => llorch_checkpoint_spec::files::sha256_file(model).unwrap_or_default(),
+        false => llorch_checkpoint_spec::files::sha256_file(model.gguf).unwrap_or_default(),
     };
     let job = ReferenceJob {
-        gguf: model.to_path_buf(),
-        hf: hf.map(Path::to_path_buf),
+        gguf: model.gguf.to_path_buf(),
+        hf: model.hf.map(Path::to_path_buf),
         everything: false,
         gguf_sha256,
         tokens: record.tokens.clone(),
@@ -63,18 +61,18 @@ pub fn build_reference(
         variants: VARIANTS.iter().map(|v| v.to_string()).collect(),
         threads: 2,
         checkpoints,
-        stream,
+        stream: model.stream,
         layer_inputs: BTreeMap::new(),
     };
     run_job(reference, &job)
 }
 
-/// How the reference runs a pass of every tensor: streamed, and with which
-/// of llama.cpp's layer inputs for the replay variant.
-#[derive(Default)]
-pub struct Pass {
+/// The model the reference loads: the GGUF llama.cpp ran, or the Hugging
+/// Face checkpoint it was converted from, whole or one layer at a time.
+pub struct Model<'a> {
+    pub gguf: &'a Path,
+    pub hf: Option<&'a Path>,
     pub stream: bool,
-    pub layer_inputs: BTreeMap<u32, PathBuf>,
 }
 
 /// Every tensor the reference's pass over `tokens` makes, into
@@ -82,29 +80,28 @@ pub struct Pass {
 /// can run (f32 at least, where it cannot run f64).
 pub fn build_everything(
     reference: &dyn Reference,
-    model: &Path,
-    hf: Option<&Path>,
+    model: &Model<'_>,
     tokens: &[i32],
     out: &Path,
     variants: &[&str],
-    pass: Pass,
+    layer_inputs: BTreeMap<u32, PathBuf>,
 ) -> Result<Info> {
     if out.exists() {
         std::fs::remove_dir_all(out)?;
     }
     std::fs::create_dir_all(out)?;
     let job = ReferenceJob {
-        gguf: model.to_path_buf(),
-        hf: hf.map(Path::to_path_buf),
+        gguf: model.gguf.to_path_buf(),
+        hf: model.hf.map(Path::to_path_buf),
         everything: true,
-        gguf_sha256: llorch_checkpoint_spec::files::sha256_file(model).unwrap_or_default(),
+        gguf_sha256: llorch_checkpoint_spec::files::sha256_file(model.gguf).unwrap_or_default(),
         tokens: tokens.to_vec(),
         out: out.to_path_buf(),
         variants: variants.iter().map(|v| v.to_string()).collect(),
         threads: 2,
         checkpoints: Vec::new(),
-        stream: pass.stream,
-        layer_inputs: pass.layer_inputs,
+        stream: model.stream,
+        layer_inputs,
     };
     run_job(reference, &job)
 }

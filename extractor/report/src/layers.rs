@@ -57,36 +57,8 @@ pub fn picture(points: &[LayerPoint], title: &str) -> Result<String> {
             .y_desc("worst NMSE against f64 (dB)")
             .draw()
             .map_err(|e| anyhow!("{e}"))?;
-        let series = [
-            ("accumulated: the reference's own chain", ACCUMULATED, true),
-            ("local: the layer fed llama.cpp's input", LOCAL, false),
-        ];
-        for (label, colour, accumulated) in series {
-            let line: Vec<(u32, f64)> = points
-                .iter()
-                .filter_map(|p| {
-                    let v = if accumulated {
-                        p.accumulated_db
-                    } else {
-                        p.local_db
-                    };
-                    finite(v).map(|v| (p.layer, v))
-                })
-                .collect();
-            chart
-                .draw_series(LineSeries::new(line.clone(), colour.stroke_width(2)))
-                .map_err(|e| anyhow!("{e}"))?
-                .label(label)
-                .legend(move |(x, y)| {
-                    PathElement::new(vec![(x, y), (x + 18, y)], colour.stroke_width(2))
-                });
-            chart
-                .draw_series(
-                    line.into_iter()
-                        .map(|xy| Circle::new(xy, 3, colour.filled())),
-                )
-                .map_err(|e| anyhow!("{e}"))?;
-        }
+        draw_line(&mut chart, points, true)?;
+        draw_line(&mut chart, points, false)?;
         chart
             .configure_series_labels()
             .background_style(WHITE.mix(0.9))
@@ -97,6 +69,46 @@ pub fn picture(points: &[LayerPoint], title: &str) -> Result<String> {
         root.present().map_err(|e| anyhow!("{e}"))?;
     }
     Ok(svg)
+}
+
+type Chart<'a, 'b> = ChartContext<
+    'a,
+    SVGBackend<'b>,
+    Cartesian2d<plotters::coord::types::RangedCoordu32, plotters::coord::types::RangedCoordf64>,
+>;
+
+/// One series, accumulated or local: its line, a marker per layer, its legend.
+fn draw_line(chart: &mut Chart<'_, '_>, points: &[LayerPoint], accumulated: bool) -> Result<()> {
+    let (label, colour) = match accumulated {
+        true => ("accumulated: the reference's own chain", ACCUMULATED),
+        false => ("local: the layer fed llama.cpp's input", LOCAL),
+    };
+    let line: Vec<(u32, f64)> = points
+        .iter()
+        .map(|p| {
+            (
+                p.layer,
+                if accumulated {
+                    p.accumulated_db
+                } else {
+                    p.local_db
+                },
+            )
+        })
+        .filter(|(_, v)| v.is_finite())
+        .collect();
+    chart
+        .draw_series(LineSeries::new(line.clone(), colour.stroke_width(2)))
+        .map_err(|e| anyhow!("{e}"))?
+        .label(label)
+        .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 18, y)], colour.stroke_width(2)));
+    chart
+        .draw_series(
+            line.into_iter()
+                .map(|xy| Circle::new(xy, 3, colour.filled())),
+        )
+        .map_err(|e| anyhow!("{e}"))?;
+    Ok(())
 }
 
 #[cfg(test)]

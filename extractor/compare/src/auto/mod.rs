@@ -8,7 +8,7 @@
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result};
 use llorch_checkpoint_spec::files::write_atomically;
@@ -16,7 +16,7 @@ use llorch_checkpoint_spec::manifest::{Manifest, Symbols, Tolerance};
 use llorch_checkpoint_spec::record::RunRecord;
 
 use crate::compare::{report, Options, Outcome};
-use crate::reference::{build_everything, Pass};
+use crate::reference::build_everything;
 use crate::sides::{Extractor, Prompt, Reference};
 use llorch_checkpoint_matching::draft::{self, Drafted, Words};
 use llorch_checkpoint_matching::manifest_text::{self, Role};
@@ -98,24 +98,7 @@ pub fn run_and_match(
     drafting: bool,
 ) -> Result<Matched> {
     let dir = opts.out.join("auto");
-    std::fs::create_dir_all(&dir).with_context(|| format!("cannot create {}", dir.display()))?;
-    // `--run`: a graph run made before.
-    let graph_run = opts.run.clone().unwrap_or_else(|| dir.join("llama"));
-    if opts.run.is_none() {
-        extractor.extract_graph(&opts.model, Prompt::Text(&opts.prompt), &graph_run, None)?;
-    }
-    budget::check_graph(&graph_run, &variants(opts), opts.max_disk, &dir)?;
-    let (record, nodes) = matching::read_nodes(&graph_run)?;
-    let ambiguous = ambiguous(&record.symbols);
-    if let (true, Some(why)) = (drafting, &ambiguous) {
-        anyhow::bail!(
-            "--draft-manifest: {why}: give a --prompt of {DRAFT_MIN_TOKENS} tokens or more (a prime \
-             number of them is never a product of dimensions), or leave out --draft-manifest"
-        );
-    }
-    if let Some(candidate) = &opts.candidate {
-        crate::candidate::check_tokens(candidate, &record.tokens)?;
-    }
+    let (graph_run, record, nodes, ambiguous) = graph(extractor, opts, drafting, &dir)?;
     let everything = dir.join("reference");
     let layer_inputs = match opts.replay_layers {
         true => replay::write_layer_inputs(
@@ -125,18 +108,13 @@ pub fn run_and_match(
         )?,
         false => BTreeMap::new(),
     };
-    let pass = Pass {
-        stream: opts.stream_reference,
-        layer_inputs,
-    };
     let info = build_everything(
         reference,
-        &opts.model,
-        opts.hf.as_deref(),
+        &opts.reference_model(),
         &record.tokens,
         &everything,
         &variants(opts),
-        pass,
+        layer_inputs,
     )?;
     budget::check_reference(&graph_run, &everything, opts.max_disk, &dir)?;
     let variant = [F64, F32]
@@ -186,6 +164,36 @@ pub fn run_and_match(
     };
     write_atomically(&m.manifest, plain_draft(&m).as_bytes())?;
     Ok(m)
+}
+
+/// llama.cpp's whole graph over the prompt (or `--run`'s), within the disk
+/// budget, read back; its run directory, record, nodes, and why a draft
+/// from it would misname a dimension, if it would.
+fn graph(
+    extractor: &dyn Extractor,
+    opts: &Options,
+    drafting: bool,
+    dir: &Path,
+) -> Result<(PathBuf, RunRecord, Vec<matching::Node>, Option<String>)> {
+    std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
+    // `--run`: a graph run made before.
+    let graph_run = opts.run.clone().unwrap_or_else(|| dir.join("llama"));
+    if opts.run.is_none() {
+        extractor.extract_graph(&opts.model, Prompt::Text(&opts.prompt), &graph_run, None)?;
+    }
+    budget::check_graph(&graph_run, &variants(opts), opts.max_disk, dir)?;
+    let (record, nodes) = matching::read_nodes(&graph_run)?;
+    let ambiguous = ambiguous(&record.symbols);
+    if let (true, Some(why)) = (drafting, &ambiguous) {
+        anyhow::bail!(
+            "--draft-manifest: {why}: give a --prompt of {DRAFT_MIN_TOKENS} tokens or more (a prime \
+             number of them is never a product of dimensions), or leave out --draft-manifest"
+        );
+    }
+    if let Some(candidate) = &opts.candidate {
+        crate::candidate::check_tokens(candidate, &record.tokens)?;
+    }
+    Ok((graph_run, record, nodes, ambiguous))
 }
 
 /// The pairs as a manifest, every tolerance the precision's.

@@ -30,9 +30,10 @@ Captures:
 Ops: drop_batch (remove a leading 1), slice {axis, start, len}, reshape [dims],
 permute [axes], scale {by} (multiply by a constant).
 
-Streaming (`stream`, with `hf`): the model is built with its weights on the meta device and each
-decoder layer (and each other module holding weights) is read from the safetensors just before it
-runs and freed after: peak memory about one layer in f64, results bitwise the whole model's.
+Streaming (`stream`): the model is built with its weights on the meta device and each decoder
+layer (and each other module holding weights) is read from the safetensors (`hf`'s, or a GGUF's
+saved copy, made first) just before it runs and freed after: peak memory about one layer in f64,
+results bitwise the whole model's.
 
 Variants: "f32", "f64", "f64+replay" (each decoder layer but the first fed llama.cpp's own input
 of that layer, the job's `layer_inputs`: the error each layer adds, apart from what it inherits),
@@ -76,7 +77,7 @@ except ImportError as e:  # one paragraph, no traceback: xtask wraps it with the
     )
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from streamed import replayed, streamed_model  # noqa: E402
+from streamed import decoder_layers, replayed, streamed_model  # noqa: E402
 
 
 class Unavailable(Exception):
@@ -104,7 +105,7 @@ def load_model(job):
     if TRANSFORMERS_5:
         eager["experts_implementation"] = "eager"
     if job.get("stream"):
-        return streamed_model(job, eager), False
+        return streamed_model(job.get("hf") or saved_copy(job), eager), False
     if job.get("hf"):
         return AutoModelForCausalLM.from_pretrained(job["hf"], **eager).eval(), False
     path, sha256 = job["gguf"], job.get("gguf_sha256")
@@ -139,6 +140,22 @@ def load_model(job):
         except OSError:  # a full disk, or another job saved it first: a cache may stay cold
             shutil.rmtree(partial, ignore_errors=True)
     return model, False
+
+
+def saved_copy(job):
+    """For a streamed reference of a GGUF: the directory of its saved copy (safetensors, float32),
+    made first if missing (loading the GGUF whole, in float32 alone, then freeing it)."""
+    root, sha256 = os.environ.get("LLORCH_REFERENCE_MODELS"), job.get("gguf_sha256")
+    saved = os.path.join(root, sha256) if root and sha256 else None
+    if saved and not os.path.isfile(os.path.join(saved, "config.json")):
+        model, _ = load_model({**job, "stream": False})
+        del model
+    if not saved or not os.path.isfile(os.path.join(saved, "config.json")):
+        fail(f"a streamed reference of {job['gguf']} reads its saved copy (float32 safetensors in "
+             f"$LLORCH_REFERENCE_MODELS), which could not be written: it is larger than "
+             f"$LLORCH_REFERENCE_CACHE_GB (default 8), or the disk is full. Raise the one or free the other, "
+             f"or give the Hugging Face checkpoint with --hf DIR", 4)
+    return saved
 
 
 def dense(path):
@@ -335,6 +352,24 @@ def hook_modules(model, recorder):
     return hooks
 
 
+def progress(model, variant, every=5.0):
+    """Hooks that say, at most every `every` seconds, which layer of the pass has run and about
+    how long the rest will take (`progress: ` lines, which xtask shows as they come)."""
+    _, layers = decoder_layers(model)
+    started, shown = time.time(), [time.time()]
+
+    def done(l):
+        now = time.time()
+        if now - shown[0] >= every or l + 1 == len(layers):
+            shown[0] = now
+            left = (now - started) / (l + 1) * (len(layers) - l - 1)
+            sys.stderr.write(f"progress: reference {variant}: layer {l + 1} of {len(layers)} "
+                             f"({now - started:.0f} s; about {left:.0f} s left)\n")
+            sys.stderr.flush()
+
+    return [layer.register_forward_hook(lambda *_a, l=l: done(l)) for l, layer in enumerate(layers)]
+
+
 def run_variant(model, variant, job, wanted):
     """One forward pass in the variant's dtype and emulations; the recorder holds what it kept."""
     dtype = torch.float64 if variant.startswith("f64") else torch.float32
@@ -351,6 +386,7 @@ def run_variant(model, variant, job, wanted):
         hooks += streamed.attach(dtype)
     if "replay" in flags:
         hooks += replayed(m, job, dtype)
+    hooks += progress(m, variant)
     try:
         with torch.no_grad(), Attention(m, recorder, "f16_attn" in flags):
             out = m(input_ids=torch.tensor([job["tokens"]]), use_cache=True, return_dict=True, output_attentions=True)

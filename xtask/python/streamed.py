@@ -1,7 +1,7 @@
 """For `reference.py`: the model one layer at a time, and each layer fed llama.cpp's input.
 
-`streamed_model` builds transformers' model with its weights left in the Hugging Face
-checkpoint; `Streamed` loads each decoder layer (and each other module holding weights) just
+`streamed_model` builds transformers' model with its weights left in a Hugging Face checkpoint
+(the one a GGUF was converted from, or the reference's saved copy of a GGUF); `Streamed` loads each decoder layer (and each other module holding weights) just
 before it runs and frees it after; `replayed` feeds each decoder layer but the first llama.cpp's
 own input of that layer.
 """
@@ -14,17 +14,16 @@ import transformers
 from transformers import AutoModelForCausalLM
 
 
-def streamed_model(job, eager):
-    """The model with its weights left in the checkpoint (`Streamed`): built with every parameter
-    on the meta device and its buffers (rotary frequencies) computed as a whole model's are."""
-    if not job.get("hf"):
-        raise ValueError("a streamed reference reads the Hugging Face checkpoint's safetensors: give --hf DIR (or --random ARCH)")
+def streamed_model(directory, eager):
+    """The model of the checkpoint in `directory` with its weights left there (`Streamed`): built
+    with every parameter on the meta device and its buffers (rotary frequencies) computed as a
+    whole model's are."""
     from accelerate import init_empty_weights
 
-    config = transformers.AutoConfig.from_pretrained(job["hf"])
+    config = transformers.AutoConfig.from_pretrained(directory)
     with init_empty_weights(include_buffers=False):
         model = AutoModelForCausalLM.from_config(config, **eager).eval()
-    model._llorch_streamed = Streamed(model, job["hf"])
+    model._llorch_streamed = Streamed(model, directory)
     return model
 
 

@@ -85,9 +85,10 @@ pub struct Compare {
     #[arg(long, value_enum)]
     outtype: Option<Outtype>,
     /// How the reference holds the model: `whole` (in f32 and f64 at once: 12 bytes a parameter),
-    /// `streamed` (each layer read from the Hugging Face checkpoint while it runs, then freed:
-    /// one layer's memory, whatever the size; bitwise the same tensors), or `auto`: streamed
-    /// where the whole model would take more than half the memory available.
+    /// `streamed` (each layer read from the Hugging Face checkpoint, or a GGUF's saved f32 copy,
+    /// while it runs, then freed: one layer's memory, whatever the size; bitwise the same
+    /// tensors), or `auto`: streamed where the whole model would take more than half the memory
+    /// available (a GGUF: more than all of it).
     #[arg(long, value_enum, default_value_t = ReferenceMemory::Auto)]
     reference: ReferenceMemory,
     /// Also feed each reference layer llama.cpp's own input of that layer (its previous layer's
@@ -195,7 +196,7 @@ impl Compare {
             show: self.show.clone(),
             run: self.run.clone().map(std::path::absolute).transpose()?,
             attribution: self.attribution,
-            stream_reference: self.reference.streamed(hf.as_deref())?,
+            stream_reference: self.reference.streamed(hf.as_deref(), model)?,
             replay_layers: self.replay_layers,
             max_disk: self.max_disk.map(|gb| (gb * 1e9) as u64),
             hf,

@@ -4,7 +4,7 @@
 
 use std::path::Path;
 
-use anyhow::{bail, Result};
+use anyhow::Result;
 
 /// `compare --reference`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
@@ -18,30 +18,30 @@ pub enum ReferenceMemory {
 const WHOLE_BYTES_PER_PARAMETER: f64 = 12.0;
 
 impl ReferenceMemory {
-    /// Whether the reference streams `hf` (the checkpoint it reads; None: a
-    /// GGUF, which only loads whole); says why on the terminal.
-    pub fn streamed(self, hf: Option<&Path>) -> Result<bool> {
-        let Some(dir) = hf else {
-            if self == ReferenceMemory::Streamed {
-                bail!("--reference streamed reads a Hugging Face checkpoint's layers: give --hf DIR or --random ARCH");
-            }
-            return Ok(false);
+    /// Whether the reference streams the model: `hf`, the checkpoint it
+    /// reads, or else the GGUF (from the reference's saved copy of it, made
+    /// whole in f32 first); says why on the terminal.
+    pub fn streamed(self, hf: Option<&Path>, gguf: &Path) -> Result<bool> {
+        // A GGUF's parameters are estimated from its size at 4.4 bits a weight (Q4_K_M's), an
+        // upper bound for the usual types; streamed only where it would not fit at all.
+        let (parameters, share) = match hf {
+            Some(dir) => (parameters(dir), 0.5),
+            None => (
+                std::fs::metadata(gguf).map_or(0, |m| m.len()) as f64 / 0.55,
+                1.0,
+            ),
         };
-        let parameters = parameters(dir);
         let whole = parameters * WHOLE_BYTES_PER_PARAMETER;
         let available = available_memory();
-        let streamed = match self {
-            ReferenceMemory::Whole => false,
-            ReferenceMemory::Streamed => true,
-            ReferenceMemory::Auto => available.is_some_and(|a| whole > a / 2.0),
-        };
+        let streamed = self.decide(whole, available.map(|a| a * share));
         let available = available.map_or("unknown".into(), |a| format!("{:.1} GB", a / 1e9));
         eprintln!(
-            "reference: {} ({:.2}B parameters: {:.1} GB whole in f32 and f64; {available} available{})",
+            "reference: {} ({}{:.2}B parameters: {:.1} GB whole in f32 and f64; {available} available{})",
             match streamed {
                 true => "streamed layer by layer",
                 false => "the whole model",
             },
+            if hf.is_some() { "" } else { "at most about " },
             parameters / 1e9,
             whole / 1e9,
             match self {
@@ -50,6 +50,17 @@ impl ReferenceMemory {
             }
         );
         Ok(streamed)
+    }
+}
+
+impl ReferenceMemory {
+    /// Streamed or not, for a whole model of `whole` bytes and `room` bytes it may take.
+    fn decide(self, whole: f64, room: Option<f64>) -> bool {
+        match self {
+            ReferenceMemory::Whole => false,
+            ReferenceMemory::Streamed => true,
+            ReferenceMemory::Auto => room.is_some_and(|room| whole > room),
+        }
     }
 }
 
@@ -85,4 +96,38 @@ pub fn available_memory() -> Option<f64> {
     let line = text.lines().find(|l| l.starts_with("MemAvailable:"))?;
     let kb: f64 = line.split_whitespace().nth(1)?.parse().ok()?;
     Some(kb * 1024.0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn auto_streams_what_would_not_fit() {
+        let gb = 1e9;
+        // The 7B-sized llama whole (82.5 GB) in half of 24 GB: streamed; SmolLM2 (2 GB): whole.
+        assert!(ReferenceMemory::Auto.decide(82.5 * gb, Some(12.0 * gb)));
+        assert!(!ReferenceMemory::Auto.decide(2.0 * gb, Some(12.0 * gb)));
+        // Nothing known of the memory: whole, as asked or by default.
+        assert!(!ReferenceMemory::Auto.decide(82.5 * gb, None));
+        assert!(
+            ReferenceMemory::Streamed.decide(1.0, Some(gb))
+                && !ReferenceMemory::Whole.decide(1e12, Some(gb))
+        );
+    }
+
+    #[test]
+    fn a_checkpoint_counts_its_parameters_by_its_dtype() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("config.json"), r#"{"dtype": "bfloat16"}"#).unwrap();
+        std::fs::write(dir.path().join("model.safetensors"), vec![0u8; 2000]).unwrap();
+        std::fs::write(dir.path().join("README.md"), vec![0u8; 5000]).unwrap();
+        assert_eq!(parameters(dir.path()), 1000.0);
+        std::fs::write(
+            dir.path().join("config.json"),
+            r#"{"torch_dtype": "float32"}"#,
+        )
+        .unwrap();
+        assert_eq!(parameters(dir.path()), 500.0);
+    }
 }

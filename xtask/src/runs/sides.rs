@@ -200,10 +200,7 @@ impl Reference for PyTorch<'_> {
         let sh = self.project.shell()?;
         let cache = self.project.work_dir().join("reference-models");
         let _cache = sh.push_env("LLORCH_REFERENCE_MODELS", &cache);
-        let result = cmd!(sh, "{python} {script} {file}")
-            .quiet()
-            .ignore_status()
-            .output()
+        let result = with_progress(cmd!(sh, "{python} {script} {file}").into())
             .context("cannot start the project's Python")?;
         if !result.status.success() {
             let stderr = String::from_utf8_lossy(&result.stderr);
@@ -230,4 +227,33 @@ impl Reference for PyTorch<'_> {
         );
         Ok(())
     }
+}
+
+/// Runs `command` to its end, showing the stderr lines that start with
+/// `progress: ` as they come (the reference's layers: minutes at 7B) and
+/// keeping the rest, with its stdout, in the output.
+fn with_progress(mut command: std::process::Command) -> std::io::Result<std::process::Output> {
+    use std::io::BufRead;
+    command
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped());
+    let mut child = command.spawn()?;
+    let stderr = child.stderr.take().expect("stderr is piped");
+    let reader = std::thread::spawn(move || {
+        let mut kept = String::new();
+        for line in std::io::BufReader::new(stderr)
+            .lines()
+            .map_while(Result::ok)
+        {
+            match line.strip_prefix("progress: ") {
+                Some(shown) => eprintln!("  {shown}"),
+                None => kept.push_str(&(line + "\n")),
+            }
+        }
+        kept
+    });
+    let mut output = child.wait_with_output()?;
+    output.stderr = reader.join().unwrap_or_default().into_bytes();
+    Ok(output)
 }

@@ -34,9 +34,15 @@ pub fn checks(report: &mut Report, ctx: &Ctx<'_>) {
         report.check(
             &format!("tiny {arch}: the streamed reference's every tensor, f32 and f64, bitwise the whole-model reference's"),
             t,
-            bitwise(ctx, arch, &work.join(arch)),
+            bitwise(ctx, Source::Tiny(arch), &work.join(arch)),
         );
     }
+    let t = Instant::now();
+    report.check(
+        "SmolLM2-135M from its GGUF alone: the reference streamed from its saved copy, every tensor bitwise the whole-model reference's",
+        t,
+        bitwise(ctx, Source::Gguf("smollm2-135m"), &work.join("smollm2")),
+    );
     let t = Instant::now();
     report.check(
         "tiny llama --replay-layers: layer 0 is the f64 pass's bitwise, layer 1 starts from llama.cpp's layer-0 output, and its local error is below the error it inherits",
@@ -54,7 +60,7 @@ pub fn checks(report: &mut Report, ctx: &Ctx<'_>) {
 
 fn over_budget(ctx: &Ctx<'_>, out: &Path) -> Result<String> {
     let opts = |o: &mut Options| o.max_disk = Some(1_000_000);
-    let err = match compare_with(ctx, "llama", out, opts) {
+    let err = match compare_with(ctx, Source::Tiny("llama"), out, opts) {
         Ok(_) => anyhow::bail!("a comparison over --max-disk 1 MB ran"),
         Err(e) => e.to_string(),
     };
@@ -70,24 +76,43 @@ fn over_budget(ctx: &Ctx<'_>, out: &Path) -> Result<String> {
     Ok(err.lines().next().unwrap_or_default().to_string())
 }
 
-fn compare(ctx: &Ctx<'_>, arch: &str, out: &Path, stream: bool, replay: bool) -> Result<Outcome> {
-    compare_with(ctx, arch, out, |o| {
+fn compare(
+    ctx: &Ctx<'_>,
+    source: Source<'_>,
+    out: &Path,
+    stream: bool,
+    replay: bool,
+) -> Result<Outcome> {
+    compare_with(ctx, source, out, |o| {
         o.stream_reference = stream;
         o.replay_layers = replay;
     })
 }
 
+/// What a check compares: a tiny model from its Hugging Face checkpoint, or
+/// a catalogue GGUF alone (whose streamed reference reads its saved copy).
+#[derive(Clone, Copy)]
+enum Source<'a> {
+    Tiny(&'a str),
+    Gguf(&'a str),
+}
+
 fn compare_with(
     ctx: &Ctx<'_>,
-    arch: &str,
+    source: Source<'_>,
     out: &Path,
     set: impl Fn(&mut Options),
 ) -> Result<Outcome> {
-    let hf = tiny(ctx.project, arch, 0)?;
-    let gguf = from_hf(ctx.project, &hf, Outtype::F32, false)?;
+    let (gguf, hf) = match source {
+        Source::Tiny(arch) => {
+            let hf = tiny(ctx.project, arch, 0)?;
+            (from_hf(ctx.project, &hf, Outtype::F32, false)?, Some(hf))
+        }
+        Source::Gguf(name) => (crate::models::catalogue::fetch(ctx.project, name)?, None),
+    };
     let mut opts = Options {
         layers: Some("all".into()),
-        hf: Some(hf),
+        hf,
         ..Options::new(Path::new(""), &gguf, MATCHING_PROMPT, out.to_path_buf())
     };
     set(&mut opts);
@@ -101,9 +126,9 @@ fn compare_with(
 }
 
 /// Both references over the same tokens; every tensor of each variant compared byte for byte.
-fn bitwise(ctx: &Ctx<'_>, arch: &str, out: &Path) -> Result<String> {
-    compare(ctx, arch, &out.join("whole"), false, false)?;
-    compare(ctx, arch, &out.join("streamed"), true, false)?;
+fn bitwise(ctx: &Ctx<'_>, source: Source<'_>, out: &Path) -> Result<String> {
+    compare(ctx, source, &out.join("whole"), false, false)?;
+    compare(ctx, source, &out.join("streamed"), true, false)?;
     let mut tensors = 0;
     for variant in [F32, F64] {
         let dir = |mode: &str| out.join(mode).join("auto/reference").join(variant);
@@ -134,7 +159,7 @@ fn bitwise(ctx: &Ctx<'_>, arch: &str, out: &Path) -> Result<String> {
 }
 
 fn replayed(ctx: &Ctx<'_>, out: &Path) -> Result<String> {
-    let outcome = compare(ctx, "llama", out, false, true)?;
+    let outcome = compare(ctx, Source::Tiny("llama"), out, false, true)?;
     let reference = out.join("auto/reference");
     let (f64_files, replay_files) = (
         tensor_files(&reference.join(F64))?,

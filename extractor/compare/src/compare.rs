@@ -54,6 +54,9 @@ pub struct Options {
     /// Refuse a comparison without a manifest whose files would exceed
     /// this many bytes, once llama.cpp's graph run says how large it is.
     pub max_disk: Option<u64>,
+    /// Without a manifest: once reported, keep only the files of the
+    /// checkpoints over tolerance and of the first and last layer.
+    pub keep_failing: bool,
 }
 
 impl Options {
@@ -76,6 +79,7 @@ impl Options {
             stream_reference: false,
             replay_layers: false,
             max_disk: None,
+            keep_failing: false,
         }
     }
 

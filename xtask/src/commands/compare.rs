@@ -100,6 +100,11 @@ pub struct Compare {
     /// files will be (about 4x that run with --replay-layers), a comparison over this many GB.
     #[arg(long, value_name = "GB")]
     max_disk: Option<f64>,
+    /// Without a manifest: which checkpoints keep their files once reported: `all`, or `failing`
+    /// (those over tolerance, and the first and last layer's as a sample; report.json keeps
+    /// every checkpoint's figures, the whole-graph run and the reference's pass go).
+    #[arg(long, value_enum, default_value_t = Keep::All)]
+    keep: Keep,
     /// Pair llama.cpp's nodes with the reference's tensors by value, even where a manifest fits the model.
     #[arg(long = "match", conflicts_with_all = ["manifest", "sequential", "self_test"])]
     auto: bool,
@@ -199,6 +204,7 @@ impl Compare {
             stream_reference: self.reference.streamed(hf.as_deref(), model)?,
             replay_layers: self.replay_layers,
             max_disk: self.max_disk.map(|gb| (gb * 1e9) as u64),
+            keep_failing: self.keep == Keep::Failing,
             hf,
             ..Options::new(manifest.unwrap_or(Path::new("")), model, prompt, out)
         })
@@ -237,6 +243,13 @@ impl Compare {
             set_aside,
         })
     }
+}
+
+/// `compare --keep`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+enum Keep {
+    All,
+    Failing,
 }
 
 /// What a comparison compares.

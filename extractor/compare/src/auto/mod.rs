@@ -26,6 +26,7 @@ use llorch_checkpoint_report::findings::{F32, F64, F64_GELU, F64_GGML, F64_REPLA
 use llorch_checkpoint_spec::format::read_values;
 
 mod budget;
+mod keep;
 mod matched;
 mod paired;
 pub mod replay;
@@ -283,6 +284,21 @@ pub fn compare_auto(
         write_atomically(path, text.as_bytes())
             .with_context(|| format!("cannot write the drafted manifest {}", path.display()))?;
         let _ = writeln!(outcome.text, "drafted manifest: {}", path.display());
+    }
+    if opts.keep_failing {
+        let (kept, freed) = keep::drop_passing(
+            &opts.out,
+            &outcome.entries,
+            &outcome.rows,
+            opts.run.is_some(),
+        )?;
+        let _ = writeln!(
+            outcome.text,
+            "--keep failing: the files of {kept} of {} checkpoints kept (those over tolerance, and the first and last layer's), \
+             {:.2} GB removed; report.json holds every checkpoint's figures",
+            outcome.entries.len(),
+            freed as f64 / 1e9
+        );
     }
     Ok((outcome, m))
 }

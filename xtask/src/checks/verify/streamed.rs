@@ -55,7 +55,68 @@ pub fn checks(report: &mut Report, ctx: &Ctx<'_>) {
         t,
         over_budget(ctx, &work.join("budget")),
     );
+    let t = Instant::now();
+    report.check(
+        "the synthetic GPT-2 by matching, every layer, --keep failing: the first and last layer's files kept, the rest dropped, the run's record listing exactly what it holds, report.json every checkpoint",
+        t,
+        keep_failing(ctx, &work.join("keep")),
+    );
     let _ = std::fs::remove_dir_all(&work);
+}
+
+fn keep_failing(ctx: &Ctx<'_>, out: &Path) -> Result<String> {
+    let opts = Options {
+        layers: Some("all".into()),
+        keep_failing: true,
+        ..Options::new(
+            Path::new(""),
+            &ctx.model,
+            MATCHING_PROMPT,
+            out.to_path_buf(),
+        )
+    };
+    let llama = LlamaCpp::on(ctx.project, TreeArg::default(), Some(FlashAttnMode::Off));
+    let auto = Auto {
+        draft: None,
+        against: None,
+    };
+    let (outcome, _) = compare_auto(&llama, &PyTorch::new(ctx.project), &opts, &auto)?;
+    let record = llorch_checkpoint_spec::record::RunRecord::read(&out.join("llama"))?;
+    let files: Vec<_> = std::fs::read_dir(out.join("llama"))?
+        .flatten()
+        .filter(|e| {
+            e.path().extension().is_some_and(|x| x == "bin") && e.file_name() != "logits.bin"
+        })
+        .collect();
+    let layers: std::collections::BTreeSet<_> =
+        record.checkpoints.iter().map(|c| c.layer).collect();
+    let report: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(out.join("report.json"))?)?;
+    let reported = report["checkpoints"].as_array().map_or(0, Vec::len);
+    ensure!(
+        files.len() == record.checkpoints.len()
+            && record
+                .checkpoints
+                .iter()
+                .all(|c| out.join("llama").join(&c.file).is_file()),
+        "{} files beside a run.json listing {}",
+        files.len(),
+        record.checkpoints.len()
+    );
+    ensure!(
+        record.checkpoints.len() < outcome.entries.len()
+            && reported == outcome.entries.len()
+            && !out.join("auto/reference").exists(),
+        "kept {} of {} checkpoints, report.json has {reported}",
+        record.checkpoints.len(),
+        outcome.entries.len()
+    );
+    Ok(format!(
+        "{} of {} checkpoints kept their files (layers {:?} and those outside them); report.json has all {reported}",
+        record.checkpoints.len(),
+        outcome.entries.len(),
+        layers
+    ))
 }
 
 fn over_budget(ctx: &Ctx<'_>, out: &Path) -> Result<String> {

@@ -171,6 +171,11 @@ impl Compare {
         }
     }
 
+    /// The reference's passes: f32 and f64, the replay, attribution's two emulations.
+    fn passes(&self) -> usize {
+        2 + usize::from(self.replay_layers) + 2 * usize::from(self.attribution)
+    }
+
     /// The comparison's options from the command line and the sides.
     fn options(
         &self,
@@ -201,7 +206,9 @@ impl Compare {
             show: self.show.clone(),
             run: self.run.clone().map(std::path::absolute).transpose()?,
             attribution: self.attribution,
-            stream_reference: self.reference.streamed(hf.as_deref(), model)?,
+            stream_reference: self
+                .reference
+                .streamed(hf.as_deref(), model, self.passes())?,
             replay_layers: self.replay_layers,
             max_disk: self.max_disk.map(|gb| (gb * 1e9) as u64),
             keep_failing: self.keep == Keep::Failing,

@@ -274,7 +274,7 @@ fn record(
             ggml_version,
             ggml_commit,
         },
-        backend: env!("LLORCH_BACKEND").into(),
+        backend: crate::ffi::backend_name(),
         system_info: crate::ffi::system_info().trim().to_string(),
         devices: crate::ffi::devices()
             .into_iter()
@@ -407,7 +407,7 @@ pub fn describe_build() -> String {
     format!(
         "llama.cpp {}, backend {}",
         built_from().describe(),
-        env!("LLORCH_BACKEND")
+        crate::ffi::backend_name()
     )
 }
 

@@ -19,7 +19,8 @@ pub struct LlamaFlags {
     /// manifest names a node only a graph without it has (the attention scores), else auto].
     #[arg(long = "flash-attn", value_enum, value_name = "on|off|auto")]
     pub flash_attn: Option<FlashAttnMode>,
-    /// Layers offloaded to a GPU or RPC backend (`-ngl`), where the build has one.
+    /// Layers offloaded to a GPU or RPC backend (`-ngl`) [default: every layer with --backend
+    /// vulkan, cuda or metal; none on cpu].
     #[arg(long = "n-gpu-layers", value_name = "N")]
     pub n_gpu_layers: Option<i32>,
     /// CPU threads [default: all cores].

@@ -121,6 +121,29 @@ pub fn devices() -> Vec<(String, String)> {
         .collect()
 }
 
+/// The backend this process computes on, from what registered a device at
+/// run time rather than what the binary was linked against: the libraries
+/// may be another build's (`LD_LIBRARY_PATH`: a Vulkan build's swapped in
+/// for the CPU one's, or the device bundle's). `cpu`, or the lowercased
+/// names of the other backends with a device (`vulkan`, `cuda`), RPC aside.
+pub fn backend_name() -> String {
+    init();
+    // SAFETY: indices below ggml_backend_reg_count are valid registries;
+    // their names are static strings owned by the backend.
+    let names: Vec<String> = (0..unsafe { sys::ggml_backend_reg_count() })
+        .filter_map(|i| unsafe {
+            let reg = sys::ggml_backend_reg_get(i);
+            let name = CStr::from_ptr(sys::ggml_backend_reg_name(reg)).to_string_lossy();
+            let device = sys::ggml_backend_reg_dev_count(reg) > 0;
+            (device && name != "CPU" && name != "RPC").then(|| name.to_lowercase())
+        })
+        .collect();
+    match names.is_empty() {
+        true => "cpu".into(),
+        false => names.join("+"),
+    }
+}
+
 /// llama.cpp's last error lines, kept even where its log is not shown: the
 /// reason a load failed (`error loading model: ...`, then `failed to load
 /// model`), for the error that reports it.

@@ -40,4 +40,6 @@ pub mod rpc;
 pub mod team;
 pub mod tensor;
 
-pub use backend::{devices, ggml_version, init, system_info, type_name, BACKEND_DIR_ENV};
+pub use backend::{
+    backend_name, devices, ggml_version, init, system_info, type_name, BACKEND_DIR_ENV,
+};

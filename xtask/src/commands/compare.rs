@@ -11,6 +11,7 @@ use llorch_checkpoint_compare::overrides::Override;
 use llorch_checkpoint_compare::{compare, sequential, Options};
 use llorch_checkpoint_spec::record::FlashAttnMode;
 
+use crate::llama_cpp::build::Backend;
 use crate::llama_cpp::tree::TreeArg;
 use crate::models::model::{ModelArgs, Outtype, Size};
 use crate::models::prompts::MATCHING_PROMPT;
@@ -69,6 +70,9 @@ pub struct Compare {
     flash_attn: Option<FlashAttnMode>,
     #[command(flatten)]
     tree: TreeArg,
+    /// The backend llama.cpp runs on, every layer on its device.
+    #[arg(long, value_enum, default_value_t = Backend::Cpu)]
+    backend: Backend,
     /// A Hugging Face checkpoint of any architecture the pinned converter knows: converted to a
     /// GGUF for llama.cpp (--outtype), and itself the reference. Its nodes are paired automatically.
     #[arg(long, value_name = "DIR", conflicts_with_all = ["model", "random", "sequential", "self_test"])]
@@ -129,7 +133,7 @@ impl Compare {
             (None, None) => Some(FlashAttnMode::Off),
             (Some(m), None) => crate::flags::every_checkpoint("compare", m, &project.shown(m))?,
         };
-        let llama = LlamaCpp::on(project, self.tree.clone(), flash_attn);
+        let llama = LlamaCpp::on(project, self.tree.clone(), flash_attn).on_backend(self.backend);
         let torch = PyTorch::new(project);
         if self.self_test {
             let line = run_self_test(project, &llama, &torch)?;

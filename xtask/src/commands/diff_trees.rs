@@ -1,27 +1,35 @@
 //! `cargo xtask diff-trees`: the same model, manifest, layers and prompt
-//! through two llama.cpp trees (the pin, or directories), checkpoint by
-//! checkpoint. This is how a llama.cpp change shows in the numbers.
+//! through two llama.cpp trees (the pin, or directories), or one tree on two
+//! backends, checkpoint by checkpoint. This is how a llama.cpp change, or a
+//! device's kernels, show in the numbers.
 
 use std::path::PathBuf;
 
 use anyhow::{bail, Result};
 
 use crate::flags::{self, LlamaFlags};
+use crate::llama_cpp::build::Backend;
 use crate::llama_cpp::tree::Tree;
 use crate::models::model::ModelArgs;
 use crate::project::Project;
-use crate::runs::two_trees::{diff_trees, Runs};
+use crate::runs::two_trees::{diff_trees, Runs, Side};
 
 #[derive(clap::Args)]
 pub struct DiffTrees {
     #[command(flatten)]
     input: ModelArgs,
-    /// The llama.cpp tree under test (a directory; only read).
+    /// The llama.cpp tree under test (a directory; only read) [default: the pin].
     #[arg(long = "llama-cpp", value_name = "DIR")]
-    llama_cpp: PathBuf,
+    llama_cpp: Option<PathBuf>,
     /// The reference tree [default: the pin].
     #[arg(long, value_name = "DIR")]
     against: Option<PathBuf>,
+    /// The backend the tree under test runs on.
+    #[arg(long, value_enum, default_value_t = Backend::Cpu)]
+    backend: Backend,
+    /// The backend the reference tree runs on.
+    #[arg(long, value_enum, default_value_t = Backend::Cpu)]
+    against_backend: Backend,
     /// The layers to compare instead of the manifest's: `all`, or numbers like `0,5,29`.
     #[arg(long, value_name = "all|N,N,...", allow_hyphen_values = true)]
     layers: Option<String>,
@@ -69,11 +77,20 @@ impl DiffTrees {
             None => project.work_dir().join("diff-trees"),
         };
         let (model, manifest) = self.input.resolve(project)?;
-        let reference = match &self.against {
-            Some(dir) => Tree::local(dir)?,
-            None => Tree::pinned(project)?,
+        if self.llama_cpp.is_none()
+            && self.against.is_none()
+            && self.backend == self.against_backend
+        {
+            bail!(
+                "nothing to compare: give the tree under test (--llama-cpp DIR), or a backend to compare \
+                 with the reference's (e.g. --backend vulkan --against-backend cpu)"
+            );
+        }
+        let tree = |dir: &Option<PathBuf>| match dir {
+            Some(dir) => Tree::local(dir),
+            None => Tree::pinned(project),
         };
-        let test = Tree::local(&self.llama_cpp)?;
+        let (reference, test) = (tree(&self.against)?, tree(&self.llama_cpp)?);
         let runs = Runs {
             model: &model,
             manifest: &manifest,
@@ -83,7 +100,17 @@ impl DiffTrees {
             max_nmse: self.max_nmse,
             out: &out,
         };
-        let outcome = diff_trees(project, [&reference, &test], &runs)?;
+        let sides = [
+            Side {
+                tree: &reference,
+                backend: self.against_backend,
+            },
+            Side {
+                tree: &test,
+                backend: self.backend,
+            },
+        ];
+        let outcome = diff_trees(project, sides, &runs)?;
         print!("{}", outcome.table);
         println!(
             "\nreport: {}\npage: {}",
@@ -92,7 +119,7 @@ impl DiffTrees {
         );
         match outcome.pass {
             true => Ok(()),
-            false => bail!("the two trees differ beyond NMSE {:e}", self.max_nmse),
+            false => bail!("the two sides differ beyond NMSE {:e}", self.max_nmse),
         }
     }
 }

@@ -30,6 +30,7 @@ enum Need {
     Compare,
     Cuda,
     Metal,
+    Vulkan,
     Optional,
 }
 
@@ -40,6 +41,7 @@ impl Need {
             Need::Compare => "compare",
             Need::Cuda => "cuda",
             Need::Metal => "metal",
+            Need::Vulkan => "vulkan",
             Need::Optional => "optional",
         }
     }
@@ -57,6 +59,7 @@ impl Doctor {
             ("PyTorch env", Need::Compare, pyenv(project)),
             ("nvcc (CUDA)", Need::Cuda, nvcc()),
             ("Metal", Need::Metal, metal()),
+            ("Vulkan", Need::Vulkan, vulkan(project)),
             (
                 "git",
                 Need::Optional,
@@ -214,6 +217,30 @@ fn disk(project: &Project) -> Found {
         },
         None => Found::Later(format!("`df` did not answer; about {need} GB are needed")),
     }
+}
+
+/// What `--backend vulkan` needs: glslc, the loader, a driver (llvmpipe
+/// runs on the CPU); the headers it fetches itself where the system's are old.
+fn vulkan(project: &Project) -> Found {
+    let missing = crate::llama_cpp::vulkan::missing();
+    if !missing.is_empty() {
+        return Found::Missing {
+            why: format!("--backend vulkan needs {}", missing.join(", ")),
+            fix: crate::llama_cpp::vulkan::install_command(project),
+        };
+    }
+    let device = first_line_matching("vulkaninfo", &["--summary"], "deviceName")
+        .unwrap_or_else(|| "a driver (vulkaninfo, from vulkan-tools, names the device)".into());
+    Found::Ok(format!("glslc, libvulkan and {device}"))
+}
+
+/// The first line of `program args`'s output that holds `key`, trimmed.
+fn first_line_matching(program: &str, args: &[&str], key: &str) -> Option<String> {
+    let out = Command::new(program).args(args).output().ok()?;
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .find(|l| l.contains(key))
+        .map(|l| l.trim().to_string())
 }
 
 fn size(dir: &Path) -> String {

@@ -77,7 +77,12 @@ impl Extract {
             self.llama.flash_attn =
                 flags::every_checkpoint("extract", &manifest, &project.shown(&manifest))?;
         }
-        let mut run = ExtractorRun::new(&exe, &model, &out).user_threads();
+        if self.llama.n_gpu_layers.is_none() {
+            self.llama.n_gpu_layers = self.backend.default_gpu_layers();
+        }
+        let mut run = ExtractorRun::new(&exe, &model, &out)
+            .user_threads()
+            .env(build::backend_env(project, self.backend, &tree));
         if by_manifest {
             run = run.manifest(&manifest);
         }

@@ -5,6 +5,7 @@
 //! objects and switching back rebuilds nothing. CMake configures only when the
 //! defines change; ninja makes a no-op rebuild take well under a second.
 
+use std::ffi::OsString;
 use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context, Result};
@@ -36,14 +37,27 @@ pub enum Backend {
     Cpu,
     Cuda,
     Metal,
+    /// llama.cpp's Vulkan backend: any GPU with a Vulkan driver, or Mesa's
+    /// CPU driver (llvmpipe) on a machine without one.
+    Vulkan,
 }
 
 impl Backend {
+    /// `-ngl` where the user gave none: every layer on the device, as
+    /// llama.cpp's own tools do; the CPU backend has none to offload to.
+    pub fn default_gpu_layers(self) -> Option<i32> {
+        match self {
+            Backend::Cpu => None,
+            _ => Some(ALL_LAYERS),
+        }
+    }
+
     pub fn name(self) -> &'static str {
         match self {
             Backend::Cpu => "cpu",
             Backend::Cuda => "cuda",
             Backend::Metal => "metal",
+            Backend::Vulkan => "vulkan",
         }
     }
 
@@ -58,6 +72,7 @@ impl Backend {
                 "CMAKE_CUDA_ARCHITECTURES=native",
             ],
             Backend::Metal => &["GGML_METAL=ON", "GGML_CUDA=OFF"],
+            Backend::Vulkan => &["GGML_VULKAN=ON", "GGML_METAL=OFF", "GGML_CUDA=OFF"],
         }
     }
 
@@ -71,9 +86,10 @@ impl Backend {
     }
 
     /// Fails fast, before any download or configure, when the toolchain is missing.
-    fn check_toolchain(self) -> Result<()> {
+    fn check_toolchain(self, project: &Project) -> Result<()> {
         match self {
             Backend::Cpu => Ok(()),
+            Backend::Vulkan => super::vulkan::check_toolchain(project),
             Backend::Cuda => match find_nvcc() {
                 Some(_) => Ok(()),
                 None => bail!(
@@ -104,6 +120,9 @@ pub fn find_nvcc() -> Option<PathBuf> {
         .flatten()
         .find(|p| p.is_file())
 }
+
+/// `-ngl` for every layer of any model (llama.cpp clamps it to the model's).
+pub const ALL_LAYERS: i32 = 999;
 
 /// The defines every build gets: upstream extras off, shared libraries, Release.
 const COMMON_DEFINES: &[&str] = &[
@@ -226,8 +245,33 @@ pub fn pinned_extractor(project: &Project, backend: Backend) -> Result<PathBuf> 
 /// so a tree too old fails in a second, not after its build.
 pub fn ensure_extractor(project: &Project, backend: Backend, tree: &Tree) -> Result<PathBuf> {
     let bindings = bindgen::for_tree(project, tree)?;
-    let lib_dir = build_llama(project, backend, tree, None)?;
-    build_extractor(project, backend, tree, &lib_dir, bindings)
+    let linked = match backend {
+        // Linked against the CPU build; the Vulkan build's libraries (the
+        // same API) are swapped in at run time: see `backend_env`.
+        Backend::Vulkan => {
+            build_llama(project, Backend::Vulkan, tree, None)?;
+            Backend::Cpu
+        }
+        backend => backend,
+    };
+    let lib_dir = build_llama(project, linked, tree, None)?;
+    build_extractor(project, linked, tree, &lib_dir, bindings)
+}
+
+/// The environment an extractor from [`ensure_extractor`] runs `backend`
+/// in: for Vulkan, its build's libraries ahead of the linked CPU ones
+/// (one extractor binary for both: switching backends rebuilds nothing),
+/// and the device llama.cpp would otherwise skip where it is a CPU.
+pub fn backend_env(project: &Project, backend: Backend, tree: &Tree) -> Vec<(OsString, OsString)> {
+    if backend != Backend::Vulkan {
+        return Vec::new();
+    }
+    let lib_dir = default_build_dir(project, backend, tree).join("bin");
+    let mut env = vec![("LD_LIBRARY_PATH".into(), lib_dir.into_os_string())];
+    if let Some(devices) = super::vulkan::visible_devices() {
+        env.push(("GGML_VK_VISIBLE_DEVICES".into(), devices.into()));
+    }
+    env
 }
 
 /// Builds llama.cpp into its keyed build directory (or `build_dir` if given)
@@ -238,15 +282,19 @@ pub fn build_llama(
     tree: &Tree,
     build_dir: Option<PathBuf>,
 ) -> Result<PathBuf> {
-    backend.check_toolchain()?;
+    backend.check_toolchain(project)?;
     let tools = tools::ensure(project)?;
+    let headers = match backend {
+        Backend::Vulkan => super::vulkan::header_defines(project)?,
+        _ => Vec::new(),
+    };
     let build_dir = build_dir.unwrap_or_else(|| default_build_dir(project, backend, tree));
     let step = Step::start(
         project,
         "build",
         &format!("llama.cpp {} ({})", backend.name(), tree.record.describe()),
     )?;
-    let reconfigured = configure(&step, &tools, backend, &tree.root, &build_dir)?;
+    let reconfigured = configure(&step, &tools, backend, &headers, &tree.root, &build_dir)?;
     let jobs = std::thread::available_parallelism()
         .map(|n| n.get())
         .unwrap_or(2)
@@ -259,7 +307,8 @@ pub fn build_llama(
         "Release",
         "-j",
         &jobs
-    );
+    )
+    .env("PATH", tools_on_path(&tools)?);
     let compiled = std::cell::Cell::new(false);
     step.run_watched("cmake --build", build, |step, line| {
         if line.starts_with('[') && !compiled.replace(true) {
@@ -281,12 +330,23 @@ pub fn build_llama(
     Ok(lib_dir)
 }
 
+/// PATH with the tools' directory first: a sub-build that CMake configures
+/// while building (Vulkan's shader generator) finds ninja there, as it is
+/// not handed CMAKE_MAKE_PROGRAM.
+fn tools_on_path(tools: &tools::Tools) -> Result<OsString> {
+    let bin = tools.ninja.parent().context("ninja in a directory")?;
+    let path = std::env::var_os("PATH").unwrap_or_default();
+    let dirs = std::iter::once(bin.to_path_buf()).chain(std::env::split_paths(&path));
+    std::env::join_paths(dirs).context("a PATH entry holds a ':'")
+}
+
 /// Configures `build_dir` with CMake unless it was configured with the same
 /// tree and defines; true when it ran.
 fn configure(
     step: &Step,
     tools: &tools::Tools,
     backend: Backend,
+    headers: &[String],
     tree: &Path,
     build_dir: &Path,
 ) -> Result<bool> {
@@ -298,6 +358,7 @@ fn configure(
             "GGML_RPC=ON" if !has_rpc => "-DGGML_RPC=OFF".to_string(),
             d => format!("-D{d}"),
         })
+        .chain(headers.iter().map(|d| format!("-D{d}")))
         .chain([format!("-DCMAKE_MAKE_PROGRAM={}", tools.ninja.display())])
         .chain(extra_defines())
         .collect();

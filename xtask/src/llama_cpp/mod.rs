@@ -10,3 +10,4 @@ pub mod hashes;
 pub mod pin;
 pub mod tools;
 pub mod tree;
+pub mod vulkan;

@@ -17,6 +17,8 @@ pub struct ExtractorRun {
     args: Vec<OsString>,
     /// `-t`, passed last; None: whatever the other arguments say.
     threads: Option<u32>,
+    /// The environment a backend's libraries need ([`crate::llama_cpp::build::backend_env`]).
+    env: Vec<(OsString, OsString)>,
 }
 
 impl ExtractorRun {
@@ -27,6 +29,7 @@ impl ExtractorRun {
             exe: exe.into(),
             args: Vec::new(),
             threads: Some(2),
+            env: Vec::new(),
         }
         .flag("-m", model)
         .flag("--out", out)
@@ -103,6 +106,12 @@ impl ExtractorRun {
         self.flag("--repeat", n.to_string())
     }
 
+    /// Runs on the libraries and devices `env` names (a backend other than the linked one).
+    pub fn env(mut self, env: Vec<(OsString, OsString)>) -> Self {
+        self.env.extend(env);
+        self
+    }
+
     pub fn no_extract(self) -> Self {
         self.arg("--no-extract")
     }
@@ -117,12 +126,20 @@ impl ExtractorRun {
 
     /// The command line, to run with xshell.
     pub fn cmd<'a>(&self, sh: &'a Shell) -> xshell::Cmd<'a> {
-        sh.cmd(&self.exe).args(self.all_args())
+        let mut cmd = sh.cmd(&self.exe).args(self.all_args());
+        for (name, value) in &self.env {
+            cmd = cmd.env(name, value);
+        }
+        cmd
     }
 
     /// The command line, for a [`crate::step::Step`] to run and log.
     pub fn expression(&self) -> duct::Expression {
-        duct::cmd(&self.exe, self.all_args())
+        let mut expression = duct::cmd(&self.exe, self.all_args());
+        for (name, value) in &self.env {
+            expression = expression.env(name, value);
+        }
+        expression
     }
 
     /// Runs it quietly; a failure says so with what the extractor printed.

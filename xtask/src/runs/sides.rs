@@ -5,6 +5,7 @@
 //! each checkpoint's `reference:` names, in float32 and float64.
 
 use std::cell::OnceCell;
+use std::ffi::OsString;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
@@ -32,15 +33,17 @@ pub fn run_self_test(
     self_test(llama, torch, &manifest, &model, &out)
 }
 
-/// llama.cpp: the extractor of the CPU build on a tree (built on first use).
+/// llama.cpp: the extractor on a tree and backend (built on first use).
 pub struct LlamaCpp<'a> {
     project: &'a Project,
     tree: TreeArg,
+    backend: Backend,
     /// `--flash-attn` for every run; None: the extractor's default (auto).
     flash_attn: Option<FlashAttnMode>,
     /// Every run with an f32 KV cache (`--kv-type f32`), not llama.cpp's f16.
     kv_f32: bool,
-    exe: OnceCell<PathBuf>,
+    /// The extractor, and the environment it runs the backend in.
+    built: OnceCell<(PathBuf, Vec<(OsString, OsString)>)>,
 }
 
 impl LlamaCpp<'_> {
@@ -54,10 +57,16 @@ impl LlamaCpp<'_> {
         LlamaCpp {
             project,
             tree,
+            backend: Backend::Cpu,
             flash_attn,
             kv_f32: false,
-            exe: OnceCell::new(),
+            built: OnceCell::new(),
         }
+    }
+
+    /// Every run on `backend` (every layer on its device).
+    pub fn on_backend(self, backend: Backend) -> Self {
+        LlamaCpp { backend, ..self }
     }
 
     /// Every run with an f32 KV cache: f32 weights then leave f32 rounding
@@ -84,19 +93,32 @@ impl LlamaCpp<'_> {
         }
     }
 
-    fn exe(&self) -> Result<&Path> {
-        if let Some(exe) = self.exe.get() {
-            return Ok(exe);
+    /// The extractor and its environment, built on first use.
+    fn built(&self) -> Result<&(PathBuf, Vec<(OsString, OsString)>)> {
+        if let Some(built) = self.built.get() {
+            return Ok(built);
         }
         let tree = self.tree.resolve(self.project)?;
-        let built = build::ensure_extractor(self.project, Backend::Cpu, &tree)?;
-        Ok(self.exe.get_or_init(|| built))
+        let exe = build::ensure_extractor(self.project, self.backend, &tree)?;
+        let env = build::backend_env(self.project, self.backend, &tree);
+        Ok(self.built.get_or_init(|| (exe, env)))
+    }
+
+    /// A run of the extractor on this tree and backend.
+    fn command(&self, model: &Path, out: &Path) -> Result<ExtractorRun> {
+        let (exe, env) = self.built()?;
+        let mut run = ExtractorRun::new(exe, model, out).env(env.clone());
+        if let Some(n) = self.backend.default_gpu_layers() {
+            run = run.arg(format!("--n-gpu-layers={n}"));
+        }
+        Ok(run)
     }
 }
 
 impl Extractor for LlamaCpp<'_> {
     fn extract(&self, run: &Extraction<'_>) -> Result<()> {
-        let mut command = ExtractorRun::new(self.exe()?, run.model, run.out)
+        let mut command = self
+            .command(run.model, run.out)?
             .manifest(run.manifest)
             .prompt(run.prompt)
             .generate(0)
@@ -119,7 +141,7 @@ impl Extractor for LlamaCpp<'_> {
         out: &Path,
         flash_attn: Option<bool>,
     ) -> Result<()> {
-        let command = ExtractorRun::new(self.exe()?, model, out);
+        let command = self.command(model, out)?;
         let command = match prompt {
             Prompt::Text(text) => command.prompt(text),
             Prompt::Tokens(ids) => command.tokens(ids),
@@ -160,7 +182,7 @@ impl Extractor for LlamaCpp<'_> {
         if modified(&copy).is_some() && modified(&copy) >= modified(model) {
             return Ok(Some(copy));
         }
-        let tool = self.exe()?.with_file_name("llorch-checkpoint-model");
+        let tool = self.built()?.0.with_file_name("llorch-checkpoint-model");
         let sh = self.project.shell()?;
         cmd!(sh, "{tool} dequantize {model} --out {copy}")
             .quiet()

@@ -1,6 +1,7 @@
-//! One model, manifest, layers and prompt through two llama.cpp trees, and
-//! their runs compared checkpoint by checkpoint (`llorch-checkpoint-diff`):
-//! `diff-trees` and verify's tree checks both run it.
+//! One model, manifest, layers and prompt through two sides (a llama.cpp
+//! tree on a backend: two trees, or one tree on two backends), and their
+//! runs compared checkpoint by checkpoint (`llorch-checkpoint-diff`):
+//! `diff-trees` and verify's tree and backend checks run it.
 
 use std::path::{Path, PathBuf};
 
@@ -12,7 +13,27 @@ use crate::project::Project;
 use crate::runs::extractor::ExtractorRun;
 use crate::step::Step;
 
-/// What both trees run.
+/// A llama.cpp tree on a backend.
+#[derive(Clone, Copy)]
+pub struct Side<'a> {
+    pub tree: &'a Tree,
+    pub backend: Backend,
+}
+
+impl Side<'_> {
+    pub fn cpu(tree: &Tree) -> Side<'_> {
+        Side {
+            tree,
+            backend: Backend::Cpu,
+        }
+    }
+
+    fn describe(&self) -> String {
+        format!("{} on {}", self.tree.record.describe(), self.backend.name())
+    }
+}
+
+/// What both sides run.
 pub struct Runs<'a> {
     pub model: &'a Path,
     pub manifest: &'a Path,
@@ -33,17 +54,17 @@ pub struct Outcome {
     pub pass: bool,
 }
 
-/// Builds what is missing, runs both trees' extractors, compares the runs
+/// Builds what is missing, runs both sides' extractors, compares the runs
 /// (`llorch-checkpoint-diff`, the pin's build of it).
 pub fn diff_trees(
     project: &Project,
-    [reference, test]: [&Tree; 2],
+    [reference, test]: [Side<'_>; 2],
     runs: &Runs<'_>,
 ) -> Result<Outcome> {
     let sides = [(reference, runs.out.join("a")), (test, runs.out.join("b"))];
-    for (tree, dir) in &sides {
-        let exe = build::ensure_extractor(project, Backend::Cpu, tree)?;
-        extract(project, &exe, tree, runs, dir)?;
+    for (side, dir) in &sides {
+        let exe = build::ensure_extractor(project, side.backend, side.tree)?;
+        extract(project, &exe, side, runs, dir)?;
     }
     let diff = project.root().join("target/release/llorch-checkpoint-diff");
     let (report, page) = (runs.out.join("report.json"), runs.out.join("report.html"));
@@ -81,22 +102,30 @@ pub fn diff_trees(
     })
 }
 
-fn extract(project: &Project, exe: &Path, tree: &Tree, runs: &Runs<'_>, dir: &Path) -> Result<()> {
+fn extract(
+    project: &Project,
+    exe: &Path,
+    side: &Side<'_>,
+    runs: &Runs<'_>,
+    dir: &Path,
+) -> Result<()> {
     let mut run = ExtractorRun::new(exe, runs.model, dir)
         .user_threads()
+        .env(build::backend_env(project, side.backend, side.tree))
         .manifest(runs.manifest)
         .prompt(runs.prompt);
     if let Some(layers) = runs.layers {
         run = run.layers(layers);
     }
+    if let Some(n) = side.backend.default_gpu_layers() {
+        if !crate::flags::has(runs.extra, &["--n-gpu-layers", "--ngl"]) {
+            run = run.arg(format!("--n-gpu-layers={n}"));
+        }
+    }
     let run = run.args(runs.extra);
-    let step = Step::start(
-        project,
-        "extract",
-        &format!("on {}", tree.record.describe()),
-    )?;
+    let step = Step::start(project, "extract", &format!("on {}", side.describe()))?;
     step.run("llorch-checkpoint-extractor", run.expression())
-        .with_context(|| format!("the extractor on {} failed", tree.root.display()))?;
+        .with_context(|| format!("the extractor on {} failed", side.describe()))?;
     step.finish(&format!("run in {}", dir.display()));
     Ok(())
 }

@@ -56,6 +56,7 @@ mod report;
 mod rpc;
 mod streamed;
 mod trees;
+mod vulkan;
 use checks::{
     clean_build, corrupted_copy_rejected, no_amx, overhead_ratio, seen_once, throughput, validate,
     CORRUPTIONS,
@@ -66,7 +67,7 @@ use report::{Checked, Report};
 #[derive(clap::Args)]
 pub struct Verify {
     /// Every group of checks (what CI runs): the fast tier's, and the clean and older-tree
-    /// builds, real models, matching, real sizes, RPC, Miri, fuzzing and the whole kill campaign.
+    /// builds, real models, matching, real sizes, RPC, Vulkan, Miri, fuzzing and the whole kill campaign.
     #[arg(long)]
     full: bool,
     /// Run only these groups of checks, whatever the tier (for work on one of them).
@@ -101,6 +102,7 @@ enum Group {
     Sizes,
     Trees,
     Rpc,
+    Vulkan,
     Miri,
     Fuzz,
 }
@@ -188,6 +190,9 @@ impl Verify {
         }
         if self.runs(Group::Rpc) {
             rpc::checks(&mut report, &ctx);
+        }
+        if self.runs(Group::Vulkan) {
+            vulkan::checks(&mut report, &ctx);
         }
         if self.runs(Group::Miri) {
             report.section("miri: the eval hook's ownership and the handoff");

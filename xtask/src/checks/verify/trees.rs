@@ -18,7 +18,7 @@ use crate::llama_cpp::fetch;
 use crate::llama_cpp::hashes::content_sha256;
 use crate::llama_cpp::tree::Tree;
 use crate::models::prompts::PERF_PROMPT;
-use crate::runs::two_trees::{diff_trees, Runs};
+use crate::runs::two_trees::{diff_trees, Runs, Side};
 
 /// The tree verify builds: the newest before the pin.
 const OLDER: &str = "llama-cpp-sys-2-0.1.150";
@@ -174,7 +174,7 @@ fn against_pin(
         max_nmse,
         out: &out,
     };
-    let outcome = diff_trees(ctx.project, [&pin, tree], &runs)?;
+    let outcome = diff_trees(ctx.project, [Side::cpu(&pin), Side::cpu(tree)], &runs)?;
     let b = RunRecord::read(&out.join("b"))?;
     let expected = b.manifest(manifest)?.checkpoints.len();
     ensure!(

@@ -386,8 +386,13 @@ impl Capture {
         if self.by_operand.is_empty() {
             return None;
         }
-        node.source_names()
-            .find_map(|s| self.by_operand.get(s)?.iter().copied().find(fits))
+        node.source_names().find_map(|s| {
+            self.by_operand
+                .get(original_name(s))?
+                .iter()
+                .copied()
+                .find(fits)
+        })
     }
 }
 
@@ -401,9 +406,38 @@ fn elements(keep: [i64; 4]) -> usize {
 /// already fits, so they stay rare.
 fn has_operand(node: &Node<'_>, name: &[u8], depth: u8) -> bool {
     depth > 0
-        && node
-            .sources()
-            .any(|s| s.name() == name || has_operand(&s, name, depth - 1))
+        && node.sources().any(|s| {
+            let own = original_name(s.name());
+            // A copy has no operands to walk up: a view of `name` made
+            // before the copy is named after it.
+            let copied_view = own.len() < s.name().len() && derived_from(own, name);
+            own == name || copied_view || has_operand(&s, name, depth - 1)
+        })
+}
+
+/// The name of the tensor a scheduler's copy was made from: where a graph
+/// is split between backends (`-ngl`, a GPU's op offload), ggml-backend
+/// hands a node the copy of an operand that lives on another backend,
+/// named `BACKEND#NAME#N`; any other name is itself. Allocation-free.
+pub fn original_name(name: &[u8]) -> &[u8] {
+    let (Some(first), Some(last)) = (
+        name.iter().position(|&b| b == b'#'),
+        name.iter().rposition(|&b| b == b'#'),
+    ) else {
+        return name;
+    };
+    let copy_index = &name[last + 1..];
+    match last > first && !copy_index.is_empty() && copy_index.iter().all(u8::is_ascii_digit) {
+        true => &name[first + 1..last],
+        false => name,
+    }
+}
+
+/// Whether `name` is `base` or a view of it as ggml names them (`base
+/// (view)`, `base (view) (permuted)`, ...).
+fn derived_from(name: &[u8], base: &[u8]) -> bool {
+    name.strip_prefix(base)
+        .is_some_and(|rest| rest.is_empty() || rest.starts_with(b" ("))
 }
 
 impl Observer for Capture {
@@ -446,5 +480,31 @@ impl Observer for Capture {
             return Ok(());
         }
         self.outbox.push(captured)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_scheduler_copy_is_known_by_the_name_of_what_it_copies() {
+        let original = |n: &str| String::from_utf8_lossy(original_name(n.as_bytes())).into_owned();
+        assert_eq!(
+            original("Vulkan0#blk.0.attn_output.bias#0"),
+            "blk.0.attn_output.bias"
+        );
+        assert_eq!(original("CPU#Kcur-0 (view)#12"), "Kcur-0 (view)");
+        assert_eq!(
+            original("Vulkan0#cache_k_l0 (view) (permuted)#0"),
+            "cache_k_l0 (view) (permuted)"
+        );
+        for itself in ["kq-0", "a#b", "#3", "x#y#z", "x#y#"] {
+            assert_eq!(original(itself), itself);
+        }
+        assert!(derived_from(b"cache_k_l0 (view) (permuted)", b"cache_k_l0"));
+        assert!(derived_from(b"cache_k_l0", b"cache_k_l0"));
+        assert!(!derived_from(b"cache_k_l01 (view)", b"cache_k_l0"));
+        assert!(!derived_from(b"cache_k_l1 (view)", b"cache_k_l0"));
     }
 }

@@ -311,7 +311,8 @@ pub fn build_llama(
     .env("PATH", tools_on_path(&tools)?);
     let compiled = std::cell::Cell::new(false);
     step.run_watched("cmake --build", build, |step, line| {
-        if line.starts_with('[') && !compiled.replace(true) {
+        // `[0/2] Re-checking globbed directories...` compiles nothing.
+        if line.starts_with('[') && !line.starts_with("[0/") && !compiled.replace(true) {
             step.set_message(&format!(
                 "compiling llama.cpp ({}, {jobs} jobs)",
                 backend.name()

@@ -116,6 +116,23 @@ fn header_version(include: &Path) -> Option<u32> {
         .ok()
 }
 
+/// Which headers a Vulkan build uses, in words.
+pub fn headers_in_use(project: &Project) -> String {
+    let system = header_version(Path::new("/usr/include"));
+    match (std::env::var_os("VULKAN_SDK"), pin(project)) {
+        (Some(sdk), _) => format!("VULKAN_SDK's ({})", Path::new(&sdk).display()),
+        (None, Ok(pin)) if system.is_some_and(|v| v >= pin.min_header_version) => {
+            format!("the system's (1.3.{})", system.unwrap_or_default())
+        }
+        (None, Ok(pin)) => format!(
+            "Vulkan-Headers {} from vendor/vulkan.yaml (the system's: {})",
+            pin.headers.version,
+            system.map_or("none".into(), |v| format!("1.x.{v}"))
+        ),
+        (None, Err(err)) => format!("unknown ({err:#})"),
+    }
+}
+
 /// The CMake defines that point the build at headers new enough for the
 /// pin: none where `VULKAN_SDK` is set or the system's are; otherwise the
 /// pinned packages' headers, fetched and unpacked once.
@@ -147,7 +164,7 @@ pub fn header_defines(project: &Project) -> Result<Vec<String>> {
 /// `root` (staged, so that an interrupted fetch leaves nothing half-made).
 fn unpack_headers(project: &Project, pin: &VulkanPin, root: &Path) -> Result<()> {
     let system = header_version(Path::new("/usr/include"))
-        .map_or("none".to_string(), |v| format!("1.3.{v}"));
+        .map_or("none".to_string(), |v| format!("1.x.{v}"));
     eprintln!(
         "    vulkan the system's Vulkan headers ({system}) are older than the pin needs (1.3.{}): \
          fetching Vulkan-Headers {} into {}",

@@ -8,14 +8,16 @@ use std::path::Path;
 use std::time::Instant;
 
 use anyhow::{ensure, Context, Result};
-use llorch_checkpoint_spec::record::RunRecord;
+use llorch_checkpoint_compare::{compare, Options};
+use llorch_checkpoint_spec::record::{FlashAttnMode, RunRecord};
 
 use super::ctx::Ctx;
 use super::report::Report;
 use crate::llama_cpp::build::{self, Backend};
 use crate::llama_cpp::tree::Tree;
 use crate::llama_cpp::vulkan;
-use crate::models::prompts::PERF_PROMPT;
+use crate::models::prompts::{words_of_english, PERF_PROMPT};
+use crate::runs::sides::{run_self_test, LlamaCpp, PyTorch};
 use crate::runs::two_trees::{diff_trees, Runs, Side};
 
 /// The NMSE within which a Vulkan checkpoint counts as the CPU's: its
@@ -48,7 +50,7 @@ pub fn checks(report: &mut Report, ctx: &Ctx<'_>) {
     if !report.check(
         "llama.cpp's Vulkan backend builds (the pin, the headers vendor/vulkan.yaml names where the system's are older)",
         t,
-        built.map(|_| format!("{} driver(s): {}", vulkan::drivers().len(), driver_names())),
+        built.map(|_| format!("headers: {}", vulkan::headers_in_use(ctx.project))),
     ) {
         return;
     }
@@ -57,23 +59,32 @@ pub fn checks(report: &mut Report, ctx: &Ctx<'_>) {
     report.check(
         "GPT-2, nine checkpoints of every layer read from the Vulkan device's memory, against the CPU backend's",
         t,
-        against_cpu(ctx, &ctx.model, &ctx.manifest, None, &work.join("gpt2")),
+        against_cpu(ctx, &ctx.model, &ctx.manifest, PERF_PROMPT, None, &work.join("gpt2")),
     );
     let t = Instant::now();
     report.check(
-        "GPT-2 split, -ngl 6: the last 6 layers on the device, the rest on the CPU; each checkpoint where it ran, against the CPU backend's",
+        "GPT-2 split, -ngl 6 and a 24-token prompt: layers 0-6 on the CPU, bitwise the CPU build's; 7-11 and the output read from the device",
         t,
-        against_cpu(ctx, &ctx.model, &ctx.manifest, Some(6), &work.join("gpt2-split")),
+        against_cpu(ctx, &ctx.model, &ctx.manifest, &short_prompt(), Some(6), &work.join("gpt2-split")),
+    );
+    let t = Instant::now();
+    report.check(
+        "GPT-2 on Vulkan matches PyTorch (f64) within the manifest's tolerance; a 1e-2 perturbation is caught",
+        t,
+        run_self_test(
+            ctx.project,
+            &LlamaCpp::new(ctx.project).on_backend(Backend::Vulkan),
+            &PyTorch::new(ctx.project),
+        ),
+    );
+    report.tidy(&ctx.project.work_dir().join("compare-self-test"));
+    let t = Instant::now();
+    report.check(
+        "SmolLM2 (Q4_1), every layer on Vulkan, against transformers (f64): within the manifest's NMSE limits; same next token, or a near tie",
+        t,
+        real_against_f64(ctx, "smollm2-135m", &work.join("smollm2")),
     );
     report.tidy(&work);
-}
-
-fn driver_names() -> String {
-    vulkan::drivers()
-        .iter()
-        .filter_map(|p| p.file_stem().map(|s| s.to_string_lossy().into_owned()))
-        .collect::<Vec<_>>()
-        .join(", ")
 }
 
 /// One model's every layer on the CPU backend and on Vulkan (`ngl` layers
@@ -85,6 +96,7 @@ pub fn against_cpu(
     ctx: &Ctx<'_>,
     model: &Path,
     manifest: &Path,
+    prompt: &str,
     ngl: Option<u32>,
     out: &Path,
 ) -> Result<String> {
@@ -96,7 +108,7 @@ pub fn against_cpu(
     let runs = Runs {
         model,
         manifest,
-        prompt: PERF_PROMPT,
+        prompt,
         layers: Some("all"),
         extra: &extra,
         max_nmse: MAX_NMSE,
@@ -131,10 +143,10 @@ pub fn against_cpu(
         on_device > 0,
         "no checkpoint was read from a Vulkan buffer: {buffers:?}"
     );
-    if let Some(n) = ngl {
-        check_split(&record, n)?;
-    }
     let json: serde_json::Value = serde_json::from_slice(&std::fs::read(&outcome.report)?)?;
+    if let Some(n) = ngl {
+        check_split(&record, n, &json)?;
+    }
     ensure!(outcome.pass, "beyond NMSE {MAX_NMSE:e}:\n{}", outcome.table);
     let (worst, at) = worst(&json)?;
     let device = record
@@ -158,31 +170,100 @@ fn per_buffer(record: &RunRecord) -> BTreeMap<String, usize> {
     buffers
 }
 
-/// With `-ngl n`, llama.cpp puts the last `n` layers on the device: their
-/// checkpoints must all come from a Vulkan buffer, and some of the others'
-/// from the CPU's (a matrix product of a long prompt may still run on the
-/// device: llama.cpp offloads it there).
-fn check_split(record: &RunRecord, n: u32) -> Result<()> {
+/// A prompt short enough (under 32 tokens) that llama.cpp leaves a CPU
+/// layer's matrix products on the CPU: with a longer one it runs them on
+/// the device too, copying their weights there (its op offload).
+fn short_prompt() -> String {
+    words_of_english(20)
+}
+
+/// With `-ngl n`, llama.cpp puts the last `n` layers on the device, the
+/// output counted as one. The checkpoints of the others ran on the CPU
+/// backend, which the Vulkan build shares with the CPU build: bitwise its
+/// run; those of the device's layers must come from a Vulkan buffer.
+fn check_split(record: &RunRecord, n: u32, json: &serde_json::Value) -> Result<()> {
     let n_layer = u32::try_from(record.model.n_layer)?;
-    let first_on_device = n_layer.saturating_sub(n);
+    let first_on_device = (n_layer + 1).saturating_sub(n);
+    let rows = json["checkpoints"].as_array().context("checkpoints")?;
+    let bitwise = |file: &str| {
+        rows.iter()
+            .any(|r| r["file"] == file && r["stats"]["bitwise_equal"] == true)
+    };
     for c in &record.checkpoints {
         let layer = c.layer.context("a layer's checkpoint")?;
-        ensure!(
-            layer < first_on_device || c.buffer.starts_with("Vulkan"),
-            "{} of layer {layer} was read from {}, though layers {first_on_device}.. are on the device",
-            c.id,
-            c.buffer
-        );
+        match layer < first_on_device {
+            true => ensure!(
+                bitwise(&c.file),
+                "{} of layer {layer} (on the CPU, read from {}) differs from the CPU build's",
+                c.id,
+                c.buffer
+            ),
+            false => ensure!(
+                c.buffer.starts_with("Vulkan") && !c.buffer.ends_with("_Host"),
+                "{} of layer {layer} was read from {}, though layers {first_on_device}.. are on the device",
+                c.id,
+                c.buffer
+            ),
+        }
     }
-    ensure!(
-        record
-            .checkpoints
-            .iter()
-            .any(|c| c.layer.is_some_and(|l| l < first_on_device) && c.buffer == "CPU"),
-        "no checkpoint of layers 0-{} was read from the CPU's buffer",
-        first_on_device.saturating_sub(1)
-    );
     Ok(())
+}
+
+/// A catalogue model, every layer on Vulkan, against transformers in f64.
+/// The manifest's NMSE limits must hold; its element bounds were measured
+/// on the CPU backend, whose products keep f32 sums where llvmpipe's Vulkan
+/// kernels sum in f16: elements beyond them are counted and named, not
+/// failed (docs/gpu-and-rpc.md has the figures).
+fn real_against_f64(ctx: &Ctx<'_>, name: &str, out: &Path) -> Result<String> {
+    let (model, manifest) =
+        crate::models::model::model_and_manifest(ctx.project, Some(name), None)?;
+    let llama = LlamaCpp::on(ctx.project, Default::default(), Some(FlashAttnMode::Off))
+        .on_backend(Backend::Vulkan);
+    let outcome = compare(
+        &llama,
+        &PyTorch::new(ctx.project),
+        &Options {
+            layers: Some("all".into()),
+            ..Options::new(&manifest, &model, PERF_PROMPT, out.to_path_buf())
+        },
+    )?;
+    let over_nmse: Vec<String> = outcome
+        .rows
+        .iter()
+        .filter(|r| r.verdict().nmse.is_nan() || r.verdict().nmse > r.tolerance.nmse)
+        .map(|r| {
+            format!(
+                "{} layer {:?}: NMSE {:.2e}",
+                r.id,
+                r.layer,
+                r.verdict().nmse
+            )
+        })
+        .collect();
+    ensure!(
+        over_nmse.is_empty(),
+        "over the manifest's NMSE limit: {}",
+        over_nmse.join(", ")
+    );
+    ensure!(
+        outcome.next_token.agrees(),
+        "{}; but the {}",
+        outcome.summary,
+        outcome.next_token.describe()
+    );
+    let record = RunRecord::read(&out.join("llama"))?;
+    ensure!(
+        record.backend == "vulkan",
+        "the run's backend is {:?}",
+        record.backend
+    );
+    let beyond = outcome.rows.iter().filter(|r| !r.pass).count();
+    Ok(format!(
+        "every NMSE within the manifest's limit; {}; {}; {beyond} with elements beyond the CPU-measured element bound{}",
+        outcome.summary,
+        outcome.next_token.describe(),
+        outcome.failure.map(|f| format!(" (first: {f})")).unwrap_or_default()
+    ))
 }
 
 /// The largest NMSE of the comparison's checkpoints, and which.

@@ -63,7 +63,7 @@ pub fn checks(report: &mut Report, ctx: &Ctx<'_>) {
     );
     let t = Instant::now();
     report.check(
-        "GPT-2 split, -ngl 6 and a 24-token prompt: layers 0-6 on the CPU, bitwise the CPU build's; 7-11 and the output read from the device",
+        "GPT-2 split, -ngl 6 and a 20-word prompt (under 32 tokens): layers 0-6 on the CPU, bitwise the CPU build's; 7-11 and the output read from the device",
         t,
         against_cpu(ctx, &ctx.model, &ctx.manifest, &short_prompt(), Some(6), &work.join("gpt2-split")),
     );

@@ -234,13 +234,14 @@ fn vulkan(project: &Project) -> Found {
     Found::Ok(format!("glslc, libvulkan and {device}"))
 }
 
-/// The first line of `program args`'s output that holds `key`, trimmed.
+/// The value of the first line of `program args`'s output that holds
+/// `key` (what follows its `=`), trimmed.
 fn first_line_matching(program: &str, args: &[&str], key: &str) -> Option<String> {
     let out = Command::new(program).args(args).output().ok()?;
     String::from_utf8_lossy(&out.stdout)
         .lines()
         .find(|l| l.contains(key))
-        .map(|l| l.trim().to_string())
+        .map(|l| l.split_once('=').map_or(l, |(_, v)| v).trim().to_string())
 }
 
 fn size(dir: &Path) -> String {

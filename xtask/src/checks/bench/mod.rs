@@ -21,8 +21,8 @@ use anyhow::{ensure, Context, Result};
 use llorch_checkpoint_spec::record::{median, RunRecord};
 use xshell::Shell;
 
-use crate::llama_cpp::build::pinned_extractor;
-use crate::llama_cpp::build::Backend;
+use crate::llama_cpp::build::{self, Backend};
+use crate::llama_cpp::tree::Tree;
 use crate::project::Project;
 
 mod cells;
@@ -56,6 +56,9 @@ pub struct Bench {
     /// llama.cpp (an earlier commit's, say): what a change bought, one bench right after the other.
     #[arg(long, value_name = "PATH")]
     extractor: Option<PathBuf>,
+    /// The backend llama.cpp computes on, every layer on its device (the raw-C floor too).
+    #[arg(long, value_enum, default_value_t = Backend::Cpu)]
+    backend: Backend,
 }
 
 impl Bench {
@@ -71,13 +74,18 @@ impl Bench {
         let _ = std::fs::remove_dir_all(&out);
         std::fs::create_dir_all(&out)?;
         let model = crate::models::model::default_model(project)?;
+        let tree = Tree::pinned(project)?;
         let exe = match &self.extractor {
             Some(exe) => std::path::absolute(exe)?,
-            None => pinned_extractor(project, Backend::Cpu)?,
+            None => build::ensure_extractor(project, self.backend, &tree)?,
         };
         ensure!(exe.is_file(), "no extractor at {}", exe.display());
         let raw_c = compile_raw_capture(project, &out)?;
         let sh = project.shell()?;
+        // The backend's libraries for every run, the raw-C floor's too.
+        for (name, value) in build::backend_env(project, self.backend, &tree) {
+            sh.set_var(name, value);
+        }
         let mut cells = Vec::new();
         for &tokens in &self.prompts {
             let prompt = prompt_of(tokens);
@@ -106,7 +114,7 @@ impl Bench {
         print!("{table}");
         std::fs::write(out.join("bench.txt"), &table)?;
         let json = serde_json::json!({
-            "model": model, "threads": 2, "repeat": self.repeat, "runs": self.runs, "extra": self.extra,
+            "model": model, "backend": self.backend.name(), "threads": 2, "repeat": self.repeat, "runs": self.runs, "extra": self.extra,
             "extractor": self.extractor,
             "cpu": cpu_model(), "roofline": roofline, "cells": cells,
         });
@@ -132,6 +140,11 @@ impl Bench {
         let extractor = |out: &Path| {
             ExtractorRun::new(exe, model, out)
                 .args(flags)
+                .args(
+                    self.backend
+                        .default_gpu_layers()
+                        .map(|n| format!("--n-gpu-layers={n}")),
+                )
                 .prompt(prompt)
                 .generate(0)
         };

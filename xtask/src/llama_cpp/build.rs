@@ -267,7 +267,12 @@ pub fn backend_env(project: &Project, backend: Backend, tree: &Tree) -> Vec<(OsS
         return Vec::new();
     }
     let lib_dir = default_build_dir(project, backend, tree).join("bin");
-    let mut env = vec![("LD_LIBRARY_PATH".into(), lib_dir.into_os_string())];
+    // First, ahead of whatever the caller's path holds.
+    let theirs = std::env::var_os("LD_LIBRARY_PATH").unwrap_or_default();
+    let dirs = std::iter::once(lib_dir.clone()).chain(std::env::split_paths(&theirs));
+    // A directory of theirs with a ':' cannot be joined: ours alone then.
+    let path = std::env::join_paths(dirs).unwrap_or_else(|_| lib_dir.into_os_string());
+    let mut env = vec![("LD_LIBRARY_PATH".into(), path)];
     if let Some(devices) = super::vulkan::visible_devices() {
         env.push(("GGML_VK_VISIBLE_DEVICES".into(), devices.into()));
     }

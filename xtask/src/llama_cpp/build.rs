@@ -269,7 +269,9 @@ pub fn backend_env(project: &Project, backend: Backend, tree: &Tree) -> Vec<(OsS
     let lib_dir = default_build_dir(project, backend, tree).join("bin");
     // First, ahead of whatever the caller's path holds.
     let theirs = std::env::var_os("LD_LIBRARY_PATH").unwrap_or_default();
-    let dirs = std::iter::once(lib_dir.clone()).chain(std::env::split_paths(&theirs));
+    // (An empty entry would mean the working directory: none is added.)
+    let dirs = std::iter::once(lib_dir.clone())
+        .chain(std::env::split_paths(&theirs).filter(|d| !d.as_os_str().is_empty()));
     // A directory of theirs with a ':' cannot be joined: ours alone then.
     let path = std::env::join_paths(dirs).unwrap_or_else(|_| lib_dir.into_os_string());
     let mut env = vec![("LD_LIBRARY_PATH".into(), path)];

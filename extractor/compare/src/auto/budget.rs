@@ -30,7 +30,7 @@ pub fn check_graph(
     max: Option<u64>,
     dir: &Path,
 ) -> Result<()> {
-    let graph = dir_bytes(graph_run);
+    let graph = bytes_under(graph_run);
     let total = projected(graph, variants);
     eprintln!(
         "compare: at most about {} of files in all (the graph run {}; the reference's {} variants)",
@@ -54,13 +54,8 @@ pub fn check_reference(
     max: Option<u64>,
     dir: &Path,
 ) -> Result<()> {
-    let reference: u64 = std::fs::read_dir(everything)
-        .into_iter()
-        .flatten()
-        .flatten()
-        .map(|e| dir_bytes(&e.path()))
-        .sum();
-    let total = dir_bytes(graph_run) + 2 * reference;
+    let reference = bytes_under(everything);
+    let total = bytes_under(graph_run) + 2 * reference;
     refuse_over(
         total,
         max,
@@ -92,16 +87,12 @@ fn size_text(bytes: u64) -> String {
     }
 }
 
-/// The bytes of the files directly in `dir`.
-fn dir_bytes(dir: &Path) -> u64 {
-    std::fs::read_dir(dir)
-        .into_iter()
-        .flatten()
-        .flatten()
-        .filter_map(|e| e.metadata().ok())
-        .filter(|m| m.is_file())
-        .map(|m| m.len())
-        .sum()
+/// The bytes of a file, or of a directory's files, recursively.
+pub(super) fn bytes_under(path: &Path) -> u64 {
+    match std::fs::read_dir(path) {
+        Ok(entries) => entries.flatten().map(|e| bytes_under(&e.path())).sum(),
+        Err(_) => std::fs::metadata(path).map_or(0, |m| m.len()),
+    }
 }
 
 #[cfg(test)]

@@ -39,7 +39,7 @@ pub fn drop_passing(
     let keep = kept(entries, rows);
     let mut freed = 0;
     let mut remove = |path: &Path| {
-        freed += size(path);
+        freed += super::budget::bytes_under(path);
         let _ = match path.is_dir() {
             true => std::fs::remove_dir_all(path),
             false => std::fs::remove_file(path),
@@ -71,14 +71,6 @@ pub fn drop_passing(
         &serde_json::to_vec_pretty(&record)?,
     )?;
     Ok((record.checkpoints.len(), freed))
-}
-
-/// The bytes of a file, or of a directory's files, recursively.
-fn size(path: &Path) -> u64 {
-    match std::fs::read_dir(path) {
-        Ok(entries) => entries.flatten().map(|e| size(&e.path())).sum(),
-        Err(_) => std::fs::metadata(path).map_or(0, |m| m.len()),
-    }
 }
 
 #[cfg(test)]

@@ -23,7 +23,7 @@ import tempfile
 import numpy as np
 
 #: The ``run.json`` schema this module reads; another is refused by name.
-SCHEMA_VERSION = 4
+SCHEMA_VERSION = 5
 
 #: The most dimensions a ``.bin`` may declare (ggml has 4).
 MAX_DIMS = 8

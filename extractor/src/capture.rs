@@ -8,7 +8,7 @@
 //! the node to f32 (strides and type respected, padded KV cells dropped) and
 //! keeps it for the writer thread (see `handoff`). It never touches the disk.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 
 use anyhow::{bail, Result};
 
@@ -18,6 +18,7 @@ use crate::ffi::tensor::Node;
 use crate::handoff::Outbox;
 use crate::kv_cells;
 use crate::manifest::{Checkpoint, Resolved, Symbols};
+use crate::record::{Layout, Operand};
 
 /// `--tensors`: globs over node names, separated by commas
 /// (`'attn_norm-*,ffn_out-*'`); a node is wanted when any matches.
@@ -77,6 +78,9 @@ pub enum Selection {
     Glob {
         filter: NodeFilter,
         keep_padding: bool,
+        /// `--operands`: the model's tensor names (what tells a weight, which
+        /// a replay reads from the GGUF, from an operand to copy).
+        operands: Option<HashSet<Box<[u8]>>>,
     },
 }
 
@@ -86,6 +90,8 @@ pub struct Capture {
     glob: Option<NodeFilter>,
     /// `--keep-padding`: a KV cache's nodes written whole in glob mode.
     keep_padding: bool,
+    /// `--operands`: the GGUF's tensor names; `None` without.
+    weights: Option<HashSet<Box<[u8]>>>,
     /// The pass's filled KV cells (the `n_kv` symbol).
     n_kv: i64,
     /// The graph index of the node last asked about (glob mode's file names).
@@ -125,12 +131,13 @@ impl Capture {
     /// already be in that graph's layouts (`Manifest::under_flash_attn`).
     /// `threads`: the compute's CPU threads, the most a copy may use.
     pub fn new(selection: Selection, outbox: Outbox, flash_attn: bool, threads: usize) -> Capture {
-        let (checkpoints, glob, keep_padding) = match selection {
-            Selection::Manifest(checkpoints) => (checkpoints, None, true),
+        let (checkpoints, glob, keep_padding, weights) = match selection {
+            Selection::Manifest(checkpoints) => (checkpoints, None, true, None),
             Selection::Glob {
                 filter,
                 keep_padding,
-            } => (Vec::new(), Some(filter), keep_padding),
+                operands,
+            } => (Vec::new(), Some(filter), keep_padding, operands),
         };
         let mut by_name: HashMap<Box<[u8]>, Vec<usize>> = HashMap::new();
         let mut by_operand: HashMap<Box<[u8]>, Vec<usize>> = HashMap::new();
@@ -156,6 +163,7 @@ impl Capture {
             checkpoints,
             glob,
             keep_padding,
+            weights,
             n_kv: 0,
             node_index: 0,
             matched: 0,
@@ -299,52 +307,121 @@ impl Capture {
             data,
             graph_index: None,
             operands: Vec::new(),
+            op_params: Vec::new(),
+            layout: None,
+            flags: None,
+            operand_of: None,
         })
     }
 
-    /// A node of the whole graph, as it is, but for a KV cache's padding.
-    fn copy_whole(&mut self, node: &Node<'_>) -> Result<Captured> {
+    /// A node of the whole graph, as it is, but for a KV cache's padding;
+    /// with `--operands`, after the copies of the operands a replay needs.
+    fn copy_whole(&mut self, node: &Node<'_>) -> Result<Vec<Captured>> {
         let ne = node.ne();
         let keep = match self.keep_padding {
             true => ne,
             false => kv_cells::filled(ne, self.cell_axis(node), self.n_kv),
         };
+        let name = node.name_lossy();
+        let file_stem = format!("{:04}_{}", self.node_index, file_safe(&name));
+        let layer = name.rsplit_once('-').and_then(|(_, l)| l.parse().ok());
+        let (mut copies, operands) = match self.weights.is_some() {
+            true => self.operands_for_replay(node, &file_stem, layer)?,
+            false => (Vec::new(), self.operands(node)),
+        };
+        let mut captured = self.copy_as_is(node, keep, file_stem, layer)?;
+        captured.graph_index = Some(self.node_index);
+        captured.operands = operands;
+        if self.weights.is_some() {
+            let params = node.op_params();
+            let used = params.iter().rposition(|&p| p != 0).map_or(0, |i| i + 1);
+            captured.op_params = params[..used].to_vec();
+            captured.layout = Some(layout(node));
+            captured.flags = Some(node.flags());
+        }
+        self.copied.insert(node.identity(), self.node_index);
+        copies.push(captured);
+        Ok(copies)
+    }
+
+    /// A tensor copied whole (but `keep`), under `file_stem`.
+    fn copy_as_is(
+        &mut self,
+        node: &Node<'_>,
+        keep: [i64; 4],
+        file_stem: String,
+        layer: Option<u32>,
+    ) -> Result<Captured> {
         let mut data = self.outbox.buffer(elements(keep));
         let fetched = node.copy_to_f32(keep, self.threads, &mut self.scratch, &mut data)?;
-        let name = node.name_lossy();
-        let safe: String = name
-            .chars()
-            .map(|c| {
-                if c.is_ascii_alphanumeric() || "-_.".contains(c) {
-                    c
-                } else {
-                    '_'
-                }
-            })
-            .collect();
-        let file_stem = format!("{:04}_{}", self.node_index, safe.trim_matches('_'));
-        let n_dims = ne.iter().rposition(|&d| d != 1).map_or(1, |i| i + 1);
-        let operands = node
-            .sources()
-            .map(|s| (s.name_lossy(), self.copied.get(&s.identity()).copied()))
-            .collect();
-        self.copied.insert(node.identity(), self.node_index);
+        let n_dims = keep.iter().rposition(|&d| d != 1).map_or(1, |i| i + 1);
         Ok(Captured {
             fetched,
             id: file_stem.clone(),
-            layer: name.rsplit_once('-').and_then(|(_, l)| l.parse().ok()),
-            tensor: name,
+            layer,
+            tensor: node.name_lossy(),
             file_stem,
             step: self.step,
-            ggml_ne: ne,
+            ggml_ne: node.ne(),
             shape: keep[..n_dims].iter().rev().copied().collect(),
             source_dtype: node.type_name(),
             op: node.op_name(),
             buffer: node.buffer_name(),
             data,
-            graph_index: Some(self.node_index),
-            operands,
+            graph_index: None,
+            operands: Vec::new(),
+            op_params: Vec::new(),
+            layout: None,
+            flags: None,
+            operand_of: None,
         })
+    }
+
+    /// The node's operands by name, and by graph index where captured.
+    fn operands(&self, node: &Node<'_>) -> Vec<Operand> {
+        node.sources()
+            .map(|s| Operand {
+                name: s.name_lossy(),
+                node: self.copied.get(&s.identity()).copied(),
+                ..Operand::default()
+            })
+            .collect()
+    }
+
+    /// `--operands`: each operand with its type, extent and layout, and
+    /// where a replay finds its values: a node captured before, a weight of
+    /// the GGUF, or a copy made now (returned, to be written before the node).
+    fn operands_for_replay(
+        &mut self,
+        node: &Node<'_>,
+        file_stem: &str,
+        layer: Option<u32>,
+    ) -> Result<(Vec<Captured>, Vec<Operand>)> {
+        let mut copies = Vec::new();
+        let mut operands = self.operands(node);
+        for (k, (s, operand)) in node.sources().zip(&mut operands).enumerate() {
+            operand.dtype = Some(s.type_name().to_string());
+            operand.ggml_ne = Some(s.ne());
+            operand.layout = Some(layout(&s));
+            if operand.node.is_some() {
+                continue;
+            }
+            let weights = self.weights.as_ref().expect("--operands");
+            if s.is_leaf() && weights.contains(original_name(s.name())) {
+                operand.weight = true;
+                operand.name = String::from_utf8_lossy(original_name(s.name())).into_owned();
+            } else if let Some(why) = unavailable(node, &s) {
+                operand.unavailable = Some(why.to_string());
+            } else {
+                let stem = format!("{file_stem}.src{k}");
+                let mut copy = self.copy_as_is(&s, s.ne(), stem.clone(), layer)?;
+                copy.operand_of = Some(self.node_index);
+                copy.layout = operand.layout.clone();
+                copies.push(copy);
+                operand.file = Some(stem);
+            }
+        }
+        Ok((copies, operands))
     }
 
     /// The axis of a KV cache's node along which only `n_kv` cells are filled.
@@ -394,6 +471,43 @@ impl Capture {
                 .find(fits)
         })
     }
+}
+
+/// A node name as a file name: what is not a letter, digit, `-`, `_` or
+/// `.` becomes `_`.
+fn file_safe(name: &str) -> String {
+    let safe: String = name
+        .chars()
+        .map(|c| match c.is_ascii_alphanumeric() || "-_.".contains(c) {
+            true => c,
+            false => '_',
+        })
+        .collect();
+    safe.trim_matches('_').to_string()
+}
+
+/// Where a tensor's bytes lie, for the record.
+fn layout(t: &Node<'_>) -> Layout {
+    Layout {
+        nb: t.nb().map(|b| b as u64),
+        view_of: t.view_root().map(|root| root.name_lossy()),
+        offset: t.view_offset() as u64,
+    }
+}
+
+/// Why an operand's bytes, read once its consumer ran, are not what the
+/// consumer read: the consumer wrote them. `None` when they still are.
+fn unavailable(node: &Node<'_>, operand: &Node<'_>) -> Option<&'static str> {
+    let views = ["VIEW", "RESHAPE", "PERMUTE", "TRANSPOSE"];
+    let root = node.view_root().map(|r| r.identity());
+    if root == Some(operand.identity()) && !views.contains(&node.op_name()) {
+        return Some("the node's own destination, which it wrote in place");
+    }
+    let in_place =
+        root.is_none() && !operand.is_leaf() && operand.data_address() == node.data_address();
+    in_place.then_some(
+        "computed over in place by this node and not captured: capture the node that made it too",
+    )
 }
 
 /// How many floats a copy keeping `keep` holds.
@@ -471,15 +585,17 @@ impl Observer for Capture {
         let captured = match &self.glob {
             Some(_) => self.copy_whole(node)?,
             None => match self.find(node) {
-                Some(index) => self.copy_checkpoint(index, node)?,
+                Some(index) => vec![self.copy_checkpoint(index, node)?],
                 None => return Ok(()),
             },
         };
-        if self.reading == Reading::Discard {
-            self.outbox.recycle(captured.data);
-            return Ok(());
+        for captured in captured {
+            match self.reading {
+                Reading::Discard => self.outbox.recycle(captured.data),
+                _ => self.outbox.push(captured)?,
+            }
         }
-        self.outbox.push(captured)
+        Ok(())
     }
 }
 

@@ -1,6 +1,8 @@
 //! What the capture hands to the writer: one checkpoint, copied to f32, with
 //! everything its record needs. Shared by `capture`, `handoff` and `output`.
 
+use crate::record::{Layout, Operand};
+
 /// One captured checkpoint on its way to the writer.
 pub struct Captured {
     pub id: String,
@@ -20,7 +22,14 @@ pub struct Captured {
     pub fetched: usize,
     pub data: Vec<f32>,
     /// `--tensors`: the node's graph index, and its operands (name, and the
-    /// graph index of those this pass captured).
+    /// graph index of those this pass captured; with `--operands`, all that
+    /// a replay of the op needs).
     pub graph_index: Option<usize>,
-    pub operands: Vec<(String, Option<usize>)>,
+    pub operands: Vec<Operand>,
+    /// `--operands`: the op's parameters and the node's layout, or which
+    /// node's operand this copy is.
+    pub op_params: Vec<i32>,
+    pub layout: Option<Layout>,
+    pub flags: Option<i32>,
+    pub operand_of: Option<usize>,
 }

@@ -282,6 +282,10 @@ mod tests {
             data: vec![0.0; n],
             graph_index: None,
             operands: Vec::new(),
+            op_params: Vec::new(),
+            layout: None,
+            flags: None,
+            operand_of: None,
         }
     }
 

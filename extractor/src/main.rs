@@ -44,6 +44,12 @@ struct Cli {
     /// the node's extent.
     #[arg(long, requires = "tensors")]
     keep_padding: bool,
+    /// With --tensors: also record each node's op parameters and layout, and its operands as the
+    /// op saw them: captured nodes by graph index, the model's weights by GGUF name, anything
+    /// else (graph inputs, KV caches, nodes the glob did not take) copied as `<file>.srcK`.
+    /// What `cargo xtask replay` reads. Implies --keep-padding.
+    #[arg(long, requires = "tensors")]
+    operands: bool,
     /// The prompt; its pass is the one captured.
     #[arg(short = 'p', long, default_value = "Hello world")]
     prompt: String,
@@ -186,6 +192,7 @@ fn main() -> ExitCode {
         layers: cli.layers,
         tensors: cli.tensors,
         keep_padding: cli.keep_padding,
+        operands: cli.operands,
         rpc: cli.rpc,
         tensor_split: cli.tensor_split,
         flash_attn: cli.flash_attn,

@@ -13,7 +13,7 @@ use sha2::{Digest, Sha256};
 use crate::captured::Captured;
 use crate::format::{self, Format};
 use crate::handoff::Inbox;
-use crate::record::{CheckpointRecord, Operand, RunRecord};
+use crate::record::{CheckpointRecord, RunRecord};
 use crate::rundir::{Abandon, RunDir};
 use llorch_checkpoint_spec::metric::value_stats;
 
@@ -195,14 +195,11 @@ fn write_one(staging: &Path, format: Format, captured: &Captured) -> Result<Chec
         mean,
         non_finite,
         graph_index: captured.graph_index,
-        operands: captured
-            .operands
-            .iter()
-            .map(|(name, node)| Operand {
-                name: name.clone(),
-                node: *node,
-            })
-            .collect(),
+        operands: captured.operands.clone(),
+        op_params: captured.op_params.clone(),
+        layout: captured.layout.clone(),
+        ggml_flags: captured.flags,
+        operand_of: captured.operand_of,
     })
 }
 

@@ -18,6 +18,8 @@ pub struct Header {
     /// How many of the model's matrices (tensors of two or more dimensions)
     /// are stored in each type: what tells f32 weights from quantized ones.
     pub weights: BTreeMap<String, u64>,
+    /// Every tensor the file holds, by name.
+    pub tensor_names: Vec<String>,
 }
 
 impl Header {
@@ -37,10 +39,12 @@ impl Header {
         for t in header.tensors().iter().filter(|t| t.ne.len() >= 2) {
             *weights.entry(t.type_name().to_string()).or_insert(0) += 1;
         }
+        let tensor_names = header.tensors().iter().map(|t| t.name.clone()).collect();
         Ok(Header {
             architecture,
             n_layer,
             weights,
+            tensor_names,
         })
     }
 }

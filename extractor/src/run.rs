@@ -36,6 +36,9 @@ pub struct Config {
     pub tensors: Option<NodeFilter>,
     /// `--keep-padding`: with `--tensors`, a KV cache's nodes written whole.
     pub keep_padding: bool,
+    /// `--operands`: with `--tensors`, each node's op parameters and
+    /// operands, for replaying it (implies `keep_padding`).
+    pub operands: bool,
     /// `--rpc`: RPC servers (`host:port`) whose devices take offloaded layers.
     pub rpc: Vec<String>,
     /// `--tensor-split`: how the offloaded layers are shared among the devices.
@@ -76,7 +79,7 @@ pub fn run(cfg: &Config) -> Result<()> {
     let flash_attn =
         list_nodes::flash_attn_on(&loaded.model, cfg.flash_attn, kv_type, threads, first)?;
     let rows = every_row(cfg, manifest.as_ref(), loaded.model.n_layer());
-    let (selection, absent) = selection(cfg, manifest, flash_attn);
+    let (selection, absent) = selection(cfg, manifest, flash_attn, &header);
     let (decoded, (written, write_ms)) =
         decode::passes(&cfg.decode, &loaded, selection, &output, flash_attn, rows)?;
 
@@ -165,6 +168,7 @@ fn selection(
     cfg: &Config,
     manifest: Option<Manifest>,
     flash_attn: bool,
+    header: &Header,
 ) -> (Option<Selection>, Vec<AbsentCheckpoint>) {
     let (manifest, absent) = match (manifest, flash_attn) {
         (Some(m), true) => {
@@ -185,7 +189,11 @@ fn selection(
         (_, _) if !cfg.extract => None,
         (Some(filter), _) => Some(Selection::Glob {
             filter: filter.clone(),
-            keep_padding: cfg.keep_padding,
+            keep_padding: cfg.keep_padding || cfg.operands,
+            operands: cfg.operands.then(|| {
+                let names = header.tensor_names.iter();
+                names.map(|n| n.as_bytes().into()).collect()
+            }),
         }),
         (None, Some(m)) => Some(Selection::Manifest(m.checkpoints)),
         (None, None) => None,
@@ -289,7 +297,7 @@ fn record(
         },
         layers: None,
         tensors: cfg.tensors.as_ref().map(|p| p.as_str().to_string()),
-        keep_padding: cfg.keep_padding && cfg.tensors.is_some(),
+        keep_padding: (cfg.keep_padding || cfg.operands) && cfg.tensors.is_some(),
         manifest: cfg.manifest.as_ref().map(|p| ManifestInfo {
             path: p.clone(),
             sha256: llorch_checkpoint_spec::files::sha256_file(p).ok(),

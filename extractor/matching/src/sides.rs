@@ -270,6 +270,7 @@ mod tests {
                 .map(|(n, i)| Operand {
                     name: n.to_string(),
                     node: *i,
+                    ..Operand::default()
                 })
                 .collect(),
             data: vec![0.0],

@@ -86,6 +86,7 @@ fn node(
             .map(|&i| Operand {
                 name: format!("n{i}"),
                 node: Some(i),
+                ..Operand::default()
             })
             .collect(),
         data,

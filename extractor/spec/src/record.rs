@@ -13,8 +13,10 @@ use crate::manifest::{Manifest, Symbols};
 
 /// Bumped whenever a field changes meaning or a field is added (3: each
 /// `--tensors` node's graph index and operands, the model's weight types;
-/// 4: `keep_padding`, a KV cache's nodes cut to their filled cells).
-pub const SCHEMA_VERSION: u32 = 4;
+/// 4: `keep_padding`, a KV cache's nodes cut to their filled cells;
+/// 5: `--operands`: each node's op parameters, layout and operands as the
+/// op saw them, for `replay`).
+pub const SCHEMA_VERSION: u32 = 5;
 
 /// The file name of the record inside a run directory.
 pub const FILE: &str = "run.json";
@@ -296,10 +298,30 @@ pub struct CheckpointRecord {
     /// matching it with another implementation's.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub operands: Vec<Operand>,
+    /// `--operands`: ggml's `op_params` of the node (trailing zeros
+    /// dropped): a float parameter (an epsilon, a scale) is its bits.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub op_params: Vec<i32>,
+    /// `--operands`: how the node's bytes lie (what a view op is).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub layout: Option<Layout>,
+    /// `--operands`: ggml's tensor flags (where a tree has it, 16 marks a
+    /// node the backend computes: nodes no output needs are skipped and
+    /// hold whatever their memory held).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ggml_flags: Option<i32>,
+    /// `--operands`: this file is a copy of an operand of the node with
+    /// this graph index (one that is neither a captured node nor a weight:
+    /// a graph input, a cache, a node the glob did not take).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub operand_of: Option<usize>,
 }
 
-/// One operand of a captured node.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+/// One operand of a captured node. With `--operands`, also its type,
+/// extent and layout, and where its values are: a captured node
+/// (`node`), a weight of the GGUF (`weight`), a copy (`file`), or
+/// `unavailable` with the reason.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Operand {
     /// The tensor's name (a weight `blk.0.attn_q.weight`, a cache `cache_k_l0`, a node).
@@ -307,6 +329,36 @@ pub struct Operand {
     /// The graph index of the captured node it is, if it is one.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub node: Option<usize>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dtype: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ggml_ne: Option<[i64; 4]>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub layout: Option<Layout>,
+    /// The operand is the GGUF tensor `name`: read from the model, not copied.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub weight: bool,
+    /// The `id` of the checkpoint record holding its copy.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub file: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub unavailable: Option<String>,
+}
+
+/// Where a tensor's bytes lie: its byte strides (innermost first) and, for
+/// a view, the tensor whose bytes it reads and from which byte.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Layout {
+    pub nb: [u64; 4],
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub view_of: Option<String>,
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub offset: u64,
+}
+
+fn is_zero(n: &u64) -> bool {
+    *n == 0
 }
 
 impl RunRecord {
@@ -477,6 +529,10 @@ pub fn example() -> RunRecord {
             non_finite: 0,
             graph_index: None,
             operands: Vec::new(),
+            op_params: Vec::new(),
+            layout: None,
+            ggml_flags: None,
+            operand_of: None,
         }],
     }
 }
@@ -538,7 +594,7 @@ mod tests {
         let future = RunRecord::parse(&with_version(Some(7))).unwrap_err();
         assert_eq!(
             future.to_string(),
-            "run record schema version 7 is newer than this tool's (4): update llorch-checkpoint to read it"
+            "run record schema version 7 is newer than this tool's (5): update llorch-checkpoint to read it"
         );
         let old = RunRecord::parse(&with_version(Some(0))).unwrap_err();
         assert!(old.to_string().contains("version 0 is older"), "{old}");

@@ -85,6 +85,38 @@ impl<'a> Node<'a> {
         self.t.type_ == sys::ggml_type::GGML_TYPE_F32 || traits.to_float.is_some()
     }
 
+    /// ggml's parameters of the op (an epsilon, a scale, rope's mode...),
+    /// floats as their bits.
+    pub fn op_params(&self) -> [i32; 16] {
+        self.t.op_params
+    }
+
+    /// Byte strides, innermost first.
+    pub fn nb(&self) -> [usize; 4] {
+        self.t.nb
+    }
+
+    /// Where a view's bytes start in its root's (0 for a tensor with its own).
+    pub fn view_offset(&self) -> usize {
+        self.t.view_offs
+    }
+
+    /// ggml's tensor flags (input, output, parameter, ... computed).
+    pub fn flags(&self) -> i32 {
+        self.t.flags
+    }
+
+    /// A tensor no op computes: a weight, a cache, a graph input.
+    pub fn is_leaf(&self) -> bool {
+        self.t.op == sys::ggml_op::GGML_OP_NONE
+    }
+
+    /// The address of the node's bytes: equal for a node and the operand
+    /// whose memory ggml's allocator let it compute in place.
+    pub fn data_address(&self) -> usize {
+        self.t.data as usize
+    }
+
     /// Shape in ggml order (innermost first).
     pub fn ne(&self) -> [i64; 4] {
         self.t.ne
@@ -174,6 +206,8 @@ impl<'a> Node<'a> {
                 (sys::ggml_type::GGML_TYPE_F32, _) => Element::F32,
                 (sys::ggml_type::GGML_TYPE_F16, _) => Element::F16,
                 (sys::ggml_type::GGML_TYPE_BF16, _) => Element::Bf16,
+                (sys::ggml_type::GGML_TYPE_I32, _) => Element::I32,
+                (sys::ggml_type::GGML_TYPE_I64, _) => Element::I64,
                 (_, Some(to_float)) => Element::Ggml(to_float),
                 (_, None) => bail!(
                     "node `{}` has type {}, which ggml cannot convert to float",
@@ -243,6 +277,9 @@ enum Element {
     /// 2.9-4.2 GB/s of f32 written against 7-9 GB/s for an f32 node's copy.
     F16,
     Bf16,
+    /// Integers (token ids, positions, row indices), exact below 2^24.
+    I32,
+    I64,
     /// Any other type ggml converts (quantized blocks), with its `to_float`.
     Ggml(unsafe extern "C" fn(*const std::ffi::c_void, *mut f32, i64)),
 }
@@ -364,6 +401,16 @@ fn convert(bytes: &[u8], out: &mut [MaybeUninit<f32>], element: Element) {
         }
         Element::F16 => convert_halves::<half::f16>(bytes, out),
         Element::Bf16 => convert_halves::<half::bf16>(bytes, out),
+        Element::I32 | Element::I64 => {
+            let size = if matches!(element, Element::I32) {
+                4
+            } else {
+                8
+            };
+            for (d, at) in out.iter_mut().zip(bytes.chunks_exact(size)) {
+                d.write(element_to_f32(at, element));
+            }
+        }
         Element::Ggml(to_float) => {
             // SAFETY: `bytes` holds exactly the packed encoding of n elements
             // (whole blocks for quantized types), and `out` is writable for
@@ -408,6 +455,8 @@ fn element_to_f32(bytes: &[u8], element: Element) -> f32 {
         Element::F32 => f32::from_ne_bytes(bytes[..4].try_into().expect("4 bytes")),
         Element::F16 => half::f16::from_ne_bytes([bytes[0], bytes[1]]).to_f32(),
         Element::Bf16 => half::bf16::from_ne_bytes([bytes[0], bytes[1]]).to_f32(),
+        Element::I32 => i32::from_ne_bytes(bytes[..4].try_into().expect("4 bytes")) as f32,
+        Element::I64 => i64::from_ne_bytes(bytes[..8].try_into().expect("8 bytes")) as f32,
         Element::Ggml(_) => {
             let mut one = [MaybeUninit::uninit()];
             convert(bytes, &mut one, element);

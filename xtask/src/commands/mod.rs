@@ -6,3 +6,4 @@ pub mod conformance;
 pub mod diff_trees;
 pub mod doctor;
 pub mod extract;
+pub mod replay;

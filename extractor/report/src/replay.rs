@@ -80,18 +80,18 @@ impl Replay {
         let mut s = String::new();
         let _ = writeln!(
             s,
-            "{:<15} {:>5} {:>12} {:>12} {:>9}  {:<7}  explanation",
+            "{:<15} {:>5} {:>12} {:>12} {:>10}  {:<7}  explanation",
             "op", "nodes", "median NMSE", "worst NMSE", "allowance", "flagged"
         );
         for op in self.ops.iter().filter(|op| op.replayed > 0) {
             let _ = writeln!(
                 s,
-                "{:<15} {:>5} {:>12.2e} {:>12.2e} {:>8.1}%  {:<7}  {}",
+                "{:<15} {:>5} {:>12.2e} {:>12.2e} {:>10}  {:<7}  {}",
                 op.op,
                 op.replayed,
                 op.median_nmse,
                 op.worst_nmse,
-                100.0 * op.worst_ratio,
+                share(op.worst_ratio),
                 op.flagged,
                 op.explanations.join("; ")
             );
@@ -161,13 +161,13 @@ impl Replay {
             let class = if op.flagged > 0 { " class=\"bad\"" } else { "" };
             let _ = write!(
                 s,
-                "<tr{class}><td class=l>{}</td><td>{}</td><td>{:.2e}</td><td>{:.2e}</td><td>{:.1}%</td>\
+                "<tr{class}><td class=l>{}</td><td>{}</td><td>{:.2e}</td><td>{:.2e}</td><td>{}</td>\
                  <td class=l>{}</td><td>{}</td><td class=l>{}</td></tr>",
                 xml(&op.op),
                 op.nodes,
                 op.median_nmse,
                 op.worst_nmse,
-                100.0 * op.worst_ratio,
+                share(op.worst_ratio),
                 xml(&op.worst_node),
                 op.flagged,
                 xml(&op.explanations.join("; "))
@@ -206,5 +206,14 @@ impl Replay {
             s.push_str("</tr>");
         }
         s + "</table>"
+    }
+}
+
+/// A share of an allowance: a percentage up to it, a multiple beyond.
+fn share(ratio: f64) -> String {
+    match ratio {
+        r if r.is_nan() => "-".into(),
+        r if r > 1.0 => format!("{r:.0}x"),
+        r => format!("{:.1}%", 100.0 * r),
     }
 }

@@ -1,25 +1,19 @@
-//! `cargo xtask replay`: each node's own error. The extractor captures
-//! every node with its operands as the op saw them (`--tensors GLOB
-//! --operands`), `xtask/python/replay.py` computes each op again in f64 from
-//! those operands (weights dequantized exactly from the GGUF), and the
-//! comparison library holds llama.cpp's value of each node to what its
-//! kernel's documented roundings allow. A node beyond that is a kernel that
-//! computes something other than its op; error a node only inherits does
-//! not show here (the comparison with transformers shows the sum).
+//! `cargo xtask replay`: each node's own error (the flow: `runs/replay.rs`).
+//! A node beyond what its kernel's roundings allow computes something other
+//! than its op; error a node only inherits does not show here (the
+//! comparison with transformers shows the sum).
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
-use anyhow::{bail, Context, Result};
-use llorch_checkpoint_compare::replay::{self, Replay as Judged};
-use llorch_checkpoint_spec::files::write_atomically;
+use anyhow::{bail, Result};
+use llorch_checkpoint_compare::replay::Replay as Judged;
 
 use crate::flags::{self, LlamaFlags};
-use crate::llama_cpp::build::{self, Backend};
-use crate::llama_cpp::tree::{Tree, TreeArg};
+use crate::llama_cpp::build::Backend;
+use crate::llama_cpp::tree::TreeArg;
 use crate::models::model::choose;
 use crate::project::Project;
-use crate::runs::extractor::ExtractorRun;
-use crate::step::Step;
+use crate::runs::replay::{replay, Job};
 
 #[derive(clap::Args)]
 pub struct Replay {
@@ -77,84 +71,26 @@ impl Replay {
         };
         let model = choose(project, self.model.as_deref(), None)?.model;
         let tree = self.tree.resolve(project)?;
-        let (run, replayed) = (out.join("run"), out.join("replayed"));
-        self.capture(project, &model, &tree, &run)?;
-        replay_in_f64(project, &run, &model, &replayed)?;
-        let judged = replay::judge(&run, &replayed)?;
-        let title = format!(
-            "each node's own error: {} on {} ({})",
-            model
-                .file_name()
-                .map(|n| n.to_string_lossy())
-                .unwrap_or_default(),
-            tree.record.describe(),
-            self.backend.name()
-        );
-        report(&judged, &title, &out)?;
-        print!("{}", judged.table());
+        let mut extra = self.llama.to_args();
+        extra.extend(self.extractor_args.iter().cloned());
+        let job = Job {
+            model: &model,
+            tree: &tree,
+            backend: self.backend,
+            prompt: &self.prompt,
+            nodes: &self.nodes,
+            extra: &extra,
+            out: &out,
+        };
+        let replayed = replay(project, &job)?;
+        print!("{}", replayed.judged.table());
         println!(
             "\nreport: {}\npage: {}",
-            out.join("replay.json").display(),
-            out.join("replay.html").display()
+            replayed.report.display(),
+            replayed.page.display()
         );
-        verdict(&judged)
+        verdict(&replayed.judged)
     }
-
-    /// The extractor's run of every node asked, with its operands.
-    fn capture(&self, project: &Project, model: &Path, tree: &Tree, run: &Path) -> Result<()> {
-        let exe = build::ensure_extractor(project, self.backend, tree)?;
-        let mut llama = self.llama.clone();
-        if llama.n_gpu_layers.is_none() {
-            llama.n_gpu_layers = self.backend.default_gpu_layers();
-        }
-        let extractor = ExtractorRun::new(&exe, model, run)
-            .user_threads()
-            .env(build::backend_env(project, self.backend, tree))
-            .tensors(&self.nodes)
-            .arg("--operands")
-            .prompt(&self.prompt)
-            .args(llama.to_args())
-            .args(&self.extractor_args);
-        let step = Step::start(project, "replay", "capturing every node with its operands")?;
-        step.run("llorch-checkpoint-extractor", extractor.expression())
-            .context("the extractor failed")?;
-        step.finish(&format!("run in {}", project.shown(run)));
-        Ok(())
-    }
-}
-
-/// Each node's op in f64, by `xtask/python/replay.py` in the project's Python.
-fn replay_in_f64(project: &Project, run: &Path, model: &Path, out: &Path) -> Result<()> {
-    if out.exists() {
-        std::fs::remove_dir_all(out).with_context(|| format!("cannot clear {}", out.display()))?;
-    }
-    let python = crate::models::python::ensure(project)
-        .context("the replay needs the project's Python environment (numpy and gguf from PyPI)")?;
-    let script = project.root().join("xtask/python/replay.py");
-    let step = Step::start(project, "replay", "each node's op in f64")?;
-    let args: Vec<std::ffi::OsString> = vec![
-        script.into(),
-        "--run".into(),
-        run.into(),
-        "--model".into(),
-        model.into(),
-        "--out".into(),
-        out.into(),
-    ];
-    step.run(
-        "replay.py",
-        duct::cmd(python, args).env("PYTHONDONTWRITEBYTECODE", "1"),
-    )
-    .context("the f64 replay failed")?;
-    step.finish(&format!("in {}", project.shown(out)));
-    Ok(())
-}
-
-/// `replay.json` and `replay.html`, each written whole or not at all.
-fn report(judged: &Judged, title: &str, out: &Path) -> Result<()> {
-    let json = serde_json::to_vec_pretty(judged)?;
-    write_atomically(&out.join("replay.json"), &json)?;
-    write_atomically(&out.join("replay.html"), judged.html(title).as_bytes())
 }
 
 /// Fails where a kernel computed something its explanation does not allow.

@@ -1,0 +1,111 @@
+//! Each node's own error, the flow `cargo xtask replay` and verify share:
+//! the extractor captures every node with its operands as the op saw them
+//! (`--tensors GLOB --operands`), `xtask/python/replay.py` computes each op
+//! again in f64 from those operands (weights dequantized exactly from the
+//! GGUF), and the comparison library holds llama.cpp's value of each node
+//! to what its kernel's documented roundings allow.
+
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, Result};
+use llorch_checkpoint_compare::replay::{self, Replay};
+use llorch_checkpoint_spec::files::write_atomically;
+
+use crate::llama_cpp::build::{self, Backend};
+use crate::llama_cpp::tree::Tree;
+use crate::project::Project;
+use crate::runs::extractor::ExtractorRun;
+use crate::step::Step;
+
+/// One replay: what runs, where, and into which directory.
+pub struct Job<'a> {
+    pub model: &'a Path,
+    pub tree: &'a Tree,
+    pub backend: Backend,
+    pub prompt: &'a str,
+    /// A glob over node names.
+    pub nodes: &'a str,
+    /// Further extractor flags (-fa, -ngl, -t, -c, --kv-type ...).
+    pub extra: &'a [String],
+    /// run/, replayed/, replay.json, replay.html.
+    pub out: &'a Path,
+}
+
+/// What a replay found and the files it wrote.
+pub struct Replayed {
+    pub judged: Replay,
+    pub report: PathBuf,
+    pub page: PathBuf,
+}
+
+/// Capture, replay in f64, judge, report.
+pub fn replay(project: &Project, job: &Job<'_>) -> Result<Replayed> {
+    let (run, replayed) = (job.out.join("run"), job.out.join("replayed"));
+    capture(project, job, &run)?;
+    replay_in_f64(project, &run, job.model, &replayed)?;
+    let judged = replay::judge(&run, &replayed)?;
+    let title = format!(
+        "each node's own error: {} on {} ({})",
+        job.model
+            .file_name()
+            .map(|n| n.to_string_lossy())
+            .unwrap_or_default(),
+        job.tree.record.describe(),
+        job.backend.name()
+    );
+    let (report, page) = (job.out.join("replay.json"), job.out.join("replay.html"));
+    write_atomically(&report, &serde_json::to_vec_pretty(&judged)?)?;
+    write_atomically(&page, judged.html(&title).as_bytes())?;
+    Ok(Replayed {
+        judged,
+        report,
+        page,
+    })
+}
+
+/// The extractor's run of every node asked, with its operands.
+fn capture(project: &Project, job: &Job<'_>, run: &Path) -> Result<()> {
+    let exe = build::ensure_extractor(project, job.backend, job.tree)?;
+    let mut extractor = ExtractorRun::new(&exe, job.model, run)
+        .user_threads()
+        .env(build::backend_env(project, job.backend, job.tree))
+        .tensors(job.nodes)
+        .arg("--operands")
+        .prompt(job.prompt);
+    if let Some(n) = job.backend.default_gpu_layers() {
+        if !crate::flags::has(job.extra, &["--n-gpu-layers", "--ngl"]) {
+            extractor = extractor.arg(format!("--n-gpu-layers={n}"));
+        }
+    }
+    let extractor = extractor.args(job.extra);
+    let step = Step::start(project, "replay", "capturing every node with its operands")?;
+    step.run("llorch-checkpoint-extractor", extractor.expression())
+        .context("the extractor failed")?;
+    step.finish(&format!("run in {}", project.shown(run)));
+    Ok(())
+}
+
+/// Each node's op in f64, by `xtask/python/replay.py` in the project's Python.
+fn replay_in_f64(project: &Project, run: &Path, model: &Path, out: &Path) -> Result<()> {
+    if out.exists() {
+        std::fs::remove_dir_all(out).with_context(|| format!("cannot clear {}", out.display()))?;
+    }
+    let python = crate::models::python::ensure(project)
+        .context("the replay needs the project's Python environment (numpy and gguf from PyPI)")?;
+    let script = project.root().join("xtask/python/replay.py");
+    let step = Step::start(project, "replay", "each node's op in f64")?;
+    let args: Vec<std::ffi::OsString> = vec![
+        script.into(),
+        "--run".into(),
+        run.into(),
+        "--model".into(),
+        model.into(),
+        "--out".into(),
+        out.into(),
+    ];
+    let python = duct::cmd(python, args).env("PYTHONDONTWRITEBYTECODE", "1");
+    step.run("replay.py", python)
+        .context("the f64 replay failed")?;
+    step.finish(&format!("in {}", project.shown(out)));
+    Ok(())
+}

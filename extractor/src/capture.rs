@@ -102,6 +102,11 @@ pub struct Capture {
     /// that the record names an operand's node (filled in `observe`, never
     /// on the ask path).
     copied: HashMap<usize, usize>,
+    /// Glob mode: the graph index of the last node copied under each name,
+    /// for the operands a split graph hands a node as the scheduler's
+    /// copies (`BACKEND#NAME#N`), whose own bytes are read unreliably once
+    /// later splits ran.
+    copied_by_name: HashMap<Box<[u8]>, usize>,
     /// Node name -> checkpoints with that name (several only when `op` disambiguates).
     by_name: HashMap<Box<[u8]>, Vec<usize>>,
     /// Operand name -> checkpoints found by an operand alone (no `tensor`).
@@ -168,6 +173,7 @@ impl Capture {
             node_index: 0,
             matched: 0,
             copied: HashMap::new(),
+            copied_by_name: HashMap::new(),
             by_name,
             by_operand,
             deep,
@@ -197,6 +203,7 @@ impl Capture {
         self.node_index = 0;
         self.matched = 0;
         self.copied.clear();
+        self.copied_by_name.clear();
         self.active = true;
         Ok(())
     }
@@ -340,6 +347,8 @@ impl Capture {
             captured.flags = Some(node.flags());
         }
         self.copied.insert(node.identity(), self.node_index);
+        self.copied_by_name
+            .insert(node.name().into(), self.node_index);
         copies.push(captured);
         Ok(copies)
     }
@@ -377,13 +386,20 @@ impl Capture {
         })
     }
 
-    /// The node's operands by name, and by graph index where captured.
+    /// The node's operands by name, and by graph index where captured (a
+    /// scheduler's copy by the node it copies).
     fn operands(&self, node: &Node<'_>) -> Vec<Operand> {
         node.sources()
-            .map(|s| Operand {
-                name: s.name_lossy(),
-                node: self.copied.get(&s.identity()).copied(),
-                ..Operand::default()
+            .map(|s| {
+                let original = original_name(s.name());
+                let copy_of = (original.len() < s.name().len())
+                    .then(|| self.copied_by_name.get(original))
+                    .flatten();
+                Operand {
+                    name: s.name_lossy(),
+                    node: self.copied.get(&s.identity()).or(copy_of).copied(),
+                    ..Operand::default()
+                }
             })
             .collect()
     }

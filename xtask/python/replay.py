@@ -80,6 +80,10 @@ class Node:
         self.shape = tuple(reversed(self.ne))
         self.op_params = record.get("op_params", [])
         self.layout = record.get("layout") or {"nb": [0, 0, 0, 0]}
+        buffer = record.get("buffer", "CPU")
+        #: The device whose kernel computed it (`Vulkan0`, `RPC0[...]`), or
+        #: None for the CPU's (host buffers: `CPU`, `Vulkan_Host`...).
+        self.device = None if buffer.startswith("CPU") or buffer.endswith("_Host") else buffer
 
 
 class Operand:

@@ -70,6 +70,10 @@ def mul_mat(node, srcs):
         why = f"{w.dtype} weights: activations quantized to {kind} (8 bits per block), sums in f32"
     else:
         why = "f32 x f32: sums in f32"
+    if node.device:
+        # A device's shaders may read both operands as f16 and round the result to f16.
+        allow += 2 * UNIT["f16"] * magnitude + rounding(value, "f16")
+        why = f"on {node.device}: operands read as f16, the result rounded to f16 ({why} on the CPU)"
     return Replayed(value, allow, why)
 
 
@@ -183,6 +187,12 @@ def soft_max(node, srcs):
     return Replayed(value, allow, "f32 exp and sums (the sum in double)")
 
 
+#: From this many queries on, the pinned CPU backend computes flash
+#: attention in tiles with Q, K and V in f32 (GGML_FA_TILE_Q); older trees,
+#: and fewer queries, take the one-query path the allowance is made for.
+TILED_QUERIES = 64
+
+
 def heads_for(kv, n_head):
     """Grouped-query attention: each K/V head serves n_head / kv_heads consecutive heads."""
     return np.repeat(kv, n_head // kv.shape[1], axis=1)
@@ -204,6 +214,8 @@ def flash_attn_ext(node, srcs):
     allow = attention_allowance(node, srcs, q, k, v, p, scale)
     kinds = f"K {srcs[1].dtype}, V {srcs[2].dtype}"
     why = f"{kinds}: Q rounded to K's type, V accumulated in {srcs[2].dtype}, f32 softmax"
+    if q.shape[2] >= TILED_QUERIES:
+        why += " (allowed; with this many queries the pinned CPU's tiled path keeps all three in f32)"
     return Replayed(value, allow.transpose(0, 2, 1, 3), why)
 
 

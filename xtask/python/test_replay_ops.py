@@ -25,6 +25,7 @@ class Node:
         self.shape = tuple(reversed(self.ne))
         self.op_params = list(params)
         self.dtype = dtype
+        self.device = None
         self.layout = layout or {"nb": [4, 4 * self.ne[0], 4 * self.ne[0] * self.ne[1], 4 * self.ne[0] * self.ne[1] * self.ne[2]]}
 
 

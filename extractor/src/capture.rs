@@ -581,7 +581,10 @@ impl Observer for Capture {
             None => self.find(node).is_some(),
             Some(pattern) => {
                 self.node_index += 1;
-                let wanted = node.converts_to_f32()
+                // A replay needs integer nodes too (argsort's expert choices).
+                let copies =
+                    node.converts_to_f32() || (self.weights.is_some() && node.is_integer());
+                let wanted = copies
                     && std::str::from_utf8(node.name()).is_ok_and(|name| pattern.matches(name));
                 self.matched += wanted as usize;
                 wanted

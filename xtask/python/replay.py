@@ -47,6 +47,10 @@ OPS = {
     "MUL": ops.binary(np.multiply, "product"),
     "DIV": ops.binary(np.divide, "quotient"),
     "SCALE": ops.scale,
+    "SUM_ROWS": ops.sum_rows,
+    "CLAMP": ops.clamp,
+    "ARGSORT": ops.argsort,
+    "MUL_MAT_ID": products.mul_mat_id,
     "CPY": ops.copy,
     "DUP": ops.copy,
     "CONT": ops.copy,
@@ -152,6 +156,7 @@ def replay_node(node, sources, out_dir):
     """Replays one node; returns its entry for replay.json."""
     entry = {"index": node.index, "name": node.name, "op": node.op, "file": node.record["file"]}
     fn = OPS.get(node.op)
+    node.own = lambda: sources.file(node.record["id"])
     if not node.computed:
         return {**entry, "status": "not computed", "reason": "ggml skips it: no output of the graph needs it"}
     if fn is None:

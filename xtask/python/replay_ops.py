@@ -91,6 +91,34 @@ def binary(fn, word):
     return op
 
 
+def sum_rows(node, srcs):
+    x = srcs[0].value
+    value = x.sum(axis=-1, keepdims=True)
+    roundings = x.shape[-1] + 2 if node.device else 4
+    allow = roundings * UNIT["f32"] * np.abs(x).sum(axis=-1, keepdims=True) + TINY["f32"]
+    why = f"on {node.device}: {x.shape[-1]} terms summed in f32" if node.device else "summed in double, rounded to f32"
+    return Replayed(value, allow, why)
+
+
+def clamp(node, srcs):
+    value = np.clip(srcs[0].value, param_f32(node, 0), param_f32(node, 1))
+    return Replayed(value, np.zeros_like(value), "exact")
+
+
+def argsort(node, srcs):
+    """Any order that sorts each row is the op's: llama.cpp's own where it
+    does (ties may fall either way), else a stable sort (and it differs)."""
+    x, own = srcs[0].value, node.own().astype(np.int64)
+    descending = param_i32(node, 0) == 1
+    keys = -x if descending else x
+    rows_ok = np.all(np.sort(own, axis=-1) == np.arange(x.shape[-1]), axis=-1)
+    ordered = np.take_along_axis(keys, np.clip(own, 0, x.shape[-1] - 1), axis=-1)
+    rows_ok &= np.all(np.diff(ordered, axis=-1) >= 0, axis=-1)
+    fallback = np.argsort(keys, axis=-1, kind="stable")
+    value = np.where(rows_ok[..., None], own, fallback).astype(np.float64)
+    return Replayed(value, np.zeros_like(value), "exact: an order sorting each row")
+
+
 def scale(node, srcs):
     s, bias = param_f32(node, 0), param_f32(node, 1)
     x = srcs[0].value

@@ -77,6 +77,32 @@ def mul_mat(node, srcs):
     return Replayed(value, allow, why)
 
 
+def mul_mat_id(node, srcs):
+    """out[t, slot] = expert ids[t, slot]'s matrix times b[t, slot % b's rows]."""
+    experts, b, ids = srcs[0], srcs[1].value, srcs[2].value.astype(np.int64)
+    tokens, slots = ids.shape[2], ids.shape[3]
+    if ids.min(initial=0) < 0 or ids.max(initial=0) >= experts.value.shape[1]:
+        raise Unknown(f"expert id out of range (0..{experts.value.shape[1]})")
+    value, allow, why = np.empty(node.shape), np.empty(node.shape), ""
+    for t in range(tokens):
+        for slot in range(slots):
+            a = experts.value[:, ids[0, 0, t, slot]][None]
+            x = b[:, t, slot % b.shape[2]][:, None, None, :]
+            one = mul_mat(node, [Expert(experts, a), Expert(srcs[1], x)])
+            value[0, t, slot] = one.value.reshape(-1)
+            allow[0, t, slot] = one.allow.reshape(-1)
+            why = one.explanation
+    return Replayed(value, allow, f"per chosen expert, {why}")
+
+
+class Expert:
+    """One expert's matrix (or one row of the input) with its operand's type."""
+
+    def __init__(self, operand, value):
+        self.dtype = operand.dtype
+        self.value = value
+
+
 # --- rope --------------------------------------------------------------------
 
 

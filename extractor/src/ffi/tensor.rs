@@ -117,6 +117,15 @@ impl<'a> Node<'a> {
         self.t.data as usize
     }
 
+    /// An i32 or i64 tensor (token ids, positions, an argsort's order),
+    /// which [`Node::copy_to_f32`] converts too (exact below 2^24).
+    pub fn is_integer(&self) -> bool {
+        matches!(
+            self.t.type_,
+            sys::ggml_type::GGML_TYPE_I32 | sys::ggml_type::GGML_TYPE_I64
+        )
+    }
+
     /// Shape in ggml order (innermost first).
     pub fn ne(&self) -> [i64; 4] {
         self.t.ne

@@ -17,6 +17,7 @@ use crate::models::model::{ModelArgs, Outtype, Size};
 use crate::models::prompts::MATCHING_PROMPT;
 use crate::project::Project;
 use crate::runs::reference_memory::ReferenceMemory;
+use crate::runs::replay::{explain_divergence, Compared};
 use crate::runs::sides::{run_self_test, LlamaCpp, PyTorch};
 
 #[derive(clap::Args)]
@@ -112,6 +113,11 @@ pub struct Compare {
     /// Pair llama.cpp's nodes with the reference's tensors by value, even where a manifest fits the model.
     #[arg(long = "match", conflicts_with_all = ["manifest", "sequential", "self_test"])]
     auto: bool,
+    /// Where a checkpoint fails, replay the first one's node in f64 from llama.cpp's own operands
+    /// (`cargo xtask replay`): say whether its kernel computes beyond its roundings, or the graph
+    /// computes something other than the reference there.
+    #[arg(long, conflicts_with_all = ["sequential", "self_test", "run", "candidate"])]
+    explain: bool,
     /// Also write the manifest the pairs make, with tolerances measured on this comparison, for
     /// you to review and commit (implies --match).
     #[arg(long, value_name = "FILE", conflicts_with_all = ["manifest", "sequential", "self_test"])]
@@ -169,6 +175,18 @@ impl Compare {
             outcome.picture.display(),
             outcome.html.display()
         );
+        if self.explain && outcome.failure.is_some() {
+            let compared = Compared {
+                model: &model,
+                tree: &self.tree.resolve(project)?,
+                backend: self.backend,
+                prompt: &opts.prompt,
+                flash_attn,
+            };
+            if let Some(why) = explain_divergence(project, &outcome, &compared)? {
+                println!("\n{why}");
+            }
+        }
         match outcome.failure {
             Some(why) => bail!("{why}"),
             None => Ok(()),

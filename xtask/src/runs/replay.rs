@@ -109,3 +109,89 @@ fn replay_in_f64(project: &Project, run: &Path, model: &Path, out: &Path) -> Res
     step.finish(&format!("in {}", project.shown(out)));
     Ok(())
 }
+
+/// What a comparison ran, for replaying the node of its first divergence
+/// on the same graph.
+pub struct Compared<'a> {
+    pub model: &'a Path,
+    pub tree: &'a Tree,
+    pub backend: Backend,
+    pub prompt: &'a str,
+    pub flash_attn: Option<llorch_checkpoint_spec::record::FlashAttnMode>,
+}
+
+/// The comparison's first checkpoint over tolerance, its node replayed in
+/// f64 from llama.cpp's own operands: the kernel's error, or a graph that
+/// computes something other than the reference there. `None` when every
+/// checkpoint passed.
+pub fn explain_divergence(
+    project: &Project,
+    outcome: &llorch_checkpoint_compare::Outcome,
+    compared: &Compared<'_>,
+) -> Result<Option<String>> {
+    let Some(at) = outcome.rows.iter().position(|r| !r.pass) else {
+        return Ok(None);
+    };
+    let row = &outcome.rows[at];
+    let record = llorch_checkpoint_spec::record::RunRecord::read(&outcome.run)?;
+    let cp = record
+        .checkpoint(&row.file)
+        .with_context(|| format!("the run has no checkpoint {}", row.file))?;
+    let extra: Vec<String> = compared
+        .flash_attn
+        .map(|fa| format!("--flash-attn={}", fa.name()))
+        .into_iter()
+        .collect();
+    let out = outcome.report.with_file_name("explain");
+    let job = Job {
+        model: compared.model,
+        tree: compared.tree,
+        backend: compared.backend,
+        prompt: compared.prompt,
+        nodes: &glob::Pattern::escape(&cp.tensor),
+        extra: &extra,
+        out: &out,
+    };
+    let judged = replay(project, &job)?.judged;
+    let params = replayed_params(&out.join("run"), &cp.tensor, &cp.op, cp.graph_index)?;
+    let layer = row.layer.map(|l| format!(" layer {l}")).unwrap_or_default();
+    let reference = outcome
+        .entries
+        .iter()
+        .find(|e| e.id == row.id && e.layer == row.layer)
+        .map_or("?", |e| e.capture.as_str());
+    let before = outcome.rows[at.saturating_sub(2)..at]
+        .iter()
+        .map(|r| {
+            (
+                format!(
+                    "{}{}",
+                    r.id,
+                    r.layer.map(|l| format!("@{l}")).unwrap_or_default()
+                ),
+                r.verdict().nmse,
+            )
+        })
+        .collect();
+    let divergence = replay::Divergence {
+        checkpoint: format!("{}{layer}", row.id),
+        node: &cp.tensor,
+        op: &cp.op,
+        graph_index: cp.graph_index,
+        reference,
+        before,
+    };
+    Ok(replay::explain(&judged, &divergence, &params))
+}
+
+/// The op parameters the replay's capture recorded for the node.
+fn replayed_params(run: &Path, name: &str, op: &str, index: Option<usize>) -> Result<Vec<i32>> {
+    let record = llorch_checkpoint_spec::record::RunRecord::read(run)?;
+    Ok(record
+        .checkpoints
+        .iter()
+        .filter(|c| c.operand_of.is_none() && c.tensor == name && c.op == op)
+        .find(|c| index.is_none_or(|i| c.graph_index == Some(i)))
+        .map(|c| c.op_params.clone())
+        .unwrap_or_default())
+}

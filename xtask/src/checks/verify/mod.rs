@@ -52,6 +52,7 @@ mod fuzz;
 mod matching;
 mod miri;
 mod real;
+mod replay;
 mod report;
 mod rpc;
 mod streamed;
@@ -67,7 +68,7 @@ use report::{Checked, Report};
 #[derive(clap::Args)]
 pub struct Verify {
     /// Every group of checks (what CI runs): the fast tier's, and the clean and older-tree
-    /// builds, real models, matching, real sizes, RPC, Vulkan, Miri, fuzzing and the whole kill campaign.
+    /// builds, real models, matching, real sizes, each node's replay, RPC, Vulkan, Miri, fuzzing and the whole kill campaign.
     #[arg(long)]
     full: bool,
     /// Run only these groups of checks, whatever the tier (for work on one of them).
@@ -100,6 +101,7 @@ enum Group {
     Real,
     Matching,
     Sizes,
+    Replay,
     Trees,
     Rpc,
     Vulkan,
@@ -184,6 +186,9 @@ impl Verify {
         }
         if self.runs(Group::Sizes) {
             streamed::checks(&mut report, &ctx);
+        }
+        if self.runs(Group::Replay) {
+            replay::checks(&mut report, &ctx);
         }
         if self.runs(Group::Trees) {
             trees::tree_checks(&mut report, &ctx, self.full);

@@ -85,6 +85,34 @@ pub fn checks(report: &mut Report, ctx: &Ctx<'_>) {
         real_against_f64(ctx, "smollm2-135m", &work.join("smollm2")),
     );
     report.tidy(&work);
+    let t = Instant::now();
+    report.check(
+        "GPT-2 and SmolLM2 replayed node by node on Vulkan: each node of the device's kernels within what its arithmetic allows",
+        t,
+        replayed_on_the_device(ctx, &work),
+    );
+    report.tidy(&work);
+}
+
+/// `replay --backend vulkan` of GPT-2 and SmolLM2 (every node, every layer).
+fn replayed_on_the_device(ctx: &Ctx<'_>, work: &Path) -> Result<String> {
+    let gpt2 = super::replay::every_node_within(
+        ctx,
+        &ctx.model,
+        Backend::Vulkan,
+        &[],
+        &work.join("replay-gpt2"),
+    )?;
+    let (smollm2, _) =
+        crate::models::model::model_and_manifest(ctx.project, Some("smollm2-135m"), None)?;
+    let smollm2 = super::replay::every_node_within(
+        ctx,
+        &smollm2,
+        Backend::Vulkan,
+        &[],
+        &work.join("replay-smollm2"),
+    )?;
+    Ok(format!("GPT-2: {gpt2}; SmolLM2: {smollm2}"))
 }
 
 /// One model's every layer on the CPU backend and on Vulkan (`ngl` layers

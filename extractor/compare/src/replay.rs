@@ -170,6 +170,9 @@ pub struct Divergence<'a> {
     /// it with their NMSE against f64 (the nearest reference tensors).
     pub reference: &'a str,
     pub before: Vec<(String, f64)>,
+    /// The node's operands by name (an input such as the attention mask
+    /// is where a graph often differs).
+    pub operands: Vec<String>,
 }
 
 /// Whose the first divergence is: the kernel's (its node beyond what its
@@ -206,7 +209,7 @@ pub fn explain(replay: &Replay, d: &Divergence<'_>, params: &[i32]) -> Option<St
         "the first divergence, {at}, is not its kernel's: replayed from llama.cpp's own operands, {} does what the op \
          says ({:.1}% of its allowance; {}). The graph differs from the reference there: another op, an extra op or \
          another parameter than the reference's `{}` (or an op that amplifies what its inputs inherited: they were within \
-         tolerance). The node: {} {} ({}). The nearest reference tensors before it: {}",
+         tolerance). The node: {} {} ({}) of {}. The nearest reference tensors before it: {}",
         node.op,
         100.0 * node.worst_ratio,
         node.explanation,
@@ -214,6 +217,7 @@ pub fn explain(replay: &Replay, d: &Divergence<'_>, params: &[i32]) -> Option<St
         node.name,
         node.op,
         params,
+        d.operands.join(", "),
         if before.is_empty() { "none".into() } else { before.join(", ") }
     ))
 }
@@ -330,6 +334,7 @@ mod tests {
             graph_index: None,
             reference: "model.layers.0.self_attn.q_proj",
             before: vec![("01_attn_norm@0".into(), 1e-15)],
+            operands: vec!["x".into(), "attn_inp_kq_mask".into()],
         };
         let kernel = explain(&judged, &at("n1", "MUL_MAT"), &[]).unwrap();
         assert!(

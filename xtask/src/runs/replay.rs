@@ -143,17 +143,23 @@ pub fn explain_divergence(
         .into_iter()
         .collect();
     let out = outcome.report.with_file_name("explain");
+    // The node and the nodes it may have been computed over in place (its
+    // layer's, its operands): an operand overwritten is not replayable.
+    let mut nodes = vec![glob::Pattern::escape(&cp.tensor)];
+    nodes.extend(row.layer.map(|l| format!("*-{l}")));
+    nodes.extend(cp.operands.iter().map(|o| glob::Pattern::escape(&o.name)));
+    let nodes = nodes.join(",");
     let job = Job {
         model: compared.model,
         tree: compared.tree,
         backend: compared.backend,
         prompt: compared.prompt,
-        nodes: &glob::Pattern::escape(&cp.tensor),
+        nodes: &nodes,
         extra: &extra,
         out: &out,
     };
     let judged = replay(project, &job)?.judged;
-    let params = replayed_params(&out.join("run"), &cp.tensor, &cp.op, cp.graph_index)?;
+    let (params, operands) = replayed_node(&out.join("run"), &cp.tensor, &cp.op, cp.graph_index)?;
     let layer = row.layer.map(|l| format!(" layer {l}")).unwrap_or_default();
     let reference = outcome
         .entries
@@ -180,18 +186,26 @@ pub fn explain_divergence(
         graph_index: cp.graph_index,
         reference,
         before,
+        operands,
     };
     Ok(replay::explain(&judged, &divergence, &params))
 }
 
-/// The op parameters the replay's capture recorded for the node.
-fn replayed_params(run: &Path, name: &str, op: &str, index: Option<usize>) -> Result<Vec<i32>> {
+/// The op parameters and operands the replay's capture recorded for the node.
+fn replayed_node(
+    run: &Path,
+    name: &str,
+    op: &str,
+    index: Option<usize>,
+) -> Result<(Vec<i32>, Vec<String>)> {
     let record = llorch_checkpoint_spec::record::RunRecord::read(run)?;
-    Ok(record
+    let node = record
         .checkpoints
         .iter()
         .filter(|c| c.operand_of.is_none() && c.tensor == name && c.op == op)
-        .find(|c| index.is_none_or(|i| c.graph_index == Some(i)))
-        .map(|c| c.op_params.clone())
-        .unwrap_or_default())
+        .find(|c| index.is_none_or(|i| c.graph_index == Some(i)));
+    Ok(node.map_or((Vec::new(), Vec::new()), |c| {
+        let operands = c.operands.iter().map(|o| o.name.clone()).collect();
+        (c.op_params.clone(), operands)
+    }))
 }

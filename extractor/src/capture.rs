@@ -18,41 +18,8 @@ use crate::ffi::tensor::Node;
 use crate::handoff::Outbox;
 use crate::kv_cells;
 use crate::manifest::{Checkpoint, Resolved, Symbols};
+use crate::names::{derived_from, original_name, NodeFilter};
 use crate::record::{Layout, Operand};
-
-/// `--tensors`: globs over node names, separated by commas
-/// (`'attn_norm-*,ffn_out-*'`); a node is wanted when any matches.
-#[derive(Clone, Debug)]
-pub struct NodeFilter {
-    text: String,
-    patterns: Vec<glob::Pattern>,
-}
-
-impl std::str::FromStr for NodeFilter {
-    type Err = String;
-
-    fn from_str(text: &str) -> Result<NodeFilter, String> {
-        let patterns = text
-            .split(',')
-            .map(|g| glob::Pattern::new(g.trim()).map_err(|e| format!("`{g}` is not a glob: {e}")))
-            .collect::<Result<Vec<_>, _>>()?;
-        Ok(NodeFilter {
-            text: text.to_string(),
-            patterns,
-        })
-    }
-}
-
-impl NodeFilter {
-    /// Allocation-free: the eval callback's ask path calls it for every node.
-    pub fn matches(&self, name: &str) -> bool {
-        self.patterns.iter().any(|p| p.matches(name))
-    }
-
-    pub fn as_str(&self) -> &str {
-        &self.text
-    }
-}
 
 /// What a pass does with the nodes it asks for. The timing passes of
 /// `--repeat` copy and discard; the ask-only ones isolate what the scheduler's
@@ -545,31 +512,6 @@ fn has_operand(node: &Node<'_>, name: &[u8], depth: u8) -> bool {
         })
 }
 
-/// The name of the tensor a scheduler's copy was made from: where a graph
-/// is split between backends (`-ngl`, a GPU's op offload), ggml-backend
-/// hands a node the copy of an operand that lives on another backend,
-/// named `BACKEND#NAME#N`; any other name is itself. Allocation-free.
-pub fn original_name(name: &[u8]) -> &[u8] {
-    let (Some(first), Some(last)) = (
-        name.iter().position(|&b| b == b'#'),
-        name.iter().rposition(|&b| b == b'#'),
-    ) else {
-        return name;
-    };
-    let copy_index = &name[last + 1..];
-    match last > first && !copy_index.is_empty() && copy_index.iter().all(u8::is_ascii_digit) {
-        true => &name[first + 1..last],
-        false => name,
-    }
-}
-
-/// Whether `name` is `base` or a view of it as ggml names them (`base
-/// (view)`, `base (view) (permuted)`, ...).
-fn derived_from(name: &[u8], base: &[u8]) -> bool {
-    name.strip_prefix(base)
-        .is_some_and(|rest| rest.is_empty() || rest.starts_with(b" ("))
-}
-
 impl Observer for Capture {
     fn wants(&mut self, node: &Node<'_>) -> bool {
         if !self.active {
@@ -615,31 +557,5 @@ impl Observer for Capture {
             }
         }
         Ok(())
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn a_scheduler_copy_is_known_by_the_name_of_what_it_copies() {
-        let original = |n: &str| String::from_utf8_lossy(original_name(n.as_bytes())).into_owned();
-        assert_eq!(
-            original("Vulkan0#blk.0.attn_output.bias#0"),
-            "blk.0.attn_output.bias"
-        );
-        assert_eq!(original("CPU#Kcur-0 (view)#12"), "Kcur-0 (view)");
-        assert_eq!(
-            original("Vulkan0#cache_k_l0 (view) (permuted)#0"),
-            "cache_k_l0 (view) (permuted)"
-        );
-        for itself in ["kq-0", "a#b", "#3", "x#y#z", "x#y#"] {
-            assert_eq!(original(itself), itself);
-        }
-        assert!(derived_from(b"cache_k_l0 (view) (permuted)", b"cache_k_l0"));
-        assert!(derived_from(b"cache_k_l0", b"cache_k_l0"));
-        assert!(!derived_from(b"cache_k_l01 (view)", b"cache_k_l0"));
-        assert!(!derived_from(b"cache_k_l1 (view)", b"cache_k_l0"));
     }
 }

@@ -41,6 +41,7 @@ pub mod hooks;
 pub mod kv_cells;
 pub mod list_nodes;
 pub mod load;
+pub mod names;
 pub use llorch_checkpoint_spec::{flags, format, manifest, record};
 pub mod output;
 pub mod preflight;

@@ -37,7 +37,7 @@ struct Cli {
     /// `'*'` is the whole graph, `'*-0'` layer 0, `'attn_norm-*,ffn_out-*'` two kinds of node.
     /// Files are named `<graph index>_<name>`.
     #[arg(long, value_name = "GLOB[,GLOB...]", conflicts_with = "manifest")]
-    tensors: Option<llorch_checkpoint_extractor::capture::NodeFilter>,
+    tensors: Option<llorch_checkpoint_extractor::names::NodeFilter>,
     /// With --tensors: write a KV cache's views and writes whole, padding and empty cells
     /// included. By default only the filled cells are written (a read is padded to 256 cells,
     /// a write's node is the whole cache); run.json's `shape` says what was kept, `ggml_ne`

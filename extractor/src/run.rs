@@ -4,13 +4,14 @@ use std::path::PathBuf;
 
 use anyhow::{bail, Context as _, Result};
 
-use crate::capture::{NodeFilter, Selection};
+use crate::capture::Selection;
 use crate::decode::{self, DecodeOptions, Decoded};
 use crate::ffi::llama::Token;
 use crate::format::{self, Format};
 use crate::list_nodes::{self, ListOptions};
 use crate::load::{self, LoadMode, LoadOptions, Loaded, Prompt};
 use crate::manifest::{Layers, Manifest, Symbols};
+use crate::names::NodeFilter;
 use crate::output::{self, Output};
 use crate::preflight::{self, ContextAsk, Header};
 use crate::record::{

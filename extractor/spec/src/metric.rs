@@ -211,11 +211,12 @@ pub fn within(test: &[f64], reference: &[f64], allow: &[f64]) -> Allowed {
     };
     for (i, ((&t, &r), &a)) in test.iter().zip(reference).zip(allow).enumerate() {
         let d = if t == r { 0.0 } else { (t - r).abs() };
-        let ratio = match (d, a > 0.0) {
-            (d, _) if d.is_nan() => f64::INFINITY,
-            (d, _) if d == 0.0 => 0.0,
-            (d, true) => d / a,
-            (_, false) => f64::INFINITY,
+        let ratio = if d.is_nan() || (d > 0.0 && a <= 0.0) {
+            f64::INFINITY
+        } else if d == 0.0 {
+            0.0
+        } else {
+            d / a
         };
         out.n_outside += (ratio > 1.0) as usize;
         if ratio > out.worst_ratio {

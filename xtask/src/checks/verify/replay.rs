@@ -9,6 +9,7 @@ use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use anyhow::{bail, ensure, Context, Result};
+use llorch_checkpoint_compare::auto::{compare_auto, Auto};
 use llorch_checkpoint_compare::replay::Replay as Judged;
 use llorch_checkpoint_compare::{compare, Options};
 use llorch_checkpoint_spec::record::FlashAttnMode;
@@ -18,7 +19,8 @@ use super::report::Report;
 use crate::llama_cpp::build::Backend;
 use crate::llama_cpp::tree::{Tree, TreeArg};
 use crate::models::model::{choose, from_hf, model_and_manifest, tiny, Outtype};
-use crate::runs::replay::{replay, Job};
+use crate::models::prompts::MATCHING_PROMPT;
+use crate::runs::replay::{explain_divergence, replay, Compared, Job};
 use crate::runs::sides::{LlamaCpp, PyTorch};
 
 /// The prompt of every replay here (10 to 11 tokens).
@@ -73,7 +75,84 @@ pub fn checks(report: &mut Report, ctx: &Ctx<'_>) {
         t,
         wrong_kernel(ctx, &work),
     );
+    let t = Instant::now();
+    report.check(
+        "compare --explain: the first divergence is the kernel's on the tree above (a tolerance tight enough to fail the rotated Q), the graph's on tiny granite_swa (its sliding-window softmax, within its allowance)",
+        t,
+        explained(ctx, &work),
+    );
     report.tidy(&work);
+}
+
+/// `compare --explain` on both kinds of divergence.
+fn explained(ctx: &Ctx<'_>, work: &Path) -> Result<String> {
+    let (model, manifest) = model_and_manifest(ctx.project, Some("smollm2-135m"), None)?;
+    let tree = Tree::local(&wrong_tree(ctx)?)?;
+    let llama = LlamaCpp::on(
+        ctx.project,
+        TreeArg {
+            llama_cpp: Some(tree.root.clone()),
+        },
+        Some(FlashAttnMode::Off),
+    );
+    let options = Options {
+        layers: Some("0".into()),
+        overrides: vec!["03_*=nmse:1e-5".parse().map_err(anyhow::Error::msg)?],
+        ..Options::new(&manifest, &model, PROMPT, work.join("explain-kernel"))
+    };
+    let outcome = compare(&llama, &PyTorch::new(ctx.project), &options)?;
+    let compared = Compared {
+        model: &model,
+        tree: &tree,
+        backend: Backend::Cpu,
+        prompt: PROMPT,
+        flash_attn: Some(FlashAttnMode::Off),
+    };
+    let kernel =
+        explain_divergence(ctx.project, &outcome, &compared)?.context("the comparison passed")?;
+    ensure!(
+        kernel.contains("is the kernel's") && kernel.contains("(ROPE #"),
+        "{kernel}"
+    );
+    let graph = graph_divergence(ctx, work)?;
+    ensure!(
+        graph.contains("is not its kernel's") && graph.contains("SOFT_MAX"),
+        "{graph}"
+    );
+    let short = |s: &str| s.split(':').next().unwrap_or_default().to_string();
+    Ok(format!("{}; {}", short(&kernel), short(&graph)))
+}
+
+/// Tiny granite_swa against transformers without a manifest, explained.
+fn graph_divergence(ctx: &Ctx<'_>, work: &Path) -> Result<String> {
+    let hf = tiny(ctx.project, "granite_swa", 0)?;
+    let gguf = from_hf(ctx.project, &hf, Outtype::F32, false)?;
+    let options = Options {
+        layers: Some("all".into()),
+        hf: Some(hf),
+        ..Options::new(
+            Path::new(""),
+            &gguf,
+            MATCHING_PROMPT,
+            work.join("explain-graph"),
+        )
+    };
+    let llama = LlamaCpp::on(ctx.project, TreeArg::default(), Some(FlashAttnMode::Off));
+    let auto = Auto {
+        draft: None,
+        against: None,
+    };
+    let (outcome, _) = compare_auto(&llama, &PyTorch::new(ctx.project), &options, &auto)?;
+    let tree = Tree::pinned(ctx.project)?;
+    let compared = Compared {
+        model: &gguf,
+        tree: &tree,
+        backend: Backend::Cpu,
+        prompt: MATCHING_PROMPT,
+        flash_attn: Some(FlashAttnMode::Off),
+    };
+    explain_divergence(ctx.project, &outcome, &compared)?
+        .context("tiny granite_swa agrees with transformers")
 }
 
 fn unit_tests(ctx: &Ctx<'_>) -> Result<String> {

@@ -374,10 +374,11 @@ fn log_summary(cfg: &Config, loaded: &Loaded, record: &RunRecord) {
         log::warn!("  absent from this graph: {absent}");
     }
     // Captured as they are (that is what one debugs), but never in silence.
+    // An operand's copy may hold -inf by design (an attention mask).
     let broken: Vec<String> = record
         .checkpoints
         .iter()
-        .filter(|c| c.non_finite > 0)
+        .filter(|c| c.non_finite > 0 && c.operand_of.is_none())
         .map(|c| {
             format!(
                 "{} ({} of {})",

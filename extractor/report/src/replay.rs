@@ -96,6 +96,12 @@ impl Replay {
                 op.explanations.join("; ")
             );
         }
+        s + &self.exceptions()
+    }
+
+    /// The flagged nodes, one a line, then the nodes not replayed by reason.
+    fn exceptions(&self) -> String {
+        let mut s = String::new();
         for n in self.flagged() {
             let _ = writeln!(
                 s,
@@ -143,9 +149,10 @@ impl Replay {
              body{{font-family:sans-serif}} table{{border-collapse:collapse}} td,th{{border:1px solid #ccc;\
              padding:2px 6px;text-align:right}} td.l{{text-align:left}} .bad{{background:#f88}}</style></head>\
              <body><h1>{t}</h1><h2>By op type</h2>{}<h2>By layer: the largest share of its allowance a node \
-             used</h2>{}</body></html>",
+             used</h2>{}<h2>Flagged, and not replayed</h2><pre>{}</pre></body></html>",
             self.ops_table(),
             self.layer_grid(),
+            xml(&self.exceptions()),
             t = xml(title)
         );
         s.push('\n');
@@ -157,14 +164,14 @@ impl Replay {
             "<table><tr><th>op</th><th>nodes</th><th>median NMSE</th><th>worst NMSE</th>\
              <th>allowance used</th><th>worst node</th><th>flagged</th><th>explanation</th></tr>",
         );
-        for op in &self.ops {
+        for op in self.ops.iter().filter(|op| op.replayed > 0) {
             let class = if op.flagged > 0 { " class=\"bad\"" } else { "" };
             let _ = write!(
                 s,
                 "<tr{class}><td class=l>{}</td><td>{}</td><td>{:.2e}</td><td>{:.2e}</td><td>{}</td>\
                  <td class=l>{}</td><td>{}</td><td class=l>{}</td></tr>",
                 xml(&op.op),
-                op.nodes,
+                op.replayed,
                 op.median_nmse,
                 op.worst_nmse,
                 share(op.worst_ratio),

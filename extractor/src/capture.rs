@@ -12,7 +12,7 @@ use std::collections::{HashMap, HashSet};
 
 use anyhow::{bail, Result};
 
-use crate::captured::Captured;
+use crate::captured::{Captured, Place};
 use crate::ffi::eval::Observer;
 use crate::ffi::tensor::Node;
 use crate::handoff::Outbox;
@@ -279,12 +279,7 @@ impl Capture {
             op: node.op_name(),
             buffer: node.buffer_name(),
             data,
-            graph_index: None,
-            operands: Vec::new(),
-            op_params: Vec::new(),
-            layout: None,
-            flags: None,
-            operand_of: None,
+            place: Place::default(),
         })
     }
 
@@ -304,14 +299,14 @@ impl Capture {
             false => (Vec::new(), self.operands(node)),
         };
         let mut captured = self.copy_as_is(node, keep, file_stem, layer)?;
-        captured.graph_index = Some(self.node_index);
-        captured.operands = operands;
+        captured.place.graph_index = Some(self.node_index);
+        captured.place.operands = operands;
         if self.weights.is_some() {
             let params = node.op_params();
             let used = params.iter().rposition(|&p| p != 0).map_or(0, |i| i + 1);
-            captured.op_params = params[..used].to_vec();
-            captured.layout = Some(layout(node));
-            captured.flags = Some(node.flags());
+            captured.place.op_params = params[..used].to_vec();
+            captured.place.layout = Some(layout(node));
+            captured.place.flags = Some(node.flags());
         }
         self.copied.insert(node.identity(), self.node_index);
         self.copied_by_name
@@ -344,12 +339,7 @@ impl Capture {
             op: node.op_name(),
             buffer: node.buffer_name(),
             data,
-            graph_index: None,
-            operands: Vec::new(),
-            op_params: Vec::new(),
-            layout: None,
-            flags: None,
-            operand_of: None,
+            place: Place::default(),
         })
     }
 
@@ -398,8 +388,8 @@ impl Capture {
             } else {
                 let stem = format!("{file_stem}.src{k}");
                 let mut copy = self.copy_as_is(&s, s.ne(), stem.clone(), layer)?;
-                copy.operand_of = Some(self.node_index);
-                copy.layout = operand.layout.clone();
+                copy.place.operand_of = Some(self.node_index);
+                copy.place.layout = operand.layout.clone();
                 copies.push(copy);
                 operand.file = Some(stem);
             }

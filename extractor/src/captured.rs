@@ -21,13 +21,17 @@ pub struct Captured {
     /// Bytes fetched from the backend (0 when read in host memory).
     pub fetched: usize,
     pub data: Vec<f32>,
-    /// `--tensors`: the node's graph index, and its operands (name, and the
-    /// graph index of those this pass captured; with `--operands`, all that
-    /// a replay of the op needs).
+    /// `--tensors`: where the node sits in the graph.
+    pub place: Place,
+}
+
+/// A `--tensors` node's place in the graph: its index and operands (name,
+/// and the graph index of those this pass captured); with `--operands`, all
+/// a replay of its op needs, or which node's operand this copy is.
+#[derive(Default)]
+pub struct Place {
     pub graph_index: Option<usize>,
     pub operands: Vec<Operand>,
-    /// `--operands`: the op's parameters and the node's layout, or which
-    /// node's operand this copy is.
     pub op_params: Vec<i32>,
     pub layout: Option<Layout>,
     pub flags: Option<i32>,

@@ -265,6 +265,7 @@ impl Release {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::captured::Place;
 
     fn tensor(n: usize) -> Captured {
         Captured {
@@ -280,12 +281,7 @@ mod tests {
             buffer: "CPU".into(),
             fetched: 0,
             data: vec![0.0; n],
-            graph_index: None,
-            operands: Vec::new(),
-            op_params: Vec::new(),
-            layout: None,
-            flags: None,
-            operand_of: None,
+            place: Place::default(),
         }
     }
 

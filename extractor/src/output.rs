@@ -194,12 +194,12 @@ fn write_one(staging: &Path, format: Format, captured: &Captured) -> Result<Chec
         max,
         mean,
         non_finite,
-        graph_index: captured.graph_index,
-        operands: captured.operands.clone(),
-        op_params: captured.op_params.clone(),
-        layout: captured.layout.clone(),
-        ggml_flags: captured.flags,
-        operand_of: captured.operand_of,
+        graph_index: captured.place.graph_index,
+        operands: captured.place.operands.clone(),
+        op_params: captured.place.op_params.clone(),
+        layout: captured.place.layout.clone(),
+        ggml_flags: captured.place.flags,
+        operand_of: captured.place.operand_of,
     })
 }
 

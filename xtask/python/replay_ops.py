@@ -21,8 +21,6 @@ import numpy as np
 UNIT = {"f32": 2.0**-24, "f16": 2.0**-11, "bf16": 2.0**-8}
 #: The smallest normal magnitude of each type: below it, an absolute floor.
 TINY = {"f32": 2.0**-126, "f16": 2.0**-14, "bf16": 2.0**-126}
-#: Block sizes of the activations' quantized types the CPU dots weights with.
-Q8_BLOCK = {"q8_0": 32, "q8_1": 32, "q8_K": 256}
 
 
 class Unknown(Exception):
@@ -41,10 +39,6 @@ class Replayed:
         #: SET_ROWS: the written rows (a boolean mask over the node), the
         #: only ones the op computes.
         self.rows = rows
-
-
-def f32(x):
-    return np.asarray(x, dtype=np.float64)
 
 
 def param_f32(node, i):

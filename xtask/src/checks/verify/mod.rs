@@ -188,7 +188,7 @@ impl Verify {
             streamed::checks(&mut report, &ctx);
         }
         if self.runs(Group::Replay) {
-            replay::checks(&mut report, &ctx);
+            replay::checks(&mut report, &ctx, self.full);
         }
         if self.runs(Group::Trees) {
             trees::tree_checks(&mut report, &ctx, self.full);

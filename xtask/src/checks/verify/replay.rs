@@ -16,7 +16,7 @@ use llorch_checkpoint_spec::record::FlashAttnMode;
 
 use super::ctx::Ctx;
 use super::report::Report;
-use crate::llama_cpp::build::Backend;
+use crate::llama_cpp::build::{self, Backend};
 use crate::llama_cpp::tree::{Tree, TreeArg};
 use crate::models::model::{choose, from_hf, model_and_manifest, tiny, Outtype};
 use crate::models::prompts::MATCHING_PROMPT;
@@ -34,7 +34,9 @@ const TINY: &[&str] = &["llama", "qwen3", "qwen3_moe", "falcon", "starcoder2"];
 const ROPE_LINE: &str = "const float theta_scale = powf(freq_base, -2.0f/n_dims);";
 const ROPE_OFF: &str = "const float theta_scale = powf(freq_base * 1.05f, -2.0f/n_dims);";
 
-pub fn checks(report: &mut Report, ctx: &Ctx<'_>) {
+/// `drop_build`: the wrong tree, its llama.cpp build and extractor go once
+/// the section ran (the full tier: its disk peak; a rerun builds them again).
+pub fn checks(report: &mut Report, ctx: &Ctx<'_>, drop_build: bool) {
     report.section("replay: each node's op in f64 from llama.cpp's own operands");
     let work = ctx.work.join("replay");
     let t = Instant::now();
@@ -82,6 +84,18 @@ pub fn checks(report: &mut Report, ctx: &Ctx<'_>) {
         explained(ctx, &work),
     );
     report.tidy(&work);
+    if drop_build {
+        drop_wrong_tree(report, ctx);
+    }
+}
+
+fn drop_wrong_tree(report: &mut Report, ctx: &Ctx<'_>) {
+    let dir = ctx.project.work_dir().join("trees/rope-off");
+    if let Ok(tree) = Tree::local(&dir) {
+        report.tidy(&build::default_build_dir(ctx.project, Backend::Cpu, &tree));
+        report.tidy(&ctx.project.extractor_dir(&tree.id));
+    }
+    report.tidy(&dir);
 }
 
 /// `compare --explain` on both kinds of divergence.

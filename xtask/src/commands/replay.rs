@@ -27,10 +27,13 @@ pub struct Replay {
         default_value = "Hello world, this is a test of each node"
     )]
     prompt: String,
-    /// The nodes to replay: a glob over node names, e.g. `'*-3'` for layer 3 (operands the glob
-    /// leaves out are copied as the op saw them).
-    #[arg(long, default_value = "*", value_name = "GLOB")]
+    /// The nodes to replay: globs over node names, comma-separated, e.g. `'*-3'` for layer 3.
+    /// Operands the globs leave out are copied as the op saw them, but for one a node was
+    /// computed over in place, which is reported unavailable (take its producer in too).
+    #[arg(long, default_value = "*", value_name = "GLOB[,GLOB...]")]
     nodes: String,
+    /// The backend llama.cpp runs on; a device's (vulkan, cuda, metal) takes every layer, and its
+    /// nodes are held to what a device's arithmetic allows.
     #[arg(long, value_enum, default_value_t = Backend::Cpu)]
     backend: Backend,
     #[command(flatten)]

@@ -173,7 +173,7 @@ def replay_node(node, sources, out_dir):
     allow = np.broadcast_to(replayed.allow, node.shape)
     if replayed.rows is not None:
         # Only the written rows are the op's; the rest is the cache as it was.
-        own = sources.file(node.record["id"])
+        own = node.own()
         value = np.where(replayed.rows, value, own)
     stem = os.path.splitext(node.record["file"])[0]
     np.save(os.path.join(out_dir, stem + ".npy"), np.ascontiguousarray(value, dtype=np.float64))
